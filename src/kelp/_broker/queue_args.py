@@ -1,0 +1,170 @@
+"""Validation of declarations and the dead-letter rules, shared by every transport kelp brokers."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kelp.exceptions import AccessRefused, PreconditionFailed
+
+__all__ = [
+    "OVERFLOW_MODES",
+    "QueueArgs",
+    "check_name",
+    "dead_letter",
+    "expiration_ms",
+    "generated_queue_name",
+    "same_arguments",
+]
+
+OVERFLOW_MODES = frozenset({"drop-head", "reject-publish", "reject-publish-dlx"})
+MAX_PRIORITY = 255
+# Dead-letter reasons after which a message that comes back to the same queue is dropped (a cycle);
+# RabbitMQ lets a rejected message cycle, since a consumer decided each step.
+_CYCLE_REASONS = frozenset({"expired", "maxlen", "delivery_limit"})
+
+
+def _int_arg(arguments: Mapping[str, Any], key: str, minimum: int) -> int | None:
+    value = arguments.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise PreconditionFailed(
+            f"invalid arg '{key}' for queue: {value!r} (expected an integer >= {minimum})"
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class QueueArgs:
+    """The ``x-*`` queue arguments kelp's own brokers act on, validated (times in milliseconds)."""
+
+    message_ttl: int | None = None
+    expires: int | None = None
+    max_length: int | None = None
+    max_length_bytes: int | None = None
+    overflow: str = "drop-head"
+    max_priority: int | None = None
+    dead_letter_exchange: str | None = None
+    dead_letter_routing_key: str | None = None
+
+    @classmethod
+    def parse(cls, arguments: Mapping[str, Any] | None) -> QueueArgs:
+        """Validate ``arguments``; raise PreconditionFailed (as RabbitMQ does) for a bad value."""
+        args = arguments or {}
+        overflow = args.get("x-overflow", "drop-head")
+        if overflow not in OVERFLOW_MODES:
+            raise PreconditionFailed(
+                f"invalid arg 'x-overflow' for queue: {overflow!r} (expected one of {sorted(OVERFLOW_MODES)})"
+            )
+        max_priority = _int_arg(args, "x-max-priority", 0)
+        if max_priority is not None and max_priority > MAX_PRIORITY:
+            raise PreconditionFailed(f"invalid arg 'x-max-priority' for queue: {max_priority} (max 255)")
+        dlx = args.get("x-dead-letter-exchange")
+        dlrk = args.get("x-dead-letter-routing-key")
+        for key, value in (("x-dead-letter-exchange", dlx), ("x-dead-letter-routing-key", dlrk)):
+            if value is not None and not isinstance(value, str):
+                raise PreconditionFailed(f"invalid arg '{key}' for queue: {value!r} (expected a string)")
+        if dlrk is not None and dlx is None:
+            raise PreconditionFailed(
+                "invalid arg 'x-dead-letter-routing-key': it needs x-dead-letter-exchange"
+            )
+        return cls(
+            message_ttl=_int_arg(args, "x-message-ttl", 0),
+            expires=_int_arg(args, "x-expires", 1),
+            max_length=_int_arg(args, "x-max-length", 0),
+            max_length_bytes=_int_arg(args, "x-max-length-bytes", 0),
+            overflow=overflow,
+            max_priority=max_priority or None,
+            dead_letter_exchange=dlx,
+            dead_letter_routing_key=dlrk,
+        )
+
+    @property
+    def bounded(self) -> bool:
+        return self.max_length is not None or self.max_length_bytes is not None
+
+
+def check_name(kind: str, name: str, passive: bool) -> None:
+    """Refuse names RabbitMQ reserves (``amq.*``) unless the declaration is passive."""
+    if len(name.encode()) > 255:
+        raise PreconditionFailed(f"{kind} name is longer than 255 bytes: {name[:40]!r}...")
+    if name.startswith("amq.") and not passive:
+        raise AccessRefused(f"{kind} name '{name}' contains reserved prefix 'amq.*'")
+
+
+def generated_queue_name() -> str:
+    """A broker-generated queue name, in RabbitMQ's style."""
+    return "amq.gen-" + secrets.token_urlsafe(16)
+
+
+def same_arguments(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
+    return dict(a or {}) == dict(b or {})
+
+
+def expiration_ms(properties: Mapping[str, Any]) -> int | None:
+    """The per-message TTL from the ``expiration`` property (a string of milliseconds), validated."""
+    value = properties.get("expiration")
+    if value is None:
+        return None
+    try:
+        ms = int(value)
+    except (TypeError, ValueError):
+        raise PreconditionFailed(f"invalid expiration {value!r}: expected a string of milliseconds") from None
+    if ms < 0:
+        raise PreconditionFailed(f"invalid expiration {value!r}: must be >= 0")
+    return ms
+
+
+def dead_letter(
+    headers: Mapping[str, Any],
+    properties: Mapping[str, Any],
+    *,
+    queue: str,
+    reason: str,
+    exchange: str,
+    routing_key: str,
+    now: float,
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The headers and properties of a message dead-lettered from ``queue``, or None for a cycle.
+
+    Follows RabbitMQ: an ``x-death`` list (most recent first) with one entry per (queue, reason) whose
+    ``count`` grows on repeats; ``x-first-death-*`` set once; the ``expiration`` property removed (kept as
+    ``original-expiration``) so the copy does not expire again for the same reason.
+    """
+    deaths = [dict(entry) for entry in headers.get("x-death") or () if isinstance(entry, Mapping)]
+    new_properties = dict(properties)
+    original_expiration = new_properties.pop("expiration", None)
+    for index, entry in enumerate(deaths):
+        if entry.get("queue") == queue and entry.get("reason") == reason:
+            if reason in _CYCLE_REASONS:
+                return None
+            entry["count"] = int(entry.get("count", 1)) + 1
+            entry["time"] = int(now)
+            deaths.insert(0, deaths.pop(index))
+            break
+    else:
+        entry = {
+            "count": 1,
+            "reason": reason,
+            "queue": queue,
+            "time": int(now),
+            "exchange": exchange,
+            "routing-keys": [routing_key],
+        }
+        if original_expiration is not None:
+            entry["original-expiration"] = original_expiration
+        deaths.insert(0, entry)
+    new_headers = dict(headers)
+    new_headers["x-death"] = deaths
+    new_headers.setdefault("x-first-death-exchange", exchange)
+    new_headers.setdefault("x-first-death-queue", queue)
+    new_headers.setdefault("x-first-death-reason", reason)
+    return new_headers, new_properties
+
+
+def tag(prefix: str) -> str:
+    """A unique tag for consumers or names the broker generates."""
+    return prefix + secrets.token_hex(8)

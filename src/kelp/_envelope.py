@@ -1,0 +1,106 @@
+"""What crosses the transport interface: outgoing envelopes and incoming deliveries (plain data)."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+__all__ = ["PROPERTY_NAMES", "Delivery", "Envelope", "QueueInfo"]
+
+#: The AMQP 0-9-1 basic properties a message carries besides its headers, in wire order.
+PROPERTY_NAMES = (
+    "content_type",
+    "content_encoding",
+    "delivery_mode",
+    "priority",
+    "correlation_id",
+    "reply_to",
+    "expiration",
+    "message_id",
+    "timestamp",
+    "type",
+    "user_id",
+    "app_id",
+    "cluster_id",
+)
+
+
+class Envelope:
+    """A message on its way to an exchange: the encoded body, its properties and its address.
+
+    ``properties`` holds the AMQP basic properties (never ``headers``); ``expiration`` is a string of
+    milliseconds as in AMQP. Envelopes are treated as immutable once published: brokers kelp runs itself
+    share one envelope among the queues a message was routed to.
+    """
+
+    __slots__ = ("body", "exchange", "headers", "mandatory", "properties", "routing_key")
+
+    def __init__(
+        self,
+        body: bytes,
+        properties: dict[str, Any],
+        headers: dict[str, Any],
+        exchange: str = "",
+        routing_key: str = "",
+        mandatory: bool = False,
+    ) -> None:
+        self.body = body
+        self.properties = properties
+        self.headers = headers
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.mandatory = mandatory
+
+    def __repr__(self) -> str:
+        return f"<Envelope {self.exchange!r}/{self.routing_key!r} {len(self.body)} bytes>"
+
+
+class Delivery:
+    """A message handed to a consumer (or returned by ``get``) on one channel of a transport."""
+
+    __slots__ = (
+        "body",
+        "channel_id",
+        "consumer_tag",
+        "delivery_tag",
+        "exchange",
+        "headers",
+        "message_count",
+        "properties",
+        "redelivered",
+        "routing_key",
+    )
+
+    def __init__(
+        self,
+        channel_id: int,
+        consumer_tag: str,
+        delivery_tag: int,
+        body: bytes,
+        properties: dict[str, Any],
+        headers: dict[str, Any],
+        exchange: str,
+        routing_key: str,
+        redelivered: bool,
+        message_count: int | None = None,
+    ) -> None:
+        self.channel_id = channel_id
+        self.consumer_tag = consumer_tag
+        self.delivery_tag = delivery_tag
+        self.body = body
+        self.properties = properties
+        self.headers = headers
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.redelivered = redelivered
+        self.message_count = message_count
+
+    def __repr__(self) -> str:
+        return f"<Delivery #{self.delivery_tag} {self.exchange!r}/{self.routing_key!r}>"
+
+
+class QueueInfo(NamedTuple):
+    """The answer to a queue declaration (AMQP's ``queue.declare-ok``)."""
+
+    queue: str
+    message_count: int
+    consumer_count: int

@@ -1,0 +1,25 @@
+"""kelp for asyncio: the same API as :mod:`kelp`, with ``await`` where the broker is involved.
+
+``async with Connection(url) as conn``, ``await producer.publish(...)``, ``async for message in consumer``,
+``await message.ack()``. The sync API is generated from these modules (``scripts/unasync.py``), so the two
+faces behave alike by construction.
+"""
+
+from kelp.aio.connection import Channel, Connection
+from kelp.aio.message import Message
+from kelp.aio.messaging import Consumer, Producer, maybe_declare
+from kelp.entity import Exchange, Queue, binding
+from kelp.exceptions import KelpError
+
+__all__ = [
+    "Channel",
+    "Connection",
+    "Consumer",
+    "Exchange",
+    "KelpError",
+    "Message",
+    "Producer",
+    "Queue",
+    "binding",
+    "maybe_declare",
+]

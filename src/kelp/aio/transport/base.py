@@ -1,0 +1,164 @@
+"""The transport interface: the one narrow seam between kelp's library layer and a broker.
+
+A :class:`Transport` is one connection to a broker; it opens :class:`TransportChannel` objects. Every
+operation maps to an AMQP 0-9-1 method, so RabbitMQ implements it natively and the transports kelp brokers
+itself (memory, SQLite, Redis) implement it with the semantics RabbitMQ has. Transports raise only kelp's
+exceptions (:mod:`kelp.exceptions`): they map their native failures at this boundary.
+
+Delivery is by draining: :meth:`Transport.drain` returns the deliveries that arrived for the connection's
+consumers, waiting up to ``timeout`` seconds, and raises ``socket.timeout`` when none came. Unacked
+deliveries belong to their channel: closing the channel or the connection (or the process dying, for
+transports that detect it) returns them to their queues, flagged ``redelivered``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from kelp._envelope import Delivery, Envelope, QueueInfo
+from kelp.exceptions import ChannelError, OperationalError
+from kelp.url import URL
+
+__all__ = ["Transport", "TransportChannel"]
+
+
+class TransportChannel(abc.ABC):
+    """A channel: a lightweight session on a transport connection with its own deliveries and acks."""
+
+    channel_id: int
+
+    @abc.abstractmethod
+    async def declare_exchange(
+        self,
+        name: str,
+        type: str,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: Mapping[str, Any] | None,
+        passive: bool,
+    ) -> None:
+        """Create the exchange, or check that it exists (``passive``) or matches (PreconditionFailed)."""
+
+    @abc.abstractmethod
+    async def delete_exchange(self, name: str, if_unused: bool) -> None: ...
+
+    @abc.abstractmethod
+    async def declare_queue(
+        self,
+        name: str,
+        durable: bool,
+        exclusive: bool,
+        auto_delete: bool,
+        arguments: Mapping[str, Any] | None,
+        passive: bool,
+    ) -> QueueInfo:
+        """Create the queue (an empty name gets a generated one) or check it; return its counts."""
+
+    @abc.abstractmethod
+    async def delete_queue(self, name: str, if_unused: bool, if_empty: bool) -> int:
+        """Delete the queue and its ready messages; return how many messages it held."""
+
+    @abc.abstractmethod
+    async def purge_queue(self, name: str) -> int:
+        """Drop every ready message (not the unacked ones); return how many."""
+
+    @abc.abstractmethod
+    async def bind(
+        self, kind: str, destination: str, source: str, routing_key: str, arguments: Mapping[str, Any] | None
+    ) -> None:
+        """Bind a queue (``kind='queue'``) or an exchange (``kind='exchange'``) to the ``source`` exchange."""
+
+    @abc.abstractmethod
+    async def unbind(
+        self, kind: str, destination: str, source: str, routing_key: str, arguments: Mapping[str, Any] | None
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def publish(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
+        """Route and store a batch; return once the broker holds every message (confirmed).
+
+        Returns the mandatory envelopes that no queue took. Raises MessageNacked when the broker refused
+        a message (a full queue with ``reject-publish``, a negative confirm).
+        """
+
+    @abc.abstractmethod
+    async def qos(self, prefetch_count: int, global_: bool) -> None:
+        """Limit unacked deliveries per consumer (or per channel when ``global_``); 0 is unlimited."""
+
+    @abc.abstractmethod
+    async def consume(
+        self, queue: str, consumer_tag: str, no_ack: bool, arguments: Mapping[str, Any] | None
+    ) -> str:
+        """Start a consumer (an empty tag gets a generated one); return its tag."""
+
+    @abc.abstractmethod
+    async def cancel(self, consumer_tag: str) -> None:
+        """Stop a consumer; its unacked deliveries stay unacked until settled or the channel closes."""
+
+    @abc.abstractmethod
+    async def get(self, queue: str, no_ack: bool) -> Delivery | None:
+        """Take one message from the queue, or None when it has none ready."""
+
+    @abc.abstractmethod
+    async def ack(self, delivery_tag: int, multiple: bool) -> None: ...
+
+    @abc.abstractmethod
+    async def reject(self, delivery_tag: int, requeue: bool, multiple: bool = False) -> None:
+        """Requeue (flagged redelivered) or drop / dead-letter the delivery."""
+
+    @abc.abstractmethod
+    async def recover(self, requeue: bool) -> None:
+        """Redeliver every unacked delivery of this channel."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Close the channel; its unacked deliveries return to their queues, flagged redelivered."""
+
+
+class Transport(abc.ABC):
+    """One connection to a broker."""
+
+    #: URL schemes this transport serves.
+    schemes: ClassVar[tuple[str, ...]] = ()
+    #: Errors after which reconnecting may help (retried by ``Connection.ensure``).
+    connection_errors: ClassVar[tuple[type[BaseException], ...]] = (OperationalError, OSError)
+    #: Errors the broker raised for one operation on a channel.
+    channel_errors: ClassVar[tuple[type[BaseException], ...]] = (ChannelError,)
+    #: True when the broker routes (RabbitMQ); False when kelp routes at publish time.
+    native_routing: ClassVar[bool] = False
+
+    def __init__(self, url: URL, options: Mapping[str, Any]) -> None:
+        self.url = url
+        self.options = dict(options)
+
+    @property
+    @abc.abstractmethod
+    def is_connected(self) -> bool: ...
+
+    @abc.abstractmethod
+    async def connect(self, timeout: float | None) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Close every channel and the connection; unacked deliveries return to their queues."""
+
+    @abc.abstractmethod
+    async def open_channel(self) -> TransportChannel: ...
+
+    @abc.abstractmethod
+    async def drain(self, timeout: float | None) -> list[Delivery]:
+        """Wait up to ``timeout`` seconds (None: forever) for deliveries; raise ``socket.timeout`` if none."""
+
+    def info(self) -> dict[str, Any]:
+        return {"transport": self.url.transport, "url": self.url.as_uri()}
+
+    async def queue_stats(self) -> list[tuple[str, int, int, int]]:
+        """``(queue, ready, unacked, consumers)`` for every queue the transport can see (for the CLI)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list queues")
+
+    async def list_bindings(self) -> list[tuple[str, str, str, str, dict[str, Any]]]:
+        """``(source, kind, destination, routing_key, arguments)`` for every binding."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list bindings")
