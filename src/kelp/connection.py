@@ -580,7 +580,7 @@ class Connection:
     def default_channel(self) -> Channel:
         """The connection's own channel, used by producers and consumers given the connection.
 
-        In ``kelp`` it connects on first use; in ``kelp`` connect first (``conn.connect()``).
+        The sync API connects on first use; with asyncio, connect first (``conn.connect()``).
         """
         self.ensure_default_channel()
         if self._default_channel is None:

@@ -90,9 +90,9 @@ def maybe_declare(
 
 def _declare(entity: Exchange | Queue, channel: Channel) -> None:
     if isinstance(entity, Queue):
-        channel.declare_queue(entity)
+        channel.declare_queue(entity, passive=entity.passive)
     else:
-        channel.declare_exchange(entity)
+        channel.declare_exchange(entity, passive=entity.passive)
 
 
 class Producer:
@@ -193,9 +193,8 @@ class Producer:
             "content_type": content_type,
             "content_encoding": content_encoding,
             "delivery_mode": mode,
+            "priority": priority,
         }
-        if priority:
-            props["priority"] = priority
         if expiration is not None:
             if expiration < 0:
                 raise UsageError(f"expiration must be >= 0 seconds, not {expiration!r}")
@@ -389,6 +388,8 @@ class Consumer:
         self.tag_prefix = tag_prefix if tag_prefix is not None else f"kelp.{uuid.uuid4().hex[:12]}."
         self._tags: dict[str, str] = {}
         self._channel_used: Channel | None = None
+        # Messages received for iterate() and not yet yielded (None when not iterating).
+        self._buffer: deque[Message] | None = None
         self.declare() if self.auto_declare else None
 
     def __repr__(self) -> str:
@@ -447,12 +448,19 @@ class Consumer:
         self._channel_used = channel
 
     def cancel(self) -> None:
-        """Stop consuming. Messages delivered but not settled stay unacked until settled or closed."""
+        """Stop consuming. Messages delivered but not settled stay unacked until settled or closed;
+        messages received for :meth:`iterate` but never yielded are requeued, in order."""
         channel = self._channel_used
         tags, self._tags = self._tags, {}
         if channel is not None:
             for tag in tags.values():
                 channel.basic_cancel(tag)
+        buffer, self._buffer = self._buffer, None
+        while buffer:
+            # Newest first: each requeue goes to the head of its queue, so the order is kept.
+            message = buffer.pop()
+            if not message.acknowledged and message.channel is not None and message.channel.is_open:
+                message.requeue()
 
     close = cancel
 
@@ -497,6 +505,9 @@ class Consumer:
 
     def _receive_callback(self, message: Message) -> None:
         message.accept = self.accept
+        if self._buffer is not None:
+            self._buffer.append(message)
+            return
         if self.on_message is not None:
             maybe_await(self.on_message(message))
             return
@@ -513,26 +524,20 @@ class Consumer:
         """Yield messages as they arrive (starting to consume if needed), up to ``limit``.
 
         Each wait lasts at most ``timeout`` seconds (None: forever) and raises ``socket.timeout`` when it
-        runs out. Messages received but not yet yielded when iteration stops are requeued.
+        runs out. While iterating, callbacks are bypassed. Messages received but not yet yielded when the
+        loop stops stay buffered for the next iteration, and :meth:`cancel` requeues them: none is lost.
         """
-        buffer: deque[Message] = deque()
-        previous = self.on_message
-        self.on_message = buffer.append
-        try:
-            if not self._tags:
-                self.consume()
-            count = 0
-            while limit is None or count < limit:
-                while not buffer:
-                    self.connection.drain_events(timeout=timeout)
-                yield buffer.popleft()
-                count += 1
-        finally:
-            self.on_message = previous
-            while buffer:
-                message = buffer.popleft()
-                if not message.acknowledged:
-                    message.requeue()
+        if self._buffer is None:
+            self._buffer = deque()
+        buffer = self._buffer
+        if not self._tags:
+            self.consume()
+        count = 0
+        while limit is None or count < limit:
+            while not buffer:
+                self.connection.drain_events(timeout=timeout)
+            yield buffer.popleft()
+            count += 1
 
     def __iter__(self) -> Iterator[Message]:
         return self.iterate()

@@ -13,6 +13,7 @@ broker's next deadline.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -222,8 +223,10 @@ class MemoryBroker:
         self._queues: dict[str, _Queue] = {}
         self._connections: dict[int, _Connection] = {}
         self._next_connection = 1
-        # Queues whose head may expire, or that may expire themselves: checked by sweeps.
+        # Queues whose head may expire, or that may expire themselves: checked by sweeps, which run
+        # when the clock passes _next_due (the earliest deadline known, or earlier).
         self._timed: set[str] = set()
+        self._next_due = math.inf
         for name_, type_ in (
             ("amq.direct", "direct"),
             ("amq.fanout", "fanout"),
@@ -359,10 +362,9 @@ class MemoryBroker:
         with self._lock:
             connection = self._connection(connection_id)
             now = self._clock()
+            self._tick(now)
             if passive:
                 queue = self._queue(name, connection)
-                self._sweep_queue(queue, now)
-                queue.last_used = now
                 return QueueInfo(queue.name, queue.count, len(queue.consumers))
             if name:
                 check_name("queue", name, passive)
@@ -381,8 +383,8 @@ class MemoryBroker:
                         f"arguments={existing.arguments}, redeclared with durable={durable} "
                         f"exclusive={exclusive} auto_delete={auto_delete} arguments={dict(arguments or {})}"
                     )
-                self._sweep_queue(existing, now)
                 existing.last_used = now
+                self._due(existing, now)
                 return QueueInfo(existing.name, existing.count, len(existing.consumers))
             args = QueueArgs.parse(arguments)
             name = name or generated_queue_name()
@@ -396,8 +398,7 @@ class MemoryBroker:
                 now,
             )
             self._queues[name] = queue
-            if args.expires is not None or args.message_ttl is not None:
-                self._timed.add(name)
+            self._due(queue, now)
             return QueueInfo(name, 0, 0)
 
     def delete_queue(self, connection_id: int, name: str, if_unused: bool, if_empty: bool) -> int:
@@ -421,6 +422,7 @@ class MemoryBroker:
     def queue_stats(self) -> list[tuple[str, int, int, int]]:
         """``(name, ready, unacked, consumers)`` for every queue."""
         with self._lock:
+            self._tick(self._clock())
             unacked: dict[str, int] = {}
             for connection in self._connections.values():
                 for channel in connection.channels.values():
@@ -530,6 +532,8 @@ class MemoryBroker:
         refused: list[str] = []
         with self._lock:
             now = self._clock()
+            if now >= self._next_due:
+                self._tick(now)
             for envelope in envelopes:
                 queues = self._route(envelope.exchange, envelope.routing_key, envelope.headers)
                 if not queues:
@@ -590,8 +594,10 @@ class MemoryBroker:
                     self._dead_letter(queue, dropped, "maxlen", now)
         else:
             queue.push(entry)
-        if ttl is not None:
+        if entry.deadline is not None:
             self._timed.add(queue.name)
+            if entry.deadline < self._next_due:
+                self._next_due = entry.deadline
         if queue.consumers:
             self._wake(queue)
         return True
@@ -683,9 +689,12 @@ class MemoryBroker:
         queue = consumer.queue
         if consumer in queue.consumers:
             queue.consumers.remove(consumer)
-        queue.last_used = self._clock()
+        now = self._clock()
+        queue.last_used = now
         if queue.auto_delete and queue.had_consumer and not queue.consumers and queue.name in self._queues:
             self._delete_queue(queue)
+        elif not queue.consumers:
+            self._due(queue, now)
 
     def _wake_connection(self, connection: _Connection) -> None:
         if connection.waiting:
@@ -697,8 +706,7 @@ class MemoryBroker:
         with self._lock:
             connection = self._connection(connection_id)
             now = self._clock()
-            if self._timed:
-                self._sweep(now)
+            self._tick(now)
             out: list[Delivery] = []
             for channel in connection.channels.values():
                 if channel.consumers:
@@ -778,7 +786,9 @@ class MemoryBroker:
             channel = self._channel(connection_id, channel_id)
             queue = self._queue(queue_name, channel.connection)
             now = self._clock()
+            self._tick(now)
             queue.last_used = now
+            self._due(queue, now)
             entry = self._pop_live(queue, now)
             if entry is None:
                 return None
@@ -859,13 +869,11 @@ class MemoryBroker:
         with self._lock:
             connection = self._connection(connection_id)
             now = self._clock()
-            if self._timed:
-                self._sweep(now)
+            self._tick(now)
             if self._has_work(connection):
                 return 0.0
             connection.waiting = True
-            deadline = self._next_deadline()
-            return None if deadline is None else max(0.0, deadline - now)
+            return None if self._next_due == math.inf else max(0.0, self._next_due - now)
 
     def _has_work(self, connection: _Connection) -> bool:
         for channel in connection.channels.values():
@@ -897,6 +905,21 @@ class MemoryBroker:
         if queue.args.expires is not None and not queue.consumers:
             found.append(queue.last_used + queue.args.expires / 1000)
         return found
+
+    def _due(self, queue: _Queue, now: float) -> None:
+        """Note the queue's next timed event (its expiry, if it has one)."""
+        if queue.args.expires is not None or queue.args.message_ttl is not None:
+            self._timed.add(queue.name)
+        if queue.args.expires is not None and not queue.consumers:
+            self._next_due = min(self._next_due, now + queue.args.expires / 1000)
+
+    def _tick(self, now: float) -> None:
+        """Apply every timed rule that is due: expire messages at queue heads and unused queues."""
+        if now < self._next_due:
+            return
+        self._sweep(now)
+        deadline = self._next_deadline()
+        self._next_due = math.inf if deadline is None else deadline
 
     def _sweep(self, now: float) -> None:
         for name in list(self._timed):

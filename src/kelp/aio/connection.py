@@ -583,7 +583,7 @@ class Connection:
     def default_channel(self) -> Channel:
         """The connection's own channel, used by producers and consumers given the connection.
 
-        In ``kelp`` it connects on first use; in ``kelp.aio`` connect first (``await conn.connect()``).
+        The sync API connects on first use; with asyncio, connect first (``await conn.connect()``).
         """
         # sync-only: self.ensure_default_channel()
         if self._default_channel is None:

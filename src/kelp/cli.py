@@ -1,0 +1,703 @@
+"""The ``kelp`` command line: a guided demo, and small tools to publish, consume and inspect a broker.
+
+``kelp [--url URL] COMMAND ...``; the URL defaults to ``$KELP_URL``, then :data:`kelp.connection.DEFAULT_URL`.
+Built on the sync API only. Errors print one ``kelp: error: ...`` line on stderr and exit 2 for a usage
+mistake (a bad option, URL or transport) or 1 when the broker refused or failed; Ctrl-C exits 130.
+
+On ``memory://`` every invocation is its own process with its own broker: what one command declares or
+publishes is gone when it exits. The inspection commands show the broker the command itself connected to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NoReturn, TextIO
+
+from kelp import Connection, Consumer, Exchange, Message, Producer, Queue, binding
+from kelp.connection import DEFAULT_URL
+from kelp.exceptions import ContentDisallowed, DecodeError, KelpError, UsageError
+from kelp.routing import EXCHANGE_TYPES
+from kelp.transport.base import Transport
+
+__all__ = ["main"]
+
+#: Every wait in the demo and in ``bench`` is bounded by this many seconds.
+WAIT = 5.0
+
+
+class CommandError(Exception):
+    """A failure the command reports as one line, with an exit status."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise CommandError(f"{message} (see '{self.prog} --help')", 2)
+
+
+# --- helpers ------------------------------------------------------------------------------------------
+
+
+def _connect(args: argparse.Namespace) -> Connection:
+    """A connection to ``--url`` (connected by its ``with`` block)."""
+    return Connection(args.url)
+
+
+def _transport(connection: Connection) -> Transport:
+    transport = connection.transport
+    if transport is None:  # pragma: no cover - connect() sets it or raises
+        raise CommandError("not connected")
+    return transport
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, not {text!r}")
+    return key, value
+
+
+def _mode_name(properties: dict[str, Any]) -> str:
+    mode = properties.get("delivery_mode")
+    return {1: "transient", 2: "persistent"}.get(mode, "unset") if isinstance(mode, int) else "unset"
+
+
+def _mode_text(message: Message) -> str:
+    return f"delivery_mode={message.properties.get('delivery_mode')} ({_mode_name(message.properties)})"
+
+
+@contextlib.contextmanager
+def _iterating(consumer: Consumer, limit: int | None, timeout: float | None) -> Iterator[Iterator[Message]]:
+    """``consumer.iterate(...)``, closed on exit so that messages it buffered go back to their queue."""
+    messages = consumer.iterate(limit=limit, timeout=timeout)
+    try:
+        yield messages
+    finally:
+        close = getattr(messages, "close", None)
+        if close is not None:
+            close()
+
+
+def _printable_body(message: Message) -> tuple[Any, str | None]:
+    """The body as JSON can show it, and ``'base64'`` when it had to be encoded. Never unpickles."""
+    try:
+        body: Any = message.decode()
+    except (ContentDisallowed, DecodeError):
+        body = message.body
+    if isinstance(body, bytes):
+        try:
+            return body.decode("utf-8"), None
+        except UnicodeDecodeError:
+            return base64.b64encode(body).decode("ascii"), "base64"
+    return body, None
+
+
+def message_record(message: Message) -> dict[str, Any]:
+    """What ``kelp consume`` prints for one message (as one JSON line)."""
+    body, encoding = _printable_body(message)
+    record: dict[str, Any] = {
+        "body": body,
+        "headers": message.headers,
+        "properties": message.properties,
+        "delivery_info": message.delivery_info,
+    }
+    if encoding is not None:
+        record["body_encoding"] = encoding
+    return record
+
+
+# --- publish / consume --------------------------------------------------------------------------------
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    text: str = sys.stdin.read() if args.body == "-" else args.body
+    body: Any = text
+    if args.serializer is not None:
+        try:
+            body = json.loads(text)
+        except ValueError as exc:
+            raise CommandError(f"with --serializer the body must be JSON: {exc}", 2) from None
+    returned: list[str] = []
+    with _connect(args) as connection:
+        producer = Producer(
+            connection,
+            auto_declare=False,
+            on_return=lambda exc, exchange, key, message: returned.append(str(exc)),
+        )
+        producer.publish(
+            body,
+            exchange=args.exchange,
+            routing_key=args.routing_key,
+            headers=dict(args.header),
+            delivery_mode=args.delivery_mode,
+            content_type=args.content_type,
+            serializer=args.serializer,
+            mandatory=True,
+        )
+    for reason in returned:
+        print(f"kelp: warning: {reason}; it was dropped", file=sys.stderr)
+    where = f"exchange {args.exchange!r}" if args.exchange else "the default exchange"
+    print(f"published to {where} with routing key {args.routing_key!r} ({args.delivery_mode})")
+    return 0
+
+
+def cmd_consume(args: argparse.Namespace) -> int:
+    if args.count is not None and args.count < 1:
+        raise CommandError("--count must be at least 1", 2)
+    received = 0
+    with _connect(args) as connection:
+        connection.default_channel.queue_declare(args.queue, passive=True)  # NotFound when missing
+        queue = Queue(args.queue, no_declare=True)
+        consumer = Consumer(connection, [queue], auto_declare=False, prefetch_count=args.count or 100)
+        with _iterating(consumer, args.count, args.timeout) as messages:
+            try:
+                for message in messages:
+                    if args.no_ack:
+                        message.ack()
+                    print(json.dumps(message_record(message), default=str, ensure_ascii=False), flush=True)
+                    if not args.no_ack:
+                        message.ack()
+                    received += 1
+            except TimeoutError:
+                if args.count is not None:
+                    raise CommandError(
+                        f"no message for {args.timeout:g}s: received {received} of {args.count}"
+                    ) from None
+    return 0
+
+
+# --- declare / inspect / delete -----------------------------------------------------------------------
+
+
+def cmd_declare(args: argparse.Namespace) -> int:
+    with _connect(args) as connection:
+        channel = connection.default_channel
+        if args.kind == "exchange":
+            Exchange(args.name, args.type, durable=args.durable)(channel).declare()
+            print(f"exchange {args.name!r} declared ({args.type}, {_durability(args.durable)})")
+            return 0
+        edges = []
+        for spec in args.bind:
+            exchange, _, routing_key = spec.partition(":")
+            edges.append(binding(Exchange(exchange, no_declare=True), routing_key))
+        queue = Queue(args.name, bindings=edges, durable=args.durable)(channel)
+        name = queue.declare()
+        print(f"queue {name!r} declared ({_durability(args.durable)})")
+        for spec in args.bind:
+            exchange, _, routing_key = spec.partition(":")
+            print(f"  bound to exchange {exchange!r} with routing key {routing_key!r}")
+    return 0
+
+
+def _durability(durable: bool) -> str:
+    return "durable" if durable else "transient"
+
+
+def _table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> None:
+    cells = [list(map(str, header))] + [[str(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for row in cells:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def cmd_queues(args: argparse.Namespace) -> int:
+    with _connect(args) as connection:
+        transport = _transport(connection)
+        try:
+            stats = transport.queue_stats()
+        except NotImplementedError as exc:
+            raise CommandError(str(exc)) from None
+    _table(sorted(stats), ("name", "ready", "unacked", "consumers"))
+    return 0
+
+
+def cmd_bindings(args: argparse.Namespace) -> int:
+    with _connect(args) as connection:
+        transport = _transport(connection)
+        try:
+            edges = transport.list_bindings()
+        except NotImplementedError as exc:
+            raise CommandError(str(exc)) from None
+    rows = [
+        (source or "(default)", kind, destination, key, json.dumps(arguments) if arguments else "")
+        for source, kind, destination, key, arguments in sorted(edges, key=lambda edge: edge[:4])
+    ]
+    _table(rows, ("source", "kind", "destination", "routing_key", "arguments"))
+    return 0
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    with _connect(args) as connection:
+        count = connection.default_channel.queue_purge(args.queue)
+    print(f"purged {count} message{'s' if count != 1 else ''} from queue {args.queue!r}")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    with _connect(args) as connection:
+        channel = connection.default_channel
+        if args.kind == "queue":
+            count = channel.queue_delete(args.name, if_unused=args.if_unused, if_empty=args.if_empty)
+            print(f"queue {args.name!r} deleted ({count} message{'s' if count != 1 else ''} dropped)")
+        else:
+            channel.exchange_delete(args.name, if_unused=args.if_unused)
+            print(f"exchange {args.name!r} deleted")
+    return 0
+
+
+# --- bench --------------------------------------------------------------------------------------------
+
+
+class _Progress:
+    """A one-line progress bar on a terminal (nothing when the stream is not a terminal)."""
+
+    def __init__(self, label: str, total: int, stream: TextIO) -> None:
+        self.label, self.total, self.stream = label, total, stream
+        self.enabled = stream.isatty()
+        self.step = max(1, total // 50)
+        self.shown = -1
+
+    def update(self, done: int) -> None:
+        if not self.enabled or (done - self.shown < self.step and done != self.total):
+            return
+        self.shown = done
+        filled = 30 * done // self.total
+        self.stream.write(f"\r{self.label:<12} [{'#' * filled}{'.' * (30 - filled)}] {done}/{self.total}")
+        if done == self.total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.count < 1 or args.size < 0:
+        raise CommandError("--count must be at least 1 and --size at least 0", 2)
+    body = b"x" * args.size
+    with _connect(args) as connection:
+        queue = Queue(f"kelp.bench.{uuid.uuid4().hex[:12]}", durable=args.delivery_mode == "persistent")
+        queue(connection.default_channel).declare()
+        try:
+            producer = Producer(connection, auto_declare=False)
+            progress = _Progress("publish", args.count, sys.stderr)
+            started = time.perf_counter()
+            for i in range(args.count):
+                producer.publish(body, routing_key=queue.name, delivery_mode=args.delivery_mode)
+                progress.update(i + 1)
+            published = time.perf_counter() - started
+
+            progress = _Progress("consume+ack", args.count, sys.stderr)
+            consumer = Consumer(connection, [queue], auto_declare=False, prefetch_count=args.prefetch)
+            started = time.perf_counter()
+            with _iterating(consumer, args.count, WAIT) as messages:
+                for i, message in enumerate(messages):
+                    message.ack()
+                    progress.update(i + 1)
+            consumed = time.perf_counter() - started
+            consumer.cancel()
+        finally:
+            connection.default_channel.queue_delete(queue.name)
+    print(f"{args.count} messages of {args.size} bytes, {args.delivery_mode}, on {connection.as_uri()}")
+    for label, seconds in (("publish", published), ("consume+ack", consumed)):
+        print(f"  {label:<12} {seconds:8.3f} s  {args.count / max(seconds, 1e-9):12,.0f} msg/s")
+    return 0
+
+
+# --- demo ---------------------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    with _connect(args) as connection:
+        demo = Demo(connection, args.url)
+        try:
+            demo.run()
+        finally:
+            demo.cleanup()
+    return 0
+
+
+_OPERATIONS: dict[str, Callable[..., Any]] = {
+    "add": lambda a, b: a + b,
+    "upper": lambda s: s.upper(),
+    "reverse": lambda s: s[::-1],
+}
+
+
+def _call_text(request: dict[str, Any]) -> str:
+    return f"{request['op']}({', '.join(map(repr, request['args']))})"
+
+
+class Demo:
+    """The three messaging scenarios and an acknowledgement example, narrated on stdout.
+
+    Names start with a fresh ``demo.<id>.`` prefix so repeated runs on a durable broker never collide;
+    :meth:`cleanup` deletes what the run declared. Every wait is bounded by :data:`WAIT` seconds.
+    """
+
+    def __init__(self, connection: Connection, url: str) -> None:
+        self.connection = connection
+        self.url = url
+        self.prefix = f"demo.{uuid.uuid4().hex[:8]}."
+        self.queues: list[str] = []
+        self.exchanges: list[str] = []
+
+    def name(self, short: str) -> str:
+        return self.prefix + short
+
+    def short(self, name: str) -> str:
+        return name.removeprefix(self.prefix)
+
+    def exchange(self, short: str, type: str) -> Exchange:
+        exchange = Exchange(self.name(short), type)(self.connection.default_channel)
+        exchange.declare()
+        self.exchanges.append(exchange.name)
+        return exchange
+
+    def queue(self, short: str, exchange: Exchange | None = None, routing_key: str = "") -> Queue:
+        queue = Queue(self.name(short), exchange, routing_key)(self.connection.default_channel)
+        queue.declare()
+        self.queues.append(queue.name)
+        return queue
+
+    def drain_queue(self, queue: Queue) -> list[Message]:
+        """Every message ready in ``queue`` (fetched with basic.get and acked)."""
+        messages = []
+        while (message := queue.get()) is not None:
+            message.ack()
+            messages.append(message)
+        return messages
+
+    def run(self) -> None:
+        print(f"kelp demo on {self.connection.as_uri()}; exchange and queue names below omit '{self.prefix}'")
+        self.request_reply()
+        self.broadcast()
+        self.publish_subscribe()
+        self.acknowledgements()
+
+    def cleanup(self) -> None:
+        channel = self.connection.default_channel
+        for queue in self.queues:
+            channel.queue_delete(queue)
+        for exchange in self.exchanges:
+            channel.exchange_delete(exchange)
+        print(f"\ncleaned up: deleted {len(self.queues)} queues and {len(self.exchanges)} exchanges")
+
+    # 1. request/reply -----------------------------------------------------------------------------
+
+    def request_reply(self) -> None:
+        print("\n1. request/reply (direct exchange, reply_to + correlation_id)")
+        rpc = self.exchange("rpc", "direct")
+        requests = self.queue("rpc.requests", rpc, "rpc")
+        reply_queue = Queue("", exclusive=True, durable=False)(self.connection.default_channel)
+        reply_queue.declare()
+        print(f"   exchange 'rpc' (direct) routes key 'rpc' to queue {self.short(requests.name)!r}")
+        print(f"   client's reply queue: {reply_queue.name} (exclusive, named by the broker)")
+        calls: list[dict[str, Any]] = [
+            {"op": "add", "args": [2, 3]},
+            {"op": "upper", "args": ["kelp"]},
+            {"op": "reverse", "args": ["abc"]},
+        ]
+        client = Producer(self.connection, rpc, auto_declare=False)
+        for number, call in enumerate(calls, 1):
+            client.publish(
+                call,
+                routing_key="rpc",
+                reply_to=reply_queue.name,
+                correlation_id=f"req-{number}",
+                delivery_mode="persistent",
+            )
+            print(
+                f"   client -> req-{number}  {_call_text(call):<16} (persistent)  to exchange 'rpc' key 'rpc'"
+            )
+
+        with Connection(self.url) as server_connection:
+            server = Consumer(server_connection, [requests], auto_declare=False, prefetch_count=len(calls))
+            pending: list[Message] = []
+            server.on_message = pending.append
+            server.consume()
+            _drain_until(server_connection, lambda: len(pending) >= len(calls))
+            replier = Producer(server_connection, auto_declare=False)
+            for message in reversed(pending):  # out of order on purpose: the client matches by id
+                call = message.decode()
+                result = _OPERATIONS[call["op"]](*call["args"])
+                replier.publish(
+                    {"result": result},
+                    routing_key=message.properties["reply_to"],
+                    correlation_id=message.properties["correlation_id"],
+                    delivery_mode="transient",
+                )
+                message.ack()
+                print(
+                    f"   server <- {message.properties['correlation_id']}  {_call_text(call):<16} "
+                    f"({_mode_name(message.properties)})  replies {result!r} to reply_to (transient)"
+                )
+            server.cancel()
+        print("   (the server took all three requests, then answered them in reverse order)")
+
+        replies: dict[str, Message] = {}
+        receiver = Consumer(self.connection, [reply_queue], auto_declare=False)
+        receiver.on_message = lambda message: replies.__setitem__(
+            message.properties["correlation_id"], message
+        )
+        receiver.consume()
+        _drain_until(self.connection, lambda: len(replies) >= len(calls))
+        receiver.cancel()
+        for number, call in enumerate(calls, 1):
+            reply = replies[f"req-{number}"]
+            reply.ack()
+            print(
+                f"   client <- req-{number}  {_call_text(call):<16} = {reply.decode()['result']!r:<8}"
+                f"{_mode_text(reply)}"
+            )
+        print(f"   replies arrived as {', '.join(replies)}; matched to requests by correlation_id")
+
+    # 2. broadcast ---------------------------------------------------------------------------------
+
+    def broadcast(self) -> None:
+        print("\n2. broadcast (fanout)")
+        news = self.exchange("news", "fanout")
+        subscribers = [self.queue(f"news.{letter}", news) for letter in "abc"]
+        Producer(self.connection, news, auto_declare=False).publish(
+            "maintenance at 02:00", delivery_mode="transient"
+        )
+        print(f"   sent 'maintenance at 02:00' to fanout {self.short(news.name)!r} (transient)")
+        for queue in subscribers:
+            for message in self.drain_queue(queue):
+                print(f"   {self.short(queue.name):<8} got {message.decode()!r}  {_mode_text(message)}")
+        void = self.exchange("void", "fanout")
+        returned: list[str] = []
+        Producer(
+            self.connection, void, auto_declare=False, on_return=lambda *a: returned.append(a[1])
+        ).publish("anyone?", mandatory=True)
+        outcome = "routed nowhere (returned)" if returned else "routed somewhere (unexpected!)"
+        print(
+            f"   sent 'anyone?' to fanout {self.short(void.name)!r} with no bindings (mandatory): {outcome}"
+        )
+
+    # 3. publish/subscribe -------------------------------------------------------------------------
+
+    def publish_subscribe(self) -> None:
+        print("\n3. publish/subscribe (topic: '*' is one word, '#' zero or more)")
+        market = self.exchange("market", "topic")
+        patterns = ["stock.*.nyse", "stock.#", "#.error"]
+        subscribers = [self.queue(f"sub.{i}", market, pattern) for i, pattern in enumerate(patterns, 1)]
+        keys = [
+            "stock.ibm.nyse",
+            "stock.sap.xetra",
+            "stock",
+            "stock.ibm.error",
+            "app.db.error",
+            "weather.today",
+        ]
+        producer = Producer(self.connection, market, auto_declare=False)
+        for i, key in enumerate(keys):
+            producer.publish(key, routing_key=key, delivery_mode="persistent" if i % 2 == 0 else "transient")
+        got: dict[tuple[str, str], int | None] = {}
+        for pattern, queue in zip(patterns, subscribers):
+            for message in self.drain_queue(queue):
+                got[(message.delivery_info["routing_key"], pattern)] = message.properties.get("delivery_mode")
+        print(f"   {'routing key':<16} {'sent as':<11} " + "  ".join(f"{p:<12}" for p in patterns).rstrip())
+        for i, key in enumerate(keys):
+            cells = ["-" if (key, p) not in got else f"got ({got[(key, p)]})" for p in patterns]
+            hits = sum((key, p) in got for p in patterns)
+            note = (
+                "  <- routed nowhere"
+                if not hits
+                else ("  <- '#' matches zero words" if key == "stock" and (key, "stock.#") in got else "")
+            )
+            sent = "persistent" if i % 2 == 0 else "transient"
+            print(f"   {key:<16} {sent:<11} " + "  ".join(f"{c:<12}" for c in cells).rstrip() + note)
+        print("   (got (n): delivery_mode received, 2 persistent, 1 transient; -: not routed there)")
+
+    # 4. acknowledgements --------------------------------------------------------------------------
+
+    def acknowledgements(self) -> None:
+        print("\n4. acknowledgements (ack, reject with requeue, redelivery)")
+        jobs = self.queue("jobs")
+        producer = Producer(self.connection, auto_declare=False)
+        producer.publish("job-1", routing_key=jobs.name)
+        message = _receive_one(self.connection, jobs)
+        self.report(message, "reject(requeue=True): back to the queue")
+        message.reject(requeue=True)
+        message = _receive_one(self.connection, jobs)
+        self.report(message, "ack: done, removed from the queue")
+        message.ack()
+        producer.publish("job-2", routing_key=jobs.name)
+        with Connection(self.url) as worker:
+            message = _receive_one(worker, jobs)
+            self.report(message, "not acked; this worker's connection closes")
+        message = _receive_one(self.connection, jobs)
+        self.report(message, "ack (by another connection)")
+        message.ack()
+        (_, ready, _) = jobs.queue_declare(passive=True)
+        print(f"   {self.short(jobs.name)} now holds {ready} ready messages")
+
+    def report(self, message: Message, action: str) -> None:
+        print(f"   {message.decode()}  redelivered={message.redelivered!s:<5}  -> {action}")
+
+
+def _drain_until(connection: Connection, done: Callable[[], bool], timeout: float = WAIT) -> None:
+    """Drain events until ``done()``; raise CommandError after ``timeout`` seconds without it."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        remaining = deadline - time.monotonic()
+        try:
+            if remaining <= 0:
+                raise TimeoutError
+            connection.drain_events(timeout=remaining)
+        except TimeoutError:
+            raise CommandError(f"the demo waited {timeout:g}s for a message that did not arrive") from None
+
+
+def _receive_one(connection: Connection, queue: Queue) -> Message:
+    """One message from ``queue`` through a consumer that is cancelled before the message is settled."""
+    received: list[Message] = []
+    consumer = Consumer(connection, [queue], auto_declare=False, prefetch_count=1, on_message=received.append)
+    consumer.consume()
+    try:
+        _drain_until(connection, lambda: bool(received))
+    finally:
+        consumer.cancel()
+    return received[0]
+
+
+# --- the parser ---------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    default_url = os.environ.get("KELP_URL") or DEFAULT_URL
+    url_help = f"broker URL (default: $KELP_URL, else {DEFAULT_URL}; now {default_url})"
+    common = _Parser(add_help=False)
+    common.add_argument("--url", default=argparse.SUPPRESS, help=url_help)
+
+    parser = _Parser(prog="kelp", description="AMQP-model messaging: a demo, and tools for a broker.")
+    parser.add_argument("--url", default=default_url, help=url_help)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    def command(
+        name: str, handler: Callable[[argparse.Namespace], int], text: str
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, parents=[common], help=text, description=text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    command("demo", cmd_demo, "run the request/reply, broadcast and publish/subscribe scenarios")
+
+    sub = command("publish", cmd_publish, "publish one message")
+    sub.add_argument("body", metavar="BODY", help="the message body, or - to read it from stdin")
+    sub.add_argument("--exchange", default="", help="exchange name (default: the default exchange)")
+    sub.add_argument("--routing-key", default="", help="routing key (for the default exchange: the queue)")
+    sub.add_argument("--header", action="append", type=_key_value, default=[], metavar="KEY=VALUE")
+    _mode_options(sub)
+    encoding = sub.add_mutually_exclusive_group()
+    encoding.add_argument("--content-type", help="send BODY as is, with this content type")
+    encoding.add_argument("--serializer", help="parse BODY as JSON and encode it with this serializer")
+
+    sub = command("consume", cmd_consume, "print a queue's messages as JSON lines (and ack them)")
+    sub.add_argument("queue", metavar="QUEUE")
+    sub.add_argument(
+        "--count", type=int, metavar="N", help="stop after N messages (default: run until stopped)"
+    )
+    sub.add_argument(
+        "--no-ack", action="store_true", help="ack each message on arrival, before printing it (at-most-once)"
+    )
+    sub.add_argument("--timeout", type=float, metavar="S", help="stop when no message arrives for S seconds")
+
+    sub = command("declare", cmd_declare, "declare an exchange or a queue")
+    kinds = sub.add_subparsers(dest="kind", required=True, metavar="KIND", parser_class=_Parser)
+    exchange = kinds.add_parser("exchange", parents=[common], help="declare an exchange")
+    exchange.add_argument("name", metavar="NAME")
+    exchange.add_argument("--type", default="direct", choices=sorted(EXCHANGE_TYPES))
+    _durability_options(exchange)
+    queue = kinds.add_parser("queue", parents=[common], help="declare a queue and bind it")
+    queue.add_argument("name", metavar="NAME", help="queue name ('' for one named by the broker)")
+    queue.add_argument("--bind", action="append", default=[], metavar="EXCHANGE:ROUTING_KEY")
+    _durability_options(queue)
+
+    command("queues", cmd_queues, "list queues: ready, unacked and consumer counts")
+    command("bindings", cmd_bindings, "list bindings")
+    sub = command("purge", cmd_purge, "drop a queue's ready messages")
+    sub.add_argument("queue", metavar="QUEUE")
+    sub = command("delete", cmd_delete, "delete a queue or an exchange")
+    sub.add_argument("kind", choices=("queue", "exchange"))
+    sub.add_argument("name", metavar="NAME")
+    sub.add_argument("--if-unused", action="store_true")
+    sub.add_argument("--if-empty", action="store_true", help="queues only")
+
+    sub = command("bench", cmd_bench, "measure publish and consume+ack throughput")
+    sub.add_argument("--count", type=int, default=10_000, metavar="N", help="messages (default: 10000)")
+    sub.add_argument(
+        "--size", type=int, default=100, metavar="BYTES", help="body size in bytes (default: 100)"
+    )
+    sub.add_argument(
+        "--prefetch", type=int, default=1000, metavar="N", help="consumer prefetch (default: 1000)"
+    )
+    _mode_options(sub, default="transient")
+    return parser
+
+
+def _mode_options(parser: argparse.ArgumentParser, default: str = "persistent") -> None:
+    group = parser.add_mutually_exclusive_group()
+    for mode in ("persistent", "transient"):
+        flag = " (default)" if mode == default else ""
+        group.add_argument(
+            f"--{mode}", dest="delivery_mode", action="store_const", const=mode, help=f"{mode}{flag}"
+        )
+    parser.set_defaults(delivery_mode=default)
+
+
+def _durability_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--durable", dest="durable", action="store_true", help="survive a restart (default)")
+    group.add_argument(
+        "--transient", dest="durable", action="store_false", help="gone when the broker restarts"
+    )
+    parser.set_defaults(durable=True)
+
+
+def _version() -> str:
+    from kelp import __version__
+
+    return __version__
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status (0 ok, 1 failed, 2 usage, 130 interrupted)."""
+    try:
+        args = build_parser().parse_args(argv)
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
+    except CommandError as exc:
+        print(f"kelp: error: {_one_line(exc)}", file=sys.stderr)
+        return exc.status
+    except UsageError as exc:
+        print(f"kelp: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except KelpError as exc:
+        print(f"kelp: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # The reader went away (``kelp consume q | head``); unacked messages return to their queue.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as exc:
+        print(f"kelp: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
