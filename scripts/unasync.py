@@ -82,7 +82,7 @@ def rewrite_line(line: str) -> str | None:
 
 
 def rewrite(source: str, origin: str) -> str:
-    out = [f"# Generated from {origin} by scripts/unasync.py: do not edit, edit the source instead.\n"]
+    out = [f"# Generated from {origin} by scripts/unasync.py; do not edit.\n"]
     for line in source.splitlines(keepends=True):
         new = rewrite_line(line)
         if new is not None:
@@ -91,21 +91,24 @@ def rewrite(source: str, origin: str) -> str:
 
 
 def formatted(text: str, target: Path) -> str:
-    """The text as ``ruff format`` writes it (dropping ``await`` can let a wrapped line fit again)."""
+    """The text with imports sorted and formatted by ruff: renaming ``kelp.aio.x`` to ``kelp.x`` changes
+    the import order, and dropping ``await`` can let a wrapped line fit again."""
     ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
     if ruff is None:
         raise SystemExit("unasync: ruff is needed to format the generated files (pip install ruff)")
-    result = subprocess.run(
-        [ruff, "format", "--quiet", "--stdin-filename", str(target), "-"],
-        input=text,
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=ROOT,
-    )
-    if result.returncode != 0:
-        raise SystemExit(f"unasync: ruff could not format {target}: {result.stderr.strip()}")
-    return result.stdout
+    for command in (["check", "--select", "I", "--fix", "--exit-zero"], ["format"]):
+        result = subprocess.run(
+            [ruff, *command, "--quiet", "--stdin-filename", str(target), "-"],
+            input=text,
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=ROOT,
+        )
+        if result.returncode != 0:
+            raise SystemExit(f"unasync: ruff could not process {target}: {result.stderr.strip()}")
+        text = result.stdout
+    return text
 
 
 def pairs() -> list[tuple[Path, Path]]:

@@ -9,6 +9,7 @@ from kelp.entity import Exchange, Queue, binding
 from kelp.exceptions import KelpError
 from kelp.message import Message
 from kelp.messaging import Consumer, Producer, maybe_declare
+from kelp.simple import SimpleBuffer, SimpleQueue
 
 __version__ = "0.1.0"
 
@@ -21,6 +22,8 @@ __all__ = [
     "Message",
     "Producer",
     "Queue",
+    "SimpleBuffer",
+    "SimpleQueue",
     "binding",
     "maybe_declare",
 ]

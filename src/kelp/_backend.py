@@ -7,13 +7,15 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["Lock", "Signal", "maybe_await", "monotonic", "run_blocking", "sleep"]
+__all__ = ["Condition", "Lock", "Signal", "maybe_await", "monotonic", "run_blocking", "sleep"]
 
 T = TypeVar("T")
 
 monotonic = time.monotonic
 sleep = time.sleep
 Lock = threading.Lock
+#: ``with cond``, ``cond.wait(timeout) -> bool``, ``notify``: what ``kelp.aio._backend.Condition`` mirrors.
+Condition = threading.Condition
 
 
 class Signal:

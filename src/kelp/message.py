@@ -1,4 +1,4 @@
-# Generated from src/kelp/aio/message.py by scripts/unasync.py: do not edit, edit the source instead.
+# Generated from src/kelp/aio/message.py by scripts/unasync.py; do not edit.
 """A received message: its body and properties, and the one decision a consumer makes about it.
 
 Every message is settled exactly once: :meth:`Message.ack` removes it from its queue,

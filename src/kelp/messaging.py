@@ -1,4 +1,4 @@
-# Generated from src/kelp/aio/messaging.py by scripts/unasync.py: do not edit, edit the source instead.
+# Generated from src/kelp/aio/messaging.py by scripts/unasync.py; do not edit.
 """Producers publish, consumers receive: the two roles an application plays.
 
 ``Producer.publish`` serializes and compresses the body, fills in the message properties, declares what it
@@ -13,16 +13,16 @@ import itertools
 import logging
 import uuid
 from collections import deque
-from collections.abc import Iterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Self
 
-from kelp._envelope import Delivery, Envelope
 from kelp._backend import maybe_await
-from kelp.connection import Channel, Connection
-from kelp.message import Message
+from kelp._envelope import Delivery, Envelope
 from kelp.compression import compress
+from kelp.connection import Channel, Connection
 from kelp.entity import Exchange, Queue, maybe_delivery_mode
 from kelp.exceptions import ContentDisallowed, UsageError
+from kelp.message import Message
 from kelp.serialization import dumps, prepare_accept_content
 
 __all__ = ["Consumer", "Producer", "maybe_declare"]

@@ -8,6 +8,7 @@ faces behave alike by construction.
 from kelp.aio.connection import Channel, Connection
 from kelp.aio.message import Message
 from kelp.aio.messaging import Consumer, Producer, maybe_declare
+from kelp.aio.simple import SimpleBuffer, SimpleQueue
 from kelp.entity import Exchange, Queue, binding
 from kelp.exceptions import KelpError
 
@@ -20,6 +21,8 @@ __all__ = [
     "Message",
     "Producer",
     "Queue",
+    "SimpleBuffer",
+    "SimpleQueue",
     "binding",
     "maybe_declare",
 ]

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["Lock", "Signal", "maybe_await", "monotonic", "run_blocking", "sleep"]
+__all__ = ["Condition", "Lock", "Signal", "maybe_await", "monotonic", "run_blocking", "sleep"]
 
 T = TypeVar("T")
 
@@ -72,6 +72,49 @@ class Signal:
         except TimeoutError:
             return self._flag
         return True
+
+
+class Condition:
+    """A condition variable for tasks of one event loop: ``async with cond``, ``await cond.wait(timeout)``.
+
+    Unlike :class:`asyncio.Condition`, ``wait`` takes a timeout and returns whether it was notified, as
+    :class:`threading.Condition` does. The underlying condition is re-created when used from another event
+    loop, so a module-level object (a pool registry) survives ``asyncio.run`` being called again.
+    """
+
+    def __init__(self) -> None:
+        self._cond = asyncio.Condition()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _current(self) -> asyncio.Condition:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            if self._loop is not None:
+                self._cond = asyncio.Condition()
+            self._loop = loop
+        return self._cond
+
+    async def __aenter__(self) -> Condition:
+        await self._current().acquire()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._cond.release()
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Release the lock until notified or ``timeout`` seconds pass; return whether notified."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._cond.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def notify(self, n: int = 1) -> None:
+        self._cond.notify(n)
+
+    def notify_all(self) -> None:
+        self._cond.notify_all()
 
 
 async def sleep(seconds: float) -> None:

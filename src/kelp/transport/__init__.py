@@ -1,1 +1,1 @@
-# Generated from src/kelp/aio/transport/__init__.py by scripts/unasync.py: do not edit, edit the source instead.
+# Generated from src/kelp/aio/transport/__init__.py by scripts/unasync.py; do not edit.

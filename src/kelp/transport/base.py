@@ -1,4 +1,4 @@
-# Generated from src/kelp/aio/transport/base.py by scripts/unasync.py: do not edit, edit the source instead.
+# Generated from src/kelp/aio/transport/base.py by scripts/unasync.py; do not edit.
 """The transport interface: the one narrow seam between kelp's library layer and a broker.
 
 A :class:`Transport` is one connection to a broker; it opens :class:`TransportChannel` objects. Every

@@ -1,4 +1,4 @@
-# Generated from src/kelp/aio/transport/memory.py by scripts/unasync.py: do not edit, edit the source instead.
+# Generated from src/kelp/aio/transport/memory.py by scripts/unasync.py; do not edit.
 """``memory://``: the in-process transport, with RabbitMQ's semantics (also the test broker users get).
 
 ``memory://`` and ``memory://name`` name process-wide brokers; connections to the same name share
@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+from kelp._backend import Signal, monotonic
 from kelp._broker.memory import MemoryBroker, broker_for
 from kelp._envelope import Delivery, Envelope, QueueInfo
-from kelp._backend import Signal, monotonic
-from kelp.transport.base import Transport, TransportChannel
 from kelp.exceptions import OperationalError
+from kelp.transport.base import Transport, TransportChannel
 
 __all__ = ["MemoryChannel", "MemoryTransport"]
 

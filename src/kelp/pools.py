@@ -1,0 +1,515 @@
+# Generated from src/kelp/aio/pools.py by scripts/unasync.py; do not edit.
+"""Pools of connections, channels and producers, and the process-wide registries of pools.
+
+A pool hands out at most ``limit`` resources at a time and takes them back for reuse:
+
+    with pool.acquire(block=True) as conn:
+        ...  # leaving the block releases conn to the pool (still connected, for the next user)
+
+``acquire`` raises :class:`~kelp.exceptions.ConnectionLimitExceeded` (or ``ChannelLimitExceeded``) when
+all are in use, unless ``block`` is true: then it waits for a release, up to ``timeout`` seconds. With no
+limit, every acquire makes a new resource and release closes it. The sync pools are thread-safe; the
+asyncio pools are safe for the tasks of one event loop.
+
+``connections[conn]`` and ``producers[conn]`` are the registries Kombu programs use: one pool per broker
+address (connections with equal settings share it), of :func:`get_limit` resources each.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Hashable, Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar, Generic, TypeVar, cast
+
+from kelp import exceptions, messaging
+from kelp._backend import Condition, monotonic
+from kelp.connection import Channel, Connection
+from kelp.exceptions import UsageError
+
+__all__ = [
+    "ChannelPool",
+    "ConnectionPool",
+    "PoolGroup",
+    "PooledChannel",
+    "PooledConnection",
+    "PooledProducer",
+    "ProducerPool",
+    "Resource",
+    "connections",
+    "get_limit",
+    "producers",
+    "register_group",
+    "reset",
+    "set_limit",
+]
+
+logger = logging.getLogger("kelp.pools")
+
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+class Resource(Generic[R]):
+    """A pool of at most ``limit`` resources (0 or None: no limit, no reuse).
+
+    Subclasses define :meth:`new` and may override :meth:`prepare` (on each acquire),
+    :meth:`recycle` (on each release; False means "do not reuse") and :meth:`close_resource`.
+    ``preload`` resources are made when the pool is first used, so later acquires find them ready.
+    """
+
+    LimitExceeded: ClassVar[type[exceptions.LimitExceeded]] = exceptions.LimitExceeded
+
+    def __init__(self, limit: int | None = None, preload: int | None = None) -> None:
+        if isinstance(limit, bool):
+            raise TypeError("limit must be an int, not bool")
+        self._limit = limit or 0
+        self.preload = preload or 0
+        self._to_preload = min(self.preload, self._limit)
+        self._idle: list[R] = []  # free resources, most recently released last (reused first)
+        self._in_use: set[R] = set()
+        self._reserved = 0  # slots held by resources being made or being recycled
+        self._closed = False
+        self._cond = Condition()
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} limit={self._limit} in_use={len(self._in_use)} idle={len(self._idle)}>"
+        )
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    def _total(self) -> int:
+        return len(self._in_use) + len(self._idle) + self._reserved
+
+    # --- for subclasses -------------------------------------------------------------------------------
+
+    def new(self) -> R:
+        raise NotImplementedError("subclass responsibility")
+
+    def prepare(self, resource: R) -> R:
+        """Make a resource ready to hand out (called on every acquire)."""
+        return resource
+
+    def recycle(self, resource: R) -> bool:
+        """Reset a released resource; return False if it must be closed rather than reused."""
+        return True
+
+    def close_resource(self, resource: R) -> None:
+        """Close a resource for good."""
+
+    # --- acquiring and releasing ----------------------------------------------------------------------
+
+    def acquire(self, block: bool = False, timeout: float | None = None) -> R:
+        """Take a free resource, or make one while under the limit.
+
+        When ``limit`` resources are in use: raise :attr:`LimitExceeded` at once unless ``block``, else
+        wait for a release, up to ``timeout`` seconds (None: forever), then raise it. Release the
+        resource with ``release()`` on it (or by leaving its ``with`` block), exactly once.
+        """
+        if self._closed:
+            raise UsageError(f"acquire on a closed pool: {self!r}")
+        self._preload()
+        deadline = None if timeout is None else monotonic() + timeout
+        resource: R | None = None
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise UsageError(f"acquire on a closed pool: {self!r}")
+                if self._idle:
+                    resource = self._idle.pop()
+                    self._in_use.add(resource)
+                    break
+                if not self._limit or self._total() < self._limit:
+                    self._reserved += 1
+                    break
+                remaining = None if deadline is None else deadline - monotonic()
+                if not block or (remaining is not None and remaining <= 0):
+                    raise self.LimitExceeded(f"all {self._limit} resources of {self!r} are in use")
+                self._cond.wait(remaining)
+        if resource is None:
+            resource = self._make_reserved()
+            with self._cond:
+                self._in_use.add(resource)
+        try:
+            return self.prepare(resource)
+        except BaseException:
+            self.release(resource)
+            raise
+
+    def _make_reserved(self) -> R:
+        try:
+            resource = self.new()
+        except BaseException:
+            with self._cond:
+                self._reserved -= 1
+                self._cond.notify()
+            raise
+        with self._cond:
+            self._reserved -= 1
+        return resource
+
+    def _preload(self) -> None:
+        if not self._to_preload:
+            return
+        with self._cond:
+            count, self._to_preload = self._to_preload, 0
+            self._reserved += count
+        made: list[R] = []
+        try:
+            for _ in range(count):
+                made.append(self.new())
+        finally:
+            with self._cond:
+                self._reserved -= count
+                self._idle.extend(made)
+                self._cond.notify(len(made))
+
+    def release(self, resource: R) -> None:
+        """Give a resource back: it is reset (:meth:`recycle`) and kept for reuse, or closed when the pool
+        has no limit, is closed, or the resource is broken. Releasing twice is ignored."""
+        with self._cond:
+            if resource not in self._in_use:
+                return
+            self._in_use.discard(resource)
+            self._reserved += 1
+        try:
+            reusable = self.recycle(resource)
+        except Exception:
+            logger.debug("could not recycle %r", resource, exc_info=True)
+            reusable = False
+        with self._cond:
+            self._reserved -= 1
+            keep = reusable and bool(self._limit) and not self._closed and self._total() < self._limit
+            if keep:
+                self._idle.append(resource)
+            self._cond.notify()
+        if not keep:
+            self._close_quietly(resource)
+
+    def replace(self, resource: R) -> None:
+        """Close a defective resource instead of releasing it; its slot becomes free."""
+        with self._cond:
+            self._in_use.discard(resource)
+            self._cond.notify()
+        self._close_quietly(resource)
+
+    def _close_quietly(self, resource: R) -> None:
+        try:
+            self.close_resource(resource)
+        except Exception:
+            logger.debug("error closing %r", resource, exc_info=True)
+
+    def force_close_all(self, close_pool: bool = True) -> None:
+        """Close every resource, the free ones and those in use; unless ``close_pool`` is false, the pool
+        then refuses to acquire. Resources in use are closed under their users, whose later release is
+        ignored; their unacked messages return to their queues."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = close_pool
+            resources = [*self._idle, *self._in_use]
+            self._idle.clear()
+            self._in_use.clear()
+            self._cond.notify_all()
+        for resource in resources:
+            self._close_quietly(resource)
+
+    def resize(
+        self, limit: int | None, force: bool = False, ignore_errors: bool = False, reset: bool = False
+    ) -> None:
+        """Change the limit. Shrinking below the number in use raises UsageError unless ``force``
+        (which, like ``reset``, closes every resource) or ``ignore_errors``."""
+        if isinstance(limit, bool):
+            raise TypeError("limit must be an int, not bool")
+        new_limit = limit or 0
+        with self._cond:
+            if 0 < new_limit < len(self._in_use) and not ignore_errors:
+                if not force:
+                    raise UsageError(
+                        f"can't shrink {self!r} to {new_limit} while {len(self._in_use)} resources are in use"
+                    )
+                reset = True
+            self._limit = new_limit
+            excess: list[R] = []
+            while self._idle and (not new_limit or self._total() > new_limit):
+                excess.append(self._idle.pop(0))
+            self._cond.notify_all()
+        for resource in excess:
+            self._close_quietly(resource)
+        if reset:
+            self.force_close_all(close_pool=False)
+
+
+def _adopt(resource: Any, cls: type[T], pool: Resource[Any]) -> T:
+    """Re-class a resource made by its usual factory as the pooled kind, so that only ``release`` and
+    ``with``-exit change meaning (the connection keeps tracking its channel as before)."""
+    resource.__class__ = cls
+    resource._pool = pool
+    return cast(T, resource)
+
+
+class PooledConnection(Connection):
+    """A connection from a :class:`ConnectionPool`: ``release()`` and leaving ``with`` give it back (still
+    connected); ``close()`` closes it. Entering ``with`` connects it if needed."""
+
+    _pool: Resource[Any] | None = None
+
+    def release(self) -> None:
+        if self._pool is None:
+            self.close()
+        else:
+            self._pool.release(self)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+class PooledChannel(Channel):
+    """A channel from a :class:`ChannelPool`: ``release()`` and leaving ``with`` give it back."""
+
+    _pool: Resource[Any] | None = None
+
+    def release(self) -> None:
+        if self._pool is None:
+            self.close()
+        else:
+            self._pool.release(self)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+class PooledProducer(messaging.Producer):
+    """A producer from a :class:`ProducerPool`: it holds a pooled connection while acquired;
+    ``release()`` and leaving ``with`` give both back."""
+
+    _pool: Resource[Any] | None = None
+    _pooled_connection: PooledConnection | None = None
+
+    def release(self) -> None:
+        if self._pool is None:
+            self.close()
+        else:
+            self._pool.release(self)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+class ConnectionPool(Resource[PooledConnection]):
+    """Connections to the broker of ``connection`` (clones of it). Acquired connections are not
+    connected yet the first time; they connect when entered (``with``) or first used."""
+
+    LimitExceeded: ClassVar[type[exceptions.LimitExceeded]] = exceptions.ConnectionLimitExceeded
+
+    def __init__(
+        self, connection: Connection, limit: int | None = None, preload: int | None = None, **kwargs: Any
+    ) -> None:
+        self.connection = connection
+        super().__init__(limit=limit, preload=preload)
+
+    def new(self) -> PooledConnection:
+        return _adopt(self.connection.clone(), PooledConnection, self)
+
+    def close_resource(self, resource: PooledConnection) -> None:
+        resource.close()
+
+    @contextmanager
+    def acquire_channel(self, block: bool = False) -> Iterator[tuple[Connection, Channel]]:
+        """Acquire a connection and yield it with its default channel; release it on exit."""
+        with self.acquire(block=block) as connection:
+            yield connection, connection.ensure_default_channel()
+
+
+class ChannelPool(Resource[PooledChannel]):
+    """Channels on ``connection`` (connected on first need). A released channel keeps its consumers and
+    settings: cancel what you started before releasing it. A closed channel is not reused."""
+
+    LimitExceeded: ClassVar[type[exceptions.LimitExceeded]] = exceptions.ChannelLimitExceeded
+
+    def __init__(
+        self, connection: Connection, limit: int | None = None, preload: int | None = None, **kwargs: Any
+    ) -> None:
+        self.connection = connection
+        super().__init__(limit=limit, preload=preload)
+
+    def new(self) -> PooledChannel:
+        return _adopt(self.connection.channel(), PooledChannel, self)
+
+    def recycle(self, resource: PooledChannel) -> bool:
+        return resource.is_open and resource.connection.connected
+
+    def close_resource(self, resource: PooledChannel) -> None:
+        resource.close()
+
+
+_pooled_producer_classes: dict[type[messaging.Producer], type[PooledProducer]] = {}
+
+
+def _pooled_producer_class(cls: type[messaging.Producer]) -> type[PooledProducer]:
+    if issubclass(cls, PooledProducer):
+        return cls
+    pooled = _pooled_producer_classes.get(cls)
+    if pooled is None:
+        pooled = cast(type[PooledProducer], type(f"Pooled{cls.__name__}", (PooledProducer, cls), {}))
+        _pooled_producer_classes[cls] = pooled
+    return pooled
+
+
+class ProducerPool(Resource[PooledProducer]):
+    """Producers, each holding a connection from ``connections`` while it is acquired (acquiring one may
+    wait for a free connection). ``Producer`` is the producer class to make (default :class:`Producer`)."""
+
+    Producer: type[messaging.Producer] = messaging.Producer
+
+    def __init__(
+        self,
+        connections: ConnectionPool,
+        Producer: type[messaging.Producer] | None = None,
+        limit: int | None = None,
+        preload: int | None = None,
+    ) -> None:
+        self.connections = connections
+        if Producer is not None:
+            self.Producer = Producer
+        super().__init__(limit=limit, preload=preload)
+
+    def _connection(self) -> PooledConnection:
+        return self.connections.acquire(block=True)
+
+    def new(self) -> PooledProducer:
+        connection = self._connection()
+        try:
+            producer = _pooled_producer_class(self.Producer)(connection)
+        except BaseException:
+            connection.release()
+            raise
+        producer._pool = self
+        producer._pooled_connection = connection
+        return producer
+
+    def prepare(self, resource: PooledProducer) -> PooledProducer:
+        if resource._pooled_connection is None:
+            connection = self._connection()
+            resource.revive(connection)
+            resource._pooled_connection = connection
+        return resource
+
+    def recycle(self, resource: PooledProducer) -> bool:
+        connection, resource._pooled_connection = resource._pooled_connection, None
+        if connection is not None:
+            connection.release()
+        return True
+
+    def close_resource(self, resource: PooledProducer) -> None:
+        self.recycle(resource)
+
+
+# --- registries -----------------------------------------------------------------------------------------
+
+_limit = [10]
+_groups: list[PoolGroup[Any]] = []
+
+P = TypeVar("P", bound=Resource[Any])
+
+
+def _connection_key(connection: Connection) -> Hashable:
+    """Connections with the same addresses and options share a pool (Kombu's "equal connections")."""
+    urls = tuple(url.as_uri(include_password=True) for url in connection.urls)
+    return urls, repr(sorted(connection.transport_options.items()))
+
+
+class PoolGroup(Generic[P]):
+    """A registry of pools, one per broker address: ``group[connection]`` returns (making it on first
+    use) the pool for connections equal to ``connection``. ``limit`` None uses :func:`get_limit`."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
+        self._pools: dict[Hashable, P] = {}
+        self._lock = threading.Lock()  # never held across I/O: the same lock serves both faces
+
+    def create(self, connection: Connection, limit: int) -> P:
+        raise NotImplementedError("PoolGroups must define create()")
+
+    def __getitem__(self, connection: Connection) -> P:
+        key = _connection_key(connection)
+        with self._lock:
+            pool = self._pools.get(key)
+            if pool is None:
+                limit = get_limit() if self.limit is None else self.limit
+                pool = self._pools[key] = self.create(connection, limit)
+            return pool
+
+    def __contains__(self, connection: object) -> bool:
+        return isinstance(connection, Connection) and _connection_key(connection) in self._pools
+
+    def __len__(self) -> int:
+        return len(self._pools)
+
+    def values(self) -> list[P]:
+        with self._lock:
+            return list(self._pools.values())
+
+    def clear(self) -> None:
+        with self._lock:
+            self._pools.clear()
+
+
+G = TypeVar("G", bound=PoolGroup[Any])
+
+
+def register_group(group: G) -> G:
+    """Have :func:`reset` and :func:`set_limit` manage this group's pools too."""
+    _groups.append(group)
+    return group
+
+
+class Connections(PoolGroup[ConnectionPool]):
+    """``connections[conn]``: the connection pool for ``conn``'s broker."""
+
+    def create(self, connection: Connection, limit: int) -> ConnectionPool:
+        return ConnectionPool(connection, limit=limit)
+
+
+class Producers(PoolGroup[ProducerPool]):
+    """``producers[conn]``: a producer pool drawing on ``connections[conn]``."""
+
+    def create(self, connection: Connection, limit: int) -> ProducerPool:
+        return ProducerPool(connections[connection], limit=limit)
+
+
+connections = register_group(Connections())
+producers = register_group(Producers())
+
+
+def get_limit() -> int:
+    """The size of the pools the registries make (10 unless :func:`set_limit` changed it)."""
+    return _limit[0]
+
+
+def set_limit(limit: int, force: bool = False, reset_after: bool = False, ignore_errors: bool = False) -> int:
+    """Set the registries' pool size, resizing every pool they hold (see :meth:`Resource.resize`)."""
+    if isinstance(limit, bool):
+        raise TypeError("limit must be an int, not bool")
+    limit = limit or 0
+    if limit != _limit[0]:
+        for group in _groups:
+            for pool in group.values():
+                pool.resize(limit, force=force, ignore_errors=ignore_errors, reset=reset_after)
+        _limit[0] = limit
+    return limit
+
+
+def reset(*args: Any, **kwargs: Any) -> None:
+    """Close every resource of every registered pool (also those in use) and forget the pools."""
+    for group in _groups:
+        for pool in group.values():
+            try:
+                pool.force_close_all()
+            except Exception:
+                logger.debug("error closing %r", pool, exc_info=True)
+        group.clear()

@@ -1,0 +1,1 @@
+"""Tests of the library layer above Producer/Consumer: SimpleQueue, ConsumerMixin, pools, common helpers."""
