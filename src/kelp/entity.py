@@ -149,10 +149,12 @@ class Exchange(_Bindable):
         return (self.name, self.type, self.durable, self.auto_delete, self.internal, _frozen(self.arguments))
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Exchange) and self._key() == other._key()
+        return self is other or (isinstance(other, Exchange) and self._key() == other._key())
 
     def __hash__(self) -> int:
-        return hash(self._key())
+        # By name only: cheap on the publish path (maybe_declare looks entities up in a set), and
+        # consistent with __eq__, which compares every property.
+        return hash(("exchange", self.name))
 
     def __repr__(self) -> str:
         return f"<Exchange {self.name or '(default)'}({self.type})>"
@@ -419,10 +421,10 @@ class Queue(_Bindable):
         )
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Queue) and self._key() == other._key()
+        return self is other or (isinstance(other, Queue) and self._key() == other._key())
 
     def __hash__(self) -> int:
-        return hash(self._key())
+        return hash(("queue", self.name))
 
     def __repr__(self) -> str:
         if self.bindings:

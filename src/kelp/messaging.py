@@ -21,7 +21,7 @@ from kelp._envelope import Delivery, Envelope
 from kelp.compression import compress
 from kelp.connection import Channel, Connection
 from kelp.entity import Exchange, Queue, maybe_delivery_mode
-from kelp.exceptions import ContentDisallowed, UsageError
+from kelp.exceptions import ChannelError, ContentDisallowed, UsageError
 from kelp.message import Message
 from kelp.serialization import dumps, prepare_accept_content
 
@@ -201,12 +201,13 @@ class Producer:
             props["expiration"] = str(int(expiration * 1000))
         if reply_to is not None:
             props["reply_to"] = reply_to.name if isinstance(reply_to, Queue) else reply_to
-        for key, value in properties.items():
-            if value is not None:
-                props[_PROPERTY_ALIASES.get(key, key)] = value
-        unknown = set(props) - _KNOWN_PROPERTIES
-        if unknown:
-            raise UsageError(f"unknown message properties: {sorted(unknown)}")
+        if properties:
+            for key, value in properties.items():
+                if value is not None:
+                    props[_PROPERTY_ALIASES.get(key, key)] = value
+            unknown = set(props) - _KNOWN_PROPERTIES
+            if unknown:
+                raise UsageError(f"unknown message properties: {sorted(unknown)}")
         return Envelope(
             payload,
             props,
@@ -290,9 +291,10 @@ class Producer:
             self._returned(channel, envelope)
 
     def _returned(self, channel: Channel, envelope: Envelope) -> None:
-        error = UsageError(
+        error = ChannelError(
             f"NO_ROUTE: message to exchange {envelope.exchange!r} with routing key "
-            f"{envelope.routing_key!r} was not routed to any queue"
+            f"{envelope.routing_key!r} was not routed to any queue",
+            312,
         )
         message = Message(
             None,

@@ -145,8 +145,9 @@ class _Queue:
         return None
 
     def pop(self) -> _Entry | None:
-        level = self.head_level()
-        if level is None:
+        levels = self.levels
+        level = levels[0] if len(levels) == 1 else self.head_level()
+        if not level:
             return None
         entry = level.popleft()
         self.count -= 1
@@ -799,10 +800,20 @@ class MemoryBroker:
     def ack(self, connection_id: int, channel_id: int, delivery_tag: int, multiple: bool) -> None:
         with self._lock:
             channel = self._channel(connection_id, channel_id)
-            for item in self._settle(channel, delivery_tag, multiple):
+            if multiple:
+                items = self._settle(channel, delivery_tag, multiple)
+            else:  # the common case, kept short
+                item = channel.unacked.pop(delivery_tag, None)
+                if item is None:
+                    raise ChannelError(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}", 406)
+                items = (item,)
+            for item in items:
                 if item.consumer is not None:
                     item.consumer.unacked -= 1
-            self._wake_connection(channel.connection)
+            connection = channel.connection
+            if connection.waiting:
+                connection.waiting = False
+                connection.waker.set()
 
     def reject(
         self, connection_id: int, channel_id: int, delivery_tag: int, requeue: bool, multiple: bool = False
