@@ -1,0 +1,1 @@
+"""kelp conformance suite: one set of behaviour tests every transport must pass, on both faces."""
