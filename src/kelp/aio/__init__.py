@@ -5,17 +5,28 @@
 faces behave alike by construction.
 """
 
+from kelp.aio.common import Broadcast, eventloop, uuid
 from kelp.aio.connection import Channel, Connection
 from kelp.aio.message import Message
 from kelp.aio.messaging import Consumer, Producer, maybe_declare
+from kelp.aio.mixins import ConsumerMixin, ConsumerProducerMixin
+from kelp.aio.pools import connections, producers
 from kelp.aio.simple import SimpleBuffer, SimpleQueue
 from kelp.entity import Exchange, Queue, binding
 from kelp.exceptions import KelpError
+from kelp.serialization import disable_insecure_serializers, enable_insecure_serializers
+
+#: Kombu's older name for :class:`Connection`.
+BrokerConnection = Connection
 
 __all__ = [
+    "Broadcast",
+    "BrokerConnection",
     "Channel",
     "Connection",
     "Consumer",
+    "ConsumerMixin",
+    "ConsumerProducerMixin",
     "Exchange",
     "KelpError",
     "Message",
@@ -24,5 +35,11 @@ __all__ = [
     "SimpleBuffer",
     "SimpleQueue",
     "binding",
+    "connections",
+    "disable_insecure_serializers",
+    "enable_insecure_serializers",
+    "eventloop",
     "maybe_declare",
+    "producers",
+    "uuid",
 ]
