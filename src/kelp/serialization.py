@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import importlib
 import json
 import pickle
 import uuid
@@ -319,49 +320,66 @@ def _pickle_dumps(obj: Any) -> bytes:
     return pickle.dumps(obj, protocol=pickle.DEFAULT_PROTOCOL)
 
 
-def _missing(name: str, extra: str) -> Callable[[Any], Any]:
-    def unavailable(_: Any) -> Any:
-        raise SerializerNotInstalled(f"the {name} serializer needs a library that is not installed: {extra}")
+Codec: TypeAlias = tuple[Callable[[Any], Any], Callable[[bytes], Any]]
 
-    return unavailable
+
+def _lazy_codec(module: str, make: Callable[[Any], Codec], hint: str) -> Codec:
+    """An encoder and a decoder importing ``module`` on first use (SerializerNotInstalled if absent)."""
+    loaded: list[Codec] = []
+
+    def codec() -> Codec:
+        if not loaded:
+            try:
+                library = importlib.import_module(module)
+            except ImportError:
+                raise SerializerNotInstalled(
+                    f"the {module} serializer needs a library that is not installed: {hint}"
+                ) from None
+            loaded.append(make(library))
+        return loaded[0]
+
+    def encode(obj: Any) -> Any:
+        return codec()[0](obj)
+
+    def decode(payload: bytes) -> Any:
+        return codec()[1](payload)
+
+    return encode, decode
+
+
+def _msgpack_codec(msgpack: Any) -> Codec:
+    def dumps(obj: Any) -> bytes:
+        return bytes(msgpack.packb(obj, use_bin_type=True, default=_primitive))
+
+    def loads(payload: bytes) -> Any:
+        return msgpack.unpackb(payload, raw=False)
+
+    return dumps, loads
+
+
+def _yaml_codec(yaml: Any) -> Codec:
+    # Only the safe loader and dumper: plain data, never tags that construct arbitrary objects.
+    safe_loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    safe_dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+    def dumps(obj: Any) -> str:
+        return str(yaml.dump(obj, Dumper=safe_dumper, allow_unicode=True))
+
+    def loads(payload: bytes) -> Any:
+        return yaml.load(payload, Loader=safe_loader)
+
+    return dumps, loads
 
 
 def _register_builtins(reg: SerializerRegistry) -> None:
     reg.register("json", _json_encode, _json_loads, "application/json", "utf-8")
     reg.register("pickle", _pickle_dumps, pickle.loads, "application/x-python-serialize", "binary")
 
-    try:
-        import msgpack
-    except ImportError:
-        hint = _missing("msgpack", "pip install kelp[msgpack]")
-        reg.register("msgpack", hint, hint, "application/x-msgpack", "binary")
-    else:
-
-        def msgpack_dumps(obj: Any) -> bytes:
-            return bytes(msgpack.packb(obj, use_bin_type=True, default=_primitive))
-
-        def msgpack_loads(payload: bytes) -> Any:
-            return msgpack.unpackb(payload, raw=False)
-
-        reg.register("msgpack", msgpack_dumps, msgpack_loads, "application/x-msgpack", "binary")
-
-    try:
-        import yaml
-    except ImportError:
-        hint = _missing("yaml", "pip install kelp[yaml]")
-        reg.register("yaml", hint, hint, "application/x-yaml", "utf-8")
-    else:
-        # Only the safe loader and dumper: plain data, never tags that construct arbitrary objects.
-        safe_loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-        safe_dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-
-        def yaml_dumps(obj: Any) -> str:
-            return str(yaml.dump(obj, Dumper=safe_dumper, allow_unicode=True))
-
-        def yaml_loads(payload: bytes) -> Any:
-            return yaml.load(payload, Loader=safe_loader)
-
-        reg.register("yaml", yaml_dumps, yaml_loads, "application/x-yaml", "utf-8")
+    # The optional libraries are imported on first use, so ``import kelp`` stays light.
+    msgpack_dumps, msgpack_loads = _lazy_codec("msgpack", _msgpack_codec, "pip install kelp[msgpack]")
+    reg.register("msgpack", msgpack_dumps, msgpack_loads, "application/x-msgpack", "binary")
+    yaml_dumps, yaml_loads = _lazy_codec("yaml", _yaml_codec, "pip install kelp[yaml]")
+    reg.register("yaml", yaml_dumps, yaml_loads, "application/x-yaml", "utf-8")
 
     reg.enable("json")
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import pickle
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -355,16 +356,9 @@ def test_default_serializer() -> None:
 
 
 def test_missing_library_gives_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
-    import builtins
-
-    real_import = builtins.__import__
-
-    def fake_import(name: str, *args: Any, **kwargs: Any) -> Any:
-        if name in ("msgpack", "yaml"):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", fake_import)
+    # A None entry in sys.modules makes importing that module raise ImportError.
+    monkeypatch.setitem(sys.modules, "msgpack", None)
+    monkeypatch.setitem(sys.modules, "yaml", None)
     fresh = serialization.SerializerRegistry()
     serialization._register_builtins(fresh)
     with pytest.raises(SerializerNotInstalled, match=r"pip install kelp\[msgpack\]"):
