@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -107,15 +108,27 @@ def check_demo_output(out: str) -> None:
     assert "cleaned up: deleted 8 queues and 4 exchanges" in out
 
 
-def test_demo_as_a_module() -> None:
+def test_demo_as_a_module_runs_on_the_embedded_default(tmp_path: Path) -> None:
     env = {key: value for key, value in os.environ.items() if key != "KELP_URL"}
+    env["KELP_HOME"] = str(tmp_path)
     result = subprocess.run(
-        [sys.executable, "-m", "kelp", "demo"], capture_output=True, text=True, timeout=60, env=env
+        [sys.executable, "-m", "kelp", "demo"], capture_output=True, text=True, timeout=120, env=env
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
-    assert result.stdout.startswith("kelp demo on memory://")
+    assert result.stdout.startswith(f"kelp demo on sqlite:///{tmp_path}/kelp.db")
+    assert (tmp_path / "kelp.db").exists()
     check_demo_output(result.stdout)
+
+
+def test_damaged_database_is_one_clear_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(b"this is not a database" * 100)
+    status, out, err = run(capsys, "--url", f"sqlite:///{damaged}", "queues")
+    assert status == 1
+    assert out == ""
+    assert_one_error_line(err, "not a usable kelp database")
+    assert damaged.read_bytes() == b"this is not a database" * 100
 
 
 def test_demo_in_process_leaves_nothing_behind(capsys: pytest.CaptureFixture[str], url: str) -> None:
@@ -268,7 +281,6 @@ def test_bench(capsys: pytest.CaptureFixture[str], url: str) -> None:
         ("memory://host:notaport", "invalid port"),
         ("no spaces allowed://x", "invalid scheme"),
         ("foo://somewhere", "unknown transport 'foo'"),
-        ("sqlite:///tmp/kelp.db", "not available"),
     ],
 )
 def test_bad_url_is_a_usage_error(capsys: pytest.CaptureFixture[str], target: str, fragment: str) -> None:

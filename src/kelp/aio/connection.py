@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
+from urllib.parse import quote
 
 from kelp._envelope import PROPERTY_NAMES, Delivery, Envelope, QueueInfo
 from kelp.aio._backend import maybe_await, monotonic, sleep
@@ -38,15 +39,32 @@ __all__ = ["DEFAULT_URL", "TRANSPORTS", "Channel", "Connection", "resolve_transp
 
 logger = logging.getLogger("kelp.connection")
 
-#: Used when no URL is given and ``KELP_URL`` is unset.
-DEFAULT_URL = "memory://"
+
+def default_sqlite_path() -> str:
+    """The database file of :data:`DEFAULT_URL`: ``$KELP_HOME/kelp.db`` if ``KELP_HOME`` is set, else
+    ``$XDG_DATA_HOME/kelp/kelp.db``, else ``~/.local/share/kelp/kelp.db`` (its directory is created on
+    first connect)."""
+    home = os.environ.get("KELP_HOME")
+    if home:
+        return os.path.join(os.path.abspath(os.path.expanduser(home)), "kelp.db")
+    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(os.path.abspath(data), "kelp", "kelp.db")
+
+
+#: Used when no URL is given and ``KELP_URL`` is unset: the embedded SQLite broker's default file.
+DEFAULT_URL = "sqlite:///" + quote(default_sqlite_path(), safe="/")
 
 #: URL scheme -> (module, class). The only transports a URL can select.
 TRANSPORTS: Mapping[str, tuple[str, str]] = {
     "memory": ("kelp.aio.transport.memory", "MemoryTransport"),
+    "sqlite": ("kelp.aio.transport.sqlite", "SqliteTransport"),
+    "amqp": ("kelp.aio.transport.amqp", "AmqpTransport"),
+    "amqps": ("kelp.aio.transport.amqp", "AmqpTransport"),
+    "redis": ("kelp.aio.transport.redis", "RedisTransport"),
+    "rediss": ("kelp.aio.transport.redis", "RedisTransport"),
 }
 #: Schemes kelp knows but whose transport is not in this build yet.
-PLANNED = frozenset({"sqlite", "amqp", "amqps", "redis", "rediss"})
+PLANNED = frozenset({"redis", "rediss"})
 SCHEME_ALIASES = {"pyamqp": "amqp", "librabbitmq": "amqp"}
 
 Callback = Callable[[Message], Any]
@@ -720,8 +738,7 @@ class Connection:
         self,
         name: str | Queue,
         no_ack: bool | None = None,
-        queue_opts: Mapping[str, Any] | None =
-        None,
+        queue_opts: Mapping[str, Any] | None = None,
         queue_args: Mapping[str, Any] | None = None,
         exchange_opts: Mapping[str, Any] | None = None,
         channel: Channel | None = None,

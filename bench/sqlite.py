@@ -1,0 +1,359 @@
+"""SQLite-transport benchmark: kelp ``sqlite://`` vs Kombu ``sqla+sqlite://`` vs a plain sqlite3 loop.
+
+One run, same machine, every scenario in fresh subprocesses and fresh database files:
+
+1. **publish** - one process, ``Producer.publish`` of N persistent ~256-byte JSON messages to a durable
+   queue (kelp: group commit, returns once buffered; the buffer is committed before the clock stops).
+2. **consume+ack** - one process, a Consumer (prefetch 100) acking every message, until all N arrived.
+3. **2x2 end-to-end** - 2 producer and 2 consumer processes, N messages in total; from the start of the
+   producers until the consumers acked the last one.
+4. **latency** - one producer process publishes a message every 5 ms (low load) carrying its send time;
+   a consumer in another process records arrival - send; p50 and p99.
+
+The floor is a plain ``sqlite3`` loop (WAL, synchronous=NORMAL): 100 inserts per transaction for publish,
+select-and-delete 100 at a time for consume. Kombu's virtual transport gets ``polling_interval=0`` for
+consume throughput and its default for latency (which is what its users get).
+
+    python bench/sqlite.py [--messages N] [--kombu-messages N] [--libraries kelp,kombu,sqlite3] [--json]
+
+Kombu runs fewer messages by default (it manages about a hundred per second here); rates are per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+BODY = {"id": "5f0c6f0e-3b1a-4f43-9d0e-6a4c1d2b7e90", "type": "order.created", "note": "x" * 170}
+TARGETS = {"publish": 50_000, "consume": 30_000, "e2e": 20_000, "p50_ms": 5.0, "p99_ms": 20.0}
+
+
+# --- children ------------------------------------------------------------------------------------------
+
+
+def _kelp_publish(url: str, n: int, start: int = 0) -> float:
+    from kelp import Connection, Exchange, Queue
+
+    queue = Queue("bench", Exchange("bench", "direct"), "bench", durable=True, auto_delete=False)
+    with Connection(url) as conn:
+        producer = conn.Producer()
+        producer.declare()
+        t0 = time.perf_counter()
+        for i in range(start, start + n):
+            producer.publish({**BODY, "n": i}, exchange="bench", routing_key="bench", declare=[queue])
+        conn.transport.store.flush()  # type: ignore[union-attr]
+        return time.perf_counter() - t0
+
+
+def _kelp_consume(url: str, n: int, idle: float = 10.0) -> float:
+    from kelp import Connection, Exchange, Queue
+
+    queue = Queue("bench", Exchange("bench", "direct"), "bench", durable=True, auto_delete=False)
+    got = [0]
+
+    def on_message(body: Any, message: Any) -> None:
+        got[0] += 1
+        message.ack()
+
+    with Connection(url) as conn, conn.Consumer([queue], callbacks=[on_message], prefetch_count=100):
+        t0 = time.perf_counter()
+        if n < 0:
+            return _until_idle(conn, got)
+        while got[0] < n:
+            conn.drain_events(timeout=idle)
+        conn.transport.store.flush()  # type: ignore[union-attr]
+        return time.perf_counter() - t0
+
+
+def _until_idle(conn: Any, got: list[int]) -> Any:
+    """Consume until nothing came for a second; return (count, wall-clock time of the last message)."""
+    last = time.time()
+    while True:
+        try:
+            conn.drain_events(timeout=1.0 if got[0] else 30.0)
+            last = time.time()
+        except TimeoutError:
+            return [got[0], last]
+
+
+def _kombu_queue() -> Any:
+    from kombu import Exchange, Queue
+
+    return Queue("bench", Exchange("bench", "direct"), "bench", durable=True)
+
+
+def _kombu_publish(url: str, n: int, start: int = 0) -> float:
+    from kombu import Connection
+
+    queue = _kombu_queue()
+    with Connection(url) as conn:
+        producer = conn.Producer()
+        t0 = time.perf_counter()
+        for i in range(start, start + n):
+            producer.publish({**BODY, "n": i}, exchange=queue.exchange, routing_key="bench", declare=[queue])
+        return time.perf_counter() - t0
+
+
+def _kombu_consume(url: str, n: int, idle: float = 10.0) -> float:
+    from kombu import Connection
+
+    queue = _kombu_queue()
+    got = [0]
+
+    def on_message(body: Any, message: Any) -> None:
+        got[0] += 1
+        message.ack()
+
+    with Connection(url) as conn:
+        conn.transport.polling_interval = 0  # its transport options go to SQLAlchemy's create_engine
+        with conn.Consumer([queue], callbacks=[on_message], prefetch_count=100, accept=["json"]):
+            t0 = time.perf_counter()
+            if n < 0:
+                return _until_idle(conn, got)
+            while got[0] < n:
+                conn.drain_events(timeout=idle)
+            return time.perf_counter() - t0
+
+
+def _raw_open(path: str) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, timeout=30)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("CREATE TABLE IF NOT EXISTS q (id INTEGER PRIMARY KEY AUTOINCREMENT, body BLOB NOT NULL)")
+    return db
+
+
+def _raw_publish(path: str, n: int, start: int = 0) -> float:
+    db = _raw_open(path)
+    t0 = time.perf_counter()
+    for base in range(start, start + n, 100):
+        db.execute("BEGIN IMMEDIATE")
+        for i in range(base, min(base + 100, start + n)):
+            db.execute("INSERT INTO q (body) VALUES (?)", (json.dumps({**BODY, "n": i}).encode(),))
+        db.execute("COMMIT")
+    return time.perf_counter() - t0
+
+
+def _raw_consume(path: str, n: int, idle: float = 10.0) -> Any:
+    db = _raw_open(path)
+    got = 0
+    t0 = time.perf_counter()
+    last = time.monotonic()
+    last_wall = time.time()
+    if n < 0:
+        idle = 30.0
+    while got < n or n < 0:
+        db.execute("BEGIN IMMEDIATE")
+        rows = db.execute("DELETE FROM q WHERE id IN (SELECT id FROM q ORDER BY id LIMIT 100) RETURNING body")
+        batch = [json.loads(body) for (body,) in rows]
+        db.execute("COMMIT")
+        got += len(batch)
+        if batch:
+            last = time.monotonic()
+            last_wall = time.time()
+            if n < 0:
+                idle = 1.0
+        elif time.monotonic() - last > idle:
+            if n < 0:
+                return [got, last_wall]
+            raise RuntimeError(f"sqlite3 floor: {got} of {n} arrived")
+        else:
+            time.sleep(0.0005)
+    return time.perf_counter() - t0
+
+
+def _latency_produce(library: str, url: str, n: int, interval: float) -> None:
+    if library == "kelp":
+        from kelp import Connection
+    else:
+        from kombu import Connection  # type: ignore[no-redef]
+    queue = _kombu_queue() if library == "kombu" else None
+    if queue is None:
+        from kelp import Exchange, Queue
+
+        queue = Queue("bench", Exchange("bench", "direct"), "bench", durable=True, auto_delete=False)
+    with Connection(url) as conn:
+        producer = conn.Producer()
+        producer.publish(
+            {"t": 0.0, "warmup": True}, exchange=queue.exchange, routing_key="bench", declare=[queue]
+        )
+        time.sleep(0.5)
+        for _ in range(n):
+            producer.publish(
+                {"t": time.time()}, exchange=queue.exchange, routing_key="bench", declare=[queue]
+            )
+            time.sleep(interval)
+
+
+def _latency_consume(library: str, url: str, n: int) -> list[float]:
+    if library == "kelp":
+        from kelp import Connection, Exchange, Queue
+
+        queue: Any = Queue("bench", Exchange("bench", "direct"), "bench", durable=True, auto_delete=False)
+    else:
+        from kombu import Connection  # type: ignore[no-redef]
+
+        queue = _kombu_queue()
+    samples: list[float] = []
+
+    def on_message(body: Any, message: Any) -> None:
+        now = time.time()
+        if not body.get("warmup"):
+            samples.append((now - body["t"]) * 1000)
+        message.ack()
+
+    with Connection(url) as conn, conn.Consumer([queue], callbacks=[on_message], accept=["json"]):
+        print("ready", flush=True)
+        while len(samples) < n:
+            conn.drain_events(timeout=30)
+    return samples
+
+
+def child(argv: list[str]) -> None:
+    """Run one scenario part and print its result as JSON on the last line."""
+    role, library, url = argv[0], argv[1], argv[2]
+    n = int(argv[3])
+    start = int(argv[4]) if len(argv) > 4 else 0
+    table = {
+        ("publish", "kelp"): _kelp_publish,
+        ("publish", "kombu"): _kombu_publish,
+        ("publish", "sqlite3"): _raw_publish,
+    }
+    if role == "publish":
+        result: Any = table[(role, library)](url, n, start)
+    elif role == "consume":
+        consume = {"kelp": _kelp_consume, "kombu": _kombu_consume, "sqlite3": _raw_consume}[library]
+        result = consume(url, n)
+    elif role == "latency-produce":
+        _latency_produce(library, url, n, 0.005)
+        result = None
+    elif role == "latency-consume":
+        result = _latency_consume(library, url, n)
+    else:
+        raise SystemExit(f"unknown role {role}")
+    print(json.dumps(result), flush=True)
+
+
+# --- the parent ------------------------------------------------------------------------------------------
+
+
+def _spawn(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, __file__, "--child", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _result(proc: subprocess.Popen[str], timeout: float = 600) -> Any:
+    out, err = proc.communicate(timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark child failed: {err.strip()[-2000:]}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _url(library: str, path: str) -> str:
+    return {"kelp": f"sqlite:///{path}", "kombu": f"sqla+sqlite:///{path}", "sqlite3": path}[library]
+
+
+def bench_library(library: str, n: int, latency_n: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        url = _url(library, os.path.join(tmp, "single.db"))
+        out["publish"] = n / _result(_spawn("publish", library, url, str(n)))
+        out["consume"] = n / _result(_spawn("consume", library, url, str(n)))
+
+        url = _url(library, os.path.join(tmp, "e2e.db"))
+        if library != "sqlite3":  # declare the queue first, so no message is published before it exists
+            _result(_spawn("publish", library, url, "1"))
+            _result(_spawn("consume", library, url, "1"))
+        half = n // 2
+        consumers = [_spawn("consume", library, url, "-1") for _ in range(2)]
+        time.sleep(1.0)  # let the consumers start (they wait for the first message)
+        t0 = time.time()
+        producers = [_spawn("publish", library, url, str(half), str(i * half)) for i in range(2)]
+        for proc in producers:
+            _result(proc)
+        counts = [_result(proc) for proc in consumers]
+        received = sum(count for count, _ in counts)
+        if received != 2 * half:
+            raise RuntimeError(f"{library}: 2x2 consumers got {received} of {2 * half} messages")
+        out["e2e"] = 2 * half / (max(last for _, last in counts) - t0)
+
+        if library != "sqlite3":
+            url = _url(library, os.path.join(tmp, "latency.db"))
+            _result(_spawn("publish", library, url, "1"))
+            _result(_spawn("consume", library, url, "1"))
+            consumer = _spawn("latency-consume", library, url, str(latency_n))
+            assert consumer.stdout is not None
+            consumer.stdout.readline()  # "ready"
+            producer = _spawn("latency-produce", library, url, str(latency_n + 1))
+            samples = sorted(_result(consumer))
+            _result(producer)
+            out["p50_ms"] = statistics.median(samples)
+            out["p99_ms"] = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--messages", type=int, default=50_000)
+    parser.add_argument(
+        "--kombu-messages", type=int, default=2_000, help="Kombu's sqla transport does ~100 msg/s here"
+    )
+    parser.add_argument("--latency-samples", type=int, default=400)
+    parser.add_argument("--libraries", default="kelp,kombu,sqlite3")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--child", nargs=argparse.REMAINDER)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child)
+        return 0
+    results: dict[str, dict[str, float]] = {}
+    for library in args.libraries.split(","):
+        print(f"running {library}...", file=sys.stderr, flush=True)
+        n = args.kombu_messages if library == "kombu" else args.messages
+        results[library] = bench_library(library, n, args.latency_samples)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    _print_table(results)
+    return 0
+
+
+def _print_table(results: dict[str, dict[str, float]]) -> None:
+    print(f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    header = f"{'':10} {'publish/s':>11} {'consume/s':>11} {'2x2 e2e/s':>11} {'p50 ms':>8} {'p99 ms':>8}"
+    print(header)
+    for library, r in results.items():
+        print(
+            f"{library:10} {r['publish']:11,.0f} {r['consume']:11,.0f} {r['e2e']:11,.0f} "
+            f"{r.get('p50_ms', float('nan')):8.2f} {r.get('p99_ms', float('nan')):8.2f}"
+        )
+    kelp = results.get("kelp")
+    if kelp is None:
+        return
+    print(
+        f"{'target':10} {TARGETS['publish']:11,} {TARGETS['consume']:11,} {TARGETS['e2e']:11,} "
+        f"{TARGETS['p50_ms']:8.2f} {TARGETS['p99_ms']:8.2f}"
+    )
+    for other in ("kombu", "sqlite3"):
+        if other in results:
+            r = results[other]
+            ratios = [kelp[key] / r[key] for key in ("publish", "consume", "e2e")]
+            print(f"kelp/{other:5} " + " ".join(f"{ratio:10.2f}x" for ratio in ratios))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,712 @@
+"""The operations of the sqlite store, each run inside one write transaction (:class:`Tx`).
+
+These functions hold the broker rules as they apply to rows: routing (through the topology snapshot and
+:mod:`kelp.routing`), queue limits, TTL, dead-lettering (through :func:`kelp._broker.queue_args.dead_letter`),
+exclusive and auto-delete queues. They keep no state of their own; the store decides when they run.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from kelp._broker.queue_args import (
+    QueueArgs,
+    check_name,
+    dead_letter,
+    expiration_ms,
+    generated_queue_name,
+    same_arguments,
+    tag,
+)
+from kelp._broker.sqlite._codec import decode, encode
+from kelp._broker.sqlite._topology import QueueDef, Topology, binding_key, load_topology
+from kelp._envelope import Envelope, QueueInfo
+from kelp.exceptions import (
+    AccessRefused,
+    NotFound,
+    PreconditionFailed,
+    ResourceLocked,
+    UsageError,
+)
+from kelp.routing import BindingTable, Destination, validate_exchange_type
+
+if TYPE_CHECKING:
+    from kelp._broker.sqlite._store import SqliteStore
+
+__all__ = ["Tx", "Waker"]
+
+new_tag = tag
+
+_INSERT = (
+    "INSERT INTO messages (queue, priority, body, properties, headers, exchange, routing_key, expires_at, "
+    "persistent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_RETURNING = "RETURNING id, priority, body, properties, headers, exchange, routing_key, redelivered"
+_HEAD = "SELECT id FROM messages WHERE queue=? AND owner IS NULL ORDER BY priority DESC, id LIMIT ?"
+
+
+class Waker(Protocol):
+    def set(self) -> None: ...
+
+    def clear(self) -> None: ...
+
+
+class Tx:
+    """One write transaction: the connection, its clock, the topology it sees and what it changed."""
+
+    __slots__ = ("db", "deleted_queues", "dirty", "next_due", "now", "reloaded", "rows", "topo", "touched")
+
+    def __init__(self, store: SqliteStore, db: sqlite3.Connection, now: float) -> None:
+        self.db = db
+        self.now = now
+        self.topo: Topology = store._topo
+        self.dirty = False
+        self.reloaded = False
+        self.rows: list[tuple[Any, ...]] = []
+        self.touched: set[str] = set()
+        self.deleted_queues: set[str] = set()
+        self.next_due = float("inf")
+
+    def refresh(self) -> None:
+        """Reload the topology if any process changed it since the snapshot."""
+        version = self.db.execute("SELECT value FROM meta WHERE key='topology'").fetchone()[0]
+        if version != self.topo.version:
+            self.topo = load_topology(self.db, version)
+            self.reloaded = True
+        self.dirty = False
+
+    def current(self) -> Topology:
+        if self.dirty:
+            self.refresh()
+        return self.topo
+
+    def bump(self) -> None:
+        self.db.execute("UPDATE meta SET value = value + 1 WHERE key='topology'")
+        self.dirty = True
+
+    def flush_rows(self) -> None:
+        if self.rows:
+            self.db.executemany(_INSERT, self.rows)
+            self.rows.clear()
+
+
+def nothing(tx: Tx) -> None:
+    return None
+
+
+def _json(kind: str, arguments: Mapping[str, Any] | None) -> str:
+    try:
+        return json.dumps(dict(arguments or {}), separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{kind} arguments cannot be stored: {exc}") from None
+
+
+# --- counting ------------------------------------------------------------------------------------------
+
+
+def ready_count(tx: Tx, name: str) -> int:
+    count: int = tx.db.execute(
+        "SELECT count(*) FROM messages WHERE queue=? AND owner IS NULL", (name,)
+    ).fetchone()[0]
+    return count
+
+
+def consumer_count(tx: Tx, name: str) -> int:
+    count: int = tx.db.execute("SELECT count(*) FROM consumers WHERE queue=?", (name,)).fetchone()[0]
+    return count
+
+
+def queue_stats(tx: Tx) -> list[tuple[str, int, int, int]]:
+    db = tx.db
+    ready = dict(db.execute("SELECT queue, count(*) FROM messages WHERE owner IS NULL GROUP BY queue"))
+    unacked = dict(db.execute("SELECT queue, count(*) FROM messages WHERE owner IS NOT NULL GROUP BY queue"))
+    consumers = dict(db.execute("SELECT queue, count(*) FROM consumers GROUP BY queue"))
+    return [
+        (name, ready.get(name, 0), unacked.get(name, 0), consumers.get(name, 0))
+        for name in tx.current().queues
+    ]
+
+
+def next_deadline(db: sqlite3.Connection) -> float:
+    """Wall-clock time of the next message expiry or queue expiry (inf: none)."""
+    due = float("inf")
+    row = db.execute(
+        "SELECT expires_at FROM messages WHERE expires_at IS NOT NULL AND owner IS NULL "
+        "ORDER BY expires_at LIMIT 1"
+    ).fetchone()
+    if row is not None:
+        due = row[0]
+    row = db.execute(
+        "SELECT min(last_used + expires_ms / 1000.0) FROM queues WHERE expires_ms IS NOT NULL "
+        "AND NOT EXISTS (SELECT 1 FROM consumers WHERE consumers.queue = queues.name)"
+    ).fetchone()
+    if row is not None and row[0] is not None:
+        due = min(due, row[0])
+    return float(due)
+
+
+# --- time ----------------------------------------------------------------------------------------------
+
+
+def tick(tx: Tx) -> None:
+    """Expire what is due: ready messages past their TTL (dead-lettered) and unused queues past x-expires."""
+    db = tx.db
+    rows = db.execute(
+        "SELECT id, queue, body, properties, headers, exchange, routing_key FROM messages "
+        "WHERE expires_at <= ? AND owner IS NULL ORDER BY queue, priority DESC, id",
+        (tx.now,),
+    ).fetchall()
+    if rows:
+        db.executemany("DELETE FROM messages WHERE id=?", [(row[0],) for row in rows])
+        for _, name, body, props, headers, exchange, routing_key in rows:
+            queue = tx.current().queues.get(name)
+            if queue is not None and queue.args.dead_letter_exchange is not None:
+                dead_letter_message(
+                    tx, queue, body, decode(props), decode(headers), exchange, routing_key, "expired"
+                )
+    if tx.current().has_expiring_queues:
+        expired = db.execute(
+            "SELECT name FROM queues WHERE expires_ms IS NOT NULL AND last_used + expires_ms / 1000.0 <= ? "
+            "AND NOT EXISTS (SELECT 1 FROM consumers WHERE consumers.queue = queues.name)",
+            (tx.now,),
+        ).fetchall()
+        for (name,) in expired:
+            delete_queue(tx, name)
+
+
+def _touch(tx: Tx, queue: QueueDef) -> None:
+    if queue.args.expires is not None:
+        tx.db.execute("UPDATE queues SET last_used=? WHERE name=?", (tx.now, queue.name))
+        tx.next_due = min(tx.next_due, tx.now + queue.args.expires / 1000)
+
+
+# --- publishing ----------------------------------------------------------------------------------------
+
+
+def publish(tx: Tx, envelopes: Sequence[Envelope]) -> tuple[list[Envelope], list[str]]:
+    """Route and store each envelope; return (unroutable mandatory envelopes, names of refusing queues)."""
+    returned: list[Envelope] = []
+    refused: list[str] = []
+    for envelope in envelopes:
+        targets = tx.current().route(envelope.exchange, envelope.routing_key, envelope.headers)
+        if not targets:
+            if envelope.mandatory:
+                returned.append(envelope)
+            continue
+        properties = envelope.properties
+        ttl = expiration_ms(properties)
+        props = encode(properties)
+        headers = encode(envelope.headers) if envelope.headers else None
+        persistent = properties.get("delivery_mode") == 2
+        for name in targets:
+            if not enqueue(tx, name, envelope, props, headers, persistent, ttl, tx.now):
+                refused.append(name)
+    return returned, refused
+
+
+def _full(args: QueueArgs, count: int, size: int) -> bool:
+    return (args.max_length is not None and count > args.max_length) or (
+        args.max_length_bytes is not None and size > args.max_length_bytes
+    )
+
+
+def _ready_size(tx: Tx, name: str) -> tuple[int, int]:
+    count, size = tx.db.execute(
+        "SELECT count(*), total(length(body)) FROM messages WHERE queue=? AND owner IS NULL", (name,)
+    ).fetchone()
+    return int(count), int(size)
+
+
+def enqueue(
+    tx: Tx,
+    name: str,
+    envelope: Envelope,
+    props: str,
+    headers: str | None,
+    persistent: bool,
+    ttl: int | None,
+    published: float,
+) -> bool:
+    """Store one copy of the message in queue ``name``; False if the queue refused it (x-overflow)."""
+    queue = tx.current().queues.get(name)
+    if queue is None:
+        return True  # deleted since the message was routed
+    args = queue.args
+    if args.message_ttl is not None:
+        ttl = args.message_ttl if ttl is None else min(ttl, args.message_ttl)
+    expires = None if ttl is None else published + ttl / 1000
+    priority = 0
+    if args.max_priority:
+        value = envelope.properties.get("priority") or 0
+        priority = min(max(value, 0), args.max_priority) if isinstance(value, int) else 0
+    row = (
+        name,
+        priority,
+        envelope.body,
+        props,
+        headers,
+        envelope.exchange,
+        envelope.routing_key,
+        expires,
+        int(persistent),
+    )
+    if expires is not None and expires < tx.next_due:
+        tx.next_due = expires
+    tx.touched.add(name)
+    if not args.bounded:
+        tx.rows.append(row)
+        return True
+    tx.flush_rows()
+    count, size = _ready_size(tx, name)
+    if _full(args, count + 1, size + len(envelope.body)):
+        if args.overflow != "drop-head":
+            if args.overflow == "reject-publish-dlx":
+                dead_letter_message(
+                    tx,
+                    queue,
+                    envelope.body,
+                    envelope.properties,
+                    envelope.headers,
+                    envelope.exchange,
+                    envelope.routing_key,
+                    "maxlen",
+                )
+            return False
+        tx.db.execute(_INSERT, row)
+        _drop_head(tx, queue)
+    else:
+        tx.db.execute(_INSERT, row)
+    return True
+
+
+def _drop_head(tx: Tx, queue: QueueDef) -> None:
+    db = tx.db
+    while True:
+        count, size = _ready_size(tx, queue.name)
+        if not count or not _full(queue.args, count, size):
+            return
+        row = db.execute(
+            "SELECT id, body, properties, headers, exchange, routing_key FROM messages "
+            "WHERE queue=? AND owner IS NULL ORDER BY priority DESC, id LIMIT 1",
+            (queue.name,),
+        ).fetchone()
+        db.execute("DELETE FROM messages WHERE id=?", (row[0],))
+        dead_letter_message(tx, queue, row[1], decode(row[2]), decode(row[3]), row[4], row[5], "maxlen")
+
+
+def dead_letter_message(
+    tx: Tx,
+    queue: QueueDef,
+    body: bytes,
+    properties: Mapping[str, Any],
+    headers: Mapping[str, Any],
+    exchange: str,
+    routing_key: str,
+    reason: str,
+) -> None:
+    """Republish a message that left ``queue`` for ``reason`` to the queue's dead-letter exchange."""
+    dlx = queue.args.dead_letter_exchange
+    if dlx is None:
+        return
+    result = dead_letter(
+        headers,
+        properties,
+        queue=queue.name,
+        reason=reason,
+        exchange=exchange,
+        routing_key=routing_key,
+        now=tx.now,
+    )
+    if result is None:
+        return  # a dead-letter cycle: RabbitMQ drops the message too
+    new_headers, new_properties = result
+    target_key = queue.args.dead_letter_routing_key or routing_key
+    topo = tx.current()
+    if dlx and dlx not in topo.exchanges:
+        return  # a missing dead-letter exchange drops the message, as in RabbitMQ
+    targets = topo.route(dlx, target_key, new_headers)
+    if not targets:
+        return
+    copy = Envelope(body, new_properties, new_headers, dlx, target_key)
+    props, head = encode(new_properties), encode(new_headers)
+    persistent = new_properties.get("delivery_mode") == 2
+    for name in targets:
+        enqueue(tx, name, copy, props, head, persistent, None, tx.now)
+
+
+# --- exchanges -----------------------------------------------------------------------------------------
+
+
+def declare_exchange(
+    tx: Tx,
+    name: str,
+    type_: str,
+    durable: bool,
+    auto_delete: bool,
+    internal: bool,
+    arguments: Mapping[str, Any] | None,
+    passive: bool,
+) -> None:
+    existing = tx.current().exchanges.get(name)
+    if passive:
+        if existing is None:
+            raise NotFound(f"no exchange '{name}' in vhost '/'")
+        return
+    check_name("exchange", name, passive)
+    if existing is not None:
+        if (existing.type, existing.durable, existing.auto_delete, existing.internal) != (
+            type_,
+            durable,
+            auto_delete,
+            internal,
+        ) or not same_arguments(existing.arguments, arguments):
+            raise PreconditionFailed(
+                f"inequivalent arg for exchange '{name}': declared as {existing.type} "
+                f"durable={existing.durable} auto_delete={existing.auto_delete}, "
+                f"redeclared as {type_} durable={durable} auto_delete={auto_delete}"
+            )
+        return
+    validate_exchange_type(type_)
+    tx.db.execute(
+        "INSERT INTO exchanges VALUES (?, ?, ?, ?, ?, ?)",
+        (name, type_, int(durable), int(auto_delete), int(internal), _json("exchange", arguments)),
+    )
+    tx.bump()
+
+
+def delete_exchange(tx: Tx, name: str, if_unused: bool) -> None:
+    if not name or name.startswith("amq."):
+        raise AccessRefused(f"operation not permitted on the default or 'amq.*' exchange '{name}'")
+    exchange = tx.current().exchanges.get(name)
+    if exchange is None:
+        return
+    if if_unused and len(exchange.table):
+        raise PreconditionFailed(f"exchange '{name}' in use")
+    _drop_exchange(tx, name)
+
+
+def _drop_exchange(tx: Tx, name: str) -> None:
+    db = tx.db
+    db.execute("DELETE FROM exchanges WHERE name=?", (name,))
+    db.execute("DELETE FROM bindings WHERE source=?", (name,))
+    db.execute("DELETE FROM bindings WHERE kind='exchange' AND destination=?", (name,))
+    tx.bump()
+
+
+def _maybe_auto_delete_exchange(tx: Tx, name: str) -> None:
+    row = tx.db.execute("SELECT auto_delete FROM exchanges WHERE name=?", (name,)).fetchone()
+    if row is None or not row[0]:
+        return
+    if tx.db.execute("SELECT 1 FROM bindings WHERE source=? LIMIT 1", (name,)).fetchone() is None:
+        _drop_exchange(tx, name)
+
+
+# --- queues --------------------------------------------------------------------------------------------
+
+
+def queue_for(tx: Tx, name: str, connection_id: int) -> QueueDef:
+    queue = tx.current().queues.get(name)
+    if queue is None:
+        raise NotFound(f"no queue '{name}' in vhost '/'")
+    _check_exclusive(queue, connection_id)
+    return queue
+
+
+def _check_exclusive(queue: QueueDef, connection_id: int) -> None:
+    if queue.exclusive_owner is not None and queue.exclusive_owner != connection_id:
+        raise ResourceLocked(
+            f"cannot obtain exclusive access to locked queue '{queue.name}': it belongs to another connection"
+        )
+
+
+def declare_queue(
+    tx: Tx,
+    connection_id: int,
+    name: str,
+    durable: bool,
+    exclusive: bool,
+    auto_delete: bool,
+    arguments: Mapping[str, Any] | None,
+    passive: bool,
+) -> QueueInfo:
+    if passive:
+        queue = queue_for(tx, name, connection_id)
+        return QueueInfo(queue.name, ready_count(tx, name), consumer_count(tx, name))
+    if name:
+        check_name("queue", name, passive)
+    existing = tx.current().queues.get(name) if name else None
+    if existing is not None:
+        _check_exclusive(existing, connection_id)
+        if (existing.durable, existing.exclusive_owner is not None, existing.auto_delete) != (
+            durable,
+            exclusive,
+            auto_delete,
+        ) or not same_arguments(existing.arguments, arguments):
+            raise PreconditionFailed(
+                f"inequivalent arg for queue '{name}': declared with durable={existing.durable} "
+                f"exclusive={existing.exclusive_owner is not None} "
+                f"auto_delete={existing.auto_delete} "
+                f"arguments={existing.arguments}, redeclared with durable={durable} "
+                f"exclusive={exclusive} auto_delete={auto_delete} arguments={dict(arguments or {})}"
+            )
+        _touch(tx, existing)
+        return QueueInfo(name, ready_count(tx, name), consumer_count(tx, name))
+    args = QueueArgs.parse(arguments)
+    name = name or generated_queue_name()
+    tx.db.execute(
+        "INSERT INTO queues (name, durable, exclusive_owner, auto_delete, arguments, expires_ms, last_used) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            name,
+            int(durable),
+            connection_id if exclusive else None,
+            int(auto_delete),
+            _json("queue", arguments),
+            args.expires,
+            tx.now,
+        ),
+    )
+    if args.expires is not None:
+        tx.next_due = min(tx.next_due, tx.now + args.expires / 1000)
+    tx.bump()
+    return QueueInfo(name, 0, 0)
+
+
+def delete_queue_checked(tx: Tx, connection_id: int, name: str, if_unused: bool, if_empty: bool) -> int:
+    queue = tx.current().queues.get(name)
+    if queue is None:
+        return 0
+    _check_exclusive(queue, connection_id)
+    if if_unused and consumer_count(tx, name):
+        raise PreconditionFailed(f"queue '{name}' in use")
+    if if_empty and ready_count(tx, name):
+        raise PreconditionFailed(f"queue '{name}' not empty")
+    return delete_queue(tx, name)
+
+
+def delete_queue(tx: Tx, name: str) -> int:
+    """Delete the queue, its messages (ready and unacked), bindings and consumers; return the ready count."""
+    db = tx.db
+    count = ready_count(tx, name)
+    db.execute("DELETE FROM messages WHERE queue=?", (name,))
+    db.execute("DELETE FROM queues WHERE name=?", (name,))
+    db.execute("DELETE FROM consumers WHERE queue=?", (name,))
+    sources = [
+        source
+        for (source,) in db.execute(
+            "SELECT DISTINCT source FROM bindings WHERE kind='queue' AND destination=?", (name,)
+        ).fetchall()
+    ]
+    db.execute("DELETE FROM bindings WHERE kind='queue' AND destination=?", (name,))
+    tx.bump()
+    tx.deleted_queues.add(name)
+    for source in sources:
+        _maybe_auto_delete_exchange(tx, source)
+    return count
+
+
+def purge_queue(tx: Tx, connection_id: int, name: str) -> int:
+    queue_for(tx, name, connection_id)
+    count: int = tx.db.execute("DELETE FROM messages WHERE queue=? AND owner IS NULL", (name,)).rowcount
+    return count
+
+
+def _maybe_auto_delete_queue(tx: Tx, name: str) -> None:
+    row = tx.db.execute("SELECT auto_delete, had_consumer FROM queues WHERE name=?", (name,)).fetchone()
+    if row is not None and row[0] and row[1] and not consumer_count(tx, name):
+        delete_queue(tx, name)
+
+
+# --- bindings ------------------------------------------------------------------------------------------
+
+
+def _destination(kind: str, name: str) -> Destination:
+    if kind == "queue":
+        return Destination.queue(name)
+    if kind == "exchange":
+        return Destination.exchange(name)
+    raise UsageError(f"a binding destination is a 'queue' or an 'exchange', not {kind!r}")
+
+
+def bind(
+    tx: Tx,
+    connection_id: int,
+    kind: str,
+    destination: str,
+    source: str,
+    routing_key: str,
+    arguments: Mapping[str, Any] | None,
+) -> None:
+    if not source:
+        raise AccessRefused("operation not permitted on the default exchange")
+    topo = tx.current()
+    exchange = topo.exchanges.get(source)
+    if exchange is None:
+        raise NotFound(f"no exchange '{source}' in vhost '/'")
+    target = _destination(kind, destination)
+    if kind == "queue":
+        queue_for(tx, destination, connection_id)
+    elif destination not in topo.exchanges:
+        raise NotFound(f"no exchange '{destination}' in vhost '/'")
+    # Validate as the routing table would (a bad x-match raises ValueError), before storing anything.
+    BindingTable(exchange.type).add(target, routing_key, dict(arguments or {}))
+    added = tx.db.execute(
+        "INSERT OR IGNORE INTO bindings VALUES (?, ?, ?, ?, ?)",
+        (source, kind, destination, routing_key, binding_key(arguments)),
+    ).rowcount
+    if added:
+        tx.bump()
+
+
+def unbind(
+    tx: Tx,
+    connection_id: int,
+    kind: str,
+    destination: str,
+    source: str,
+    routing_key: str,
+    arguments: Mapping[str, Any] | None,
+) -> None:
+    if not source:
+        raise AccessRefused("operation not permitted on the default exchange")
+    _destination(kind, destination)
+    if kind == "queue":
+        queue_for(tx, destination, connection_id)
+    if source not in tx.current().exchanges:
+        return
+    removed = tx.db.execute(
+        "DELETE FROM bindings WHERE source=? AND kind=? AND destination=? AND routing_key=? AND arguments=?",
+        (source, kind, destination, routing_key, binding_key(arguments)),
+    ).rowcount
+    if removed:
+        tx.bump()
+        _maybe_auto_delete_exchange(tx, source)
+
+
+# --- consumers and deliveries --------------------------------------------------------------------------
+
+
+def consume(tx: Tx, connection_id: int, channel_id: int, name: str, consumer_tag: str) -> None:
+    queue = queue_for(tx, name, connection_id)
+    tx.db.execute(
+        "INSERT OR REPLACE INTO consumers VALUES (?, ?, ?, ?)",
+        (connection_id, channel_id, consumer_tag, name),
+    )
+    tx.db.execute("UPDATE queues SET had_consumer=1, last_used=? WHERE name=?", (tx.now, name))
+    tx.touched.add(queue.name)
+
+
+def cancel_consumer(tx: Tx, connection_id: int, channel_id: int, consumer_tag: str) -> None:
+    row = tx.db.execute(
+        "DELETE FROM consumers WHERE connection=? AND channel=? AND tag=? RETURNING queue",
+        (connection_id, channel_id, consumer_tag),
+    ).fetchone()
+    if row is None:
+        return
+    name = row[0]
+    tx.db.execute("UPDATE queues SET last_used=? WHERE name=?", (tx.now, name))
+    _maybe_auto_delete_queue(tx, name)
+    queue = tx.current().queues.get(name)
+    if queue is not None and queue.args.expires is not None:
+        tx.next_due = min(tx.next_due, tx.now + queue.args.expires / 1000)
+
+
+def claim_rows(tx: Tx, connection_id: int, name: str, limit: int, no_ack: bool) -> list[Any]:
+    if no_ack:
+        return tx.db.execute(
+            f"DELETE FROM messages WHERE id IN ({_HEAD}) {_RETURNING}", (name, limit)
+        ).fetchall()
+    return tx.db.execute(
+        "UPDATE messages SET owner=?, claimed_at=?, delivery_count=delivery_count+1 "
+        f"WHERE id IN ({_HEAD}) {_RETURNING}",
+        (connection_id, tx.now, name, limit),
+    ).fetchall()
+
+
+def claim(tx: Tx, connection_id: int, plan: list[Any], limit: int) -> list[tuple[Any, Any, list[Any]]]:
+    """Claim rows for each consumer of the plan ``(channel, [(consumer, room)], channel_room)``."""
+    out: list[tuple[Any, Any, list[Any]]] = []
+    total = 0
+    queues = tx.current().queues
+    for channel, rooms, channel_room in plan:
+        for consumer, room in rooms:
+            n = min(room, channel_room, limit - total)
+            if n <= 0:
+                break
+            queue = queues.get(consumer.queue)
+            if queue is None:
+                continue
+            rows = claim_rows(tx, connection_id, consumer.queue, n, consumer.no_ack)
+            if rows:
+                out.append((channel, consumer, rows))
+                total += len(rows)
+                channel_room -= len(rows)
+                _touch(tx, queue)
+    return out
+
+
+def get(tx: Tx, connection_id: int, name: str, no_ack: bool) -> tuple[Any, int] | None:
+    queue = queue_for(tx, name, connection_id)
+    _touch(tx, queue)
+    rows = claim_rows(tx, connection_id, name, 1, no_ack)
+    if not rows:
+        return None
+    return rows[0], ready_count(tx, name)
+
+
+def reject(tx: Tx, connection_id: int, items: list[tuple[int, str]], requeue: bool) -> None:
+    db = tx.db
+    if requeue:
+        db.executemany(
+            "UPDATE messages SET owner=NULL, redelivered=1 WHERE id=? AND owner=?",
+            [(message_id, connection_id) for message_id, _ in items],
+        )
+        tx.touched.update(name for _, name in items)
+        return
+    for message_id, name in items:
+        row = db.execute(
+            "DELETE FROM messages WHERE id=? AND owner=? "
+            "RETURNING body, properties, headers, exchange, routing_key",
+            (message_id, connection_id),
+        ).fetchone()
+        queue = tx.current().queues.get(name)
+        if row is not None and queue is not None and queue.args.dead_letter_exchange is not None:
+            dead_letter_message(tx, queue, row[0], decode(row[1]), decode(row[2]), row[3], row[4], "rejected")
+
+
+def drop_connection(tx: Tx, connection_id: int) -> None:
+    """A connection ends (closed, or its process died): release its messages, cancel its consumers,
+    delete its exclusive queues."""
+    db = tx.db
+    released = db.execute(
+        "UPDATE messages SET owner=NULL, redelivered=1 WHERE owner=? RETURNING queue", (connection_id,)
+    ).fetchall()
+    tx.touched.update(name for (name,) in released)
+    for channel_id, consumer_tag in db.execute(
+        "SELECT channel, tag FROM consumers WHERE connection=?", (connection_id,)
+    ).fetchall():
+        cancel_consumer(tx, connection_id, channel_id, consumer_tag)
+    for (name,) in db.execute("SELECT name FROM queues WHERE exclusive_owner=?", (connection_id,)).fetchall():
+        delete_queue(tx, name)
+    db.execute("DELETE FROM connections WHERE id=?", (connection_id,))
+
+
+def recover(tx: Tx) -> None:
+    """Broker restart: nobody else has the file open. Non-durable and exclusive queues, non-durable
+    exchanges and transient messages go; every claimed message is released, flagged redelivered."""
+    db = tx.db
+    db.execute("DELETE FROM consumers")
+    db.execute("DELETE FROM connections")
+    db.execute("DELETE FROM processes")
+    for (name,) in db.execute(
+        "SELECT name FROM queues WHERE durable=0 OR exclusive_owner IS NOT NULL"
+    ).fetchall():
+        delete_queue(tx, name)
+    for (name,) in db.execute("SELECT name FROM exchanges WHERE durable=0").fetchall():
+        _drop_exchange(tx, name)
+    db.execute("DELETE FROM messages WHERE persistent=0")
+    db.execute("UPDATE messages SET owner=NULL, redelivered=1, claimed_at=NULL WHERE owner IS NOT NULL")
+    tx.bump()

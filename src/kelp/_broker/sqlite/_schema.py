@@ -1,0 +1,218 @@
+"""The SQLite file: opening it, its versioned schema, and who (which live process) has it open.
+
+A kelp database is marked with ``PRAGMA application_id`` (``'kelp'``) and ``PRAGMA user_version`` (the
+schema version), so a foreign SQLite file, a file written by a newer kelp, or a damaged file each fail
+with a clear error before anything is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+from contextlib import suppress
+from pathlib import Path
+
+from kelp.exceptions import InconsistencyError, OperationalError, UsageError, VersionMismatch
+
+__all__ = [
+    "APPLICATION_ID",
+    "SCHEMA_VERSION",
+    "connect",
+    "ensure_schema",
+    "namespace",
+    "process_start_time",
+    "process_state",
+]
+
+APPLICATION_ID = 0x6B656C70  # "kelp"
+SCHEMA_VERSION = 1
+
+_DDL = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+INSERT INTO meta VALUES ('topology', 1);
+CREATE TABLE exchanges (
+    name TEXT PRIMARY KEY, type TEXT NOT NULL, durable INTEGER NOT NULL, auto_delete INTEGER NOT NULL,
+    internal INTEGER NOT NULL, arguments TEXT NOT NULL
+);
+CREATE TABLE queues (
+    name TEXT PRIMARY KEY, durable INTEGER NOT NULL, exclusive_owner INTEGER, auto_delete INTEGER NOT NULL,
+    arguments TEXT NOT NULL, expires_ms INTEGER, had_consumer INTEGER NOT NULL DEFAULT 0,
+    last_used REAL NOT NULL
+);
+CREATE TABLE bindings (
+    source TEXT NOT NULL, kind TEXT NOT NULL, destination TEXT NOT NULL, routing_key TEXT NOT NULL,
+    arguments TEXT NOT NULL,
+    PRIMARY KEY (source, kind, destination, routing_key, arguments)
+) WITHOUT ROWID;
+CREATE INDEX bindings_destination ON bindings (kind, destination);
+CREATE TABLE messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    properties TEXT NOT NULL,
+    headers TEXT,
+    exchange TEXT NOT NULL,
+    routing_key TEXT NOT NULL,
+    redelivered INTEGER NOT NULL DEFAULT 0,
+    delivery_count INTEGER NOT NULL DEFAULT 0,
+    expires_at REAL,
+    persistent INTEGER NOT NULL,
+    owner INTEGER,
+    claimed_at REAL
+);
+CREATE INDEX messages_claim ON messages (queue, owner, priority DESC, id);
+CREATE INDEX messages_owner ON messages (owner) WHERE owner IS NOT NULL;
+CREATE INDEX messages_expiry ON messages (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE processes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, pid INTEGER NOT NULL, start_time TEXT, namespace TEXT NOT NULL,
+    heartbeat_at REAL NOT NULL
+);
+CREATE TABLE connections (id INTEGER PRIMARY KEY AUTOINCREMENT, process INTEGER NOT NULL);
+CREATE TABLE consumers (
+    connection INTEGER NOT NULL, channel INTEGER NOT NULL, tag TEXT NOT NULL, queue TEXT NOT NULL,
+    PRIMARY KEY (connection, channel, tag)
+) WITHOUT ROWID;
+CREATE INDEX consumers_queue ON consumers (queue);
+"""
+
+_BUILTIN_EXCHANGES = (
+    ("amq.direct", "direct"),
+    ("amq.fanout", "fanout"),
+    ("amq.topic", "topic"),
+    ("amq.headers", "headers"),
+    ("amq.match", "headers"),
+)
+
+
+def connect(path: str, synchronous: str, busy_timeout: float) -> sqlite3.Connection:
+    """A connection in autocommit mode (kelp issues BEGIN itself), usable from any thread under a lock."""
+    if path == ":memory:" or path.startswith("file:"):
+        raise UsageError(
+            f"sqlite:// needs a file path, not {path!r} (use memory:// for an in-process broker)"
+        )
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise OperationalError(f"cannot open the kelp database {path}: directory {parent} does not exist")
+    try:
+        db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise OperationalError(f"cannot open the kelp database {path}: {exc}") from None
+    try:
+        _check_marks(db, path)  # before switching to WAL: a foreign file must be left as it was
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode != "wal":
+            raise OperationalError(f"cannot switch {path} to WAL mode (journal_mode is {mode})")
+        db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise _open_error(path, exc) from None
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _open_error(path: str, exc: sqlite3.DatabaseError) -> Exception:
+    if isinstance(exc, sqlite3.OperationalError) and "locked" not in str(exc) and "busy" not in str(exc):
+        return OperationalError(f"cannot open the kelp database {path}: {exc}")
+    if isinstance(exc, sqlite3.OperationalError):
+        return OperationalError(f"the kelp database {path} is locked: {exc}")
+    return InconsistencyError(f"{path} is not a usable kelp database (damaged or not SQLite): {exc}")
+
+
+def ensure_schema(db: sqlite3.Connection, path: str, now: float) -> None:
+    """Check that ``db`` is a kelp database of a version this kelp reads, creating the schema if empty.
+
+    Call inside a write transaction. Raises UsageError for a foreign database, VersionMismatch for a
+    newer schema, InconsistencyError for a damaged file.
+    """
+    try:
+        if _check_marks(db, path):
+            # One statement at a time: executescript() would commit the caller's transaction first.
+            for statement in _DDL.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.executemany("INSERT INTO exchanges VALUES (?, ?, 1, 0, 0, '{}')", _BUILTIN_EXCHANGES)
+            db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    except sqlite3.DatabaseError as exc:
+        raise _open_error(path, exc) from None
+
+
+def _check_marks(db: sqlite3.Connection, path: str) -> bool:
+    """Raise unless the file is kelp's (of a version this kelp reads) or empty; True if empty."""
+    app_id = db.execute("PRAGMA application_id").fetchone()[0]
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if app_id == 0 and version == 0:
+        if db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            raise UsageError(f"{path} is an SQLite database of another application, not kelp's")
+        return True
+    if app_id != APPLICATION_ID:
+        raise UsageError(
+            f"{path} is an SQLite database of another application (application_id {app_id:#x}), not kelp's"
+        )
+    if version > SCHEMA_VERSION:
+        raise VersionMismatch(
+            f"{path} has kelp schema version {version}, newer than this kelp reads ({SCHEMA_VERSION}); "
+            "upgrade kelp"
+        )
+    if version < 1:
+        raise InconsistencyError(f"{path} is marked as kelp's but has no schema (version {version})")
+    return False
+
+
+# --- which process is alive ---------------------------------------------------------------------------
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as file:
+            return file.read().strip()
+    except OSError:
+        return None
+
+
+def _boot_id() -> str:
+    return _read("/proc/sys/kernel/random/boot_id") or socket.gethostname()
+
+
+def namespace() -> str:
+    """Where pids mean the same thing: this boot and this pid namespace (else this host)."""
+    ns = ""
+    with suppress(OSError):
+        ns = os.readlink("/proc/self/ns/pid")
+    return f"{_boot_id()}/{ns}"
+
+
+def _stat(pid: int) -> list[str] | None:
+    text = _read(f"/proc/{pid}/stat")
+    if text is None:
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after the last ")".
+    return text[text.rfind(")") + 2 :].split()
+
+
+def process_start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (None where /proc is missing)."""
+    fields = _stat(pid)
+    return fields[19] if fields is not None and len(fields) > 19 else None
+
+
+def process_state(pid: int, start_time: str | None) -> bool:
+    """Whether the process ``pid`` started at ``start_time`` still runs (a zombie counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    except OSError:
+        return False
+    fields = _stat(pid)
+    if fields is None:
+        return start_time is None or not os.path.isdir("/proc/self")
+    if fields[0] in ("Z", "X"):
+        return False
+    return start_time is None or (len(fields) > 19 and fields[19] == start_time)

@@ -1,0 +1,1065 @@
+"""The engine behind ``sqlite://``: one :class:`SqliteStore` per (process, database file).
+
+Every connection of a process to the same file shares the store, from any thread and from both faces.
+The store owns a *writer* SQLite connection (all writes, serialised by ``_lock``, each a
+``BEGIN IMMEDIATE`` transaction retried with bounded back-off while another process writes) and a
+*reader* connection used for cheap checks that take no write lock (is there work, when is the next
+deadline, did another process commit: ``PRAGMA data_version``).
+
+Group commit. Publishes that need no answer from the broker are routed against the cached topology,
+encoded and *buffered*; acks are buffered too. The buffer is applied, in order, at the start of the next
+write transaction of this process - a full batch, the flusher thread's linger timer (``LINGER`` seconds), or
+any other operation (claim, get, declare, close...), so a process always reads its own writes.
+
+The flusher thread also polls ``data_version`` while some connection waits for messages (waking it when
+another process committed), refreshes this process's heartbeat, reaps dead processes (their unacked
+messages are released, flagged redelivered) and checkpoints the WAL when idle.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from kelp._broker.queue_args import expiration_ms
+from kelp._broker.sqlite import _ops
+from kelp._broker.sqlite._codec import decode, encode
+from kelp._broker.sqlite._schema import (
+    connect,
+    ensure_schema,
+    namespace,
+    process_start_time,
+    process_state,
+)
+from kelp._broker.sqlite._topology import EMPTY, Topology
+from kelp._envelope import Delivery, Envelope, QueueInfo
+from kelp.exceptions import (
+    ChannelError,
+    InconsistencyError,
+    KelpError,
+    MessageNacked,
+    OperationalError,
+    UsageError,
+)
+
+__all__ = ["SqliteStore", "StoreOptions", "store_for"]
+
+logger = logging.getLogger("kelp.transport.sqlite")
+
+T = TypeVar("T")
+
+#: Claims per drain are capped so that an unlimited prefetch does not move a whole queue at once.
+MAX_CLAIM = 1000
+#: Buffered publishes are committed after this many seconds at most (the group-commit linger).
+LINGER = 0.001
+#: ...or this long while the publisher keeps buffering (it commits full batches itself meanwhile).
+MAX_LINGER = 0.02
+#: A buffer this long is committed at once by the publishing thread.
+BATCH = 512
+#: data_version polling while a connection waits: starts fast, backs off while nothing changes.
+POLL_MIN = 0.0005
+POLL_MAX = 0.004
+HEARTBEAT_EVERY = 1.0
+REAP_WHILE_WAITING = 0.25
+REAP_IDLE = 2.0
+CHECKPOINT_IDLE = 1.0
+
+
+class StoreOptions:
+    """Options from the URL query: ``synchronous``, ``busy_timeout`` (s), ``heartbeat`` (s)."""
+
+    __slots__ = ("busy_timeout", "heartbeat", "synchronous")
+
+    def __init__(self, synchronous: str = "normal", busy_timeout: float = 10.0, heartbeat: float = 30.0):
+        if synchronous not in ("normal", "full"):
+            raise UsageError(f"sqlite:// synchronous must be 'normal' or 'full', not {synchronous!r}")
+        if busy_timeout <= 0 or heartbeat <= 0:
+            raise UsageError("sqlite:// busy_timeout and heartbeat must be positive numbers of seconds")
+        self.synchronous = synchronous
+        self.busy_timeout = busy_timeout
+        self.heartbeat = heartbeat
+
+    @classmethod
+    def from_query(cls, query: Mapping[str, str]) -> StoreOptions:
+        try:
+            return cls(
+                query.get("synchronous", "normal").lower(),
+                float(query.get("busy_timeout", 10.0)),
+                float(query.get("heartbeat", 30.0)),
+            )
+        except ValueError as exc:
+            raise UsageError(f"invalid sqlite:// option: {exc}") from None
+
+
+# --- in-process state of connections, channels and consumers -------------------------------------------
+
+
+class _Consumer:
+    __slots__ = ("no_ack", "prefetch", "queue", "tag", "unacked")
+
+    def __init__(self, tag: str, queue: str, no_ack: bool, prefetch: int) -> None:
+        self.tag = tag
+        self.queue = queue
+        self.no_ack = no_ack
+        self.prefetch = prefetch
+        self.unacked = 0
+
+
+class _Unacked:
+    __slots__ = ("consumer", "message_id", "queue")
+
+    def __init__(self, message_id: int, queue: str, consumer: _Consumer | None) -> None:
+        self.message_id = message_id
+        self.queue = queue
+        self.consumer = consumer
+
+
+class _Channel:
+    __slots__ = ("consumers", "id", "next_tag", "prefetch", "prefetch_global", "unacked")
+
+    def __init__(self, channel_id: int) -> None:
+        self.id = channel_id
+        self.next_tag = 1
+        self.unacked: dict[int, _Unacked] = {}
+        self.consumers: dict[str, _Consumer] = {}
+        self.prefetch = 0
+        self.prefetch_global = 0
+
+
+class _Connection:
+    __slots__ = ("channels", "id", "next_channel", "rotation", "waiting", "waker")
+
+    def __init__(self, connection_id: int, waker: _ops.Waker) -> None:
+        self.id = connection_id
+        self.waker = waker
+        self.channels: dict[int, _Channel] = {}
+        self.next_channel = 1
+        self.waiting = False
+        self.rotation = 0
+
+
+# A buffered publish: envelope, encoded properties, encoded headers, persistent, message TTL (ms),
+# publish time, target queues, topology version the targets were computed at.
+# The last field holds the ready-made rows when no target queue has a rule to apply at commit time.
+_Item = tuple[
+    Envelope, str, str | None, bool, int | None, float, list[str], int, list[tuple[Any, ...]] | None
+]
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
+
+class SqliteStore:
+    """All exchanges, queues and messages of one SQLite file, as seen from this process."""
+
+    def __init__(self, path: str, options: StoreOptions) -> None:
+        self.path = path
+        self.options = options
+        self._lock = threading.RLock()  # the writer connection; held across a whole transaction
+        self._state = threading.Lock()  # in-process connection/channel state; never held across I/O
+        self._buffer_lock = threading.Lock()
+        self._reader_lock = threading.Lock()
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._refs = 0
+        self._pid = os.getpid()
+        self._process_id: int | None = None
+        self._namespace = namespace()
+        self._lost: str | None = None
+        self._topo: Topology = EMPTY
+        self._connections: dict[int, _Connection] = {}
+        self._publishes: list[_Item] = []
+        self._acks: list[tuple[int, int]] = []  # (message id, owner connection)
+        self._releases: list[tuple[int, int]] = []
+        self._first_pending: float | None = None
+        self._last_buffer = 0.0
+        self._next_due = float("inf")  # wall-clock time of the next known TTL/expiry deadline
+        self._wakeup = threading.Event()
+        self._flusher: threading.Thread | None = None
+        self._stopping = False
+        self._waiting = 0
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    def attach(self) -> None:
+        """Count one more user (a transport connection); open the database on first use."""
+        with self._lock:
+            if self._refs == 0:
+                self._open()
+            self._refs += 1
+
+    def detach(self) -> None:
+        """Count one user less; the last one flushes and closes the database (the store stays known)."""
+        with self._lock:
+            self._refs -= 1
+            if self._refs > 0:
+                return
+        self._close()
+
+    def _open(self) -> None:
+        if os.getpid() != self._pid:
+            raise OperationalError("a kelp sqlite store cannot be used across fork(); reconnect in the child")
+        options = self.options
+        writer = connect(self.path, options.synchronous, options.busy_timeout)
+        try:
+            reader = connect(self.path, options.synchronous, options.busy_timeout)
+        except BaseException:
+            writer.close()
+            raise
+        # The writer never waits inside SQLite: _run retries BEGIN IMMEDIATE with its own back-off.
+        writer.execute("PRAGMA busy_timeout=0")
+        writer.execute("PRAGMA journal_size_limit=67108864")
+        self._writer, self._reader = writer, reader
+        self._lost = None
+        try:
+            self._run(self._register, plain=True)
+        except BaseException:
+            self._writer = self._reader = None
+            writer.close()
+            reader.close()
+            raise
+        self._stopping = False
+        self._flusher = threading.Thread(
+            target=self._flusher_loop, name=f"kelp-sqlite-flusher {self.path}", daemon=True
+        )
+        self._flusher.start()
+
+    def _register(self, tx: _ops.Tx) -> None:
+        ensure_schema(tx.db, self.path, tx.now)
+        tx.refresh()
+        db = tx.db
+        if self._process_id is not None:
+            row = db.execute("SELECT 1 FROM processes WHERE id=?", (self._process_id,)).fetchone()
+            if row is not None:
+                return
+            logger.warning("kelp: this process's registration in %s was reaped; re-registering", self.path)
+        live = self._reap_dead(tx)
+        if not live:
+            _ops.recover(tx)
+        self._process_id = db.execute(
+            "INSERT INTO processes (pid, start_time, namespace, heartbeat_at) VALUES (?, ?, ?, ?)",
+            (self._pid, process_start_time(self._pid), self._namespace, tx.now),
+        ).lastrowid
+
+    def _close(self) -> None:
+        flusher = self._flusher
+        self._stopping = True
+        self._wakeup.set()
+        if flusher is not None and flusher is not threading.current_thread():
+            flusher.join(timeout=5)
+        with self._lock:
+            if self._refs > 0 or self._writer is None:
+                return
+            try:
+                self.flush()
+            except Exception:
+                logger.exception("kelp: could not flush %s while closing", self.path)
+            self._flusher = None
+            writer, reader = self._writer, self._reader
+            self._writer = self._reader = None
+            for db in (reader, writer):
+                if db is not None:
+                    try:
+                        db.close()
+                    except sqlite3.Error:
+                        pass
+
+    def shutdown(self) -> None:
+        """At interpreter exit: commit what is buffered and unregister this process."""
+        with self._lock:
+            if self._writer is None:
+                return
+            try:
+                self._run(self._unregister)
+            except Exception:
+                logger.debug("kelp: could not unregister from %s at exit", self.path, exc_info=True)
+            self._refs = 0
+        self._close()
+
+    def _unregister(self, tx: _ops.Tx) -> None:
+        for connection_id in list(self._connections):
+            _ops.drop_connection(tx, connection_id)
+        if self._process_id is not None:
+            tx.db.execute("DELETE FROM processes WHERE id=?", (self._process_id,))
+        self._connections.clear()
+
+    # --- transactions ------------------------------------------------------------------------------
+
+    def _check(self) -> sqlite3.Connection:
+        if self._lost is not None:
+            raise OperationalError(self._lost)
+        writer = self._writer
+        if writer is None:
+            raise OperationalError(f"the sqlite store {self.path} is closed")
+        return writer
+
+    def _run(self, op: Callable[[_ops.Tx], T], plain: bool = False) -> T:
+        """Run ``op`` in one write transaction, after applying what this process buffered.
+
+        Retries while another process holds the write lock, for at most ``busy_timeout`` seconds, then
+        raises OperationalError. A kelp error raised by ``op`` undoes ``op`` only; the buffer still commits.
+        """
+        with self._lock:
+            db = self._check()
+            give_up = time.monotonic() + self.options.busy_timeout
+            delay = 0.0001
+            while True:
+                try:
+                    return self._attempt(db, op, plain)
+                except sqlite3.OperationalError as exc:
+                    if not _is_busy(exc):
+                        raise OperationalError(f"sqlite error on {self.path}: {exc}") from None
+                    if time.monotonic() >= give_up:
+                        raise OperationalError(
+                            f"the kelp database {self.path} stayed locked by another process for "
+                            f"{self.options.busy_timeout:g}s (busy_timeout); giving up"
+                        ) from None
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.005)
+                except sqlite3.DatabaseError as exc:
+                    raise InconsistencyError(f"the kelp database {self.path} is damaged: {exc}") from None
+
+    def _attempt(self, db: sqlite3.Connection, op: Callable[[_ops.Tx], T], plain: bool) -> T:
+        with self._buffer_lock:
+            publishes, self._publishes = self._publishes, []
+            acks, self._acks = self._acks, []
+            releases, self._releases = self._releases, []
+            self._first_pending = None
+        committed = False
+        tx = _ops.Tx(self, db, time.time())
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            if not plain:
+                tx.refresh()
+                if releases:
+                    db.executemany(
+                        "UPDATE messages SET owner=NULL, redelivered=1 WHERE id=? AND owner=?", releases
+                    )
+                if acks:
+                    db.executemany("DELETE FROM messages WHERE id=? AND owner=?", acks)
+                if publishes:
+                    self._apply_publishes(tx, publishes)
+                _ops.tick(tx)
+            tx.flush_rows()
+            before = (tx.topo, tx.reloaded, set(tx.touched), set(tx.deleted_queues), tx.next_due)
+            db.execute("SAVEPOINT op")
+            try:
+                result = op(tx)
+                tx.flush_rows()
+                tx.current()
+            except (ChannelError, UsageError, ValueError, TypeError, KelpError):
+                # The operation is refused: undo it alone; what was buffered still commits.
+                tx.rows.clear()
+                db.execute("ROLLBACK TO op")
+                db.execute("RELEASE op")
+                db.execute("COMMIT")
+                committed = True
+                tx.topo, tx.reloaded, tx.touched, tx.deleted_queues, tx.next_due = before
+                tx.dirty = False
+                self._finish(tx)
+                raise
+            db.execute("RELEASE op")
+            db.execute("COMMIT")
+            committed = True
+        finally:
+            if not committed:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                with self._buffer_lock:
+                    self._publishes[:0] = publishes
+                    self._acks[:0] = acks
+                    self._releases[:0] = releases
+                    if self._publishes and self._first_pending is None:
+                        self._first_pending = time.monotonic()
+        self._finish(tx)
+        return result
+
+    def _apply_publishes(self, tx: _ops.Tx, items: list[_Item]) -> None:
+        for envelope, props, headers, persistent, ttl, published, targets, version, rows in items:
+            if rows is not None and version == tx.topo.version:
+                tx.rows.extend(rows)
+                tx.touched.update(targets)
+                continue
+            if version != tx.topo.version:
+                try:
+                    targets = tx.topo.route(envelope.exchange, envelope.routing_key, envelope.headers)
+                except ChannelError as exc:
+                    logger.warning("kelp: a buffered message was dropped: %s", exc)
+                    continue
+                if not targets and envelope.mandatory:
+                    logger.warning("kelp: a buffered mandatory message became unroutable; dropped")
+            for name in targets:
+                if not _ops.enqueue(tx, name, envelope, props, headers, persistent, ttl, published):
+                    logger.warning(
+                        "kelp: queue %r refused a buffered message (x-overflow); without confirms it "
+                        "is dropped, as RabbitMQ does",
+                        name,
+                    )
+
+    def _finish(self, tx: _ops.Tx) -> None:
+        if tx.reloaded:
+            self._topo = tx.topo
+        if tx.deleted_queues:
+            with self._state:
+                for connection in self._connections.values():
+                    for channel in connection.channels.values():
+                        for tag in [t for t, c in channel.consumers.items() if c.queue in tx.deleted_queues]:
+                            del channel.consumers[tag]
+        if tx.touched:
+            self._wake_queues(tx.touched)
+        if tx.next_due < self._next_due:
+            self._next_due = tx.next_due
+
+    def flush(self) -> None:
+        """Commit everything buffered (publishes, acks) now."""
+        if self._publishes or self._acks or self._releases:
+            self._run(_ops.nothing)
+
+    def should_flush(self) -> bool:
+        """True when the publishing thread should commit the buffer itself: a full batch, or a buffer
+        older than MAX_LINGER while publishers keep it busy."""
+        first = self._first_pending
+        return len(self._publishes) >= BATCH or (first is not None and time.monotonic() - first >= MAX_LINGER)
+
+    # --- connections and channels ----------------------------------------------------------------------
+
+    def connect(self, waker: _ops.Waker) -> int:
+        connection_id = self._run(self._insert_connection)
+        with self._state:
+            self._connections[connection_id] = _Connection(connection_id, waker)
+        return connection_id
+
+    def _insert_connection(self, tx: _ops.Tx) -> int:
+        row_id = tx.db.execute("INSERT INTO connections (process) VALUES (?)", (self._process_id,)).lastrowid
+        assert row_id is not None
+        return row_id
+
+    def disconnect(self, connection_id: int) -> None:
+        """Release every unacked message of the connection (flagged redelivered), drop its consumers and
+        exclusive queues."""
+        with self._state:
+            if connection_id not in self._connections:
+                return
+        try:
+            self._run(lambda tx: _ops.drop_connection(tx, connection_id))
+        finally:
+            with self._state:
+                self._connections.pop(connection_id, None)
+
+    def open_channel(self, connection_id: int) -> int:
+        with self._state:
+            connection = self._connection(connection_id)
+            channel = _Channel(connection.next_channel)
+            connection.next_channel += 1
+            connection.channels[channel.id] = channel
+            return channel.id
+
+    def close_channel(self, connection_id: int, channel_id: int) -> None:
+        with self._state:
+            connection = self._connections.get(connection_id)
+            channel = connection.channels.get(channel_id) if connection is not None else None
+            if channel is None:
+                return
+            ids = [(item.message_id, connection_id) for item in channel.unacked.values()]
+            tags = list(channel.consumers)
+
+        def op(tx: _ops.Tx) -> None:
+            for tag in tags:
+                _ops.cancel_consumer(tx, connection_id, channel_id, tag)
+            if ids:
+                tx.db.executemany("UPDATE messages SET owner=NULL, redelivered=1 WHERE id=? AND owner=?", ids)
+                tx.touched.update(item.queue for item in channel.unacked.values())
+
+        try:
+            self._run(op)
+        finally:
+            with self._state:
+                assert connection is not None
+                connection.channels.pop(channel_id, None)
+
+    def _connection(self, connection_id: int) -> _Connection:
+        try:
+            return self._connections[connection_id]
+        except KeyError:
+            raise UsageError("the connection is closed") from None
+
+    def _channel(self, connection_id: int, channel_id: int) -> _Channel:
+        try:
+            return self._connection(connection_id).channels[channel_id]
+        except KeyError:
+            raise UsageError(f"channel {channel_id} is closed") from None
+
+    # --- declarations ----------------------------------------------------------------------------------
+
+    def declare_exchange(
+        self,
+        name: str,
+        type_: str,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: Mapping[str, Any] | None,
+        passive: bool,
+    ) -> None:
+        if not name:
+            return
+        self._run(
+            lambda tx: _ops.declare_exchange(
+                tx, name, type_, durable, auto_delete, internal, arguments, passive
+            )
+        )
+
+    def delete_exchange(self, name: str, if_unused: bool) -> None:
+        self._run(lambda tx: _ops.delete_exchange(tx, name, if_unused))
+
+    def declare_queue(
+        self,
+        connection_id: int,
+        name: str,
+        durable: bool,
+        exclusive: bool,
+        auto_delete: bool,
+        arguments: Mapping[str, Any] | None,
+        passive: bool,
+    ) -> QueueInfo:
+        self._alive(connection_id)
+        return self._run(
+            lambda tx: _ops.declare_queue(
+                tx, connection_id, name, durable, exclusive, auto_delete, arguments, passive
+            )
+        )
+
+    def delete_queue(self, connection_id: int, name: str, if_unused: bool, if_empty: bool) -> int:
+        self._alive(connection_id)
+        return self._run(lambda tx: _ops.delete_queue_checked(tx, connection_id, name, if_unused, if_empty))
+
+    def purge_queue(self, connection_id: int, name: str) -> int:
+        self._alive(connection_id)
+        return self._run(lambda tx: _ops.purge_queue(tx, connection_id, name))
+
+    def bind(
+        self,
+        connection_id: int,
+        kind: str,
+        destination: str,
+        source: str,
+        routing_key: str,
+        arguments: Mapping[str, Any] | None,
+    ) -> None:
+        self._alive(connection_id)
+        self._run(lambda tx: _ops.bind(tx, connection_id, kind, destination, source, routing_key, arguments))
+
+    def unbind(
+        self,
+        connection_id: int,
+        kind: str,
+        destination: str,
+        source: str,
+        routing_key: str,
+        arguments: Mapping[str, Any] | None,
+    ) -> None:
+        self._alive(connection_id)
+        self._run(
+            lambda tx: _ops.unbind(tx, connection_id, kind, destination, source, routing_key, arguments)
+        )
+
+    def _alive(self, connection_id: int) -> None:
+        with self._state:
+            self._connection(connection_id)
+
+    def queue_stats(self) -> list[tuple[str, int, int, int]]:
+        return self._run(_ops.queue_stats)
+
+    def bindings(self) -> list[tuple[str, str, str, str, dict[str, Any]]]:
+        return self._run(lambda tx: tx.topo.bindings())
+
+    # --- publishing --------------------------------------------------------------------------------------
+
+    def buffer(self, envelopes: Sequence[Envelope]) -> bool:
+        """Buffer the publishes for group commit; False (nothing buffered) when one needs an answer now.
+
+        An envelope needs an answer when it is mandatory, names an exchange this process does not know,
+        or reaches a queue that may refuse it (``x-overflow: reject-publish``): those go through
+        :meth:`publish`, which commits before it returns.
+        """
+        self._check()
+        topo = self._topo
+        items: list[_Item] = []
+        now = time.time()
+        queues = topo.queues
+        for envelope in envelopes:
+            if envelope.mandatory or (envelope.exchange and envelope.exchange not in topo.exchanges):
+                return False
+            targets = topo.route(envelope.exchange, envelope.routing_key, envelope.headers)
+            properties = envelope.properties
+            props = encode(properties)
+            headers = encode(envelope.headers) if envelope.headers else None
+            persistent = properties.get("delivery_mode") == 2
+            ttl = expiration_ms(properties)
+            rows: list[tuple[Any, ...]] | None = [] if ttl is None else None
+            for name in targets:
+                args = queues[name].args
+                if args.bounded or args.max_priority or args.message_ttl is not None:
+                    if args.overflow != "drop-head" and args.bounded:
+                        return False
+                    rows = None
+                elif rows is not None:
+                    rows.append(
+                        (
+                            name,
+                            0,
+                            envelope.body,
+                            props,
+                            headers,
+                            envelope.exchange,
+                            envelope.routing_key,
+                            None,
+                            persistent,
+                        )
+                    )
+            items.append((envelope, props, headers, persistent, ttl, now, targets, topo.version, rows))
+        with self._buffer_lock:
+            self._last_buffer = time.monotonic()
+            if self._first_pending is None:
+                self._first_pending = self._last_buffer
+                self._wakeup.set()
+            self._publishes.extend(items)
+        if self._waiting:
+            self._wake_queues({name for item in items for name in item[6]})
+        return True
+
+    def publish(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
+        """Route and store the envelopes, committed before returning; return the unroutable mandatory
+        ones. Raises MessageNacked (after storing the rest) when a full ``reject-publish`` queue refused
+        one."""
+        returned, refused = self._run(lambda tx: _ops.publish(tx, envelopes))
+        if refused:
+            raise MessageNacked(
+                f"queue(s) {sorted(set(refused))} full (x-overflow reject-publish): "
+                "message not enqueued there"
+            )
+        return returned
+
+    # --- consuming ---------------------------------------------------------------------------------------
+
+    def qos(self, connection_id: int, channel_id: int, prefetch_count: int, global_: bool) -> None:
+        with self._state:
+            channel = self._channel(connection_id, channel_id)
+            if global_:
+                channel.prefetch_global = prefetch_count
+            else:
+                channel.prefetch = prefetch_count
+                for consumer in channel.consumers.values():
+                    consumer.prefetch = prefetch_count
+            self._wake_connection(self._connections[connection_id])
+
+    def consume(
+        self, connection_id: int, channel_id: int, queue: str, consumer_tag: str, no_ack: bool
+    ) -> str:
+        with self._state:
+            channel = self._channel(connection_id, channel_id)
+            tag = consumer_tag or _ops.new_tag("amq.ctag-")
+            if tag in channel.consumers:
+                raise UsageError(f"consumer tag {tag!r} is already in use on this channel")
+        self._run(lambda tx: _ops.consume(tx, connection_id, channel_id, queue, tag))
+        with self._state:
+            channel = self._channel(connection_id, channel_id)
+            channel.consumers[tag] = _Consumer(tag, queue, no_ack, channel.prefetch)
+            self._wake_connection(self._connections[connection_id])
+        return tag
+
+    def cancel(self, connection_id: int, channel_id: int, consumer_tag: str) -> None:
+        with self._state:
+            channel = self._channel(connection_id, channel_id)
+            if consumer_tag not in channel.consumers:
+                return
+        self._run(lambda tx: _ops.cancel_consumer(tx, connection_id, channel_id, consumer_tag))
+        with self._state:
+            channel.consumers.pop(consumer_tag, None)
+
+    def claim(self, connection_id: int) -> list[Delivery]:
+        """Deliveries for the connection's consumers, up to each prefetch window."""
+        with self._state:
+            connection = self._connection(connection_id)
+            plan = self._plan(connection)
+        if not plan:
+            return []
+        idle = not (self._publishes or self._acks or self._releases) and time.time() < self._next_due
+        if idle and not self._ready(plan):
+            return []
+        claimed = self._run(lambda tx: _ops.claim(tx, connection_id, plan, MAX_CLAIM))
+        return self._deliver(connection, claimed)
+
+    def _plan(self, connection: _Connection) -> list[tuple[_Channel, list[tuple[_Consumer, int]], int]]:
+        plan = []
+        channels = [c for c in connection.channels.values() if c.consumers]
+        if not channels:
+            return []
+        connection.rotation += 1
+        for channel in channels:
+            consumers = list(channel.consumers.values())
+            shift = connection.rotation % len(consumers)
+            rooms = []
+            for consumer in consumers[shift:] + consumers[:shift]:
+                room = consumer.prefetch - consumer.unacked if consumer.prefetch else MAX_CLAIM
+                if room > 0:
+                    rooms.append((consumer, room))
+            global_room = (
+                channel.prefetch_global - len(channel.unacked) if channel.prefetch_global else MAX_CLAIM
+            )
+            if rooms and global_room > 0:
+                plan.append((channel, rooms, global_room))
+        return plan
+
+    def _ready(self, plan: Iterable[tuple[_Channel, list[tuple[_Consumer, int]], int]]) -> bool:
+        names = {consumer.queue for _, rooms, _ in plan for consumer, _ in rooms}
+        reader = self._reader
+        if reader is None:
+            return True
+        with self._reader_lock:
+            try:
+                for name in names:
+                    row = reader.execute(
+                        "SELECT 1 FROM messages WHERE queue=? AND owner IS NULL LIMIT 1", (name,)
+                    ).fetchone()
+                    if row is not None:
+                        return True
+            except sqlite3.Error:
+                return True  # let the write transaction report it
+        return False
+
+    def _deliver(self, connection: _Connection, claimed: list[tuple[Any, Any, list[Any]]]) -> list[Delivery]:
+        out: list[Delivery] = []
+        lost: list[tuple[int, int]] = []
+        with self._state:
+            for channel, consumer, rows in claimed:
+                alive = connection.channels.get(channel.id) is channel
+                rows.sort(key=_row_order)
+                for message_id, _priority, body, props, headers, exchange, routing_key, redelivered in rows:
+                    if not alive:
+                        if not consumer.no_ack:
+                            lost.append((message_id, connection.id))
+                        continue
+                    tag = channel.next_tag
+                    channel.next_tag += 1
+                    if not consumer.no_ack:
+                        channel.unacked[tag] = _Unacked(message_id, consumer.queue, consumer)
+                        consumer.unacked += 1
+                    out.append(
+                        Delivery(
+                            channel.id,
+                            consumer.tag,
+                            tag,
+                            body,
+                            decode(props),
+                            decode(headers),
+                            exchange,
+                            routing_key,
+                            bool(redelivered),
+                        )
+                    )
+        if lost:
+            with self._buffer_lock:
+                self._releases.extend(lost)
+        return out
+
+    def get(self, connection_id: int, channel_id: int, queue: str, no_ack: bool) -> Delivery | None:
+        self._alive(connection_id)
+        found = self._run(lambda tx: _ops.get(tx, connection_id, queue, no_ack))
+        if found is None:
+            return None
+        (message_id, _p, body, props, headers, exchange, routing_key, redelivered), count = found
+        with self._state:
+            channel = self._connections[connection_id].channels.get(channel_id)
+            if channel is None:
+                if not no_ack:
+                    with self._buffer_lock:
+                        self._releases.append((message_id, connection_id))
+                raise UsageError(f"channel {channel_id} is closed")
+            tag = channel.next_tag
+            channel.next_tag += 1
+            if not no_ack:
+                channel.unacked[tag] = _Unacked(message_id, queue, None)
+        return Delivery(
+            channel_id,
+            "",
+            tag,
+            body,
+            decode(props),
+            decode(headers),
+            exchange,
+            routing_key,
+            bool(redelivered),
+            count,
+        )
+
+    # --- settling ----------------------------------------------------------------------------------------
+
+    def ack(self, connection_id: int, channel_id: int, delivery_tag: int, multiple: bool) -> None:
+        """Settle now in process memory; the DELETE commits with the next transaction (group commit)."""
+        with self._state:
+            channel = self._channel(connection_id, channel_id)
+            items = self._settle(channel, delivery_tag, multiple)
+            for item in items:
+                if item.consumer is not None:
+                    item.consumer.unacked -= 1
+            self._wake_connection(self._connections[connection_id])
+        with self._buffer_lock:
+            if self._first_pending is None:
+                self._first_pending = time.monotonic()
+                self._wakeup.set()
+            self._acks.extend((item.message_id, connection_id) for item in items)
+
+    def reject(
+        self, connection_id: int, channel_id: int, delivery_tag: int, requeue: bool, multiple: bool = False
+    ) -> None:
+        with self._state:
+            channel = self._channel(connection_id, channel_id)
+            items = self._settle(channel, delivery_tag, multiple)
+            for item in items:
+                if item.consumer is not None:
+                    item.consumer.unacked -= 1
+            self._wake_connection(self._connections[connection_id])
+        pairs = [(item.message_id, item.queue) for item in items]
+        self._run(lambda tx: _ops.reject(tx, connection_id, pairs, requeue))
+
+    def recover(self, connection_id: int, channel_id: int, requeue: bool) -> None:
+        """Requeue every unacked delivery of the channel (AMQP basic.recover; kelp always requeues)."""
+        with self._state:
+            channel = self._channel(connection_id, channel_id)
+            items = [channel.unacked.pop(t) for t in sorted(channel.unacked)]
+            for item in items:
+                if item.consumer is not None:
+                    item.consumer.unacked -= 1
+        pairs = [(item.message_id, item.queue) for item in items]
+        self._run(lambda tx: _ops.reject(tx, connection_id, pairs, True))
+
+    @staticmethod
+    def _settle(channel: _Channel, delivery_tag: int, multiple: bool) -> list[_Unacked]:
+        if multiple:
+            tags = (
+                sorted(t for t in channel.unacked if t <= delivery_tag)
+                if delivery_tag
+                else sorted(channel.unacked)
+            )
+            return [channel.unacked.pop(t) for t in tags]
+        item = channel.unacked.pop(delivery_tag, None)
+        if item is None:
+            raise ChannelError(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}", 406)
+        return [item]
+
+    # --- waiting -----------------------------------------------------------------------------------------
+
+    def prepare_wait(self, connection_id: int) -> float | None:
+        """Mark the connection as waiting; return seconds until the next timed event (None: none), or 0
+        when there is work already. Clear the waker before calling this and wait on it afterwards."""
+        with self._state:
+            connection = self._connection(connection_id)
+            plan = self._plan(connection)
+            if not connection.waiting:
+                connection.waiting = True
+                self._waiting += 1
+        self._wakeup.set()  # the flusher starts polling data_version for us
+        if self._publishes or self._acks or self._releases:
+            return 0.0
+        if plan and self._ready(plan):
+            return 0.0
+        due = self._deadline()
+        self._next_due = due
+        if due == float("inf"):
+            return None
+        return max(0.0, due - time.time()) + 0.0005
+
+    def end_wait(self, connection_id: int) -> None:
+        with self._state:
+            connection = self._connections.get(connection_id)
+            if connection is not None and connection.waiting:
+                connection.waiting = False
+                self._waiting -= 1
+
+    def _deadline(self) -> float:
+        reader = self._reader
+        if reader is None:
+            return float("inf")
+        with self._reader_lock:
+            try:
+                return _ops.next_deadline(reader)
+            except sqlite3.Error:
+                return time.time()
+
+    def _wake_connection(self, connection: _Connection) -> None:
+        if connection.waiting:
+            connection.waiting = False
+            self._waiting -= 1
+            connection.waker.set()
+
+    def _wake_queues(self, names: set[str]) -> None:
+        with self._state:
+            for connection in self._connections.values():
+                if connection.waiting and any(
+                    consumer.queue in names
+                    for channel in connection.channels.values()
+                    for consumer in channel.consumers.values()
+                ):
+                    self._wake_connection(connection)
+
+    def _wake_all(self) -> None:
+        with self._state:
+            for connection in self._connections.values():
+                self._wake_connection(connection)
+
+    # --- the flusher thread --------------------------------------------------------------------------
+
+    def _flusher_loop(self) -> None:
+        interval = POLL_MIN
+        last_version: int | None = None
+        now = time.monotonic()
+        next_heartbeat = now + HEARTBEAT_EVERY
+        next_reap = now + REAP_IDLE
+        last_activity = now
+        checkpointed = True
+        while not self._stopping:
+            now = time.monotonic()
+            timeout = HEARTBEAT_EVERY
+            first = self._first_pending
+            if first is not None:
+                # Flush once the buffer is LINGER old and publishers paused; while one keeps buffering it
+                # commits itself (should_flush): a second thread committing would fight it for the GIL at
+                # every row.
+                due = max(first + LINGER, self._last_buffer + LINGER / 2)
+                if now >= due:
+                    self._guard(self.flush)
+                    last_activity, checkpointed = now, False
+                else:
+                    timeout = due - now
+            if self._waiting:
+                version = self._data_version()
+                if version != last_version:
+                    last_version = version
+                    interval = POLL_MIN
+                    self._wake_all()
+                else:
+                    interval = min(interval * 1.5, POLL_MAX)
+                timeout = min(timeout, interval)
+            if now >= next_heartbeat:
+                self._guard(self._heartbeat)
+                next_heartbeat = now + HEARTBEAT_EVERY
+            if now >= next_reap:
+                self._guard(self._reap)
+                next_reap = now + (REAP_WHILE_WAITING if self._waiting else REAP_IDLE)
+            if self._waiting:
+                timeout = min(timeout, max(0.0, next_reap - now))
+            if not checkpointed and now - last_activity > CHECKPOINT_IDLE and self._first_pending is None:
+                self._guard(self._checkpoint)
+                checkpointed = True
+            if not checkpointed:
+                timeout = min(timeout, CHECKPOINT_IDLE)
+            self._wakeup.wait(timeout)
+            self._wakeup.clear()
+
+    def _guard(self, function: Callable[[], None]) -> None:
+        try:
+            function()
+        except Exception as exc:
+            if self._writer is not None and not self._stopping:
+                logger.warning("kelp: sqlite background task %s failed: %s", function.__name__, exc)
+
+    def _data_version(self) -> int | None:
+        reader = self._reader
+        if reader is None:
+            return None
+        with self._reader_lock:
+            try:
+                value: int = reader.execute("PRAGMA data_version").fetchone()[0]
+                return value
+            except sqlite3.Error:
+                return None
+
+    def _heartbeat(self) -> None:
+        def op(tx: _ops.Tx) -> int:
+            return tx.db.execute(
+                "UPDATE processes SET heartbeat_at=? WHERE id=?", (tx.now, self._process_id)
+            ).rowcount
+
+        if self._run(op) == 0:
+            self._lost = (
+                f"this process was declared dead by another process sharing {self.path} "
+                "(its heartbeat went stale); its unacked messages were redelivered: reconnect"
+            )
+            logger.error("kelp: %s", self._lost)
+
+    def _reap(self) -> None:
+        reader = self._reader
+        if reader is None:
+            return
+        with self._reader_lock:
+            rows = reader.execute(
+                "SELECT id, pid, start_time, namespace, heartbeat_at FROM processes WHERE id != ?",
+                (self._process_id,),
+            ).fetchall()
+        if any(not self._is_alive(row, time.time()) for row in rows):
+            self._run(self._reap_dead)
+
+    def _is_alive(self, row: tuple[int, int, str | None, str, float], now: float) -> bool:
+        _, pid, start_time, ns, heartbeat_at = row
+        if ns == self._namespace:
+            return process_state(pid, start_time)
+        return heartbeat_at > now - self.options.heartbeat
+
+    def _reap_dead(self, tx: _ops.Tx) -> int:
+        """Drop every dead process's connections (releasing their messages); return how many live."""
+        live = 0
+        rows = tx.db.execute(
+            "SELECT id, pid, start_time, namespace, heartbeat_at FROM processes WHERE id IS NOT ?",
+            (self._process_id,),
+        ).fetchall()
+        for row in rows:
+            if self._is_alive(row, tx.now):
+                live += 1
+                continue
+            logger.info("kelp: process %s holding %s is gone; releasing its messages", row[1], self.path)
+            for (connection_id,) in tx.db.execute(
+                "SELECT id FROM connections WHERE process=?", (row[0],)
+            ).fetchall():
+                _ops.drop_connection(tx, connection_id)
+            tx.db.execute("DELETE FROM processes WHERE id=?", (row[0],))
+        return live
+
+    def _checkpoint(self) -> None:
+        with self._lock:
+            writer = self._writer
+            if writer is not None:
+                writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+
+def _row_order(row: tuple[Any, ...]) -> tuple[int, int]:
+    return (-row[1], row[0])
+
+
+_stores: dict[str, SqliteStore] = {}
+_stores_lock = threading.Lock()
+
+
+def store_for(path: str, options: StoreOptions) -> SqliteStore:
+    """The process-wide store of the database file at ``path`` (created on first use)."""
+    key = os.path.abspath(path)
+    with _stores_lock:
+        store = _stores.get(key)
+        if store is None or store._pid != os.getpid():
+            store = _stores[key] = SqliteStore(key, options)
+        return store
+
+
+@atexit.register
+def _shutdown_all() -> None:
+    for store in list(_stores.values()):
+        if store._pid == os.getpid():
+            store.shutdown()

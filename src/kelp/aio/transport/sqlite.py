@@ -1,0 +1,240 @@
+"""``sqlite://``: the embedded default broker - durable, multi-process, no server.
+
+``sqlite:///relative/path.db`` and ``sqlite:////absolute/path.db`` name a database file; every process
+and thread that opens the same file shares its exchanges, queues and messages, and kelp routes at publish
+time (RabbitMQ's semantics, the same as ``memory://``). Query options: ``synchronous=normal|full``
+(``full`` fsyncs every commit: power-loss safe), ``busy_timeout`` (seconds to wait for another process's
+write lock before raising OperationalError, default 10), ``heartbeat`` (seconds after which a process in
+another pid namespace that stopped refreshing its heartbeat is presumed dead, default 30) and
+``confirm_publish=true`` (also a transport option).
+
+What ``publish`` guarantees on return:
+
+* with ``confirm_publish`` - or when the message is ``mandatory``, targets an exchange this process does
+  not know yet, or reaches a queue with ``x-overflow: reject-publish[-dlx]`` - the message is committed:
+  it survives ``kill -9`` of every process (and power loss with ``synchronous=full``); unroutable
+  mandatory messages are returned and refusals raise MessageNacked, as on ``memory://``.
+* otherwise the message is routed and buffered in this process, and committed with others (group
+  commit) within about a millisecond, by the next operation of this process on the file, or at close.
+  Other connections of this process see it at once; a ``kill -9`` inside that window can lose it, as
+  with RabbitMQ without publisher confirms. A clean close (or interpreter exit) never loses it.
+
+Acks are committed the same way; an ack lost to ``kill -9`` means a redelivery (flagged), never a loss.
+Unacked messages return to their queue, flagged ``redelivered``, when their channel or connection closes
+or their process dies (detected by pid and process start time, or a stale heartbeat). When a process opens
+the file and no other live process has it open, it restarts the broker as RabbitMQ would: non-durable
+queues and exchanges and transient messages are dropped; persistent messages on durable queues survive.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from kelp._broker.sqlite import SqliteStore, StoreOptions, store_for
+from kelp._envelope import Delivery, Envelope, QueueInfo
+from kelp.aio._backend import Signal, monotonic, run_blocking
+from kelp.aio.transport.base import Transport, TransportChannel
+from kelp.exceptions import OperationalError
+from kelp.url import URL
+
+__all__ = ["SqliteChannel", "SqliteTransport"]
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+
+
+class SqliteChannel(TransportChannel):
+    def __init__(self, transport: SqliteTransport, store: SqliteStore, connection_id: int) -> None:
+        self._transport = transport
+        self._store = store
+        self._connection_id = connection_id
+        self.channel_id = store.open_channel(connection_id)
+
+    async def declare_exchange(
+        self,
+        name: str,
+        type: str,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: Mapping[str, Any] | None,
+        passive: bool,
+    ) -> None:
+        await run_blocking(
+            self._store.declare_exchange, name, type, durable, auto_delete, internal, arguments, passive
+        )
+
+    async def delete_exchange(self, name: str, if_unused: bool) -> None:
+        await run_blocking(self._store.delete_exchange, name, if_unused)
+
+    async def declare_queue(
+        self,
+        name: str,
+        durable: bool,
+        exclusive: bool,
+        auto_delete: bool,
+        arguments: Mapping[str, Any] | None,
+        passive: bool,
+    ) -> QueueInfo:
+        return await run_blocking(
+            self._store.declare_queue,
+            self._connection_id,
+            name,
+            durable,
+            exclusive,
+            auto_delete,
+            arguments,
+            passive,
+        )
+
+    async def delete_queue(self, name: str, if_unused: bool, if_empty: bool) -> int:
+        return await run_blocking(self._store.delete_queue, self._connection_id, name, if_unused, if_empty)
+
+    async def purge_queue(self, name: str) -> int:
+        return await run_blocking(self._store.purge_queue, self._connection_id, name)
+
+    async def bind(
+        self, kind: str, destination: str, source: str, routing_key: str, arguments: Mapping[str, Any] | None
+    ) -> None:
+        await run_blocking(
+            self._store.bind, self._connection_id, kind, destination, source, routing_key, arguments
+        )
+
+    async def unbind(
+        self, kind: str, destination: str, source: str, routing_key: str, arguments: Mapping[str, Any] | None
+    ) -> None:
+        await run_blocking(
+            self._store.unbind, self._connection_id, kind, destination, source, routing_key, arguments
+        )
+
+    async def publish(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
+        store = self._store
+        if not self._transport.confirm_publish and store.buffer(envelopes):
+            if store.should_flush():
+                await run_blocking(store.flush)
+            return []
+        return await run_blocking(store.publish, envelopes)
+
+    async def qos(self, prefetch_count: int, global_: bool) -> None:
+        self._store.qos(self._connection_id, self.channel_id, prefetch_count, global_)
+
+    async def consume(
+        self, queue: str, consumer_tag: str, no_ack: bool, arguments: Mapping[str, Any] | None
+    ) -> str:
+        return await run_blocking(
+            self._store.consume, self._connection_id, self.channel_id, queue, consumer_tag, no_ack
+        )
+
+    async def cancel(self, consumer_tag: str) -> None:
+        await run_blocking(self._store.cancel, self._connection_id, self.channel_id, consumer_tag)
+
+    async def get(self, queue: str, no_ack: bool) -> Delivery | None:
+        return await run_blocking(self._store.get, self._connection_id, self.channel_id, queue, no_ack)
+
+    async def ack(self, delivery_tag: int, multiple: bool) -> None:
+        # In memory only: the DELETE is group-committed with this process's next transaction.
+        self._store.ack(self._connection_id, self.channel_id, delivery_tag, multiple)
+
+    async def reject(self, delivery_tag: int, requeue: bool, multiple: bool = False) -> None:
+        await run_blocking(
+            self._store.reject, self._connection_id, self.channel_id, delivery_tag, requeue, multiple
+        )
+
+    async def recover(self, requeue: bool) -> None:
+        await run_blocking(self._store.recover, self._connection_id, self.channel_id, requeue)
+
+    async def close(self) -> None:
+        await run_blocking(self._store.close_channel, self._connection_id, self.channel_id)
+
+
+def database_path(url: URL) -> str:
+    """The database file a ``sqlite://`` URL names (the default file when it names none)."""
+    from kelp.aio.connection import default_sqlite_path
+
+    if not url.path:
+        return default_sqlite_path()
+    return os.path.abspath(url.path)
+
+
+class SqliteTransport(Transport):
+    schemes: ClassVar[tuple[str, ...]] = ("sqlite",)
+
+    def __init__(self, url: URL, options: Mapping[str, Any]) -> None:
+        super().__init__(url, options)
+        self.path = database_path(url)
+        self.store_options = StoreOptions.from_query(url.query)
+        confirm = url.query.get("confirm_publish", "").lower() in _TRUE
+        self.confirm_publish = confirm or bool(options.get("confirm_publish"))
+        self._store: SqliteStore | None = None
+        self._connection_id = 0
+        self._signal = Signal()
+
+    @property
+    def is_connected(self) -> bool:
+        return self._store is not None
+
+    @property
+    def store(self) -> SqliteStore:
+        if self._store is None:
+            raise OperationalError("the sqlite:// connection is closed")
+        return self._store
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "path": self.path, "confirm_publish": self.confirm_publish}
+
+    async def connect(self, timeout: float | None) -> None:
+        if self._store is not None:
+            return
+        from kelp.aio.connection import default_sqlite_path
+
+        if self.path == default_sqlite_path():
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        store = store_for(self.path, self.store_options)
+        await run_blocking(store.attach)
+        try:
+            self._connection_id = await run_blocking(store.connect, self._signal)
+        except BaseException:
+            await run_blocking(store.detach)
+            raise
+        self._store = store
+
+    async def close(self) -> None:
+        store, self._store = self._store, None
+        if store is None:
+            return
+        try:
+            await run_blocking(store.disconnect, self._connection_id)
+        finally:
+            await run_blocking(store.detach)
+
+    async def open_channel(self) -> SqliteChannel:
+        return SqliteChannel(self, self.store, self._connection_id)
+
+    async def drain(self, timeout: float | None) -> list[Delivery]:
+        store = self.store
+        deadline = None if timeout is None else monotonic() + timeout
+        try:
+            while True:
+                deliveries = await run_blocking(store.claim, self._connection_id)
+                if deliveries:
+                    return deliveries
+                self._signal.clear()
+                wait = await run_blocking(store.prepare_wait, self._connection_id)
+                remaining = None if deadline is None else deadline - monotonic()
+                if remaining is not None and remaining <= 0 and wait != 0.0:
+                    raise TimeoutError("no message arrived within the timeout")
+                if wait is None or (remaining is not None and remaining < wait):
+                    wait = remaining
+                if wait is None or wait > 0:
+                    await self._signal.wait(wait)
+                if self._store is None:
+                    raise OperationalError("the sqlite:// connection was closed while draining")
+        finally:
+            store.end_wait(self._connection_id)
+
+    async def queue_stats(self) -> list[tuple[str, int, int, int]]:
+        return await run_blocking(self.store.queue_stats)
+
+    async def list_bindings(self) -> list[tuple[str, str, str, str, dict[str, Any]]]:
+        return await run_blocking(self.store.bindings)

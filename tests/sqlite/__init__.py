@@ -1,0 +1,1 @@
+"""Tests of the sqlite:// transport beyond the conformance suite (multi-process, restarts, files)."""

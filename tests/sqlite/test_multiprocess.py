@@ -1,0 +1,203 @@
+"""Several processes on one database: exactly-once delivery, dead consumers, restarts, kill -9."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from kelp import Connection, Queue
+
+from .conftest import Worker
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _received(lines: list[str]) -> list[tuple[int, bool]]:
+    out = []
+    for line in lines:
+        parts = line.split()
+        if len(parts) == 2 and parts[0].isdigit():
+            out.append((int(parts[0]), parts[1] == "1"))
+    return out
+
+
+def test_two_producers_two_consumers_deliver_each_message_once(db_url: str, workers: list[Worker]) -> None:
+    per_producer = 400
+    consumers = [Worker("consume", db_url, "work", "3") for _ in range(2)]
+    workers.extend(consumers)
+    producers = [
+        Worker("produce", db_url, "work", str(i * per_producer), str(per_producer)) for i in range(2)
+    ]
+    workers.extend(producers)
+    for producer in producers:
+        assert "done" in producer.finish()
+    received = [item for consumer in consumers for item in _received(consumer.finish())]
+    counts = Counter(n for n, _ in received)
+    assert set(counts) == set(range(2 * per_producer))
+    # Nobody died: no message was delivered twice, none flagged redelivered.
+    assert all(count == 1 for count in counts.values())
+    assert not any(redelivered for _, redelivered in received)
+
+
+def test_kill_9_of_a_consumer_redelivers_what_it_held(db_url: str, workers: list[Worker]) -> None:
+    with Connection(db_url) as conn:
+        producer = conn.Producer()
+        queue = Queue("work", durable=True, auto_delete=False)
+        for n in range(50):
+            producer.publish({"n": n}, routing_key="work", declare=[queue])
+    holder = Worker("hold", db_url, "work", "20")
+    workers.append(holder)
+    held = _received(holder.read_lines(20))
+    assert len(held) == 20
+    holder.kill()
+    taker = Worker("consume", db_url, "work", "3")
+    workers.append(taker)
+    got = _received(taker.finish())
+    assert sorted(n for n, _ in got) == list(range(50))
+    held_ids = {n for n, _ in held}
+    assert {n for n, redelivered in got if redelivered} == held_ids
+
+
+def test_consumer_in_this_process_gets_messages_of_a_killed_one(db_url: str, workers: list[Worker]) -> None:
+    with Connection(db_url) as conn:
+        queue = Queue("work", durable=True, auto_delete=False)
+        producer = conn.Producer()
+        for n in range(10):
+            producer.publish({"n": n}, routing_key="work", declare=[queue])
+        holder = Worker("hold", db_url, "work", "100")
+        workers.append(holder)
+        assert len(_received(holder.read_lines(10))) == 10
+        got: list[tuple[int, bool]] = []
+
+        def on_message(body: dict[str, int], message: object) -> None:
+            got.append((body["n"], message.redelivered))  # type: ignore[attr-defined]
+            message.ack()  # type: ignore[attr-defined]
+
+        with conn.Consumer([queue], callbacks=[on_message]):
+            holder.kill()
+            for _ in range(200):
+                if len(got) == 10:
+                    break
+                try:
+                    conn.drain_events(timeout=0.1)
+                except TimeoutError:
+                    pass
+        assert sorted(got) == [(n, True) for n in range(10)]
+
+
+def test_restart_keeps_persistent_messages_on_durable_queues_only(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/broker.db"
+    script = f"""
+from kelp import Connection, Queue
+with Connection({url!r}) as conn:
+    durable = Queue("durable", durable=True, auto_delete=False)
+    transient = Queue("transient", durable=False, auto_delete=False)
+    producer = conn.Producer()
+    producer.publish("persistent", routing_key="durable", declare=[durable], delivery_mode=2)
+    producer.publish("transient", routing_key="durable", declare=[durable], delivery_mode=1)
+    producer.publish("gone", routing_key="transient", declare=[transient])
+    channel = conn.channel()
+    held = Queue("durable", durable=True, auto_delete=False)(channel)
+"""
+    _run_script(script)
+    with Connection(url) as conn:
+        queue = Queue("durable", durable=True, auto_delete=False)(conn.default_channel)
+        message = queue.get()
+        assert message is not None
+        assert message.payload == "persistent"
+        message.ack()
+        assert queue.get() is None
+        from kelp.exceptions import NotFound
+
+        with pytest.raises(NotFound):
+            Queue("transient")(conn.channel()).queue_declare(passive=True)
+
+
+def test_kill_9_of_every_process_keeps_confirmed_messages(tmp_path: Path, workers: list[Worker]) -> None:
+    url = f"sqlite:///{tmp_path}/broker.db"
+    producer = Worker("produce", url, "work", "0", "300", "confirm")
+    workers.append(producer)
+    producer.read_lines(1)
+    holder = Worker("hold", url, "work", "25")
+    workers.append(holder)
+    held = {n for n, _ in _received(holder.read_lines(25))}
+    producer.kill()
+    holder.kill()
+    with Connection(url) as conn:
+        queue = Queue("work", durable=True, auto_delete=False)(conn.default_channel)
+        seen: dict[int, bool] = {}
+        while (message := queue.get()) is not None:
+            seen[message.payload["n"]] = message.redelivered
+            message.ack()
+    assert sorted(seen) == list(range(300))
+    assert {n for n, redelivered in seen.items() if redelivered} == held
+
+
+def test_unacked_messages_of_a_killed_process_are_released_on_restart(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/broker.db"
+    script = f"""
+import os, signal
+from kelp import Connection, Queue
+conn = Connection({url!r}).connect()
+queue = Queue("work", durable=True, auto_delete=False)
+producer = conn.Producer()
+producer.publish("a", routing_key="work", declare=[queue])
+producer.publish("b", routing_key="work", declare=[queue])
+message = queue(conn.default_channel).get()
+assert message is not None
+conn.transport.store.flush()
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    _run_script(script, expect_killed=True)
+    with Connection(url) as conn:
+        queue = Queue("work", durable=True, auto_delete=False)(conn.default_channel)
+        first, second = queue.get(), queue.get()
+        assert first is not None
+        assert second is not None
+        assert (first.payload, first.redelivered) == ("a", True)
+        assert (second.payload, second.redelivered) == ("b", False)
+
+
+def _run_script(source: str, expect_killed: bool = False) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, timeout=60)
+    if expect_killed:
+        assert result.returncode == -9, result.stderr
+    else:
+        assert result.returncode == 0, result.stderr
+
+
+def test_foreign_newer_and_corrupt_files_fail_clearly(tmp_path: Path) -> None:
+    from kelp.exceptions import InconsistencyError, UsageError, VersionMismatch
+
+    foreign = tmp_path / "foreign.db"
+    db = sqlite3.connect(foreign)
+    db.execute("CREATE TABLE accounts (id INTEGER PRIMARY KEY)")
+    db.commit()
+    db.close()
+    with pytest.raises(UsageError, match="another application"):
+        Connection(f"sqlite:///{foreign}").connect()
+    # The foreign file was not touched (still in its rollback-journal mode, no kelp tables).
+    db = sqlite3.connect(foreign)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert [r[0] for r in db.execute("SELECT name FROM sqlite_master")] == ["accounts"]
+    db.close()
+
+    newer = tmp_path / "newer.db"
+    with Connection(f"sqlite:///{newer}"):
+        pass
+    db = sqlite3.connect(newer)
+    db.execute("PRAGMA user_version=99")
+    db.close()
+    with pytest.raises(VersionMismatch, match="version 99"):
+        Connection(f"sqlite:///{newer}?x=1").connect()
+
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"this is not a database at all" * 100)
+    with pytest.raises(InconsistencyError, match="not a usable kelp database"):
+        Connection(f"sqlite:///{corrupt}").connect()

@@ -1,0 +1,170 @@
+"""The sqlite store in one process: concurrency, the asyncio face, busy handling, the default file."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from kelp import Connection, Queue, aio
+from kelp.exceptions import OperationalError
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_concurrent_consumers_on_threads_never_share_a_message(db_url: str) -> None:
+    total = 2000
+    with Connection(db_url) as conn:
+        queue = Queue("work", durable=True, auto_delete=False)
+        producer = conn.Producer()
+        for n in range(total):
+            producer.publish(n, routing_key="work", declare=[queue])
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    def consume() -> None:
+        with Connection(db_url) as conn:
+            got: list[int] = []
+
+            def on_message(body: int, message: object) -> None:
+                got.append(body)
+                message.ack()  # type: ignore[attr-defined]
+
+            with conn.Consumer([queue], callbacks=[on_message], prefetch_count=7):
+                idle = 0
+                while idle < 3:
+                    try:
+                        conn.drain_events(timeout=0.2)
+                        idle = 0
+                    except TimeoutError:
+                        idle += 1
+            with lock:
+                seen.extend(got)
+
+    threads = [threading.Thread(target=consume) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=100)
+    counts = Counter(seen)
+    assert set(counts) == set(range(total))
+    assert max(counts.values()) == 1
+
+
+def test_prefetch_window_holds_across_drains(db_url: str) -> None:
+    with Connection(db_url) as conn:
+        queue = Queue("work", durable=True, auto_delete=False)
+        producer = conn.Producer()
+        for n in range(30):
+            producer.publish(n, routing_key="work", declare=[queue])
+        got: list[object] = []
+        with conn.Consumer([queue], callbacks=[lambda body, message: got.append(message)], prefetch_count=5):
+            for _ in range(5):
+                try:
+                    conn.drain_events(timeout=0.1)
+                except TimeoutError:
+                    pass
+            assert len(got) == 5
+            for message in got:
+                message.ack()  # type: ignore[attr-defined]
+            conn.drain_events(timeout=2)
+            assert len(got) == 10
+
+
+async def test_asyncio_face_keeps_the_loop_running(db_url: str) -> None:
+    ticks: list[float] = []
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        while not stop.is_set():
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.005)
+
+    task = asyncio.create_task(ticker())
+    async with aio.Connection(db_url) as conn:
+        queue = aio.Queue("work", durable=True, auto_delete=False)
+        producer = conn.Producer()
+        for n in range(300):
+            await producer.publish(n, routing_key="work", declare=[queue])
+        got: list[int] = []
+
+        async def on_message(body: int, message: aio.Message) -> None:
+            got.append(body)
+            await message.ack()
+
+        async with conn.Consumer([queue], callbacks=[on_message], prefetch_count=50):
+            while len(got) < 300:
+                await conn.drain_events(timeout=5)
+            before = len(ticks)
+            with pytest.raises(TimeoutError):
+                await conn.drain_events(timeout=0.5)  # nothing comes: the loop must keep ticking
+            during = len(ticks) - before
+    stop.set()
+    await task
+    assert sorted(got) == list(range(300))
+    assert during >= 20, f"the event loop ticked only {during} times during a 0.5 s drain"
+
+
+def test_busy_database_raises_operational_error_in_bounded_time(tmp_path: Path) -> None:
+    path = tmp_path / "broker.db"
+    url = f"sqlite:///{path}?busy_timeout=0.3"
+    with Connection(url) as conn:
+        blocker = sqlite3.connect(path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            started = time.monotonic()
+            with pytest.raises(OperationalError, match="stayed locked"):
+                conn.default_channel.queue_declare("q", durable=True, auto_delete=False)
+            assert time.monotonic() - started < 5
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        conn.default_channel.queue_declare("q", durable=True, auto_delete=False)
+
+
+def test_default_database_path_follows_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from kelp.connection import default_sqlite_path
+
+    monkeypatch.setenv("KELP_HOME", str(tmp_path / "home"))
+    assert default_sqlite_path() == str(tmp_path / "home" / "kelp.db")
+    monkeypatch.delenv("KELP_HOME")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert default_sqlite_path() == str(tmp_path / "xdg" / "kelp" / "kelp.db")
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    assert default_sqlite_path() == str(tmp_path / "user" / ".local" / "share" / "kelp" / "kelp.db")
+    with Connection(f"sqlite:///{default_sqlite_path()}") as conn:  # creates the directory
+        conn.default_channel.queue_declare("q")
+    assert (tmp_path / "user" / ".local" / "share" / "kelp" / "kelp.db").exists()
+
+
+def test_header_values_round_trip(db_url: str) -> None:
+    import datetime
+
+    headers = {
+        "s": "text",
+        "i": 7,
+        "f": 1.5,
+        "t": True,
+        "none": None,
+        "list": [1, "two", [3.0]],
+        "table": {"k": False, "nested": {"x": 1}},
+        "raw": b"\x00\xffbytes",
+        "when": datetime.datetime(2024, 5, 1, 12, 0, tzinfo=datetime.UTC),
+    }
+    with Connection(db_url) as conn:
+        queue = Queue("h", durable=True, auto_delete=False)
+        conn.Producer().publish("x", routing_key="h", declare=[queue], headers=headers)
+        message = queue(conn.default_channel).get()
+        assert message is not None
+        assert message.headers == headers
+        assert type(message.headers["i"]) is int
+        assert type(message.headers["t"]) is bool
+        assert type(message.headers["f"]) is float

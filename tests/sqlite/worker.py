@@ -1,0 +1,69 @@
+"""A kelp process for the multi-process tests: ``python worker.py MODE URL QUEUE [ARGS...]``.
+
+Modes (each prints one line per event, flushed, so the test can follow it):
+
+* ``produce URL QUEUE START COUNT [confirm]`` - publish ``{"n": START..START+COUNT-1}``, persistent, to a
+  durable queue; prints ``done`` and exits (``confirm``: prints ``done`` then waits to be killed).
+* ``consume URL QUEUE IDLE`` - consume with prefetch 10, ack each; prints ``<n> <redelivered>`` per
+  message; exits after IDLE seconds without a message.
+* ``hold URL QUEUE PREFETCH`` - consume without acking; prints ``<n> <redelivered>`` per message, then
+  waits to be killed.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from kelp import Connection, Queue
+
+
+def main(argv: list[str]) -> None:
+    mode, url, name = argv[:3]
+    queue = Queue(name, durable=True, auto_delete=False)
+    if mode == "produce":
+        start, count = int(argv[3]), int(argv[4])
+        confirm = len(argv) > 5 and argv[5] == "confirm"
+        with Connection(url, transport_options={"confirm_publish": confirm}) as conn:
+            producer = conn.Producer()
+            for n in range(start, start + count):
+                producer.publish({"n": n}, routing_key=name, declare=[queue])
+            print("done", flush=True)
+            if confirm:
+                time.sleep(3600)
+        return
+    with Connection(url) as conn:
+        if mode == "consume":
+            idle = float(argv[3])
+
+            def on_message(body: dict[str, int], message: object) -> None:
+                print(body["n"], int(message.redelivered), flush=True)  # type: ignore[attr-defined]
+                message.ack()  # type: ignore[attr-defined]
+
+            with conn.Consumer([queue], callbacks=[on_message], prefetch_count=10):
+                last = time.monotonic()
+                while time.monotonic() - last < idle:
+                    try:
+                        conn.drain_events(timeout=0.2)
+                        last = time.monotonic()
+                    except TimeoutError:
+                        pass
+            print("exit", flush=True)
+        elif mode == "hold":
+            prefetch = int(argv[3])
+
+            def hold(body: dict[str, int], message: object) -> None:
+                print(body["n"], int(message.redelivered), flush=True)  # type: ignore[attr-defined]
+
+            with conn.Consumer([queue], callbacks=[hold], prefetch_count=prefetch):
+                while True:
+                    try:
+                        conn.drain_events(timeout=1)
+                    except TimeoutError:
+                        pass
+        else:
+            raise SystemExit(f"unknown mode {mode!r}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
