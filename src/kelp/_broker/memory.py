@@ -801,13 +801,13 @@ class MemoryBroker:
         with self._lock:
             channel = self._channel(connection_id, channel_id)
             if multiple:
-                items = self._settle(channel, delivery_tag, multiple)
+                for settled in self._settle(channel, delivery_tag, multiple):
+                    if settled.consumer is not None:
+                        settled.consumer.unacked -= 1
             else:  # the common case, kept short
                 item = channel.unacked.pop(delivery_tag, None)
                 if item is None:
                     raise ChannelError(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}", 406)
-                items = (item,)
-            for item in items:
                 if item.consumer is not None:
                     item.consumer.unacked -= 1
             connection = channel.connection
