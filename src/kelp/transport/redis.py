@@ -1,0 +1,788 @@
+# Generated from src/kelp/aio/transport/redis.py by scripts/unasync.py; do not edit.
+"""``redis://`` and ``rediss://``: kelp's broker on Redis streams, with RabbitMQ's semantics.
+
+``redis://[user:password@]host[:port][/db][?prefix=kelp&liveness=10]`` (``rediss://`` for TLS). Every
+declaration (exchanges, queues, bindings, arguments) is stored in Redis under the prefix, so all processes
+sharing a prefix see one topology; different prefixes are separate brokers.
+
+What happens to a message:
+
+* **publish** routes and stores in one server-side Lua script (:mod:`kelp._broker.redis.script`): the
+  matched queues get their copies atomically, or none does; a batch is one round trip. When ``publish``
+  returns, Redis has the message (in memory, and on disk as its persistence settings say: see
+  ``docs/transports.md``). A full ``reject-publish`` queue raises :class:`~kelp.exceptions.MessageNacked`;
+  unroutable ``mandatory`` messages are returned.
+* **queues** are Redis streams (one per priority level, plus one per level for requeued messages, which
+  go first) read through one consumer group. A delivery moves the entry into the group's pending list
+  under this connection's name in the same script that reads it, so there is no moment when a message is
+  neither in the queue nor pending: a crash never loses one.
+* **ack** removes the entry (XACK + XDEL). Acks are sent in batches, with the connection's next operation
+  (its next drain, publish, get...) or when the batch is full; a process that dies before that gets those
+  messages redelivered (at-least-once, as in AMQP). **reject** / **requeue** / channel close put entries
+  back at the head of their queue, flagged ``redelivered``; ``reject(requeue=False)`` dead-letters.
+* **liveness**: every connection refreshes a heartbeat (an asyncio task in the async API, a daemon
+  thread in the sync one) every second. When a connection has been silent for ``liveness`` seconds
+  (default 10), the next live connection to beat releases its pending messages (redelivered, flagged, to
+  anyone), its consumers and its exclusive queues. A consumer busy for minutes keeps its messages as long
+  as its process beats; with asyncio that means its callbacks must not block the event loop that long.
+* **prefetch** is honoured exactly: a claim never reads more than the consumers' free windows.
+* **drain** waits with a bounded ``XREAD BLOCK`` on the consumed streams (never more than half a second
+  per call), so timeouts are respected and the async API never blocks its event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import secrets
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, ClassVar
+
+from redis import Redis
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from kelp._backend import Signal, monotonic
+from kelp._broker.queue_args import (
+    QueueArgs,
+    check_name,
+    dead_letter,
+    expiration_ms,
+    generated_queue_name,
+    tag,
+)
+from kelp._broker.redis.codec import (
+    binding_member,
+    decode_arguments,
+    decode_meta,
+    encode_arguments,
+    encode_meta,
+    headers_canon,
+)
+from kelp._broker.redis.script import SHA, SOURCE
+from kelp._broker.redis.ticker import ThreadTicker as Ticker
+from kelp._envelope import Delivery, Envelope, QueueInfo
+from kelp.exceptions import (
+    AccessRefused,
+    ChannelError,
+    MessageNacked,
+    NotFound,
+    OperationalError,
+    PreconditionFailed,
+    ResourceLocked,
+    UsageError,
+)
+from kelp.routing import validate_exchange_type
+from kelp.transport.base import Transport, TransportChannel
+
+__all__ = ["RedisChannel", "RedisTransport"]
+
+#: Deliveries one claim may take for a consumer without a prefetch limit.
+MAX_CLAIM = 1000
+#: The longest single blocking wait in drain: local events (a new consumer, a freed window) are noticed
+#: within this time even while a wait is in progress.
+WAIT_CAP = 0.5
+#: Acks buffered before they are sent without waiting for the connection's next operation.
+ACK_BATCH = 512
+#: Envelopes per script call in a published batch (all calls of a batch share one round trip).
+PUBLISH_CHUNK = 500
+
+_PREFIX = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+_KELP_ERROR = re.compile(r"KELP:([A-Z_]+):(.*)", re.DOTALL)
+
+
+class _Lost(OperationalError):
+    """The broker released this connection (it missed its heartbeats for longer than liveness)."""
+
+
+_ERRORS: dict[str, type[Exception]] = {
+    "LOST": _Lost,
+    "NOT_FOUND": NotFound,
+    "PRECONDITION": PreconditionFailed,
+    "LOCKED": ResourceLocked,
+    "ACCESS": AccessRefused,
+    "VALUE": ValueError,
+}
+
+
+@contextlib.contextmanager
+def _mapped() -> Iterator[None]:
+    """Turn redis-py's exceptions into kelp's: broker refusals into channel errors, the rest operational."""
+    try:
+        yield
+    except ResponseError as exc:
+        match = _KELP_ERROR.search(str(exc))
+        if match is None:
+            raise OperationalError(f"redis: {exc}") from exc
+        raise _ERRORS[match.group(1)](match.group(2)) from None
+    except RedisError as exc:
+        raise OperationalError(f"redis: {exc}") from exc
+
+
+def _flag(value: bool) -> str:
+    return "1" if value else "0"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class _Consumer:
+    __slots__ = ("key", "no_ack", "prefetch", "queue", "tag", "unacked")
+
+    def __init__(self, tag: str, queue: str, key: str, no_ack: bool, prefetch: int) -> None:
+        self.tag = tag
+        self.queue = queue
+        self.key = key  # "<channel>:<tag>", its name in the queue's consumer table
+        self.no_ack = no_ack
+        self.prefetch = prefetch
+        self.unacked = 0
+
+
+class _Unacked:
+    __slots__ = ("consumer", "entry_id", "queue", "suffix")
+
+    def __init__(self, queue: str, suffix: str, entry_id: bytes, consumer: _Consumer | None) -> None:
+        self.queue = queue
+        self.suffix = suffix
+        self.entry_id = entry_id
+        self.consumer = consumer
+
+
+class RedisChannel(TransportChannel):
+    """A channel: its consumers, prefetch windows and unacked deliveries live here, in the process."""
+
+    def __init__(self, transport: RedisTransport, channel_id: int) -> None:
+        self._transport = transport
+        self.channel_id = channel_id
+        self.next_tag = 1
+        self.unacked: dict[int, _Unacked] = {}
+        self.consumers: dict[str, _Consumer] = {}
+        self.prefetch = 0
+        self.prefetch_global = 0
+
+    def declare_exchange(
+        self,
+        name: str,
+        type: str,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: Mapping[str, Any] | None,
+        passive: bool,
+    ) -> None:
+        if not name:
+            return  # the default exchange always exists
+        if passive:
+            self._transport.call("xdecl", name, "", "", "", "", "", "", "1")
+            return
+        check_name("exchange", name, passive)
+        validate_exchange_type(type)
+        alternate = (arguments or {}).get("alternate-exchange")
+        self._transport.call(
+            "xdecl",
+            name,
+            type,
+            _flag(durable),
+            _flag(auto_delete),
+            _flag(internal),
+            encode_arguments(arguments),
+            alternate if isinstance(alternate, str) else "",
+            "0",
+        )
+
+    def delete_exchange(self, name: str, if_unused: bool) -> None:
+        if not name or name.startswith("amq."):
+            raise AccessRefused(f"operation not permitted on the default or 'amq.*' exchange '{name}'")
+        self._transport.call("xdel", name, _flag(if_unused))
+
+    def declare_queue(
+        self,
+        name: str,
+        durable: bool,
+        exclusive: bool,
+        auto_delete: bool,
+        arguments: Mapping[str, Any] | None,
+        passive: bool,
+    ) -> QueueInfo:
+        transport = self._transport
+        if passive:
+            result = transport.call("qdecl", transport.connection_id, name, "", "", "", "", "1")
+            return QueueInfo(name, int(result[1]), int(result[2]))
+        if name:
+            check_name("queue", name, passive)
+        args = QueueArgs.parse(arguments)
+        name = name or generated_queue_name()
+
+        def optional(value: int | None) -> str:
+            return "" if value is None else str(value)
+
+        result = transport.call(
+            "qdecl",
+            transport.connection_id,
+            name,
+            _flag(durable),
+            _flag(exclusive),
+            _flag(auto_delete),
+            encode_arguments(arguments),
+            "0",
+            optional(args.message_ttl),
+            optional(args.expires),
+            optional(args.max_length),
+            optional(args.max_length_bytes),
+            args.overflow,
+            str(args.max_priority or 0),
+            _flag(args.dead_letter_exchange is not None),
+            args.dead_letter_exchange or "",
+            _flag(args.dead_letter_routing_key is not None),
+            args.dead_letter_routing_key or "",
+        )
+        return QueueInfo(name, int(result[1]), int(result[2]))
+
+    def delete_queue(self, name: str, if_unused: bool, if_empty: bool) -> int:
+        transport = self._transport
+        return int(transport.call("qdel", transport.connection_id, name, _flag(if_unused), _flag(if_empty)))
+
+    def purge_queue(self, name: str) -> int:
+        return int(self._transport.call("purge", self._transport.connection_id, name))
+
+    def bind(
+        self, kind: str, destination: str, source: str, routing_key: str, arguments: Mapping[str, Any] | None
+    ) -> None:
+        member, rule_error = self._member(kind, destination, source, routing_key, arguments)
+        self._transport.call(
+            "bind", self._transport.connection_id, kind, destination, source, routing_key, member, rule_error
+        )
+
+    def unbind(
+        self, kind: str, destination: str, source: str, routing_key: str, arguments: Mapping[str, Any] | None
+    ) -> None:
+        member, _ = self._member(kind, destination, source, routing_key, arguments)
+        self._transport.call(
+            "unbind", self._transport.connection_id, kind, destination, source, routing_key, member
+        )
+
+    @staticmethod
+    def _member(
+        kind: str, destination: str, source: str, routing_key: str, arguments: Mapping[str, Any] | None
+    ) -> tuple[str, str]:
+        if not source:
+            raise AccessRefused("operation not permitted on the default exchange")
+        if kind not in ("queue", "exchange"):
+            raise UsageError(f"a binding destination is a 'queue' or an 'exchange', not {kind!r}")
+        return binding_member(kind, destination, routing_key, arguments)
+
+    def publish(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
+        return self._transport.publish(envelopes)
+
+    def qos(self, prefetch_count: int, global_: bool) -> None:
+        if global_:
+            self.prefetch_global = prefetch_count
+        else:
+            self.prefetch = prefetch_count
+            for consumer in self.consumers.values():
+                consumer.prefetch = prefetch_count
+        self._transport.wake()
+
+    def consume(
+        self, queue: str, consumer_tag: str, no_ack: bool, arguments: Mapping[str, Any] | None
+    ) -> str:
+        consumer_tag = consumer_tag or tag("amq.ctag-")
+        if consumer_tag in self.consumers:
+            raise UsageError(f"consumer tag {consumer_tag!r} is already in use on this channel")
+        key = f"{self.channel_id}:{consumer_tag}"
+        self._transport.call("consume", self._transport.connection_id, queue, key)
+        self.consumers[consumer_tag] = _Consumer(consumer_tag, queue, key, no_ack, self.prefetch)
+        self._transport.wake()
+        return consumer_tag
+
+    def cancel(self, consumer_tag: str) -> None:
+        consumer = self.consumers.pop(consumer_tag, None)
+        if consumer is not None and self._transport.is_connected:  # a released connection has no consumers
+            self._transport.call("cancel", self._transport.connection_id, consumer.key)
+
+    def get(self, queue: str, no_ack: bool) -> Delivery | None:
+        transport = self._transport
+        result = transport.call("get", transport.connection_id, queue, _flag(no_ack))
+        if result[0]:
+            transport.flush_outbox()
+        if len(result) < 7:
+            return None
+        _, ready, suffix, entry_id, body, meta, deliveries = result
+        return self._deliver(None, queue, _text(suffix), entry_id, body, meta, deliveries, no_ack, int(ready))
+
+    def _deliver(
+        self,
+        consumer: _Consumer | None,
+        queue: str,
+        suffix: str,
+        entry_id: bytes,
+        body: bytes,
+        meta: bytes,
+        deliveries: int,
+        no_ack: bool,
+        message_count: int | None = None,
+    ) -> Delivery:
+        delivery_tag = self.next_tag
+        self.next_tag += 1
+        if not no_ack:
+            self.unacked[delivery_tag] = _Unacked(queue, suffix, entry_id, consumer)
+            if consumer is not None:
+                consumer.unacked += 1
+        properties, headers, exchange, routing_key = decode_meta(meta)
+        return Delivery(
+            self.channel_id,
+            consumer.tag if consumer is not None else "",
+            delivery_tag,
+            body,
+            properties,
+            headers,
+            exchange,
+            routing_key,
+            int(deliveries) > 0,
+            message_count,
+        )
+
+    def ack(self, delivery_tag: int, multiple: bool) -> None:
+        transport = self._transport
+        for item in self._settle(delivery_tag, multiple):
+            if item.consumer is not None:
+                item.consumer.unacked -= 1
+            transport.queue_ack(item.queue, item.suffix, item.entry_id)
+        transport.wake()
+        if transport.pending_acks >= ACK_BATCH:
+            transport.flush_acks()
+
+    def reject(self, delivery_tag: int, requeue: bool, multiple: bool = False) -> None:
+        self._settle_remote(self._settle(delivery_tag, multiple), requeue)
+
+    def recover(self, requeue: bool) -> None:
+        """Requeue every unacked delivery of the channel (AMQP basic.recover; kelp always requeues)."""
+        self._settle_remote(self._settle(0, True), True)
+
+    def _settle_remote(self, items: list[_Unacked], requeue: bool) -> None:
+        if not items:
+            return
+        args: list[Any] = []
+        for item in items:
+            if item.consumer is not None:
+                item.consumer.unacked -= 1
+            args += (item.queue, item.suffix, item.entry_id)
+        transport = self._transport
+        outbox = transport.call("settle", transport.connection_id, _flag(requeue), len(items), *args)
+        transport.wake()
+        if outbox:
+            transport.flush_outbox()
+
+    def _settle(self, delivery_tag: int, multiple: bool) -> list[_Unacked]:
+        if multiple:
+            tags = (
+                sorted(t for t in self.unacked if t <= delivery_tag) if delivery_tag else sorted(self.unacked)
+            )
+            return [self.unacked.pop(t) for t in tags]
+        item = self.unacked.pop(delivery_tag, None)
+        if item is None:
+            raise ChannelError(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}", 406)
+        return [item]
+
+    def close(self) -> None:
+        transport = self._transport
+        if transport.forget_channel(self) and transport.is_connected:
+            for consumer_tag in list(self.consumers):
+                self.cancel(consumer_tag)
+            self._settle_remote(self._settle(0, True), True)
+
+
+class RedisTransport(Transport):
+    schemes: ClassVar[tuple[str, ...]] = ("redis", "rediss")
+
+    def __init__(self, url: Any, options: Mapping[str, Any]) -> None:
+        super().__init__(url, options)
+        query = url.query
+        prefix = query.get("prefix", "kelp")
+        if not _PREFIX.fullmatch(prefix):
+            raise UsageError(f"redis:// prefix must be 1-64 of A-Z a-z 0-9 _ . - characters, not {prefix!r}")
+        self.prefix = prefix
+        self._key = "{" + prefix + "}:"
+        self._outbox_key = self._key + "outbox"
+        liveness = float(query.get("liveness", options.get("liveness", 10.0)))
+        if liveness <= 0:
+            raise UsageError(f"redis:// liveness must be > 0 seconds, not {liveness}")
+        self.liveness = liveness
+        self._beat_interval = min(1.0, liveness / 4)
+        self._socket_timeout = float(query.get("socket_timeout", 30.0))
+        self.connection_id = secrets.token_hex(8)
+        self._client: Any = None
+        self._lost = False
+        self._channels: dict[int, RedisChannel] = {}
+        self._next_channel = 1
+        self._acks: dict[str, list[bytes]] = {}
+        self.pending_acks = 0
+        self._signal = Signal()
+        self._ticker: Ticker | None = None
+
+    # --- connection -------------------------------------------------------------------------------
+
+    @property
+    def is_connected(self) -> bool:
+        return self._client is not None and not self._lost
+
+    def _require(self) -> Any:
+        if self._client is None:
+            raise OperationalError("the redis:// connection is closed")
+        if self._lost:
+            raise OperationalError(
+                "the redis:// connection missed its heartbeats for longer than liveness "
+                f"({self.liveness}s) and was released: its unacked messages were redelivered; reconnect"
+            )
+        return self._client
+
+    def connect(self, timeout: float | None) -> None:
+        if self._client is not None:
+            return
+        url = self.url
+        ssl_options = self.options.get("ssl")
+        ssl_kwargs: dict[str, Any] = {}
+        if url.transport == "rediss" or ssl_options:
+            ssl_kwargs["ssl"] = True
+            if isinstance(ssl_options, Mapping):
+                for key, value in ssl_options.items():
+                    ssl_kwargs[key if key.startswith("ssl_") else f"ssl_{key}"] = value
+        client: Any = Redis(
+            host=url.hostname or "localhost",
+            port=url.port or 6379,
+            db=int(url.path or 0),
+            username=url.userid or None,
+            password=url.password or None,
+            socket_connect_timeout=timeout,
+            socket_timeout=self._socket_timeout,
+            protocol=2,
+            **ssl_kwargs,
+        )
+        try:
+            with _mapped():
+                client.execute_command("SCRIPT", "LOAD", SOURCE)
+                outbox = client.execute_command(
+                    "EVALSHA", SHA, 1, self._key, "init", self.connection_id, self._liveness_ms
+                )
+        except BaseException:
+            client.connection_pool.disconnect()
+            raise
+        self._client = client
+        self._lost = False
+        self._ticker = Ticker(self._beat_interval, self._beat, f"kelp-redis-heartbeat-{self.connection_id}")
+        self._ticker.start()
+        if outbox:
+            self.flush_outbox()
+
+    @property
+    def _liveness_ms(self) -> int:
+        return int(self.liveness * 1000)
+
+    def close(self) -> None:
+        """Release everything this connection holds (unacked messages go back, flagged) and disconnect."""
+        client = self._client
+        if client is None:
+            return
+        ticker, self._ticker = self._ticker, None
+        if ticker is not None:
+            ticker.stop()
+        self._channels.clear()
+        try:
+            if not self._lost:
+                for _ in range(10_000):
+                    if not self.call("reap", self.connection_id):
+                        break
+        except OperationalError:
+            # Redis is unreachable: the other connections' heartbeats release our messages after liveness.
+            pass
+        finally:
+            self._client = None
+            self._acks.clear()
+            self.pending_acks = 0
+            self._signal.set()
+            client.connection_pool.disconnect()
+
+    def open_channel(self) -> RedisChannel:
+        self._require()
+        channel = RedisChannel(self, self._next_channel)
+        self._next_channel += 1
+        self._channels[channel.channel_id] = channel
+        return channel
+
+    def forget_channel(self, channel: RedisChannel) -> bool:
+        return self._channels.pop(channel.channel_id, None) is not None
+
+    def wake(self) -> None:
+        self._signal.set()
+
+    # --- calling the script -------------------------------------------------------------------------
+
+    def call(self, op: str, *args: Any) -> Any:
+        """Run one operation of the broker script, after this connection's buffered acks (one round trip)."""
+        try:
+            return self._call(op, args)
+        except _Lost:
+            self._lost = True
+            self._require()  # raises, with the explanation
+            raise
+
+    def _call(self, op: str, args: tuple[Any, ...]) -> Any:
+        client = self._require()
+        with _mapped():
+            if self.pending_acks:
+                pipe = client.pipeline(transaction=False)
+                self._pipeline_acks(pipe)
+                pipe.execute_command("EVALSHA", SHA, 1, self._key, op, *args)
+                try:
+                    results = pipe.execute()
+                except NoScriptError:
+                    return self._reload_and_call(client, op, args)
+                return results[-1]
+            try:
+                return client.execute_command("EVALSHA", SHA, 1, self._key, op, *args)
+            except NoScriptError:
+                return self._reload_and_call(client, op, args)
+
+    def _call_unbuffered(self, op: str, *args: Any) -> Any:
+        """:meth:`call` without sending buffered acks: safe from the heartbeat thread."""
+        client = self._require()
+        with _mapped():
+            try:
+                return client.execute_command("EVALSHA", SHA, 1, self._key, op, *args)
+            except NoScriptError:
+                return self._reload_and_call(client, op, args)
+
+    def _reload_and_call(self, client: Any, op: str, args: tuple[Any, ...]) -> Any:
+        # Redis restarted (or SCRIPT FLUSH): scripts are not persisted, so load it again.
+        client.execute_command("SCRIPT", "LOAD", SOURCE)
+        return client.execute_command("EVALSHA", SHA, 1, self._key, op, *args)
+
+    # --- acks ---------------------------------------------------------------------------------------
+
+    def queue_ack(self, queue: str, suffix: str, entry_id: bytes) -> None:
+        key = f"{self._key}qs:{suffix}:{queue}"
+        ids = self._acks.get(key)
+        if ids is None:
+            self._acks[key] = [entry_id]
+        else:
+            ids.append(entry_id)
+        self.pending_acks += 1
+
+    def _pipeline_acks(self, pipe: Any) -> None:
+        acks, self._acks = self._acks, {}
+        self.pending_acks = 0
+        for key, ids in acks.items():
+            pipe.execute_command("XACK", key, "g", *ids)
+            pipe.execute_command("XDEL", key, *ids)
+
+    def flush_acks(self) -> None:
+        if not self.pending_acks:
+            return
+        client = self._require()
+        pipe = client.pipeline(transaction=False)
+        self._pipeline_acks(pipe)
+        with _mapped():
+            pipe.execute()
+
+    # --- publishing and dead letters ---------------------------------------------------------------
+
+    def publish(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
+        """Route and store a batch; one script call per chunk, every chunk in one round trip."""
+        if not envelopes:
+            return []
+        args: list[Any] = []
+        for envelope in envelopes:
+            properties = envelope.properties
+            ttl = expiration_ms(properties)
+            args += (
+                envelope.exchange,
+                envelope.routing_key,
+                headers_canon(envelope.headers),
+                "1" if envelope.mandatory else "",
+                int(properties.get("priority") or 0),
+                "" if ttl is None else ttl,
+                envelope.body,
+                encode_meta(properties, envelope.headers, envelope.exchange, envelope.routing_key),
+                "",
+            )
+        if len(envelopes) <= PUBLISH_CHUNK:
+            results = [self.call("publish", len(envelopes), *args)]
+        else:
+            results = self._publish_chunks(len(envelopes), args)
+        returned: list[Envelope] = []
+        refused: list[str] = []
+        outbox = 0
+        for offset, (returned_indexes, refused_names, waiting) in zip(
+            range(0, len(envelopes), PUBLISH_CHUNK), results
+        ):
+            returned += (envelopes[offset + int(index)] for index in returned_indexes)
+            refused += (_text(name) for name in refused_names)
+            outbox = waiting
+        if outbox:
+            self.flush_outbox()
+        if refused:
+            raise MessageNacked(
+                f"queue(s) {sorted(set(refused))} full (x-overflow reject-publish): "
+                "message not enqueued there"
+            )
+        return returned
+
+    def _publish_chunks(self, count: int, args: list[Any]) -> list[Any]:
+        client = self._require()
+        self.flush_acks()
+        with _mapped():
+            for attempt in range(2):
+                pipe = client.pipeline(transaction=False)
+                for start in range(0, count, PUBLISH_CHUNK):
+                    chunk = args[start * 9 : (start + PUBLISH_CHUNK) * 9]
+                    pipe.execute_command("EVALSHA", SHA, 1, self._key, "publish", len(chunk) // 9, *chunk)
+                try:
+                    return list(pipe.execute())
+                except NoScriptError:
+                    # Nothing ran: a missing script fails every call of the pipeline alike.
+                    if attempt:
+                        raise
+                    client.execute_command("SCRIPT", "LOAD", SOURCE)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def flush_outbox(self) -> None:
+        """Rewrite and route the dead letters waiting in the outbox (any connection may do it, once each)."""
+        for _ in range(100):
+            raw = self._call_unbuffered("outbox", 100)
+            if not raw:
+                return
+            args: list[Any] = []
+            count = 0
+            now = time.time()
+            for i in range(0, len(raw), 8):
+                entry_id, queue, reason, exchange, has_key, key, body, meta = raw[i : i + 8]
+                properties, headers, origin, routing_key = decode_meta(meta)
+                result = dead_letter(
+                    headers,
+                    properties,
+                    queue=_text(queue),
+                    reason=_text(reason),
+                    exchange=origin,
+                    routing_key=routing_key,
+                    now=now,
+                )
+                if result is None:
+                    # A dead-letter cycle: RabbitMQ drops the message; "x" removes it from the outbox only.
+                    args += ("", "", "", "x", 0, "", b"", b"", entry_id)
+                else:
+                    new_headers, new_properties = result
+                    target = _text(exchange)
+                    target_key = _text(key) if has_key else routing_key
+                    args += (
+                        target,
+                        target_key,
+                        headers_canon(new_headers),
+                        "",
+                        int(new_properties.get("priority") or 0),
+                        "",
+                        body,
+                        encode_meta(new_properties, new_headers, target, target_key),
+                        entry_id,
+                    )
+                count += 1
+            self._call_unbuffered("publish", count, *args)
+
+    # --- consuming -----------------------------------------------------------------------------------
+
+    def drain(self, timeout: float | None) -> list[Delivery]:
+        deadline = None if timeout is None else monotonic() + timeout
+        while True:
+            self._require()
+            self._signal.clear()
+            specs = self._claim_specs()
+            watch: list[Any] = []
+            if specs:
+                deliveries, watch = self._claim(specs)
+                if deliveries:
+                    return deliveries
+            elif self.pending_acks:
+                self.flush_acks()
+            remaining = None if deadline is None else deadline - monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError("no message arrived within the timeout")
+            wait = WAIT_CAP if remaining is None else min(remaining, WAIT_CAP)
+            if watch:
+                streams = dict(zip(watch[0::2], watch[1::2]))  # a queue consumed twice is watched once
+                keys, ids = list(streams), list(streams.values())
+                with _mapped():
+                    self._require().execute_command(
+                        "XREAD", "COUNT", 1, "BLOCK", max(1, int(wait * 1000)), "STREAMS", *keys, *ids
+                    )
+            else:
+                self._signal.wait(wait)
+
+    def _claim_specs(self) -> list[tuple[RedisChannel, _Consumer, int]]:
+        specs = []
+        for channel in self._channels.values():
+            if not channel.consumers:
+                continue
+            budget = channel.prefetch_global - len(channel.unacked) if channel.prefetch_global else None
+            for consumer in channel.consumers.values():
+                room = consumer.prefetch - consumer.unacked if consumer.prefetch else MAX_CLAIM
+                if budget is not None:
+                    room = min(room, budget)
+                    budget -= max(room, 0)
+                if room > 0:
+                    specs.append((channel, consumer, room))
+        return specs
+
+    def _claim(self, specs: list[tuple[RedisChannel, _Consumer, int]]) -> tuple[list[Delivery], list[Any]]:
+        args: list[Any] = []
+        for index, (_, consumer, room) in enumerate(specs):
+            args += (consumer.queue, room, _flag(consumer.no_ack), index)
+        result = self.call("claim", self.connection_id, len(specs), *args)
+        deliveries: list[Delivery] = []
+        watch: list[Any] = []
+        i, end = 1, len(result)
+        while i < end:
+            item = result[i]
+            if item == b"watch":
+                watch = result[i + 1 :]
+                break
+            channel, consumer, _ = specs[int(item)]
+            _, suffix, entry_id, body, meta, count = result[i : i + 6]
+            deliveries.append(
+                channel._deliver(
+                    consumer, consumer.queue, _text(suffix), entry_id, body, meta, count, consumer.no_ack
+                )
+            )
+            i += 6
+        if result[0]:
+            self.flush_outbox()
+        return deliveries, watch
+
+    def _beat(self) -> None:
+        """Heartbeat: stay alive, release one dead connection, expire what is due, route dead letters."""
+        for _ in range(10):
+            outbox, lost, more = self._call_unbuffered("beat", self.connection_id, self._liveness_ms)
+            if lost:
+                self._lost = True
+                self._signal.set()
+                return
+            if outbox:
+                self.flush_outbox()
+            if more != 2:
+                return
+
+    # --- inspection ---------------------------------------------------------------------------------
+
+    def queue_stats(self) -> list[tuple[str, int, int, int]]:
+        raw = self.call("stats")
+        return [
+            (_text(raw[i]), int(raw[i + 1]), int(raw[i + 2]), int(raw[i + 3])) for i in range(0, len(raw), 4)
+        ]
+
+    def list_bindings(self) -> list[tuple[str, str, str, str, dict[str, Any]]]:
+        raw = self.call("bindings")
+        out = []
+        for i in range(0, len(raw), 2):
+            kind, destination, routing_key, arguments, *_ = json.loads(raw[i + 1])
+            out.append((_text(raw[i]), kind, destination, routing_key, decode_arguments(arguments)))
+        return out

@@ -1,0 +1,154 @@
+"""The Lua router agrees with kelp.routing: topic patterns, headers rules, and whole routes (hypothesis)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from kelp_redis_kit import with_options
+
+from kelp import Connection, Exchange, Queue
+from kelp._broker.redis.codec import binding_member, canon, headers_canon
+from kelp._broker.redis.script import SHA, SOURCE
+from kelp.routing import BindingTable, Destination, headers_match, route, topic_match
+
+WORDS = ["a", "b", "ab", "", "*", "#"]
+patterns = st.lists(st.sampled_from(WORDS), max_size=6).map(".".join)
+keys = st.lists(st.sampled_from(["a", "b", "ab", "", "c"]), max_size=7).map(".".join)
+
+values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-2, 2),
+    st.sampled_from([1.0, 1.5, -0.5, 2**40]),
+    st.sampled_from(["1", "a", "", "väl"]),
+    st.sampled_from([b"a", b"1"]),
+    st.lists(st.integers(0, 2), max_size=2),
+    st.dictionaries(st.sampled_from(["k", "n"]), st.integers(0, 1), max_size=2),
+)
+header_names = st.sampled_from(["a", "b", "x-c", "format"])
+binding_arguments = st.dictionaries(header_names, values, max_size=3).flatmap(
+    lambda args: st.sampled_from([None, "all", "any", "all-with-x", "any-with-x"]).map(
+        lambda mode: args if mode is None else {**args, "x-match": mode}
+    )
+)
+message_headers = st.dictionaries(header_names, values, max_size=4)
+
+SETTINGS = settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@pytest.fixture
+def client(redis_base: str) -> Iterator[Any]:
+    connection = redis.Redis.from_url(redis_base)
+    connection.execute_command("SCRIPT", "LOAD", SOURCE)
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+def lua(client: Any, op: str, *args: Any) -> Any:
+    return client.execute_command("EVALSHA", SHA, 1, "{lua-test}:", op, *args)
+
+
+@SETTINGS
+@given(st.lists(st.tuples(patterns, keys), min_size=1, max_size=20))
+def test_lua_topic_match_agrees_with_kelp_routing(client, pairs):
+    flat = [text for pair in pairs for text in pair]
+    answers = lua(client, "topic", *flat)
+    assert [bool(answer) for answer in answers] == [topic_match(p, k) for p, k in pairs]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "key", "expected"),
+    [
+        ("stock.#", "stock", True),
+        ("#.x", "x", True),
+        ("#", "", True),
+        ("a.*.c", "a.c", False),
+        ("a.#.c", "a.c", True),
+        ("a*", "ab", False),
+        ("*", "", False),
+        ("a..b", "a..b", True),
+        ("#.#", "a.b", True),
+    ],
+)
+def test_lua_topic_examples(client, pattern, key, expected):
+    assert lua(client, "topic", pattern, key) == [int(expected)]
+    assert topic_match(pattern, key) is expected
+
+
+@SETTINGS
+@given(binding_arguments, message_headers)
+def test_lua_headers_match_agrees_with_kelp_routing(client, arguments, headers):
+    member, error = binding_member("queue", "q", "", arguments)
+    assert error == ""
+    [answer] = lua(client, "headers", member, headers_canon(headers))
+    assert bool(answer) == headers_match(arguments, headers)
+
+
+@given(values, values)
+def test_canon_is_equal_exactly_when_headers_match_says_equal(expected, actual):
+    if expected is None:
+        return  # None in a binding means "present", not a value
+    assert (canon(expected) == canon(actual)) == headers_match({"h": expected}, {"h": actual})
+
+
+def test_invalid_x_match_is_refused_like_kelp_routing():
+    _, error = binding_member("queue", "q", "", {"x-match": "most"})
+    assert "invalid x-match" in error
+    with pytest.raises(ValueError, match="invalid x-match"):
+        headers_match({"x-match": "most"}, {})
+
+
+EXCHANGE_TYPES = ["direct", "fanout", "topic", "headers"]
+bindings = st.lists(
+    st.tuples(
+        st.sampled_from(["e0", "e1", "e2"]),  # source
+        st.sampled_from(["queue", "queue", "exchange"]),
+        st.sampled_from(["0", "1", "2"]),  # destination suffix
+        patterns,
+        binding_arguments,
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(st.sampled_from(EXCHANGE_TYPES), min_size=3, max_size=3),
+    bindings,
+    st.lists(st.tuples(keys, message_headers), min_size=1, max_size=5),
+)
+def test_lua_route_agrees_with_kelp_routing(redis_base, types, edges, messages):
+    """Exchanges and bindings declared through the transport, routed by the script and by kelp.routing."""
+    url = with_options(redis_base, prefix=uuid.uuid4().hex[:12])
+    tables = {f"e{i}": BindingTable(kind) for i, kind in enumerate(types)}
+    with Connection(url) as conn:
+        channel = conn.default_channel
+        for name, table in tables.items():
+            Exchange(name, table.exchange_type)(channel).declare()
+        for i in range(3):
+            Queue(f"q{i}")(channel).declare()
+        for source, kind, suffix, key, arguments in edges:
+            destination = ("q" if kind == "queue" else "e") + suffix
+            if kind == "queue":
+                channel.queue_bind(destination, source, key, arguments=arguments)
+            else:
+                channel.exchange_bind(destination, source, key, arguments=arguments)
+            tables[source].add(Destination(kind, destination), key, arguments)
+        client = conn.transport._client  # type: ignore[union-attr]
+        prefix = "{" + conn.transport.prefix + "}:"  # type: ignore[union-attr]
+        for key, headers in messages:
+            expected = route(tables, "e0", key, headers)
+            answer = client.execute_command(
+                "EVALSHA", SHA, 1, prefix, "route", "e0", key, headers_canon(headers)
+            )
+            assert {name.decode() for name in answer} == expected
