@@ -32,6 +32,10 @@ import tempfile
 import time
 from typing import Any
 
+# bench/ holds amqp.py and redis.py, which would shadow the packages of those names that Kombu imports.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
 BODY = {"id": "5f0c6f0e-3b1a-4f43-9d0e-6a4c1d2b7e90", "type": "order.created", "note": "x" * 170}
 TARGETS = {"publish": 50_000, "consume": 30_000, "e2e": 20_000, "p50_ms": 5.0, "p99_ms": 20.0}
 

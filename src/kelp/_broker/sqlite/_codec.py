@@ -53,26 +53,29 @@ _encoder = json.JSONEncoder(default=_default, separators=(",", ":"), ensure_asci
 _decode_memo: dict[str, dict[str, Any]] = {}
 
 
-_encode_memo: dict[tuple[Any, ...], str] = {}
+_encode_memo: dict[tuple[tuple[str, Any], ...], str] = {}
 _MEMO_TYPES = frozenset({str, int, type(None)})
 
 
 def encode(table: dict[str, Any]) -> str:
     """The stored form of a properties or headers table; raises EncodeError for an unstorable value."""
-    # Producers send the same few property tables over and over: remember their text. The key holds the
-    # value types too, and only str/int/None values, so 1, 1.0 and True never share an entry.
-    types = tuple(map(type, table.values()))
-    memo = _MEMO_TYPES.issuperset(types)
-    if memo:
-        key = (*table.items(), *types)
-        text = _encode_memo.get(key)
-        if text is not None:
-            return text
+    # Producers send the same few property tables over and over: remember their text. Only tables whose
+    # values are exactly str, int or None are remembered; between those types equal values have equal
+    # types, so checking the probe's types on a hit keeps 1, 1.0 and True apart.
+    items = tuple(table.items())
+    key: tuple[tuple[str, Any], ...] | None = items
+    try:
+        text = _encode_memo.get(items)
+    except TypeError:  # an unhashable value (list, dict): never memoised
+        text = None
+        key = None
+    if text is not None and _MEMO_TYPES.issuperset(map(type, table.values())):
+        return text
     try:
         text = _encoder.encode(table)
     except (TypeError, ValueError) as exc:
         raise EncodeError(f"cannot store message properties/headers: {exc}") from None
-    if memo:
+    if key is not None and _MEMO_TYPES.issuperset(map(type, table.values())):
         if len(_encode_memo) >= _MEMO_SIZE:
             _encode_memo.clear()
         _encode_memo[key] = text

@@ -46,6 +46,12 @@ _INSERT = (
 )
 _RETURNING = "RETURNING id, priority, body, properties, headers, exchange, routing_key, redelivered"
 _HEAD = "SELECT id FROM messages WHERE queue=? AND owner IS NULL ORDER BY priority DESC, id LIMIT ?"
+# Constant statements, built once: the sqlite3 statement cache is keyed by the SQL text.
+_CLAIM_NO_ACK = f"DELETE FROM messages WHERE id IN ({_HEAD}) {_RETURNING}"
+_CLAIM = (
+    "UPDATE messages SET owner=?, claimed_at=?, delivery_count=delivery_count+1 "
+    f"WHERE id IN ({_HEAD}) {_RETURNING}"
+)
 
 
 class Waker(Protocol):
@@ -616,14 +622,8 @@ def cancel_consumer(tx: Tx, connection_id: int, channel_id: int, consumer_tag: s
 
 def claim_rows(tx: Tx, connection_id: int, name: str, limit: int, no_ack: bool) -> list[Any]:
     if no_ack:
-        return tx.db.execute(
-            f"DELETE FROM messages WHERE id IN ({_HEAD}) {_RETURNING}", (name, limit)
-        ).fetchall()
-    return tx.db.execute(
-        "UPDATE messages SET owner=?, claimed_at=?, delivery_count=delivery_count+1 "
-        f"WHERE id IN ({_HEAD}) {_RETURNING}",
-        (connection_id, tx.now, name, limit),
-    ).fetchall()
+        return tx.db.execute(_CLAIM_NO_ACK, (name, limit)).fetchall()
+    return tx.db.execute(_CLAIM, (connection_id, tx.now, name, limit)).fetchall()
 
 
 def claim(tx: Tx, connection_id: int, plan: list[Any], limit: int) -> list[tuple[Any, Any, list[Any]]]:

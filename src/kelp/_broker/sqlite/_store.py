@@ -25,6 +25,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any, TypeVar
 
 from kelp._broker.queue_args import expiration_ms
@@ -383,26 +384,35 @@ class SqliteStore:
         return result
 
     def _apply_publishes(self, tx: _ops.Tx, items: list[_Item]) -> None:
-        for envelope, props, headers, persistent, ttl, published, targets, version, rows in items:
-            if rows is not None and version == tx.topo.version:
-                tx.rows.extend(rows)
-                tx.touched.update(targets)
+        out, touched, current = tx.rows, tx.touched, tx.topo.version
+        last_targets: list[str] | None = None
+        for item in items:
+            rows = item[8]
+            if rows is not None and item[7] == current:
+                out += rows
+                if item[6] is not last_targets:  # routes are memoised: mostly the same list object
+                    last_targets = item[6]
+                    touched.update(last_targets)
                 continue
-            if version != tx.topo.version:
-                try:
-                    targets = tx.topo.route(envelope.exchange, envelope.routing_key, envelope.headers)
-                except ChannelError as exc:
-                    logger.warning("kelp: a buffered message was dropped: %s", exc)
-                    continue
-                if not targets and envelope.mandatory:
-                    logger.warning("kelp: a buffered mandatory message became unroutable; dropped")
-            for name in targets:
-                if not _ops.enqueue(tx, name, envelope, props, headers, persistent, ttl, published):
-                    logger.warning(
-                        "kelp: queue %r refused a buffered message (x-overflow); without confirms it "
-                        "is dropped, as RabbitMQ does",
-                        name,
-                    )
+            self._apply_publish(tx, item)
+
+    def _apply_publish(self, tx: _ops.Tx, item: _Item) -> None:
+        envelope, props, headers, persistent, ttl, published, targets, version, _rows = item
+        if version != tx.topo.version:
+            try:
+                targets = tx.topo.route(envelope.exchange, envelope.routing_key, envelope.headers)
+            except ChannelError as exc:
+                logger.warning("kelp: a buffered message was dropped: %s", exc)
+                return
+            if not targets and envelope.mandatory:
+                logger.warning("kelp: a buffered mandatory message became unroutable; dropped")
+        for name in targets:
+            if not _ops.enqueue(tx, name, envelope, props, headers, persistent, ttl, published):
+                logger.warning(
+                    "kelp: queue %r refused a buffered message (x-overflow); without confirms it "
+                    "is dropped, as RabbitMQ does",
+                    name,
+                )
 
     def _finish(self, tx: _ops.Tx) -> None:
         if tx.reloaded:
@@ -592,46 +602,38 @@ class SqliteStore:
         """
         self._check()
         topo = self._topo
+        version = topo.version
         items: list[_Item] = []
         now = time.time()
-        queues = topo.queues
         for envelope in envelopes:
-            if envelope.mandatory or (envelope.exchange and envelope.exchange not in topo.exchanges):
+            exchange = envelope.exchange
+            if envelope.mandatory or (exchange and exchange not in topo.exchanges):
                 return False
-            targets = topo.route(envelope.exchange, envelope.routing_key, envelope.headers)
+            routing_key = envelope.routing_key
+            targets = topo.route(exchange, routing_key, envelope.headers)
             properties = envelope.properties
             props = encode(properties)
             headers = encode(envelope.headers) if envelope.headers else None
             persistent = properties.get("delivery_mode") == 2
-            ttl = expiration_ms(properties)
-            rows: list[tuple[Any, ...]] | None = [] if ttl is None else None
-            for name in targets:
-                args = queues[name].args
-                if args.bounded or args.max_priority or args.message_ttl is not None:
-                    if args.overflow != "drop-head" and args.bounded:
-                        return False
-                    rows = None
-                elif rows is not None:
-                    rows.append(
-                        (
-                            name,
-                            0,
-                            envelope.body,
-                            props,
-                            headers,
-                            envelope.exchange,
-                            envelope.routing_key,
-                            None,
-                            persistent,
-                        )
-                    )
-            items.append((envelope, props, headers, persistent, ttl, now, targets, topo.version, rows))
+            ttl = expiration_ms(properties) if "expiration" in properties else None
+            plain = topo.plain(targets)
+            if plain is None:
+                return False  # a queue that may refuse it: publish() answers now
+            rows: list[tuple[Any, ...]] | None = None
+            if plain and ttl is None:
+                # Ready-made rows: nothing is left to decide at commit time (same topology version).
+                body = envelope.body
+                rows = [
+                    (name, 0, body, props, headers, exchange, routing_key, None, persistent)
+                    for name in targets
+                ]
+            items.append((envelope, props, headers, persistent, ttl, now, targets, version, rows))
         with self._buffer_lock:
-            self._last_buffer = time.monotonic()
+            self._last_buffer = last = time.monotonic()
             if self._first_pending is None:
-                self._first_pending = self._last_buffer
+                self._first_pending = last
                 self._wakeup.set()
-            self._publishes.extend(items)
+            self._publishes += items
         if self._waiting:
             self._wake_queues({name for item in items for name in item[6]})
         return True
@@ -739,33 +741,42 @@ class SqliteStore:
     def _deliver(self, connection: _Connection, claimed: list[tuple[Any, Any, list[Any]]]) -> list[Delivery]:
         out: list[Delivery] = []
         lost: list[tuple[int, int]] = []
+        append = out.append
+        connection_id = connection.id
         with self._state:
             for channel, consumer, rows in claimed:
                 alive = connection.channels.get(channel.id) is channel
-                rows.sort(key=_row_order)
-                for message_id, _priority, body, props, headers, exchange, routing_key, redelivered in rows:
-                    if not alive:
-                        if not consumer.no_ack:
-                            lost.append((message_id, connection.id))
-                        continue
-                    tag = channel.next_tag
-                    channel.next_tag += 1
+                if len(rows) > 1:
+                    # Highest priority first, then oldest: two stable C-keyed sorts.
+                    rows.sort(key=_by_id)
+                    rows.sort(key=_by_priority, reverse=True)
+                if not alive:
                     if not consumer.no_ack:
-                        channel.unacked[tag] = _Unacked(message_id, consumer.queue, consumer)
-                        consumer.unacked += 1
-                    out.append(
+                        lost.extend((row[0], connection_id) for row in rows)
+                    continue
+                channel_id, consumer_tag, queue = channel.id, consumer.tag, consumer.queue
+                tag = channel.next_tag
+                channel.next_tag = tag + len(rows)
+                if not consumer.no_ack:
+                    unacked = channel.unacked
+                    for offset, row in enumerate(rows):
+                        unacked[tag + offset] = _Unacked(row[0], queue, consumer)
+                    consumer.unacked += len(rows)
+                for _id, _priority, body, props, headers, exchange, routing_key, redelivered in rows:
+                    append(
                         Delivery(
-                            channel.id,
-                            consumer.tag,
+                            channel_id,
+                            consumer_tag,
                             tag,
                             body,
                             decode(props),
-                            decode(headers),
+                            decode(headers) if headers else {},
                             exchange,
                             routing_key,
                             bool(redelivered),
                         )
                     )
+                    tag += 1
         if lost:
             with self._buffer_lock:
                 self._releases.extend(lost)
@@ -807,16 +818,28 @@ class SqliteStore:
         """Settle now in process memory; the DELETE commits with the next transaction (group commit)."""
         with self._state:
             channel = self._channel(connection_id, channel_id)
-            items = self._settle(channel, delivery_tag, multiple)
-            for item in items:
+            if multiple:
+                acks = []
+                for item in self._settle(channel, delivery_tag, multiple):
+                    if item.consumer is not None:
+                        item.consumer.unacked -= 1
+                    acks.append((item.message_id, connection_id))
+            else:
+                found = channel.unacked.pop(delivery_tag, None)
+                if found is None:
+                    raise ChannelError(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}", 406)
+                item = found
                 if item.consumer is not None:
                     item.consumer.unacked -= 1
-            self._wake_connection(self._connections[connection_id])
+                acks = [(item.message_id, connection_id)]
+            connection = self._connections[connection_id]
+            if connection.waiting:
+                self._wake_connection(connection)
         with self._buffer_lock:
             if self._first_pending is None:
                 self._first_pending = time.monotonic()
                 self._wakeup.set()
-            self._acks.extend((item.message_id, connection_id) for item in items)
+            self._acks += acks
 
     def reject(
         self, connection_id: int, channel_id: int, delivery_tag: int, requeue: bool, multiple: bool = False
@@ -1040,8 +1063,8 @@ class SqliteStore:
                 writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
 
-def _row_order(row: tuple[Any, ...]) -> tuple[int, int]:
-    return (-row[1], row[0])
+_by_id = itemgetter(0)
+_by_priority = itemgetter(1)
 
 
 _stores: dict[str, SqliteStore] = {}

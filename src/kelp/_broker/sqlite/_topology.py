@@ -87,6 +87,7 @@ class Topology:
             and all(d.kind == "queue" for d in exchange.table.destinations())
         }
         self._memo: dict[tuple[str, str], list[str]] = {}
+        self._plain: dict[tuple[str, ...], bool | None] = {}
 
     def _lookup(self, name: str) -> BindingTable | None:
         exchange = self.exchanges.get(name)
@@ -105,6 +106,28 @@ class Topology:
             if len(self._memo) >= _MEMO_SIZE:
                 self._memo.clear()
             self._memo[key] = found
+        return found
+
+    def plain(self, targets: list[str]) -> bool | None:
+        """How buffered publishes to ``targets`` are stored: True when no target has a rule to apply at
+        commit time (bounds, priorities, message TTL), False when some has one but never refuses a
+        message, None when some may refuse it (``x-overflow: reject-publish[-dlx]``)."""
+        key = tuple(targets)
+        try:
+            return self._plain[key]
+        except KeyError:
+            pass
+        found: bool | None = True
+        for name in targets:
+            args = self.queues[name].args
+            if args.bounded or args.max_priority or args.message_ttl is not None:
+                if args.overflow != "drop-head" and args.bounded:
+                    found = None
+                    break
+                found = False
+        if len(self._plain) >= _MEMO_SIZE:
+            self._plain.clear()
+        self._plain[key] = found
         return found
 
     def _route(self, exchange_name: str, routing_key: str, headers: Mapping[str, Any] | None) -> list[str]:
