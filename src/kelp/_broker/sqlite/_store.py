@@ -134,7 +134,7 @@ class _Channel:
 
 
 class _Connection:
-    __slots__ = ("channels", "id", "next_channel", "rotation", "waiting", "waker")
+    __slots__ = ("channels", "id", "next_channel", "outbox", "rotation", "waiting", "waker")
 
     def __init__(self, connection_id: int, waker: _ops.Waker) -> None:
         self.id = connection_id
@@ -143,6 +143,8 @@ class _Connection:
         self.next_channel = 1
         self.waiting = False
         self.rotation = 0
+        # Claimed deliveries not yet taken by the transport (see fill/take).
+        self.outbox: list[Delivery] = []
 
 
 # A buffered publish: envelope, encoded properties, encoded headers, persistent, message TTL (ms),
@@ -689,16 +691,38 @@ class SqliteStore:
 
     def claim(self, connection_id: int) -> list[Delivery]:
         """Deliveries for the connection's consumers, up to each prefetch window."""
+        self.fill(connection_id)
+        return self.take(connection_id)
+
+    def fill(self, connection_id: int) -> None:
+        """Claim deliveries into the connection's outbox, for :meth:`take`.
+
+        Two steps so that an asyncio drain cancelled while this runs in a worker thread loses nothing:
+        the claimed deliveries wait in the outbox for the next drain instead of vanishing with the result.
+        """
         with self._state:
             connection = self._connection(connection_id)
+            if connection.outbox:
+                return
             plan = self._plan(connection)
         if not plan:
-            return []
+            return
         idle = not (self._publishes or self._acks or self._releases) and time.time() < self._next_due
         if idle and not self._ready(plan):
-            return []
+            return
         claimed = self._run(lambda tx: _ops.claim(tx, connection_id, plan, MAX_CLAIM))
-        return self._deliver(connection, claimed)
+        deliveries = self._deliver(connection, claimed)
+        with self._state:
+            connection.outbox.extend(deliveries)
+
+    def take(self, connection_id: int) -> list[Delivery]:
+        """The deliveries :meth:`fill` claimed, handed over once (a cheap in-memory call)."""
+        with self._state:
+            connection = self._connections.get(connection_id)
+            if connection is None or not connection.outbox:
+                return []
+            deliveries, connection.outbox = connection.outbox, []
+            return deliveries
 
     def _plan(self, connection: _Connection) -> list[tuple[_Channel, list[tuple[_Consumer, int]], int]]:
         plan = []

@@ -216,7 +216,12 @@ class SqliteTransport(Transport):
         deadline = None if timeout is None else monotonic() + timeout
         try:
             while True:
-                deliveries = await run_blocking(store.claim, self._connection_id)
+                # fill (in a worker thread) then take (here, with no suspension point between take and
+                # return): a drain cancelled during fill leaves its claims in the outbox for the next.
+                deliveries = store.take(self._connection_id)
+                if not deliveries:
+                    await run_blocking(store.fill, self._connection_id)
+                    deliveries = store.take(self._connection_id)
                 if deliveries:
                     return deliveries
                 self._signal.clear()
