@@ -22,11 +22,12 @@ from typing import Any, Protocol
 
 from kelp._broker.queue_args import (
     QueueArgs,
+    check_exchange_redeclare,
     check_name,
+    check_queue_redeclare,
     dead_letter,
     expiration_ms,
     generated_queue_name,
-    same_arguments,
     tag,
 )
 from kelp._envelope import Delivery, Envelope, QueueInfo
@@ -313,17 +314,17 @@ class MemoryBroker:
                 return
             check_name("exchange", name, passive)
             if existing is not None:
-                if (existing.type, existing.durable, existing.auto_delete, existing.internal) != (
-                    type_,
-                    durable,
-                    auto_delete,
-                    internal,
-                ) or not same_arguments(existing.arguments, arguments):
-                    raise PreconditionFailed(
-                        f"inequivalent arg for exchange '{name}': declared as {existing.type} "
-                        f"durable={existing.durable} auto_delete={existing.auto_delete}, "
-                        f"redeclared as {type_} durable={durable} auto_delete={auto_delete}"
-                    )
+                check_exchange_redeclare(
+                    name,
+                    (
+                        existing.type,
+                        existing.durable,
+                        existing.auto_delete,
+                        existing.internal,
+                        existing.arguments,
+                    ),
+                    (type_, durable, auto_delete, internal, arguments),
+                )
                 return
             self._exchanges[name] = _Exchange(
                 name, type_, durable, auto_delete, internal, dict(arguments or {})
@@ -372,18 +373,16 @@ class MemoryBroker:
             existing = self._queues.get(name) if name else None
             if existing is not None:
                 self._check_exclusive(existing, connection)
-                if (existing.durable, existing.exclusive_owner is not None, existing.auto_delete) != (
-                    durable,
-                    exclusive,
-                    auto_delete,
-                ) or not same_arguments(existing.arguments, arguments):
-                    raise PreconditionFailed(
-                        f"inequivalent arg for queue '{name}': declared with durable={existing.durable} "
-                        f"exclusive={existing.exclusive_owner is not None} "
-                        f"auto_delete={existing.auto_delete} "
-                        f"arguments={existing.arguments}, redeclared with durable={durable} "
-                        f"exclusive={exclusive} auto_delete={auto_delete} arguments={dict(arguments or {})}"
-                    )
+                check_queue_redeclare(
+                    name,
+                    (
+                        existing.durable,
+                        existing.exclusive_owner is not None,
+                        existing.auto_delete,
+                        existing.arguments,
+                    ),
+                    (durable, exclusive, auto_delete, arguments),
+                )
                 existing.last_used = now
                 self._due(existing, now)
                 return QueueInfo(existing.name, existing.count, len(existing.consumers))

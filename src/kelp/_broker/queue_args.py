@@ -12,7 +12,9 @@ from kelp.exceptions import AccessRefused, PreconditionFailed
 __all__ = [
     "OVERFLOW_MODES",
     "QueueArgs",
+    "check_exchange_redeclare",
     "check_name",
+    "check_queue_redeclare",
     "dead_letter",
     "expiration_ms",
     "generated_queue_name",
@@ -93,6 +95,37 @@ def check_name(kind: str, name: str, passive: bool) -> None:
         raise PreconditionFailed(f"{kind} name is longer than 255 bytes: {name[:40]!r}...")
     if name.startswith("amq.") and not passive:
         raise AccessRefused(f"{kind} name '{name}' contains reserved prefix 'amq.*'")
+
+
+def check_exchange_redeclare(
+    name: str,
+    declared: tuple[str, bool, bool, bool, Mapping[str, Any] | None],
+    requested: tuple[str, bool, bool, bool, Mapping[str, Any] | None],
+) -> None:
+    """Raise PreconditionFailed unless a redeclaration matches: ``(type, durable, auto_delete, internal,
+    arguments)`` each."""
+    if declared[:4] != requested[:4] or not same_arguments(declared[4], requested[4]):
+        raise PreconditionFailed(
+            f"inequivalent arg for exchange '{name}': declared as {declared[0]} durable={declared[1]} "
+            f"auto_delete={declared[2]}, redeclared as {requested[0]} durable={requested[1]} "
+            f"auto_delete={requested[2]}"
+        )
+
+
+def check_queue_redeclare(
+    name: str,
+    declared: tuple[bool, bool, bool, Mapping[str, Any] | None],
+    requested: tuple[bool, bool, bool, Mapping[str, Any] | None],
+) -> None:
+    """Raise PreconditionFailed unless a redeclaration matches: ``(durable, exclusive, auto_delete,
+    arguments)`` each."""
+    if declared[:3] != requested[:3] or not same_arguments(declared[3], requested[3]):
+        raise PreconditionFailed(
+            f"inequivalent arg for queue '{name}': declared with durable={declared[0]} "
+            f"exclusive={declared[1]} auto_delete={declared[2]} arguments={dict(declared[3] or {})}, "
+            f"redeclared with durable={requested[0]} exclusive={requested[1]} auto_delete={requested[2]} "
+            f"arguments={dict(requested[3] or {})}"
+        )
 
 
 def generated_queue_name() -> str:

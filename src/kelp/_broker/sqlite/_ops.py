@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from kelp._broker.queue_args import (
     QueueArgs,
+    check_exchange_redeclare,
     check_name,
+    check_queue_redeclare,
     dead_letter,
     expiration_ms,
     generated_queue_name,
-    same_arguments,
     tag,
 )
 from kelp._broker.sqlite._codec import decode, encode
@@ -363,17 +364,11 @@ def declare_exchange(
         return
     check_name("exchange", name, passive)
     if existing is not None:
-        if (existing.type, existing.durable, existing.auto_delete, existing.internal) != (
-            type_,
-            durable,
-            auto_delete,
-            internal,
-        ) or not same_arguments(existing.arguments, arguments):
-            raise PreconditionFailed(
-                f"inequivalent arg for exchange '{name}': declared as {existing.type} "
-                f"durable={existing.durable} auto_delete={existing.auto_delete}, "
-                f"redeclared as {type_} durable={durable} auto_delete={auto_delete}"
-            )
+        check_exchange_redeclare(
+            name,
+            (existing.type, existing.durable, existing.auto_delete, existing.internal, existing.arguments),
+            (type_, durable, auto_delete, internal, arguments),
+        )
         return
     validate_exchange_type(type_)
     tx.db.execute(
@@ -446,18 +441,16 @@ def declare_queue(
     existing = tx.current().queues.get(name) if name else None
     if existing is not None:
         _check_exclusive(existing, connection_id)
-        if (existing.durable, existing.exclusive_owner is not None, existing.auto_delete) != (
-            durable,
-            exclusive,
-            auto_delete,
-        ) or not same_arguments(existing.arguments, arguments):
-            raise PreconditionFailed(
-                f"inequivalent arg for queue '{name}': declared with durable={existing.durable} "
-                f"exclusive={existing.exclusive_owner is not None} "
-                f"auto_delete={existing.auto_delete} "
-                f"arguments={existing.arguments}, redeclared with durable={durable} "
-                f"exclusive={exclusive} auto_delete={auto_delete} arguments={dict(arguments or {})}"
-            )
+        check_queue_redeclare(
+            name,
+            (
+                existing.durable,
+                existing.exclusive_owner is not None,
+                existing.auto_delete,
+                existing.arguments,
+            ),
+            (durable, exclusive, auto_delete, arguments),
+        )
         _touch(tx, existing)
         return QueueInfo(name, ready_count(tx, name), consumer_count(tx, name))
     args = QueueArgs.parse(arguments)
