@@ -12,7 +12,9 @@ says so on the line itself:
 * a line ending in ``# async-only`` is dropped from the sync twin;
 * a comment line ``# sync-only: <code>`` becomes ``<code>`` in the sync twin.
 
-Only the primitives module (``kelp.aio._backend`` / ``kelp._backend``) is written by hand for both.
+Only the primitives module (``kelp.aio._backend`` / ``kelp._backend``) and the AMQP I/O driver
+(``kelp.aio._amqp_io`` / ``kelp._amqp_io``: an ``asyncio.Protocol`` vs a reader thread) are written by hand
+for both.
 
 Usage: ``python scripts/unasync.py`` writes the twins; ``--check`` fails (exit 1) when any is stale.
 """
@@ -34,7 +36,7 @@ TREES = [
     (ROOT / "src/kelp/aio", ROOT / "src/kelp"),
     (ROOT / "tests/conformance/aio", ROOT / "tests/conformance/sync"),
 ]
-EXCLUDED = {"__init__.py", "_backend.py"}
+EXCLUDED = {"__init__.py", "_backend.py", "_amqp_io.py"}
 
 # Whole-word replacements, applied in order.
 WORDS = [

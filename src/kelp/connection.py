@@ -59,11 +59,13 @@ DEFAULT_URL = "sqlite:///" + quote(default_sqlite_path(), safe="/")
 TRANSPORTS: Mapping[str, tuple[str, str]] = {
     "memory": ("kelp.transport.memory", "MemoryTransport"),
     "sqlite": ("kelp.transport.sqlite", "SqliteTransport"),
+    "amqp": ("kelp.transport.amqp", "AmqpTransport"),
+    "amqps": ("kelp.transport.amqp", "AmqpTransport"),
     "redis": ("kelp.transport.redis", "RedisTransport"),
     "rediss": ("kelp.transport.redis", "RedisTransport"),
 }
 #: Schemes kelp knows but whose transport is not in this build yet.
-PLANNED = frozenset({"amqp", "amqps"})
+PLANNED: frozenset[str] = frozenset()
 SCHEME_ALIASES = {"pyamqp": "amqp", "librabbitmq": "amqp"}
 
 Callback = Callable[[Message], Any]

@@ -81,7 +81,7 @@ CAPABILITIES: dict[str, Capabilities] = {
     "memory": Capabilities("memory"),
     "sqlite": Capabilities("sqlite"),
     "redis": Capabilities("redis"),
-    "amqp": Capabilities("amqp", refusal_raises=False, shared_server=True),
+    "amqp": Capabilities("amqp", refusal_raises=True, shared_server=True),
 }
 
 

@@ -58,11 +58,13 @@ DEFAULT_URL = "sqlite:///" + quote(default_sqlite_path(), safe="/")
 TRANSPORTS: Mapping[str, tuple[str, str]] = {
     "memory": ("kelp.aio.transport.memory", "MemoryTransport"),
     "sqlite": ("kelp.aio.transport.sqlite", "SqliteTransport"),
+    "amqp": ("kelp.aio.transport.amqp", "AmqpTransport"),
+    "amqps": ("kelp.aio.transport.amqp", "AmqpTransport"),
     "redis": ("kelp.aio.transport.redis", "RedisTransport"),
     "rediss": ("kelp.aio.transport.redis", "RedisTransport"),
 }
 #: Schemes kelp knows but whose transport is not in this build yet.
-PLANNED = frozenset({"amqp", "amqps"})
+PLANNED: frozenset[str] = frozenset()
 SCHEME_ALIASES = {"pyamqp": "amqp", "librabbitmq": "amqp"}
 
 Callback = Callable[[Message], Any]

@@ -1,0 +1,227 @@
+"""Blocking I/O for :class:`kelp.amqp.Connection`: one socket, one reader thread, one write lock.
+
+The twin of :mod:`kelp.aio._amqp_io`, with the same interface; ``kelp.transport.amqp`` (generated from
+``kelp.aio.transport.amqp``) is written against it. Threads meet on one condition variable, whose lock also
+guards the sans-IO core (it is not thread-safe):
+
+* the **reader thread** waits for the socket (a selector bounded by the next heartbeat deadline), feeds the
+  core, hands each event to ``on_event`` with the lock held, then wakes every waiter (``notify_all``): no
+  caller ever sleep-polls. It also sends heartbeats and declares the peer dead after two silent intervals.
+* **writers** (any thread) take the write lock, produce their bytes from the core under the condition's lock
+  (so wire order is command order) and ``sendall`` them without holding it, so the reader keeps reading
+  while a big batch goes out. Bytes the core produced on its own (``close-ok``, ``flow-ok``) are flushed by
+  whoever holds the write lock; the reader only ever *tries* to take it, so it never waits behind a writer
+  that the broker is not reading from.
+
+Errors are not mapped here: ``on_lost`` receives the raw ``OSError`` / protocol error / ``TimeoutError``
+once, and every later call raises it again.
+"""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+
+from kelp.amqp import Connection, Event, ProtocolError
+
+__all__ = ["Driver"]
+
+_READ_SIZE = 256 * 1024
+
+
+class Driver:
+    """Drives one core over a blocking socket (see the module docstring)."""
+
+    def __init__(
+        self,
+        core: Connection,
+        on_event: Callable[[Event], None],
+        on_lost: Callable[[BaseException], None],
+    ) -> None:
+        self._core = core
+        self._on_event = on_event
+        self._on_lost = on_lost
+        self._cond = threading.Condition(threading.RLock())
+        self._write_lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        #: The error that ended the connection (None while it lives).
+        self.error: BaseException | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+
+    def connect(
+        self,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None,
+        server_hostname: str | None,
+        timeout: float | None,
+    ) -> None:
+        """Open the socket (TLS when ``ssl_context``), send the protocol header and start the reader."""
+        sock = socket.create_connection((host, port), timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if ssl_context is not None:
+                sock = ssl_context.wrap_socket(sock, server_hostname=server_hostname)
+            sock.settimeout(None)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        self._thread = threading.Thread(
+            target=self._read_loop, name=f"kelp-amqp-reader-{host}:{port}", daemon=True
+        )
+        self.send(self._core.initiate)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Drop the socket at once and stop the reader (the caller already said ``connection.close``)."""
+        self._fail(ConnectionAbortedError("the connection was closed by this client"), report=False)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+        if self._sock is not None:
+            self._sock.close()
+
+    # -- writing --------------------------------------------------------------------------------------------
+
+    def send(self, produce: Callable[[], bytes]) -> None:
+        """Write what ``produce()`` returns; ``produce`` runs under the core's lock, in wire order."""
+        self._write_lock.acquire()
+        try:
+            with self._cond:
+                if self.error is not None:
+                    raise self.error
+                data = produce()
+        except BaseException:
+            self._write_lock.release()
+            raise
+        self._write_and_release(data)
+
+    def _write_and_release(self, data: bytes) -> None:
+        """With the write lock held: write ``data`` and whatever the core queued meanwhile, then release.
+
+        The lock is released while the condition's lock is held, so a reader that failed to take it has
+        its queued bytes picked up here.
+        """
+        sock = self._sock
+        assert sock is not None
+        try:
+            while True:
+                if data:
+                    sock.sendall(data)
+                    self._core.note_sent(time.monotonic())
+                with self._cond:
+                    data = self._core.data_to_send() if self.error is None else b""
+                    if not data:
+                        self._write_lock.release()
+                        return
+        except BaseException as exc:
+            self._write_lock.release()
+            if isinstance(exc, OSError):
+                self._fail(exc)
+            raise
+
+    def _flush_from_reader(self, heartbeat: bool) -> None:
+        """Called with the condition's lock held: flush queued bytes (and a heartbeat) if nobody writes."""
+        if not self._write_lock.acquire(blocking=False):
+            return  # a writer is writing: it will pick up the queued bytes, and its write counts as traffic
+        core = self._core
+        data = core.heartbeat() if heartbeat and core.is_open else core.data_to_send()
+        self._cond.release()
+        try:
+            self._write_and_release(data)
+        finally:
+            self._cond.acquire()
+
+    # -- waiting --------------------------------------------------------------------------------------------
+
+    def wait_for(self, predicate: Callable[[], object], timeout: float | None) -> bool:
+        """Block until ``predicate()`` is true (re-checked after every batch of events); False on timeout."""
+        with self._cond:
+            return bool(self._cond.wait_for(predicate, timeout))
+
+    # -- the reader thread ----------------------------------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        core = self._core
+        cond = self._cond
+        tls = isinstance(sock, ssl.SSLSocket)
+        selector = selectors.DefaultSelector()  # not select(): it fails on descriptors past 1024
+        try:
+            selector.register(sock, selectors.EVENT_READ)
+            while True:
+                with cond:
+                    if self._dead():
+                        return
+                    wait = _next_deadline(core)
+                if wait is not None:
+                    wait = max(0.0, wait - time.monotonic())
+                # TLS may hold decrypted bytes that select() cannot see
+                pending = tls and sock.pending()  # type: ignore[attr-defined]
+                ready = pending or bool(selector.select(wait))
+                data = sock.recv(_READ_SIZE) if ready else None
+                now = time.monotonic()
+                with cond:
+                    if self.error is not None:
+                        return
+                    if data is not None:
+                        core.receive_data(data, now)
+                        for event in core.events():
+                            self._on_event(event)
+                        cond.notify_all()
+                        if not data:
+                            self._fail(ConnectionResetError("the broker closed the TCP connection"))
+                            return
+                    if core.peer_timed_out(now):
+                        raise TimeoutError(
+                            f"no data from the broker for two heartbeat intervals "
+                            f"({2 * core.heartbeat_interval} s): it is unreachable or stalled"
+                        )
+                    self._flush_from_reader(core.needs_heartbeat(now))
+        except (OSError, ProtocolError, ValueError, KeyError) as exc:
+            self._fail(exc)
+        finally:
+            selector.close()
+            sock.close()
+
+    def _fail(self, exc: BaseException, report: bool = True) -> None:
+        with self._cond:
+            if self.error is not None:
+                return
+            self.error = exc
+            if report:
+                self._on_lost(exc)
+            self._cond.notify_all()
+        # Shut the socket down but leave closing it to the reader thread: a closed descriptor would
+        # silently leave its selector, while a shut-down one wakes it with end-of-file.
+        sock = self._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            thread = self._thread
+            if thread is None or not thread.is_alive():
+                sock.close()
+
+    def _dead(self) -> bool:
+        return self.error is not None
+
+
+def _next_deadline(core: Connection) -> float | None:
+    """The earliest heartbeat deadline (ours to send, or the peer's to answer by), or None."""
+    ours = core.next_heartbeat_deadline()
+    theirs = core.peer_deadline()
+    if ours is None:
+        return theirs
+    if theirs is None:
+        return ours
+    return min(ours, theirs)

@@ -1,0 +1,223 @@
+"""asyncio I/O for :class:`kelp.amqp.Connection`: an :class:`asyncio.Protocol` on the running loop.
+
+The twin of :mod:`kelp._amqp_io`, with the same interface; ``kelp.aio.transport.amqp`` is written
+against it. Everything runs on the event loop thread, so no lock is needed: ``data_received`` feeds the core,
+hands each event to ``on_event``, writes what the core queued (``close-ok``, ``flow-ok``) and wakes every
+waiter by resolving the current "something happened" future. Writes made during one turn of the loop are
+coalesced into one ``send``. Heartbeats are one ``loop.call_later`` timer
+that re-arms itself for the next deadline. Writes respect the transport's flow control: ``send`` waits
+while the socket buffer is over its high-water mark.
+
+Errors are not mapped here: ``on_lost`` receives the raw ``OSError`` / protocol error / ``TimeoutError``
+once, and every later call raises it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Callable
+
+from kelp.amqp import Connection, Event, ProtocolError
+
+__all__ = ["Driver"]
+
+#: Queued bytes are written at once past this size, else on the loop's next turn.
+_FLUSH_AT = 256 * 1024
+
+
+class Driver(asyncio.Protocol):
+    """Drives one core over an asyncio transport (see the module docstring)."""
+
+    def __init__(
+        self,
+        core: Connection,
+        on_event: Callable[[Event], None],
+        on_lost: Callable[[BaseException], None],
+    ) -> None:
+        self._core = core
+        self._on_event = on_event
+        self._on_lost = on_lost
+        self._transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._changed: asyncio.Future[None] | None = None
+        self._writable: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._flush_scheduled = False
+        #: The error that ended the connection (None while it lives).
+        self.error: BaseException | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+
+    async def connect(
+        self,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None,
+        server_hostname: str | None,
+        timeout: float | None,
+    ) -> None:
+        """Open the connection (TLS when ``ssl_context``) and send the protocol header."""
+        loop = self._loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout):
+            await loop.create_connection(
+                lambda: self,
+                host,
+                port,
+                ssl=ssl_context,
+                server_hostname=server_hostname if ssl_context is not None else None,
+            )
+
+    async def close(self) -> None:
+        """Drop the connection at once (the caller already said ``connection.close``)."""
+        self._flush()
+        self._fail(ConnectionAbortedError("the connection was closed by this client"), report=False)
+
+    # -- asyncio.Protocol -----------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._write(self._core.initiate())
+
+    def data_received(self, data: bytes) -> None:
+        core = self._core
+        try:
+            core.receive_data(data, time.monotonic())
+            for event in core.events():
+                self._on_event(event)
+        except ProtocolError as exc:
+            self._fail(exc)
+            return
+        if self.error is None:
+            pending = core.data_to_send()
+            if pending:
+                self._write(pending)
+            if self._timer is None and core.heartbeat_interval:
+                self._on_timer()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.data_received(b"")
+        self._fail(ConnectionResetError("the broker closed the TCP connection"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(exc or ConnectionResetError("the connection to the broker was lost"))
+        writable = self._writable
+        if writable is not None and not writable.done():
+            writable.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self._writable is None and self._loop is not None:
+            self._writable = self._loop.create_future()
+
+    def resume_writing(self) -> None:
+        writable, self._writable = self._writable, None
+        if writable is not None and not writable.done():
+            writable.set_result(None)
+
+    # -- writing --------------------------------------------------------------------------------------------
+
+    async def send(self, produce: Callable[[], bytes]) -> None:
+        """Write what ``produce()`` returns; wait while the socket's write buffer is full."""
+        if self.error is not None:
+            raise self.error
+        self._write(produce())
+        writable = self._writable
+        if writable is not None:
+            await asyncio.shield(writable)
+            if self.error is not None:
+                raise self.error
+
+    def _write(self, data: bytes) -> None:
+        """Queue ``data``; it goes out on the loop's next turn, or at once past ``_FLUSH_AT`` bytes.
+
+        Everything written during one turn of the loop (a burst of publishes, 100 gathered tasks) leaves in
+        one ``send`` instead of one per message; order is kept because every write goes through here.
+        """
+        if self._transport is None or self.error is not None:
+            return
+        self._out.append(data)
+        self._out_size += len(data)
+        if self._out_size >= _FLUSH_AT:
+            self._flush()
+        elif not self._flush_scheduled and self._loop is not None:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out = self._out
+        transport = self._transport
+        if not out or transport is None:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        self._out_size = 0
+        transport.write(data)
+        self._core.note_sent(time.monotonic())
+
+    # -- waiting --------------------------------------------------------------------------------------------
+
+    async def wait_for(self, predicate: Callable[[], object], timeout: float | None) -> bool:
+        """Wait until ``predicate()`` is true (re-checked after every batch of events); False on timeout."""
+        if predicate():
+            return True
+        loop = self._loop or asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            changed = self._changed
+            if changed is None:
+                changed = self._changed = loop.create_future()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await asyncio.shield(changed)
+            except TimeoutError:
+                return bool(predicate())
+            if predicate():
+                return True
+
+    def _wake(self) -> None:
+        changed, self._changed = self._changed, None
+        if changed is not None and not changed.done():
+            changed.set_result(None)
+
+    # -- heartbeats and failure -----------------------------------------------------------------------------
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.error is not None:
+            return
+        core = self._core
+        now = time.monotonic()
+        if core.peer_timed_out(now):
+            self._fail(
+                TimeoutError(
+                    f"no data from the broker for two heartbeat intervals "
+                    f"({2 * core.heartbeat_interval} s): it is unreachable or stalled"
+                )
+            )
+            return
+        if core.needs_heartbeat(now) and core.is_open:
+            self._write(core.heartbeat())
+        deadlines = [d for d in (core.next_heartbeat_deadline(), core.peer_deadline()) if d is not None]
+        if deadlines and self._loop is not None:
+            delay = max(0.0, min(deadlines) - time.monotonic()) + 0.001
+            self._timer = self._loop.call_later(delay, self._on_timer)
+
+    def _fail(self, exc: BaseException, report: bool = True) -> None:
+        if self.error is None:
+            self.error = exc
+            if report:
+                self._on_lost(exc)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.abort()
+        self._wake()
