@@ -17,6 +17,7 @@ import importlib
 import itertools
 import logging
 import os
+import weakref
 from collections import deque
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from types import TracebackType
@@ -414,6 +415,9 @@ class Connection:
         self._pending: deque[Delivery] = deque()
         #: Entities declared through ``maybe_declare`` on this connection (forgotten on reconnect).
         self.declared_entities: set[Any] = set()
+        # Consumers that consumed through this connection, restarted after a reconnect (see _recover).
+        self._consumers: weakref.WeakSet[Consumer] = weakref.WeakSet()
+        self._connected_before = False
 
     # --- addressing -----------------------------------------------------------------------------------
 
@@ -492,8 +496,38 @@ class Connection:
         )
         transport.connect(self.connect_timeout)
         self.transport = transport
+        declared = list(self.declared_entities)
         self.declared_entities.clear()
         self._default_channel = self.channel()
+        if self._connected_before:
+            self._recover(declared)
+        self._connected_before = True
+
+    def _recover(self, declared: list[Any]) -> None:
+        """After a reconnect: declare again what ``maybe_declare`` had declared (durable entities), then
+        restart every consumer that was consuming, on the new default channel. Messages that were
+        delivered but not acked on the lost connection come back from the broker flagged
+        ``redelivered``; settling the old Message objects raises, since their channel is gone."""
+        from kelp.messaging import maybe_declare
+
+        channel = self.default_channel
+        for entity in declared:
+            maybe_declare(entity, channel)
+        restarted = 0
+        for consumer in list(self._consumers):
+            if consumer.active_queues:
+                consumer.revive(self)
+                consumer.consume()
+                restarted += 1
+        logger.warning(
+            "reconnected to %s: declared %d entities again and restarted %d consumers",
+            self.as_uri(),
+            len(declared),
+            restarted,
+        )
+
+    def _track_consumer(self, consumer: Consumer) -> None:
+        self._consumers.add(consumer)
 
     def ensure_connection(
         self,
@@ -542,6 +576,8 @@ class Connection:
 
     def _discard_transport(self) -> None:
         transport, self.transport = self.transport, None
+        for channel in self._channels.values():
+            channel.is_open = False
         self._channels.clear()
         self._default_channel = None
         self._pending.clear()

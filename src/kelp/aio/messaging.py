@@ -405,7 +405,13 @@ class Consumer:
         return self.connection.default_channel if self._source._channel is None else self._source._channel
 
     def revive(self, channel: Channel | Connection) -> None:
-        """Rebind to a new channel after a reconnect; call :meth:`consume` again to resume."""
+        """Rebind to a new channel after a reconnect; call :meth:`consume` again to resume.
+
+        A no-op when the consumer already consumes on that channel: the connection restarts its
+        consumers itself when it reconnects, before ``Connection.ensure`` revives objects."""
+        target = channel._default_channel if isinstance(channel, Connection) else channel
+        if self._channel_used is not None and self._channel_used is target and target.is_open:
+            return
         self._source.revive(channel)
         self._tags.clear()
         self._channel_used = None
@@ -439,6 +445,7 @@ class Consumer:
             if queue.name in self._tags:
                 continue
             tag = f"{self.tag_prefix}{next(_tags)}"
+            channel.connection._track_consumer(self)
             self._tags[queue.name] = await channel.basic_consume(
                 queue.name,
                 tag,
