@@ -7,8 +7,11 @@ subprocess, libraries interleaved, best of ``--repeats``.
 Scenario (as in ``bench/memory.py``): N messages, a ~256-byte JSON dict, persistent, one durable queue bound
 to a direct exchange.
 
-* **publish** — ``Producer.publish(body, routing_key=..., declare=[queue])`` N times (one confirmed round
-  trip each); for kelp also ``publish_many`` of 100 prepared messages at a time (one round trip per 100).
+* **publish** — ``Producer.publish(body, routing_key=..., declare=[queue])`` N times, timed until the broker
+  holds them all (kelp: one passive declare after the loop, which sends what is still buffered). kelp
+  buffers these unconfirmed publishes and pipelines them (``kelp``, ``kelp.aio``); ``kelp-confirm`` runs
+  with ``confirm_publish=true`` (one round trip each, as Kombu). For kelp also ``publish_many`` of 100
+  prepared messages at a time (``kelp-batch``).
 * **consume+ack** — a ``Consumer`` (prefetch 100) whose callback acks each message, driven by
   ``drain_events`` until all N arrived.
 * **raw redis-py** — what the server allows a client that does no routing and keeps no AMQP semantics:
@@ -45,7 +48,16 @@ BODY_SIZE = 256
 PREFETCH = 100
 BATCH = 100
 DRAIN_TIMEOUT = 10.0
-RUNS = ("kelp", "kelp-batch", "kelp.aio", "kelp.aio-batch", "kombu", "redis-py")
+RUNS = (
+    "kelp",
+    "kelp-confirm",
+    "kelp-batch",
+    "kelp.aio",
+    "kelp.aio-confirm",
+    "kelp.aio-batch",
+    "kombu",
+    "redis-py",
+)
 
 
 def make_body(size: int = BODY_SIZE) -> dict[str, Any]:
@@ -64,7 +76,7 @@ def make_body(size: int = BODY_SIZE) -> dict[str, Any]:
 # --- the runs (each in its own subprocess) ---------------------------------------------------------------
 
 
-def run_kelp(url: str, messages: int, batch: bool) -> tuple[float, float]:
+def run_kelp(url: str, messages: int, batch: bool, confirm: bool) -> tuple[float, float]:
     import kelp
 
     body = make_body()
@@ -77,7 +89,7 @@ def run_kelp(url: str, messages: int, batch: bool) -> tuple[float, float]:
         count[0] += 1
         message.ack()
 
-    with kelp.Connection(f"{url}?prefix=bench{suffix}") as conn:
+    with kelp.Connection(f"{url}?prefix=bench{suffix}{'&confirm_publish=true' if confirm else ''}") as conn:
         producer = kelp.Producer(conn, exchange=exchange)
         producer.publish(body, routing_key="k", declare=[queue])  # declarations, outside the timing
         start = time.perf_counter()
@@ -87,8 +99,8 @@ def run_kelp(url: str, messages: int, batch: bool) -> tuple[float, float]:
         else:
             for _ in range(messages - 1):
                 producer.publish(body, routing_key="k", declare=[queue])
-        publish = time.perf_counter() - start
         total = conn.default_channel.queue_declare(queue.name, passive=True).message_count
+        publish = time.perf_counter() - start
         consumer = kelp.Consumer(
             conn, [queue], callbacks=[on_message], prefetch_count=PREFETCH, accept=["json"]
         )
@@ -101,7 +113,7 @@ def run_kelp(url: str, messages: int, batch: bool) -> tuple[float, float]:
     return publish, consume
 
 
-async def _run_kelp_aio(url: str, messages: int, batch: bool) -> tuple[float, float]:
+async def _run_kelp_aio(url: str, messages: int, batch: bool, confirm: bool) -> tuple[float, float]:
     import kelp.aio
 
     body = make_body()
@@ -114,7 +126,9 @@ async def _run_kelp_aio(url: str, messages: int, batch: bool) -> tuple[float, fl
         count[0] += 1
         await message.ack()
 
-    async with kelp.aio.Connection(f"{url}?prefix=bench{suffix}") as conn:
+    async with kelp.aio.Connection(
+        f"{url}?prefix=bench{suffix}{'&confirm_publish=true' if confirm else ''}"
+    ) as conn:
         producer = kelp.aio.Producer(conn, exchange=exchange)
         await producer.publish(body, routing_key="k", declare=[queue])
         start = time.perf_counter()
@@ -124,8 +138,8 @@ async def _run_kelp_aio(url: str, messages: int, batch: bool) -> tuple[float, fl
         else:
             for _ in range(messages - 1):
                 await producer.publish(body, routing_key="k", declare=[queue])
-        publish = time.perf_counter() - start
         total = (await conn.default_channel.queue_declare(queue.name, passive=True)).message_count
+        publish = time.perf_counter() - start
         consumer = kelp.aio.Consumer(
             conn, [queue], callbacks=[on_message], prefetch_count=PREFETCH, accept=["json"]
         )
@@ -210,10 +224,11 @@ def run_redis_py(url: str, messages: int) -> tuple[float, float, float]:
 
 
 def child(run: str, url: str, messages: int) -> dict[str, float]:
-    if run in ("kelp", "kelp-batch"):
-        publish, consume = run_kelp(url, messages, run == "kelp-batch")
-    elif run in ("kelp.aio", "kelp.aio-batch"):
-        publish, consume = asyncio.run(_run_kelp_aio(url, messages, run == "kelp.aio-batch"))
+    if run in ("kelp", "kelp-confirm", "kelp-batch"):
+        publish, consume = run_kelp(url, messages, run == "kelp-batch", run == "kelp-confirm")
+    elif run in ("kelp.aio", "kelp.aio-confirm", "kelp.aio-batch"):
+        aio = _run_kelp_aio(url, messages, run == "kelp.aio-batch", run == "kelp.aio-confirm")
+        publish, consume = asyncio.run(aio)
     elif run == "kombu":
         publish, consume = run_kombu(url, messages)
     else:
@@ -329,9 +344,12 @@ def main() -> int:
 
     rows = [
         ("kelp / kombu", "kelp", "kombu"),
+        ("kelp confirm / kombu", "kelp-confirm", "kombu"),
         ("kelp batch / kombu", "kelp-batch", "kombu"),
         ("kelp.aio / kombu", "kelp.aio", "kombu"),
+        ("kelp.aio confirm / kombu", "kelp.aio-confirm", "kombu"),
         ("kelp.aio / kelp", "kelp.aio", "kelp"),
+        ("kelp.aio confirm / kelp confirm", "kelp.aio-confirm", "kelp-confirm"),
         ("kelp.aio batch / kelp batch", "kelp.aio-batch", "kelp-batch"),
         ("kelp / redis-py", "kelp", "redis-py"),
     ]

@@ -38,7 +38,7 @@ def main() -> int:
                 while acked < min(ack, len(messages)):
                     messages[acked].ack()  # type: ignore[attr-defined]
                     acked += 1
-            conn.transport.flush_acks()  # type: ignore[union-attr]
+            conn.transport.flush()  # type: ignore[union-attr]
             print("acked", json.dumps(received[:ack]), flush=True)
             print("holding", json.dumps(received[ack:]), flush=True)
             time.sleep(600)

@@ -65,7 +65,7 @@ def test_messages_survive_a_redis_crash_with_aof(private_redis):
     first = bound.get()
     first.ack()
     held = bound.get()  # delivered, not acked, when Redis dies
-    holder.transport.flush_acks()
+    holder.transport.flush()
     assert (first.payload, held.payload) == (0, 1)
 
     holder.transport._ticker.stop()  # the holder's process dies with Redis: it never beats again

@@ -143,7 +143,7 @@ def test_busy_consumer_keeps_its_message_only_while_it_beats(redis_url, beating)
             assert done
             if beating:
                 done[0].ack()  # type: ignore[attr-defined]
-                owner.transport.flush_acks()
+                owner.transport.flush()
             rival.join(timeout=30)
             assert not rival.is_alive()
             if beating:

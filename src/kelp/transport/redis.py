@@ -8,10 +8,16 @@ sharing a prefix see one topology; different prefixes are separate brokers.
 What happens to a message:
 
 * **publish** routes and stores in one server-side Lua script (:mod:`kelp._broker.redis.script`): the
-  matched queues get their copies atomically, or none does; a batch is one round trip. When ``publish``
-  returns, Redis has the message (in memory, and on disk as its persistence settings say: see
-  ``docs/transports.md``). A full ``reject-publish`` queue raises :class:`~kelp.exceptions.MessageNacked`;
-  unroutable ``mandatory`` messages are returned.
+  matched queues get their copies atomically, or none does; a batch is one round trip. With
+  ``confirm_publish`` (URL query or transport option), and always for a ``mandatory`` message, one to an
+  exchange this connection has not seen exist, or while the broker has a queue that may refuse it
+  (``x-overflow: reject-publish``): when ``publish`` returns, Redis has the message (in memory, and on
+  disk as its persistence settings say: see ``docs/transports.md``), a refusal raises
+  :class:`~kelp.exceptions.MessageNacked` and unroutable ``mandatory`` messages are returned.
+  Otherwise the message is *buffered* in this connection and sent with the others in one pipeline: when
+  ``PUBLISH_BATCH`` are waiting, ``LINGER`` seconds after the first, before any other operation of the
+  connection (so it reads its own writes) and at close. A refusal found then is logged and the message
+  dropped, as RabbitMQ does without confirms.
 * **queues** are Redis streams (one per priority level, plus one per level for requeued messages, which
   go first) read through one consumer group. A delivery moves the entry into the group's pending list
   under this connection's name in the same script that reads it, so there is no moment when a message is
@@ -34,8 +40,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import secrets
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
@@ -43,7 +51,7 @@ from typing import Any, ClassVar
 from redis import Redis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from kelp._backend import Signal, monotonic
+from kelp._backend import Lock, Signal, monotonic
 from kelp._broker.queue_args import (
     QueueArgs,
     check_name,
@@ -61,6 +69,7 @@ from kelp._broker.redis.codec import (
     headers_canon,
 )
 from kelp._broker.redis.script import SHA, SOURCE
+from kelp._broker.redis.ticker import ThreadLinger as Linger
 from kelp._broker.redis.ticker import ThreadTicker as Ticker
 from kelp._envelope import Delivery, Envelope, QueueInfo
 from kelp.exceptions import (
@@ -78,6 +87,8 @@ from kelp.transport.base import Transport, TransportChannel
 
 __all__ = ["RedisChannel", "RedisTransport"]
 
+logger = logging.getLogger("kelp.transport.redis")
+
 #: Deliveries one claim may take for a consumer without a prefetch limit.
 MAX_CLAIM = 1000
 #: The longest single blocking wait in drain: local events (a new consumer, a freed window) are noticed
@@ -87,6 +98,11 @@ WAIT_CAP = 0.5
 ACK_BATCH = 512
 #: Envelopes per script call in a published batch (all calls of a batch share one round trip).
 PUBLISH_CHUNK = 500
+#: Unconfirmed publishes buffered before the publisher sends them itself.
+PUBLISH_BATCH = 256
+#: Seconds an unconfirmed publish waits in the buffer at most when the publisher pauses.
+LINGER = 0.001
+_TRUE = frozenset({"1", "true", "yes", "on"})
 
 _PREFIX = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _KELP_ERROR = re.compile(r"KELP:([A-Z_]+):(.*)", re.DOTALL)
@@ -176,6 +192,7 @@ class RedisChannel(TransportChannel):
             return  # the default exchange always exists
         if passive:
             self._transport.call("xdecl", name, "", "", "", "", "", "", "1")
+            self._transport.exchanges.add(name)
             return
         check_name("exchange", name, passive)
         validate_exchange_type(type)
@@ -191,10 +208,12 @@ class RedisChannel(TransportChannel):
             alternate if isinstance(alternate, str) else "",
             "0",
         )
+        self._transport.exchanges.add(name)
 
     def delete_exchange(self, name: str, if_unused: bool) -> None:
         if not name or name.startswith("amq."):
             raise AccessRefused(f"operation not permitted on the default or 'amq.*' exchange '{name}'")
+        self._transport.exchanges.discard(name)
         self._transport.call("xdel", name, _flag(if_unused))
 
     def declare_queue(
@@ -238,6 +257,8 @@ class RedisChannel(TransportChannel):
             _flag(args.dead_letter_routing_key is not None),
             args.dead_letter_routing_key or "",
         )
+        if args.overflow != "drop-head":
+            transport.may_refuse = True  # publishes wait for the answer until one says no queue refuses
         return QueueInfo(name, int(result[1]), int(result[2]))
 
     def delete_queue(self, name: str, if_unused: bool, if_empty: bool) -> int:
@@ -352,7 +373,7 @@ class RedisChannel(TransportChannel):
             transport.queue_ack(item.queue, item.suffix, item.entry_id)
         transport.wake()
         if transport.pending_acks >= ACK_BATCH:
-            transport.flush_acks()
+            transport.flush()
 
     def reject(self, delivery_tag: int, requeue: bool, multiple: bool = False) -> None:
         self._settle_remote(self._settle(delivery_tag, multiple), requeue)
@@ -412,6 +433,18 @@ class RedisTransport(Transport):
         self.liveness = liveness
         self._beat_interval = min(1.0, liveness / 4)
         self._socket_timeout = float(query.get("socket_timeout", 30.0))
+        confirm = str(query.get("confirm_publish", "")).lower() in _TRUE
+        self.confirm_publish = confirm or bool(options.get("confirm_publish"))
+        #: Exchanges this connection saw exist: only publishes to these may be buffered (the first
+        #: publish to any other waits for the script, so a missing exchange raises NotFound).
+        self.exchanges: set[str] = {""}
+        #: Whether the broker may hold a queue that refuses publishes (x-overflow reject-publish*): while
+        #: it does, publishes wait for the answer. Every publish's answer refreshes it.
+        self.may_refuse = True
+        self._buffer: list[Any] = []  # buffered publishes: the script's arguments, 9 per envelope
+        self._buffer_lock = threading.Lock()  # the publisher appends, the linger timer takes
+        self._send_lock = Lock()  # one pipeline at a time: nothing overtakes buffered publishes
+        self._linger: Linger | None = None
         self.connection_id = secrets.token_hex(8)
         self._client: Any = None
         self._lost = False
@@ -427,6 +460,9 @@ class RedisTransport(Transport):
     @property
     def is_connected(self) -> bool:
         return self._client is not None and not self._lost
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "prefix": self.prefix, "confirm_publish": self.confirm_publish}
 
     def _require(self) -> Any:
         if self._client is None:
@@ -473,6 +509,7 @@ class RedisTransport(Transport):
         self._lost = False
         self._ticker = Ticker(self._beat_interval, self._beat, f"kelp-redis-heartbeat-{self.connection_id}")
         self._ticker.start()
+        self._linger = Linger(LINGER, self._flush_publishes, f"kelp-redis-linger-{self.connection_id}")
         if outbox:
             self.flush_outbox()
 
@@ -488,16 +525,25 @@ class RedisTransport(Transport):
         ticker, self._ticker = self._ticker, None
         if ticker is not None:
             ticker.stop()
+        linger, self._linger = self._linger, None
+        if linger is not None:
+            linger.stop()
         self._channels.clear()
         try:
             if not self._lost:
-                for _ in range(10_000):
+                for _ in range(10_000):  # the first call sends the buffered publishes and acks first
                     if not self.call("reap", self.connection_id):
                         break
         except OperationalError:
             # Redis is unreachable: the other connections' heartbeats release our messages after liveness.
             pass
         finally:
+            if self._buffer:
+                logger.warning(
+                    "kelp: %d buffered (unconfirmed) publishes were lost: the connection closed unreachable",
+                    len(self._buffer) // 9,
+                )
+                self._buffer = []
             self._client = None
             self._acks.clear()
             self.pending_acks = 0
@@ -520,30 +566,105 @@ class RedisTransport(Transport):
     # --- calling the script -------------------------------------------------------------------------
 
     def call(self, op: str, *args: Any) -> Any:
-        """Run one operation of the broker script, after this connection's buffered acks (one round trip)."""
+        """Run one operation of the broker script, after this connection's buffered publishes and acks
+        (all in one round trip)."""
         try:
-            return self._call(op, args)
+            return (self._send([(op, args)]))[0]
         except _Lost:
             self._lost = True
             self._require()  # raises, with the explanation
             raise
 
-    def _call(self, op: str, args: tuple[Any, ...]) -> Any:
-        client = self._require()
-        with _mapped():
-            if self.pending_acks:
-                pipe = client.pipeline(transaction=False)
-                self._pipeline_acks(pipe)
+    def flush(self) -> None:
+        """Send the buffered publishes and acks now."""
+        if self._buffer or self.pending_acks:
+            self._send([])
+
+    def _flush_publishes(self) -> None:
+        # The linger timer (another thread in the sync API): publishes only, acks belong to their thread.
+        if self._buffer:
+            self._send([], acks=False)
+
+    def _send(self, calls: list[tuple[str, Sequence[Any]]], acks: bool = True) -> list[Any]:
+        """Send the buffered publishes, the buffered acks (unless ``acks`` is false), then ``calls`` (script
+        operations) in one pipeline, in that order; return the calls' results. One pipeline at a time, so
+        no operation of this connection overtakes a publish buffered before it. Refusals of buffered
+        publishes are logged: nobody waits for them."""
+        with self._send_lock:
+            client = self._require()
+            with self._buffer_lock:
+                buffered, self._buffer = self._buffer, []
+            outbox = 0
+            with _mapped():
+                if buffered or (acks and self.pending_acks) or len(calls) > 1:
+                    step = PUBLISH_CHUNK * 9
+                    chunks = [buffered[i : i + step] for i in range(0, len(buffered), step)]
+                    every = [("bpublish", (len(chunk) // 9, *chunk)) for chunk in chunks] + calls
+                    try:
+                        results = self._pipeline(client, every, acks)
+                    except RedisError:
+                        if buffered:
+                            logger.warning(
+                                "kelp: %d buffered (unconfirmed) publishes may be lost", len(buffered) // 9
+                            )
+                        raise
+                    outbox = self._buffered_results(results[: len(chunks)])
+                    results = results[len(chunks) :]
+                elif calls:
+                    op, args = calls[0]
+                    try:
+                        results = [client.execute_command("EVALSHA", SHA, 1, self._key, op, *args)]
+                    except NoScriptError:
+                        results = [self._reload_and_call(client, op, tuple(args))]
+                else:
+                    return []
+                for (op, _), result in zip(calls, results):
+                    if isinstance(result, Exception):
+                        raise result
+                    if op == "publish":
+                        self.may_refuse = bool(result[4])
+        if outbox:
+            self.flush_outbox()
+        return results
+
+    def _pipeline(self, client: Any, calls: list[tuple[str, Sequence[Any]]], acks: bool) -> list[Any]:
+        pipe = client.pipeline(transaction=False)
+        if acks:
+            self._pipeline_acks(pipe)
+        for op, args in calls:
+            pipe.execute_command("EVALSHA", SHA, 1, self._key, op, *args)
+        results = list(pipe.execute(raise_on_error=False))[-len(calls) :] if calls else []
+        if any(isinstance(result, NoScriptError) for result in results):
+            # Redis restarted (or SCRIPT FLUSH): nothing of the script ran, the acks did; once more.
+            client.execute_command("SCRIPT", "LOAD", SOURCE)
+            pipe = client.pipeline(transaction=False)
+            for op, args in calls:
                 pipe.execute_command("EVALSHA", SHA, 1, self._key, op, *args)
-                try:
-                    results = pipe.execute()
-                except NoScriptError:
-                    return self._reload_and_call(client, op, args)
-                return results[-1]
-            try:
-                return client.execute_command("EVALSHA", SHA, 1, self._key, op, *args)
-            except NoScriptError:
-                return self._reload_and_call(client, op, args)
+            results = list(pipe.execute(raise_on_error=False))
+        return results
+
+    def _buffered_results(self, results: list[Any]) -> int:
+        """Log what the script refused of the buffered publishes; return the outbox length."""
+        outbox = 0
+        for result in results:
+            if isinstance(result, Exception):
+                logger.warning("kelp: buffered (unconfirmed) publishes were dropped: %s", result)
+                continue
+            _, refused, outbox, missing, refusing = result
+            self.may_refuse = bool(refusing)
+            for name in refused:
+                logger.warning(
+                    "kelp: queue %r refused a buffered message (x-overflow); without confirms it is "
+                    "dropped, as RabbitMQ does",
+                    _text(name),
+                )
+            for name in missing:
+                self.exchanges.discard(_text(name))
+                logger.warning(
+                    "kelp: a buffered message was dropped: no exchange %r (the next publish to it raises)",
+                    _text(name),
+                )
+        return int(outbox)
 
     def _call_unbuffered(self, op: str, *args: Any) -> Any:
         """:meth:`call` without sending buffered acks: safe from the heartbeat thread."""
@@ -577,23 +698,19 @@ class RedisTransport(Transport):
             pipe.execute_command("XACK", key, "g", *ids)
             pipe.execute_command("XDEL", key, *ids)
 
-    def flush_acks(self) -> None:
-        if not self.pending_acks:
-            return
-        client = self._require()
-        pipe = client.pipeline(transaction=False)
-        self._pipeline_acks(pipe)
-        with _mapped():
-            pipe.execute()
-
     # --- publishing and dead letters ---------------------------------------------------------------
 
     def publish(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
-        """Route and store a batch; one script call per chunk, every chunk in one round trip."""
+        """Buffer unconfirmed publishes (see the module docstring); route and store the others now, one
+        script call per chunk, every chunk in one round trip."""
         if not envelopes:
             return []
         args: list[Any] = []
+        exchanges = self.exchanges
+        buffer = not (self.confirm_publish or self.may_refuse)
         for envelope in envelopes:
+            if envelope.mandatory or envelope.exchange not in exchanges:
+                buffer = False
             properties = envelope.properties
             ttl = expiration_ms(properties)
             args += (
@@ -607,14 +724,29 @@ class RedisTransport(Transport):
                 encode_meta(properties, envelope.headers, envelope.exchange, envelope.routing_key),
                 "",
             )
-        if len(envelopes) <= PUBLISH_CHUNK:
-            results = [self.call("publish", len(envelopes), *args)]
-        else:
-            results = self._publish_chunks(len(envelopes), args)
+        if buffer:
+            self._require()
+            with self._buffer_lock:
+                first = not self._buffer
+                self._buffer += args
+                full = len(self._buffer) >= PUBLISH_BATCH * 9
+            if full:
+                self.flush()
+            elif first and self._linger is not None:
+                self._linger.arm()
+            return []
+        step = PUBLISH_CHUNK * 9
+        results = self._send(
+            [
+                ("publish", (len(chunk) // 9, *chunk))
+                for chunk in (args[i : i + step] for i in range(0, len(args), step))
+            ]
+        )
+        exchanges.update(envelope.exchange for envelope in envelopes)  # the script checked they exist
         returned: list[Envelope] = []
         refused: list[str] = []
         outbox = 0
-        for offset, (returned_indexes, refused_names, waiting) in zip(
+        for offset, (returned_indexes, refused_names, waiting, _, _) in zip(
             range(0, len(envelopes), PUBLISH_CHUNK), results
         ):
             returned += (envelopes[offset + int(index)] for index in returned_indexes)
@@ -628,24 +760,6 @@ class RedisTransport(Transport):
                 "message not enqueued there"
             )
         return returned
-
-    def _publish_chunks(self, count: int, args: list[Any]) -> list[Any]:
-        client = self._require()
-        self.flush_acks()
-        with _mapped():
-            for attempt in range(2):
-                pipe = client.pipeline(transaction=False)
-                for start in range(0, count, PUBLISH_CHUNK):
-                    chunk = args[start * 9 : (start + PUBLISH_CHUNK) * 9]
-                    pipe.execute_command("EVALSHA", SHA, 1, self._key, "publish", len(chunk) // 9, *chunk)
-                try:
-                    return list(pipe.execute())
-                except NoScriptError:
-                    # Nothing ran: a missing script fails every call of the pipeline alike.
-                    if attempt:
-                        raise
-                    client.execute_command("SCRIPT", "LOAD", SOURCE)
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def flush_outbox(self) -> None:
         """Rewrite and route the dead letters waiting in the outbox (any connection may do it, once each)."""
@@ -702,8 +816,8 @@ class RedisTransport(Transport):
                 deliveries, watch = self._claim(specs)
                 if deliveries:
                     return deliveries
-            elif self.pending_acks:
-                self.flush_acks()
+            elif self.pending_acks or self._buffer:
+                self.flush()
             remaining = None if deadline is None else deadline - monotonic()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError("no message arrived within the timeout")

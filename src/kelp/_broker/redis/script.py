@@ -28,6 +28,8 @@ SOURCE = r"""-- kelp's broker on Redis: one script, one operation per call:
 --   P xk:<ex>         hash   routing key -> JSON {destination: count} (direct, topic, fanout)
 --   P rb:<q:|e:><n>   hash   reverse index: source exchange -> number of bindings to this destination
 --   P exchanges, P queues   sets of names
+--   P refusing        set    queues whose x-overflow may refuse a publish (reject-publish[-dlx]); it
+--                            tells clients whether an unconfirmed publish may be buffered
 --   P q:<q>           hash   queue: declaration, parsed x-arguments, counters (ready, bytes), used (ms)
 --   P qc:<q>          hash   consumers: <conn>:<channel>:<tag> -> 1
 --   P qss:<q>         set    stream suffixes created for the queue: "<level>" and "r<level>"
@@ -63,7 +65,7 @@ local function kqlv(name) return P .. 'qlv:' .. name end
 local function kqs(name, suffix) return P .. 'qs:' .. suffix .. ':' .. name end
 local function kc(what, conn) return P .. 'c:' .. what .. ':' .. conn end
 local K_ALIVE, K_TIMED, K_OUTBOX = P .. 'alive', P .. 'timed', P .. 'outbox'
-local K_QUEUES, K_EXCHANGES = P .. 'queues', P .. 'exchanges'
+local K_QUEUES, K_EXCHANGES, K_REFUSING = P .. 'queues', P .. 'exchanges', P .. 'refusing'
 
 local function fields(list)
   local f = {}
@@ -266,6 +268,7 @@ local function delete_queue(name)
   for _, suffix in ipairs(redis.call('SMEMBERS', kqss(name))) do redis.call('DEL', kqs(name, suffix)) end
   redis.call('DEL', kq(name), kqc(name), kqss(name), kqlv(name))
   redis.call('SREM', K_QUEUES, name)
+  redis.call('SREM', K_REFUSING, name)
   redis.call('ZREM', K_TIMED, name)
   local dest = 'q:' .. name
   local sources = redis.call('HKEYS', krb(dest))
@@ -596,6 +599,13 @@ function ops.init(a)
       redis.call('SADD', K_EXCHANGES, name)
     end
   end
+  if redis.call('SETNX', K_REFUSING .. ':built', '1') == 1 then
+    -- A broker created before the refusing set existed: build it once.
+    for _, name in ipairs(redis.call('SMEMBERS', K_QUEUES)) do
+      local ovf = redis.call('HGET', kq(name), 'ovf')
+      if ovf and ovf ~= 'drop-head' then redis.call('SADD', K_REFUSING, name) end
+    end
+  end
   return redis.call('XLEN', K_OUTBOX)
 end
 
@@ -694,6 +704,7 @@ function ops.qdecl(a)
   end
   redis.call('HSET', kq(name), unpack(f))
   redis.call('SADD', K_QUEUES, name)
+  if a[12] ~= 'drop-head' then redis.call('SADD', K_REFUSING, name) end
   if a[4] == '1' then redis.call('SADD', kc('x', conn), name) end
   if a[9] ~= '' then schedule(name, NOW + tonumber(a[9])) end
   return {name, 0, 0}
@@ -769,15 +780,20 @@ end
 -- publish n (exchange key hcanon mandatory priority ttl body meta outbox_id) * n
 -- Routes and stores every envelope atomically. An envelope with an outbox id is a dead letter: it is
 -- stored only if this call is the one that removes it from the outbox, and a missing exchange drops it;
--- mandatory 'x' only removes it (a dead-letter cycle).
--- Returns {unroutable mandatory envelope indexes, refused queue names, outbox length}.
-function ops.publish(a)
+-- mandatory 'x' only removes it (a dead-letter cycle). A missing exchange fails the whole call, except
+-- for bpublish (a client's buffered, unconfirmed publishes), which drops those envelopes and names them.
+-- Returns {unroutable mandatory envelope indexes, refused queue names, outbox length,
+-- missing exchange names, number of queues that may refuse a publish}.
+local function publish(a, lenient)
   local n = tonumber(a[1])
+  local missing, skip = {}, {}
   for i = 0, n - 1 do
     local base = 2 + i * 9
     local exchange = a[base]
     if exchange ~= '' and a[base + 8] == '' and redis.call('EXISTS', kx(exchange)) == 0 then
-      fail('NOT_FOUND', "no exchange '" .. exchange .. "' in vhost '/'")
+      if not lenient then fail('NOT_FOUND', "no exchange '" .. exchange .. "' in vhost '/'") end
+      missing[#missing + 1] = exchange
+      skip[i] = true
     end
   end
   local returned, refused, cache = {}, {}, {}
@@ -786,7 +802,7 @@ function ops.publish(a)
     local exchange, key, hcanon, mandatory = a[base], a[base + 1], a[base + 2], a[base + 3]
     local priority, ttl, body, meta, outbox = tonumber(a[base + 4]) or 0, tonumber(a[base + 5]),
       a[base + 6], a[base + 7], a[base + 8]
-    local go = true
+    local go = not skip[i]
     if outbox ~= '' then
       go = redis.call('XDEL', K_OUTBOX, outbox) == 1 and mandatory ~= 'x'
       if go and exchange ~= '' and redis.call('EXISTS', kx(exchange)) == 0 then go = false end
@@ -819,8 +835,11 @@ function ops.publish(a)
     end
   end
   save_all(cache)
-  return {returned, refused, redis.call('XLEN', K_OUTBOX)}
+  return {returned, refused, redis.call('XLEN', K_OUTBOX), missing, redis.call('SCARD', K_REFUSING)}
 end
+
+function ops.publish(a) return publish(a, false) end
+function ops.bpublish(a) return publish(a, true) end
 
 -- claim conn n (queue room no_ack tag) * n: deliveries for the connection's consumers.
 -- Returns {outbox length, tag, suffix, id, body, meta, deliveries, ...}; with nothing to deliver, the
