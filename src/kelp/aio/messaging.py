@@ -1,8 +1,10 @@
 """Producers publish, consumers receive: the two roles an application plays.
 
 ``Producer.publish`` serializes and compresses the body, fills in the message properties, declares what it
-is asked to and hands the message to the broker; on kelp's own transports (memory, SQLite, Redis) it returns
-once the message is stored. ``Consumer`` subscribes to queues and runs callbacks for each message as the
+is asked to and hands the message to the transport. With confirms (the default on ``amqp://``, the
+``confirm_publish`` option on ``sqlite://`` and ``redis://``, always on ``memory://``) it returns once the
+broker holds the message; without, a transport may hold it for a group commit of a millisecond or two, and a
+clean close never loses it (docs/transports.md says what each transport guarantees). ``Consumer`` subscribes to queues and runs callbacks for each message as the
 connection drains events; the callback decides: ``ack``, ``reject`` or ``requeue``.
 """
 
@@ -245,7 +247,8 @@ class Producer:
         (the default) or ``'transient'``; ``expiration`` is a TTL in seconds; ``declare`` lists entities
         to declare first (once per connection when durable). With ``retry`` the publish is retried after
         reconnecting, per ``retry_policy`` (``max_retries``, ``interval_start``...). Returns once the
-        transport accepted the message; raises MessageNacked if the broker refused it.
+        transport accepted the message (with confirms: once the broker holds it); raises MessageNacked
+        if the broker refused it and that is known by then.
         """
         envelope = self.prepare(
             body,

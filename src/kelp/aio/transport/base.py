@@ -78,10 +78,14 @@ class TransportChannel(abc.ABC):
 
     @abc.abstractmethod
     async def publish(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
-        """Route and store a batch; return once the broker holds every message (confirmed).
+        """Route and store a batch.
 
-        Returns the mandatory envelopes that no queue took. Raises MessageNacked when the broker refused
-        a message (a full queue with ``reject-publish``, a negative confirm).
+        With confirms, return once the broker holds every message; without, a transport may buffer the
+        batch for a group commit it sends within milliseconds, before any other operation of the same
+        connection, and at close (it must document that window). Returns the mandatory envelopes that no
+        queue took. Raises MessageNacked when the broker refused a message (a full queue with
+        ``reject-publish``, a negative confirm); a transport that buffers must not buffer messages whose
+        refusal or return it has to report.
         """
 
     @abc.abstractmethod
