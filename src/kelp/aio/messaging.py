@@ -4,8 +4,10 @@
 is asked to and hands the message to the transport. With confirms (the default on ``amqp://``, the
 ``confirm_publish`` option on ``sqlite://`` and ``redis://``, always on ``memory://``) it returns once the
 broker holds the message; without, a transport may hold it for a group commit of a millisecond or two, and a
-clean close never loses it (docs/transports.md says what each transport guarantees). ``Consumer`` subscribes to queues and runs callbacks for each message as the
-connection drains events; the callback decides: ``ack``, ``reject`` or ``requeue``.
+clean close never loses it (docs/transports.md says what each transport guarantees).
+
+``Consumer`` subscribes to queues and runs callbacks for each message as the connection drains events; the
+callback decides: ``ack``, ``reject`` or ``requeue``.
 """
 
 from __future__ import annotations
