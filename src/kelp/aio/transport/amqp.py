@@ -25,6 +25,12 @@ What happens to a message:
   exchange without confirms) is raised by the channel's next operation.
 * **deliveries** for every consumer of the connection are queued as they arrive and handed out by
   ``drain``; prefetch (``qos``) bounds how many are unacked.
+* **acks** are coalesced: ``ack`` records the tag and returns; the channel's pending acks go out together
+  in one write (one ``basic.ack`` with ``multiple`` for a run of tags when every older tag of the channel
+  is settled, else one frame each) when 64 (or half the prefetch) are pending, before ``drain`` waits,
+  before any other command on the connection (so wire order is exactly call order: an ack then a reject
+  reach the broker in that order), and at channel or connection close. An ack not yet written when the
+  process dies or the connection drops is lost, so that message is redelivered (at-least-once).
 * **connection loss** (socket error, missed heartbeats, a broker-side close) fails every waiting call at
   once with :class:`~kelp.exceptions.ConnectionError` and is logged; ``Connection.ensure`` reconnects.
   Unacked deliveries go back to their queues on the broker, flagged redelivered.
@@ -37,7 +43,7 @@ from __future__ import annotations
 import logging
 import ssl
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -65,6 +71,11 @@ _EPOCH_SHIFT = 48
 _TAG_MASK = (1 << _EPOCH_SHIFT) - 1
 #: Property name -> index in :class:`kelp.amqp.BasicProperties` (which also holds ``headers`` at 2).
 _PROPERTY_INDEX = tuple((name, amqp.BasicProperties._fields.index(name)) for name in PROPERTY_NAMES)
+#: Pending acks of a channel are written once this many are recorded (or half its prefetch, if fewer).
+_ACK_BATCH = 64
+#: Settled tags remembered above a channel's contiguous floor before ``multiple`` acks are given up on
+#: (a ``no_ack`` consumer sharing the channel leaves gaps that never close).
+_SETTLED_MAX = 4096
 
 
 class _Reply:
@@ -106,6 +117,12 @@ class AmqpChannel(TransportChannel):
         self._in_flight: dict[int, tuple[_Batch, Envelope]] = {}
         self._late_returns: list[Envelope] = []
         self.consumers: dict[str, str] = {}  # tag -> queue
+        # coalesced acks: broker tags recorded by ``ack``; every tag <= _floor is settled (-1: unknown),
+        # _settled holds the settled tags above it
+        self._acks: deque[int] = deque()
+        self._ack_batch = _ACK_BATCH
+        self._floor = 0
+        self._settled: set[int] = set()
 
     # -- plumbing -------------------------------------------------------------------------------------------
 
@@ -128,6 +145,7 @@ class AmqpChannel(TransportChannel):
         self.is_open = False
         self._confirming = False
         self.consumers.clear()
+        self._acks.clear()  # the broker requeued those deliveries
         reported = False
         for batch, _ in self._in_flight.values():
             if batch.error is None:
@@ -308,6 +326,7 @@ class AmqpChannel(TransportChannel):
 
     async def qos(self, prefetch_count: int, global_: bool) -> None:
         self._qos = (prefetch_count, global_)
+        self._ack_batch = min(_ACK_BATCH, max(1, prefetch_count // 2)) if prefetch_count else _ACK_BATCH
         await self._call(lambda c, ch: c.basic_qos(ch, prefetch_count, global_qos=global_))
 
     async def consume(
@@ -357,18 +376,80 @@ class AmqpChannel(TransportChannel):
         return None
 
     async def ack(self, delivery_tag: int, multiple: bool) -> None:
+        """Record the ack; it is written with the channel's next batch (see the module docstring)."""
         tag = self._settleable(delivery_tag)
-        if tag is not None:
-            await self._transport._send(lambda c: c.basic_ack(self.channel_id, tag, multiple))
+        if tag is None:
+            return
+        if multiple:  # written at once, after the pending ones
+            await self._transport._send(
+                lambda c: self._settle_upto(c.basic_ack(self.channel_id, tag, True), tag)
+            )
+            return
+        acks = self._acks
+        acks.append(tag)
+        if len(acks) >= self._ack_batch:
+            await self._transport._send(_nothing)
 
     async def reject(self, delivery_tag: int, requeue: bool, multiple: bool = False) -> None:
         tag = self._settleable(delivery_tag)
         if tag is None:
             return
         if multiple:
-            await self._transport._send(lambda c: c.basic_nack(self.channel_id, tag, True, requeue))
+            await self._transport._send(
+                lambda c: self._settle_upto(c.basic_nack(self.channel_id, tag, True, requeue), tag)
+            )
         else:
-            await self._transport._send(lambda c: c.basic_reject(self.channel_id, tag, requeue))
+            await self._transport._send(
+                lambda c: self._settle((tag,), c.basic_reject(self.channel_id, tag, requeue))
+            )
+
+    def _settle_upto(self, data: bytes, tag: int) -> bytes:
+        """Note that every tag up to ``tag`` is settled (run while ``data`` is produced); return ``data``."""
+        if tag > self._floor:
+            self._floor = tag
+            self._settled = {t for t in self._settled if t > tag}
+        return data
+
+    def _settle(self, tags: Iterable[int], data: bytes) -> bytes:
+        """Note ``tags`` as settled; advance the contiguous floor over them; return ``data``."""
+        if self._floor >= 0:
+            settled = self._settled
+            settled.update(tags)
+            floor = self._floor
+            while floor + 1 in settled:
+                floor += 1
+                settled.remove(floor)
+            self._floor = floor
+            if len(settled) > _SETTLED_MAX:
+                self._floor = -1
+                settled.clear()
+        return data
+
+    def _ack_frames(self, core: amqp.Connection) -> bytes:
+        """Encode the pending acks (called while producing the connection's next write, in wire order).
+
+        The tags up to the settled floor go as one ``basic.ack`` with ``multiple`` (every older tag of the
+        channel is settled, so it acks nothing the library still holds); the rest as one frame each.
+        """
+        acks = self._acks
+        tags = [acks.popleft() for _ in range(len(acks))]  # popleft: an ack recorded meanwhile stays
+        if not tags or not self.is_open:
+            return b""
+        tags.sort()
+        self._settle(tags, b"")
+        channel_id = self.channel_id
+        floor = self._floor
+        if tags[-1] <= floor:
+            return core.basic_ack(channel_id, tags[-1], True)
+        parts = []
+        above = tags
+        if tags[0] <= floor:
+            covered = [t for t in tags if t <= floor]
+            parts.append(core.basic_ack(channel_id, covered[-1], True))
+            above = tags[len(covered) :]
+        for tag in above:
+            parts.append(core.basic_ack(channel_id, tag, False))
+        return b"".join(parts)
 
     async def recover(self, requeue: bool) -> None:
         await self._call(lambda c, ch: c.basic_recover(ch, requeue))
@@ -465,7 +546,7 @@ class AmqpTransport(Transport):
         self._closing = True
         if self._lost is None and self._core.is_open:
             try:
-                await self._driver.send(lambda: self._core.close())
+                await self._driver.send(lambda: self._pending_acks(self._core) + self._core.close())
                 await self._driver.wait_for(
                     lambda: self._core.state is amqp.ConnectionState.CLOSED or self._driver.error, 5.0
                 )
@@ -513,6 +594,9 @@ class AmqpTransport(Transport):
 
         await self._send(produce)
         await self._result(reply)
+        channel._acks.clear()
+        channel._floor = 0
+        channel._settled.clear()
         channel.is_open = True
         channel._epoch += 1
         logger.info("reopened AMQP channel %d after the broker closed it", channel.channel_id)
@@ -526,11 +610,17 @@ class AmqpTransport(Transport):
         if self._lost is not None:
             raise self._lost
 
+    def _pending_acks(self, core: amqp.Connection) -> bytes:
+        """Every channel's pending acks, encoded (run under the driver's lock, ahead of the next command)."""
+        parts = [channel._ack_frames(core) for channel in list(self._channels.values()) if channel._acks]
+        return b"".join(parts)
+
     async def _send(self, produce: Callable[[amqp.Connection], bytes]) -> None:
+        """Write ``produce``'s bytes, preceded by the pending acks of every channel, in one write."""
         self._check()
         core = self._core
         try:
-            await self._driver.send(lambda: produce(core))
+            await self._driver.send(lambda: self._pending_acks(core) + produce(core))
         except amqp.LocalProtocolError as exc:
             self._check()
             raise ChannelError(f"cannot send this command: {exc}") from exc
@@ -712,6 +802,8 @@ class AmqpTransport(Transport):
     async def drain(self, timeout: float | None) -> list[Delivery]:
         deliveries = self._deliveries
         if not deliveries:
+            if self._lost is None and any(channel._acks for channel in list(self._channels.values())):
+                await self._send(_nothing)  # let the broker refill the prefetch windows while we wait
             await self._driver.wait_for(lambda: deliveries or self._lost, timeout)
         out = []
         channels = self._channels
@@ -728,6 +820,10 @@ class AmqpTransport(Transport):
             return out
         self._check()
         raise TimeoutError("no message arrived within the timeout")
+
+
+def _nothing(core: amqp.Connection) -> bytes:
+    return b""
 
 
 def _table(arguments: Mapping[str, Any] | None) -> dict[str, Any] | None:
