@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from kelp._broker.queue_args import (
+    ExchangeDef,
     QueueArgs,
     check_exchange_redeclare,
     check_name,
@@ -52,27 +53,6 @@ class Waker(Protocol):
     def set(self) -> None: ...
 
     def clear(self) -> None: ...
-
-
-class _Exchange:
-    __slots__ = ("arguments", "auto_delete", "durable", "internal", "name", "table", "type")
-
-    def __init__(
-        self,
-        name: str,
-        type_: str,
-        durable: bool,
-        auto_delete: bool,
-        internal: bool,
-        arguments: dict[str, Any],
-    ) -> None:
-        self.name = name
-        self.type = type_
-        self.durable = durable
-        self.auto_delete = auto_delete
-        self.internal = internal
-        self.arguments = arguments
-        self.table = BindingTable(type_)
 
 
 class _Entry:
@@ -221,7 +201,7 @@ class MemoryBroker:
         self._clock = clock
         self._wall_clock = wall_clock
         self._lock = threading.RLock()
-        self._exchanges: dict[str, _Exchange] = {}
+        self._exchanges: dict[str, ExchangeDef] = {}
         self._queues: dict[str, _Queue] = {}
         self._connections: dict[int, _Connection] = {}
         self._next_connection = 1
@@ -236,7 +216,7 @@ class MemoryBroker:
             ("amq.headers", "headers"),
             ("amq.match", "headers"),
         ):
-            self._exchanges[name_] = _Exchange(name_, type_, True, False, False, {})
+            self._exchanges[name_] = ExchangeDef(name_, type_, True, False, False, {})
 
     # --- connections and channels ----------------------------------------------------------------------
 
@@ -326,7 +306,7 @@ class MemoryBroker:
                     (type_, durable, auto_delete, internal, arguments),
                 )
                 return
-            self._exchanges[name] = _Exchange(
+            self._exchanges[name] = ExchangeDef(
                 name, type_, durable, auto_delete, internal, dict(arguments or {})
             )
 
@@ -343,7 +323,7 @@ class MemoryBroker:
             for other in self._exchanges.values():
                 other.table.remove_destination(Destination.exchange(name))
 
-    def _exchange(self, name: str) -> _Exchange:
+    def _exchange(self, name: str) -> ExchangeDef:
         try:
             return self._exchanges[name]
         except KeyError:
@@ -461,7 +441,7 @@ class MemoryBroker:
         queue.consumers.clear()
         return count
 
-    def _maybe_auto_delete_exchange(self, exchange: _Exchange) -> None:
+    def _maybe_auto_delete_exchange(self, exchange: ExchangeDef) -> None:
         if (
             exchange.auto_delete
             and not len(exchange.table)

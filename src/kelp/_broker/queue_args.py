@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from kelp.exceptions import AccessRefused, PreconditionFailed
+from kelp.routing import BindingTable
 
 __all__ = [
     "OVERFLOW_MODES",
+    "ExchangeDef",
     "QueueArgs",
     "check_exchange_redeclare",
     "check_name",
@@ -87,6 +89,29 @@ class QueueArgs:
     @property
     def bounded(self) -> bool:
         return self.max_length is not None or self.max_length_bytes is not None
+
+
+class ExchangeDef:
+    """An exchange as kelp's own brokers hold it: its declaration and its bindings."""
+
+    __slots__ = ("arguments", "auto_delete", "durable", "internal", "name", "table", "type")
+
+    def __init__(
+        self,
+        name: str,
+        type_: str,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: dict[str, Any],
+    ) -> None:
+        self.name = name
+        self.type = type_
+        self.durable = durable
+        self.auto_delete = auto_delete
+        self.internal = internal
+        self.arguments = arguments
+        self.table = BindingTable(type_)
 
 
 def check_name(kind: str, name: str, passive: bool) -> None:

@@ -14,34 +14,13 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from kelp._broker.queue_args import QueueArgs
+from kelp._broker.queue_args import ExchangeDef, QueueArgs
 from kelp.exceptions import InconsistencyError, NotFound
 from kelp.routing import BindingTable, Destination, route
 
 __all__ = ["ExchangeDef", "QueueDef", "Topology", "binding_key", "load_topology"]
 
 _MEMO_SIZE = 4096
-
-
-class ExchangeDef:
-    __slots__ = ("arguments", "auto_delete", "durable", "internal", "name", "table", "type")
-
-    def __init__(
-        self,
-        name: str,
-        type_: str,
-        durable: bool,
-        auto_delete: bool,
-        internal: bool,
-        arguments: dict[str, Any],
-    ) -> None:
-        self.name = name
-        self.type = type_
-        self.durable = durable
-        self.auto_delete = auto_delete
-        self.internal = internal
-        self.arguments = arguments
-        self.table = BindingTable(type_)
 
 
 class QueueDef:
