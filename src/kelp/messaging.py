@@ -51,10 +51,12 @@ class _Source:
         return self._channel.connection
 
     def get(self) -> Channel:
-        if self._channel is not None and self._channel.is_open:
-            return self._channel
-        if self._channel is not None and self._connection is None:
-            raise UsageError(f"{self._channel!r} is closed")
+        channel = self._channel
+        if channel is not None:
+            if channel.is_open:
+                return channel
+            if self._connection is None:
+                raise UsageError(f"{channel!r} is closed")
         return self.connection.ensure_default_channel()
 
     def revive(self, channel: Channel | Connection) -> None:
@@ -189,10 +191,12 @@ class Producer:
         if method:
             payload, message_headers["compression"] = compress(payload, method)
         if exchange is None:
-            target = self.exchange
+            exchange = self.exchange
+        if isinstance(exchange, str):  # a name: no Exchange object, whose delivery mode would be unset
+            exchange_name, default_mode = exchange, 2
         else:
-            target = Exchange(exchange) if isinstance(exchange, str) else exchange
-        mode = maybe_delivery_mode(delivery_mode, target.delivery_mode or 2)
+            exchange_name, default_mode = exchange.name, exchange.delivery_mode or 2
+        mode = default_mode if delivery_mode is None else maybe_delivery_mode(delivery_mode)
         props: dict[str, Any] = {
             "content_type": content_type,
             "content_encoding": content_encoding,
@@ -216,7 +220,7 @@ class Producer:
             payload,
             props,
             message_headers,
-            target.name,
+            exchange_name,
             self.routing_key if routing_key is None else routing_key,
             mandatory,
         )
@@ -271,7 +275,7 @@ class Producer:
         if retry:
             self.connection.ensure(self, self._publish, **dict(retry_policy or {}))(envelope, declare)
         else:
-            self._publish(envelope, declare)
+            self._publish_batch((envelope,), declare)
 
     def publish_many(
         self, envelopes: Iterable[Envelope], declare: Sequence[Exchange | Queue] | None = None
@@ -289,8 +293,10 @@ class Producer:
         if not self._declared:
             self._maybe_declare_exchange()
         if declare:
+            declared = channel.connection.declared_entities
             for entity in declare:
-                maybe_declare(entity, channel)
+                if entity not in declared:
+                    maybe_declare(entity, channel)
         returned = channel.publish_batch(envelopes)
         for envelope in returned:
             self._returned(channel, envelope)

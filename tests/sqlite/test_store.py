@@ -168,3 +168,67 @@ def test_header_values_round_trip(db_url: str) -> None:
         assert type(message.headers["i"]) is int
         assert type(message.headers["t"]) is bool
         assert type(message.headers["f"]) is float
+
+
+def test_buffered_publishes_keep_their_order_across_insert_statement_sizes(db_url: str) -> None:
+    # Batches of assorted sizes are stored by multi-row inserts of power-of-two sizes; the ids (the
+    # delivery order) must follow the publish order across every statement boundary.
+    sizes = [1, 3, 1024, 1500, 7, 513, 2]
+    with Connection(db_url) as conn:
+        queue = Queue("ordered", durable=True, auto_delete=False)
+        producer = conn.Producer()
+        producer.declare()
+        queue(conn.default_channel).declare()
+        n = 0
+        for size in sizes:
+            envelopes = [producer.prepare(n + i, routing_key="ordered") for i in range(size)]
+            producer.publish_many(envelopes)
+            n += size
+        got: list[int] = []
+        with conn.SimpleQueue(queue) as simple:
+            while len(got) < n:
+                message = simple.get(timeout=5)
+                got.append(message.payload)
+                message.ack()
+    assert got == list(range(n))
+
+
+def test_buffered_rows_meet_the_queue_rules_in_force_at_commit(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process redeclares a queue with a bound, and deletes another, while this one still holds
+    buffered publishes routed to them: the bound applies and the deleted queue gets nothing."""
+    from kelp._broker.sqlite import _store
+
+    monkeypatch.setattr(_store, "LINGER", 60.0)  # keep the publishes in the buffer until flush()
+    with Connection(db_url) as conn:
+        kept = Queue("kept", durable=True, auto_delete=False)
+        gone = Queue("gone", durable=True, auto_delete=False)
+        for queue in (kept, gone):
+            queue(conn.default_channel).declare()
+        producer = conn.Producer()
+        for n in range(5):
+            producer.publish(n, routing_key="kept")
+            producer.publish(n, routing_key="gone")
+        store = conn.transport.store  # type: ignore[attr-defined]
+        assert store._pending.count == 10
+        path = db_url.removeprefix("sqlite:///")
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("""UPDATE queues SET arguments='{"x-max-length": 2}' WHERE name='kept'""")
+            other.execute("DELETE FROM queues WHERE name='gone'")
+            other.execute("UPDATE meta SET value = value + 1 WHERE key='topology'")
+            other.execute("COMMIT")
+        finally:
+            other.close()
+        store.flush()
+        assert store._pending.count == 0
+        stats = {name: ready for name, ready, _unacked, _consumers in store.queue_stats()}
+        assert stats == {"kept": 2}
+        bodies = []
+        while (message := conn.default_channel.basic_get("kept", no_ack=True)) is not None:
+            bodies.append(message.decode())
+        assert bodies == [3, 4]  # drop-head kept the newest two
+        rows = sqlite3.connect(path).execute("SELECT count(*) FROM messages WHERE queue='gone'").fetchone()
+        assert rows == (0,)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import json
 import pickle
 import sys
 import uuid
@@ -390,6 +391,24 @@ def test_round_trip(value: Any, name: str) -> None:
     content_type, encoding, payload = dumps(value, name)
     assert isinstance(payload, bytes)
     assert loads(payload, content_type, encoding, accept=[name]) == value
+
+
+@given(json_values | st.floats())
+def test_json_text_is_the_standard_library_s(value: Any) -> None:
+    """The reused C encoder writes exactly what json.dumps writes with the same options."""
+    expected = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    assert dumps(value, "json")[2] == expected
+
+
+def test_json_cycles_are_encode_errors() -> None:
+    looped: list[Any] = []
+    looped.append(looped)
+    with pytest.raises(EncodeError):
+        dumps(looped, "json")
+    table: dict[str, Any] = {}
+    table["self"] = table
+    with pytest.raises(EncodeError):
+        dumps(table, "json")
 
 
 @given(st.binary())

@@ -50,10 +50,12 @@ class _Source:
         return self._channel.connection
 
     async def get(self) -> Channel:
-        if self._channel is not None and self._channel.is_open:
-            return self._channel
-        if self._channel is not None and self._connection is None:
-            raise UsageError(f"{self._channel!r} is closed")
+        channel = self._channel
+        if channel is not None:
+            if channel.is_open:
+                return channel
+            if self._connection is None:
+                raise UsageError(f"{channel!r} is closed")
         return await self.connection.ensure_default_channel()
 
     def revive(self, channel: Channel | Connection) -> None:
@@ -188,10 +190,12 @@ class Producer:
         if method:
             payload, message_headers["compression"] = compress(payload, method)
         if exchange is None:
-            target = self.exchange
+            exchange = self.exchange
+        if isinstance(exchange, str):  # a name: no Exchange object, whose delivery mode would be unset
+            exchange_name, default_mode = exchange, 2
         else:
-            target = Exchange(exchange) if isinstance(exchange, str) else exchange
-        mode = maybe_delivery_mode(delivery_mode, target.delivery_mode or 2)
+            exchange_name, default_mode = exchange.name, exchange.delivery_mode or 2
+        mode = default_mode if delivery_mode is None else maybe_delivery_mode(delivery_mode)
         props: dict[str, Any] = {
             "content_type": content_type,
             "content_encoding": content_encoding,
@@ -215,7 +219,7 @@ class Producer:
             payload,
             props,
             message_headers,
-            target.name,
+            exchange_name,
             self.routing_key if routing_key is None else routing_key,
             mandatory,
         )
@@ -270,7 +274,7 @@ class Producer:
         if retry:
             await self.connection.ensure(self, self._publish, **dict(retry_policy or {}))(envelope, declare)
         else:
-            await self._publish(envelope, declare)
+            await self._publish_batch((envelope,), declare)
 
     async def publish_many(
         self, envelopes: Iterable[Envelope], declare: Sequence[Exchange | Queue] | None = None
@@ -288,8 +292,10 @@ class Producer:
         if not self._declared:
             await self._maybe_declare_exchange()
         if declare:
+            declared = channel.connection.declared_entities
             for entity in declare:
-                await maybe_declare(entity, channel)
+                if entity not in declared:
+                    await maybe_declare(entity, channel)
         returned = await channel.publish_batch(envelopes)
         for envelope in returned:
             await self._returned(channel, envelope)

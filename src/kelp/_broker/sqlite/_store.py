@@ -28,9 +28,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any, TypeVar
 
-from kelp._broker.queue_args import expiration_ms
-from kelp._broker.sqlite import _ops
-from kelp._broker.sqlite._codec import decode, encode
+from kelp._broker.sqlite import _buffer, _ops
+from kelp._broker.sqlite._buffer import PublishBuffer
+from kelp._broker.sqlite._codec import decode
 from kelp._broker.sqlite._schema import (
     connect,
     ensure_schema,
@@ -57,12 +57,15 @@ T = TypeVar("T")
 
 #: Claims per drain are capped so that an unlimited prefetch does not move a whole queue at once.
 MAX_CLAIM = 1000
-#: Buffered publishes are committed after this many seconds at most (the group-commit linger).
+#: Buffered publishes are committed by the flusher thread this many seconds after the first one...
 LINGER = 0.001
-#: ...or this long while the publisher keeps buffering (it commits full batches itself meanwhile).
-MAX_LINGER = 0.02
-#: A buffer this long is committed at once by the publishing thread.
+#: ...or as soon as this many wait. The flusher's inserts run in SQLite without the GIL, overlapping the
+#: publishing thread's Python work.
 BATCH = 512
+#: A buffer this long is committed by the publishing thread itself: the flusher is not keeping up. (The
+#: flusher waits for the GIL after each statement - up to the 5 ms switch interval while a publisher
+#: keeps a core busy - so under load it commits a few thousand messages at a time.)
+HIGH_WATER = 32 * BATCH
 #: data_version polling while a connection waits: starts fast, backs off while nothing changes.
 POLL_MIN = 0.0005
 POLL_MAX = 0.004
@@ -147,14 +150,6 @@ class _Connection:
         self.outbox: list[Delivery] = []
 
 
-# A buffered publish: envelope, encoded properties, encoded headers, persistent, message TTL (ms),
-# publish time, target queues, topology version the targets were computed at.
-# The last field holds the ready-made rows when no target queue has a rule to apply at commit time.
-_Item = tuple[
-    Envelope, str, str | None, bool, int | None, float, list[str], int, list[tuple[Any, ...]] | None
-]
-
-
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     text = str(exc)
     return "locked" in text or "busy" in text
@@ -179,11 +174,10 @@ class SqliteStore:
         self._lost: str | None = None
         self._topo: Topology = EMPTY
         self._connections: dict[int, _Connection] = {}
-        self._publishes: list[_Item] = []
+        self._pending = PublishBuffer()  # publishes awaiting the group commit
         self._acks: list[tuple[int, int]] = []  # (message id, owner connection)
         self._releases: list[tuple[int, int]] = []
         self._first_pending: float | None = None
-        self._last_buffer = 0.0
         self._next_due = float("inf")  # wall-clock time of the next known TTL/expiry deadline
         self._wakeup = threading.Event()
         self._flusher: threading.Thread | None = None
@@ -332,7 +326,7 @@ class SqliteStore:
 
     def _attempt(self, db: sqlite3.Connection, op: Callable[[_ops.Tx], T], plain: bool) -> T:
         with self._buffer_lock:
-            publishes, self._publishes = self._publishes, []
+            publishes = self._pending.take()
             acks, self._acks = self._acks, []
             releases, self._releases = self._releases, []
             self._first_pending = None
@@ -341,35 +335,36 @@ class SqliteStore:
         try:
             db.execute("BEGIN IMMEDIATE")
             if not plain:
-                tx.refresh()
+                tx.begin()
                 if releases:
-                    db.executemany(
-                        "UPDATE messages SET owner=NULL, redelivered=1 WHERE id=? AND owner=?", releases
-                    )
+                    _ops.release_rows(db, releases)
                 if acks:
-                    db.executemany("DELETE FROM messages WHERE id=? AND owner=?", acks)
+                    _ops.ack_rows(db, acks)
                 if publishes:
-                    self._apply_publishes(tx, publishes)
-                _ops.tick(tx)
+                    _buffer.store(tx, publishes)
             tx.flush_rows()
-            before = (tx.topo, tx.reloaded, set(tx.touched), set(tx.deleted_queues), tx.next_due)
-            db.execute("SAVEPOINT op")
-            try:
+            flush_only = op is _ops.nothing  # no savepoint then: each statement costs a GIL round trip
+            if flush_only:
                 result = op(tx)
-                tx.flush_rows()
-                tx.current()
-            except (ChannelError, UsageError, ValueError, TypeError, KelpError):
-                # The operation is refused: undo it alone; what was buffered still commits.
-                tx.rows.clear()
-                db.execute("ROLLBACK TO op")
+            else:
+                before = (tx.topo, tx.reloaded, set(tx.touched), set(tx.deleted_queues), tx.next_due)
+                db.execute("SAVEPOINT op")
+                try:
+                    result = op(tx)
+                    tx.flush_rows()
+                    tx.current()
+                except (ChannelError, UsageError, ValueError, TypeError, KelpError):
+                    # The operation is refused: undo it alone; what was buffered still commits.
+                    tx.rows.clear()
+                    db.execute("ROLLBACK TO op")
+                    db.execute("RELEASE op")
+                    db.execute("COMMIT")
+                    committed = True
+                    tx.topo, tx.reloaded, tx.touched, tx.deleted_queues, tx.next_due = before
+                    tx.dirty = False
+                    self._finish(tx)
+                    raise
                 db.execute("RELEASE op")
-                db.execute("COMMIT")
-                committed = True
-                tx.topo, tx.reloaded, tx.touched, tx.deleted_queues, tx.next_due = before
-                tx.dirty = False
-                self._finish(tx)
-                raise
-            db.execute("RELEASE op")
             db.execute("COMMIT")
             committed = True
         finally:
@@ -377,44 +372,13 @@ class SqliteStore:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 with self._buffer_lock:
-                    self._publishes[:0] = publishes
+                    self._pending.restore(publishes)
                     self._acks[:0] = acks
                     self._releases[:0] = releases
-                    if self._publishes and self._first_pending is None:
+                    if self._pending.count and self._first_pending is None:
                         self._first_pending = time.monotonic()
         self._finish(tx)
         return result
-
-    def _apply_publishes(self, tx: _ops.Tx, items: list[_Item]) -> None:
-        out, touched, current = tx.rows, tx.touched, tx.topo.version
-        last_targets: list[str] | None = None
-        for item in items:
-            rows = item[8]
-            if rows is not None and item[7] == current:
-                out += rows
-                if item[6] is not last_targets:  # routes are memoised: mostly the same list object
-                    last_targets = item[6]
-                    touched.update(last_targets)
-                continue
-            self._apply_publish(tx, item)
-
-    def _apply_publish(self, tx: _ops.Tx, item: _Item) -> None:
-        envelope, props, headers, persistent, ttl, published, targets, version, _rows = item
-        if version != tx.topo.version:
-            try:
-                targets = tx.topo.route(envelope.exchange, envelope.routing_key, envelope.headers)
-            except ChannelError as exc:
-                logger.warning("kelp: a buffered message was dropped: %s", exc)
-                return
-            if not targets and envelope.mandatory:
-                logger.warning("kelp: a buffered mandatory message became unroutable; dropped")
-        for name in targets:
-            if not _ops.enqueue(tx, name, envelope, props, headers, persistent, ttl, published):
-                logger.warning(
-                    "kelp: queue %r refused a buffered message (x-overflow); without confirms it "
-                    "is dropped, as RabbitMQ does",
-                    name,
-                )
 
     def _finish(self, tx: _ops.Tx) -> None:
         if tx.reloaded:
@@ -432,14 +396,12 @@ class SqliteStore:
 
     def flush(self) -> None:
         """Commit everything buffered (publishes, acks) now."""
-        if self._publishes or self._acks or self._releases:
+        if self._pending.count or self._acks or self._releases:
             self._run(_ops.nothing)
 
     def should_flush(self) -> bool:
-        """True when the publishing thread should commit the buffer itself: a full batch, or a buffer
-        older than MAX_LINGER while publishers keep it busy."""
-        first = self._first_pending
-        return len(self._publishes) >= BATCH or (first is not None and time.monotonic() - first >= MAX_LINGER)
+        """True when the publishing thread should commit the buffer itself (the flusher fell behind)."""
+        return self._pending.count >= HIGH_WATER
 
     # --- connections and channels ----------------------------------------------------------------------
 
@@ -602,42 +564,22 @@ class SqliteStore:
         or reaches a queue that may refuse it (``x-overflow: reject-publish``): those go through
         :meth:`publish`, which commits before it returns.
         """
-        self._check()
+        if self._lost is not None or self._writer is None:
+            self._check()
         topo = self._topo
-        version = topo.version
-        items: list[_Item] = []
-        now = time.time()
-        for envelope in envelopes:
-            exchange = envelope.exchange
-            if envelope.mandatory or (exchange and exchange not in topo.exchanges):
-                return False
-            routing_key = envelope.routing_key
-            targets = topo.route(exchange, routing_key, envelope.headers)
-            properties = envelope.properties
-            props = encode(properties)
-            headers = encode(envelope.headers) if envelope.headers else None
-            persistent = properties.get("delivery_mode") == 2
-            ttl = expiration_ms(properties) if "expiration" in properties else None
-            plain = topo.plain(targets)
-            if plain is None:
-                return False  # a queue that may refuse it: publish() answers now
-            rows: list[tuple[Any, ...]] | None = None
-            if plain and ttl is None:
-                # Ready-made rows: nothing is left to decide at commit time (same topology version).
-                body = envelope.body
-                rows = [
-                    (name, 0, body, props, headers, exchange, routing_key, None, persistent)
-                    for name in targets
-                ]
-            items.append((envelope, props, headers, persistent, ttl, now, targets, version, rows))
+        staged = _buffer.stage(topo, envelopes, time.time())
+        if staged is None:
+            return False
         with self._buffer_lock:
-            self._last_buffer = last = time.monotonic()
+            pending = self._pending
             if self._first_pending is None:
-                self._first_pending = last
+                self._first_pending = time.monotonic()
                 self._wakeup.set()
-            self._publishes += items
+            elif pending.count < BATCH <= pending.count + len(staged):
+                self._wakeup.set()
+            pending.push(topo.version, staged)
         if self._waiting:
-            self._wake_queues({name for item in items for name in item[6]})
+            self._wake_queues(_buffer.queues(staged))
         return True
 
     def publish(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
@@ -707,7 +649,7 @@ class SqliteStore:
             plan = self._plan(connection)
         if not plan:
             return
-        idle = not (self._publishes or self._acks or self._releases) and time.time() < self._next_due
+        idle = not (self._pending.count or self._acks or self._releases) and time.time() < self._next_due
         if idle and not self._ready(plan):
             return
         claimed = self._run(lambda tx: _ops.claim(tx, connection_id, plan, MAX_CLAIM))
@@ -915,7 +857,7 @@ class SqliteStore:
                 connection.waiting = True
                 self._waiting += 1
         self._wakeup.set()  # the flusher starts polling data_version for us
-        if self._publishes or self._acks or self._releases:
+        if self._pending.count or self._acks or self._releases:
             return 0.0
         if plan and self._ready(plan):
             return 0.0
@@ -978,10 +920,7 @@ class SqliteStore:
             timeout = HEARTBEAT_EVERY
             first = self._first_pending
             if first is not None:
-                # Flush once the buffer is LINGER old and publishers paused; while one keeps buffering it
-                # commits itself (should_flush): a second thread committing would fight it for the GIL at
-                # every row.
-                due = max(first + LINGER, self._last_buffer + LINGER / 2)
+                due = first + LINGER if self._pending.count < BATCH else now
                 if now >= due:
                     self._guard(self.flush)
                     last_activity, checkpointed = now, False

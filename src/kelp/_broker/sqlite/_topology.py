@@ -67,6 +67,7 @@ class Topology:
         }
         self._memo: dict[tuple[str, str], list[str]] = {}
         self._plain: dict[tuple[str, ...], bool | None] = {}
+        self._routed: dict[tuple[str, str], tuple[list[str], bool | None]] = {}
 
     def _lookup(self, name: str) -> BindingTable | None:
         exchange = self.exchanges.get(name)
@@ -85,6 +86,22 @@ class Topology:
             if len(self._memo) >= _MEMO_SIZE:
                 self._memo.clear()
             self._memo[key] = found
+        return found
+
+    def routed(
+        self, exchange_name: str, routing_key: str, headers: Mapping[str, Any] | None
+    ) -> tuple[list[str], bool | None]:
+        """:meth:`route` and :meth:`plain` of its answer in one memoised lookup (the publish fast path)."""
+        key = (exchange_name, routing_key)
+        found = self._routed.get(key)
+        if found is not None:
+            return found
+        targets = self.route(exchange_name, routing_key, headers)
+        found = (targets, self.plain(targets))
+        if not exchange_name or exchange_name in self._simple:
+            if len(self._routed) >= _MEMO_SIZE:
+                self._routed.clear()
+            self._routed[key] = found
         return found
 
     def plain(self, targets: list[str]) -> bool | None:
