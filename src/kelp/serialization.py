@@ -325,12 +325,23 @@ def _json_encoder() -> Callable[[Any], bytes]:
 
 
 _json_encode = _json_encoder()
-_json_decode = json.JSONDecoder().decode
+_json_decoder = json.JSONDecoder()
+_json_decode = _json_decoder.decode
+_json_scan = _json_decoder.scan_once
 
 
 def _json_loads(payload: bytes) -> Any:
     # RFC 8259 JSON is UTF-8; decoding first and calling the decoder skips json.loads' encoding sniffing.
-    return _json_decode(payload.decode("utf-8"))
+    text = payload.decode("utf-8")
+    # The scanner alone parses a document with no surrounding whitespace (what encoders write) without
+    # decode()'s two regular-expression matches; anything else takes the full path (same result/error).
+    try:
+        value, end = _json_scan(text, 0)
+    except StopIteration:
+        return _json_decode(text)
+    if end != len(text):
+        return _json_decode(text)
+    return value
 
 
 def _pickle_dumps(obj: Any) -> bytes:

@@ -232,3 +232,71 @@ def test_buffered_rows_meet_the_queue_rules_in_force_at_commit(
         assert bodies == [3, 4]  # drop-head kept the newest two
         rows = sqlite3.connect(path).execute("SELECT count(*) FROM messages WHERE queue='gone'").fetchone()
         assert rows == (0,)
+
+
+def test_the_flusher_checkpoints_the_wal_off_the_commit_path(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kelp._broker.sqlite import _checkpoint
+
+    runs: list[tuple[int, int]] = []
+    real_run = _checkpoint.Checkpointer.run
+
+    def run(self: _checkpoint.Checkpointer) -> tuple[int, int]:
+        result = real_run(self)
+        runs.append(result)
+        return result
+
+    monkeypatch.setattr(_checkpoint.Checkpointer, "run", run)
+    with Connection(db_url) as conn:
+        store = conn.transport.store  # type: ignore[attr-defined]
+        autocheckpoint = store._writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        assert autocheckpoint == 4 * _checkpoint.WAL_LIMIT_PAGES  # the writer's own is only a backstop
+        producer = conn.Producer()
+        queue = Queue("wal", durable=True, auto_delete=False)
+        for n in range(3000):
+            producer.publish({"n": n, "pad": "x" * 200}, routing_key="wal", declare=[queue])
+        store.flush()
+        deadline = time.monotonic() + 5
+        while not any(log and log == done for log, done in runs) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        # A quiet process ends with every WAL frame copied back into the database file.
+        assert any(log and log == done for log, done in runs), runs
+
+
+def test_a_long_wal_is_restarted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past WAL_LIMIT_PAGES the checkpointer waits for writers (RESTART) so that the WAL starts over."""
+    from kelp._broker.sqlite import _checkpoint
+
+    url = f"sqlite:///{tmp_path}/broker.db"
+    with Connection(url) as conn:
+        conn.default_channel.queue_declare("q", durable=True, auto_delete=False)
+    path = str(tmp_path / "broker.db")
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    for n in range(40):
+        writer.execute("UPDATE queues SET last_used=? WHERE name='q'", (float(n),))
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM queues").fetchone()  # holds a snapshot: blocks a full checkpoint
+    for n in range(40):
+        writer.execute("UPDATE queues SET last_used=? WHERE name='q'", (float(n),))
+    monkeypatch.setattr(_checkpoint, "WAL_LIMIT_PAGES", 10)
+    monkeypatch.setattr(_checkpoint, "RESTART_WAIT", 0.2)
+    checkpointer = _checkpoint.Checkpointer(path, "normal")
+    try:
+        started = time.monotonic()
+        log, done = checkpointer.run()  # RESTART: waits (bounded) for the reader, then gives up
+        assert time.monotonic() - started < 5
+        assert done < log
+        reader.execute("COMMIT")
+        log, done = checkpointer.run()
+        assert log == done
+        writer.execute("UPDATE queues SET last_used=0 WHERE name='q'")
+        log, _ = checkpointer.run()
+        assert log < 10  # the WAL started over
+    finally:
+        checkpointer.close()
+        reader.close()
+        writer.close()

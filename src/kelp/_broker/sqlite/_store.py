@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any, TypeVar
 
-from kelp._broker.sqlite import _buffer, _ops
+from kelp._broker.sqlite import _buffer, _checkpoint, _ops
 from kelp._broker.sqlite._buffer import PublishBuffer
 from kelp._broker.sqlite._codec import decode
 from kelp._broker.sqlite._schema import (
@@ -72,7 +72,6 @@ POLL_MAX = 0.004
 HEARTBEAT_EVERY = 1.0
 REAP_WHILE_WAITING = 0.25
 REAP_IDLE = 2.0
-CHECKPOINT_IDLE = 1.0
 
 
 class StoreOptions:
@@ -183,6 +182,9 @@ class SqliteStore:
         self._flusher: threading.Thread | None = None
         self._stopping = False
         self._waiting = 0
+        self._checkpointer = _checkpoint.Checkpointer(path, options.synchronous)
+        self._last_commit = 0.0
+        self._checkpointed_at = 0.0
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -214,6 +216,8 @@ class SqliteStore:
         # The writer never waits inside SQLite: _run retries BEGIN IMMEDIATE with its own back-off.
         writer.execute("PRAGMA busy_timeout=0")
         writer.execute("PRAGMA journal_size_limit=67108864")
+        # Checkpoints are the flusher's (see _checkpoint.py); a writer runs one only as a backstop.
+        writer.execute(f"PRAGMA wal_autocheckpoint={4 * _checkpoint.WAL_LIMIT_PAGES}")
         self._writer, self._reader = writer, reader
         self._lost = None
         try:
@@ -260,6 +264,7 @@ class SqliteStore:
             except Exception:
                 logger.exception("kelp: could not flush %s while closing", self.path)
             self._flusher = None
+            self._checkpointer.close()
             writer, reader = self._writer, self._reader
             self._writer = self._reader = None
             for db in (reader, writer):
@@ -381,6 +386,10 @@ class SqliteStore:
         return result
 
     def _finish(self, tx: _ops.Tx) -> None:
+        now = time.monotonic()
+        self._last_commit = now
+        if now - self._checkpointed_at >= _checkpoint.EVERY:
+            self._wakeup.set()  # the flusher checkpoints the WAL
         if tx.reloaded:
             self._topo = tx.topo
         if tx.deleted_queues:
@@ -913,8 +922,6 @@ class SqliteStore:
         now = time.monotonic()
         next_heartbeat = now + HEARTBEAT_EVERY
         next_reap = now + REAP_IDLE
-        last_activity = now
-        checkpointed = True
         while not self._stopping:
             now = time.monotonic()
             timeout = HEARTBEAT_EVERY
@@ -923,7 +930,6 @@ class SqliteStore:
                 due = first + LINGER if self._pending.count < BATCH else now
                 if now >= due:
                     self._guard(self.flush)
-                    last_activity, checkpointed = now, False
                 else:
                     timeout = due - now
             if self._waiting:
@@ -943,11 +949,13 @@ class SqliteStore:
                 next_reap = now + (REAP_WHILE_WAITING if self._waiting else REAP_IDLE)
             if self._waiting:
                 timeout = min(timeout, max(0.0, next_reap - now))
-            if not checkpointed and now - last_activity > CHECKPOINT_IDLE and self._first_pending is None:
-                self._guard(self._checkpoint)
-                checkpointed = True
-            if not checkpointed:
-                timeout = min(timeout, CHECKPOINT_IDLE)
+            if self._last_commit > self._checkpointed_at:
+                due = self._checkpointed_at + _checkpoint.EVERY
+                if now >= due:
+                    self._checkpointed_at = now
+                    self._guard(self._checkpoint)
+                else:
+                    timeout = min(timeout, due - now)
             self._wakeup.wait(timeout)
             self._wakeup.clear()
 
@@ -1020,10 +1028,7 @@ class SqliteStore:
         return live
 
     def _checkpoint(self) -> None:
-        with self._lock:
-            writer = self._writer
-            if writer is not None:
-                writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        self._checkpointer.run()
 
 
 _by_id = itemgetter(0)
