@@ -327,7 +327,7 @@ def _json_encoder() -> Callable[[Any], bytes]:
 _json_encode = _json_encoder()
 _json_decoder = json.JSONDecoder()
 _json_decode = _json_decoder.decode
-_json_scan = _json_decoder.scan_once
+_json_scan: Callable[[str, int], tuple[Any, int]] = _json_decoder.scan_once  # type: ignore[attr-defined]
 
 
 def _json_loads(payload: bytes) -> Any:
