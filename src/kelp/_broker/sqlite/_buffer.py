@@ -28,10 +28,10 @@ __all__ = ["PublishBuffer", "Segment", "queues", "stage", "store"]
 logger = logging.getLogger("kelp.transport.sqlite")
 
 # A run of buffered publishes of one kind: (topology version, ready, entries). Entries are rows when
-# ``ready`` (the column order of _ops._INSERT), else items (envelope, properties text, headers text,
+# ``ready`` (the columns of _ops._COLUMNS), else items (envelope, properties text, headers text,
 # persistent, TTL in ms, publish time, target queues).
 Segment = tuple[int, bool, list[Any]]
-Item = tuple[Envelope, str, str | None, bool, int | None, float, list[str]]
+Item = tuple[Envelope, str, str, bool, int | None, float, list[str]]
 
 _queue_of = itemgetter(0)
 
@@ -55,14 +55,13 @@ def stage(topo: Topology, envelopes: Sequence[Envelope], now: float) -> list[tup
             return None
         properties = envelope.properties
         props = encode(properties)
-        headers_text = encode(headers) if headers else None
+        headers_text = encode(headers) if headers else ""
         persistent = properties.get("delivery_mode") == 2
         if plain and "expiration" not in properties:
-            body = envelope.body
+            body = _ops.blob(envelope.body)
+            flag = 1 if persistent else 0
             for name in targets:
-                staged.append(
-                    (True, (name, 0, body, props, headers_text, exchange, routing_key, None, persistent))
-                )
+                staged.append((True, (name, 0, body, props, headers_text, exchange, routing_key, flag)))
         else:
             ttl = expiration_ms(properties) if "expiration" in properties else None
             staged.append((False, (envelope, props, headers_text, persistent, ttl, now, targets)))
@@ -129,7 +128,7 @@ def store(tx: _ops.Tx, segments: list[Segment]) -> None:
 
 def _store_stale_row(tx: _ops.Tx, row: tuple[Any, ...]) -> None:
     """A ready row routed against an older topology: its queue's rules may have changed."""
-    name, _priority, body, props, headers, exchange, routing_key, _expires, persistent = row
+    name, _priority, body, props, headers, exchange, routing_key, persistent = row
     queue = tx.topo.queues.get(name)
     if queue is None:
         return
@@ -138,8 +137,8 @@ def _store_stale_row(tx: _ops.Tx, row: tuple[Any, ...]) -> None:
         tx.rows.append(row)
         tx.touched.add(name)
         return
-    envelope = Envelope(body, decode(props), decode(headers), exchange, routing_key)
-    _store_item(tx, (envelope, props, headers, persistent, None, tx.now, [name]))
+    envelope = Envelope(bytes(body), decode(props), decode(headers), exchange, routing_key)
+    _store_item(tx, (envelope, props, headers, bool(persistent), None, tx.now, [name]))
 
 
 def _store_item(tx: _ops.Tx, item: Item) -> None:
