@@ -201,3 +201,30 @@ def test_foreign_newer_and_corrupt_files_fail_clearly(tmp_path: Path) -> None:
     corrupt.write_bytes(b"this is not a database at all" * 100)
     with pytest.raises(InconsistencyError, match="not a usable kelp database"):
         Connection(f"sqlite:///{corrupt}").connect()
+
+
+def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
+    """Schema 1 indexed every message by (queue, owner, ...); schema 2 indexes ready messages only."""
+    path = tmp_path / "v1.db"
+    url = f"sqlite:///{path}"
+    queue = Queue("kept", durable=True, auto_delete=False)
+    with Connection(url) as conn:
+        producer = conn.Producer()
+        for n in range(3):
+            producer.publish(n, routing_key="kept", declare=[queue])
+    db = sqlite3.connect(path, isolation_level=None)  # make it the file schema 1 wrote
+    db.execute("DROP INDEX messages_ready")
+    db.execute("CREATE INDEX messages_claim ON messages (queue, owner, priority DESC, id)")
+    db.execute("PRAGMA user_version=1")
+    db.close()
+    with Connection(url) as conn, conn.SimpleQueue(queue) as simple:
+        got = [simple.get(timeout=5) for _ in range(3)]
+        assert [message.payload for message in got] == [0, 1, 2]
+        for message in got:
+            message.ack()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    indexes = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert "messages_ready" in indexes
+    assert "messages_claim" not in indexes
+    db.close()

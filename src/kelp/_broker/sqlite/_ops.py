@@ -561,7 +561,9 @@ def delete_queue(tx: Tx, name: str) -> int:
     """Delete the queue, its messages (ready and unacked), bindings and consumers; return the ready count."""
     db = tx.db
     count = ready_count(tx, name)
-    db.execute("DELETE FROM messages WHERE queue=?", (name,))
+    # Ready messages through the claim index, claimed ones through the owner index.
+    db.execute("DELETE FROM messages WHERE queue=? AND owner IS NULL", (name,))
+    db.execute("DELETE FROM messages WHERE owner IS NOT NULL AND queue=?", (name,))
     db.execute("DELETE FROM queues WHERE name=?", (name,))
     db.execute("DELETE FROM consumers WHERE queue=?", (name,))
     sources = [

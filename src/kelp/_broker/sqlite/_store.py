@@ -458,7 +458,7 @@ class SqliteStore:
             for tag in tags:
                 _ops.cancel_consumer(tx, connection_id, channel_id, tag)
             if ids:
-                tx.db.executemany("UPDATE messages SET owner=NULL, redelivered=1 WHERE id=? AND owner=?", ids)
+                _ops.release_rows(tx.db, ids)
                 tx.touched.update(item.queue for item in channel.unacked.values())
 
         try:
