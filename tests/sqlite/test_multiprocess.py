@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from kelp import Connection, Queue
+from kelp._broker.sqlite import _store
 
 from .conftest import Worker
 
@@ -228,3 +230,38 @@ def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
     assert "messages_ready" in indexes
     assert "messages_claim" not in indexes
     db.close()
+
+
+def test_a_publisher_commits_its_own_batches_while_another_process_shares_the_file(
+    db_url: str, workers: list[Worker]
+) -> None:
+    """Alone, the flusher thread commits full batches (overlapping the publisher); with another process on
+    the file the publishing thread does, so that no commit holds the write lock while waiting for the GIL."""
+    queue = Queue("shared", durable=True, auto_delete=False)
+    with Connection(db_url) as conn:
+        store = conn.transport.store  # type: ignore[attr-defined]
+        producer = conn.Producer()
+        producer.publish({"n": -1}, routing_key="shared", declare=[queue])
+        assert not store._shared
+        assert not store.should_flush()
+        worker = Worker("hold", db_url, "shared", "1")
+        workers.append(worker)
+        worker.read_lines(1)
+        deadline = time.monotonic() + 10
+        while not store._shared and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert store._shared
+        pending = store._pending
+        with store._buffer_lock:  # the flusher cannot take the buffer meanwhile
+            saved, pending.count = pending.count, _store.BATCH
+            try:
+                assert store.should_flush()  # a full batch: the publishing thread commits it
+                store._shared = False
+                assert not store.should_flush()  # alone: the flusher does
+            finally:
+                pending.count, store._shared = saved, True
+        worker.kill()
+        deadline = time.monotonic() + 10
+        while store._shared and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not store._shared  # the dead peer was noticed

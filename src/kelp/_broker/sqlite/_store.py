@@ -60,11 +60,18 @@ MAX_CLAIM = 1000
 #: Buffered publishes are committed by the flusher thread this many seconds after the first one...
 LINGER = 0.001
 #: ...or as soon as this many wait. The flusher's inserts run in SQLite without the GIL, overlapping the
-#: publishing thread's Python work.
+#: publishing thread's Python work. But the flusher waits for the GIL after each statement - up to the
+#: 5 ms switch interval while a publisher keeps a core busy - holding the database's write lock. So when
+#: other processes share the file, the publishing thread commits full batches itself, and the flusher
+#: commits only once the publisher pauses, or the publisher at MAX_LINGER.
 BATCH = 512
-#: A buffer this long is committed by the publishing thread itself: the flusher is not keeping up. (The
-#: flusher waits for the GIL after each statement - up to the 5 ms switch interval while a publisher
-#: keeps a core busy - so under load it commits a few thousand messages at a time.)
+MAX_LINGER = 0.02
+#: Buffered acks (and releases) are committed by the next transaction of the process - a consumer's next
+#: claim, usually - or by the flusher this many seconds after the first: each commit of its own would take
+#: the database's write lock from the processes that publish and consume.
+ACK_LINGER = 0.05
+#: Alone on the file, a buffer this long is committed by the publishing thread itself: the flusher is not
+#: keeping up (under load it commits a few thousand messages at a time).
 HIGH_WATER = 32 * BATCH
 #: data_version polling while a connection waits: starts fast, backs off while nothing changes.
 POLL_MIN = 0.0005
@@ -176,7 +183,10 @@ class SqliteStore:
         self._pending = PublishBuffer()  # publishes awaiting the group commit
         self._acks: list[tuple[int, int]] = []  # (message id, owner connection)
         self._releases: list[tuple[int, int]] = []
-        self._first_pending: float | None = None
+        self._first_pending: float | None = None  # when the oldest buffered publish was buffered
+        self._last_buffer = 0.0  # ...and the newest
+        self._shared = False  # other processes have the file open (as of the last look)
+        self._first_settle: float | None = None  # ...and the oldest buffered ack or release
         self._next_due = float("inf")  # wall-clock time of the next known TTL/expiry deadline
         self._wakeup = threading.Event()
         self._flusher: threading.Thread | None = None
@@ -243,6 +253,7 @@ class SqliteStore:
                 return
             logger.warning("kelp: this process's registration in %s was reaped; re-registering", self.path)
         live = self._reap_dead(tx)
+        self._shared = live > 0
         if not live:
             _ops.recover(tx)
         self._process_id = db.execute(
@@ -334,7 +345,7 @@ class SqliteStore:
             publishes = self._pending.take()
             acks, self._acks = self._acks, []
             releases, self._releases = self._releases, []
-            self._first_pending = None
+            self._first_pending = self._first_settle = None
         committed = False
         tx = _ops.Tx(self, db, time.time())
         try:
@@ -380,8 +391,11 @@ class SqliteStore:
                     self._pending.restore(publishes)
                     self._acks[:0] = acks
                     self._releases[:0] = releases
+                    now = time.monotonic()
                     if self._pending.count and self._first_pending is None:
-                        self._first_pending = time.monotonic()
+                        self._first_pending = now
+                    if (self._acks or self._releases) and self._first_settle is None:
+                        self._first_settle = now
         self._finish(tx)
         return result
 
@@ -409,8 +423,12 @@ class SqliteStore:
             self._run(_ops.nothing)
 
     def should_flush(self) -> bool:
-        """True when the publishing thread should commit the buffer itself (the flusher fell behind)."""
-        return self._pending.count >= HIGH_WATER
+        """True when the publishing thread should commit the buffer itself: a full batch while other
+        processes share the file (see BATCH), else when the flusher fell behind."""
+        if not self._shared:
+            return self._pending.count >= HIGH_WATER
+        first = self._first_pending
+        return self._pending.count >= BATCH or (first is not None and time.monotonic() - first >= MAX_LINGER)
 
     # --- connections and channels ----------------------------------------------------------------------
 
@@ -581,10 +599,11 @@ class SqliteStore:
             return False
         with self._buffer_lock:
             pending = self._pending
+            self._last_buffer = now = time.monotonic()
             if self._first_pending is None:
-                self._first_pending = time.monotonic()
+                self._first_pending = now
                 self._wakeup.set()
-            elif pending.count < BATCH <= pending.count + len(staged):
+            elif pending.count < BATCH <= pending.count + len(staged) and not self._shared:
                 self._wakeup.set()
             pending.push(topo.version, staged)
         if self._waiting:
@@ -753,9 +772,16 @@ class SqliteStore:
                     )
                     tag += 1
         if lost:
-            with self._buffer_lock:
-                self._releases.extend(lost)
+            self._release_later(lost)
         return out
+
+    def _release_later(self, pairs: list[tuple[int, int]]) -> None:
+        """Buffer releases of (message id, owner connection), committed like acks."""
+        with self._buffer_lock:
+            if self._first_settle is None:
+                self._first_settle = time.monotonic()
+                self._wakeup.set()
+            self._releases += pairs
 
     def get(self, connection_id: int, channel_id: int, queue: str, no_ack: bool) -> Delivery | None:
         self._alive(connection_id)
@@ -767,8 +793,7 @@ class SqliteStore:
             channel = self._connections[connection_id].channels.get(channel_id)
             if channel is None:
                 if not no_ack:
-                    with self._buffer_lock:
-                        self._releases.append((message_id, connection_id))
+                    self._release_later([(message_id, connection_id)])
                 raise UsageError(f"channel {channel_id} is closed")
             tag = channel.next_tag
             channel.next_tag += 1
@@ -811,8 +836,8 @@ class SqliteStore:
             if connection.waiting:
                 self._wake_connection(connection)
         with self._buffer_lock:
-            if self._first_pending is None:
-                self._first_pending = time.monotonic()
+            if self._first_settle is None:
+                self._first_settle = time.monotonic()
                 self._wakeup.set()
             self._acks += acks
 
@@ -925,13 +950,19 @@ class SqliteStore:
         while not self._stopping:
             now = time.monotonic()
             timeout = HEARTBEAT_EVERY
+            due = float("inf")
             first = self._first_pending
-            if first is not None:
+            if first is not None and self._shared:
+                due = max(first + LINGER, self._last_buffer + LINGER / 2)  # once the publisher paused
+            elif first is not None:
                 due = first + LINGER if self._pending.count < BATCH else now
-                if now >= due:
-                    self._guard(self.flush)
-                else:
-                    timeout = due - now
+            first = self._first_settle
+            if first is not None:
+                due = min(due, first + ACK_LINGER)
+            if now >= due:
+                self._guard(self.flush)
+            elif due < float("inf"):
+                timeout = due - now
             if self._waiting:
                 version = self._data_version()
                 if version != last_version:
@@ -999,6 +1030,7 @@ class SqliteStore:
                 "SELECT id, pid, start_time, namespace, heartbeat_at FROM processes WHERE id != ?",
                 (self._process_id,),
             ).fetchall()
+        self._shared = bool(rows)
         if any(not self._is_alive(row, time.time()) for row in rows):
             self._run(self._reap_dead)
 
