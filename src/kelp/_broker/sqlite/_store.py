@@ -7,13 +7,14 @@ The store owns a *writer* SQLite connection (all writes, serialised by ``_lock``
 deadline, did another process commit: ``PRAGMA data_version``).
 
 Group commit. Publishes that need no answer from the broker are routed against the cached topology,
-encoded and *buffered*; acks are buffered too. The buffer is applied, in order, at the start of the next
-write transaction of this process - a full batch, the flusher thread's linger timer (``LINGER`` seconds), or
-any other operation (claim, get, declare, close...), so a process always reads its own writes.
+encoded and *buffered* (:mod:`._buffer`); acks are buffered too. The buffer is applied, in order, at the
+start of the next write transaction of this process - any operation (claim, get, declare, close...), so
+a process always reads its own writes, or a flush by the flusher thread or the publishing thread (when
+and by whom: ``BATCH``, ``LINGER``, ``ACK_LINGER``).
 
 The flusher thread also polls ``data_version`` while some connection waits for messages (waking it when
 another process committed), refreshes this process's heartbeat, reaps dead processes (their unacked
-messages are released, flagged redelivered) and checkpoints the WAL when idle.
+messages are released, flagged redelivered) and checkpoints the WAL (:mod:`._checkpoint`).
 """
 
 from __future__ import annotations

@@ -15,11 +15,14 @@ What ``publish`` guarantees on return:
   it survives ``kill -9`` of every process (and power loss with ``synchronous=full``); unroutable
   mandatory messages are returned and refusals raise MessageNacked, as on ``memory://``.
 * otherwise the message is routed and buffered in this process, and committed with others (group
-  commit) within about a millisecond, by the next operation of this process on the file, or at close.
-  Other connections of this process see it at once; a ``kill -9`` inside that window can lose it, as
-  with RabbitMQ without publisher confirms. A clean close (or interpreter exit) never loses it.
+  commit) by the next operation of this process on the file, at close, or by the store's timing rules
+  (about a millisecond after the publisher pauses or 512 wait; a few tens of milliseconds under a steady
+  stream; see docs/transports.md). Other connections of this process see it at once; a ``kill -9``
+  inside that window can lose it, as with RabbitMQ without publisher confirms. A clean close (or
+  interpreter exit) never loses it.
 
-Acks are committed the same way; an ack lost to ``kill -9`` means a redelivery (flagged), never a loss.
+Acks are committed with the next transaction or within 50 ms; an ack lost to ``kill -9`` means a
+redelivery (flagged), never a loss.
 Unacked messages return to their queue, flagged ``redelivered``, when their channel or connection closes
 or their process dies (detected by pid and process start time, or a stale heartbeat). When a process opens
 the file and no other live process has it open, it restarts the broker as RabbitMQ would: non-durable
