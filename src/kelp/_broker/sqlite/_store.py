@@ -186,8 +186,8 @@ class SqliteStore:
         self._releases: list[tuple[int, int]] = []
         self._first_pending: float | None = None  # when the oldest buffered publish was buffered
         self._last_buffer = 0.0  # ...and the newest
-        self._shared = False  # other processes have the file open (as of the last look)
         self._first_settle: float | None = None  # ...and the oldest buffered ack or release
+        self._shared = False  # other processes have the file open (as of the last look)
         self._next_due = float("inf")  # wall-clock time of the next known TTL/expiry deadline
         self._wakeup = threading.Event()
         self._flusher: threading.Thread | None = None
