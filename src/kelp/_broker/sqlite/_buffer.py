@@ -1,25 +1,28 @@
 """Publishes a process routed and encoded but has not stored yet (group commit), in publish order.
 
 A message is routed when it is buffered (the broker routes on arrival) against the process's topology
-snapshot. Most become *ready rows*: one ``messages`` row per target queue, nothing left to decide, stored
-as they are if the topology is unchanged at commit. The others (a TTL, a queue with a priority or a bound
-to apply) stay *items*, stored through :func:`kelp._broker.sqlite._ops.enqueue` under the queues' rules as
-they are at commit. Either way a queue deleted meanwhile gets nothing.
+snapshot. Most become *ready rows*: one ``messages`` row per target queue with nothing left to decide,
+kept as a shape (queue, properties, headers, exchange, routing key, persistence: see
+:data:`kelp._broker.sqlite._ops.Shape`) shared by consecutive rows, and a body. Ready rows of one shape are
+stored by one statement per chunk, as they are, if the topology is unchanged at commit. The other messages
+(a TTL, a queue with a priority or a bound to apply) stay *items*, stored through
+:func:`kelp._broker.sqlite._ops.enqueue` under the queues' rules as they are at commit. Either way a
+queue deleted meanwhile gets nothing.
 
-Rows are tuples of plain values (which Python's garbage collector stops tracking), so a buffer of
-thousands of messages costs the publishing thread little collection work.
+The buffer keeps little per message (a body, or an item), so thousands of buffered messages cost the
+publishing thread little garbage-collection work.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from operator import itemgetter
 from typing import Any
 
 from kelp._broker.queue_args import expiration_ms
 from kelp._broker.sqlite import _ops
 from kelp._broker.sqlite._codec import decode, encode
+from kelp._broker.sqlite._ops import Shape
 from kelp._broker.sqlite._topology import Topology
 from kelp._envelope import Envelope
 
@@ -27,23 +30,22 @@ __all__ = ["PublishBuffer", "Segment", "queues", "stage", "store"]
 
 logger = logging.getLogger("kelp.transport.sqlite")
 
-# A run of buffered publishes of one kind: (topology version, ready, entries). Entries are rows when
-# ``ready`` (the columns of _ops._COLUMNS), else items (envelope, properties text, headers text,
-# persistent, TTL in ms, publish time, target queues).
-Segment = tuple[int, bool, list[Any]]
+# A run of buffered publishes: (topology version, shape, entries). Entries are bodies of ready rows of
+# that shape, or, when the shape is None, items (envelope, properties text, headers text, persistent,
+# TTL in ms, publish time, target queues).
+Segment = tuple[int, Shape | None, list[Any]]
 Item = tuple[Envelope, str, str, bool, int | None, float, list[str]]
+Staged = list[tuple[Shape | None, Any]]
 
-_queue_of = itemgetter(0)
 
-
-def stage(topo: Topology, envelopes: Sequence[Envelope], now: float) -> list[tuple[bool, Any]] | None:
-    """Route and encode envelopes for the buffer: ``(True, row)`` or ``(False, item)`` each, in order.
+def stage(topo: Topology, envelopes: Sequence[Envelope], now: float) -> Staged | None:
+    """Route and encode envelopes for the buffer: ``(shape, body)`` per ready row or ``(None, item)``.
 
     None when one needs an answer from the broker now: mandatory, an exchange this process does not know,
     or a queue that may refuse it (``x-overflow: reject-publish``).
     """
     exchanges = topo.exchanges
-    staged: list[tuple[bool, Any]] = []
+    staged: Staged = []
     for envelope in envelopes:
         exchange = envelope.exchange
         if envelope.mandatory or (exchange and exchange not in exchanges):
@@ -61,11 +63,22 @@ def stage(topo: Topology, envelopes: Sequence[Envelope], now: float) -> list[tup
             body = _ops.blob(envelope.body)
             flag = 1 if persistent else 0
             for name in targets:
-                staged.append((True, (name, 0, body, props, headers_text, exchange, routing_key, flag)))
+                staged.append(((name, 0, props, headers_text, exchange, routing_key, flag), body))
         else:
             ttl = expiration_ms(properties) if "expiration" in properties else None
-            staged.append((False, (envelope, props, headers_text, persistent, ttl, now, targets)))
+            staged.append((None, (envelope, props, headers_text, persistent, ttl, now, targets)))
     return staged
+
+
+def queues(staged: Staged) -> set[str]:
+    """The queues staged publishes go to."""
+    names: set[str] = set()
+    for shape, entry in staged:
+        if shape is not None:
+            names.add(shape[0])
+        else:
+            names.update(entry[6])
+    return names
 
 
 class PublishBuffer:
@@ -77,15 +90,20 @@ class PublishBuffer:
         self.segments: list[Segment] = []
         self.count = 0  # rows and items
 
-    def push(self, version: int, staged: list[tuple[bool, Any]]) -> None:
+    def push(self, version: int, staged: Staged) -> None:
         segments = self.segments
-        for ready, entry in staged:
+        for shape, entry in staged:
             if segments:
                 tail = segments[-1]
-                if tail[0] == version and tail[1] == ready:
+                if tail[0] == version and tail[1] == shape:  # the common case: the same as the last
                     tail[2].append(entry)
                     continue
-            segments.append((version, ready, [entry]))
+                if shape is not None:  # a fanned-out row may join an earlier run of its queue
+                    segment = _ops.run_for(segments, shape, at=1)
+                    if segment is not None and segment[0] == version:
+                        segment[2].append(entry)
+                        continue
+            segments.append((version, shape, [entry]))
         self.count += len(staged)
 
     def take(self) -> list[Segment]:
@@ -100,41 +118,30 @@ class PublishBuffer:
             self.count += sum(len(entries) for _, _, entries in segments)
 
 
-def queues(staged: list[tuple[bool, Any]]) -> set[str]:
-    """The queues staged publishes go to."""
-    names: set[str] = set()
-    for ready, entry in staged:
-        if ready:
-            names.add(entry[0])
-        else:
-            names.update(entry[6])
-    return names
-
-
 def store(tx: _ops.Tx, segments: list[Segment]) -> None:
     """Add the buffered publishes to the transaction (rows are inserted by ``tx.flush_rows``)."""
     topo = tx.topo
-    for version, ready, entries in segments:
-        if ready and version == topo.version:
-            tx.rows += entries
-            tx.touched.update(map(_queue_of, entries))
-        elif ready:
-            for row in entries:
-                _store_stale_row(tx, row)
-        else:
+    for version, shape, entries in segments:
+        if shape is None:
             for item in entries:
                 _store_item(tx, item)
+        elif version == topo.version:
+            tx.add_run(shape, entries)
+            tx.touched.add(shape[0])
+        else:
+            for body in entries:
+                _store_stale_row(tx, shape, body)
 
 
-def _store_stale_row(tx: _ops.Tx, row: tuple[Any, ...]) -> None:
+def _store_stale_row(tx: _ops.Tx, shape: Shape, body: bytes | bytearray) -> None:
     """A ready row routed against an older topology: its queue's rules may have changed."""
-    name, _priority, body, props, headers, exchange, routing_key, persistent = row
+    name, _priority, props, headers, exchange, routing_key, persistent = shape
     queue = tx.topo.queues.get(name)
     if queue is None:
         return
     args = queue.args
     if not (args.bounded or args.max_priority or args.message_ttl is not None):
-        tx.rows.append(row)
+        tx.add(shape, body)
         tx.touched.add(name)
         return
     envelope = Envelope(bytes(body), decode(props), decode(headers), exchange, routing_key)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Mapping, Sequence
-from itertools import chain
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kelp._broker.queue_args import (
@@ -42,19 +41,24 @@ __all__ = ["Tx", "Waker"]
 
 new_tag = tag
 
-# A message row as the store builds it: these columns, every value of a type the sqlite3 module binds
-# without its adaptation protocol (str, int, float, bytearray: see blob()). No headers is ''.
-_COLUMNS = "queue, priority, body, properties, headers, exchange, routing_key, persistent"
-_ROW = "(?, ?, ?, ?, ?, ?, ?, ?)"
-# The same row and its expiry time, for messages with a TTL (stored one statement each).
-_INSERT_TIMED = f"INSERT INTO messages ({_COLUMNS}, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-# Multi-row inserts: one statement (one sqlite3_step, run without the GIL) stores a whole chunk, in the
-# order of its VALUES rows, which keeps message ids in publish order. Power-of-two sizes: a batch takes
-# one statement per 1,024 rows and at most ten more, from eleven cached statements.
+# A message row is its *shape* - these columns, the same for every message a producer sends to a queue -
+# and its body. Every value is of a type the sqlite3 module binds without its adaptation protocol (str,
+# int, float, bytearray: see blob()); no headers is ''.
+_SHAPE = "queue, priority, properties, headers, exchange, routing_key, persistent"
+Shape = tuple[str, int, str, str, str, str, int]
+# A run of rows of one shape is stored by one statement per chunk that binds the shape once and each
+# body once: one sqlite3_step, run without the GIL, inserting in the order of the VALUES rows, which keeps
+# message ids in publish order. Power-of-two chunk sizes: a run takes one statement per 1,024 rows and at
+# most ten more, from eleven cached statements.
 _CHUNKS = tuple(1 << bit for bit in range(10, -1, -1))
-_INSERT_CHUNK = {
-    size: f"INSERT INTO messages ({_COLUMNS}) VALUES " + ", ".join([_ROW] * size) for size in _CHUNKS
+_INSERT_RUN = {
+    size: f"INSERT INTO messages ({_SHAPE}, body) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, column1 FROM (VALUES "
+    + ", ".join(["(?)"] * size)
+    + ")"
+    for size in _CHUNKS
 }
+# One row and its expiry time, for messages with a TTL (stored one statement each).
+_INSERT_TIMED = f"INSERT INTO messages ({_SHAPE}, body, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 #: Bodies up to this size are copied into a bytearray for binding (see blob()).
 _BLOB_COPY_MAX = 4096
 _RETURNING = "RETURNING id, priority, body, properties, headers, exchange, routing_key, redelivered"
@@ -87,7 +91,17 @@ class Waker(Protocol):
 class Tx:
     """One write transaction: the connection, its clock, the topology it sees and what it changed."""
 
-    __slots__ = ("db", "deleted_queues", "dirty", "next_due", "now", "reloaded", "rows", "topo", "touched")
+    __slots__ = (
+        "db",
+        "deleted_queues",
+        "dirty",
+        "next_due",
+        "now",
+        "reloaded",
+        "runs",
+        "topo",
+        "touched",
+    )
 
     def __init__(self, store: SqliteStore, db: sqlite3.Connection, now: float) -> None:
         self.db = db
@@ -95,7 +109,7 @@ class Tx:
         self.topo: Topology = store._topo
         self.dirty = False
         self.reloaded = False
-        self.rows: list[tuple[Any, ...]] = []
+        self.runs: list[tuple[Shape, list[bytes | bytearray]]] = []  # rows to insert, in order
         self.touched: set[str] = set()
         self.deleted_queues: set[str] = set()
         self.next_due = float("inf")
@@ -128,10 +142,29 @@ class Tx:
         self.db.execute("UPDATE meta SET value = value + 1 WHERE key='topology'")
         self.dirty = True
 
+    def add(self, shape: Shape, body: bytes | bytearray) -> None:
+        """Queue one row for insertion (with the other rows, by flush_rows)."""
+        run = run_for(self.runs, shape)
+        if run is None:
+            self.runs.append((shape, [body]))
+        else:
+            run[1].append(body)
+
+    def add_run(self, shape: Shape, bodies: list[bytes | bytearray]) -> None:
+        """Queue rows of one shape (``bodies`` is copied, not kept)."""
+        run = run_for(self.runs, shape)
+        if run is None:
+            self.runs.append((shape, list(bodies)))
+        else:
+            run[1].extend(bodies)
+
     def flush_rows(self) -> None:
-        if self.rows:
-            insert_rows(self.db, self.rows)
-            self.rows.clear()
+        """Insert the queued rows."""
+        if self.runs:
+            db = self.db
+            for shape, bodies in self.runs:
+                insert_run(db, shape, bodies)
+            self.runs.clear()
 
 
 def _by_owner(pairs: list[tuple[int, int]]) -> list[tuple[str, int]]:
@@ -160,13 +193,32 @@ def blob(body: bytes) -> bytes | bytearray:
     return bytearray(body) if len(body) <= _BLOB_COPY_MAX else body
 
 
-def insert_rows(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """Insert message rows (columns ``_COLUMNS``), in order, a chunk per statement."""
-    start, total = 0, len(rows)
+#: How many runs back a row may join a run of its shape (rows fanned out to several queues alternate).
+LOOK_BACK = 8
+
+
+def run_for(runs: Sequence[tuple[Any, ...]], shape: Shape, at: int = 0) -> Any:
+    """The run among the last LOOK_BACK of ``runs`` that a row of ``shape`` can join without changing the
+    order of its queue (no later run holds that queue's rows), or None. ``runs[i][at]`` is a run's shape;
+    a shape of None is a run of items, which may hold any queue's."""
+    name = shape[0]
+    for index in range(len(runs) - 1, max(-1, len(runs) - 1 - LOOK_BACK), -1):
+        run = runs[index]
+        found = run[at]
+        if found == shape:
+            return run
+        if found is None or found[0] == name:
+            return None
+    return None
+
+
+def insert_run(db: sqlite3.Connection, shape: Shape, bodies: list[bytes | bytearray]) -> None:
+    """Insert one row per body, all of ``shape``, in order, a chunk per statement."""
+    start, total = 0, len(bodies)
     for size in _CHUNKS:
-        sql = _INSERT_CHUNK[size]
+        sql = _INSERT_RUN[size]
         while total - start >= size:
-            db.execute(sql, list(chain.from_iterable(rows[start : start + size])))
+            db.execute(sql, [*shape, *bodies[start : start + size]])
             start += size
 
 
@@ -319,17 +371,17 @@ def enqueue(
     if args.max_priority:
         value = envelope.properties.get("priority") or 0
         priority = min(max(value, 0), args.max_priority) if isinstance(value, int) else 0
-    body, exchange, routing_key = blob(envelope.body), envelope.exchange, envelope.routing_key
-    row = (name, priority, body, props, headers, exchange, routing_key, 1 if persistent else 0)
+    body = blob(envelope.body)
+    shape = (name, priority, props, headers, envelope.exchange, envelope.routing_key, 1 if persistent else 0)
     if expires is not None and expires < tx.next_due:
         tx.next_due = expires
     tx.touched.add(name)
     if not args.bounded and expires is None:
-        tx.rows.append(row)
+        tx.add(shape, body)
         return True
     tx.flush_rows()
     if not args.bounded:
-        tx.db.execute(_INSERT_TIMED, (*row, expires))
+        tx.db.execute(_INSERT_TIMED, (*shape, body, expires))
         return True
     count, size = _ready_size(tx, name)
     if _full(args, count + 1, size + len(envelope.body)):
@@ -346,18 +398,18 @@ def enqueue(
                     "maxlen",
                 )
             return False
-        _insert_one(tx, row, expires)
+        _insert_one(tx, shape, body, expires)
         _drop_head(tx, queue)
     else:
-        _insert_one(tx, row, expires)
+        _insert_one(tx, shape, body, expires)
     return True
 
 
-def _insert_one(tx: Tx, row: tuple[Any, ...], expires: float | None) -> None:
+def _insert_one(tx: Tx, shape: Shape, body: bytes | bytearray, expires: float | None) -> None:
     if expires is None:
-        tx.db.execute(_INSERT_CHUNK[1], row)
+        tx.db.execute(_INSERT_RUN[1], (*shape, body))
     else:
-        tx.db.execute(_INSERT_TIMED, (*row, expires))
+        tx.db.execute(_INSERT_TIMED, (*shape, body, expires))
 
 
 def _drop_head(tx: Tx, queue: QueueDef) -> None:

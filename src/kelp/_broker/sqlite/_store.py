@@ -372,7 +372,7 @@ class SqliteStore:
                     tx.current()
                 except (ChannelError, UsageError, ValueError, TypeError, KelpError):
                     # The operation is refused: undo it alone; what was buffered still commits.
-                    tx.rows.clear()
+                    tx.runs.clear()
                     db.execute("ROLLBACK TO op")
                     db.execute("RELEASE op")
                     db.execute("COMMIT")
