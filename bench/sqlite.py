@@ -1,7 +1,7 @@
 """SQLite-transport benchmark: kelp ``sqlite://`` vs Kombu ``sqla+sqlite://`` vs a plain sqlite3 loop.
 
 One run of this script, same machine, every scenario in fresh subprocesses and fresh database files; the
-three throughput scenarios run ``--repeat`` times (default 3) and the best run is reported, the median
+three throughput scenarios run ``--repeats`` times (default 3) and the best run is reported, the median
 beside it (a 2-core machine shared with everything else is noisy: single runs vary by a fifth):
 
 1. **publish** - one process, ``Producer.publish`` of N persistent ~256-byte JSON messages to a durable
@@ -16,7 +16,7 @@ The floor is a plain ``sqlite3`` loop (WAL, synchronous=NORMAL): 100 inserts per
 select-and-delete 100 at a time for consume. Kombu's virtual transport gets ``polling_interval=0`` for
 consume throughput and its default for latency (which is what its users get).
 
-    python bench/sqlite.py [--messages N] [--kombu-messages N] [--repeat N] [--libraries kelp,kombu,sqlite3]
+    python bench/sqlite.py [--messages N] [--kombu-messages N] [--repeats N] [--libraries kelp,kombu,sqlite3]
                            [--json]
 
 Kombu runs fewer messages by default (it manages about a hundred per second here); rates are per second.
@@ -336,7 +336,7 @@ def main() -> int:
     )
     parser.add_argument("--latency-samples", type=int, default=400)
     parser.add_argument(
-        "--repeat", type=int, default=3, help="runs of the throughput scenarios; the best is reported"
+        "--repeats", type=int, default=3, help="runs of the throughput scenarios; the best is reported"
     )
     parser.add_argument("--libraries", default="kelp,kombu,sqlite3")
     parser.add_argument("--json", action="store_true")
@@ -349,7 +349,7 @@ def main() -> int:
     for library in args.libraries.split(","):
         print(f"running {library}...", file=sys.stderr, flush=True)
         n = args.kombu_messages if library == "kombu" else args.messages
-        results[library] = bench_library(library, n, args.latency_samples, args.repeat)
+        results[library] = bench_library(library, n, args.latency_samples, args.repeats)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

@@ -29,7 +29,7 @@ def test_sqlite_bench_reports_every_scenario() -> None:
             "400",
             "--latency-samples",
             "20",
-            "--repeat",
+            "--repeats",
             "2",
             "--json",
         ],
