@@ -1,7 +1,8 @@
-"""The SQLite benchmark still runs end to end for kelp (a few hundred messages, two runs).
+"""The SQLite benchmark still runs end to end for kelp (2,000 messages, two runs).
 
 Correctness only: every scenario must see every message (the script raises otherwise); no timing is
-asserted here.
+asserted here. (With very few messages one 2x2 consumer may get none and wait out its 30 s first-message
+timeout, hence 2,000.)
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def test_sqlite_bench_reports_every_scenario() -> None:
             "--libraries",
             "kelp",
             "--messages",
-            "400",
+            "2000",
             "--latency-samples",
             "20",
             "--repeats",
