@@ -25,7 +25,6 @@ Kombu runs fewer messages by default (it manages about a hundred per second here
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sqlite3
@@ -274,7 +273,7 @@ def _url(library: str, path: str) -> str:
 
 
 def _throughput(library: str, tmp: str, n: int) -> dict[str, float]:
-    """One run of the three throughput scenarios, on fresh database files."""
+    """One run of the three throughput scenarios, on fresh database files in ``tmp``."""
     out: dict[str, float] = {}
     url = _url(library, os.path.join(tmp, "single.db"))
     out["publish"] = n / _result(_spawn("publish", library, url, str(n)))
@@ -296,21 +295,19 @@ def _throughput(library: str, tmp: str, n: int) -> dict[str, float]:
     if received != 2 * half:
         raise RuntimeError(f"{library}: 2x2 consumers got {received} of {2 * half} messages")
     out["e2e"] = 2 * half / (max(last for _, last in counts) - t0)
-    for name in ("single.db", "e2e.db"):
-        for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(tmp, name + suffix))
     return out
 
 
 def bench_library(library: str, n: int, latency_n: int, repeat: int) -> dict[str, float]:
     out: dict[str, float] = {}
+    runs = []
+    for _ in range(repeat):
+        with tempfile.TemporaryDirectory() as tmp:
+            runs.append(_throughput(library, tmp, n))
+    for key in ("publish", "consume", "e2e"):
+        out[key] = max(run[key] for run in runs)
+        out[key + "_median"] = statistics.median(run[key] for run in runs)
     with tempfile.TemporaryDirectory() as tmp:
-        runs = [_throughput(library, tmp, n) for _ in range(repeat)]
-        for key in ("publish", "consume", "e2e"):
-            out[key] = max(run[key] for run in runs)
-            out[key + "_median"] = statistics.median(run[key] for run in runs)
-
         if library != "sqlite3":
             url = _url(library, os.path.join(tmp, "latency.db"))
             _result(_spawn("publish", library, url, "1"))

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from kelp._broker.queue_args import (
     ExchangeDef,
     QueueArgs,
+    binding_destination,
     check_exchange_redeclare,
     check_name,
     check_queue_redeclare,
@@ -469,7 +470,7 @@ class MemoryBroker:
                 self._queue(destination, connection)
             else:
                 self._exchange(destination)
-            exchange.table.add(_destination(kind, destination), routing_key, dict(arguments or {}))
+            exchange.table.add(binding_destination(kind, destination), routing_key, dict(arguments or {}))
 
     def unbind(
         self,
@@ -489,7 +490,8 @@ class MemoryBroker:
                 self._queue(destination, connection)
             if exchange is None:
                 return
-            if exchange.table.remove(_destination(kind, destination), routing_key, dict(arguments or {})):
+            target = binding_destination(kind, destination)
+            if exchange.table.remove(target, routing_key, dict(arguments or {})):
                 self._maybe_auto_delete_exchange(exchange)
 
     def bindings(self) -> list[tuple[str, str, str, str, dict[str, Any]]]:
@@ -936,14 +938,6 @@ class MemoryBroker:
             and not any(level and level[0].deadline is not None for level in queue.levels)
         ):
             self._timed.discard(queue.name)
-
-
-def _destination(kind: str, name: str) -> Destination:
-    if kind == "queue":
-        return Destination.queue(name)
-    if kind == "exchange":
-        return Destination.exchange(name)
-    raise UsageError(f"a binding destination is a 'queue' or an 'exchange', not {kind!r}")
 
 
 _brokers: dict[str, MemoryBroker] = {}

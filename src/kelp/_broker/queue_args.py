@@ -7,13 +7,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kelp.exceptions import AccessRefused, PreconditionFailed
-from kelp.routing import BindingTable
+from kelp.exceptions import AccessRefused, PreconditionFailed, UsageError
+from kelp.routing import BindingTable, Destination
 
 __all__ = [
     "OVERFLOW_MODES",
     "ExchangeDef",
     "QueueArgs",
+    "binding_destination",
     "check_exchange_redeclare",
     "check_name",
     "check_queue_redeclare",
@@ -112,6 +113,15 @@ class ExchangeDef:
         self.internal = internal
         self.arguments = arguments
         self.table = BindingTable(type_)
+
+
+def binding_destination(kind: str, name: str) -> Destination:
+    """The destination of a binding: kind ``'queue'`` or ``'exchange'``."""
+    if kind == "queue":
+        return Destination.queue(name)
+    if kind == "exchange":
+        return Destination.exchange(name)
+    raise UsageError(f"a binding destination is a 'queue' or an 'exchange', not {kind!r}")
 
 
 def check_name(kind: str, name: str, passive: bool) -> None:

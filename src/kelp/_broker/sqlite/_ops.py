@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from kelp._broker.queue_args import (
     QueueArgs,
+    binding_destination,
     check_exchange_redeclare,
     check_name,
     check_queue_redeclare,
@@ -32,7 +33,7 @@ from kelp.exceptions import (
     ResourceLocked,
     UsageError,
 )
-from kelp.routing import BindingTable, Destination, validate_exchange_type
+from kelp.routing import BindingTable, validate_exchange_type
 
 if TYPE_CHECKING:
     from kelp._broker.sqlite._store import SqliteStore
@@ -647,14 +648,6 @@ def _maybe_auto_delete_queue(tx: Tx, name: str) -> None:
 # --- bindings ------------------------------------------------------------------------------------------
 
 
-def _destination(kind: str, name: str) -> Destination:
-    if kind == "queue":
-        return Destination.queue(name)
-    if kind == "exchange":
-        return Destination.exchange(name)
-    raise UsageError(f"a binding destination is a 'queue' or an 'exchange', not {kind!r}")
-
-
 def bind(
     tx: Tx,
     connection_id: int,
@@ -670,7 +663,7 @@ def bind(
     exchange = topo.exchanges.get(source)
     if exchange is None:
         raise NotFound(f"no exchange '{source}' in vhost '/'")
-    target = _destination(kind, destination)
+    target = binding_destination(kind, destination)
     if kind == "queue":
         queue_for(tx, destination, connection_id)
     elif destination not in topo.exchanges:
@@ -696,7 +689,7 @@ def unbind(
 ) -> None:
     if not source:
         raise AccessRefused("operation not permitted on the default exchange")
-    _destination(kind, destination)
+    binding_destination(kind, destination)
     if kind == "queue":
         queue_for(tx, destination, connection_id)
     if source not in tx.current().exchanges:

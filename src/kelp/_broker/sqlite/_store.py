@@ -773,16 +773,16 @@ class SqliteStore:
                     )
                     tag += 1
         if lost:
-            self._release_later(lost)
+            self._settle_later(self._releases, lost)
         return out
 
-    def _release_later(self, pairs: list[tuple[int, int]]) -> None:
-        """Buffer releases of (message id, owner connection), committed like acks."""
+    def _settle_later(self, into: list[tuple[int, int]], pairs: list[tuple[int, int]]) -> None:
+        """Buffer acks or releases (``into``) of (message id, owner connection) for the next commit."""
         with self._buffer_lock:
             if self._first_settle is None:
                 self._first_settle = time.monotonic()
                 self._wakeup.set()
-            self._releases += pairs
+            into += pairs
 
     def get(self, connection_id: int, channel_id: int, queue: str, no_ack: bool) -> Delivery | None:
         self._alive(connection_id)
@@ -794,7 +794,7 @@ class SqliteStore:
             channel = self._connections[connection_id].channels.get(channel_id)
             if channel is None:
                 if not no_ack:
-                    self._release_later([(message_id, connection_id)])
+                    self._settle_later(self._releases, [(message_id, connection_id)])
                 raise UsageError(f"channel {channel_id} is closed")
             tag = channel.next_tag
             channel.next_tag += 1
@@ -836,11 +836,7 @@ class SqliteStore:
             connection = self._connections[connection_id]
             if connection.waiting:
                 self._wake_connection(connection)
-        with self._buffer_lock:
-            if self._first_settle is None:
-                self._first_settle = time.monotonic()
-                self._wakeup.set()
-            self._acks += acks
+        self._settle_later(self._acks, acks)
 
     def reject(
         self, connection_id: int, channel_id: int, delivery_tag: int, requeue: bool, multiple: bool = False
