@@ -22,29 +22,7 @@ DIR=${2:-${KELP_TEST_RABBITMQ_DIR:-.kelp-test/rabbitmq}}
 
 log() { echo "rabbitmq.sh: $*" >&2; }
 
-free_port() {
-    python3 - <<'EOF'
-import socket
-with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    print(s.getsockname()[1])
-EOF
-}
-
-install_rabbitmq() {
-    if command -v rabbitmq-server >/dev/null 2>&1; then
-        return
-    fi
-    if ! command -v apt-get >/dev/null 2>&1; then
-        log "rabbitmq-server is not installed and apt-get is not available: install RabbitMQ >= 3.10 yourself"
-        exit 1
-    fi
-    log "installing rabbitmq-server (apt-get)"
-    local sudo=""
-    [ "$(id -u)" = 0 ] || sudo="sudo"
-    $sudo apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends rabbitmq-server >&2
-}
+source scripts/broker-lib.sh
 
 # The node's environment, from the files `start` wrote in DIR.
 node_env() {
@@ -91,7 +69,7 @@ EOF
 }
 
 start() {
-    install_rabbitmq
+    ensure_installed rabbitmq-server "install RabbitMQ >= 3.10 yourself" rabbitmq-server
     mkdir -p "$DIR"
     DIR=$(cd "$DIR" && pwd)
     if [ ! -f "$DIR/port" ]; then

@@ -19,33 +19,10 @@ DIR=${2:-${KELP_TEST_REDIS_DIR:-.kelp-test/redis}}
 
 log() { echo "redis.sh: $*" >&2; }
 
-free_port() {
-    python3 - <<'EOF'
-import socket
-with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    print(s.getsockname()[1])
-EOF
-}
-
-install_redis() {
-    if command -v redis-server >/dev/null 2>&1; then
-        return
-    fi
-    if ! command -v apt-get >/dev/null 2>&1; then
-        log "redis-server is not installed and apt-get is not available: install Redis >= 7 yourself"
-        exit 1
-    fi
-    log "installing redis-server (apt-get)"
-    local sudo=""
-    [ "$(id -u)" = 0 ] || sudo="sudo"
-    $sudo apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-        redis-server redis-tools >&2
-}
+source scripts/broker-lib.sh
 
 start() {
-    install_redis
+    ensure_installed redis-server "install Redis >= 7 yourself" redis-server redis-tools
     mkdir -p "$DIR"
     DIR=$(cd "$DIR" && pwd)
     local pidfile="$DIR/redis.pid"
