@@ -65,8 +65,8 @@ class Topology:
             and "alternate-exchange" not in exchange.arguments
             and all(d.kind == "queue" for d in exchange.table.destinations())
         }
-        self._memo: dict[tuple[str, str], list[str]] = {}
-        self._plain: dict[tuple[str, ...], bool | None] = {}
+        # Answers of route(), with the plain() of each, remembered per (exchange, routing key) for the
+        # default exchange and the simple ones.
         self._routed: dict[tuple[str, str], tuple[list[str], bool | None]] = {}
 
     def _lookup(self, name: str) -> BindingTable | None:
@@ -75,28 +75,20 @@ class Topology:
 
     def route(self, exchange_name: str, routing_key: str, headers: Mapping[str, Any] | None) -> list[str]:
         """The queues a message reaches (alternate exchange included); NotFound for a missing exchange."""
-        if not exchange_name:
-            return [routing_key] if routing_key in self.queues else []
-        key = (exchange_name, routing_key)
-        found = self._memo.get(key)
-        if found is not None:
-            return found
-        found = self._route(exchange_name, routing_key, headers)
-        if exchange_name in self._simple:
-            if len(self._memo) >= _MEMO_SIZE:
-                self._memo.clear()
-            self._memo[key] = found
-        return found
+        return self.routed(exchange_name, routing_key, headers)[0]
 
     def routed(
         self, exchange_name: str, routing_key: str, headers: Mapping[str, Any] | None
     ) -> tuple[list[str], bool | None]:
-        """:meth:`route` and :meth:`plain` of its answer in one memoised lookup (the publish fast path)."""
+        """:meth:`route` and :meth:`plain` of its answer in one lookup (the publish fast path)."""
         key = (exchange_name, routing_key)
         found = self._routed.get(key)
         if found is not None:
             return found
-        targets = self.route(exchange_name, routing_key, headers)
+        if exchange_name:
+            targets = self._route(exchange_name, routing_key, headers)
+        else:
+            targets = [routing_key] if routing_key in self.queues else []
         found = (targets, self.plain(targets))
         if not exchange_name or exchange_name in self._simple:
             if len(self._routed) >= _MEMO_SIZE:
@@ -108,22 +100,13 @@ class Topology:
         """How buffered publishes to ``targets`` are stored: True when no target has a rule to apply at
         commit time (bounds, priorities, message TTL), False when some has one but never refuses a
         message, None when some may refuse it (``x-overflow: reject-publish[-dlx]``)."""
-        key = tuple(targets)
-        try:
-            return self._plain[key]
-        except KeyError:
-            pass
         found: bool | None = True
         for name in targets:
             args = self.queues[name].args
             if args.bounded or args.max_priority or args.message_ttl is not None:
                 if args.overflow != "drop-head" and args.bounded:
-                    found = None
-                    break
+                    return None
                 found = False
-        if len(self._plain) >= _MEMO_SIZE:
-            self._plain.clear()
-        self._plain[key] = found
         return found
 
     def _route(self, exchange_name: str, routing_key: str, headers: Mapping[str, Any] | None) -> list[str]:
