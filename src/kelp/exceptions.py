@@ -17,6 +17,8 @@ the same exceptions on every transport. Reply codes follow AMQP 0-9-1.
 from __future__ import annotations
 
 import socket
+from collections.abc import Sequence
+from typing import Any
 
 __all__ = [
     "AccessRefused",
@@ -174,7 +176,16 @@ class PreconditionFailed(ChannelError):
 
 class MessageNacked(ChannelError):
     """The broker refused to take responsibility for a published message (a negative confirm, or a full
-    queue with ``x-overflow: reject-publish``). The message was not enqueued on at least one queue."""
+    queue with ``x-overflow: reject-publish``). The message was not enqueued on at least one queue.
+
+    ``envelopes`` lists the refused messages when the transport knows them (with pipelined confirms the
+    refusal of an earlier publish is raised by a later publish, ``flush`` or ``close``)."""
+
+    def __init__(
+        self, message: str = "", reply_code: int | None = None, *, envelopes: Sequence[Any] = ()
+    ) -> None:
+        super().__init__(message, reply_code)
+        self.envelopes: list[Any] = list(envelopes)
 
 
 class ResourceError(KelpError):

@@ -283,6 +283,11 @@ class Producer:
         """Publish envelopes made by :meth:`prepare` in one batch (one round trip where possible)."""
         self._publish_batch(list(envelopes), declare)
 
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every message published on this producer's connection is confirmed by the broker;
+        raise MessageNacked for any it refused (see :meth:`Connection.flush`)."""
+        self.connection.flush(timeout)
+
     def _publish(self, envelope: Envelope, declare: Sequence[Exchange | Queue] | None) -> None:
         self._publish_batch((envelope,), declare)
 

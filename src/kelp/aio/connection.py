@@ -28,7 +28,7 @@ from kelp.aio._backend import maybe_await, monotonic, sleep
 from kelp.aio.message import Message
 from kelp.aio.transport.base import Transport, TransportChannel
 from kelp.entity import Exchange, Queue
-from kelp.exceptions import OperationalError, UnsupportedTransport, UsageError
+from kelp.exceptions import MessageNacked, OperationalError, UnsupportedTransport, UsageError
 from kelp.url import URL, parse_failover
 
 if TYPE_CHECKING:
@@ -421,6 +421,8 @@ class Connection:
         # Consumers that consumed through this connection, restarted after a reconnect (see _recover).
         self._consumers: weakref.WeakSet[Consumer] = weakref.WeakSet()
         self._connected_before = False
+        # Envelopes a lost transport had not had confirmed: published again after the next connect.
+        self._outbox: list[Envelope] = []
 
     # --- addressing -----------------------------------------------------------------------------------
 
@@ -505,6 +507,23 @@ class Connection:
         if self._connected_before:
             await self._recover(declared)
         self._connected_before = True
+        await self._republish_outbox()
+
+    async def _republish_outbox(self) -> None:
+        """Publish again what the lost connection's broker never confirmed (at-least-once: a message the
+        broker took just before the loss arrives twice). Mandatory ones that no queue takes now are
+        logged, since the producer that published them has already returned."""
+        if not self._outbox:
+            return
+        envelopes, self._outbox = self._outbox, []
+        logger.warning("publishing again %d messages the lost connection had not confirmed", len(envelopes))
+        try:
+            returned = await self.default_channel.publish_batch(envelopes)
+        except BaseException:
+            self._outbox = envelopes + self._outbox
+            raise
+        for envelope in returned:
+            logger.warning("%r was published again after a reconnect and no queue took it", envelope)
 
     async def _recover(self, declared: list[Any]) -> None:
         """After a reconnect: declare again what ``maybe_declare`` had declared (durable entities), then
@@ -579,6 +598,8 @@ class Connection:
 
     async def _discard_transport(self) -> None:
         transport, self.transport = self.transport, None
+        if transport is not None:
+            self._outbox.extend(transport.unconfirmed())
         for channel in self._channels.values():
             channel.is_open = False
         self._channels.clear()
@@ -590,15 +611,61 @@ class Connection:
             except Exception:
                 logger.debug("error while discarding a broken transport", exc_info=True)
 
+    async def flush(self, timeout: float | None = None) -> None:
+        """Wait until the broker has confirmed every message published on this connection so far.
+
+        Publishes do not wait for their confirms (they are pipelined); this is the barrier. Sends
+        anything the transport buffered, then waits up to ``timeout`` seconds (None: as long as it takes).
+        Raises MessageNacked naming the messages the broker refused (each refusal is reported once),
+        ``socket.timeout`` if time ran out (the messages stay in the outbox, still owed a confirm), and a
+        connection error if the connection was lost: its unconfirmed messages are then published again
+        when the connection is re-established (``ensure_connection``, ``ensure``, a retried publish).
+        """
+        if self.transport is None:
+            if self._outbox:
+                raise OperationalError(
+                    f"{len(self._outbox)} published messages await a reconnect to be published again"
+                )
+            return
+        await self.transport.flush(timeout)
+
     async def close(self) -> None:
-        """Close every channel and the connection; unacked messages go back to their queues."""
+        """Close every channel and the connection; unacked messages go back to their queues.
+
+        Publishes still owed a confirm are waited for first (as :meth:`flush`); a refusal found then is
+        raised as MessageNacked once the connection is closed.
+        """
         transport, self.transport = self.transport, None
         for channel in list(self._channels.values()):
             channel.is_open = False
         self._channels.clear()
         self._default_channel = None
         self._pending.clear()
-        if transport is not None:
+        if self._outbox:
+            logger.error(
+                "closing %r with %d published messages never confirmed by the broker: they may be lost",
+                self,
+                len(self._outbox),
+            )
+            self._outbox.clear()
+        if transport is None:
+            return
+        try:
+            if transport.is_connected:
+                await transport.flush(float(self.transport_options.get("close_timeout", 30.0)))
+        except MessageNacked:
+            raise
+        except Exception as exc:
+            unconfirmed = len(transport.unconfirmed())
+            if unconfirmed:
+                logger.error(
+                    "closing %r: %d published messages were not confirmed by the broker (%s); "
+                    "they may be lost",
+                    self,
+                    unconfirmed,
+                    exc,
+                )
+        finally:
             await transport.close()
 
     release = close

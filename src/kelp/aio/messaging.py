@@ -282,6 +282,11 @@ class Producer:
         """Publish envelopes made by :meth:`prepare` in one batch (one round trip where possible)."""
         await self._publish_batch(list(envelopes), declare)
 
+    async def flush(self, timeout: float | None = None) -> None:
+        """Wait until every message published on this producer's connection is confirmed by the broker;
+        raise MessageNacked for any it refused (see :meth:`Connection.flush`)."""
+        await self.connection.flush(timeout)
+
     async def _publish(self, envelope: Envelope, declare: Sequence[Exchange | Queue] | None) -> None:
         await self._publish_batch((envelope,), declare)
 

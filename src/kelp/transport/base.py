@@ -79,14 +79,23 @@ class TransportChannel(abc.ABC):
 
     @abc.abstractmethod
     def publish(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
-        """Route and store a batch.
+        """Route and store a batch, under the delivery model (docs/transports.md):
 
-        With confirms, return once the broker holds every message; without, a transport may buffer the
-        batch for a group commit it sends within milliseconds, before any other operation of the same
-        connection, and at close (it must document that window). Returns the mandatory envelopes that no
-        queue took. Raises MessageNacked when the broker refused a message (a full queue with
-        ``reject-publish``, a negative confirm); a transport that buffers must not buffer messages whose
-        refusal or return it has to report.
+        - A *persistent* message (``delivery_mode`` 2, the default) has left the process when this
+          returns: written to the socket (amqp, redis) or committed to the file (sqlite), so a publisher
+          killed right after loses nothing. A *transient* one may be buffered in the process, to be sent
+          within milliseconds, before any other operation of the connection, and at close.
+        - Confirms are pipelined: without ``confirm_publish`` this does not wait for the broker's answer;
+          the envelope joins the connection's outbox (see :meth:`Transport.unconfirmed`) until the broker
+          confirms it. The outbox is bounded by count and bytes: a publish that would overflow it waits
+          for confirms first (back-pressure). A refusal found later is raised by the connection's next
+          publish, :meth:`Transport.flush` or :meth:`Transport.close`, as MessageNacked naming it.
+        - With ``confirm_publish`` (and always for a ``mandatory`` message, whose return must reach its
+          producer) it returns once the broker holds every message of the batch.
+
+        Returns the mandatory envelopes that no queue took. Raises MessageNacked when the broker refused a
+        message of this batch (a full queue with ``reject-publish``, a negative confirm) or of an earlier
+        pipelined one.
         """
 
     @abc.abstractmethod
@@ -156,6 +165,21 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def drain(self, timeout: float | None) -> list[Delivery]:
         """Wait up to ``timeout`` seconds (None: forever) for deliveries; raise ``socket.timeout`` if none."""
+
+    def flush(self, timeout: float | None) -> None:
+        """The barrier: send whatever is buffered and wait until the broker has confirmed every earlier
+        publish of this connection. Raises MessageNacked for the messages it refused (each refusal is
+        reported once), ``socket.timeout`` when ``timeout`` seconds pass first (nothing is lost: the
+        messages stay in the outbox), and a connection error when the connection is gone (the outbox
+        is then :meth:`unconfirmed`). Transports that confirm every publish before it returns have
+        nothing to wait for."""
+        return None
+
+    def unconfirmed(self) -> list[Envelope]:
+        """The outbox: envelopes whose publish returned but that the broker has not confirmed, in
+        publish order. After the connection is lost, the library publishes them again on the next
+        connection (at-least-once: a message the broker took before the loss arrives twice)."""
+        return []
 
     def info(self) -> dict[str, Any]:
         return {"transport": self.url.transport, "url": self.url.as_uri()}

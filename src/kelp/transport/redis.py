@@ -575,7 +575,7 @@ class RedisTransport(Transport):
             self._require()  # raises, with the explanation
             raise
 
-    def flush(self) -> None:
+    def flush(self, timeout: float | None = None) -> None:
         """Send the buffered publishes and acks now."""
         if self._buffer or self.pending_acks:
             self._send([])

@@ -581,7 +581,7 @@ class RedisTransport(Transport):
             self._require()  # raises, with the explanation
             raise
 
-    async def flush(self) -> None:
+    async def flush(self, timeout: float | None = None) -> None:
         """Send the buffered publishes and acks now."""
         if self._buffer or self.pending_acks:
             await self._send([])
