@@ -1,8 +1,8 @@
 """The delivery-model benchmark (issue #9): a plain ``Producer.publish`` loop with default options.
 
     eval "$(scripts/redis.sh start)"; eval "$(scripts/rabbitmq.sh start)"
-    python bench/delivery.py [--messages N] [--confirm-messages N] [--repeats N] [--transports amqp,redis,sqlite]
-                             [--amqp-url URL] [--redis-url URL] [--json]
+    python bench/delivery.py [--messages N] [--confirm-messages N] [--repeats N]
+                             [--transports amqp,redis,sqlite] [--amqp-url URL] [--redis-url URL] [--json]
 
 What a user who switches from Kombu meets first: the loop they already have, unchanged options. Every row
 publishes N messages (default 20,000) of a dict whose JSON encoding is 256 bytes, persistent, to a durable
@@ -145,7 +145,9 @@ def bench_amqp(url: str, n: int, confirm_n: int, repeats: int) -> dict[str, tupl
     return {
         "kelp default": best_of(repeats, lambda: kelp_loop(url, n)),
         "Kombu default": best_of(repeats, lambda: kombu_loop(kombu_url, n)),
-        "kelp confirm_publish": best_of(repeats, lambda: kelp_loop(url, confirm_n, {"confirm_publish": True})),
+        "kelp confirm_publish": best_of(
+            repeats, lambda: kelp_loop(url, confirm_n, {"confirm_publish": True})
+        ),
         "Kombu confirm_publish": best_of(
             repeats, lambda: kombu_loop(kombu_url, confirm_n, {"confirm_publish": True})
         ),
@@ -212,14 +214,15 @@ def main(argv: list[str] | None = None) -> int:
 
     ratios = {
         transport: {
-            label: (rows[top][0] / rows[bottom][0], target) for label, top, bottom, target in RATIOS[transport]
+            label: (rows[top][0] / rows[bottom][0], target)
+            for label, top, bottom, target in RATIOS[transport]
         }
         for transport, rows in results.items()
     }
     if args.json:
         print(json.dumps({"results": results, "ratios": ratios}, indent=2))
         return 0
-    print(f"{args.messages:,} persistent 256-byte JSON messages per row; msg/s, best of {args.repeats} (median)")
+    print(f"{args.messages:,} 256-byte JSON messages per row; msg/s, best of {args.repeats} (median)")
     for transport, rows in results.items():
         print(f"\n{transport}")
         for label, (best, median) in rows.items():
