@@ -566,6 +566,8 @@ class Connection:
         """
         if self.connected:
             return self
+        if self.transport is not None:  # lost: keep what it had not had confirmed, then let it go
+            self._discard_transport()
         deadline = None if timeout is None else monotonic() + timeout
         for attempt, interval in enumerate(_intervals(interval_start, interval_step, interval_max)):
             try:
@@ -621,7 +623,7 @@ class Connection:
         if self.transport is None:
             if self._outbox:
                 raise OperationalError(
-                    f"{len(self._outbox)} published messages a reconnect to be published again"
+                    f"{len(self._outbox)} published messages wait for a reconnect to be published again"
                 )
             return
         self.transport.flush(timeout)

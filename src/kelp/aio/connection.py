@@ -569,6 +569,8 @@ class Connection:
         """
         if self.connected:
             return self
+        if self.transport is not None:  # lost: keep what it had not had confirmed, then let it go
+            await self._discard_transport()
         deadline = None if timeout is None else monotonic() + timeout
         for attempt, interval in enumerate(_intervals(interval_start, interval_step, interval_max)):
             try:
@@ -624,7 +626,7 @@ class Connection:
         if self.transport is None:
             if self._outbox:
                 raise OperationalError(
-                    f"{len(self._outbox)} published messages await a reconnect to be published again"
+                    f"{len(self._outbox)} published messages wait for a reconnect to be published again"
                 )
             return
         await self.transport.flush(timeout)
