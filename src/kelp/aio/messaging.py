@@ -1,10 +1,12 @@
 """Producers publish, consumers receive: the two roles an application plays.
 
 ``Producer.publish`` serializes and compresses the body, fills in the message properties, declares what it
-is asked to and hands the message to the transport. With confirms (the default on ``amqp://``, the
-``confirm_publish`` option on ``sqlite://`` and ``redis://``, always on ``memory://``) it returns once the
-broker holds the message; without, a transport may hold it for a group commit of a millisecond or two, and a
-clean close never loses it (docs/transports.md says what each transport guarantees).
+is asked to and hands the message to the transport, under one delivery model on every transport
+(docs/transports.md): a persistent message has left the process when ``publish`` returns (written to the
+broker's socket or committed to the file); confirms are pipelined, so ``publish`` does not wait for the
+broker's answer unless ``confirm_publish`` is set; ``Producer.flush`` is the barrier that waits for every
+earlier publish and raises ``MessageNacked`` for refused ones; a lost connection's unconfirmed messages are
+published again after the reconnect (at-least-once).
 
 ``Consumer`` subscribes to queues and runs callbacks for each message as the connection drains events; the
 callback decides: ``ack``, ``reject`` or ``requeue``.
@@ -252,9 +254,14 @@ class Producer:
         ``content_type`` is given, which means "already encoded"). ``delivery_mode`` is ``'persistent'``
         (the default) or ``'transient'``; ``expiration`` is a TTL in seconds; ``declare`` lists entities
         to declare first (once per connection when durable). With ``retry`` the publish is retried after
-        reconnecting, per ``retry_policy`` (``max_retries``, ``interval_start``...). Returns once the
-        transport accepted the message (with confirms: once the broker holds it); raises MessageNacked
-        if the broker refused it and that is known by then.
+        reconnecting, per ``retry_policy`` (``max_retries``, ``interval_start``...).
+
+        When this returns, a persistent message has left the process (a ``kill -9`` right after loses
+        nothing); a transient one may wait a few milliseconds in the process to go out with others. It
+        does not wait for the broker's confirm (unless the transport option ``confirm_publish`` is set, or
+        the message is ``mandatory``): call :meth:`flush` for that. Raises MessageNacked if the broker
+        refused this message or an earlier one of the connection and that is known by now; waits when the
+        connection's outbox of unconfirmed messages is full.
         """
         envelope = self.prepare(
             body,
