@@ -193,7 +193,8 @@ class Channel:
     # --- entities (what Exchange/Queue forward to) -------------------------------------------------
 
     def declare_exchange(self, exchange: Exchange, passive: bool = False) -> None:
-        if not exchange.name:
+        """Declare the exchange; nothing for the default exchange or one made with ``no_declare``."""
+        if not exchange.name or exchange.no_declare:
             return
         self.exchange_declare(
             exchange.name,
@@ -226,7 +227,11 @@ class Channel:
             self.queue_bind(queue.name, exchange, edge.routing_key, arguments=edge.arguments)
 
     def declare_queue(self, queue: Queue, passive: bool = False) -> str:
-        """Declare the queue's exchanges, the queue and its bindings; return the (generated) name."""
+        """Declare the queue's exchanges, the queue and its bindings; return the (generated) name.
+
+        A queue made with ``no_declare`` is never declared (it must exist): nothing is sent."""
+        if queue.no_declare:
+            return queue.name
         if not passive:
             for edge in queue.all_bindings:
                 if edge.exchange is not None and edge.exchange.name and not edge.exchange.no_declare:
@@ -810,13 +815,27 @@ class Connection:
     def autoretry(
         self, fun: Callable[..., Any], channel: Channel | None = None, **ensure_options: Any
     ) -> Callable[..., Any]:
-        """``fun`` wrapped to reconnect and retry on connection errors (see :meth:`ensure`)."""
+        """``fun`` wrapped to reconnect and retry on connection errors (see :meth:`ensure`).
 
-        class Revivable:
+        The wrapper calls ``fun(*args, channel=channel, **kwargs)`` and returns ``(result, channel)``:
+        ``channel`` is the one given here, the default channel when none was, and after a reconnect the
+        new connection's default channel. A retried ``fun`` may run twice.
+        """
+        connection = self
+        current: list[Channel | None] = [channel]
+
+        class Revival:
             def revive(self, channel: Channel) -> None:
-                pass
+                current[0] = channel
 
-        return self.ensure(Revivable(), fun, **ensure_options)
+            def __call__(self, *args: Any, **kwargs: Any) -> tuple[Any, Channel]:
+                used = current[0]
+                if used is None:
+                    used = current[0] = connection.ensure_default_channel()
+                return maybe_await(fun(*args, channel=used, **kwargs)), used
+
+        revival = Revival()
+        return self.ensure(revival, revival, **ensure_options)
 
     # --- conveniences -----------------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ class Message:
 
     __slots__ = (
         "_decoded",
+        "_no_ack",
         "_state",
         "accept",
         "body",
@@ -77,6 +78,7 @@ class Message:
         self.body = decompress(delivery.body, compression) if compression else delivery.body
         self._decoded: Any = _NOT_DECODED
         self._state = "ACK" if no_ack else "RECEIVED"
+        self._no_ack = no_ack
 
     # --- content -------------------------------------------------------------------------------------
 
@@ -115,7 +117,9 @@ class Message:
 
     def ack(self, multiple: bool = False) -> None:
         """Acknowledge: the broker deletes the message. With ``multiple``, also every earlier unacked one
-        on this channel."""
+        on this channel. A message delivered with ``no_ack`` needs none: acking it does nothing."""
+        if self._no_ack:
+            return
         channel = self._settle("ACK")
         channel.basic_ack(self.delivery_tag, multiple=multiple)
 

@@ -36,6 +36,7 @@ class Message:
 
     __slots__ = (
         "_decoded",
+        "_no_ack",
         "_state",
         "accept",
         "body",
@@ -76,6 +77,7 @@ class Message:
         self.body = decompress(delivery.body, compression) if compression else delivery.body
         self._decoded: Any = _NOT_DECODED
         self._state = "ACK" if no_ack else "RECEIVED"
+        self._no_ack = no_ack
 
     # --- content -------------------------------------------------------------------------------------
 
@@ -114,7 +116,9 @@ class Message:
 
     async def ack(self, multiple: bool = False) -> None:
         """Acknowledge: the broker deletes the message. With ``multiple``, also every earlier unacked one
-        on this channel."""
+        on this channel. A message delivered with ``no_ack`` needs none: acking it does nothing."""
+        if self._no_ack:
+            return
         channel = self._settle("ACK")
         await channel.basic_ack(self.delivery_tag, multiple=multiple)
 
