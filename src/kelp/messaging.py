@@ -217,7 +217,10 @@ class Producer:
                     props[_PROPERTY_ALIASES.get(key, key)] = value
             unknown = set(props) - _KNOWN_PROPERTIES
             if unknown:
-                raise UsageError(f"unknown message properties: {sorted(unknown)}")
+                # Kombu accepts any keyword and AMQP 0-9-1 has no place for it: RabbitMQ never sees it.
+                logger.warning("publish ignores properties AMQP does not have: %s", sorted(unknown))
+                for key in unknown:
+                    del props[key]
         return Envelope(
             payload,
             props,
