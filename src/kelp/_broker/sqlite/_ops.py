@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from kelp._broker.malformed import Malformed, as_text, malformed_tables, report_dropped
 from kelp._broker.queue_args import (
     QueueArgs,
     binding_destination,
@@ -294,9 +295,7 @@ def tick(tx: Tx) -> None:
         for _, name, body, props, headers, exchange, routing_key in rows:
             queue = tx.current().queues.get(name)
             if queue is not None and queue.args.dead_letter_exchange is not None:
-                dead_letter_message(
-                    tx, queue, body, decode(props), decode(headers), exchange, routing_key, "expired"
-                )
+                dead_letter_row(tx, queue, body, props, headers, exchange, routing_key, "expired")
     if tx.current().has_expiring_queues:
         expired = db.execute(
             "SELECT name FROM queues WHERE expires_ms IS NOT NULL AND last_used + expires_ms / 1000.0 <= ? "
@@ -425,7 +424,129 @@ def _drop_head(tx: Tx, queue: QueueDef) -> None:
             (queue.name,),
         ).fetchone()
         db.execute("DELETE FROM messages WHERE id=?", (row[0],))
-        dead_letter_message(tx, queue, row[1], decode(row[2]), decode(row[3]), row[4], row[5], "maxlen")
+        dead_letter_row(tx, queue, row[1], row[2], row[3], row[4], row[5], "maxlen")
+
+
+def read_row(body: Any, props: Any, headers: Any, exchange: Any, routing_key: Any) -> tuple[Any, ...]:
+    """``(body, properties, headers)`` of a stored message; raises Malformed for a row kelp did not write
+    (see :mod:`kelp._broker.malformed`)."""
+    if type(body) is not bytes:
+        if not isinstance(body, str):
+            raise Malformed(f"the body is a {type(body).__name__}, not a BLOB")
+        body = body.encode("utf-8", "surrogatepass")
+    if type(exchange) is not str or type(routing_key) is not str:
+        raise Malformed("the exchange or routing key is not text")
+    return body, decode(props), decode(headers) if headers else {}
+
+
+def dead_letter_row(
+    tx: Tx, queue: QueueDef, body: Any, props: Any, headers: Any, exchange: Any, routing_key: Any, reason: str
+) -> None:
+    """:func:`dead_letter_message` for a message as stored; a malformed one is dead-lettered as
+    :mod:`kelp._broker.malformed` describes."""
+    if queue.args.dead_letter_exchange is None:
+        return
+    try:
+        body, properties, header_table = read_row(body, props, headers, exchange, routing_key)
+    except Malformed as exc:
+        properties, header_table = malformed_tables(str(exc), {"properties": props, "headers": headers})
+        body = _blob_of(body)
+        exchange, routing_key = as_text(exchange), as_text(routing_key)
+    dead_letter_message(tx, queue, body, properties, header_table, exchange, routing_key, reason)
+
+
+def _blob_of(value: Any) -> bytes:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    return as_text(value).encode()
+
+
+def quarantine(tx: Tx, connection_id: int, items: Sequence[tuple[bool, str, Any, str]]) -> None:
+    """Take malformed messages out of their queues: ``(no_ack, queue, claimed row, problem)`` each.
+    Dead-lettered (reason ``rejected``) when the queue has a dead-letter exchange, else dropped with an
+    ERROR log; a row no longer held by the connection (released meanwhile) is left alone."""
+    for no_ack, name, row, problem in items:
+        message_id, _priority, body, props, headers, exchange, routing_key = row[:7]
+        if not no_ack:
+            deleted = tx.db.execute(
+                "DELETE FROM messages WHERE id=? AND owner=?", (message_id, connection_id)
+            ).rowcount
+            if not deleted:
+                continue
+        _drop_malformed(tx, name, message_id, body, problem, props, headers, exchange, routing_key)
+
+
+def _drop_malformed(
+    tx: Tx,
+    name: str,
+    message_id: int,
+    body: Any,
+    problem: str,
+    props: Any,
+    headers: Any,
+    exchange: Any,
+    routing_key: Any,
+) -> None:
+    queue = tx.current().queues.get(name)
+    if queue is None or queue.args.dead_letter_exchange is None:
+        path = tx.db.execute("PRAGMA database_list").fetchone()[2]  # the file, for the log line
+        report_dropped(path, name, message_id, problem)
+        return
+    properties, header_table = malformed_tables(problem, {"properties": props, "headers": headers})
+    dead_letter_message(
+        tx,
+        queue,
+        _blob_of(body),
+        properties,
+        header_table,
+        as_text(exchange),
+        as_text(routing_key),
+        "rejected",
+    )
+
+
+def is_undecodable_text(exc: sqlite3.Error) -> bool:
+    """True for the error sqlite3 raises reading a TEXT value that is not UTF-8."""
+    return "Could not decode to UTF-8" in str(exc)
+
+
+def repair_text(tx: Tx) -> None:
+    """Take every message whose TEXT columns are not UTF-8 (written from outside kelp) out of its queue,
+    as :func:`quarantine` does. A full scan: run only after reading such a row failed."""
+    db = tx.db
+    last = 0
+    while True:
+        db.text_factory = bytes
+        try:
+            rows = db.execute(
+                "SELECT id, queue, body, properties, headers, exchange, routing_key FROM messages "
+                "WHERE id > ? ORDER BY id LIMIT 1000",
+                (last,),
+            ).fetchall()
+        finally:
+            db.text_factory = str
+        if not rows:
+            return
+        last = rows[-1][0]
+        for message_id, name, body, props, headers, exchange, routing_key in rows:
+            texts = (name, props, headers, exchange, routing_key)
+            try:
+                for text in texts:
+                    if isinstance(text, bytes):
+                        text.decode()
+            except UnicodeDecodeError:
+                db.execute("DELETE FROM messages WHERE id=?", (message_id,))
+                _drop_malformed(
+                    tx,
+                    as_text(name),
+                    message_id,
+                    body,
+                    "stored text is not UTF-8",
+                    props,
+                    headers,
+                    exchange,
+                    routing_key,
+                )
 
 
 def dead_letter_message(
@@ -785,7 +906,7 @@ def reject(tx: Tx, connection_id: int, items: list[tuple[int, str]], requeue: bo
         ).fetchone()
         queue = tx.current().queues.get(name)
         if row is not None and queue is not None and queue.args.dead_letter_exchange is not None:
-            dead_letter_message(tx, queue, row[0], decode(row[1]), decode(row[2]), row[3], row[4], "rejected")
+            dead_letter_row(tx, queue, row[0], row[1], row[2], row[3], row[4], "rejected")
 
 
 def drop_connection(tx: Tx, connection_id: int) -> None:

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any, TypeVar
 
+from kelp._broker.malformed import Malformed
 from kelp._broker.sqlite import _buffer, _checkpoint, _ops
 from kelp._broker.sqlite._buffer import PublishBuffer
 from kelp._broker.sqlite._codec import decode
@@ -325,10 +326,17 @@ class SqliteStore:
             db = self._check()
             give_up = time.monotonic() + self.options.busy_timeout
             delay = 0.0001
+            repaired = False
             while True:
                 try:
                     return self._attempt(db, op, plain)
                 except sqlite3.OperationalError as exc:
+                    if _ops.is_undecodable_text(exc) and not repaired:
+                        # A message row written from outside kelp holds text that is not UTF-8: take
+                        # such rows out of their queues (once), then run the operation again.
+                        repaired = True
+                        self._attempt(db, _ops.repair_text, False)
+                        continue
                     if not _is_busy(exc):
                         raise OperationalError(f"sqlite error on {self.path}: {exc}") from None
                     if time.monotonic() >= give_up:
@@ -736,6 +744,7 @@ class SqliteStore:
     def _deliver(self, connection: _Connection, claimed: list[tuple[Any, Any, list[Any]]]) -> list[Delivery]:
         out: list[Delivery] = []
         lost: list[tuple[int, int]] = []
+        malformed: list[tuple[bool, str, Any, str]] = []
         append = out.append
         connection_id = connection.id
         with self._state:
@@ -751,30 +760,53 @@ class SqliteStore:
                     continue
                 channel_id, consumer_tag, queue = channel.id, consumer.tag, consumer.queue
                 tag = channel.next_tag
-                channel.next_tag = tag + len(rows)
-                if not consumer.no_ack:
-                    unacked = channel.unacked
-                    for offset, row in enumerate(rows):
-                        unacked[tag + offset] = _Unacked(row[0], queue, consumer)
-                    consumer.unacked += len(rows)
-                for _id, _priority, body, props, headers, exchange, routing_key, redelivered in rows:
+                unacked = None if consumer.no_ack else channel.unacked
+                for row in rows:
+                    message_id, _priority, body, props, headers, exchange, routing_key, redelivered = row
+                    try:
+                        if (
+                            type(body) is not bytes
+                            or type(exchange) is not str
+                            or type(routing_key) is not str
+                        ):
+                            body = _ops.read_row(body, props, headers, exchange, routing_key)[0]
+                        properties = decode(props)
+                        header_table = decode(headers) if headers else {}
+                    except Malformed as exc:
+                        # Written from outside kelp: it leaves the queue; the rest of the batch goes on.
+                        malformed.append((consumer.no_ack, queue, row, str(exc)))
+                        continue
+                    if unacked is not None:
+                        unacked[tag] = _Unacked(message_id, queue, consumer)
+                        consumer.unacked += 1
                     append(
                         Delivery(
                             channel_id,
                             consumer_tag,
                             tag,
                             body,
-                            decode(props),
-                            decode(headers) if headers else {},
+                            properties,
+                            header_table,
                             exchange,
                             routing_key,
                             bool(redelivered),
                         )
                     )
                     tag += 1
+                channel.next_tag = tag
         if lost:
             self._settle_later(self._releases, lost)
+        if malformed:
+            self._quarantine(connection_id, malformed)
         return out
+
+    def _quarantine(self, connection_id: int, items: list[tuple[bool, str, Any, str]]) -> None:
+        """Take malformed claimed messages out of their queues (see :mod:`kelp._broker.malformed`)."""
+        try:
+            self._run(lambda tx: _ops.quarantine(tx, connection_id, items))
+        except KelpError:
+            # They stay claimed by this connection and return to their queue when it closes.
+            logger.exception("kelp: could not take malformed messages out of %s", self.path)
 
     def _settle_later(self, into: list[tuple[int, int]], pairs: list[tuple[int, int]]) -> None:
         """Buffer acks or releases (``into``) of (message id, owner connection) for the next commit."""
@@ -786,10 +818,19 @@ class SqliteStore:
 
     def get(self, connection_id: int, channel_id: int, queue: str, no_ack: bool) -> Delivery | None:
         self._alive(connection_id)
-        found = self._run(lambda tx: _ops.get(tx, connection_id, queue, no_ack))
-        if found is None:
-            return None
-        (message_id, _p, body, props, headers, exchange, routing_key, redelivered), count = found
+        while True:
+            found = self._run(lambda tx: _ops.get(tx, connection_id, queue, no_ack))
+            if found is None:
+                return None
+            row, count = found
+            message_id, _p, body, props, headers, exchange, routing_key, redelivered = row
+            try:
+                body, properties, header_table = _ops.read_row(body, props, headers, exchange, routing_key)
+            except Malformed as exc:
+                # Written from outside kelp: it leaves the queue, and the next message is taken.
+                self._quarantine(connection_id, [(no_ack, queue, row, str(exc))])
+                continue
+            break
         with self._state:
             channel = self._connections[connection_id].channels.get(channel_id)
             if channel is None:
@@ -805,8 +846,8 @@ class SqliteStore:
             "",
             tag,
             body,
-            decode(props),
-            decode(headers),
+            properties,
+            header_table,
             exchange,
             routing_key,
             bool(redelivered),
