@@ -51,12 +51,15 @@ def malformed_tables(problem: str, raw: Mapping[str, Any]) -> tuple[dict[str, An
     return {}, {MALFORMED_HEADER: record}
 
 
-def report_dropped(store: str, queue: str, message_id: Any, problem: str) -> None:
-    """Log (ERROR) a malformed message dropped because its queue has no dead-letter exchange."""
+def report_dropped(
+    store: str, queue: str, message_id: Any, problem: str, why: str = "the queue has no dead-letter exchange"
+) -> None:
+    """Log (ERROR) a malformed message dropped rather than dead-lettered, and ``why``."""
     logger.error(
-        "kelp: dropped malformed message %s of queue %r in %s (the queue has no dead-letter exchange): %s",
+        "kelp: dropped malformed message %s of queue %r in %s (%s): %s",
         as_text(message_id),
         queue,
         store,
+        why,
         problem,
     )
