@@ -106,6 +106,7 @@ def connect(path: str, synchronous: str, busy_timeout: float) -> sqlite3.Connect
     parent = Path(path).parent
     if not parent.is_dir():
         raise OperationalError(f"cannot open the kelp database {path}: directory {parent} does not exist")
+    create_private(path)
     try:
         db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:
@@ -123,6 +124,30 @@ def connect(path: str, synchronous: str, busy_timeout: float) -> sqlite3.Connect
         db.close()
         raise
     return db
+
+
+def create_private(path: str) -> None:
+    """Create the database file, if it does not exist yet, readable and writable by its owner only (0600,
+    whatever the umask). SQLite gives the -wal and -shm files it creates beside it the same mode. An
+    existing file keeps its mode."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise OperationalError(f"cannot create the kelp database {path}: {exc}") from None
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+def make_private(path: str) -> None:
+    """Make an existing database file and its -wal/-shm files owner-only (0600) if this user owns them."""
+    for name in (path, path + "-wal", path + "-shm"):
+        with suppress(OSError):
+            if os.stat(name).st_uid == os.geteuid():
+                os.chmod(name, 0o600)
 
 
 def _open_error(path: str, exc: sqlite3.DatabaseError) -> Exception:
