@@ -41,6 +41,7 @@ from kelp._broker.sqlite._schema import (
     process_state,
 )
 from kelp._broker.sqlite._topology import EMPTY, Topology
+from kelp._broker.sqlite._watch import FileIdentity, full_error, is_full
 from kelp._envelope import Delivery, Envelope, QueueInfo
 from kelp.exceptions import (
     ChannelError,
@@ -180,6 +181,8 @@ class SqliteStore:
         self._process_id: int | None = None
         self._namespace = namespace()
         self._lost: str | None = None
+        self._file = FileIdentity(path)
+        self._full = False  # the last commit failed for lack of space: publishes are not buffered
         self._topo: Topology = EMPTY
         self._connections: dict[int, _Connection] = {}
         self._pending = PublishBuffer()  # publishes awaiting the group commit
@@ -232,6 +235,7 @@ class SqliteStore:
         writer.execute(f"PRAGMA wal_autocheckpoint={4 * _checkpoint.WAL_LIMIT_PAGES}")
         self._writer, self._reader = writer, reader
         self._lost = None
+        self._file.remember()
         try:
             self._run(self._register, plain=True)
         except BaseException:
@@ -273,7 +277,12 @@ class SqliteStore:
             if self._refs > 0 or self._writer is None:
                 return
             try:
-                self.flush()
+                if self._lost is None:
+                    self.flush()
+                elif self._pending.count:
+                    logger.error(
+                        "kelp: %d buffered publishes were not stored: %s", self._pending.count, self._lost
+                    )
             except Exception:
                 logger.exception("kelp: could not flush %s while closing", self.path)
             self._flusher = None
@@ -331,6 +340,10 @@ class SqliteStore:
                 try:
                     return self._attempt(db, op, plain)
                 except sqlite3.OperationalError as exc:
+                    self._check_file()  # a file replaced under us explains any error best
+                    if is_full(exc):
+                        self._full = True
+                        raise full_error(self.path) from None
                     if _ops.is_undecodable_text(exc) and not repaired:
                         # A message row written from outside kelp holds text that is not UTF-8: take
                         # such rows out of their queues (once), then run the operation again.
@@ -347,6 +360,7 @@ class SqliteStore:
                     time.sleep(delay)
                     delay = min(delay * 2, 0.005)
                 except sqlite3.DatabaseError as exc:
+                    self._check_file()
                     raise InconsistencyError(f"the kelp database {self.path} is damaged: {exc}") from None
 
     def _attempt(self, db: sqlite3.Connection, op: Callable[[_ops.Tx], T], plain: bool) -> T:
@@ -383,6 +397,7 @@ class SqliteStore:
                     tx.runs.clear()
                     db.execute("ROLLBACK TO op")
                     db.execute("RELEASE op")
+                    self._check_file()
                     db.execute("COMMIT")
                     committed = True
                     tx.topo, tx.reloaded, tx.touched, tx.deleted_queues, tx.next_due = before
@@ -390,8 +405,10 @@ class SqliteStore:
                     self._finish(tx)
                     raise
                 db.execute("RELEASE op")
+            self._check_file()
             db.execute("COMMIT")
             committed = True
+            self._full = False
         finally:
             if not committed:
                 if db.in_transaction:
@@ -407,6 +424,14 @@ class SqliteStore:
                         self._first_settle = now
         self._finish(tx)
         return result
+
+    def _check_file(self) -> None:
+        """Refuse to commit into a file that is no longer the one at the path (see _watch.py)."""
+        problem = self._file.problem()
+        if problem is not None:
+            self._lost = problem
+            logger.error("kelp: %s", problem)
+            raise OperationalError(problem)
 
     def _finish(self, tx: _ops.Tx) -> None:
         now = time.monotonic()
@@ -459,7 +484,8 @@ class SqliteStore:
             if connection_id not in self._connections:
                 return
         try:
-            self._run(lambda tx: _ops.drop_connection(tx, connection_id))
+            if self._lost is None:  # else nothing can be committed any more: forget the connection
+                self._run(lambda tx: _ops.drop_connection(tx, connection_id))
         finally:
             with self._state:
                 self._connections.pop(connection_id, None)
@@ -602,6 +628,8 @@ class SqliteStore:
         """
         if self._lost is not None or self._writer is None:
             self._check()
+        if self._full:
+            return False  # while the disk is full, each publish commits, so its failure is reported
         topo = self._topo
         staged = _buffer.stage(topo, envelopes, time.time())
         if staged is None:
@@ -1029,6 +1057,8 @@ class SqliteStore:
             self._wakeup.clear()
 
     def _guard(self, function: Callable[[], None]) -> None:
+        if self._lost is not None:
+            return  # nothing can be done on the file any more; the user's next operation says why
         try:
             function()
         except Exception as exc:
