@@ -178,8 +178,7 @@ local function route(exchange, key, hcanon)
         end
       else
         if headers == nil then
-          local ok, decoded = pcall(cjson.decode, hcanon)
-          headers = (ok and type(decoded) == 'table') and decoded or {}
+          headers = (hcanon ~= '' and cjson.decode(hcanon)) or {}
         end
         for _, member in ipairs(redis.call('SMEMBERS', kxb(name))) do
           local b = cjson.decode(member)
