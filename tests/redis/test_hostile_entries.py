@@ -192,3 +192,19 @@ def test_any_foreign_entry_never_stops_the_queue(
         assert got[-1] == "after"
         assert _work(dlx)(conn.default_channel).queue_declare(passive=True).message_count == 0
     assert _ready(raw, url) == 0
+
+
+def test_non_json_meta_sent_to_the_script_is_dead_lettered(redis_url: str, raw: redis.Redis) -> None:
+    from kelp._broker.redis.script import SHA
+
+    _setup(redis_url, dlx=True)
+    # A foreign client calls the script's publish itself: exchange '', key 'work', meta not kelp's.
+    raw.evalsha(
+        SHA, 1, f"{{{_prefix(redis_url)}}}:", "publish", 1, "", "work", "", "", 0, "", b"bad", b"{", ""
+    )
+    _publish(redis_url, "after")
+    with Connection(redis_url) as conn:
+        assert _consume(conn, _work(True), "after") == ["after"]
+        [dead] = _dead(conn)
+        assert dead.body == b"bad"
+        assert dead.headers[MALFORMED_HEADER]["meta"] == "{"
