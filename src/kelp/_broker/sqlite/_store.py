@@ -49,6 +49,7 @@ from kelp.exceptions import (
     KelpError,
     MessageNacked,
     OperationalError,
+    ResourceError,
     UsageError,
 )
 
@@ -347,9 +348,12 @@ class SqliteStore:
                     if _ops.is_undecodable_text(exc) and not repaired:
                         # A message row written from outside kelp holds text that is not UTF-8: take
                         # such rows out of their queues (once), then run the operation again.
-                        repaired = True
-                        self._attempt(db, _ops.repair_text, False)
-                        continue
+                        try:
+                            self._attempt(db, _ops.repair_text, False)
+                            repaired = True
+                            continue
+                        except sqlite3.OperationalError as again:
+                            exc = again  # busy: wait below like any busy attempt, then try again
                     if not _is_busy(exc):
                         raise OperationalError(f"sqlite error on {self.path}: {exc}") from None
                     if time.monotonic() >= give_up:
@@ -1063,7 +1067,9 @@ class SqliteStore:
             function()
         except Exception as exc:
             if self._writer is not None and not self._stopping:
-                logger.warning("kelp: sqlite background task %s failed: %s", function.__name__, exc)
+                # A full disk is an error to act on (buffered publishes wait for space); the rest is retried.
+                level = logging.ERROR if isinstance(exc, ResourceError) else logging.WARNING
+                logger.log(level, "kelp: sqlite background task %s failed: %s", function.__name__, exc)
 
     def _data_version(self) -> int | None:
         reader = self._reader
