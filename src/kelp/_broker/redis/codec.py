@@ -22,6 +22,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from kelp._broker.malformed import Malformed
 from kelp.routing import X_MATCH_MODES
 
 __all__ = [
@@ -91,12 +92,25 @@ def encode_meta(
 
 
 def decode_meta(raw: bytes) -> tuple[dict[str, Any], dict[str, Any], str, str]:
-    """``(properties, headers, exchange, routing_key)`` from :func:`encode_meta`'s output."""
-    text = raw.decode()
-    # Tagged values are objects whose key starts with NUL, which JSON writes as \u0000: without one, the
-    # plain (faster) decoder gives the same result.
-    decoded = _decoder.decode(text) if "\\u0000" in text else _plain_decoder.decode(text)
-    properties, headers, exchange, routing_key = decoded
+    """``(properties, headers, exchange, routing_key)`` from :func:`encode_meta`'s output; raises Malformed
+    for anything else (an entry written from outside kelp)."""
+    if not raw:
+        raise Malformed("the entry lacks its body or its meta (fields b, m)")
+    try:
+        text = raw.decode()
+        # Tagged values are objects whose key starts with NUL, which JSON writes as \u0000: without one,
+        # the plain (faster) decoder gives the same result.
+        decoded = _decoder.decode(text) if "\\u0000" in text else _plain_decoder.decode(text)
+        properties, headers, exchange, routing_key = decoded
+    except (ValueError, TypeError, AttributeError, ArithmeticError, RecursionError) as exc:
+        raise Malformed(f"stored meta is not kelp's: {exc}") from None
+    if (
+        type(properties) is not dict
+        or type(headers) is not dict
+        or type(exchange) is not str
+        or type(routing_key) is not str
+    ):
+        raise Malformed("stored meta is not [properties, headers, exchange, routing key]")
     return properties, headers, exchange, routing_key
 
 

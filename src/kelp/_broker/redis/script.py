@@ -73,6 +73,14 @@ local function fields(list)
   return f
 end
 
+-- The fields of a queue entry. An entry added from outside kelp may lack its body or meta: it reads as an
+-- empty body with empty meta, so it moves like any other and the client finds it malformed (malformed.py).
+local function entry_fields(list)
+  local f = fields(list)
+  if not (f.b and f.m) then f.b, f.m = f.b or '', '' end
+  return f
+end
+
 -- Remove ids from a stream's group and the stream itself, in chunks (Lua's unpack has a limit).
 local function ack_delete(s, ids)
   for i = 1, #ids, 500 do
@@ -210,7 +218,17 @@ local function load_queue(name)
   }
 end
 
+-- Entries added from outside kelp (a raw XADD) are not counted: when a counter would go negative, count
+-- the ready entries again (every stream's length less its pending entries) and restart the byte count.
 local function save_counters(q)
+  if q.ready < 0 or q.bytes < 0 then
+    local ready = 0
+    for _, suffix in ipairs(redis.call('SMEMBERS', kqss(q.name))) do
+      local s = kqs(q.name, suffix)
+      ready = ready + redis.call('XLEN', s) - redis.call('XPENDING', s, G)[1]
+    end
+    q.ready, q.bytes = ready, math.max(q.bytes, 0)
+  end
   redis.call('HSET', kq(q.name), 'ready', q.ready, 'bytes', q.bytes)
 end
 
@@ -364,7 +382,7 @@ local function drop_head(q, reason)
     local s = kqs(q.name, suffix)
     local entries = read(s, '~', 1)
     if entries and entries[1] then
-      local id, f = entries[1][1], fields(entries[1][2])
+      local id, f = entries[1][1], entry_fields(entries[1][2])
       ack_delete(s, {id})
       q.ready = q.ready - 1
       q.bytes = q.bytes - #f.b
@@ -427,7 +445,7 @@ local function sweep_queue(name)
         redis.call('ZREM', kqlv(name), suffix)
         break
       end
-      local f = fields(head[2])
+      local f = entry_fields(head[2])
       local x = tonumber(f.x)
       if x and x <= NOW then
         read(s, '~', 1)
@@ -465,7 +483,7 @@ local function take(q, conn, room, no_ack, tag, out)
       if not entries then entries = {} end
       local drop = {}
       for _, e in ipairs(entries) do
-        local f = fields(e[2])
+        local f = entry_fields(e[2])
         q.ready = q.ready - 1
         q.bytes = q.bytes - #f.b
         local x = tonumber(f.x)
@@ -509,7 +527,7 @@ local function requeue(name, suffix, ids, dirty)
       local e = redis.call('XRANGE', s, id, id)[1]
       redis.call('XDEL', s, id)
       if e and q then
-        local f = fields(e[2])
+        local f = entry_fields(e[2])
         local level = level_of(suffix)
         add_entry(q, level, true, f.b, f.m, tonumber(f.x), (tonumber(f.n) or 0) + 1)
       end
@@ -918,7 +936,7 @@ function ops.settle(a)
         redis.call('XDEL', s, id)
         local q = load_queue(name)
         if e and q then
-          local f = fields(e[2])
+          local f = entry_fields(e[2])
           dead_letter(q, f.b, f.m, 'rejected')
         end
       end
@@ -955,7 +973,9 @@ function ops.outbox(a)
   local out = {}
   for _, e in ipairs(redis.call('XRANGE', K_OUTBOX, '-', '+', 'COUNT', tonumber(a[1]))) do
     local f = fields(e[2])
-    for _, v in ipairs({e[1], f.q, f.r, f.x, f.k and 1 or 0, f.k or '', f.b, f.m}) do out[#out + 1] = v end
+    -- Missing fields (an entry added from outside kelp) read as empty: nil would shift every later value.
+    local row = {e[1], f.q or '', f.r or '', f.x or '', f.k and 1 or 0, f.k or '', f.b or '', f.m or ''}
+    for _, v in ipairs(row) do out[#out + 1] = v end
   end
   return out
 end

@@ -36,6 +36,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from kelp._broker.sqlite import SqliteStore, StoreOptions, store_for
+from kelp._broker.sqlite._schema import make_private
 from kelp._envelope import Delivery, Envelope, QueueInfo
 from kelp.aio._backend import Signal, monotonic, run_blocking
 from kelp.aio.transport.base import Transport, TransportChannel
@@ -160,6 +161,20 @@ def database_path(url: URL) -> str:
     return os.path.abspath(url.path)
 
 
+def prepare_default_path(path: str) -> None:
+    """Make the default database private: its directory 0700 (created if missing; kelp's own ``kelp``
+    directory under the XDG data directory is tightened if it exists), the file and its -wal/-shm 0600,
+    whatever the umask. Other users on the machine cannot read the messages."""
+    directory = os.path.dirname(path)
+    existed = os.path.isdir(directory)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    # A KELP_HOME directory that existed is the user's own choice; everything else is kelp's.
+    ours = not existed or not os.environ.get("KELP_HOME")
+    if ours and os.stat(directory).st_uid == os.geteuid():
+        os.chmod(directory, 0o700)
+    make_private(path)
+
+
 class SqliteTransport(Transport):
     schemes: ClassVar[tuple[str, ...]] = ("sqlite",)
 
@@ -192,7 +207,7 @@ class SqliteTransport(Transport):
         from kelp.aio.connection import default_sqlite_path
 
         if self.path == default_sqlite_path():
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            await run_blocking(prepare_default_path, self.path)
         store = store_for(self.path, self.store_options)
         await run_blocking(store.attach)
         try:
