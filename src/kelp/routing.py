@@ -320,6 +320,7 @@ class BindingTable:
         # copy, and copies before changing).
         self._owned_dest: set[Destination] = set()
         self._owned_key: set[str] = set()
+        self._exchange_dests = 0  # destinations that are exchanges
         self._trie = TopicTrie() if self._type == "topic" else None
         self._memo: dict[str, frozenset[Destination]] = {}
         self._headers: list[tuple[_HeadersRule, Destination]] = []
@@ -357,6 +358,7 @@ class BindingTable:
         other._by_key = dict(self._by_key)
         other._owned_dest, other._owned_key = set(), set()
         self._owned_dest, self._owned_key = set(), set()  # the inner dicts are now shared by both
+        other._exchange_dests = self._exchange_dests
         other._trie = self._trie.copy() if self._trie is not None else None
         other._memo = {}
         other._headers = list(self._headers)
@@ -375,6 +377,11 @@ class BindingTable:
         """Every destination with at least one binding in this table."""
         return set(self._by_destination)
 
+    @property
+    def routes_to_exchanges(self) -> bool:
+        """True if some binding of this table points at an exchange."""
+        return self._exchange_dests > 0
+
     def has_destination(self, destination: Destination) -> bool:
         """True if some binding of this table points at ``destination``."""
         return destination in self._by_destination
@@ -391,7 +398,10 @@ class BindingTable:
             return False
         rule = _headers_rule(binding.arguments) if self._type == "headers" else None
         self._bindings[binding] = None
-        self._inner(self._by_destination, self._owned_dest, destination)[binding] = None
+        bindings = self._inner(self._by_destination, self._owned_dest, destination)
+        bindings[binding] = None
+        if destination.kind == "exchange" and len(bindings) == 1:
+            self._exchange_dests += 1
         if rule is not None:
             self._headers.append((rule, destination))
         elif self._trie is not None:
@@ -425,6 +435,8 @@ class BindingTable:
         del bindings[binding]
         if not bindings:
             del self._by_destination[destination]
+            if destination.kind == "exchange":
+                self._exchange_dests -= 1
         if self._type == "headers":
             rule = _headers_rule(binding.arguments)
             self._headers.remove((rule, destination))

@@ -77,6 +77,17 @@ CREATE TABLE consumers (
 CREATE INDEX consumers_queue ON consumers (queue);
 """
 
+# What each topology version changed (see kelp._broker.sqlite._topology.refresh_topology): an entity
+# ('exchange', 'queue', 'binding' or '*' for anything) and its key. Created on opening when missing, without
+# a schema version of its own: a kelp that does not write it leaves gaps in it, and a gap makes a reader
+# rebuild its snapshot from the tables.
+TOPOLOGY_LOG = """
+CREATE TABLE IF NOT EXISTS topology_log (
+    version INTEGER PRIMARY KEY, entity TEXT NOT NULL, name TEXT NOT NULL, kind TEXT, destination TEXT,
+    routing_key TEXT, arguments TEXT
+)
+"""
+
 # Upgrades of an older kelp's file, run in the opening write transaction: version -> statements that
 # bring the previous version to it.
 _MIGRATIONS = {
@@ -146,6 +157,7 @@ def ensure_schema(db: sqlite3.Connection, path: str, now: float) -> None:
                 if statement.strip():
                     db.execute(statement)
             db.executemany("INSERT INTO exchanges VALUES (?, ?, 1, 0, 0, '{}')", _BUILTIN_EXCHANGES)
+            db.execute(TOPOLOGY_LOG)
             db.execute(f"PRAGMA application_id={APPLICATION_ID}")
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             return
@@ -154,6 +166,7 @@ def ensure_schema(db: sqlite3.Connection, path: str, now: float) -> None:
             for statement in _MIGRATIONS[target]:
                 db.execute(statement)
             db.execute(f"PRAGMA user_version={target}")
+        db.execute(TOPOLOGY_LOG)
     except sqlite3.DatabaseError as exc:
         raise _open_error(path, exc) from None
 
