@@ -120,7 +120,9 @@ def run(url: str, size: int, samples: int, messages: int, server: Any | None) ->
             result["ping"] = percentiles(_stop_pinger(pinger))
             result["script_us_per_call"] = _script_us(stats_before, server.info("commandstats"))
             result["slow_commands_over_1ms"] = server.slowlog_len()
-            result["trie_nodes_read"] = _trie_nodes(conn, keys[-1])
+            visits = _trie_nodes(conn, keys[-1])
+            if visits is not None:
+                result["trie_nodes_read"] = visits
     return result
 
 
@@ -151,14 +153,20 @@ def _script_us(before: dict[str, Any], after: dict[str, Any]) -> float:
     return usec / calls if calls else 0.0
 
 
-def _trie_nodes(conn: Any, key: str) -> int:
+def _trie_nodes(conn: Any, key: str) -> int | None:
+    """How many trie nodes the script reads to route ``key`` (None for a kelp without the trie)."""
+    import redis
+
     from kelp._broker.redis.script import SHA
 
     transport = conn.transport
     prefix = "{" + transport.prefix + "}:"
-    _reached, visits = transport._client.execute_command(
-        "EVALSHA", SHA, 1, prefix, "routecost", EXCHANGE, key, ""
-    )
+    try:
+        _reached, visits = transport._client.execute_command(
+            "EVALSHA", SHA, 1, prefix, "routecost", EXCHANGE, key, ""
+        )
+    except redis.ResponseError:
+        return None
     return int(visits)
 
 

@@ -313,8 +313,9 @@ class BindingTable:
 
     def __init__(self, exchange_type: str) -> None:
         self._type = validate_exchange_type(exchange_type)
-        self._bindings: dict[Binding, None] = {}  # an insertion-ordered set
-        self._by_destination: dict[Destination, dict[Binding, None]] = {}  # destination -> its bindings
+        self._count = 0  # bindings
+        # destination -> its bindings (an insertion-ordered set): the table's bindings, grouped
+        self._by_destination: dict[Destination, dict[Binding, None]] = {}
         self._by_key: dict[str, dict[Destination, int]] = {}  # direct: key -> destination -> count
         # Keys of the inner dicts above that this table may change in place (the others it shares with a
         # copy, and copies before changing).
@@ -335,13 +336,13 @@ class BindingTable:
         return self._trie.visits if self._trie is not None else 0
 
     def __len__(self) -> int:
-        return len(self._bindings)
+        return self._count
 
     def __iter__(self) -> Iterator[Binding]:
-        return iter(list(self._bindings))
+        return iter([binding for bindings in self._by_destination.values() for binding in bindings])
 
     def __contains__(self, binding: object) -> bool:
-        return binding in self._bindings
+        return isinstance(binding, Binding) and binding in self._by_destination.get(binding.destination, ())
 
     def __repr__(self) -> str:
         return f"<BindingTable {self._type} with {len(self)} bindings>"
@@ -353,7 +354,7 @@ class BindingTable:
         """
         other = BindingTable.__new__(BindingTable)
         other._type = self._type
-        other._bindings = dict(self._bindings)
+        other._count = self._count
         other._by_destination = dict(self._by_destination)
         other._by_key = dict(self._by_key)
         other._owned_dest, other._owned_key = set(), set()
@@ -394,12 +395,12 @@ class BindingTable:
         For a headers exchange an invalid ``x-match`` raises :class:`ValueError` and nothing is added.
         """
         binding = Binding(destination, routing_key, _arguments(arguments))
-        if binding in self._bindings:
+        if binding in self:
             return False
         rule = _headers_rule(binding.arguments) if self._type == "headers" else None
-        self._bindings[binding] = None
         bindings = self._inner(self._by_destination, self._owned_dest, destination)
         bindings[binding] = None
+        self._count += 1
         if destination.kind == "exchange" and len(bindings) == 1:
             self._exchange_dests += 1
         if rule is not None:
@@ -416,7 +417,7 @@ class BindingTable:
     ) -> bool:
         """Remove a binding; False if it did not exist."""
         binding = Binding(destination, routing_key, _arguments(arguments))
-        if binding not in self._bindings:
+        if binding not in self:
             return False
         self._discard(binding)
         return True
@@ -429,7 +430,7 @@ class BindingTable:
         return len(doomed)
 
     def _discard(self, binding: Binding) -> None:
-        del self._bindings[binding]
+        self._count -= 1
         destination = binding.destination
         bindings = self._inner(self._by_destination, self._owned_dest, destination)
         del bindings[binding]

@@ -215,7 +215,7 @@ class _Derivation:
     def __init__(self, db: sqlite3.Connection, topo: Topology) -> None:
         self.db = db
         self.exchanges = dict(topo.exchanges)
-        self.queues = dict(topo.queues)
+        self.queues = topo.queues  # copied before the first change to a queue
         self.expiring = topo.expiring
         self.copied: set[str] = set()  # exchanges whose table this snapshot owns
 
@@ -274,6 +274,8 @@ class _Derivation:
             ):
                 exchange.table.add(Destination(kind, target), routing_key, json.loads(args))
             self.bind_stored(destination)
+        if queues:
+            self.queues = dict(self.queues)
         for name in queues:
             old = self.queues.pop(name, None)
             if old is not None and old.args.expires is not None:
