@@ -6,8 +6,8 @@ to ``topology_log`` naming what changed, so a process whose snapshot is behind d
 its own by re-reading only those exchanges, queues and bindings (:func:`refresh_topology`): declaring one
 more queue costs the same at 10 queues as at 10,000. A snapshot too old for the log (or a change the log
 cannot name) is rebuilt from the tables. Snapshots are immutable once built and shared between threads (a
-derived one copies what it changes); routing through one is serialised by its own lock, since a topic table
-memoises answers.
+derived one copies what it changes and shares the rest); routing is serialised by a lock that a snapshot
+shares with those derived from it, since a binding table memoises answers.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ class Topology:
         exchanges: dict[str, ExchangeDef],
         queues: dict[str, QueueDef],
         expiring: int | None = None,
+        lock: threading.Lock | None = None,
     ) -> None:
         self.version = version
         self.exchanges = exchanges
@@ -79,7 +80,8 @@ class Topology:
             expiring = sum(q.args.expires is not None for q in queues.values())
         self.expiring = expiring  # how many queues have x-expires
         self.has_expiring_queues = expiring > 0
-        self._lock = threading.Lock()
+        # A derived snapshot shares its unchanged binding tables, and so this lock, with the one before.
+        self._lock = lock or threading.Lock()
         # Exchanges whose routing depends on the routing key alone (no headers exchange, no exchange
         # bindings, no alternate exchange): their answers are remembered per routing key.
         self._simple = {
@@ -214,6 +216,7 @@ class _Derivation:
 
     def __init__(self, db: sqlite3.Connection, topo: Topology) -> None:
         self.db = db
+        self.lock = topo._lock
         self.exchanges = dict(topo.exchanges)
         self.queues = topo.queues  # copied before the first change to a queue
         self.expiring = topo.expiring
@@ -302,4 +305,4 @@ class _Derivation:
                 table.add(Destination(kind, target), routing_key, json.loads(args))
             else:
                 table.remove(Destination(kind, target), routing_key, json.loads(args))
-        return Topology(version, self.exchanges, self.queues, self.expiring)
+        return Topology(version, self.exchanges, self.queues, self.expiring, self.lock)
