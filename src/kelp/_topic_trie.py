@@ -96,28 +96,32 @@ class TopicTrie:
     def match(self, routing_key: str) -> set[Hashable]:
         """The destinations of every binding key that matches ``routing_key`` (see routing.topic_match)."""
         words = routing_key.split(".") if routing_key else []
+        last = len(words)
         found: set[Hashable] = set()
-        self.visits = _collect(self._root, words, 0, found)
+        # Depth-first over (node, index of the next word), with a stack rather than recursion (a key may
+        # have many words), each pair once: patterns with several "#" reach a pair by many ways, and
+        # without this the walk would grow with the number of ways rather than with nodes * words.
+        pending = [(self._root, 0)]
+        seen: set[tuple[int, int]] = set()
+        while pending:
+            node, i = pending.pop()
+            if (id(node), i) in seen:
+                continue
+            seen.add((id(node), i))
+            children = node.children
+            if i == last:
+                found.update(node.dests)
+            else:
+                word = words[i]
+                if word != _STAR and word != _HASH:  # a literal "*" or "#" is matched by the wildcard edges
+                    child = children.get(word)
+                    if child is not None:
+                        pending.append((child, i + 1))
+                child = children.get(_STAR)
+                if child is not None:
+                    pending.append((child, i + 1))
+            hash_ = children.get(_HASH)
+            if hash_ is not None:  # "#" swallows zero or more words: try every place it can stop
+                pending.extend((hash_, j) for j in range(i, last + 1))
+        self.visits = len(seen)
         return found
-
-
-def _collect(node: _Node, words: list[str], i: int, found: set[Hashable]) -> int:
-    """Add the destinations under ``node`` that match ``words[i:]``; return the nodes visited."""
-    visits = 1
-    children = node.children
-    if i == len(words):
-        found.update(node.dests)
-    else:
-        word = words[i]
-        if word != _STAR and word != _HASH:  # a literal "*" or "#" is matched by the wildcard edges below
-            child = children.get(word)
-            if child is not None:
-                visits += _collect(child, words, i + 1, found)
-        child = children.get(_STAR)
-        if child is not None:
-            visits += _collect(child, words, i + 1, found)
-    hash_ = children.get(_HASH)
-    if hash_ is not None:  # "#" swallows zero or more words: try every place it can stop
-        for j in range(i, len(words) + 1):
-            visits += _collect(hash_, words, j, found)
-    return visits

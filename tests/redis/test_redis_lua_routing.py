@@ -257,3 +257,19 @@ def test_deleting_a_queue_finds_its_bindings_without_the_destination_index(redis
         assert [name.decode() for name in answer] == ["keep"]
         members = client.smembers(prefix + "xb:t")
         assert len(members) == 2
+
+
+def test_lua_topic_walk_with_many_hashes_stays_small(redis_url):
+    """A binding key with many "#" cannot make a publish walk (and block Redis) for long."""
+    pattern = ".".join(["#", "a"] * 12) + ".b"
+    with Connection(redis_url) as conn:
+        channel = conn.default_channel
+        Exchange("t", "topic")(channel).declare()
+        Queue("q")(channel).declare()
+        channel.queue_bind("q", "t", pattern)
+        client, prefix = _prefix(conn)
+        for key, expected in ((".".join(["a"] * 120), 0), (".".join(["a"] * 120) + ".b", 1)):
+            assert topic_match(pattern, key) is bool(expected)
+            reached, visits = client.execute_command("EVALSHA", SHA, 1, prefix, "routecost", "t", key, "")
+            assert reached == expected
+            assert visits <= 26 * 122

@@ -95,3 +95,22 @@ def test_match_cost_grows_with_words_not_bindings() -> None:
     assert table.topic_visits <= 12
     assert table.match("events.x.kind8") == {Q("q8"), Q("audit")}
     assert table.topic_visits <= 12
+
+
+def test_many_hashes_do_not_make_the_walk_explode() -> None:
+    table = BindingTable("topic")
+    table.topic_memo_size = 0
+    pattern = ".".join(["#", "a"] * 12) + ".b"
+    table.add(Q("q"), pattern)
+    assert table.match(".".join(["a"] * 120)) == set()
+    # Each (node, word position) pair is visited at most once: 26 nodes, 121 positions.
+    assert table.topic_visits <= 26 * 121
+    assert table.match(".".join(["a"] * 120) + ".b") == {Q("q")}
+
+
+def test_a_key_of_many_words_does_not_recurse() -> None:
+    table = BindingTable("topic")
+    words = ["w"] * 5000
+    table.add(Q("long"), ".".join(words))
+    table.add(Q("tail"), "#.w")
+    assert table.match(".".join(words)) == {Q("long"), Q("tail")}

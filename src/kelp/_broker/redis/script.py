@@ -198,24 +198,37 @@ end
 
 local TRIE_VISITS = 0  -- nodes the topic walks of this call read (ops.routecost)
 
-local function trie_collect(t, words, path, i, found)
-  TRIE_VISITS = TRIE_VISITS + 1
-  local nw, word = #words, words[i]
-  local fields = {'n' .. path .. '.*', 'n' .. path .. '.#'}
-  if i > nw then
-    fields[3] = 'd' .. path
-  elseif word ~= '*' and word ~= '#' then  -- a literal "*" or "#" is matched by the wildcard edges
-    fields[3] = 'n' .. path .. '.' .. word
-  end
-  local v = redis.call('HMGET', t, unpack(fields))
-  if i > nw then
-    if v[3] then add_dests(found, v[3]) end
-  else
-    if v[3] then trie_collect(t, words, path .. '.' .. word, i + 1, found) end
-    if v[1] then trie_collect(t, words, path .. '.*', i + 1, found) end
-  end
-  if v[2] then  -- "#" swallows zero or more words: try every place it can stop
-    for j = i, nw + 1 do trie_collect(t, words, path .. '.#', j, found) end
+-- Add the destinations of every binding key in the trie t that matches words. Depth-first over (node
+-- path, index of the next word) with a stack rather than recursion, each pair once: patterns with several
+-- "#" reach a pair by many ways, and the walk must grow with nodes * words, not with the ways.
+local function trie_match(t, words, found)
+  local nw = #words
+  local pending, seen = {{'', 1}}, {}
+  while #pending > 0 do
+    local top = table.remove(pending)
+    local path, i = top[1], top[2]
+    local id = path .. '|' .. i  -- unique: the last "|" separates the number from the path
+    if not seen[id] then
+      seen[id] = true
+      TRIE_VISITS = TRIE_VISITS + 1
+      local word = words[i]
+      local fields = {'n' .. path .. '.*', 'n' .. path .. '.#'}
+      if i > nw then
+        fields[3] = 'd' .. path
+      elseif word ~= '*' and word ~= '#' then  -- a literal "*" or "#" is matched by the wildcard edges
+        fields[3] = 'n' .. path .. '.' .. word
+      end
+      local v = redis.call('HMGET', t, unpack(fields))
+      if i > nw then
+        if v[3] then add_dests(found, v[3]) end
+      else
+        if v[3] then pending[#pending + 1] = {path .. '.' .. word, i + 1} end
+        if v[1] then pending[#pending + 1] = {path .. '.*', i + 1} end
+      end
+      if v[2] then  -- "#" swallows zero or more words: try every place it can stop
+        for j = i, nw + 1 do pending[#pending + 1] = {path .. '.#', j} end
+      end
+    end
   end
 end
 
@@ -239,7 +252,7 @@ local function route(exchange, key, hcanon)
         for _, json in ipairs(redis.call('HVALS', kxk(name))) do add_dests(found, json) end
       elseif xtype == 'topic' then
         ensure_trie(name, x[2])
-        trie_collect(kxt(name), split(key), '', 1, found)
+        trie_match(kxt(name), split(key), found)
       else
         if headers == nil then
           headers = (hcanon ~= '' and cjson.decode(hcanon)) or {}
