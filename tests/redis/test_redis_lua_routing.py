@@ -273,3 +273,23 @@ def test_lua_topic_walk_with_many_hashes_stays_small(redis_url):
             reached, visits = client.execute_command("EVALSHA", SHA, 1, prefix, "routecost", "t", key, "")
             assert reached == expected
             assert visits <= 26 * 122
+
+
+def test_lua_topic_trie_catches_up_with_bindings_made_behind_its_back(redis_url):
+    """Bindings an older kelp stores (in the binding set and key index, not the trie) are routed to."""
+    with Connection(redis_url) as conn:
+        channel = conn.default_channel
+        Exchange("t", "topic")(channel).declare()
+        Queue("new")(channel).declare()
+        Queue("old")(channel).declare()
+        channel.queue_bind("new", "t", "a.#")
+        client, prefix = _prefix(conn)
+        member, _ = binding_member("queue", "old", "*.b", None)
+        client.sadd(prefix + "xb:t", member)  # what an older kelp's bind writes
+        client.hset(prefix + "xk:t", "*.b", '{"q:old":1}')
+        client.hincrby(prefix + "rb:q:old", "t", 1)
+        answer = client.execute_command("EVALSHA", SHA, 1, prefix, "route", "t", "a.b", "")
+        assert sorted(name.decode() for name in answer) == ["new", "old"]
+        channel.queue_unbind("old", "t", "*.b")
+        answer = client.execute_command("EVALSHA", SHA, 1, prefix, "route", "t", "a.b", "")
+        assert [name.decode() for name in answer] == ["new"]

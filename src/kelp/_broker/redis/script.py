@@ -26,8 +26,8 @@ SOURCE = r"""-- kelp's broker on Redis: one script, one operation per call:
 --   P x:<ex>          hash   exchange: type durable ad internal args alt
 --   P xb:<ex>         set    bindings of the exchange, one JSON member each (see codec.binding_member)
 --   P xk:<ex>         hash   routing key -> JSON {destination: count} (direct, topic, fanout)
---   P xt:<ex>         hash   topic exchange: its bindings as a trie of words (see trie_change); kept
---                            once the exchange hash has trie=1, built from xk: on first use otherwise
+--   P xt:<ex>         hash   topic exchange: its bindings as a trie of words (see trie_change), as
+--                            many as the exchange hash's field 'trie' says (see ensure_trie)
 --   P rb:<q:|e:><n>   hash   reverse index: source exchange -> number of bindings to this destination
 --   P rbm:<q:|e:><n>  set    the bindings to this destination, JSON [source, xb member] each
 --   P exchanges, P queues   sets of names
@@ -186,14 +186,18 @@ local function trie_change(source, pattern, dest, delta)
   end
 end
 
--- Build the trie of a topic exchange whose bindings predate it (from P xk:<ex>), once.
-local function ensure_trie(name, flag)
-  if flag == '1' then return end
+-- The exchange hash's field 'trie' is the number of bindings the trie holds. When it differs from the
+-- number of bindings (P xb:), they were changed by something that does not keep the trie (bindings
+-- stored before it existed, an older kelp during an upgrade): rebuild it from P xk:<ex>, once.
+local function ensure_trie(name, count)
+  local bindings = redis.call('SCARD', kxb(name))
+  if tonumber(count) == bindings then return end
+  redis.call('DEL', kxt(name))
   local all = redis.call('HGETALL', kxk(name))
   for i = 1, #all, 2 do
-    for dest, count in pairs(cjson.decode(all[i + 1])) do trie_change(name, all[i], dest, count) end
+    for dest, n in pairs(cjson.decode(all[i + 1])) do trie_change(name, all[i], dest, n) end
   end
-  redis.call('HSET', kx(name), 'trie', '1')
+  redis.call('HSET', kx(name), 'trie', bindings)
 end
 
 local TRIE_VISITS = 0  -- nodes the topic walks of this call read (ops.routecost)
@@ -310,14 +314,16 @@ local function touch(q)
 end
 
 local function remove_binding_member(source, member)
+  local x = redis.call('HMGET', kx(source), 'type', 'trie')
+  local topic = x[1] == 'topic'
+  if topic then ensure_trie(source, x[2]) end
   if redis.call('SREM', kxb(source), member) == 0 then return false end
   local b = cjson.decode(member)
   local dest = b[1]:sub(1, 1) .. ':' .. b[2]
   redis.call('SREM', krbm(dest), cjson.encode({source, member}))
-  local x = redis.call('HMGET', kx(source), 'type', 'trie')
-  if x[1] == 'topic' then
-    ensure_trie(source, x[2])
+  if topic then
     trie_change(source, b[3], dest, -1)
+    redis.call('HINCRBY', kx(source), 'trie', -1)
   end
   local json = redis.call('HGET', kxk(source), b[3])
   if json then
@@ -857,7 +863,10 @@ function ops.bind(a)
   if redis.call('SADD', kxb(source), member) == 0 then return 0 end
   local d = kind:sub(1, 1) .. ':' .. dest
   redis.call('SADD', krbm(d), cjson.encode({source, member}))
-  if xtype == 'topic' then trie_change(source, key, d, 1) end
+  if xtype == 'topic' then
+    trie_change(source, key, d, 1)
+    redis.call('HINCRBY', kx(source), 'trie', 1)
+  end
   if xtype ~= 'headers' then
     local json = redis.call('HGET', kxk(source), key)
     local dests = json and cjson.decode(json) or {}
