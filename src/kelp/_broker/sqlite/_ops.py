@@ -25,7 +25,7 @@ from kelp._broker.queue_args import (
     tag,
 )
 from kelp._broker.sqlite._codec import decode, encode
-from kelp._broker.sqlite._topology import QueueDef, Topology, binding_key, load_topology
+from kelp._broker.sqlite._topology import LOG_KEEP, QueueDef, Topology, binding_key, refresh_topology
 from kelp._envelope import Envelope, QueueInfo
 from kelp.exceptions import (
     AccessRefused,
@@ -132,7 +132,7 @@ class Tx:
 
     def _load(self, version: int) -> None:
         if version != self.topo.version:
-            self.topo = load_topology(self.db, version)
+            self.topo = refresh_topology(self.db, self.topo, version)
             self.reloaded = True
         self.dirty = False
 
@@ -141,8 +141,21 @@ class Tx:
             self.refresh()
         return self.topo
 
-    def bump(self) -> None:
-        self.db.execute("UPDATE meta SET value = value + 1 WHERE key='topology'")
+    def bump(
+        self, entity: str = "*", name: str = "", binding: tuple[str, str, str, str] | None = None
+    ) -> None:
+        """Record a topology change: a new version, and what changed at it (an ``entity`` of that
+        ``name``, or for a binding its source ``name`` and ``(kind, destination, routing_key,
+        arguments text)``) so that other snapshots catch up by re-reading only that."""
+        db = self.db
+        version = db.execute(
+            "UPDATE meta SET value = value + 1 WHERE key='topology' RETURNING value"
+        ).fetchone()[0]
+        db.execute(
+            "INSERT OR REPLACE INTO topology_log VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (version, entity, name, *(binding or (None, None, None, None))),
+        )
+        db.execute("DELETE FROM topology_log WHERE version <= ?", (version - LOG_KEEP,))
         self.dirty = True
 
     def add(self, shape: Shape, body: bytes | bytearray) -> None:
@@ -618,7 +631,7 @@ def declare_exchange(
         "INSERT INTO exchanges VALUES (?, ?, ?, ?, ?, ?)",
         (name, type_, int(durable), int(auto_delete), int(internal), _json("exchange", arguments)),
     )
-    tx.bump()
+    tx.bump("exchange", name)
 
 
 def delete_exchange(tx: Tx, name: str, if_unused: bool) -> None:
@@ -637,7 +650,7 @@ def _drop_exchange(tx: Tx, name: str) -> None:
     db.execute("DELETE FROM exchanges WHERE name=?", (name,))
     db.execute("DELETE FROM bindings WHERE source=?", (name,))
     db.execute("DELETE FROM bindings WHERE kind='exchange' AND destination=?", (name,))
-    tx.bump()
+    tx.bump("exchange", name)
 
 
 def _maybe_auto_delete_exchange(tx: Tx, name: str) -> None:
@@ -713,7 +726,7 @@ def declare_queue(
     )
     if args.expires is not None:
         tx.next_due = min(tx.next_due, tx.now + args.expires / 1000)
-    tx.bump()
+    tx.bump("queue", name)
     return QueueInfo(name, 0, 0)
 
 
@@ -745,7 +758,7 @@ def delete_queue(tx: Tx, name: str) -> int:
         ).fetchall()
     ]
     db.execute("DELETE FROM bindings WHERE kind='queue' AND destination=?", (name,))
-    tx.bump()
+    tx.bump("queue", name)
     tx.deleted_queues.add(name)
     for source in sources:
         _maybe_auto_delete_exchange(tx, source)
@@ -789,12 +802,13 @@ def bind(
         raise NotFound(f"no exchange '{destination}' in vhost '/'")
     # Validate as the routing table would (a bad x-match raises ValueError), before storing anything.
     BindingTable(exchange.type).add(target, routing_key, dict(arguments or {}))
+    stored = binding_key(arguments)
     added = tx.db.execute(
         "INSERT OR IGNORE INTO bindings VALUES (?, ?, ?, ?, ?)",
-        (source, kind, destination, routing_key, binding_key(arguments)),
+        (source, kind, destination, routing_key, stored),
     ).rowcount
     if added:
-        tx.bump()
+        tx.bump("binding", source, (kind, destination, routing_key, stored))
 
 
 def unbind(
@@ -813,12 +827,13 @@ def unbind(
         queue_for(tx, destination, connection_id)
     if source not in tx.current().exchanges:
         return
+    stored = binding_key(arguments)
     removed = tx.db.execute(
         "DELETE FROM bindings WHERE source=? AND kind=? AND destination=? AND routing_key=? AND arguments=?",
-        (source, kind, destination, routing_key, binding_key(arguments)),
+        (source, kind, destination, routing_key, stored),
     ).rowcount
     if removed:
-        tx.bump()
+        tx.bump("binding", source, (kind, destination, routing_key, stored))
         _maybe_auto_delete_exchange(tx, source)
 
 

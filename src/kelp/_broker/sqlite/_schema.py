@@ -97,6 +97,21 @@ _READY_COUNTS = (
     "UPDATE queue_ready SET count = count + 1, bytes = bytes + length(NEW.body) WHERE queue = NEW.queue; END",
 )
 
+# Created on opening when missing, without a schema version of their own (an older kelp reading the file
+# ignores them):
+# - what each topology version changed (see kelp._broker.sqlite._topology.refresh_topology): an entity
+#   ('exchange', 'queue', 'binding' or '*' for anything) and its key. A kelp that does not write it leaves
+#   gaps in it, and a gap makes a reader rebuild its snapshot from the tables;
+# - the queues with x-expires by when they expire, so finding the due ones does not read every queue.
+_ON_OPEN = (
+    """CREATE TABLE IF NOT EXISTS topology_log (
+    version INTEGER PRIMARY KEY, entity TEXT NOT NULL, name TEXT NOT NULL, kind TEXT, destination TEXT,
+    routing_key TEXT, arguments TEXT
+)""",
+    "CREATE INDEX IF NOT EXISTS queues_expiry ON queues (last_used + expires_ms / 1000.0) "
+    "WHERE expires_ms IS NOT NULL",
+)
+
 # Upgrades of an older kelp's file, run in the opening write transaction: version -> statements that
 # bring the previous version to it.
 _MIGRATIONS = {
@@ -199,6 +214,8 @@ def ensure_schema(db: sqlite3.Connection, path: str, now: float) -> None:
             for statement in _READY_COUNTS:
                 db.execute(statement)
             db.executemany("INSERT INTO exchanges VALUES (?, ?, 1, 0, 0, '{}')", _BUILTIN_EXCHANGES)
+            for statement in _ON_OPEN:
+                db.execute(statement)
             db.execute(f"PRAGMA application_id={APPLICATION_ID}")
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             return
@@ -207,6 +224,8 @@ def ensure_schema(db: sqlite3.Connection, path: str, now: float) -> None:
             for statement in _MIGRATIONS[target]:
                 db.execute(statement)
             db.execute(f"PRAGMA user_version={target}")
+        for statement in _ON_OPEN:
+            db.execute(statement)
     except sqlite3.DatabaseError as exc:
         raise _open_error(path, exc) from None
 
