@@ -364,9 +364,12 @@ class Consumer:
     """Receives messages from one or more queues and hands them to callbacks.
 
     ``callbacks`` are called as ``callback(body, message)`` with the decoded body; ``on_message(message)``
-    replaces them and receives the undecoded message. A body the ``accept`` list refuses (by default only
-    json and raw content are decoded) goes to ``on_decode_error(message, exc)``, or raises from
-    ``drain_events`` when there is none; the message then stays unacked, to be dealt with. Messages arrive
+    replaces them and receives the undecoded message. A body that cannot be decoded — refused by the
+    ``accept`` list (by default only json and raw content are decoded), not deserializable, or not
+    decompressible (an unknown or corrupt ``compression``; this one bypasses ``on_message`` too) — goes to
+    ``on_decode_error(message, exc)``, where the message can be acked or rejected. With no
+    ``on_decode_error`` the error raises from ``drain_events`` and the message stays unacked until its
+    channel closes; deliveries behind it are dispatched by the next ``drain_events``. Messages arrive
     only while the connection drains events (``drain_events``, ``iterate``, ``for``).
 
     ``prefetch_count`` bounds the unacked messages delivered to each of this consumer's queues.
@@ -528,17 +531,23 @@ class Consumer:
         if self._buffer is not None:
             self._buffer.append(message)
             return
+        if message.errors:  # not decompressible: even on_message would get a body it cannot use
+            self._decode_error(message, message.errors[0])
+            return
         if self.on_message is not None:
             maybe_await(self.on_message(message))
             return
         try:
             body = message.decode()
         except Exception as exc:
-            if self.on_decode_error is None:
-                raise
-            maybe_await(self.on_decode_error(message, exc))
+            self._decode_error(message, exc)
             return
         self.receive(body, message)
+
+    def _decode_error(self, message: Message, exc: Exception) -> None:
+        if self.on_decode_error is None:
+            raise exc
+        maybe_await(self.on_decode_error(message, exc))
 
     def iterate(self, limit: int | None = None, timeout: float | None = None) -> Iterator[Message]:
         """Yield messages as they arrive (starting to consume if needed), up to ``limit``.

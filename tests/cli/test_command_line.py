@@ -186,6 +186,34 @@ def test_consume_does_not_decode_refused_content(
     assert record["properties"]["content_type"] == "application/x-python-serialize"
 
 
+def test_consume_marks_undecodable_messages_and_acks_them(
+    capsys: pytest.CaptureFixture[str], url: str
+) -> None:
+    run(capsys, "--url", url, "declare", "queue", "inbox")
+    with Connection(url) as connection:
+        producer = connection.Producer()
+        for compression, body in (("bogus", b"{}"), ("zlib", b"corrupt"), (5, b"{}")):
+            producer.publish(
+                body,
+                routing_key="inbox",
+                content_type="application/json",
+                headers={"compression": compression},
+            )
+        # text a foreign AMQP producer sent as bytes that are not UTF-8 arrives with lone surrogates
+        producer.publish(b"{}", routing_key="inbox", content_type="\udcffjson", headers={"k\udcfe": 1})
+        producer.publish({"good": True}, routing_key="inbox")
+    records = consume_records(capsys, url)
+    assert [r.get("error", "")[:24] for r in records] == ["cannot decode the body: "] * 3 + ["", ""]
+    assert "unknown compression method 'bogus'" in records[0]["error"]
+    assert "corrupt zlib body" in records[1]["error"]
+    assert "must be a string, got int" in records[2]["error"]
+    assert records[1]["body"] == "corrupt"
+    assert records[3]["properties"]["content_type"] == "\udcffjson"
+    assert records[3]["headers"] == {"k\udcfe": 1}
+    assert records[4]["body"] == {"good": True}
+    assert queue_stats(url)["inbox"] == (0, 0, 0)  # every one acked
+
+
 def test_consume_stops_at_count_and_leaves_the_rest(capsys: pytest.CaptureFixture[str], url: str) -> None:
     run(capsys, "--url", url, "declare", "queue", "inbox")
     for body in ("one", "two", "three"):
