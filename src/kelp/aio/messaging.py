@@ -492,6 +492,16 @@ class Consumer:
             await self._channel_used.basic_cancel(tag)
         self.queues = [q for q in self.queues if q.name != queue]
 
+    def _cancelled_by_broker(self, consumer_tag: str) -> None:
+        """The broker cancelled one of our subscriptions (its queue was deleted): forget it, and forget
+        that the queue was declared, so that :meth:`consume` declares it again and resubscribes."""
+        for name, tag in list(self._tags.items()):
+            if tag == consumer_tag:
+                del self._tags[name]
+                for queue in self.queues:
+                    if queue.name == name:
+                        self.connection.declared_entities.discard(queue)
+
     def consuming_from(self, queue: str | Queue) -> bool:
         name = queue.name if isinstance(queue, Queue) else queue
         return name in self._tags

@@ -54,6 +54,7 @@ from kelp._envelope import PROPERTY_NAMES, Delivery, Envelope, QueueInfo
 from kelp.exceptions import (
     ChannelError,
     ConnectionError,
+    ConsumerCancelled,
     MessageNacked,
     OperationalError,
     UsageError,
@@ -487,6 +488,7 @@ class AmqpTransport(Transport):
         self._channels: dict[int, AmqpChannel] = {}
         self._replies: dict[int, deque[_Reply]] = {}
         self._deliveries: deque[Delivery] = deque()
+        self._cancelled: deque[tuple[int, str, str]] = deque()  # (channel, tag, queue) from basic.cancel
         self._lost: OperationalError | None = None
         self._closing = False
         self.blocked: str | None = None
@@ -753,9 +755,9 @@ class AmqpTransport(Transport):
             return
         if isinstance(event, amqp.ConsumerCancelled):
             channel = self._channels.get(event.channel)
-            if channel is not None:
-                channel.consumers.pop(event.consumer_tag, None)
-            logger.warning("the broker cancelled consumer %s (queue deleted?)", event.consumer_tag)
+            queue = channel.consumers.pop(event.consumer_tag, None) if channel is not None else None
+            if queue is not None:  # reported by the next drain(), after the deliveries that came before it
+                self._cancelled.append((event.channel, event.consumer_tag, queue))
             return
         if isinstance(event, amqp.ConnectionOpened | amqp.Heartbeat | amqp.ChannelFlow):
             return
@@ -795,7 +797,7 @@ class AmqpTransport(Transport):
         if not deliveries:
             if self._lost is None and any(channel._acks for channel in list(self._channels.values())):
                 self._send(_nothing)  # let the broker refill the prefetch windows while we wait
-            self._driver.wait_for(lambda: deliveries or self._lost, timeout)
+            self._driver.wait_for(lambda: deliveries or self._cancelled or self._lost, timeout)
         out = []
         channels = self._channels
         while deliveries:
@@ -810,6 +812,13 @@ class AmqpTransport(Transport):
         if out:
             return out
         self._check()
+        while self._cancelled:
+            channel_id, tag, queue = self._cancelled.popleft()
+            channel = channels.get(channel_id)
+            if channel is not None and channel.is_open:
+                raise ConsumerCancelled(
+                    f"the broker cancelled consumer {tag} of queue '{queue}' (deleted?)", tag, channel_id
+                )
         raise TimeoutError("no message arrived within the timeout")
 
 

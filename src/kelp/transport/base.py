@@ -155,7 +155,11 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     def drain(self, timeout: float | None) -> list[Delivery]:
-        """Wait up to ``timeout`` seconds (None: forever) for deliveries; raise ``socket.timeout`` if none."""
+        """Wait up to ``timeout`` seconds (None: forever) for deliveries; raise ``socket.timeout`` if none.
+
+        Raises :class:`~kelp.exceptions.ConsumerCancelled` (once per consumer) when the broker cancelled
+        one of this connection's consumers because its queue was deleted; the transport has already
+        forgotten that consumer."""
 
     def info(self) -> dict[str, Any]:
         return {"transport": self.url.transport, "url": self.url.as_uri()}

@@ -15,7 +15,7 @@ from kelp._broker.memory import MemoryBroker, broker_for
 from kelp._envelope import Delivery, Envelope, QueueInfo
 from kelp.aio._backend import Signal, monotonic
 from kelp.aio.transport.base import Transport, TransportChannel
-from kelp.exceptions import OperationalError
+from kelp.exceptions import ConsumerCancelled, OperationalError
 
 __all__ = ["MemoryChannel", "MemoryTransport"]
 
@@ -138,6 +138,12 @@ class MemoryTransport(Transport):
         broker = self.broker
         deadline = None if timeout is None else monotonic() + timeout
         while True:
+            cancelled = broker.take_cancelled(self._connection_id)
+            if cancelled is not None:
+                channel_id, tag, queue = cancelled
+                raise ConsumerCancelled(
+                    f"queue '{queue}' was deleted: consumer {tag} cancelled", tag, channel_id
+                )
             deliveries = broker.claim(self._connection_id)
             if deliveries:
                 return deliveries
