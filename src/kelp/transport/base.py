@@ -19,10 +19,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from kelp._envelope import Delivery, Envelope, QueueInfo
-from kelp.exceptions import ChannelError, OperationalError
+from kelp.exceptions import ChannelError, ConsumerCancelled, OperationalError
 from kelp.url import URL
 
-__all__ = ["Transport", "TransportChannel"]
+__all__ = ["Transport", "TransportChannel", "queue_deleted"]
+
+
+def queue_deleted(channel_id: int, consumer_tag: str, queue: str) -> ConsumerCancelled:
+    """What ``drain`` raises for a consumer cancelled because its queue was deleted."""
+    return ConsumerCancelled(
+        f"queue '{queue}' was deleted: consumer {consumer_tag} cancelled", consumer_tag, channel_id
+    )
 
 
 class TransportChannel(abc.ABC):

@@ -40,7 +40,7 @@ from kelp._backend import Signal, monotonic, run_blocking
 from kelp._broker.sqlite import SqliteStore, StoreOptions, store_for
 from kelp._envelope import Delivery, Envelope, QueueInfo
 from kelp.exceptions import OperationalError
-from kelp.transport.base import Transport, TransportChannel
+from kelp.transport.base import Transport, TransportChannel, queue_deleted
 from kelp.url import URL
 
 __all__ = ["SqliteChannel", "SqliteTransport"]
@@ -220,6 +220,9 @@ class SqliteTransport(Transport):
             while True:
                 # fill (in a worker thread) then take (here, with no suspension point between take and
                 # return): a drain cancelled during fill leaves its claims in the outbox for the next.
+                cancelled = store.take_cancelled(self._connection_id)
+                if cancelled is not None:
+                    raise queue_deleted(*cancelled)
                 deliveries = store.take(self._connection_id)
                 if not deliveries:
                     run_blocking(store.fill, self._connection_id)

@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 from kelp._broker.memory import MemoryBroker, broker_for
 from kelp._envelope import Delivery, Envelope, QueueInfo
 from kelp.aio._backend import Signal, monotonic
-from kelp.aio.transport.base import Transport, TransportChannel
-from kelp.exceptions import ConsumerCancelled, OperationalError
+from kelp.aio.transport.base import Transport, TransportChannel, queue_deleted
+from kelp.exceptions import OperationalError
 
 __all__ = ["MemoryChannel", "MemoryTransport"]
 
@@ -140,10 +140,7 @@ class MemoryTransport(Transport):
         while True:
             cancelled = broker.take_cancelled(self._connection_id)
             if cancelled is not None:
-                channel_id, tag, queue = cancelled
-                raise ConsumerCancelled(
-                    f"queue '{queue}' was deleted: consumer {tag} cancelled", tag, channel_id
-                )
+                raise queue_deleted(*cancelled)
             deliveries = broker.claim(self._connection_id)
             if deliveries:
                 return deliveries
