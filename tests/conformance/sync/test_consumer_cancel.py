@@ -17,14 +17,6 @@ from kelp.mixins import ConsumerMixin
 
 from .helpers import WAIT, declared, drain_until
 
-pytestmark = pytest.mark.usefixtures("_cancels_consumers")
-
-
-@pytest.fixture
-def _cancels_consumers(transport):
-    if transport in ("redis",):
-        pytest.skip(f"{transport}: deleting a queue does not cancel its consumers yet")
-
 
 def _drain_until_cancelled(conn: Connection) -> ConsumerCancelled:
     deadline = time.monotonic() + WAIT

@@ -76,7 +76,7 @@ from kelp._broker.redis.ticker import AsyncTicker as Ticker  # async-only
 # sync-only: from kelp._broker.redis.ticker import ThreadTicker as Ticker
 from kelp._envelope import Delivery, Envelope, QueueInfo
 from kelp.aio._backend import Lock, Signal, monotonic
-from kelp.aio.transport.base import Transport, TransportChannel
+from kelp.aio.transport.base import Transport, TransportChannel, queue_deleted
 from kelp.exceptions import (
     AccessRefused,
     ChannelError,
@@ -460,6 +460,8 @@ class RedisTransport(Transport):
         self.pending_acks = 0
         self._signal = Signal()
         self._ticker: Ticker | None = None
+        # (channel id, consumer tag, queue) of consumers whose queue was deleted, not yet reported
+        self._cancelled: list[tuple[int, str, str]] = []
 
     # --- connection -------------------------------------------------------------------------------
 
@@ -815,6 +817,8 @@ class RedisTransport(Transport):
         deadline = None if timeout is None else monotonic() + timeout
         while True:
             self._require()
+            if self._cancelled:
+                raise queue_deleted(*self._cancelled.pop(0))
             self._signal.clear()
             specs = self._claim_specs()
             watch: list[Any] = []
@@ -868,6 +872,12 @@ class RedisTransport(Transport):
             if item == b"watch":
                 watch = result[i + 1 :]
                 break
+            if item == b"gone":  # the queue was deleted: cancel the consumer, as RabbitMQ's basic.cancel
+                channel, consumer, _ = specs[int(result[i + 1])]
+                if channel.consumers.pop(consumer.tag, None) is not None:
+                    self._cancelled.append((channel.channel_id, consumer.tag, consumer.queue))
+                i += 2
+                continue
             channel, consumer, _ = specs[int(item)]
             _, suffix, entry_id, body, meta, count = result[i : i + 6]
             deliveries.append(
