@@ -247,7 +247,11 @@ class Channel:
     # --- basic ----------------------------------------------------------------------------------------
 
     def basic_qos(self, prefetch_size: int = 0, prefetch_count: int = 0, a_global: bool = False) -> None:
-        """Limit unacked deliveries: per consumer started after this call (or per channel if global)."""
+        """Limit unacked deliveries: per consumer started after this call (or per channel if global).
+
+        ``prefetch_count`` is 0 (no limit) to 65535, as AMQP carries it; anything else raises UsageError."""
+        if type(prefetch_count) is not int or not 0 <= prefetch_count <= 0xFFFF:
+            raise UsageError(f"prefetch_count must be an integer from 0 to 65535, not {prefetch_count!r}")
         self.transport_channel.qos(prefetch_count, a_global)
 
     def basic_consume(

@@ -309,6 +309,12 @@ def test_bench(capsys: pytest.CaptureFixture[str], url: str) -> None:
         ("memory://host:notaport", "invalid port"),
         ("no spaces allowed://x", "invalid scheme"),
         ("foo://somewhere", "unknown transport 'foo'"),
+        ("redis://localhost/?liveness=abc", "option liveness='abc' must be a number of seconds"),
+        ("redis://localhost/notanumber", "must be a whole number"),
+        ("redis://localhost/?socket_timeout=-1", "option socket_timeout='-1'"),
+        ("amqp://localhost/?frame_max=1", "option frame_max='1'"),
+        ("sqlite:///:memory:", "sqlite:///:memory: is not supported"),
+        ("amqp://user:pa/ss@localhost/", "must be percent-encoded"),
     ],
 )
 def test_bad_url_is_a_usage_error(capsys: pytest.CaptureFixture[str], target: str, fragment: str) -> None:

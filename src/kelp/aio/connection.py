@@ -250,7 +250,11 @@ class Channel:
     async def basic_qos(
         self, prefetch_size: int = 0, prefetch_count: int = 0, a_global: bool = False
     ) -> None:
-        """Limit unacked deliveries: per consumer started after this call (or per channel if global)."""
+        """Limit unacked deliveries: per consumer started after this call (or per channel if global).
+
+        ``prefetch_count`` is 0 (no limit) to 65535, as AMQP carries it; anything else raises UsageError."""
+        if type(prefetch_count) is not int or not 0 <= prefetch_count <= 0xFFFF:
+            raise UsageError(f"prefetch_count must be an integer from 0 to 65535, not {prefetch_count!r}")
         await self.transport_channel.qos(prefetch_count, a_global)
 
     async def basic_consume(

@@ -202,9 +202,15 @@ class Producer:
             "delivery_mode": mode,
             "priority": priority,
         }
+        if priority is not None and (type(priority) is not int or not 0 <= priority <= 255):  # an AMQP octet
+            raise UsageError(f"priority must be an integer from 0 to 255, not {priority!r}")
         if expiration is not None:
-            if expiration < 0:
-                raise UsageError(f"expiration must be >= 0 seconds, not {expiration!r}")
+            if (
+                not isinstance(expiration, int | float)
+                or isinstance(expiration, bool)
+                or not 0 <= expiration < 2**53
+            ):
+                raise UsageError(f"expiration must be a number of seconds >= 0, not {expiration!r}")
             props["expiration"] = str(int(expiration * 1000))
         if reply_to is not None:
             props["reply_to"] = reply_to.name if isinstance(reply_to, Queue) else reply_to

@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 from kelp._backend import Signal, monotonic, run_blocking
 from kelp._broker.sqlite import SqliteStore, StoreOptions, store_for
 from kelp._envelope import Delivery, Envelope, QueueInfo
-from kelp.exceptions import OperationalError
+from kelp.exceptions import OperationalError, UsageError
 from kelp.transport.base import Transport, TransportChannel, queue_deleted
 from kelp.url import URL
 
@@ -156,6 +156,11 @@ def database_path(url: URL) -> str:
 
     if not url.path:
         return default_sqlite_path()
+    if url.path == ":memory:":
+        raise UsageError(
+            "sqlite:///:memory: is not supported: every connection and process shares one database file; "
+            "use memory:// for a broker that lives in this process"
+        )
     return os.path.abspath(url.path)
 
 

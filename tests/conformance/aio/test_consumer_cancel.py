@@ -14,7 +14,7 @@ from kelp.aio import Connection, Queue
 from kelp.aio.mixins import ConsumerMixin
 from kelp.exceptions import ConsumerCancelled, OperationalError
 
-from .helpers import WAIT, declared, drain_until
+from .helpers import WAIT, declared, drain_until, queue_gone
 
 
 async def _drain_until_cancelled(conn: Connection) -> ConsumerCancelled:
@@ -74,6 +74,21 @@ async def test_only_the_consumers_of_the_deleted_queue_are_cancelled(broker_url,
             assert bodies == ["still here"]
             with pytest.raises(TimeoutError):  # each cancellation is reported once
                 await conn.drain_events(timeout=0.2)
+
+
+async def test_cancelling_the_last_consumer_of_an_auto_delete_queue_is_not_a_broker_cancel(broker_url, names):
+    bodies: list[object] = []
+    async with Connection(broker_url) as conn, Connection(broker_url) as other:
+        temporary, kept = Queue(names("temp"), auto_delete=True), Queue(names("kept"))
+        first = conn.Consumer([temporary], callbacks=[lambda body, message: None])
+        second = conn.Consumer([kept], callbacks=[lambda body, message: bodies.append(body)])
+        await first.consume()
+        await second.consume()
+        await first.cancel()  # the queue goes with its last consumer
+        assert await queue_gone(other, temporary.name)
+        await other.Producer().publish("after", routing_key=kept.name)
+        assert await drain_until(conn, lambda: bool(bodies))  # no ConsumerCancelled on the way
+        await second.cancel()
 
 
 class _Worker(ConsumerMixin):

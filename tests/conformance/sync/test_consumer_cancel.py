@@ -15,7 +15,7 @@ from kelp import Connection, Queue
 from kelp.exceptions import ConsumerCancelled, OperationalError
 from kelp.mixins import ConsumerMixin
 
-from .helpers import WAIT, declared, drain_until
+from .helpers import WAIT, declared, drain_until, queue_gone
 
 
 def _drain_until_cancelled(conn: Connection) -> ConsumerCancelled:
@@ -75,6 +75,21 @@ def test_only_the_consumers_of_the_deleted_queue_are_cancelled(broker_url, names
             assert bodies == ["still here"]
             with pytest.raises(TimeoutError):  # each cancellation is reported once
                 conn.drain_events(timeout=0.2)
+
+
+def test_cancelling_the_last_consumer_of_an_auto_delete_queue_is_not_a_broker_cancel(broker_url, names):
+    bodies: list[object] = []
+    with Connection(broker_url) as conn, Connection(broker_url) as other:
+        temporary, kept = Queue(names("temp"), auto_delete=True), Queue(names("kept"))
+        first = conn.Consumer([temporary], callbacks=[lambda body, message: None])
+        second = conn.Consumer([kept], callbacks=[lambda body, message: bodies.append(body)])
+        first.consume()
+        second.consume()
+        first.cancel()  # the queue goes with its last consumer
+        assert queue_gone(other, temporary.name)
+        other.Producer().publish("after", routing_key=kept.name)
+        assert drain_until(conn, lambda: bool(bodies))  # no ConsumerCancelled on the way
+        second.cancel()
 
 
 class _Worker(ConsumerMixin):

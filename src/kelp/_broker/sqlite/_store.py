@@ -41,6 +41,7 @@ from kelp._broker.sqlite._schema import (
 )
 from kelp._broker.sqlite._topology import EMPTY, Topology
 from kelp._envelope import Delivery, Envelope, QueueInfo
+from kelp._options import seconds_option
 from kelp.exceptions import (
     ChannelError,
     InconsistencyError,
@@ -98,14 +99,11 @@ class StoreOptions:
 
     @classmethod
     def from_query(cls, query: Mapping[str, str]) -> StoreOptions:
-        try:
-            return cls(
-                query.get("synchronous", "normal").lower(),
-                float(query.get("busy_timeout", 10.0)),
-                float(query.get("heartbeat", 30.0)),
-            )
-        except ValueError as exc:
-            raise UsageError(f"invalid sqlite:// option: {exc}") from None
+        return cls(
+            query.get("synchronous", "normal").lower(),
+            seconds_option("sqlite", "busy_timeout", query.get("busy_timeout", 10.0)),
+            seconds_option("sqlite", "heartbeat", query.get("heartbeat", 30.0)),
+        )
 
 
 # --- in-process state of connections, channels and consumers -------------------------------------------
@@ -690,11 +688,16 @@ class SqliteStore:
     def cancel(self, connection_id: int, channel_id: int, consumer_tag: str) -> None:
         with self._state:
             channel = self._channel(connection_id, channel_id)
-            if consumer_tag not in channel.consumers:
+            # Forgotten first: an auto-delete queue deleted by this very cancel is not a broker cancel.
+            consumer = channel.consumers.pop(consumer_tag, None)
+            if consumer is None:
                 return
-        self._run(lambda tx: _ops.cancel_consumer(tx, connection_id, channel_id, consumer_tag))
-        with self._state:
-            channel.consumers.pop(consumer_tag, None)
+        try:
+            self._run(lambda tx: _ops.cancel_consumer(tx, connection_id, channel_id, consumer_tag))
+        except BaseException:
+            with self._state:
+                channel.consumers.setdefault(consumer_tag, consumer)
+            raise
 
     def claim(self, connection_id: int) -> list[Delivery]:
         """Deliveries for the connection's consumers, up to each prefetch window."""

@@ -75,6 +75,7 @@ from kelp._broker.redis.ticker import AsyncTicker as Ticker  # async-only
 # sync-only: from kelp._broker.redis.ticker import ThreadLinger as Linger
 # sync-only: from kelp._broker.redis.ticker import ThreadTicker as Ticker
 from kelp._envelope import Delivery, Envelope, QueueInfo
+from kelp._options import integer_option, seconds_option
 from kelp.aio._backend import Lock, Signal, monotonic
 from kelp.aio.transport.base import Transport, TransportChannel, queue_deleted
 from kelp.exceptions import (
@@ -433,12 +434,12 @@ class RedisTransport(Transport):
         self.prefix = prefix
         self._key = "{" + prefix + "}:"
         self._outbox_key = self._key + "outbox"
-        liveness = float(query.get("liveness", options.get("liveness", 10.0)))
-        if liveness <= 0:
-            raise UsageError(f"redis:// liveness must be > 0 seconds, not {liveness}")
+        scheme = url.transport
+        liveness = seconds_option(scheme, "liveness", query.get("liveness", options.get("liveness", 10.0)))
         self.liveness = liveness
         self._beat_interval = min(1.0, liveness / 4)
-        self._socket_timeout = float(query.get("socket_timeout", 30.0))
+        self._socket_timeout = seconds_option(scheme, "socket_timeout", query.get("socket_timeout", 30.0))
+        self._db = integer_option(scheme, "database (the URL's path)", url.path or "0", 0, 2**31 - 1)
         confirm = str(query.get("confirm_publish", "")).lower() in _TRUE
         self.confirm_publish = confirm or bool(options.get("confirm_publish"))
         #: Exchanges this connection saw exist: only publishes to these may be buffered (the first
@@ -496,7 +497,7 @@ class RedisTransport(Transport):
         client: Any = Redis(
             host=url.hostname or "localhost",
             port=url.port or 6379,
-            db=int(url.path or 0),
+            db=self._db,
             username=url.userid or None,
             password=url.password or None,
             socket_connect_timeout=timeout,
