@@ -821,6 +821,8 @@ class RedisTransport(Transport):
                 deliveries, watch = self._claim(specs)
                 if deliveries:
                     return deliveries
+                if self._cancelled:
+                    continue
             elif self.pending_acks or self._buffer:
                 self.flush()
             remaining = None if deadline is None else deadline - monotonic()
@@ -848,8 +850,8 @@ class RedisTransport(Transport):
                 if budget is not None:
                     room = min(room, budget)
                     budget -= max(room, 0)
-                if room > 0:
-                    specs.append((channel, consumer, room))
+                # A full consumer is asked about too (room 0): the answer says whether its queue still exists.
+                specs.append((channel, consumer, max(room, 0)))
         return specs
 
     def _claim(self, specs: list[tuple[RedisChannel, _Consumer, int]]) -> tuple[list[Delivery], list[Any]]:

@@ -60,6 +60,21 @@ async def test_deleting_the_queue_cancels_its_consumer(broker_url, names):
             await received[1].ack()
 
 
+async def test_a_consumer_with_a_full_prefetch_window_is_cancelled_too(broker_url, names):
+    received: list[object] = []
+    async with Connection(broker_url) as conn, Connection(broker_url) as other:
+        queue = Queue(names("q"))
+        await declared(conn, queue)
+        async with conn.Consumer([queue], on_message=received.append, prefetch_count=1):
+            for n in range(2):
+                await other.Producer().publish(n, routing_key=queue.name)
+            assert await drain_until(conn, lambda: bool(received))
+            await other.default_channel.queue_delete(queue.name)
+            await _drain_until_cancelled(conn)  # while the one message it holds is still unacked
+            assert len(received) == 1
+            await received[0].ack()
+
+
 async def test_only_the_consumers_of_the_deleted_queue_are_cancelled(broker_url, names):
     bodies: list[object] = []
     async with Connection(broker_url) as conn, Connection(broker_url) as other:

@@ -61,6 +61,21 @@ def test_deleting_the_queue_cancels_its_consumer(broker_url, names):
             received[1].ack()
 
 
+def test_a_consumer_with_a_full_prefetch_window_is_cancelled_too(broker_url, names):
+    received: list[object] = []
+    with Connection(broker_url) as conn, Connection(broker_url) as other:
+        queue = Queue(names("q"))
+        declared(conn, queue)
+        with conn.Consumer([queue], on_message=received.append, prefetch_count=1):
+            for n in range(2):
+                other.Producer().publish(n, routing_key=queue.name)
+            assert drain_until(conn, lambda: bool(received))
+            other.default_channel.queue_delete(queue.name)
+            _drain_until_cancelled(conn)  # while the one message it holds is still unacked
+            assert len(received) == 1
+            received[0].ack()
+
+
 def test_only_the_consumers_of_the_deleted_queue_are_cancelled(broker_url, names):
     bodies: list[object] = []
     with Connection(broker_url) as conn, Connection(broker_url) as other:

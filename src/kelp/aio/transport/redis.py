@@ -827,6 +827,8 @@ class RedisTransport(Transport):
                 deliveries, watch = await self._claim(specs)
                 if deliveries:
                     return deliveries
+                if self._cancelled:
+                    continue
             elif self.pending_acks or self._buffer:
                 await self.flush()
             remaining = None if deadline is None else deadline - monotonic()
@@ -854,8 +856,8 @@ class RedisTransport(Transport):
                 if budget is not None:
                     room = min(room, budget)
                     budget -= max(room, 0)
-                if room > 0:
-                    specs.append((channel, consumer, room))
+                # A full consumer is asked about too (room 0): the answer says whether its queue still exists.
+                specs.append((channel, consumer, max(room, 0)))
         return specs
 
     async def _claim(
