@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -373,3 +374,28 @@ def test_error_from_a_subprocess_has_no_traceback() -> None:
     assert result.returncode == 2
     assert result.stdout == ""
     assert_one_error_line(result.stderr, "unknown transport")
+
+
+def test_consume_from_a_queue_deleted_meanwhile_is_one_error_line(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/broker.db"
+    with Connection(url) as connection:
+        connection.default_channel.queue_declare("doomed")
+    consume = subprocess.Popen(
+        [sys.executable, "-m", "kelp", "--url", url, "consume", "doomed", "--timeout", "20"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with Connection(url) as connection:
+            deadline = time.monotonic() + 20
+            while queue_stats(url)["doomed"][2] == 0:  # wait until it consumes
+                assert time.monotonic() < deadline, "kelp consume never started consuming"
+                time.sleep(0.05)
+            connection.default_channel.queue_delete("doomed")
+        out, err = consume.communicate(timeout=30)
+    finally:
+        consume.kill()
+    assert consume.returncode == 1
+    assert out == ""
+    assert_one_error_line(err, "queue 'doomed' was deleted")
