@@ -14,14 +14,18 @@ from kelp.exceptions import InvalidURL
 __all__ = ["integer_option", "seconds_option"]
 
 
-def seconds_option(scheme: str, name: str, value: object, *, zero: bool = False) -> float:
-    """``value`` as a finite number of seconds, > 0 (or >= 0 with ``zero``)."""
+def seconds_option(
+    scheme: str, name: str, value: object, *, zero: bool = False, maximum: float = math.inf
+) -> float:
+    """``value`` as a finite number of seconds, > 0 (or >= 0 with ``zero``), at most ``maximum``."""
     try:
         seconds = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         seconds = math.nan
-    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not zero):
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not zero) or seconds > maximum:
         bound = ">= 0" if zero else "> 0"
+        if maximum < math.inf:
+            bound += f" and <= {maximum:g}"
         raise InvalidURL(f"{scheme}:// option {name}={value!r} must be a number of seconds {bound}")
     return seconds
 

@@ -45,6 +45,7 @@ def test_amqp_transport_options_win_over_the_query() -> None:
         ("channel_max=0", "channel_max"),
         ("channel_max=70000", "channel_max"),
         ("heartbeat=soon", "heartbeat"),
+        ("heartbeat=70000", "heartbeat"),
     ],
 )
 def test_amqp_bad_query_options_are_refused(query: str, name: str) -> None:

@@ -484,7 +484,11 @@ class AmqpTransport(Transport):
             scheme, "blocked_timeout", option("blocked_timeout", 60.0)
         )
         heartbeat = seconds_option(
-            scheme, "heartbeat", opts.get("heartbeat") or url.query.get("heartbeat") or 0, zero=True
+            scheme,
+            "heartbeat",
+            opts.get("heartbeat") or url.query.get("heartbeat") or 0,
+            zero=True,
+            maximum=65535,
         )
         self._core = amqp.Connection(
             url.userid or "guest",
