@@ -316,6 +316,7 @@ def test_bench(capsys: pytest.CaptureFixture[str], url: str) -> None:
         ("amqp://localhost/?frame_max=1", "option frame_max='1'"),
         ("sqlite:///:memory:", "sqlite:///:memory: is not supported"),
         ("amqp://user:pa/ss@localhost/", "must be percent-encoded"),
+        ("memory://?colour=blue", "memory:// has no URL option colour"),
     ],
 )
 def test_bad_url_is_a_usage_error(capsys: pytest.CaptureFixture[str], target: str, fragment: str) -> None:

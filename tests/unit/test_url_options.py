@@ -8,6 +8,7 @@ import pytest
 
 from kelp.exceptions import InvalidURL, UsageError
 from kelp.transport.amqp import AmqpTransport
+from kelp.transport.memory import MemoryTransport
 from kelp.transport.redis import RedisTransport
 from kelp.transport.sqlite import SqliteTransport
 from kelp.url import parse_url
@@ -87,3 +88,18 @@ def test_sqlite_memory_database_is_refused_clearly(tmp_path: Any, monkeypatch: p
     with pytest.raises(UsageError, match=r"sqlite:///:memory: is not supported.*memory://"):
         SqliteTransport(parse_url("sqlite:///:memory:"), {})
     assert list(tmp_path.iterdir()) == []  # no file named ':memory:'
+
+
+@pytest.mark.parametrize(
+    ("cls", "url", "unknown"),
+    [
+        (AmqpTransport, "amqp://h/?frame_mx=8192", "frame_mx"),
+        (AmqpTransport, "amqps://h/?ssl=true&heartbeat=5", "ssl"),  # TLS is amqps:// or the ssl option
+        (RedisTransport, "rediss://h/?ssl_cert_reqs=none", "ssl_cert_reqs"),
+        (SqliteTransport, "sqlite:///x.db?journal=off", "journal"),
+        (MemoryTransport, "memory://name?prefix=a", "prefix"),
+    ],
+)
+def test_unknown_query_options_are_refused_not_ignored(cls: Any, url: str, unknown: str) -> None:
+    with pytest.raises(InvalidURL, match=f"has no URL option {unknown} "):
+        cls(parse_url(url), {})

@@ -469,6 +469,9 @@ class AmqpTransport(Transport):
     connection_errors: ClassVar[tuple[type[BaseException], ...]] = (OperationalError, OSError)
     channel_errors: ClassVar[tuple[type[BaseException], ...]] = (ChannelError,)
     native_routing: ClassVar[bool] = True
+    query_options: ClassVar[frozenset[str] | None] = frozenset(
+        {"confirm_publish", "heartbeat", "reply_timeout", "blocked_timeout", "frame_max", "channel_max"}
+    )
 
     def __init__(self, url: URL, options: Mapping[str, Any]) -> None:
         super().__init__(url, options)

@@ -418,6 +418,9 @@ class RedisChannel(TransportChannel):
 
 class RedisTransport(Transport):
     schemes: ClassVar[tuple[str, ...]] = ("redis", "rediss")
+    query_options: ClassVar[frozenset[str] | None] = frozenset(
+        {"prefix", "liveness", "socket_timeout", "confirm_publish"}
+    )
 
     def __init__(self, url: Any, options: Mapping[str, Any]) -> None:
         super().__init__(url, options)

@@ -166,6 +166,9 @@ def database_path(url: URL) -> str:
 
 class SqliteTransport(Transport):
     schemes: ClassVar[tuple[str, ...]] = ("sqlite",)
+    query_options: ClassVar[frozenset[str] | None] = frozenset(
+        {"confirm_publish", "synchronous", "busy_timeout", "heartbeat"}
+    )
 
     def __init__(self, url: URL, options: Mapping[str, Any]) -> None:
         super().__init__(url, options)

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from kelp._envelope import Delivery, Envelope, QueueInfo
-from kelp.exceptions import ChannelError, ConsumerCancelled, OperationalError
+from kelp.exceptions import ChannelError, ConsumerCancelled, InvalidURL, OperationalError
 from kelp.url import URL
 
 __all__ = ["Transport", "TransportChannel", "queue_deleted"]
@@ -140,8 +140,16 @@ class Transport(abc.ABC):
     channel_errors: ClassVar[tuple[type[BaseException], ...]] = (ChannelError,)
     #: True when the broker routes (RabbitMQ); False when kelp routes at publish time.
     native_routing: ClassVar[bool] = False
+    #: The URL query options this transport reads; any other raises InvalidURL rather than being ignored
+    #: (None: the transport checks its query itself).
+    query_options: ClassVar[frozenset[str] | None] = None
 
     def __init__(self, url: URL, options: Mapping[str, Any]) -> None:
+        known = self.query_options
+        if known is not None and not known.issuperset(url.query):
+            unknown = ", ".join(sorted(set(url.query) - known))
+            listed = ", ".join(sorted(known)) or "none"
+            raise InvalidURL(f"{url.transport}:// has no URL option {unknown} (its options: {listed})")
         self.url = url
         self.options = dict(options)
 

@@ -103,6 +103,7 @@ class MemoryChannel(TransportChannel):
 
 class MemoryTransport(Transport):
     schemes: ClassVar[tuple[str, ...]] = ("memory",)
+    query_options: ClassVar[frozenset[str] | None] = frozenset()
 
     def __init__(self, url: Any, options: Mapping[str, Any]) -> None:
         super().__init__(url, options)
