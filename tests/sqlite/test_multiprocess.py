@@ -198,7 +198,7 @@ def test_foreign_newer_and_corrupt_files_fail_clearly(tmp_path: Path) -> None:
     db.execute("PRAGMA user_version=99")
     db.close()
     with pytest.raises(VersionMismatch, match="version 99"):
-        Connection(f"sqlite:///{newer}?x=1").connect()
+        Connection(f"sqlite:///{newer}?busy_timeout=10").connect()
 
     corrupt = tmp_path / "corrupt.db"
     corrupt.write_bytes(b"this is not a database at all" * 100)

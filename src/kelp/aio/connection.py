@@ -28,7 +28,13 @@ from kelp.aio._backend import maybe_await, monotonic, sleep
 from kelp.aio.message import Message
 from kelp.aio.transport.base import Transport, TransportChannel
 from kelp.entity import Exchange, Queue
-from kelp.exceptions import MessageNacked, OperationalError, UnsupportedTransport, UsageError
+from kelp.exceptions import (
+    ConsumerCancelled,
+    MessageNacked,
+    OperationalError,
+    UnsupportedTransport,
+    UsageError,
+)
 from kelp.url import URL, parse_failover
 
 if TYPE_CHECKING:
@@ -255,7 +261,11 @@ class Channel:
     async def basic_qos(
         self, prefetch_size: int = 0, prefetch_count: int = 0, a_global: bool = False
     ) -> None:
-        """Limit unacked deliveries: per consumer started after this call (or per channel if global)."""
+        """Limit unacked deliveries: per consumer started after this call (or per channel if global).
+
+        ``prefetch_count`` is 0 (no limit) to 65535, as AMQP carries it; anything else raises UsageError."""
+        if type(prefetch_count) is not int or not 0 <= prefetch_count <= 0xFFFF:
+            raise UsageError(f"prefetch_count must be an integer from 0 to 65535, not {prefetch_count!r}")
         await self.transport_channel.qos(prefetch_count, a_global)
 
     async def basic_consume(
@@ -556,6 +566,15 @@ class Connection:
     def _track_consumer(self, consumer: Consumer) -> None:
         self._consumers.add(consumer)
 
+    def _consumer_cancelled(self, channel_id: int, consumer_tag: str) -> None:
+        """The broker cancelled ``consumer_tag``: forget its callback, and tell its Consumer."""
+        channel = self._channels.get(channel_id)
+        if channel is not None:
+            channel._callbacks.pop(consumer_tag, None)
+            channel._no_ack.pop(consumer_tag, None)
+        for consumer in list(self._consumers):
+            consumer._cancelled_by_broker(consumer_tag)
+
     async def ensure_connection(
         self,
         errback: Callable[[BaseException, float], Any] | None = None,
@@ -734,10 +753,19 @@ class Connection:
         Blocks up to ``timeout`` seconds (None: until something arrives) and raises ``socket.timeout``
         when nothing did. Deliveries received but not yet dispatched when a callback raises (or, in
         ``kelp.aio``, when the wait is cancelled) are kept and dispatched by the next call: none is lost.
+
+        Raises :class:`~kelp.exceptions.ConsumerCancelled` when the broker cancelled a consumer because
+        its queue was deleted (after dispatching what arrived before); that :class:`Consumer` then no
+        longer lists the queue in ``active_queues``, and its ``consume()`` declares it again and
+        resubscribes.
         """
         transport = self._require_transport()
         if not self._pending:
-            self._pending.extend(await transport.drain(timeout))
+            try:
+                self._pending.extend(await transport.drain(timeout))
+            except ConsumerCancelled as exc:
+                self._consumer_cancelled(exc.channel_id, exc.consumer_tag)
+                raise
         pending = self._pending
         channels = self._channels
         while pending:

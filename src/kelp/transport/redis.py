@@ -73,6 +73,7 @@ from kelp._broker.redis.script import SHA, SOURCE
 from kelp._broker.redis.ticker import ThreadLinger as Linger
 from kelp._broker.redis.ticker import ThreadTicker as Ticker
 from kelp._envelope import Delivery, Envelope, QueueInfo
+from kelp._options import integer_option, seconds_option
 from kelp.exceptions import (
     AccessRefused,
     ChannelError,
@@ -84,7 +85,7 @@ from kelp.exceptions import (
     UsageError,
 )
 from kelp.routing import validate_exchange_type
-from kelp.transport.base import Transport, TransportChannel
+from kelp.transport.base import Transport, TransportChannel, queue_deleted
 
 __all__ = ["RedisChannel", "RedisTransport"]
 
@@ -470,6 +471,9 @@ class RedisChannel(TransportChannel):
 
 class RedisTransport(Transport):
     schemes: ClassVar[tuple[str, ...]] = ("redis", "rediss")
+    query_options: ClassVar[frozenset[str] | None] = frozenset(
+        {"prefix", "liveness", "socket_timeout", "confirm_publish"}
+    )
 
     def __init__(self, url: Any, options: Mapping[str, Any]) -> None:
         super().__init__(url, options)
@@ -480,12 +484,12 @@ class RedisTransport(Transport):
         self.prefix = prefix
         self._key = "{" + prefix + "}:"
         self._outbox_key = self._key + "outbox"
-        liveness = float(query.get("liveness", options.get("liveness", 10.0)))
-        if liveness <= 0:
-            raise UsageError(f"redis:// liveness must be > 0 seconds, not {liveness}")
+        scheme = url.transport
+        liveness = seconds_option(scheme, "liveness", query.get("liveness", options.get("liveness", 10.0)))
         self.liveness = liveness
         self._beat_interval = min(1.0, liveness / 4)
-        self._socket_timeout = float(query.get("socket_timeout", 30.0))
+        self._socket_timeout = seconds_option(scheme, "socket_timeout", query.get("socket_timeout", 30.0))
+        self._db = integer_option(scheme, "database (the URL's path)", url.path or "0", 0, 2**31 - 1)
         confirm = str(query.get("confirm_publish", "")).lower() in _TRUE
         self.confirm_publish = confirm or bool(options.get("confirm_publish"))
         #: Exchanges this connection saw exist: only publishes to these may be buffered (the first
@@ -509,6 +513,8 @@ class RedisTransport(Transport):
         self.pending_acks = 0
         self._signal = Signal()
         self._ticker: Ticker | None = None
+        # (channel id, consumer tag, queue) of consumers whose queue was deleted, not yet reported
+        self._cancelled: list[tuple[int, str, str]] = []
 
     # --- connection -------------------------------------------------------------------------------
 
@@ -543,7 +549,7 @@ class RedisTransport(Transport):
         client: Any = Redis(
             host=url.hostname or "localhost",
             port=url.port or 6379,
-            db=int(url.path or 0),
+            db=self._db,
             username=url.userid or None,
             password=url.password or None,
             socket_connect_timeout=timeout,
@@ -842,6 +848,8 @@ class RedisTransport(Transport):
         deadline = None if timeout is None else monotonic() + timeout
         while True:
             self._require()
+            if self._cancelled:
+                raise queue_deleted(*self._cancelled.pop(0))
             self._signal.clear()
             specs = self._claim_specs()
             watch: list[Any] = []
@@ -849,6 +857,8 @@ class RedisTransport(Transport):
                 deliveries, watch = self._claim(specs)
                 if deliveries:
                     return deliveries
+                if self._cancelled:
+                    continue
             elif self.pending_acks or self._buffer:
                 self.flush()
             remaining = None if deadline is None else deadline - monotonic()
@@ -876,8 +886,8 @@ class RedisTransport(Transport):
                 if budget is not None:
                     room = min(room, budget)
                     budget -= max(room, 0)
-                if room > 0:
-                    specs.append((channel, consumer, room))
+                # A full consumer is asked about too (room 0): the answer says whether its queue still exists.
+                specs.append((channel, consumer, max(room, 0)))
         return specs
 
     def _claim(self, specs: list[tuple[RedisChannel, _Consumer, int]]) -> tuple[list[Delivery], list[Any]]:
@@ -893,6 +903,12 @@ class RedisTransport(Transport):
             if item == b"watch":
                 watch = result[i + 1 :]
                 break
+            if item == b"gone":  # the queue was deleted: cancel the consumer, as RabbitMQ's basic.cancel
+                channel, consumer, _ = specs[int(result[i + 1])]
+                if channel.consumers.pop(consumer.tag, None) is not None:
+                    self._cancelled.append((channel.channel_id, consumer.tag, consumer.queue))
+                i += 2
+                continue
             channel, consumer, _ = specs[int(item)]
             _, suffix, entry_id, body, meta, count = result[i : i + 6]
             delivery = channel._deliver(

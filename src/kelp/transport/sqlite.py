@@ -40,8 +40,8 @@ from kelp._backend import Signal, monotonic, run_blocking
 from kelp._broker.sqlite import SqliteStore, StoreOptions, store_for
 from kelp._broker.sqlite._schema import make_private
 from kelp._envelope import Delivery, Envelope, QueueInfo
-from kelp.exceptions import OperationalError
-from kelp.transport.base import Transport, TransportChannel
+from kelp.exceptions import OperationalError, UsageError
+from kelp.transport.base import Transport, TransportChannel, queue_deleted
 from kelp.url import URL
 
 __all__ = ["SqliteChannel", "SqliteTransport"]
@@ -157,6 +157,11 @@ def database_path(url: URL) -> str:
 
     if not url.path:
         return default_sqlite_path()
+    if url.path == ":memory:":
+        raise UsageError(
+            "sqlite:///:memory: is not supported: every connection and process shares one database file; "
+            "use memory:// for a broker that lives in this process"
+        )
     return os.path.abspath(url.path)
 
 
@@ -176,6 +181,9 @@ def prepare_default_path(path: str) -> None:
 
 class SqliteTransport(Transport):
     schemes: ClassVar[tuple[str, ...]] = ("sqlite",)
+    query_options: ClassVar[frozenset[str] | None] = frozenset(
+        {"confirm_publish", "synchronous", "busy_timeout", "heartbeat"}
+    )
 
     def __init__(self, url: URL, options: Mapping[str, Any]) -> None:
         super().__init__(url, options)
@@ -235,6 +243,9 @@ class SqliteTransport(Transport):
             while True:
                 # fill (in a worker thread) then take (here, with no suspension point between take and
                 # return): a drain cancelled during fill leaves its claims in the outbox for the next.
+                cancelled = store.take_cancelled(self._connection_id)
+                if cancelled is not None:
+                    raise queue_deleted(*cancelled)
                 deliveries = store.take(self._connection_id)
                 if not deliveries:
                     run_blocking(store.fill, self._connection_id)

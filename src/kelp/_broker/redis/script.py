@@ -972,7 +972,8 @@ function ops.publish(a) return publish(a, false) end
 function ops.bpublish(a) return publish(a, true) end
 
 -- claim conn n (queue room no_ack tag) * n: deliveries for the connection's consumers.
--- Returns {outbox length, tag, suffix, id, body, meta, deliveries, ...}; with nothing to deliver, the
+-- Returns {outbox length, tag, suffix, id, body, meta, deliveries, ...}; then 'gone', tag for each consumer
+-- whose queue no longer exists (deleted: the client cancels it); with nothing to deliver or cancel, the
 -- streams to watch for new entries follow a 'watch' marker as (key, last id) pairs.
 function ops.claim(a)
   local conn, n = a[1], tonumber(a[2])
@@ -990,6 +991,9 @@ function ops.claim(a)
     end
     if q and room > 0 and q.ready > 0 then
       take(q, conn, room, a[base + 2] == '1', a[base + 3], out)
+    elseif not q then
+      out[#out + 1] = 'gone'
+      out[#out + 1] = a[base + 3]
     end
   end
   save_all(cache)

@@ -43,6 +43,7 @@ from kelp._broker.sqlite._schema import (
 from kelp._broker.sqlite._topology import EMPTY, Topology
 from kelp._broker.sqlite._watch import FileIdentity, full_error, is_full
 from kelp._envelope import Delivery, Envelope, QueueInfo
+from kelp._options import seconds_option
 from kelp.exceptions import (
     ChannelError,
     InconsistencyError,
@@ -101,14 +102,11 @@ class StoreOptions:
 
     @classmethod
     def from_query(cls, query: Mapping[str, str]) -> StoreOptions:
-        try:
-            return cls(
-                query.get("synchronous", "normal").lower(),
-                float(query.get("busy_timeout", 10.0)),
-                float(query.get("heartbeat", 30.0)),
-            )
-        except ValueError as exc:
-            raise UsageError(f"invalid sqlite:// option: {exc}") from None
+        return cls(
+            query.get("synchronous", "normal").lower(),
+            seconds_option("sqlite", "busy_timeout", query.get("busy_timeout", 10.0)),
+            seconds_option("sqlite", "heartbeat", query.get("heartbeat", 30.0)),
+        )
 
 
 # --- in-process state of connections, channels and consumers -------------------------------------------
@@ -147,7 +145,7 @@ class _Channel:
 
 
 class _Connection:
-    __slots__ = ("channels", "id", "next_channel", "outbox", "rotation", "waiting", "waker")
+    __slots__ = ("cancelled", "channels", "id", "next_channel", "outbox", "rotation", "waiting", "waker")
 
     def __init__(self, connection_id: int, waker: _ops.Waker) -> None:
         self.id = connection_id
@@ -158,6 +156,8 @@ class _Connection:
         self.rotation = 0
         # Claimed deliveries not yet taken by the transport (see fill/take).
         self.outbox: list[Delivery] = []
+        # (channel id, consumer tag, queue) of consumers whose queue was deleted, not yet reported
+        self.cancelled: list[tuple[int, str, str]] = []
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -444,16 +444,50 @@ class SqliteStore:
             self._wakeup.set()  # the flusher checkpoints the WAL
         if tx.reloaded:
             self._topo = tx.topo
-        if tx.deleted_queues:
-            with self._state:
-                for connection in self._connections.values():
-                    for channel in connection.channels.values():
-                        for tag in [t for t, c in channel.consumers.items() if c.queue in tx.deleted_queues]:
-                            del channel.consumers[tag]
+        if tx.deleted_queues or tx.reloaded:
+            self._cancel_consumers(tx.deleted_queues, tx.topo.queues)
         if tx.touched:
             self._wake_queues(tx.touched)
         if tx.next_due < self._next_due:
             self._next_due = tx.next_due
+
+    def _cancel_consumers(self, deleted: set[str], existing: Mapping[str, object]) -> None:
+        """Cancel the consumers of queues deleted here or (seen in a reloaded topology) by another
+        process, as RabbitMQ's basic.cancel: each connection learns it from :meth:`take_cancelled`."""
+        with self._state:
+            for connection in self._connections.values():
+                for channel in connection.channels.values():
+                    gone = [
+                        c for c in channel.consumers.values() if c.queue in deleted or c.queue not in existing
+                    ]
+                    for consumer in gone:
+                        del channel.consumers[consumer.tag]
+                        connection.cancelled.append((channel.id, consumer.tag, consumer.queue))
+                    if gone:
+                        self._wake_connection(connection)
+
+    def take_cancelled(self, connection_id: int) -> tuple[int, str, str] | None:
+        """``(channel id, consumer tag, queue)`` of one consumer cancelled because its queue was deleted
+        (each reported once), or None."""
+        with self._state:
+            connection = self._connection(connection_id)
+            while connection.cancelled:
+                entry = connection.cancelled.pop(0)
+                if entry[0] in connection.channels:  # a channel closed since has nothing left to report
+                    return entry
+            return None
+
+    def _topology_changed(self) -> bool:
+        """Whether another process changed the topology since this one last loaded it (a read)."""
+        reader = self._reader
+        if reader is None:
+            return False
+        with self._reader_lock:
+            try:
+                row = reader.execute("SELECT value FROM meta WHERE key='topology'").fetchone()
+            except sqlite3.Error:
+                return False
+        return row is not None and row[0] != self._topo.version
 
     def flush(self) -> None:
         """Commit everything buffered (publishes, acks) now."""
@@ -694,11 +728,16 @@ class SqliteStore:
     def cancel(self, connection_id: int, channel_id: int, consumer_tag: str) -> None:
         with self._state:
             channel = self._channel(connection_id, channel_id)
-            if consumer_tag not in channel.consumers:
+            # Forgotten first: an auto-delete queue deleted by this very cancel is not a broker cancel.
+            consumer = channel.consumers.pop(consumer_tag, None)
+            if consumer is None:
                 return
-        self._run(lambda tx: _ops.cancel_consumer(tx, connection_id, channel_id, consumer_tag))
-        with self._state:
-            channel.consumers.pop(consumer_tag, None)
+        try:
+            self._run(lambda tx: _ops.cancel_consumer(tx, connection_id, channel_id, consumer_tag))
+        except BaseException:
+            with self._state:
+                channel.consumers.setdefault(consumer_tag, consumer)
+            raise
 
     def claim(self, connection_id: int) -> list[Delivery]:
         """Deliveries for the connection's consumers, up to each prefetch window."""
@@ -955,7 +994,15 @@ class SqliteStore:
         """Mark the connection as waiting; return seconds until the next timed event (None: none), or 0
         when there is work already. Clear the waker before calling this and wait on it afterwards."""
         with self._state:
+            consuming = any(
+                channel.consumers for channel in self._connection(connection_id).channels.values()
+            )
+        if consuming and self._topology_changed():
+            self._run(_ops.nothing)  # reloads it: consumers of a queue deleted elsewhere are cancelled
+        with self._state:
             connection = self._connection(connection_id)
+            if connection.cancelled:
+                return 0.0
             plan = self._plan(connection)
             if not connection.waiting:
                 connection.waiting = True
