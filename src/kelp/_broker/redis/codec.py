@@ -41,6 +41,7 @@ _DATETIME = "\x00t"
 _DATE = "\x00D"
 _DECIMAL = "\x00d"
 _SET = "\x00s"
+_ESCAPED = "\x00e"  # a user's own one-key table whose key starts with NUL: [key, value]
 
 
 def _default(value: Any) -> Any:
@@ -73,7 +74,31 @@ def _hook(obj: dict[str, Any]) -> Any:
                 return decimal.Decimal(value)
             if key == _SET:
                 return frozenset(value)
+            if key == _ESCAPED and isinstance(value, list) and len(value) == 2:
+                return {value[0]: value[1]}
     return obj
+
+
+def _escaped(value: Any) -> Any:
+    """``value`` with every one-key table whose key starts with NUL wrapped, so that decoding cannot
+    take a user's table for one of the tags above."""
+    if isinstance(value, Mapping):
+        items = {key: _escaped(each) for key, each in value.items()}
+        if len(items) == 1:
+            key, each = next(iter(items.items()))
+            if isinstance(key, str) and key[:1] == "\x00":
+                return {_ESCAPED: [key, each]}
+        return items
+    if isinstance(value, list | tuple):
+        return [_escaped(each) for each in value]
+    return value
+
+
+def _encode(encoder: json.JSONEncoder, value: Any) -> str:
+    text = encoder.encode(value)
+    # Rare: a NUL written as \u0000 comes from a tag or from a user's text; only then look for tables
+    # that could pass for a tag.
+    return encoder.encode(_escaped(value)) if "\\u0000" in text else text
 
 
 _encoder = json.JSONEncoder(default=_default, separators=(",", ":"), ensure_ascii=False)
@@ -88,7 +113,7 @@ def encode_meta(
     properties: Mapping[str, Any], headers: Mapping[str, Any], exchange: str, routing_key: str
 ) -> bytes:
     """The stored form of everything about a message except its body."""
-    return _encoder.encode([properties, headers, exchange, routing_key]).encode()
+    return _encode(_encoder, [properties, headers, exchange, routing_key]).encode()
 
 
 def decode_meta(raw: bytes) -> tuple[dict[str, Any], dict[str, Any], str, str]:
@@ -118,7 +143,7 @@ def encode_arguments(arguments: Mapping[str, Any] | None) -> str:
     """Declaration arguments as canonical text: equal text means equal arguments (for redeclarations)."""
     if not arguments:
         return "{}"
-    return _sorted_encoder.encode(dict(arguments))
+    return _encode(_sorted_encoder, dict(arguments))
 
 
 def decode_arguments(text: str) -> dict[str, Any]:
