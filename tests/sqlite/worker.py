@@ -2,16 +2,21 @@
 
 Modes (each prints one line per event, flushed, so the test can follow it):
 
-* ``produce URL QUEUE START COUNT [confirm]`` - publish ``{"n": START..START+COUNT-1}``, persistent, to a
-  durable queue; prints ``done`` and exits (``confirm``: prints ``done`` then waits to be killed).
-* ``consume URL QUEUE IDLE`` - consume with prefetch 10, ack each; prints ``<n> <redelivered>`` per
-  message; exits after IDLE seconds without a message.
+* ``produce URL QUEUE START COUNT [confirm|transient]`` - publish ``{"n": START..START+COUNT-1}``,
+  persistent (``transient``: delivery mode 1), to a durable queue; prints ``done`` and exits after a clean
+  close (``confirm``: prints ``done`` then waits to be killed).
+* ``die URL QUEUE COUNT DELIVERY_MODE`` - publish ``{"n": 0..COUNT-1}`` with default options, then kill
+  itself (SIGKILL) the moment the last ``publish()`` returned: no close, no flush, no exit handler.
+* ``consume URL QUEUE IDLE`` - consume with prefetch 10, ack each; prints ``ready`` once consuming, then
+  ``<n> <redelivered>`` per message; exits after IDLE seconds without a message.
 * ``hold URL QUEUE PREFETCH`` - consume without acking; prints ``<n> <redelivered>`` per message, then
   waits to be killed.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 
@@ -21,13 +26,22 @@ from kelp import Connection, Queue
 def main(argv: list[str]) -> None:
     mode, url, name = argv[:3]
     queue = Queue(name, durable=True, auto_delete=False)
+    if mode == "die":
+        count, delivery_mode = int(argv[3]), int(argv[4])
+        conn = Connection(url)
+        producer = conn.Producer()
+        producer.declare()
+        for n in range(count):
+            producer.publish({"n": n}, routing_key=name, declare=[queue], delivery_mode=delivery_mode)
+        os.kill(os.getpid(), signal.SIGKILL)
     if mode == "produce":
         start, count = int(argv[3]), int(argv[4])
         confirm = len(argv) > 5 and argv[5] == "confirm"
+        delivery_mode = 1 if len(argv) > 5 and argv[5] == "transient" else 2
         with Connection(url, transport_options={"confirm_publish": confirm}) as conn:
             producer = conn.Producer()
             for n in range(start, start + count):
-                producer.publish({"n": n}, routing_key=name, declare=[queue])
+                producer.publish({"n": n}, routing_key=name, declare=[queue], delivery_mode=delivery_mode)
             print("done", flush=True)
             if confirm:
                 time.sleep(3600)
@@ -41,6 +55,7 @@ def main(argv: list[str]) -> None:
                 message.ack()  # type: ignore[attr-defined]
 
             with conn.Consumer([queue], callbacks=[on_message], prefetch_count=10):
+                print("ready", flush=True)
                 last = time.monotonic()
                 while time.monotonic() - last < idle:
                     try:

@@ -36,7 +36,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from kelp._backend import Signal, monotonic, run_blocking
+from kelp._backend import Lock, Signal, monotonic, run_blocking, sleep
 from kelp._broker.sqlite import SqliteStore, StoreOptions, store_for
 from kelp._envelope import Delivery, Envelope, QueueInfo
 from kelp.exceptions import OperationalError
@@ -112,10 +112,13 @@ class SqliteChannel(TransportChannel):
 
     def publish(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
         store = self._store
-        if not self._transport.confirm_publish and store.buffer(envelopes):
-            if store.should_flush():
-                run_blocking(store.flush)
-            return []
+        if not self._transport.confirm_publish:
+            # Persistent messages are committed before this returns; transient ones are buffered.
+            ticket = store.send(envelopes, True)
+            if ticket is not None:
+                if ticket:
+                    self._transport.commit(ticket)
+                return []
         return run_blocking(store.publish, envelopes)
 
     def qos(self, prefetch_count: int, global_: bool) -> None:
@@ -171,6 +174,7 @@ class SqliteTransport(Transport):
         self._store: SqliteStore | None = None
         self._connection_id = 0
         self._signal = Signal()
+        self._committing = Lock()  # one commit in a worker thread at a time (see commit)
 
     @property
     def is_connected(self) -> bool:
@@ -239,6 +243,27 @@ class SqliteTransport(Transport):
                     raise OperationalError("the sqlite:// connection was closed while draining")
         finally:
             store.end_wait(self._connection_id)
+
+    def commit(self, ticket: int) -> None:
+        """Return once the publishes up to ``ticket`` (see ``SqliteStore.send``) are committed.
+
+        Group commit for tasks: this first lets the other tasks that are publishing now buffer theirs, so
+        that one commit takes them all; it commits on the event loop's thread when that is quick (see
+        ``SqliteStore.commit``), else in a worker thread, one at a time per connection - the tasks
+        waiting for it find their publishes committed by it or commit the next batch together.
+        """
+        store = self.store
+        sleep(0)
+        if store.commit(ticket, False):
+            return
+        with self._committing:
+            run_blocking(store.commit, ticket)
+
+    def flush(self, timeout: float | None) -> None:
+        """Commit whatever this process buffered (transient publishes, acks). Persistent publishes are
+        committed before they return, so there is no outbox to wait for. A commit waits at most
+        ``busy_timeout`` for another process's write lock (then OperationalError), whatever ``timeout``."""
+        run_blocking(self.store.flush)
 
     def queue_stats(self) -> list[tuple[str, int, int, int]]:
         return run_blocking(self.store.queue_stats)

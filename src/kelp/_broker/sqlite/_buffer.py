@@ -38,14 +38,16 @@ Item = tuple[Envelope, str, str, bool, int | None, float, list[str]]
 Staged = list[tuple[Shape | None, Any]]
 
 
-def stage(topo: Topology, envelopes: Sequence[Envelope], now: float) -> Staged | None:
-    """Route and encode envelopes for the buffer: ``(shape, body)`` per ready row or ``(None, item)``.
+def stage(topo: Topology, envelopes: Sequence[Envelope], now: float) -> tuple[Staged, bool] | None:
+    """Route and encode envelopes for the buffer: ``(shape, body)`` per ready row or ``(None, item)``,
+    and whether any of them is persistent (it must then be committed before its publish returns).
 
     None when one needs an answer from the broker now: mandatory, an exchange this process does not know,
     or a queue that may refuse it (``x-overflow: reject-publish``).
     """
     exchanges = topo.exchanges
     staged: Staged = []
+    durable = False
     for envelope in envelopes:
         exchange = envelope.exchange
         if envelope.mandatory or (exchange and exchange not in exchanges):
@@ -59,6 +61,7 @@ def stage(topo: Topology, envelopes: Sequence[Envelope], now: float) -> Staged |
         props = encode(properties)
         headers_text = encode(headers) if headers else ""
         persistent = properties.get("delivery_mode") == 2
+        durable = durable or persistent
         if plain and "expiration" not in properties:
             body = _ops.blob(envelope.body)
             flag = 1 if persistent else 0
@@ -67,7 +70,7 @@ def stage(topo: Topology, envelopes: Sequence[Envelope], now: float) -> Staged |
         else:
             ttl = expiration_ms(properties) if "expiration" in properties else None
             staged.append((None, (envelope, props, headers_text, persistent, ttl, now, targets)))
-    return staged
+    return staged, durable
 
 
 def queues(staged: Staged) -> set[str]:

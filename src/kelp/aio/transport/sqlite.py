@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 
 from kelp._broker.sqlite import SqliteStore, StoreOptions, store_for
 from kelp._envelope import Delivery, Envelope, QueueInfo
-from kelp.aio._backend import Signal, monotonic, run_blocking
+from kelp.aio._backend import Lock, Signal, monotonic, run_blocking, sleep
 from kelp.aio.transport.base import Transport, TransportChannel
 from kelp.exceptions import OperationalError
 from kelp.url import URL
@@ -113,10 +113,14 @@ class SqliteChannel(TransportChannel):
 
     async def publish(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
         store = self._store
-        if not self._transport.confirm_publish and store.buffer(envelopes):
-            if store.should_flush():
-                await run_blocking(store.flush)
-            return []
+        if not self._transport.confirm_publish:
+            # Persistent messages are committed before this returns; transient ones are buffered.
+            ticket = store.send(envelopes, False)  # async-only
+            # sync-only: ticket = store.send(envelopes, True)
+            if ticket is not None:
+                if ticket:
+                    await self._transport.commit(ticket)
+                return []
         return await run_blocking(store.publish, envelopes)
 
     async def qos(self, prefetch_count: int, global_: bool) -> None:
@@ -172,6 +176,7 @@ class SqliteTransport(Transport):
         self._store: SqliteStore | None = None
         self._connection_id = 0
         self._signal = Signal()
+        self._committing = Lock()  # one commit in a worker thread at a time (see commit)
 
     @property
     def is_connected(self) -> bool:
@@ -240,6 +245,27 @@ class SqliteTransport(Transport):
                     raise OperationalError("the sqlite:// connection was closed while draining")
         finally:
             store.end_wait(self._connection_id)
+
+    async def commit(self, ticket: int) -> None:
+        """Return once the publishes up to ``ticket`` (see ``SqliteStore.send``) are committed.
+
+        Group commit for tasks: this first lets the other tasks that are publishing now buffer theirs, so
+        that one commit takes them all; it commits on the event loop's thread when that is quick (see
+        ``SqliteStore.commit``), else in a worker thread, one at a time per connection - the tasks
+        waiting for it find their publishes committed by it or commit the next batch together.
+        """
+        store = self.store
+        await sleep(0)
+        if store.commit(ticket, False):
+            return
+        async with self._committing:
+            await run_blocking(store.commit, ticket)
+
+    async def flush(self, timeout: float | None) -> None:
+        """Commit whatever this process buffered (transient publishes, acks). Persistent publishes are
+        committed before they return, so there is no outbox to wait for. A commit waits at most
+        ``busy_timeout`` for another process's write lock (then OperationalError), whatever ``timeout``."""
+        await run_blocking(self.store.flush)
 
     async def queue_stats(self) -> list[tuple[str, int, int, int]]:
         return await run_blocking(self.store.queue_stats)

@@ -1,0 +1,106 @@
+"""The delivery model on sqlite://: what a returned publish() guarantees, and how fast a dead consumer's
+messages come back."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import pytest
+
+from kelp import Connection, Queue
+
+from .conftest import Worker
+
+pytestmark = pytest.mark.timeout(120)
+
+COUNT = 3_000
+
+
+def _drain_all(conn: Connection, name: str) -> list[int]:
+    queue = Queue(name, durable=True, auto_delete=False)(conn.default_channel)
+    got = []
+    while (message := queue.get(no_ack=True)) is not None:
+        got.append(message.payload["n"])
+    return got
+
+
+def test_kill_9_right_after_persistent_publishes_loses_nothing(db_url: str, workers: list[Worker]) -> None:
+    """Default options, no close, no flush: every persistent publish() that returned was committed."""
+    dying = Worker("die", db_url, "work", str(COUNT), "2")
+    workers.append(dying)
+    dying.proc.wait(timeout=60)
+    assert dying.proc.returncode == -9
+    with Connection(db_url) as conn:  # alone on the file: a broker restart, persistent messages stay
+        assert _drain_all(conn, "work") == list(range(COUNT))
+
+
+def test_kill_9_after_transient_publishes_loses_at_most_the_tail(db_url: str, workers: list[Worker]) -> None:
+    """Transient messages are group-committed: a crash loses those of the last commit window (a tail, in
+    order, never a hole); a clean close commits every one."""
+    with Connection(db_url) as conn:  # keeps the file open: no broker restart drops the transient ones
+        conn.Producer().publish({"n": -1}, routing_key="work", declare=[Queue("work", durable=True)])
+        assert _drain_all(conn, "work") == [-1]
+        dying = Worker("die", db_url, "work", str(COUNT), "1")
+        workers.append(dying)
+        dying.proc.wait(timeout=60)
+        assert dying.proc.returncode == -9
+        got = _drain_all(conn, "work")
+        assert got == list(range(len(got)))
+        closing = Worker("produce", db_url, "work", "0", str(COUNT), "transient")
+        workers.append(closing)
+        closing.finish()
+        assert _drain_all(conn, "work") == list(range(COUNT))
+
+
+def test_a_killed_consumers_messages_reach_another_process_within_2s(
+    db_url: str, workers: list[Worker]
+) -> None:
+    with Connection(db_url) as conn:  # publish, then close: the consumers run in other processes
+        producer = conn.Producer()
+        queue = Queue("work", durable=True, auto_delete=False)
+        for n in range(10):
+            producer.publish({"n": n}, routing_key="work", declare=[queue])
+    holder = Worker("hold", db_url, "work", "10")
+    workers.append(holder)
+    assert len(holder.read_lines(10)) == 10
+    taker = Worker("consume", db_url, "work", "5")
+    workers.append(taker)
+    assert taker.read_lines(1) == ["ready"]
+    time.sleep(0.5)  # the taker waits, with nothing to take
+    assert len(taker.lines) == 1
+    holder.kill()
+    killed = time.monotonic()
+    lines = taker.read_lines(11, timeout=30)
+    elapsed = time.monotonic() - killed
+    got = sorted((int(n), flag == "1") for n, flag in (line.split() for line in lines[1:]))
+    assert got == [(n, True) for n in range(10)]
+    assert elapsed < 2.0, f"the dead consumer's messages took {elapsed:.2f}s to come back"
+
+
+def test_a_persistent_publish_routed_against_a_stale_topology_meets_the_rules_in_force(
+    db_url: str,
+) -> None:
+    """The lean commit stores a row only if no process changed the topology since this one routed it;
+    otherwise the message is stored under the queue's rules as they are at commit."""
+    with Connection(db_url) as conn:
+        Queue("kept", durable=True, auto_delete=False)(conn.default_channel).declare()
+        producer = conn.Producer()
+        producer.publish(0, routing_key="kept")
+        path = db_url.removeprefix("sqlite:///")
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("""UPDATE queues SET arguments='{"x-max-length": 2}' WHERE name='kept'""")
+            other.execute("UPDATE meta SET value = value + 1 WHERE key='topology'")
+            other.execute("COMMIT")
+        finally:
+            other.close()
+        for n in range(1, 4):
+            producer.publish(n, routing_key="kept")
+        store = conn.transport.store  # type: ignore[attr-defined]
+        assert store._pending.count == 0
+        bodies = []
+        while (message := conn.default_channel.basic_get("kept", no_ack=True)) is not None:
+            bodies.append(message.decode())
+        assert bodies == [2, 3]  # drop-head kept the newest two
