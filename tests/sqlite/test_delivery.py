@@ -75,7 +75,8 @@ def test_a_killed_consumers_messages_reach_another_process_within_2s(
     elapsed = time.monotonic() - killed
     got = sorted((int(n), flag == "1") for n, flag in (line.split() for line in lines[1:]))
     assert got == [(n, True) for n in range(10)]
-    assert elapsed < 2.0, f"the dead consumer's messages took {elapsed:.2f}s to come back"
+    # The promise is 2 s; a waiting consumer's process looks for dead ones every 0.25 s (was 1.5 s here).
+    assert elapsed < 1.0, f"the dead consumer's messages took {elapsed:.2f}s to come back"
 
 
 def test_a_persistent_publish_routed_against_a_stale_topology_meets_the_rules_in_force(
