@@ -3,12 +3,15 @@ messages come back."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
+from typing import Any
 
 import pytest
 
-from kelp import Connection, Queue
+from kelp import Connection, Exchange, Queue
+from kelp.exceptions import MessageNacked
 
 from .conftest import Worker
 
@@ -105,3 +108,90 @@ def test_a_persistent_publish_routed_against_a_stale_topology_meets_the_rules_in
         while (message := conn.default_channel.basic_get("kept", no_ack=True)) is not None:
             bodies.append(message.decode())
         assert bodies == [2, 3]  # drop-head kept the newest two
+
+
+def _stored(db_url: str, queue: str) -> int:
+    """Messages of ``queue`` committed to the file, as another connection sees them."""
+    db = sqlite3.connect(db_url.removeprefix("sqlite:///"))
+    try:
+        count: int = db.execute("SELECT count(*) FROM messages WHERE queue=?", (queue,)).fetchone()[0]
+        return count
+    finally:
+        db.close()
+
+
+def test_a_persistent_publish_is_committed_when_it_returns(db_url: str) -> None:
+    with Connection(db_url) as conn:
+        producer = conn.Producer()
+        one = Queue("one", durable=True, auto_delete=False)
+        fan = Exchange("fan", "fanout", durable=True)
+        queues = [Queue(name, fan, durable=True, auto_delete=False) for name in ("a", "b")]
+        for n in range(1, 4):
+            producer.publish({"n": n}, routing_key="one", declare=[one])
+            assert _stored(db_url, "one") == n
+            producer.publish({"n": n}, exchange=fan, declare=queues)  # two queues, one transaction
+            assert (_stored(db_url, "a"), _stored(db_url, "b")) == (n, n)
+        producer.publish({"n": 0}, routing_key="one", delivery_mode=1)  # transient: may be buffered
+        conn.flush()
+        assert _stored(db_url, "one") == 4
+
+
+def test_transient_publishes_refused_at_their_commit_are_reported(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A queue redeclared with ``x-overflow: reject-publish`` by another process while transient messages
+    routed to it wait in the buffer: the refusal reaches the publisher by its next flush, naming them."""
+    from kelp._broker.sqlite import _store
+
+    monkeypatch.setattr(_store, "LINGER", 60.0)  # keep the publishes in the buffer until flush()
+    with Connection(db_url) as conn:
+        Queue("bounded", durable=True, auto_delete=False)(conn.default_channel).declare()
+        producer = conn.Producer()
+        for n in range(3):
+            producer.publish(n, routing_key="bounded", delivery_mode=1)
+        other = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute(
+                """UPDATE queues SET arguments='{"x-max-length": 1, "x-overflow": "reject-publish"}' """
+                "WHERE name='bounded'"
+            )
+            other.execute("UPDATE meta SET value = value + 1 WHERE key='topology'")
+            other.execute("COMMIT")
+        finally:
+            other.close()
+        with pytest.raises(MessageNacked) as caught:
+            conn.flush()
+        assert [envelope.body for envelope in caught.value.envelopes] == [b"1", b"2"]
+        conn.flush()  # reported once
+        assert _stored(db_url, "bounded") == 1
+
+
+async def test_aio_concurrent_publishes_share_commits(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kelp import aio
+    from kelp._broker.sqlite._store import SqliteStore
+
+    commits = [0]
+    attempt, insert_one = SqliteStore._attempt, SqliteStore._insert_one
+
+    def counted_attempt(self: SqliteStore, *args: Any) -> Any:
+        commits[0] += 1
+        return attempt(self, *args)
+
+    def counted_insert_one(self: SqliteStore, *args: Any) -> bool:
+        commits[0] += 1
+        return insert_one(self, *args)
+
+    async with aio.Connection(db_url) as conn:
+        producer = conn.Producer()
+        queue = aio.Queue("work", durable=True, auto_delete=False)
+        await producer.publish({"n": -1}, routing_key="work", declare=[queue])
+        monkeypatch.setattr(SqliteStore, "_attempt", counted_attempt)
+        monkeypatch.setattr(SqliteStore, "_insert_one", counted_insert_one)
+        for n in range(5):  # one at a time: each committed before its publish returns
+            await producer.publish({"n": n}, routing_key="work")
+            assert _stored(db_url, "work") == n + 2
+        commits[0] = 0
+        await asyncio.gather(*(producer.publish({"n": n}, routing_key="work") for n in range(200)))
+        assert _stored(db_url, "work") == 206  # every one committed once gather returned...
+        assert commits[0] <= 20  # ...by a few commits, each taking many tasks' publishes

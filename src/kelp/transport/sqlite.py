@@ -118,6 +118,7 @@ class SqliteChannel(TransportChannel):
             if ticket is not None:
                 if ticket:
                     self._transport.commit(ticket)
+                store.raise_refused()  # transient publishes refused at their (later) commit
                 return []
         return run_blocking(store.publish, envelopes)
 
@@ -257,13 +258,16 @@ class SqliteTransport(Transport):
         if store.commit(ticket, False):
             return
         with self._committing:
-            run_blocking(store.commit, ticket)
+            if not store.committed(ticket):
+                run_blocking(store.commit, ticket)
 
     def flush(self, timeout: float | None) -> None:
         """Commit whatever this process buffered (transient publishes, acks). Persistent publishes are
         committed before they return, so there is no outbox to wait for. A commit waits at most
         ``busy_timeout`` for another process's write lock (then OperationalError), whatever ``timeout``."""
-        run_blocking(self.store.flush)
+        store = self.store
+        run_blocking(store.flush)
+        store.raise_refused()
 
     def queue_stats(self) -> list[tuple[str, int, int, int]]:
         return run_blocking(self.store.queue_stats)

@@ -324,10 +324,10 @@ def _touch(tx: Tx, queue: QueueDef) -> None:
 # --- publishing ----------------------------------------------------------------------------------------
 
 
-def publish(tx: Tx, envelopes: Sequence[Envelope]) -> tuple[list[Envelope], list[str]]:
-    """Route and store each envelope; return (unroutable mandatory envelopes, names of refusing queues)."""
+def publish(tx: Tx, envelopes: Sequence[Envelope]) -> tuple[list[Envelope], list[tuple[Envelope, str]]]:
+    """Route and store each envelope; return (unroutable mandatory envelopes, (envelope, queue) refused)."""
     returned: list[Envelope] = []
-    refused: list[str] = []
+    refused: list[tuple[Envelope, str]] = []
     for envelope in envelopes:
         targets = tx.current().route(envelope.exchange, envelope.routing_key, envelope.headers)
         if not targets:
@@ -341,7 +341,7 @@ def publish(tx: Tx, envelopes: Sequence[Envelope]) -> tuple[list[Envelope], list
         persistent = properties.get("delivery_mode") == 2
         for name in targets:
             if not enqueue(tx, name, envelope, props, headers, persistent, ttl, tx.now):
-                refused.append(name)
+                refused.append((envelope, name))
     return returned, refused
 
 

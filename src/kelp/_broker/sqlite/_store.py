@@ -196,6 +196,7 @@ class SqliteStore:
         self._connections: dict[int, _Connection] = {}
         self._pending = PublishBuffer()  # publishes awaiting the group commit
         self._staged = 0  # pushes into the buffer so far: a publish's ticket is the count after its own
+        self._refused: list[tuple[Envelope, str]] = []  # buffered publishes a queue refused at commit
         self._committed = 0  # ...and how many of them are committed
         self._acks: list[tuple[int, int]] = []  # (message id, owner connection)
         self._releases: list[tuple[int, int]] = []
@@ -367,6 +368,7 @@ class SqliteStore:
             self._first_pending = self._first_settle = None
             staged = self._staged
         committed = False
+        refused: list[tuple[Envelope, str]] = []
         tx = _ops.Tx(self, db, time.time())
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -377,7 +379,7 @@ class SqliteStore:
                 if acks:
                     _ops.ack_rows(db, acks)
                 if publishes:
-                    _buffer.store(tx, publishes)
+                    refused = _buffer.store(tx, publishes)
             tx.flush_rows()
             flush_only = op is _ops.nothing  # no savepoint then: each statement costs a GIL round trip
             if flush_only:
@@ -406,6 +408,9 @@ class SqliteStore:
             committed = True
             self._committed = staged
         finally:
+            if committed and refused:
+                with self._buffer_lock:
+                    self._refused += refused
             if not committed:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
@@ -658,6 +663,21 @@ class SqliteStore:
             return ticket
         return 0
 
+    def raise_refused(self) -> None:
+        """Raise MessageNacked for the buffered publishes that a queue refused at commit since the last
+        call (each reported once, to whichever connection of the process publishes or flushes next)."""
+        if not self._refused:
+            return
+        with self._buffer_lock:
+            refused, self._refused = self._refused, []
+        if refused:
+            queues = sorted({name for _, name in refused})
+            raise MessageNacked(
+                f"queue(s) {queues} full (x-overflow reject-publish): {len(refused)} message(s) published "
+                "earlier not enqueued there",
+                envelopes=[envelope for envelope, _ in refused],
+            )
+
     def committed(self, ticket: int) -> bool:
         """Whether the publishes up to ``ticket`` (from :meth:`send`) are committed."""
         return self._committed >= ticket
@@ -740,9 +760,11 @@ class SqliteStore:
         returned, refused = self._run(lambda tx: _ops.publish(tx, envelopes))
         if refused:
             raise MessageNacked(
-                f"queue(s) {sorted(set(refused))} full (x-overflow reject-publish): "
-                "message not enqueued there"
+                f"queue(s) {sorted({name for _, name in refused})} full (x-overflow reject-publish): "
+                "message not enqueued there",
+                envelopes=list(dict.fromkeys(envelope for envelope, _ in refused)),
             )
+        self.raise_refused()
         return returned
 
     # --- consuming ---------------------------------------------------------------------------------------

@@ -120,6 +120,7 @@ class SqliteChannel(TransportChannel):
             if ticket is not None:
                 if ticket:
                     await self._transport.commit(ticket)
+                store.raise_refused()  # transient publishes refused at their (later) commit
                 return []
         return await run_blocking(store.publish, envelopes)
 
@@ -259,13 +260,16 @@ class SqliteTransport(Transport):
         if store.commit(ticket, False):
             return
         async with self._committing:
-            await run_blocking(store.commit, ticket)
+            if not store.committed(ticket):
+                await run_blocking(store.commit, ticket)
 
     async def flush(self, timeout: float | None) -> None:
         """Commit whatever this process buffered (transient publishes, acks). Persistent publishes are
         committed before they return, so there is no outbox to wait for. A commit waits at most
         ``busy_timeout`` for another process's write lock (then OperationalError), whatever ``timeout``."""
-        await run_blocking(self.store.flush)
+        store = self.store
+        await run_blocking(store.flush)
+        store.raise_refused()
 
     async def queue_stats(self) -> list[tuple[str, int, int, int]]:
         return await run_blocking(self.store.queue_stats)
