@@ -8,23 +8,33 @@ write lock before raising OperationalError, default 10), ``heartbeat`` (seconds 
 another pid namespace that stopped refreshing its heartbeat is presumed dead, default 30) and
 ``confirm_publish=true`` (also a transport option).
 
-What ``publish`` guarantees on return:
+What ``publish`` guarantees on return (without ``confirm_publish``, the default):
 
-* with ``confirm_publish`` - or when the message is ``mandatory``, targets an exchange this process does
-  not know yet, or reaches a queue with ``x-overflow: reject-publish[-dlx]`` - the message is committed:
-  it survives ``kill -9`` of every process (and power loss with ``synchronous=full``); unroutable
-  mandatory messages are returned and refusals raise MessageNacked, as on ``memory://``.
-* otherwise the message is routed and buffered in this process, and committed with others (group
-  commit) by the next operation of this process on the file, at close, or by the store's timing rules
-  (about a millisecond after the publisher pauses or 512 wait; a few tens of milliseconds under a steady
-  stream; see docs/transports.md). Other connections of this process see it at once; a ``kill -9``
-  inside that window can lose it, as with RabbitMQ without publisher confirms. A clean close (or
-  interpreter exit) never loses it.
+* a persistent message (``delivery_mode`` 2, the default) is committed to the file: it survives ``kill
+  -9`` of every process (with ``synchronous=normal``, the default: WAL commits reach the operating system
+  before publish returns) and power loss too with ``synchronous=full`` (every commit fsyncs). The commit is
+  the confirm: there is no outbox, ``flush()`` has nothing to wait for. A message routed to one queue is
+  one INSERT that SQLite commits on its own; the publishes of other threads (or, in ``kelp.aio``, of other
+  tasks of the connection) waiting meanwhile share one commit.
+* a transient message is routed and buffered in this process, and committed with others (group commit)
+  by the next operation of this process on the file, at close, or by the store's timing rules (about a
+  millisecond after the publisher pauses or 512 wait; see docs/transports.md): a ``kill -9`` inside that
+  window can lose it; a clean close (or interpreter exit) never does. Other connections of this process
+  see it at once.
+* a message that is ``mandatory``, targets an exchange this process does not know yet, or reaches a queue
+  with ``x-overflow: reject-publish[-dlx]`` is committed before publish returns, whatever its delivery
+  mode: unroutable mandatory messages are returned and refusals raise MessageNacked, as on ``memory://``.
+  A refusal found only when buffered transient messages commit (the queue was redeclared meanwhile) is
+  raised, naming them, by the next publish or flush of this process.
+
+``confirm_publish=true`` is accepted and changes nothing for persistent messages (they are always
+committed); it commits transient ones before publish returns too.
 
 Acks are committed with the next transaction or within 50 ms; an ack lost to ``kill -9`` means a
 redelivery (flagged), never a loss.
 Unacked messages return to their queue, flagged ``redelivered``, when their channel or connection closes
-or their process dies (detected by pid and process start time, or a stale heartbeat). When a process opens
+or their process dies: every process looks for dead ones (by pid and process start time, or a stale
+heartbeat) every 0.25 s while one of its consumers waits, 0.5 s otherwise. When a process opens
 the file and no other live process has it open, it restarts the broker as RabbitMQ would: non-durable
 queues and exchanges and transient messages are dropped; persistent messages on durable queues survive.
 """
