@@ -5,8 +5,9 @@ Modes (each prints one line per event, flushed, so the test can follow it):
 * ``produce URL QUEUE START COUNT [confirm|transient]`` - publish ``{"n": START..START+COUNT-1}``,
   persistent (``transient``: delivery mode 1), to a durable queue; prints ``done`` and exits after a clean
   close (``confirm``: prints ``done`` then waits to be killed).
-* ``die URL QUEUE COUNT DELIVERY_MODE`` - publish ``{"n": 0..COUNT-1}`` with default options, then kill
-  itself (SIGKILL) the moment the last ``publish()`` returned: no close, no flush, no exit handler.
+* ``die URL QUEUE COUNT DELIVERY_MODE [aio]`` - publish ``{"n": 0..COUNT-1}`` with default options (with
+  ``kelp.aio``: a sequential loop, then as many again concurrently), then kill itself (SIGKILL) the moment
+  the last ``publish()`` returned: no close, no flush, no exit handler.
 * ``consume URL QUEUE IDLE`` - consume with prefetch 10, ack each; prints ``ready`` once consuming, then
   ``<n> <redelivered>`` per message; exits after IDLE seconds without a message.
 * ``hold URL QUEUE PREFETCH`` - consume without acking; prints ``<n> <redelivered>`` per message, then
@@ -15,6 +16,7 @@ Modes (each prints one line per event, flushed, so the test can follow it):
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sys
@@ -26,6 +28,8 @@ from kelp import Connection, Queue
 def main(argv: list[str]) -> None:
     mode, url, name = argv[:3]
     queue = Queue(name, durable=True, auto_delete=False)
+    if mode == "die" and argv[5:] == ["aio"]:
+        asyncio.run(_die_aio(url, name, int(argv[3]), int(argv[4])))
     if mode == "die":
         count, delivery_mode = int(argv[3]), int(argv[4])
         conn = Connection(url)
@@ -78,6 +82,24 @@ def main(argv: list[str]) -> None:
                         pass
         else:
             raise SystemExit(f"unknown mode {mode!r}")
+
+
+async def _die_aio(url: str, name: str, count: int, delivery_mode: int) -> None:
+    from kelp import aio
+
+    queue = aio.Queue(name, durable=True, auto_delete=False)
+    conn = aio.Connection(url)
+    producer = conn.Producer()
+    await producer.declare()
+    for n in range(count):
+        await producer.publish({"n": n}, routing_key=name, declare=[queue], delivery_mode=delivery_mode)
+    await asyncio.gather(
+        *(
+            producer.publish({"n": n}, routing_key=name, delivery_mode=delivery_mode)
+            for n in range(count, 2 * count)
+        )
+    )
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 if __name__ == "__main__":
