@@ -1,8 +1,9 @@
 """SQLite-transport benchmark: kelp ``sqlite://`` vs Kombu ``sqla+sqlite://`` vs a plain sqlite3 loop.
 
 One run of this script, same machine, every scenario in fresh subprocesses and fresh database files; the
-three throughput scenarios run ``--repeats`` times (default 3) and the best run is reported, the median
-beside it (a 2-core machine shared with everything else is noisy: single runs vary by a fifth):
+throughput scenarios run ``--repeats`` times (default 3), the libraries taking turns within each round, and
+the best run is reported, the median beside it (a 2-core machine shared with everything else is noisy:
+single runs vary by a fifth):
 
 1. **publish** - one process, a plain ``Producer.publish`` loop, default options, of N persistent
    ~256-byte JSON messages to a durable queue (kelp: each committed before its publish returns).
@@ -337,30 +338,43 @@ def _throughput(library: str, tmp: str, n: int) -> dict[str, float]:
     return out
 
 
-def bench_library(library: str, n: int, latency_n: int, repeat: int) -> dict[str, float]:
-    out: dict[str, float] = {}
-    runs = []
-    for _ in range(repeat):
-        with tempfile.TemporaryDirectory() as tmp:
-            runs.append(_throughput(library, tmp, n))
-    for key in ("publish", "transient", "consume", "e2e"):
-        if key in runs[0]:
-            out[key] = max(run[key] for run in runs)
-            out[key + "_median"] = statistics.median(run[key] for run in runs)
-    with tempfile.TemporaryDirectory() as tmp:
+def bench(libraries: list[str], counts: dict[str, int], latency_n: int, repeat: int) -> dict[str, Any]:
+    """Every library's throughput scenarios ``repeat`` times, the libraries taking turns within each
+    round (so that a change in the machine's load hits them alike), then each library's latency."""
+    runs: dict[str, list[dict[str, float]]] = {library: [] for library in libraries}
+    for round_ in range(repeat):
+        for library in libraries:
+            print(f"round {round_ + 1} of {repeat}: {library}...", file=sys.stderr, flush=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                runs[library].append(_throughput(library, tmp, counts[library]))
+    results: dict[str, dict[str, float]] = {}
+    for library in libraries:
+        out: dict[str, float] = {}
+        for key in ("publish", "transient", "consume", "e2e"):
+            if key in runs[library][0]:
+                out[key] = max(run[key] for run in runs[library])
+                out[key + "_median"] = statistics.median(run[key] for run in runs[library])
         if library != "sqlite3":
-            url = _url(library, os.path.join(tmp, "latency.db"))
-            _result(_spawn("publish", library, url, "1"))
-            _result(_spawn("consume", library, url, "1"))
-            consumer = _spawn("latency-consume", library, url, str(latency_n))
-            assert consumer.stdout is not None
-            consumer.stdout.readline()  # "ready"
-            producer = _spawn("latency-produce", library, url, str(latency_n + 1))
-            samples = sorted(_result(consumer))
-            _result(producer)
-            out["p50_ms"] = statistics.median(samples)
-            out["p99_ms"] = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
-    return out
+            out.update(_latency(library, latency_n))
+        results[library] = out
+    return results
+
+
+def _latency(library: str, latency_n: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        url = _url(library, os.path.join(tmp, "latency.db"))
+        _result(_spawn("publish", library, url, "1"))
+        _result(_spawn("consume", library, url, "1"))
+        consumer = _spawn("latency-consume", library, url, str(latency_n))
+        assert consumer.stdout is not None
+        consumer.stdout.readline()  # "ready"
+        producer = _spawn("latency-produce", library, url, str(latency_n + 1))
+        samples = sorted(_result(consumer))
+        _result(producer)
+    return {
+        "p50_ms": statistics.median(samples),
+        "p99_ms": samples[min(len(samples) - 1, int(len(samples) * 0.99))],
+    }
 
 
 def main() -> int:
@@ -382,11 +396,9 @@ def main() -> int:
     if args.child:
         child(args.child)
         return 0
-    results: dict[str, dict[str, float]] = {}
-    for library in args.libraries.split(","):
-        print(f"running {library}...", file=sys.stderr, flush=True)
-        n = args.kombu_messages if library == "kombu" else args.messages
-        results[library] = bench_library(library, n, args.latency_samples, args.repeats)
+    libraries = args.libraries.split(",")
+    counts = {library: args.kombu_messages if library == "kombu" else args.messages for library in libraries}
+    results = bench(libraries, counts, args.latency_samples, args.repeats)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
