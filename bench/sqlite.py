@@ -435,6 +435,8 @@ def _print_table(results: dict[str, dict[str, float]]) -> None:
             r = results[other]
             ratios = [kelp[key] / r[key] if key in r else nan for key in keys]
             print(f"kelp/{other:5} " + " ".join(f"{ratio:10.2f}x" for ratio in ratios))
+            medians = [kelp[key + "_median"] / r[key + "_median"] if key in r else nan for key in keys]
+            print(f"{'  medians':10} " + " ".join(f"{ratio:10.2f}x" for ratio in medians))
     if "sqlite3" in results:
         print(
             "(sqlite3's publish commits each message, its transient 100 per transaction; "
