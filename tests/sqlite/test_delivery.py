@@ -175,7 +175,12 @@ def test_transient_publishes_refused_at_their_commit_are_reported(
         assert _stored(db_url, "bounded") == 1
 
 
-async def test_aio_concurrent_publishes_share_commits(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("synchronous", ["normal", "full"])
+async def test_aio_concurrent_publishes_share_commits(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, synchronous: str
+) -> None:
+    """The event loop commits when that is quick; with ``synchronous=full`` (an fsync per commit) a worker
+    thread does, and the tasks that publish meanwhile share its next commit."""
     from kelp import aio
     from kelp._broker.sqlite._store import SqliteStore
 
@@ -190,7 +195,7 @@ async def test_aio_concurrent_publishes_share_commits(db_url: str, monkeypatch: 
         commits[0] += 1
         return insert_one(self, *args)
 
-    async with aio.Connection(db_url) as conn:
+    async with aio.Connection(f"{db_url}?synchronous={synchronous}") as conn:
         producer = conn.Producer()
         queue = aio.Queue("work", durable=True, auto_delete=False)
         await producer.publish({"n": -1}, routing_key="work", declare=[queue])
