@@ -196,8 +196,8 @@ class SqliteStore:
         self._connections: dict[int, _Connection] = {}
         self._pending = PublishBuffer()  # publishes awaiting the group commit
         self._staged = 0  # pushes into the buffer so far: a publish's ticket is the count after its own
-        self._refused: list[tuple[Envelope, str]] = []  # buffered publishes a queue refused at commit
         self._committed = 0  # ...and how many of them are committed
+        self._refused: list[tuple[Envelope, str]] = []  # buffered publishes a queue refused at commit
         self._acks: list[tuple[int, int]] = []  # (message id, owner connection)
         self._releases: list[tuple[int, int]] = []
         self._first_pending: float | None = None  # when the oldest buffered publish was buffered

@@ -263,7 +263,9 @@ class SqliteTransport(Transport):
         Group commit for tasks: this first lets the other tasks that are publishing now buffer theirs, so
         that one commit takes them all; it commits on the event loop's thread when that is quick (see
         ``SqliteStore.commit``), else in a worker thread, one at a time per connection - the tasks
-        waiting for it find their publishes committed by it or commit the next batch together.
+        waiting for it find their publishes committed by it or commit the next batch together. (The sync
+        face needs none of this: its publishing thread commits inside ``SqliteStore.send``, and threads
+        publishing at once share commits there.)
         """
         store = self.store
         await sleep(0)
