@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from typing import Any
 
@@ -208,3 +209,35 @@ async def test_aio_concurrent_publishes_share_commits(
         await asyncio.gather(*(producer.publish({"n": n}, routing_key="work") for n in range(200)))
         assert _stored(db_url, "work") == 206  # every one committed once gather returned...
         assert commits[0] <= 20  # ...by a few commits, each taking many tasks' publishes
+
+
+def test_threads_publishing_at_once_each_find_their_messages_committed(db_url: str) -> None:
+    """Threads of one process share the store: a publish returns once its message is committed, whether
+    its own thread committed it or another thread's commit took it along; each thread's order is kept."""
+    per_thread, threads = 300, 4
+    errors: list[BaseException] = []
+
+    def publish(index: int) -> None:
+        try:
+            with Connection(db_url) as conn:
+                producer = conn.Producer()
+                for n in range(per_thread):
+                    producer.publish({"n": index * per_thread + n}, routing_key="work")
+                    if n % 100 == 99:
+                        assert _stored(db_url, "work") >= n + 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    with Connection(db_url) as conn:
+        Queue("work", durable=True, auto_delete=False)(conn.default_channel).declare()
+        workers = [threading.Thread(target=publish, args=(i,)) for i in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        assert not errors
+        got = _drain_all(conn, "work")
+    assert sorted(got) == list(range(per_thread * threads))
+    for index in range(threads):
+        mine = [n for n in got if n // per_thread == index]
+        assert mine == sorted(mine)
