@@ -241,3 +241,14 @@ def test_threads_publishing_at_once_each_find_their_messages_committed(db_url: s
     for index in range(threads):
         mine = [n for n in got if n // per_thread == index]
         assert mine == sorted(mine)
+
+
+def test_confirm_publish_commits_transient_messages_too(db_url: str) -> None:
+    with Connection(db_url, transport_options={"confirm_publish": True}) as conn:
+        producer = conn.Producer()
+        queue = Queue("work", durable=True, auto_delete=False)
+        for n in range(1, 4):
+            producer.publish({"n": n}, routing_key="work", declare=[queue], delivery_mode=1)
+            assert _stored(db_url, "work") == 2 * n - 1
+            producer.publish({"n": n}, routing_key="work")
+            assert _stored(db_url, "work") == 2 * n

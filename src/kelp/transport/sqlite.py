@@ -122,15 +122,16 @@ class SqliteChannel(TransportChannel):
 
     def publish(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
         store = self._store
-        if not self._transport.confirm_publish:
-            # Persistent messages are committed before this returns; transient ones are buffered.
-            ticket = store.send(envelopes, True)
-            if ticket is not None:
-                if ticket:
-                    self._transport.commit(ticket)
-                store.raise_refused()  # transient publishes refused at their (later) commit
-                return []
-        return run_blocking(store.publish, envelopes)
+        # Persistent messages are committed before this returns; transient ones are buffered (unless
+        # confirm_publish). None: a message needs the broker's answer (publish commits and gives it).
+        confirm = self._transport.confirm_publish
+        ticket = store.send(envelopes, True, confirm)
+        if ticket is None:
+            return run_blocking(store.publish, envelopes)
+        if ticket:
+            self._transport.commit(ticket)
+        store.raise_refused()  # transient publishes refused at their (later) commit
+        return []
 
     def qos(self, prefetch_count: int, global_: bool) -> None:
         self._store.qos(self._connection_id, self.channel_id, prefetch_count, global_)

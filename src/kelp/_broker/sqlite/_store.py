@@ -611,12 +611,13 @@ class SqliteStore:
 
     # --- publishing --------------------------------------------------------------------------------------
 
-    def send(self, envelopes: Sequence[Envelope], wait: bool) -> int | None:
-        """Publish without ``confirm_publish``: route and encode the envelopes into the buffer, in order.
+    def send(self, envelopes: Sequence[Envelope], wait: bool, confirm: bool = False) -> int | None:
+        """Publish: route and encode the envelopes into the buffer, in order.
 
-        A persistent message is committed before its publish returns: with ``wait`` this commits the
-        buffer (the publishes of other threads included) and returns 0; without, it returns a *ticket*
-        for :meth:`commit`, so that the asyncio face commits the publishes of concurrent tasks together.
+        A persistent message (any message, with ``confirm``) is committed before its publish returns:
+        with ``wait`` this commits the buffer (the publishes of other threads included) and returns 0;
+        without, it returns a *ticket* for :meth:`commit`, so that the asyncio face commits the publishes
+        of concurrent tasks together.
         Transient messages are left to the group commit (0), or - when the publishing thread should
         commit the buffer itself (:meth:`should_flush`) - committed now, or a ticket without ``wait``.
 
@@ -631,6 +632,7 @@ class SqliteStore:
         if found is None:
             return None
         staged, durable = found
+        durable = durable or confirm
         if not staged:
             return 0  # unroutable and not mandatory: dropped, as a broker drops it
         if durable and wait and len(staged) == 1 and not self._pending.count:
