@@ -245,8 +245,9 @@ def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
 def test_a_publisher_commits_its_own_batches_while_another_process_shares_the_file(
     db_url: str, workers: list[Worker]
 ) -> None:
-    """Alone, the flusher thread commits full batches (overlapping the publisher); with another process on
-    the file the publishing thread does, so that no commit holds the write lock while waiting for the GIL."""
+    """Buffered (transient) publishes: alone, the flusher thread commits full batches (overlapping the
+    publisher); with another process on the file the publishing thread does, so that no commit holds the
+    write lock while waiting for the GIL."""
     queue = Queue("shared", durable=True, auto_delete=False)
     with Connection(db_url) as conn:
         store = conn.transport.store  # type: ignore[attr-defined]

@@ -197,7 +197,7 @@ def test_buffered_rows_meet_the_queue_rules_in_force_at_commit(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Another process redeclares a queue with a bound, and deletes another, while this one still holds
-    buffered publishes routed to them: the bound applies and the deleted queue gets nothing."""
+    buffered (transient) publishes routed to them: the bound applies and the deleted queue gets nothing."""
     from kelp._broker.sqlite import _store
 
     monkeypatch.setattr(_store, "LINGER", 60.0)  # keep the publishes in the buffer until flush()
@@ -208,8 +208,8 @@ def test_buffered_rows_meet_the_queue_rules_in_force_at_commit(
             queue(conn.default_channel).declare()
         producer = conn.Producer()
         for n in range(5):
-            producer.publish(n, routing_key="kept")
-            producer.publish(n, routing_key="gone")
+            producer.publish(n, routing_key="kept", delivery_mode=1)
+            producer.publish(n, routing_key="gone", delivery_mode=1)
         store = conn.transport.store  # type: ignore[attr-defined]
         assert store._pending.count == 10
         path = db_url.removeprefix("sqlite:///")

@@ -9,23 +9,33 @@ write lock before raising OperationalError, default 10), ``heartbeat`` (seconds 
 another pid namespace that stopped refreshing its heartbeat is presumed dead, default 30) and
 ``confirm_publish=true`` (also a transport option).
 
-What ``publish`` guarantees on return:
+What ``publish`` guarantees on return (without ``confirm_publish``, the default):
 
-* with ``confirm_publish`` - or when the message is ``mandatory``, targets an exchange this process does
-  not know yet, or reaches a queue with ``x-overflow: reject-publish[-dlx]`` - the message is committed:
-  it survives ``kill -9`` of every process (and power loss with ``synchronous=full``); unroutable
-  mandatory messages are returned and refusals raise MessageNacked, as on ``memory://``.
-* otherwise the message is routed and buffered in this process, and committed with others (group
-  commit) by the next operation of this process on the file, at close, or by the store's timing rules
-  (about a millisecond after the publisher pauses or 512 wait; a few tens of milliseconds under a steady
-  stream; see docs/transports.md). Other connections of this process see it at once; a ``kill -9``
-  inside that window can lose it, as with RabbitMQ without publisher confirms. A clean close (or
-  interpreter exit) never loses it.
+* a persistent message (``delivery_mode`` 2, the default) is committed to the file: it survives ``kill
+  -9`` of every process (with ``synchronous=normal``, the default: WAL commits reach the operating system
+  before publish returns) and power loss too with ``synchronous=full`` (every commit fsyncs). The commit is
+  the confirm: there is no outbox, ``flush()`` has nothing to wait for. A message routed to one queue is
+  one INSERT that SQLite commits on its own; the publishes of other threads (or, in ``kelp``, of other
+  tasks of the connection) waiting meanwhile share one commit.
+* a transient message is routed and buffered in this process, and committed with others (group commit)
+  by the next operation of this process on the file, at close, or by the store's timing rules (about a
+  millisecond after the publisher pauses or 512 wait; see docs/transports.md): a ``kill -9`` inside that
+  window can lose it; a clean close (or interpreter exit) never does. Other connections of this process
+  see it at once.
+* a message that is ``mandatory``, targets an exchange this process does not know yet, or reaches a queue
+  with ``x-overflow: reject-publish[-dlx]`` is committed before publish returns, whatever its delivery
+  mode: unroutable mandatory messages are returned and refusals raise MessageNacked, as on ``memory://``.
+  A refusal found only when buffered transient messages commit (the queue was redeclared meanwhile) is
+  raised, naming them, by the next publish or flush of this process.
+
+``confirm_publish=true`` is accepted and changes nothing for persistent messages (they are always
+committed); it commits transient ones before publish returns too.
 
 Acks are committed with the next transaction or within 50 ms; an ack lost to ``kill -9`` means a
 redelivery (flagged), never a loss.
 Unacked messages return to their queue, flagged ``redelivered``, when their channel or connection closes
-or their process dies (detected by pid and process start time, or a stale heartbeat). When a process opens
+or their process dies: every process looks for dead ones (by pid and process start time, or a stale
+heartbeat) every 0.25 s while one of its consumers waits, 0.5 s otherwise. When a process opens
 the file and no other live process has it open, it restarts the broker as RabbitMQ would: non-durable
 queues and exchanges and transient messages are dropped; persistent messages on durable queues survive.
 """
@@ -36,7 +46,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from kelp._backend import Signal, monotonic, run_blocking
+from kelp._backend import Lock, Signal, monotonic, run_blocking, sleep
 from kelp._broker.sqlite import SqliteStore, StoreOptions, store_for
 from kelp._broker.sqlite._schema import make_private
 from kelp._envelope import Delivery, Envelope, QueueInfo
@@ -113,11 +123,16 @@ class SqliteChannel(TransportChannel):
 
     def publish(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
         store = self._store
-        if not self._transport.confirm_publish and store.buffer(envelopes):
-            if store.should_flush():
-                run_blocking(store.flush)
-            return []
-        return run_blocking(store.publish, envelopes)
+        # Persistent messages are committed before this returns; transient ones are buffered (unless
+        # confirm_publish). None: a message needs the broker's answer (publish commits and gives it).
+        confirm = self._transport.confirm_publish
+        ticket = store.send(envelopes, True, confirm)
+        if ticket is None:
+            return run_blocking(store.publish, envelopes)
+        if ticket:
+            self._transport.commit(ticket)
+        store.raise_refused()  # transient publishes refused at their (later) commit
+        return []
 
     def qos(self, prefetch_count: int, global_: bool) -> None:
         self._store.qos(self._connection_id, self.channel_id, prefetch_count, global_)
@@ -194,6 +209,7 @@ class SqliteTransport(Transport):
         self._store: SqliteStore | None = None
         self._connection_id = 0
         self._signal = Signal()
+        self._committing = Lock()  # one commit in a worker thread at a time (see commit)
 
     @property
     def is_connected(self) -> bool:
@@ -265,6 +281,32 @@ class SqliteTransport(Transport):
                     raise OperationalError("the sqlite:// connection was closed while draining")
         finally:
             store.end_wait(self._connection_id)
+
+    def commit(self, ticket: int) -> None:
+        """Return once the publishes up to ``ticket`` (see ``SqliteStore.send``) are committed.
+
+        Group commit for tasks: this first lets the other tasks that are publishing now buffer theirs, so
+        that one commit takes them all; it commits on the event loop's thread when that is quick (see
+        ``SqliteStore.commit``), else in a worker thread, one at a time per connection - the tasks
+        waiting for it find their publishes committed by it or commit the next batch together. (The sync
+        face needs none of this: its publishing thread commits inside ``SqliteStore.send``, and threads
+        publishing at once share commits there.)
+        """
+        store = self.store
+        sleep(0)
+        if store.commit(ticket, False):
+            return
+        with self._committing:
+            if not store.committed(ticket):
+                run_blocking(store.commit, ticket)
+
+    def flush(self, timeout: float | None) -> None:
+        """Commit whatever this process buffered (transient publishes, acks). Persistent publishes are
+        committed before they return, so there is no outbox to wait for. A commit waits at most
+        ``busy_timeout`` for another process's write lock (then OperationalError), whatever ``timeout``."""
+        store = self.store
+        run_blocking(store.flush)
+        store.raise_refused()
 
     def queue_stats(self) -> list[tuple[str, int, int, int]]:
         return run_blocking(self.store.queue_stats)

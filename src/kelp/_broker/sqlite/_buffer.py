@@ -15,7 +15,6 @@ publishing thread little garbage-collection work.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,8 +27,6 @@ from kelp._envelope import Envelope
 
 __all__ = ["PublishBuffer", "Segment", "queues", "stage", "store"]
 
-logger = logging.getLogger("kelp.transport.sqlite")
-
 # A run of buffered publishes: (topology version, shape, entries). Entries are bodies of ready rows of
 # that shape, or, when the shape is None, items (envelope, properties text, headers text, persistent,
 # TTL in ms, publish time, target queues).
@@ -38,14 +35,16 @@ Item = tuple[Envelope, str, str, bool, int | None, float, list[str]]
 Staged = list[tuple[Shape | None, Any]]
 
 
-def stage(topo: Topology, envelopes: Sequence[Envelope], now: float) -> Staged | None:
-    """Route and encode envelopes for the buffer: ``(shape, body)`` per ready row or ``(None, item)``.
+def stage(topo: Topology, envelopes: Sequence[Envelope], now: float) -> tuple[Staged, bool] | None:
+    """Route and encode envelopes for the buffer: ``(shape, body)`` per ready row or ``(None, item)``,
+    and whether any of them is persistent (it must then be committed before its publish returns).
 
     None when one needs an answer from the broker now: mandatory, an exchange this process does not know,
     or a queue that may refuse it (``x-overflow: reject-publish``).
     """
     exchanges = topo.exchanges
     staged: Staged = []
+    durable = False
     for envelope in envelopes:
         exchange = envelope.exchange
         if envelope.mandatory or (exchange and exchange not in exchanges):
@@ -59,6 +58,7 @@ def stage(topo: Topology, envelopes: Sequence[Envelope], now: float) -> Staged |
         props = encode(properties)
         headers_text = encode(headers) if headers else ""
         persistent = properties.get("delivery_mode") == 2
+        durable = durable or persistent
         if plain and "expiration" not in properties:
             body = _ops.blob(envelope.body)
             flag = 1 if persistent else 0
@@ -67,7 +67,7 @@ def stage(topo: Topology, envelopes: Sequence[Envelope], now: float) -> Staged |
         else:
             ttl = expiration_ms(properties) if "expiration" in properties else None
             staged.append((None, (envelope, props, headers_text, persistent, ttl, now, targets)))
-    return staged
+    return staged, durable
 
 
 def queues(staged: Staged) -> set[str]:
@@ -118,22 +118,28 @@ class PublishBuffer:
             self.count += sum(len(entries) for _, _, entries in segments)
 
 
-def store(tx: _ops.Tx, segments: list[Segment]) -> None:
-    """Add the buffered publishes to the transaction (rows are inserted by ``tx.flush_rows``)."""
+def store(tx: _ops.Tx, segments: list[Segment]) -> list[tuple[Envelope, str]]:
+    """Add the buffered publishes to the transaction (rows are inserted by ``tx.flush_rows``); return
+    the (message, queue) pairs a queue refused (``x-overflow: reject-publish`` declared since the message
+    was routed), for the store to report."""
     topo = tx.topo
+    refused: list[tuple[Envelope, str]] = []
     for version, shape, entries in segments:
         if shape is None:
             for item in entries:
-                _store_item(tx, item)
+                _store_item(tx, item, refused)
         elif version == topo.version:
             tx.add_run(shape, entries)
             tx.touched.add(shape[0])
         else:
             for body in entries:
-                _store_stale_row(tx, shape, body)
+                _store_stale_row(tx, shape, body, refused)
+    return refused
 
 
-def _store_stale_row(tx: _ops.Tx, shape: Shape, body: bytes | bytearray) -> None:
+def _store_stale_row(
+    tx: _ops.Tx, shape: Shape, body: bytes | bytearray, refused: list[tuple[Envelope, str]]
+) -> None:
     """A ready row routed against an older topology: its queue's rules may have changed."""
     name, _priority, props, headers, exchange, routing_key, persistent = shape
     queue = tx.topo.queues.get(name)
@@ -145,15 +151,11 @@ def _store_stale_row(tx: _ops.Tx, shape: Shape, body: bytes | bytearray) -> None
         tx.touched.add(name)
         return
     envelope = Envelope(bytes(body), decode(props), decode(headers), exchange, routing_key)
-    _store_item(tx, (envelope, props, headers, bool(persistent), None, tx.now, [name]))
+    _store_item(tx, (envelope, props, headers, bool(persistent), None, tx.now, [name]), refused)
 
 
-def _store_item(tx: _ops.Tx, item: Item) -> None:
+def _store_item(tx: _ops.Tx, item: Item, refused: list[tuple[Envelope, str]]) -> None:
     envelope, props, headers, persistent, ttl, published, targets = item
     for name in targets:
         if not _ops.enqueue(tx, name, envelope, props, headers, persistent, ttl, published):
-            logger.warning(
-                "kelp: queue %r refused a buffered message (x-overflow); without confirms it is dropped, "
-                "as RabbitMQ does",
-                name,
-            )
+            refused.append((envelope, name))

@@ -59,6 +59,14 @@ _INSERT_RUN = {
     + ")"
     for size in _CHUNKS
 }
+# One row, stored only if the topology is still at the version it was routed against (the last
+# parameter): a single statement, so SQLite commits it on its own (autocommit, no BEGIN) - the lean path
+# of a persistent publish. The statement holds the write lock from its start, so the check and the insert
+# are one atomic step.
+INSERT_IF_CURRENT = (
+    f"INSERT INTO messages ({_SHAPE}, body) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 "
+    "WHERE (SELECT value FROM meta WHERE key='topology') = ?9"
+)
 # One row and its expiry time, for messages with a TTL (stored one statement each).
 _INSERT_TIMED = f"INSERT INTO messages ({_SHAPE}, body, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 #: Bodies up to this size are copied into a bytearray for binding (see blob()).
@@ -327,10 +335,10 @@ def _touch(tx: Tx, queue: QueueDef) -> None:
 # --- publishing ----------------------------------------------------------------------------------------
 
 
-def publish(tx: Tx, envelopes: Sequence[Envelope]) -> tuple[list[Envelope], list[str]]:
-    """Route and store each envelope; return (unroutable mandatory envelopes, names of refusing queues)."""
+def publish(tx: Tx, envelopes: Sequence[Envelope]) -> tuple[list[Envelope], list[tuple[Envelope, str]]]:
+    """Route and store each envelope; return (unroutable mandatory envelopes, (envelope, queue) refused)."""
     returned: list[Envelope] = []
-    refused: list[str] = []
+    refused: list[tuple[Envelope, str]] = []
     for envelope in envelopes:
         targets = tx.current().route(envelope.exchange, envelope.routing_key, envelope.headers)
         if not targets:
@@ -344,7 +352,7 @@ def publish(tx: Tx, envelopes: Sequence[Envelope]) -> tuple[list[Envelope], list
         persistent = properties.get("delivery_mode") == 2
         for name in targets:
             if not enqueue(tx, name, envelope, props, headers, persistent, ttl, tx.now):
-                refused.append(name)
+                refused.append((envelope, name))
     return returned, refused
 
 

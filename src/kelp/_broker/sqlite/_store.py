@@ -6,11 +6,14 @@ The store owns a *writer* SQLite connection (all writes, serialised by ``_lock``
 *reader* connection used for cheap checks that take no write lock (is there work, when is the next
 deadline, did another process commit: ``PRAGMA data_version``).
 
-Group commit. Publishes that need no answer from the broker are routed against the cached topology,
-encoded and *buffered* (:mod:`._buffer`); acks are buffered too. The buffer is applied, in order, at the
-start of the next write transaction of this process - any operation (claim, get, declare, close...), so
-a process always reads its own writes, or a flush by the flusher thread or the publishing thread (when
-and by whom: ``BATCH``, ``LINGER``, ``ACK_LINGER``).
+Publishing. Publishes that need no answer from the broker are routed against the cached topology,
+encoded and *buffered* (:mod:`._buffer`), in publish order. A persistent message is committed before its
+publish returns (:meth:`SqliteStore.send`): by the publishing thread, with whatever else is buffered -
+the publishes of other threads and tasks that arrived meanwhile share that commit - and, when it is alone,
+by a single autocommitted INSERT. Transient messages and acks stay buffered for a group commit: the
+buffer is applied, in order, at the start of the next write transaction of this process - any operation
+(a persistent publish, claim, get, declare, close...), so a process always reads its own writes - or by
+the flusher thread or the publishing thread (when and by whom: ``BATCH``, ``LINGER``, ``ACK_LINGER``).
 
 The flusher thread also polls ``data_version`` while some connection waits for messages (waking it when
 another process committed), refreshes this process's heartbeat, reaps dead processes (their unacked
@@ -82,8 +85,18 @@ HIGH_WATER = 32 * BATCH
 POLL_MIN = 0.0005
 POLL_MAX = 0.004
 HEARTBEAT_EVERY = 1.0
+#: How often the flusher looks for dead processes (a pid check each: cheap), to release their unacked
+#: messages: often while a consumer of this process waits for messages, so that it gets them within a
+#: fraction of a second of the kill; less often otherwise.
 REAP_WHILE_WAITING = 0.25
-REAP_IDLE = 2.0
+REAP_IDLE = 0.5
+#: The asyncio face commits persistent publishes on the event loop's thread when that is quick: the
+#: writer free, no fsync (synchronous=normal), another process not writing, at most this many rows.
+INLINE_MAX = 64
+
+
+class _Busy(Exception):
+    """Another thread or process holds the write lock (a commit that was not to wait)."""
 
 
 class StoreOptions:
@@ -187,6 +200,9 @@ class SqliteStore:
         self._topo: Topology = EMPTY
         self._connections: dict[int, _Connection] = {}
         self._pending = PublishBuffer()  # publishes awaiting the group commit
+        self._staged = 0  # pushes into the buffer so far: a publish's ticket is the count after its own
+        self._committed = 0  # ...and how many of them are committed
+        self._refused: list[tuple[Envelope, str]] = []  # buffered publishes a queue refused at commit
         self._acks: list[tuple[int, int]] = []  # (message id, owner connection)
         self._releases: list[tuple[int, int]] = []
         self._first_pending: float | None = None  # when the oldest buffered publish was buffered
@@ -326,11 +342,12 @@ class SqliteStore:
             raise OperationalError(f"the sqlite store {self.path} is closed")
         return writer
 
-    def _run(self, op: Callable[[_ops.Tx], T], plain: bool = False) -> T:
+    def _run(self, op: Callable[[_ops.Tx], T], plain: bool = False, once: bool = False) -> T:
         """Run ``op`` in one write transaction, after applying what this process buffered.
 
         Retries while another process holds the write lock, for at most ``busy_timeout`` seconds, then
-        raises OperationalError. A kelp error raised by ``op`` undoes ``op`` only; the buffer still commits.
+        raises OperationalError (``once``: raises _Busy at once, nothing changed). A kelp error raised by
+        ``op`` undoes ``op`` only; the buffer still commits.
         """
         with self._lock:
             db = self._check()
@@ -356,6 +373,8 @@ class SqliteStore:
                             exc = again  # busy: wait below like any busy attempt, then try again
                     if not _is_busy(exc):
                         raise OperationalError(f"sqlite error on {self.path}: {exc}") from None
+                    if once:
+                        raise _Busy from None
                     if time.monotonic() >= give_up:
                         raise OperationalError(
                             f"the kelp database {self.path} stayed locked by another process for "
@@ -373,7 +392,9 @@ class SqliteStore:
             acks, self._acks = self._acks, []
             releases, self._releases = self._releases, []
             self._first_pending = self._first_settle = None
+            staged = self._staged
         committed = False
+        refused: list[tuple[Envelope, str]] = []
         tx = _ops.Tx(self, db, time.time())
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -384,7 +405,7 @@ class SqliteStore:
                 if acks:
                     _ops.ack_rows(db, acks)
                 if publishes:
-                    _buffer.store(tx, publishes)
+                    refused = _buffer.store(tx, publishes)
             tx.flush_rows()
             flush_only = op is _ops.nothing  # no savepoint then: each statement costs a GIL round trip
             if flush_only:
@@ -404,6 +425,7 @@ class SqliteStore:
                     self._check_file()
                     db.execute("COMMIT")
                     committed = True
+                    self._committed = staged
                     tx.topo, tx.reloaded, tx.touched, tx.deleted_queues, tx.next_due = before
                     tx.dirty = False
                     self._finish(tx)
@@ -413,7 +435,11 @@ class SqliteStore:
             db.execute("COMMIT")
             committed = True
             self._full = False
+            self._committed = staged
         finally:
+            if committed and refused:
+                with self._buffer_lock:
+                    self._refused += refused
             if not committed:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
@@ -657,32 +683,157 @@ class SqliteStore:
 
     # --- publishing --------------------------------------------------------------------------------------
 
-    def buffer(self, envelopes: Sequence[Envelope]) -> bool:
-        """Buffer the publishes for group commit; False (nothing buffered) when one needs an answer now.
+    def send(self, envelopes: Sequence[Envelope], wait: bool, confirm: bool = False) -> int | None:
+        """Publish: route and encode the envelopes into the buffer, in order.
 
-        An envelope needs an answer when it is mandatory, names an exchange this process does not know,
-        or reaches a queue that may refuse it (``x-overflow: reject-publish``): those go through
-        :meth:`publish`, which commits before it returns.
+        A persistent message (any message, with ``confirm``) is committed before its publish returns:
+        with ``wait`` this commits the buffer (the publishes of other threads included) and returns 0;
+        without, it returns a *ticket* for :meth:`commit`, so that the asyncio face commits the publishes
+        of concurrent tasks together.
+        Transient messages are left to the group commit (0), or - when the publishing thread should
+        commit the buffer itself (:meth:`should_flush`) - committed now, or a ticket without ``wait``.
+
+        Returns None, having done nothing, when an envelope needs the broker's answer now: mandatory,
+        naming an exchange this process does not know, or reaching a queue that may refuse it
+        (``x-overflow: reject-publish``); :meth:`publish` takes those.
         """
         if self._lost is not None or self._writer is None:
             self._check()
         if self._full:
-            return False  # while the disk is full, each publish commits, so its failure is reported
+            return None  # while the disk is full, each publish commits in publish(): a failure is raised
         topo = self._topo
-        staged = _buffer.stage(topo, envelopes, time.time())
-        if staged is None:
-            return False
+        found = _buffer.stage(topo, envelopes, time.time())
+        if found is None:
+            return None
+        staged, durable = found
+        durable = durable or confirm
+        if not staged:
+            return 0  # unroutable and not mandatory: dropped, as a broker drops it
+        if durable and wait and len(staged) == 1 and not self._pending.count:
+            shape, body = staged[0]
+            if shape is not None:
+                with self._lock:
+                    stored = not self._pending.count and self._insert_one(shape, body, topo.version)
+                if stored:
+                    return 0
+                if stored is None:
+                    return None  # the disk is full: publish() reports it, with nothing stored
         with self._buffer_lock:
-            pending = self._pending
-            self._last_buffer = now = time.monotonic()
-            if self._first_pending is None:
-                self._first_pending = now
-                self._wakeup.set()
-            elif pending.count < BATCH <= pending.count + len(staged) and not self._shared:
-                self._wakeup.set()
-            pending.push(topo.version, staged)
+            if not durable:
+                self._last_buffer = now = time.monotonic()
+                if self._first_pending is None:
+                    self._first_pending = now
+                    self._wakeup.set()
+                elif self._pending.count < BATCH <= self._pending.count + len(staged) and not self._shared:
+                    self._wakeup.set()
+            self._pending.push(topo.version, staged)
+            self._staged = ticket = self._staged + 1
+        if durable:
+            if wait:
+                self.commit(ticket)
+                return 0
+            return ticket
         if self._waiting:
             self._wake_queues(_buffer.queues(staged))
+        if self.should_flush():
+            if wait:
+                self.flush()
+                return 0
+            return ticket
+        return 0
+
+    def raise_refused(self) -> None:
+        """Raise MessageNacked for the buffered publishes that a queue refused at commit since the last
+        call (each reported once, to whichever connection of the process publishes or flushes next)."""
+        if not self._refused:
+            return
+        with self._buffer_lock:
+            refused, self._refused = self._refused, []
+        if refused:
+            queues = sorted({name for _, name in refused})
+            raise MessageNacked(
+                f"queue(s) {queues} full (x-overflow reject-publish): {len(refused)} message(s) published "
+                "earlier not enqueued there",
+                envelopes=[envelope for envelope, _ in refused],
+            )
+
+    def committed(self, ticket: int) -> bool:
+        """Whether the publishes up to ``ticket`` (from :meth:`send`) are committed."""
+        return self._committed >= ticket
+
+    def commit(self, ticket: int, blocking: bool = True) -> bool:
+        """Commit the buffer unless the publishes up to ``ticket`` are committed already; True when they
+        are. Without ``blocking``, only when that is quick - the writer free, no fsync on commit
+        (synchronous=normal), at most ``INLINE_MAX`` rows, no other process writing - and False otherwise,
+        having changed nothing (the asyncio face then commits in a worker thread)."""
+        if self._committed >= ticket:
+            return True
+        if not blocking and self.options.synchronous != "normal":
+            return False
+        if not self._lock.acquire(blocking):
+            return False
+        try:
+            if self._committed >= ticket or self._commit_one():
+                return True
+            if blocking:
+                self._run(_ops.nothing)
+                return True
+            if self._pending.count > INLINE_MAX:
+                return False
+            try:
+                self._run(_ops.nothing, once=True)
+            except _Busy:
+                return False
+            return True
+        finally:
+            self._lock.release()
+
+    def _commit_one(self) -> bool:
+        """Commit a buffer that holds one ready row by a single INSERT that SQLite commits on its own - no
+        BEGIN, no COMMIT, no topology read: the usual persistent publish. Call holding the writer lock.
+        False, having changed nothing, when the buffer holds anything else, the topology changed since the
+        row was routed, or another process is writing: the general path (:meth:`_run`) stores it then."""
+        pending = self._pending
+        if pending.count != 1:
+            return False
+        with self._buffer_lock:
+            if pending.count != 1 or pending.segments[0][1] is None:
+                return False
+            segments = pending.take()
+            first, self._first_pending = self._first_pending, None
+            staged = self._staged
+        version, shape, entries = segments[0]
+        assert shape is not None
+        if not self._insert_one(shape, entries[0], version):
+            with self._buffer_lock:
+                pending.restore(segments)
+                if first is not None and self._first_pending is None:
+                    self._first_pending = first
+            return False
+        self._committed = staged
+        return True
+
+    def _insert_one(self, shape: _ops.Shape, body: bytes | bytearray, version: int) -> bool | None:
+        """Store one ready row routed at topology ``version`` by one autocommitted INSERT (see
+        :meth:`_commit_one`); False, having stored nothing, if that cannot be done now, and None when the
+        disk is full. Hold the writer lock, with nothing buffered before the row."""
+        db = self._writer
+        if db is None or self._lost is not None:
+            return False
+        self._check_file()  # never commit into a file deleted or replaced under us
+        try:
+            if db.execute(_ops.INSERT_IF_CURRENT, (*shape, body, version)).rowcount != 1:
+                return False
+        except sqlite3.Error as exc:
+            if isinstance(exc, sqlite3.OperationalError) and is_full(exc):
+                self._full = True  # send() hands this publish to publish(), which reports it unstored
+                return None
+            return False  # busy, or worse: the general path retries or reports it
+        self._last_commit = now = time.monotonic()
+        if now - self._checkpointed_at >= _checkpoint.EVERY:
+            self._wakeup.set()  # the flusher checkpoints the WAL
+        if self._waiting:
+            self._wake_queues({shape[0]})
         return True
 
     def publish(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
@@ -692,9 +843,11 @@ class SqliteStore:
         returned, refused = self._run(lambda tx: _ops.publish(tx, envelopes))
         if refused:
             raise MessageNacked(
-                f"queue(s) {sorted(set(refused))} full (x-overflow reject-publish): "
-                "message not enqueued there"
+                f"queue(s) {sorted({name for _, name in refused})} full (x-overflow reject-publish): "
+                "message not enqueued there",
+                envelopes=list(dict.fromkeys(envelope for envelope, _ in refused)),
             )
+        self.raise_refused()
         return returned
 
     # --- consuming ---------------------------------------------------------------------------------------
@@ -1063,7 +1216,7 @@ class SqliteStore:
         last_version: int | None = None
         now = time.monotonic()
         next_heartbeat = now + HEARTBEAT_EVERY
-        next_reap = now + REAP_IDLE
+        last_reap = now
         while not self._stopping:
             now = time.monotonic()
             timeout = HEARTBEAT_EVERY
@@ -1092,11 +1245,12 @@ class SqliteStore:
             if now >= next_heartbeat:
                 self._guard(self._heartbeat)
                 next_heartbeat = now + HEARTBEAT_EVERY
+            next_reap = last_reap + (REAP_WHILE_WAITING if self._waiting else REAP_IDLE)
             if now >= next_reap:
                 self._guard(self._reap)
+                last_reap = now
                 next_reap = now + (REAP_WHILE_WAITING if self._waiting else REAP_IDLE)
-            if self._waiting:
-                timeout = min(timeout, max(0.0, next_reap - now))
+            timeout = min(timeout, max(0.0, next_reap - now))
             if self._last_commit > self._checkpointed_at:
                 due = self._checkpointed_at + _checkpoint.EVERY
                 if now >= due:
