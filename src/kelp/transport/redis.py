@@ -51,7 +51,7 @@ from typing import Any, ClassVar
 from redis import Redis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from kelp._backend import Lock, Signal, monotonic
+from kelp._backend import Signal, monotonic
 from kelp._broker.queue_args import (
     QueueArgs,
     check_name,
@@ -71,6 +71,7 @@ from kelp._broker.redis.codec import (
 from kelp._broker.redis.script import SHA, SOURCE
 from kelp._broker.redis.ticker import ThreadLinger as Linger
 from kelp._broker.redis.ticker import ThreadTicker as Ticker
+from kelp._broker.redis.wire import ThreadWire as Wire
 from kelp._envelope import Delivery, Envelope, QueueInfo
 from kelp.exceptions import (
     AccessRefused,
@@ -83,6 +84,7 @@ from kelp.exceptions import (
     UsageError,
 )
 from kelp.routing import validate_exchange_type
+from kelp.transport._redis_pipe import CALL, IGNORE, PUBLISH, Pipe, Slot
 from kelp.transport.base import Transport, TransportChannel
 
 __all__ = ["RedisChannel", "RedisTransport"]
@@ -98,10 +100,17 @@ WAIT_CAP = 0.5
 ACK_BATCH = 512
 #: Envelopes per script call in a published batch (all calls of a batch share one round trip).
 PUBLISH_CHUNK = 500
-#: Unconfirmed publishes buffered before the publisher sends them itself.
+#: Transient publishes buffered before the publisher writes them itself.
 PUBLISH_BATCH = 256
-#: Seconds an unconfirmed publish waits in the buffer at most when the publisher pauses.
+#: Seconds a transient publish waits in the buffer at most when the publisher pauses.
 LINGER = 0.001
+#: Default bounds of the outbox (publishes written, reply not read yet): ``max_unconfirmed`` envelopes,
+#: ``max_unconfirmed_bytes`` of bodies. A publish that would overflow it reads replies first.
+MAX_UNCONFIRMED = 10_000
+MAX_UNCONFIRMED_BYTES = 32 * 1024 * 1024
+#: Seconds between two heartbeats; each also checks that the other connections' clients are still
+#: connected to Redis, so a killed process's messages come back within about this time.
+CLIENT_CHECK = 0.5
 _TRUE = frozenset({"1", "true", "yes", "on"})
 
 _PREFIX = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
@@ -134,6 +143,17 @@ def _mapped() -> Iterator[None]:
         raise _ERRORS[match.group(1)](match.group(2)) from None
     except RedisError as exc:
         raise OperationalError(f"redis: {exc}") from exc
+
+
+def _positive(query: Mapping[str, Any], options: Mapping[str, Any], name: str, default: int) -> int:
+    raw = query.get(name, options.get(name, default))
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        value = 0
+    if value <= 0:
+        raise UsageError(f"redis:// {name} must be a positive integer, not {raw!r}")
+    return value
 
 
 def _flag(value: bool) -> str:
@@ -257,8 +277,6 @@ class RedisChannel(TransportChannel):
             _flag(args.dead_letter_routing_key is not None),
             args.dead_letter_routing_key or "",
         )
-        if args.overflow != "drop-head":
-            transport.may_refuse = True  # publishes wait for the answer until one says no queue refuses
         return QueueInfo(name, int(result[1]), int(result[2]))
 
     def delete_queue(self, name: str, if_unused: bool, if_empty: bool) -> int:
@@ -373,7 +391,7 @@ class RedisChannel(TransportChannel):
             transport.queue_ack(item.queue, item.suffix, item.entry_id)
         transport.wake()
         if transport.pending_acks >= ACK_BATCH:
-            transport.flush()
+            transport.send_buffered()
 
     def reject(self, delivery_tag: int, requeue: bool, multiple: bool = False) -> None:
         self._settle_remote(self._settle(delivery_tag, multiple), requeue)
@@ -431,22 +449,26 @@ class RedisTransport(Transport):
         if liveness <= 0:
             raise UsageError(f"redis:// liveness must be > 0 seconds, not {liveness}")
         self.liveness = liveness
-        self._beat_interval = min(1.0, liveness / 4)
+        self._beat_interval = min(CLIENT_CHECK, liveness / 4)
         self._socket_timeout = float(query.get("socket_timeout", 30.0))
         confirm = str(query.get("confirm_publish", "")).lower() in _TRUE
         self.confirm_publish = confirm or bool(options.get("confirm_publish"))
-        #: Exchanges this connection saw exist: only publishes to these may be buffered (the first
-        #: publish to any other waits for the script, so a missing exchange raises NotFound).
+        self.max_unconfirmed = _positive(query, options, "max_unconfirmed", MAX_UNCONFIRMED)
+        self.max_unconfirmed_bytes = _positive(query, options, "max_unconfirmed_bytes", MAX_UNCONFIRMED_BYTES)
+        #: Exchanges this connection saw exist: a publish to any other waits for the script's answer, so
+        #: a missing exchange raises NotFound from that publish.
         self.exchanges: set[str] = {""}
-        #: Whether the broker may hold a queue that refuses publishes (x-overflow reject-publish*): while
-        #: it does, publishes wait for the answer. Every publish's answer refreshes it.
-        self.may_refuse = True
-        self._buffer: list[Any] = []  # buffered publishes: the script's arguments, 9 per envelope
+        #: Transient publishes not written yet (the fast path): their envelopes and script arguments.
+        self._buffer: list[Envelope] = []
+        self._buffer_args: list[Any] = []
         self._buffer_lock = threading.Lock()  # the publisher appends, the linger timer takes
-        self._send_lock = Lock()  # one pipeline at a time: nothing overtakes buffered publishes
         self._linger: Linger | None = None
+        #: Refusals read from the replies of pipelined publishes, raised by the next publish/flush/close.
+        self._refused: list[tuple[str, list[Envelope]]] = []
+        self._dead_letters = False  # a reply said dead letters wait in the broker's outbox
         self.connection_id = secrets.token_hex(8)
         self._client: Any = None
+        self._pipe: Pipe | None = None
         self._lost = False
         self._channels: dict[int, RedisChannel] = {}
         self._next_channel = 1
@@ -459,7 +481,8 @@ class RedisTransport(Transport):
 
     @property
     def is_connected(self) -> bool:
-        return self._client is not None and not self._lost
+        pipe = self._pipe
+        return self._client is not None and not self._lost and pipe is not None and pipe.broken is None
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "prefix": self.prefix, "confirm_publish": self.confirm_publish}
@@ -473,6 +496,14 @@ class RedisTransport(Transport):
                 f"({self.liveness}s) and was released: its unacked messages were redelivered; reconnect"
             )
         return self._client
+
+    def _require_pipe(self) -> Pipe:
+        self._require()
+        pipe = self._pipe
+        assert pipe is not None
+        if pipe.broken is not None:
+            raise OperationalError(f"redis: the connection was lost ({pipe.broken}); reconnect")
+        return pipe
 
     def connect(self, timeout: float | None) -> None:
         if self._client is not None:
@@ -496,16 +527,43 @@ class RedisTransport(Transport):
             protocol=2,
             **ssl_kwargs,
         )
+        wire = Wire(client)
+        pipe = Pipe(
+            wire,
+            wire.pack("SCRIPT", "LOAD", SOURCE),
+            self._settle_publish,
+            self.max_unconfirmed,
+            self.max_unconfirmed_bytes,
+        )
         try:
             with _mapped():
-                client.execute_command("SCRIPT", "LOAD", SOURCE)
+                wire.open()
+                # The pipe's connection is this connection's identity: a liveness check that no longer
+                # finds its client id in CLIENT LIST releases what it holds (see _check_clients).
+                hello = [Slot(CALL), Slot(CALL), Slot(CALL)]
+                with pipe.write_lock:
+                    pipe.write(
+                        [
+                            (wire.pack("CLIENT", "SETNAME", f"kelp-{self.connection_id}"), hello[0]),
+                            (wire.pack("CLIENT", "ID"), hello[1]),
+                            (wire.pack("SCRIPT", "LOAD", SOURCE), hello[2]),
+                        ]
+                    )
+                for slot in hello:
+                    reply = pipe.wait(slot)
+                    if isinstance(reply, Exception):
+                        raise reply
+                client_id = int(hello[1].value)
                 outbox = client.execute_command(
                     "EVALSHA", SHA, 1, self._key, "init", self.connection_id, self._liveness_ms
                 )
+                client.execute_command("HSET", self._key + "clients", self.connection_id, client_id)
         except BaseException:
+            wire.close()
             client.connection_pool.disconnect()
             raise
         self._client = client
+        self._pipe = pipe
         self._lost = False
         self._ticker = Ticker(self._beat_interval, self._beat, f"kelp-redis-heartbeat-{self.connection_id}")
         self._ticker.start()
@@ -518,7 +576,9 @@ class RedisTransport(Transport):
         return int(self.liveness * 1000)
 
     def close(self) -> None:
-        """Release everything this connection holds (unacked messages go back, flagged) and disconnect."""
+        """Release everything this connection holds (unacked messages go back, flagged) and disconnect.
+        Publishes still unconfirmed are waited for (the reap call comes after them on the pipe); a refusal
+        found then is raised once the connection is closed."""
         client = self._client
         if client is None:
             return
@@ -530,25 +590,31 @@ class RedisTransport(Transport):
             linger.stop()
         self._channels.clear()
         try:
-            if not self._lost:
-                for _ in range(10_000):  # the first call sends the buffered publishes and acks first
+            if self.is_connected:
+                for _ in range(10_000):  # the first call writes the buffered publishes and acks first
                     if not self.call("reap", self.connection_id):
                         break
         except OperationalError:
-            # Redis is unreachable: the other connections' heartbeats release our messages after liveness.
+            # Redis is unreachable: the other connections release our messages when they find our client
+            # gone from CLIENT LIST (or after liveness).
             pass
         finally:
-            if self._buffer:
+            unconfirmed = len(self.unconfirmed())
+            if unconfirmed:
                 logger.warning(
-                    "kelp: %d buffered (unconfirmed) publishes were lost: the connection closed unreachable",
-                    len(self._buffer) // 9,
+                    "kelp: %d published messages were never confirmed: the connection closed unreachable",
+                    unconfirmed,
                 )
-                self._buffer = []
+            self._buffer, self._buffer_args = [], []
+            pipe, self._pipe = self._pipe, None
             self._client = None
             self._acks.clear()
             self.pending_acks = 0
             self._signal.set()
+            if pipe is not None:
+                pipe.wire.close()
             client.connection_pool.disconnect()
+        self._raise_refused()
 
     def open_channel(self) -> RedisChannel:
         self._require()
@@ -566,8 +632,8 @@ class RedisTransport(Transport):
     # --- calling the script -------------------------------------------------------------------------
 
     def call(self, op: str, *args: Any) -> Any:
-        """Run one operation of the broker script, after this connection's buffered publishes and acks
-        (all in one round trip)."""
+        """Run one operation of the broker script, written after this connection's buffered publishes
+        and acks on the pipe (so it sees them), and return its reply."""
         try:
             return (self._send([(op, args)]))[0]
         except _Lost:
@@ -576,98 +642,116 @@ class RedisTransport(Transport):
             raise
 
     def flush(self, timeout: float | None = None) -> None:
-        """Send the buffered publishes and acks now."""
-        if self._buffer or self.pending_acks:
-            self._send([])
+        """The barrier: write the buffered publishes and acks, then read the reply of every earlier
+        publish. Raises MessageNacked for refusals not reported yet, TimeoutError when ``timeout``
+        passes first (the rest stays in the outbox), OperationalError when the connection is gone."""
+        if self._client is None:
+            if self._refused:
+                self._raise_refused()
+            return
+        pipe = self._require_pipe()
+        deadline = None if timeout is None else monotonic() + timeout
+        self._send([])
+        with _mapped():
+            pipe.wait_all(deadline)
+        if self._dead_letters:
+            self._dead_letters = False
+            self.flush_outbox()
+        self._raise_refused()
+
+    def unconfirmed(self) -> list[Envelope]:
+        """Written but not confirmed (the pipe's outbox), then the transient publishes not yet written."""
+        pipe = self._pipe
+        return (pipe.unconfirmed() if pipe is not None else []) + list(self._buffer)
+
+    def send_buffered(self) -> None:
+        """Write the buffered transient publishes and acks now, without waiting for replies."""
+        self._send([])
 
     def _flush_publishes(self) -> None:
         # The linger timer (another thread in the sync API): publishes only, acks belong to their thread.
-        if self._buffer:
+        if self._buffer and self.is_connected:
             self._send([], acks=False)
 
+    def _take_buffer(self, pipe: Pipe) -> list[tuple[list[bytes], Slot]]:
+        """The buffered transient publishes as script calls (the caller holds the write lock)."""
+        with self._buffer_lock:
+            envelopes, self._buffer = self._buffer, []
+            args, self._buffer_args = self._buffer_args, []
+        return self._publish_commands(pipe, envelopes, args, "bpublish", PUBLISH)
+
+    def _publish_commands(
+        self, pipe: Pipe, envelopes: list[Envelope], args: list[Any], op: str, kind: int
+    ) -> list[tuple[list[bytes], Slot]]:
+        commands = []
+        for i in range(0, len(envelopes), PUBLISH_CHUNK):
+            chunk = envelopes[i : i + PUBLISH_CHUNK]
+            slot = Slot(kind, chunk, sum(len(envelope.body) for envelope in chunk))
+            packed = pipe.wire.pack(
+                "EVALSHA", SHA, 1, self._key, op, len(chunk), *args[i * 9 : (i + len(chunk)) * 9]
+            )
+            commands.append((packed, slot))
+        return commands
+
     def _send(self, calls: list[tuple[str, Sequence[Any]]], acks: bool = True) -> list[Any]:
-        """Send the buffered publishes, the buffered acks (unless ``acks`` is false), then ``calls`` (script
-        operations) in one pipeline, in that order; return the calls' results. One pipeline at a time, so
-        no operation of this connection overtakes a publish buffered before it. Refusals of buffered
-        publishes are logged: nobody waits for them."""
-        with self._send_lock:
-            client = self._require()
-            with self._buffer_lock:
-                buffered, self._buffer = self._buffer, []
-            outbox = 0
-            with _mapped():
-                if buffered or (acks and self.pending_acks) or len(calls) > 1:
-                    step = PUBLISH_CHUNK * 9
-                    chunks = [buffered[i : i + step] for i in range(0, len(buffered), step)]
-                    every = [("bpublish", (len(chunk) // 9, *chunk)) for chunk in chunks] + calls
-                    try:
-                        results = self._pipeline(client, every, acks)
-                    except RedisError:
-                        if buffered:
-                            logger.warning(
-                                "kelp: %d buffered (unconfirmed) publishes may be lost", len(buffered) // 9
-                            )
-                        raise
-                    outbox = self._buffered_results(results[: len(chunks)])
-                    results = results[len(chunks) :]
-                elif calls:
-                    op, args = calls[0]
-                    try:
-                        results = [client.execute_command("EVALSHA", SHA, 1, self._key, op, *args)]
-                    except NoScriptError:
-                        results = [self._reload_and_call(client, op, tuple(args))]
-                else:
-                    return []
-                for (op, _), result in zip(calls, results):
-                    if isinstance(result, Exception):
-                        raise result
-                    if op == "publish":
-                        self.may_refuse = bool(result[4])
-        if outbox:
+        """Write the buffered publishes, the buffered acks (unless ``acks`` is false), then ``calls``
+        (script operations) on the pipe, in that order; read and return the calls' replies."""
+        pipe = self._require_pipe()
+        slots = [Slot(CALL) for _ in calls]
+        with _mapped():
+            with pipe.write_lock:
+                commands = self._take_buffer(pipe) if self._buffer else []
+                if acks and self.pending_acks:
+                    commands += self._ack_commands(pipe)
+                commands += [
+                    (pipe.wire.pack("EVALSHA", SHA, 1, self._key, op, *args), slot)
+                    for (op, args), slot in zip(calls, slots)
+                ]
+                if commands:
+                    pipe.write(commands)
+            results = [pipe.wait(slot) for slot in slots]
+        for result in results:
+            if isinstance(result, Exception):
+                with _mapped():
+                    raise result
+        if self._dead_letters:
+            self._dead_letters = False
             self.flush_outbox()
         return results
 
-    def _pipeline(self, client: Any, calls: list[tuple[str, Sequence[Any]]], acks: bool) -> list[Any]:
-        pipe = client.pipeline(transaction=False)
-        if acks:
-            self._pipeline_acks(pipe)
-        for op, args in calls:
-            pipe.execute_command("EVALSHA", SHA, 1, self._key, op, *args)
-        results = list(pipe.execute(raise_on_error=False))[-len(calls) :] if calls else []
-        if any(isinstance(result, NoScriptError) for result in results):
-            # Redis restarted (or SCRIPT FLUSH): nothing of the script ran, the acks did; once more.
-            client.execute_command("SCRIPT", "LOAD", SOURCE)
-            pipe = client.pipeline(transaction=False)
-            for op, args in calls:
-                pipe.execute_command("EVALSHA", SHA, 1, self._key, op, *args)
-            results = list(pipe.execute(raise_on_error=False))
-        return results
+    def _settle_publish(self, slot: Slot, reply: Any) -> None:
+        """A pipelined publish's reply: remember what the broker refused, to raise it later."""
+        envelopes = slot.envelopes
+        if isinstance(reply, Exception):
+            match = _KELP_ERROR.search(str(reply))
+            self._refused.append((match.group(2) if match else f"redis: {reply}", envelopes))
+            return
+        _, refused, outbox, missing, _, nacked = reply
+        if int(outbox):
+            self._dead_letters = True
+        if not nacked:
+            return
+        for name in missing:
+            self.exchanges.discard(_text(name))
+        reasons = [f"no exchange {sorted({_text(name) for name in missing})}"] if missing else []
+        if refused:
+            names = sorted({_text(name) for name in refused})
+            reasons.append(f"queue(s) {names} full (x-overflow reject-publish)")
+        self._refused.append(("; ".join(reasons), [envelopes[int(index)] for index in nacked]))
 
-    def _buffered_results(self, results: list[Any]) -> int:
-        """Log what the script refused of the buffered publishes; return the outbox length."""
-        outbox = 0
-        for result in results:
-            if isinstance(result, Exception):
-                logger.warning("kelp: buffered (unconfirmed) publishes were dropped: %s", result)
-                continue
-            _, refused, outbox, missing, refusing = result
-            self.may_refuse = bool(refusing)
-            for name in refused:
-                logger.warning(
-                    "kelp: queue %r refused a buffered message (x-overflow); without confirms it is "
-                    "dropped, as RabbitMQ does",
-                    _text(name),
-                )
-            for name in missing:
-                self.exchanges.discard(_text(name))
-                logger.warning(
-                    "kelp: a buffered message was dropped: no exchange %r (the next publish to it raises)",
-                    _text(name),
-                )
-        return int(outbox)
+    def _raise_refused(self) -> None:
+        if not self._refused:
+            return
+        refused, self._refused = self._refused, []
+        reasons = sorted({reason for reason, _ in refused})
+        envelopes = [envelope for _, batch in refused for envelope in batch]
+        raise MessageNacked(
+            f"{len(envelopes)} published message(s) not enqueued: {'; '.join(reasons)}", envelopes=envelopes
+        )
 
     def _call_unbuffered(self, op: str, *args: Any) -> Any:
-        """:meth:`call` without sending buffered acks: safe from the heartbeat thread."""
+        """One script call on its own connection of the pool (the heartbeat's, the dead letters'): it
+        neither waits behind nor reorders the pipe."""
         client = self._require()
         with _mapped():
             try:
@@ -691,27 +775,37 @@ class RedisTransport(Transport):
             ids.append(entry_id)
         self.pending_acks += 1
 
-    def _pipeline_acks(self, pipe: Any) -> None:
+    def _ack_commands(self, pipe: Pipe) -> list[tuple[list[bytes], Slot]]:
         acks, self._acks = self._acks, {}
         self.pending_acks = 0
+        commands = []
         for key, ids in acks.items():
-            pipe.execute_command("XACK", key, "g", *ids)
-            pipe.execute_command("XDEL", key, *ids)
+            commands.append((pipe.wire.pack("XACK", key, "g", *ids), Slot(IGNORE)))
+            commands.append((pipe.wire.pack("XDEL", key, *ids), Slot(IGNORE)))
+        return commands
 
     # --- publishing and dead letters ---------------------------------------------------------------
 
     def publish(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
-        """Buffer unconfirmed publishes (see the module docstring); route and store the others now, one
-        script call per chunk, every chunk in one round trip."""
+        """Write the script call routing and storing the batch (one per chunk) and return without reading
+        its reply (see the module docstring); transient messages may wait in the buffer instead. With
+        ``confirm_publish``, a ``mandatory`` message, or an exchange this connection has not seen exist,
+        wait for the reply: refusals raise MessageNacked, unroutable mandatory messages are returned."""
         if not envelopes:
             return []
+        pipe = self._require_pipe()
+        self._raise_refused()
+        envelopes = list(envelopes)
         args: list[Any] = []
         exchanges = self.exchanges
-        buffer = not (self.confirm_publish or self.may_refuse)
+        wait = self.confirm_publish
+        transient = True
         for envelope in envelopes:
             if envelope.mandatory or envelope.exchange not in exchanges:
-                buffer = False
+                wait = True
             properties = envelope.properties
+            if properties.get("delivery_mode") != 1:
+                transient = False
             ttl = expiration_ms(properties)
             args += (
                 envelope.exchange,
@@ -724,40 +818,55 @@ class RedisTransport(Transport):
                 encode_meta(properties, envelope.headers, envelope.exchange, envelope.routing_key),
                 "",
             )
-        if buffer:
-            self._require()
+        if transient and not wait:
             with self._buffer_lock:
                 first = not self._buffer
-                self._buffer += args
-                full = len(self._buffer) >= PUBLISH_BATCH * 9
+                self._buffer += envelopes
+                self._buffer_args += args
+                full = len(self._buffer) >= PUBLISH_BATCH
             if full:
-                self.flush()
+                self._send([], acks=False)
             elif first and self._linger is not None:
                 self._linger.arm()
             return []
-        step = PUBLISH_CHUNK * 9
-        results = self._send(
-            [
-                ("publish", (len(chunk) // 9, *chunk))
-                for chunk in (args[i : i + step] for i in range(0, len(args), step))
-            ]
-        )
-        exchanges.update(envelope.exchange for envelope in envelopes)  # the script checked they exist
+        with _mapped():
+            pipe.make_room(len(envelopes), sum(len(envelope.body) for envelope in envelopes))
+        self._raise_refused()
+        op, kind = ("publish", CALL) if wait else ("bpublish", PUBLISH)
+        own = self._publish_commands(pipe, envelopes, args, op, kind)
+        with _mapped():
+            with pipe.write_lock:
+                commands = self._take_buffer(pipe) if self._buffer else []
+                pipe.write(commands + own)
+            if not wait:
+                pipe.settle_ready()
+                return []
+            results = [pipe.wait(slot) for _, slot in own]
         returned: list[Envelope] = []
-        refused: list[str] = []
-        outbox = 0
-        for offset, (returned_indexes, refused_names, waiting, _, _) in zip(
-            range(0, len(envelopes), PUBLISH_CHUNK), results
-        ):
-            returned += (envelopes[offset + int(index)] for index in returned_indexes)
-            refused += (_text(name) for name in refused_names)
-            outbox = waiting
-        if outbox:
+        refused: list[Envelope] = []
+        reasons: set[str] = set()
+        failure: Exception | None = None
+        for (_, slot), result in zip(own, results):
+            if isinstance(result, Exception):
+                failure = failure or result
+                continue
+            returned_indexes, refused_names, _, _, _, nacked = result
+            returned += (slot.envelopes[int(index)] for index in returned_indexes)
+            refused += (slot.envelopes[int(index)] for index in nacked)
+            reasons.update(_text(name) for name in refused_names)
+            if int(result[2]):
+                self._dead_letters = True
+        if failure is not None:
+            with _mapped():
+                raise failure
+        exchanges.update(envelope.exchange for envelope in envelopes)  # the script checked they exist
+        if self._dead_letters:
+            self._dead_letters = False
             self.flush_outbox()
         if refused:
             raise MessageNacked(
-                f"queue(s) {sorted(set(refused))} full (x-overflow reject-publish): "
-                "message not enqueued there"
+                f"queue(s) {sorted(reasons)} full (x-overflow reject-publish): message not enqueued there",
+                envelopes=refused,
             )
         return returned
 
@@ -817,7 +926,7 @@ class RedisTransport(Transport):
                 if deliveries:
                     return deliveries
             elif self.pending_acks or self._buffer:
-                self.flush()
+                self.send_buffered()
             remaining = None if deadline is None else deadline - monotonic()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError("no message arrived within the timeout")
@@ -873,7 +982,7 @@ class RedisTransport(Transport):
         return deliveries, watch
 
     def _beat(self) -> None:
-        """Heartbeat: stay alive, release one dead connection, expire what is due, route dead letters."""
+        """Heartbeat: stay alive, release dead connections, expire what is due, route dead letters."""
         for _ in range(10):
             outbox, lost, more = self._call_unbuffered("beat", self.connection_id, self._liveness_ms)
             if lost:
@@ -883,7 +992,26 @@ class RedisTransport(Transport):
             if outbox:
                 self.flush_outbox()
             if more != 2:
+                break
+        self._check_clients()
+
+    def _check_clients(self) -> None:
+        """Release the connections whose Redis client is gone: their process died (or their socket
+        closed), so their unacked messages go back now rather than after ``liveness``. A process that
+        is alive but silent keeps its client listed: only its missed heartbeats release it."""
+        client = self._require()
+        with _mapped():
+            known = client.hgetall(self._key + "clients")
+            ids = {int(client_id): _text(conn) for conn, client_id in known.items()}
+            if not ids:
                 return
+            listed = client.client_list(client_id=list(ids))
+            gone = set(ids) - {int(entry["id"]) for entry in listed}
+            for client_id in sorted(gone):
+                logger.info("kelp: redis connection %s is gone: releasing what it held", ids[client_id])
+                for _ in range(10_000):
+                    if not self._call_unbuffered("reap", ids[client_id]):
+                        break
 
     # --- inspection ---------------------------------------------------------------------------------
 

@@ -38,6 +38,8 @@ SOURCE = r"""-- kelp's broker on Redis: one script, one operation per call:
 --   P qs:<suffix>:<q> stream entries b (body) m (meta) [x (expires at, ms)] [n (deliveries so far)];
 --                            one consumer group "g"; a consumer per connection, named by its id
 --   P alive           zset   connection id -> liveness deadline (server ms)
+--   P clients         hash   connection id -> CLIENT ID of its pipelined connection (clients check that
+--                            it is still listed; reap removes it)
 --   P timed           zset   queue -> next time something may expire there (ms)
 --   P outbox          stream dead letters waiting for a client to rewrite their headers and route them
 --   P c:q:<conn>, P c:x:<conn>   sets: queues the connection read with acks, exclusive queues it owns
@@ -574,6 +576,7 @@ local function reap(conn)
   for name in pairs(left) do consumer_left(name) end
   redis.call('DEL', kc('q', conn), kc('x', conn))
   redis.call('ZREM', K_ALIVE, conn)
+  redis.call('HDEL', P .. 'clients', conn)
   return 0
 end
 
@@ -783,10 +786,11 @@ end
 -- mandatory 'x' only removes it (a dead-letter cycle). A missing exchange fails the whole call, except
 -- for bpublish (a client's buffered, unconfirmed publishes), which drops those envelopes and names them.
 -- Returns {unroutable mandatory envelope indexes, refused queue names, outbox length,
--- missing exchange names, number of queues that may refuse a publish}.
+-- missing exchange names, number of queues that may refuse a publish,
+-- indexes of the envelopes not stored everywhere (a queue refused it, or its exchange is missing)}.
 local function publish(a, lenient)
   local n = tonumber(a[1])
-  local missing, skip = {}, {}
+  local missing, skip, nacked = {}, {}, {}
   for i = 0, n - 1 do
     local base = 2 + i * 9
     local exchange = a[base]
@@ -794,6 +798,7 @@ local function publish(a, lenient)
       if not lenient then fail('NOT_FOUND', "no exchange '" .. exchange .. "' in vhost '/'") end
       missing[#missing + 1] = exchange
       skip[i] = true
+      nacked[#nacked + 1] = i
     end
   end
   local returned, refused, cache = {}, {}, {}
@@ -819,7 +824,7 @@ local function publish(a, lenient)
           if alt and redis.call('EXISTS', kx(alt)) == 1 then names = route(alt, key, hcanon) end
         end
       end
-      local stored = 0
+      local stored, refusal = 0, false
       for _, name in ipairs(names) do
         local q = cache[name]
         if q == nil then
@@ -828,14 +833,18 @@ local function publish(a, lenient)
         end
         if q then
           stored = stored + 1
-          if not enqueue(q, body, meta, ttl, priority) then refused[#refused + 1] = name end
+          if not enqueue(q, body, meta, ttl, priority) then
+            refused[#refused + 1] = name
+            refusal = true
+          end
         end
       end
+      if refusal then nacked[#nacked + 1] = i end
       if stored == 0 and mandatory == '1' then returned[#returned + 1] = i end
     end
   end
   save_all(cache)
-  return {returned, refused, redis.call('XLEN', K_OUTBOX), missing, redis.call('SCARD', K_REFUSING)}
+  return {returned, refused, redis.call('XLEN', K_OUTBOX), missing, redis.call('SCARD', K_REFUSING), nacked}
 end
 
 function ops.publish(a) return publish(a, false) end

@@ -1,0 +1,180 @@
+"""The pipeline of a ``redis://`` connection: commands written at once, replies read later, in order.
+
+Every script call and ack of a connection goes through one Redis connection (a :class:`Wire`), so Redis
+runs them in the order they were written: an operation reads its own writes without waiting for the
+replies of the publishes before it. Each written command has a :class:`Slot` in a FIFO; a reply settles
+the oldest slot.
+
+* A *publish* slot is the outbox: its envelopes were written (they left the process) and are owed a
+  confirm. Its reply goes to ``on_publish`` (the transport records refusals, to be raised by the next
+  publish, flush or close). :meth:`Pipe.unconfirmed` lists them, in publish order.
+* A *call* slot belongs to someone waiting for its reply (:meth:`Pipe.wait`).
+* An *ignore* slot (acks, ``SCRIPT LOAD``) only has to be read past.
+
+Replies are read when someone needs one (a call, :meth:`make_room` when the outbox is full, a flush), and
+opportunistically by :meth:`settle_ready` when they have already arrived. ``NOSCRIPT`` (Redis lost its
+scripts: ``SCRIPT FLUSH``) resends the command after loading the script again; nothing of it ran.
+A failed write or read breaks the pipe for good (``broken``): the slots it holds are never answered, and
+the caller reconnects and publishes :meth:`unconfirmed` again.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from redis.exceptions import NoScriptError, ResponseError
+
+from kelp._broker.redis.wire import AsyncWire as Wire  # async-only
+
+# sync-only: from kelp._broker.redis.wire import ThreadWire as Wire
+from kelp._envelope import Envelope
+from kelp.aio._backend import Lock, monotonic
+
+__all__ = ["CALL", "IGNORE", "PUBLISH", "Pipe", "Slot"]
+
+logger = logging.getLogger("kelp.transport.redis")
+
+PUBLISH, CALL, IGNORE = 0, 1, 2
+#: Replies left unread before a publish reads those that have already arrived: a socket whose replies
+#: are read keeps the kernel's receive buffer small.
+READ_EVERY = 64
+
+
+class Slot:
+    """One written command awaiting its reply."""
+
+    __slots__ = ("done", "envelopes", "kind", "packed", "size", "value")
+
+    def __init__(self, kind: int, envelopes: list[Envelope] | None = None, size: int = 0) -> None:
+        self.kind = kind
+        self.envelopes = envelopes or []
+        self.size = size
+        self.packed: list[bytes] = []
+        self.done = False
+        self.value: Any = None
+
+
+class Pipe:
+    def __init__(
+        self,
+        wire: Wire,
+        script_load: list[bytes],
+        on_publish: Callable[[Slot, Any], None],
+        max_unconfirmed: int,
+        max_unconfirmed_bytes: int,
+    ) -> None:
+        self.wire = wire
+        self._script_load = script_load
+        self._on_publish = on_publish
+        self.max_unconfirmed = max_unconfirmed
+        self.max_unconfirmed_bytes = max_unconfirmed_bytes
+        #: Held around a write (and whatever must be written in order before it).
+        self.write_lock = Lock()
+        self._read_lock = Lock()
+        self._slots: collections.deque[Slot] = collections.deque()
+        self.count = 0  # envelopes in the outbox
+        self.nbytes = 0  # and their bodies' bytes
+        self._unread = 0
+        #: The error that broke the pipe, if one did: it is never used again.
+        self.broken: BaseException | None = None
+
+    def unconfirmed(self) -> list[Envelope]:
+        return [envelope for slot in list(self._slots) if slot.kind == PUBLISH for envelope in slot.envelopes]
+
+    def _add(self, slot: Slot) -> None:
+        self._slots.append(slot)
+        if slot.kind == PUBLISH:
+            self.count += len(slot.envelopes)
+            self.nbytes += slot.size
+
+    def _forget(self, slot: Slot) -> None:
+        if slot.kind == PUBLISH:
+            self.count -= len(slot.envelopes)
+            self.nbytes -= slot.size
+
+    async def write(self, commands: list[tuple[list[bytes], Slot]]) -> None:
+        """Write commands (the caller holds ``write_lock``); returns once they have left the process. On
+        failure the pipe is broken and these commands' slots are dropped (the caller gets the error), the
+        earlier ones stay unconfirmed."""
+        if self.broken is not None:
+            raise self.broken
+        chunks: list[bytes] = []
+        for packed, slot in commands:
+            if slot.kind != IGNORE:
+                slot.packed = packed
+            self._add(slot)
+            chunks += packed
+        try:
+            await self.wire.write(chunks)
+        except BaseException as exc:
+            self.broken = exc
+            for _, slot in commands:
+                if slot in self._slots:
+                    self._slots.remove(slot)
+                    self._forget(slot)
+            raise
+        self._unread += len(commands)
+
+    async def wait(self, slot: Slot, deadline: float | None = None) -> Any:
+        """Read replies until ``slot`` has its own; return it (an error reply is returned, not raised).
+        Raises TimeoutError at ``deadline`` (monotonic), leaving the pipe usable."""
+        async with self._read_lock:
+            while not slot.done:
+                await self._read_one(deadline)
+        return slot.value
+
+    async def wait_all(self, deadline: float | None = None) -> None:
+        """Read every reply owed for what was written so far."""
+        if self._slots:
+            await self.wait(self._slots[-1], deadline)
+
+    async def make_room(self, count: int, nbytes: int) -> None:
+        """Back-pressure: read replies until ``count`` more envelopes of ``nbytes`` fit in the outbox."""
+        if self.count + count <= self.max_unconfirmed and self.nbytes + nbytes <= self.max_unconfirmed_bytes:
+            return
+        async with self._read_lock:
+            while self._slots and (
+                self.count + count > self.max_unconfirmed or self.nbytes + nbytes > self.max_unconfirmed_bytes
+            ):
+                await self._read_one(None)
+
+    async def settle_ready(self) -> None:
+        """Read the replies that have already arrived, without waiting for more (now and then only)."""
+        if self._unread < READ_EVERY or self._read_lock.locked() or self.broken is not None:
+            return
+        self._unread = 0
+        async with self._read_lock:
+            while self._slots and self.broken is None and await self.wire.ready():
+                await self._read_one(None)
+
+    async def _read_one(self, deadline: float | None) -> None:
+        if self.broken is not None:
+            raise self.broken
+        timeout = None if deadline is None else max(0.0, deadline - monotonic())
+        try:
+            reply = await self.wire.read(timeout)
+        except TimeoutError:
+            if deadline is None:
+                self.broken = ConnectionError("redis did not answer within the socket timeout")
+            raise
+        except BaseException as exc:
+            self.broken = exc
+            raise
+        slot = self._slots.popleft()
+        self._forget(slot)
+        if isinstance(reply, NoScriptError) and slot.kind != IGNORE:
+            # Nothing of the command ran: load the script again and send the command once more.
+            async with self.write_lock:
+                await self.write([(self._script_load, Slot(IGNORE)), (slot.packed, slot)])
+            return
+        slot.done = True
+        if slot.kind == PUBLISH:
+            slot.packed = []
+            self._on_publish(slot, reply)
+        elif slot.kind == CALL:
+            slot.value = reply
+        elif isinstance(reply, ResponseError):
+            logger.warning("kelp: redis refused an ack: %s", reply)
