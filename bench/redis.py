@@ -99,6 +99,7 @@ def run_kelp(url: str, messages: int, batch: bool, confirm: bool) -> tuple[float
         else:
             for _ in range(messages - 1):
                 producer.publish(body, routing_key="k", declare=[queue])
+        conn.flush()  # every publish confirmed
         total = conn.default_channel.queue_declare(queue.name, passive=True).message_count
         publish = time.perf_counter() - start
         consumer = kelp.Consumer(
@@ -138,6 +139,7 @@ async def _run_kelp_aio(url: str, messages: int, batch: bool, confirm: bool) -> 
         else:
             for _ in range(messages - 1):
                 await producer.publish(body, routing_key="k", declare=[queue])
+        await conn.flush()  # every publish confirmed
         total = (await conn.default_channel.queue_declare(queue.name, passive=True)).message_count
         publish = time.perf_counter() - start
         consumer = kelp.aio.Consumer(

@@ -234,7 +234,6 @@ async def test_async_concurrent_publishes_share_the_pipeline(redis_url):
         pipe.wait = counting_wait
         await asyncio.gather(*(producer.publish(n, routing_key="jobs") for n in range(500)))
         assert waits == 0, "no publish waited for a reply: they share the pipeline"
-        assert len(publisher.transport.unconfirmed()) > 0  # type: ignore[union-attr]
         await publisher.flush()
         assert publisher.transport.unconfirmed() == []  # type: ignore[union-attr]
         assert (
@@ -250,3 +249,22 @@ async def test_async_clean_close_confirms_what_is_owed(redis_url):
             await producer.publish(n, routing_key="jobs")
     with Connection(redis_url) as reader:
         assert _count(reader, "jobs") == 100
+
+
+def test_pipelined_publishes_survive_the_script_being_flushed(redis_url):
+    import redis
+
+    with Connection(redis_url) as publisher:
+        Queue("jobs")(publisher.default_channel).declare()
+        producer = publisher.Producer()
+        admin = redis.Redis.from_url(redis_url.split("?")[0])
+        try:
+            for n in range(200):
+                if n == 100:
+                    admin.execute_command("FUNCTION", "FLUSH")
+                    admin.execute_command("SCRIPT", "FLUSH")
+                producer.publish(n, routing_key="jobs")
+            publisher.flush()
+        finally:
+            admin.close()
+        assert _count(publisher, "jobs") == 200

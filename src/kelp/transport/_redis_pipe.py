@@ -42,16 +42,24 @@ PUBLISH, CALL, IGNORE = 0, 1, 2
 READ_EVERY = 64
 
 
+def _script_missing(reply: Any) -> bool:
+    """Whether Redis refused a call because it lost the script (SCRIPT FLUSH, FUNCTION FLUSH)."""
+    return isinstance(reply, NoScriptError) or (
+        isinstance(reply, ResponseError) and str(reply).startswith("Function not found")
+    )
+
+
 class Slot:
     """One written command awaiting its reply."""
 
-    __slots__ = ("done", "envelopes", "kind", "packed", "size", "value")
+    __slots__ = ("done", "envelopes", "kind", "packed", "size", "value", "wire_size")
 
     def __init__(self, kind: int, envelopes: list[Envelope] | None = None, size: int = 0) -> None:
         self.kind = kind
         self.envelopes = envelopes or []
         self.size = size
         self.packed: list[bytes] = []
+        self.wire_size = 0
         self.done = False
         self.value: Any = None
 
@@ -64,18 +72,22 @@ class Pipe:
         on_publish: Callable[[Slot, Any], None],
         max_unconfirmed: int,
         max_unconfirmed_bytes: int,
+        max_in_flight: int,
     ) -> None:
         self.wire = wire
-        self._script_load = script_load
+        #: The command that loads the script again when Redis lost it.
+        self.script_load = script_load
         self._on_publish = on_publish
         self.max_unconfirmed = max_unconfirmed
         self.max_unconfirmed_bytes = max_unconfirmed_bytes
+        self.max_in_flight = max_in_flight
         #: Held around a write (and whatever must be written in order before it).
         self.write_lock = Lock()
         self._read_lock = Lock()
         self._slots: collections.deque[Slot] = collections.deque()
         self.count = 0  # envelopes in the outbox
         self.nbytes = 0  # and their bodies' bytes
+        self.in_flight = 0  # bytes written whose reply is unread
         self._unread = 0
         #: The error that broke the pipe, if one did: it is never used again.
         self.broken: BaseException | None = None
@@ -85,11 +97,13 @@ class Pipe:
 
     def _add(self, slot: Slot) -> None:
         self._slots.append(slot)
+        self.in_flight += slot.wire_size
         if slot.kind == PUBLISH:
             self.count += len(slot.envelopes)
             self.nbytes += slot.size
 
     def _forget(self, slot: Slot) -> None:
+        self.in_flight -= slot.wire_size
         if slot.kind == PUBLISH:
             self.count -= len(slot.envelopes)
             self.nbytes -= slot.size
@@ -104,6 +118,7 @@ class Pipe:
         for packed, slot in commands:
             if slot.kind != IGNORE:
                 slot.packed = packed
+            slot.wire_size = sum(len(chunk) for chunk in packed)
             self._add(slot)
             chunks += packed
         try:
@@ -130,14 +145,20 @@ class Pipe:
         if self._slots:
             self.wait(self._slots[-1], deadline)
 
-    def make_room(self, count: int, nbytes: int) -> None:
-        """Back-pressure: read replies until ``count`` more envelopes of ``nbytes`` fit in the outbox."""
-        if self.count + count <= self.max_unconfirmed and self.nbytes + nbytes <= self.max_unconfirmed_bytes:
+    def _full(self, count: int, nbytes: int, wire_size: int) -> bool:
+        return (
+            self.count + count > self.max_unconfirmed
+            or self.nbytes + nbytes > self.max_unconfirmed_bytes
+            or self.in_flight + wire_size > self.max_in_flight
+        )
+
+    def make_room(self, count: int, nbytes: int, wire_size: int) -> None:
+        """Back-pressure: read replies until ``count`` more envelopes of ``nbytes`` (``wire_size`` bytes
+        of commands) fit in the outbox and in flight."""
+        if not self._full(count, nbytes, wire_size):
             return
         with self._read_lock:
-            while self._slots and (
-                self.count + count > self.max_unconfirmed or self.nbytes + nbytes > self.max_unconfirmed_bytes
-            ):
+            while self._slots and self._full(count, nbytes, wire_size):
                 self._read_one(None)
 
     def settle_ready(self) -> None:
@@ -164,10 +185,10 @@ class Pipe:
             raise
         slot = self._slots.popleft()
         self._forget(slot)
-        if isinstance(reply, NoScriptError) and slot.kind != IGNORE:
+        if slot.kind != IGNORE and _script_missing(reply):
             # Nothing of the command ran: load the script again and send the command once more.
             with self.write_lock:
-                self.write([(self._script_load, Slot(IGNORE)), (slot.packed, slot)])
+                self.write([(self.script_load, Slot(IGNORE)), (slot.packed, slot)])
             return
         slot.done = True
         if slot.kind == PUBLISH:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 
-__all__ = ["SHA", "SOURCE"]
+__all__ = ["FUNCTION", "LIBRARY", "SHA", "SOURCE"]
 
 SOURCE = r"""-- kelp's broker on Redis: one script, one operation per call:
 --   EVALSHA sha 1 "{prefix}:" <op> <args...>
@@ -1034,3 +1034,45 @@ error(result)
 
 #: The script's SHA1, as EVALSHA names it.
 SHA = hashlib.sha1(SOURCE.encode()).hexdigest()
+
+
+def _library(source: str, name: str) -> str:
+    """The script as a Redis 7 function library: its body (every local function, the ops table) runs once,
+    at ``FUNCTION LOAD``, instead of at every call as with EVALSHA; each ``FCALL`` only sets the per-call
+    values (the prefix, its key names, the time) and dispatches."""
+    per_call = {
+        "local P = KEYS[1]\n": "local P\n",
+        "local NOW = now_ms()\n": "local NOW\n",
+        # Loading a library may not read globals: unpack is looked up at the first call.
+        "local unpack = unpack or table.unpack\n": "local unpack\n",
+        "local K_ALIVE, K_TIMED, K_OUTBOX = P .. 'alive', P .. 'timed', P .. 'outbox'\n": (
+            "local K_ALIVE, K_TIMED, K_OUTBOX\n"
+        ),
+        "local K_QUEUES, K_EXCHANGES, K_REFUSING = P .. 'queues', P .. 'exchanges', P .. 'refusing'\n": (
+            "local K_QUEUES, K_EXCHANGES, K_REFUSING\n"
+        ),
+    }
+    for old, new in per_call.items():
+        if old not in source:
+            raise AssertionError(f"the redis script changed: cannot build its function library ({old!r})")
+        source = source.replace(old, new, 1)
+    dispatch = source.index("local handler = ops[ARGV[1]]")
+    return (
+        f"#!lua name={name}\n"
+        + source[:dispatch]
+        + f"redis.register_function('{name}', function(KEYS, ARGV)\n"
+        "unpack = unpack or rawget(_G, 'unpack') or table.unpack\n"
+        "P = KEYS[1]\n"
+        "NOW = now_ms()\n"
+        "K_ALIVE, K_TIMED, K_OUTBOX = P .. 'alive', P .. 'timed', P .. 'outbox'\n"
+        "K_QUEUES, K_EXCHANGES, K_REFUSING = P .. 'queues', P .. 'exchanges', P .. 'refusing'\n"
+        + source[dispatch:]
+        + "end)\n"
+    )
+
+
+#: The name of the script's function (FCALL) in Redis >= 7: versioned, so kelps of different versions
+#: sharing a server each call their own.
+FUNCTION = f"kelp_{SHA[:16]}"
+#: The function library (``FUNCTION LOAD``) holding :data:`FUNCTION`.
+LIBRARY = _library(SOURCE, FUNCTION)

@@ -68,7 +68,7 @@ from kelp._broker.redis.codec import (
     encode_meta,
     headers_canon,
 )
-from kelp._broker.redis.script import SHA, SOURCE
+from kelp._broker.redis.script import FUNCTION, LIBRARY, SHA, SOURCE
 from kelp._broker.redis.ticker import AsyncLinger as Linger  # async-only
 from kelp._broker.redis.ticker import AsyncTicker as Ticker  # async-only
 from kelp._broker.redis.wire import AsyncWire as Wire  # async-only
@@ -113,6 +113,11 @@ LINGER = 0.001
 #: ``max_unconfirmed_bytes`` of bodies. A publish that would overflow it reads replies first.
 MAX_UNCONFIRMED = 10_000
 MAX_UNCONFIRMED_BYTES = 32 * 1024 * 1024
+#: Bytes of commands written to Redis whose replies are unread, at most: a publish beyond it first reads
+#: replies. Redis runs a client's commands only as it reads them off the socket, and when that client's
+#: process dies it drops what it had not read yet (its next reply fails to write and it frees the
+#: client): a publish that returned must not sit deeper than this in Redis's socket buffer.
+IN_FLIGHT = 32 * 1024
 #: Seconds between two heartbeats; each also checks that the other connections' clients are still
 #: connected to Redis, so a killed process's messages come back within about this time.
 CLIENT_CHECK = 0.5
@@ -476,6 +481,8 @@ class RedisTransport(Transport):
         self.connection_id = secrets.token_hex(8)
         self._client: Any = None
         self._pipe: Pipe | None = None
+        #: How the pipe calls the script: its function (Redis >= 7), or else EVALSHA.
+        self._script: tuple[str, str] = ("FCALL", FUNCTION)
         self._lost = False
         self._channels: dict[int, RedisChannel] = {}
         self._next_channel = 1
@@ -537,30 +544,38 @@ class RedisTransport(Transport):
         wire = Wire(client)
         pipe = Pipe(
             wire,
-            wire.pack("SCRIPT", "LOAD", SOURCE),
+            wire.pack("FUNCTION", "LOAD", "REPLACE", LIBRARY),
             self._settle_publish,
             self.max_unconfirmed,
             self.max_unconfirmed_bytes,
+            IN_FLIGHT,
         )
         try:
             with _mapped():
                 await wire.open()
                 # The pipe's connection is this connection's identity: a liveness check that no longer
                 # finds its client id in CLIENT LIST releases what it holds (see _check_clients).
-                hello = [Slot(CALL), Slot(CALL), Slot(CALL)]
+                hello = [Slot(CALL) for _ in range(4)]
                 async with pipe.write_lock:
                     await pipe.write(
                         [
                             (wire.pack("CLIENT", "SETNAME", f"kelp-{self.connection_id}"), hello[0]),
                             (wire.pack("CLIENT", "ID"), hello[1]),
                             (wire.pack("SCRIPT", "LOAD", SOURCE), hello[2]),
+                            (wire.pack("FUNCTION", "LOAD", LIBRARY), hello[3]),
                         ]
                     )
-                for slot in hello:
+                for slot in hello[:3]:
                     reply = await pipe.wait(slot)
                     if isinstance(reply, Exception):
                         raise reply
                 client_id = int(hello[1].value)
+                loaded = await pipe.wait(hello[3])
+                if isinstance(loaded, ResponseError) and "already exists" not in str(loaded):
+                    # Redis < 7 has no functions: every call runs the script (slower: its whole body
+                    # runs each time).
+                    self._script = ("EVALSHA", SHA)
+                    pipe.script_load = wire.pack("SCRIPT", "LOAD", SOURCE)
                 outbox = await client.execute_command(
                     "EVALSHA", SHA, 1, self._key, "init", self.connection_id, self._liveness_ms
                 )
@@ -695,7 +710,7 @@ class RedisTransport(Transport):
             chunk = envelopes[i : i + PUBLISH_CHUNK]
             slot = Slot(kind, chunk, sum(len(envelope.body) for envelope in chunk))
             packed = pipe.wire.pack(
-                "EVALSHA", SHA, 1, self._key, op, len(chunk), *args[i * 9 : (i + len(chunk)) * 9]
+                *self._script, 1, self._key, op, len(chunk), *args[i * 9 : (i + len(chunk)) * 9]
             )
             commands.append((packed, slot))
         return commands
@@ -711,7 +726,7 @@ class RedisTransport(Transport):
                 if acks and self.pending_acks:
                     commands += self._ack_commands(pipe)
                 commands += [
-                    (pipe.wire.pack("EVALSHA", SHA, 1, self._key, op, *args), slot)
+                    (pipe.wire.pack(*self._script, 1, self._key, op, *args), slot)
                     for (op, args), slot in zip(calls, slots)
                 ]
                 if commands:
@@ -836,11 +851,12 @@ class RedisTransport(Transport):
             elif first and self._linger is not None:
                 self._linger.arm()
             return []
-        with _mapped():
-            await pipe.make_room(len(envelopes), sum(len(envelope.body) for envelope in envelopes))
-        self._raise_refused()
         op, kind = ("publish", CALL) if wait else ("bpublish", PUBLISH)
         own = self._publish_commands(pipe, envelopes, args, op, kind)
+        size = sum(slot.size for _, slot in own)
+        with _mapped():
+            await pipe.make_room(len(envelopes), size, sum(len(c) for packed, _ in own for c in packed))
+        self._raise_refused()
         with _mapped():
             async with pipe.write_lock:
                 commands = self._take_buffer(pipe) if self._buffer else []
