@@ -1,6 +1,8 @@
 """The server side of the ``redis://`` transport: one Lua script holding every atomic broker operation.
 
-Loaded once per connection (``SCRIPT LOAD``) and called as ``EVALSHA sha 1 "{prefix}:" <op> <args...>``;
+Loaded once per connection (``SCRIPT LOAD``) and called as ``EVALSHA sha 1 "{prefix}:" <op> <args...>``,
+or, on Redis 7, loaded as the function library :data:`LIBRARY` (built from the same source) and called as
+``FCALL <FUNCTION> 1 "{prefix}:" <op> <args...>``, which does not rerun the script's body at every call;
 the comments in :data:`SOURCE` describe the key layout and each operation. Routing here mirrors
 :mod:`kelp.routing` exactly (tests compare the two with hypothesis); dead-lettering is split: the script
 moves a dead letter to the prefix's outbox stream atomically, and the client rewrites its headers with

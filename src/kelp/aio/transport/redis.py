@@ -6,17 +6,21 @@ sharing a prefix see one topology; different prefixes are separate brokers.
 
 What happens to a message:
 
-* **publish** routes and stores in one server-side Lua script (:mod:`kelp._broker.redis.script`): the
-  matched queues get their copies atomically, or none does; a batch is one round trip. With
-  ``confirm_publish`` (URL query or transport option), and always for a ``mandatory`` message, one to an
-  exchange this connection has not seen exist, or while the broker has a queue that may refuse it
-  (``x-overflow: reject-publish``): when ``publish`` returns, Redis has the message (in memory, and on
-  disk as its persistence settings say: see ``docs/transports.md``), a refusal raises
-  :class:`~kelp.exceptions.MessageNacked` and unroutable ``mandatory`` messages are returned.
-  Otherwise the message is *buffered* in this connection and sent with the others in one pipeline: when
-  ``PUBLISH_BATCH`` are waiting, ``LINGER`` seconds after the first, before any other operation of the
-  connection (so it reads its own writes) and at close. A refusal found then is logged and the message
-  dropped, as RabbitMQ does without confirms.
+* **publish** routes and stores in one server-side Lua function (:mod:`kelp._broker.redis.script`): the
+  matched queues get their copies atomically, or none does. Every operation of the connection goes, in
+  order, through one Redis connection, the *pipe* (:mod:`kelp.aio.transport._redis_pipe`). A persistent
+  message's call is written to the socket before ``publish`` returns (a publisher killed right after loses
+  nothing) and its reply read later: by the next operation that needs the pipe's replies, when the outbox
+  is full (``max_unconfirmed`` messages, ``max_unconfirmed_bytes`` of bodies, ``IN_FLIGHT`` bytes of
+  commands), by :meth:`RedisTransport.flush` and at close. A refusal in a reply (a full
+  ``reject-publish`` queue, an exchange deleted meanwhile) is raised as
+  :class:`~kelp.exceptions.MessageNacked` naming the messages, by the next publish, flush or close. A
+  transient message may wait up to ``LINGER`` in the connection (``PUBLISH_BATCH`` are written together):
+  the fast path. With ``confirm_publish`` (URL query or transport option), and always for a ``mandatory``
+  message or one to an exchange this connection has not seen exist, ``publish`` waits for its own reply:
+  Redis has the message (in memory, and on disk as its persistence says: see ``docs/transports.md``),
+  refusals raise and unroutable ``mandatory`` messages are returned. After a lost connection,
+  :meth:`RedisTransport.unconfirmed` is what the library publishes again (at-least-once).
 * **queues** are Redis streams (one per priority level, plus one per level for requeued messages, which
   go first) read through one consumer group. A delivery moves the entry into the group's pending list
   under this connection's name in the same script that reads it, so there is no moment when a message is
@@ -26,10 +30,13 @@ What happens to a message:
   messages redelivered (at-least-once, as in AMQP). **reject** / **requeue** / channel close put entries
   back at the head of their queue, flagged ``redelivered``; ``reject(requeue=False)`` dead-letters.
 * **liveness**: every connection refreshes a heartbeat (an asyncio task in the async API, a daemon
-  thread in the sync one) every second. When a connection has been silent for ``liveness`` seconds
-  (default 10), the next live connection to beat releases its pending messages (redelivered, flagged, to
-  anyone), its consumers and its exclusive queues. A consumer busy for minutes keeps its messages as long
-  as its process beats; with asyncio that means its callbacks must not block the event loop that long.
+  thread in the sync one) every ``CLIENT_CHECK`` seconds and checks that the other connections' Redis
+  clients are still listed (``CLIENT LIST ID``): one whose client is gone (its process died, its socket
+  closed) is released at once: its pending messages are redelivered, flagged, to anyone, its consumers and
+  exclusive queues go. A connection silent for ``liveness`` seconds (default 10) with its client still
+  connected (a hung process) is released the same way by the next live connection to beat. A consumer busy
+  for minutes keeps its messages as long as its process beats; with asyncio that means its callbacks must
+  not block the event loop that long.
 * **prefetch** is honoured exactly: a claim never reads more than the consumers' free windows.
 * **drain** waits with a bounded ``XREAD BLOCK`` on the consumed streams (never more than half a second
   per call), so timeouts are respected and the async API never blocks its event loop.
@@ -490,6 +497,7 @@ class RedisTransport(Transport):
         self.pending_acks = 0
         self._signal = Signal()
         self._ticker: Ticker | None = None
+        self._client_check = True  # off when the server refuses CLIENT LIST
 
     # --- connection -------------------------------------------------------------------------------
 
@@ -566,10 +574,12 @@ class RedisTransport(Transport):
                         ]
                     )
                 for slot in hello[:3]:
-                    reply = await pipe.wait(slot)
-                    if isinstance(reply, Exception):
-                        raise reply
-                client_id = int(hello[1].value)
+                    await pipe.wait(slot)
+                if isinstance(hello[2].value, Exception):
+                    raise hello[2].value
+                # CLIENT may be refused (an ACL, an old or managed server): then only missed heartbeats
+                # release this connection's messages if its process dies.
+                client_id = None if isinstance(hello[1].value, Exception) else int(hello[1].value)
                 loaded = await pipe.wait(hello[3])
                 if isinstance(loaded, ResponseError) and "already exists" not in str(loaded):
                     # Redis < 7 has no functions: every call runs the script (slower: its whole body
@@ -579,7 +589,8 @@ class RedisTransport(Transport):
                 outbox = await client.execute_command(
                     "EVALSHA", SHA, 1, self._key, "init", self.connection_id, self._liveness_ms
                 )
-                await client.execute_command("HSET", self._key + "clients", self.connection_id, client_id)
+                if client_id is not None:
+                    await client.execute_command("HSET", self._key + "clients", self.connection_id, client_id)
         except BaseException:
             await wire.close()
             await client.connection_pool.disconnect()
@@ -622,8 +633,8 @@ class RedisTransport(Transport):
             pass
         finally:
             unconfirmed = len(self.unconfirmed())
-            if unconfirmed:
-                logger.warning(
+            if unconfirmed:  # Connection republishes them after a reconnect, or logs them at close
+                logger.debug(
                     "kelp: %d published messages were never confirmed: the connection closed unreachable",
                     unconfirmed,
                 )
@@ -860,6 +871,8 @@ class RedisTransport(Transport):
         with _mapped():
             async with pipe.write_lock:
                 commands = self._take_buffer(pipe) if self._buffer else []
+                if self.pending_acks:
+                    commands += self._ack_commands(pipe)
                 await pipe.write(commands + own)
             if not wait:
                 await pipe.settle_ready()
@@ -1025,12 +1038,21 @@ class RedisTransport(Transport):
         closed), so their unacked messages go back now rather than after ``liveness``. A process that
         is alive but silent keeps its client listed: only its missed heartbeats release it."""
         client = self._require()
+        if not self._client_check:
+            return
         with _mapped():
             known = await client.hgetall(self._key + "clients")
             ids = {int(client_id): _text(conn) for conn, client_id in known.items()}
             if not ids:
                 return
-            listed = await client.client_list(client_id=list(ids))
+            try:
+                listed = await client.client_list(client_id=list(ids))
+            except ResponseError as exc:  # CLIENT LIST ID needs Redis 6.2 and the right to list clients
+                logger.warning(
+                    "kelp: cannot list redis clients (%s): dead connections wait for liveness", exc
+                )
+                self._client_check = False
+                return
             gone = set(ids) - {int(entry["id"]) for entry in listed}
             for client_id in sorted(gone):
                 logger.info("kelp: redis connection %s is gone: releasing what it held", ids[client_id])
