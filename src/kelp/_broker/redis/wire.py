@@ -43,6 +43,13 @@ class AsyncWire:
         self._conn: Any = pool.connection_class(**pool.connection_kwargs)
         self._writer: Any = None
         self._open = False
+        #: Whether the last write's bytes are all in the socket or the transport (which sends them even
+        #: if the writer is cancelled while draining), so the pipe is still whole.
+        self.committed = False
+
+    @property
+    def is_open(self) -> bool:
+        return self._open
 
     async def open(self) -> None:
         await self._conn.connect()
@@ -58,8 +65,10 @@ class AsyncWire:
     async def write(self, chunks: list[bytes]) -> None:
         if not self._open:
             raise _closed()
+        self.committed = False
         try:
             self._writer.writelines(chunks)
+            self.committed = True
             await self._writer.drain()
         except OSError as exc:
             await self.close()
@@ -69,7 +78,8 @@ class AsyncWire:
         if not self._open:
             raise _closed()
         try:
-            reply = await self._conn.read_response(timeout=timeout, disconnect_on_error=timeout is None)
+            # Never disconnected by redis-py: a read cancelled halfway resumes where it stopped.
+            reply = await self._conn.read_response(timeout=timeout, disconnect_on_error=False)
         except ResponseError as exc:
             return exc
         except (RedisConnectionError, RedisTimeoutError, OSError):
@@ -98,6 +108,11 @@ class ThreadWire:
         pool = client.connection_pool
         self._conn: Any = pool.connection_class(**pool.connection_kwargs)
         self._open = False
+        self.committed = False  # a failed sendall may have sent part of a command
+
+    @property
+    def is_open(self) -> bool:
+        return self._open
 
     def open(self) -> None:
         self._conn.connect()

@@ -125,6 +125,8 @@ class Pipe:
         try:
             await self.wire.write(chunks)
         except BaseException as exc:
+            if not isinstance(exc, Exception) and self.wire.committed:
+                raise  # cancelled once the bytes were handed over: they are sent, and owed a reply
             self.broken = exc
             for _, slot in commands:
                 if slot in self._slots:
@@ -182,8 +184,9 @@ class Pipe:
                 self.broken = ConnectionError("redis did not answer within the socket timeout")
             raise
         except BaseException as exc:
-            self.broken = exc
-            raise
+            if isinstance(exc, Exception) or not self.wire.is_open:
+                self.broken = exc
+            raise  # a cancelled read (kelp.aio) resumes where it stopped
         slot = self._slots.popleft()
         self._forget(slot)
         if slot.kind != IGNORE and _script_missing(reply):
