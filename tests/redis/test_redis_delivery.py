@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
 from kelp_redis_kit import with_options
 
 from kelp import Connection, Queue
@@ -36,6 +37,22 @@ PUBLISHER = textwrap.dedent(
         for n in range(int(sys.argv[3])):
             producer.publish({"n": n, "pad": "x" * 200}, routing_key=sys.argv[2])
         os.kill(os.getpid(), signal.SIGKILL)  # right after the last publish returned: no flush, no close
+    """
+)
+
+PUBLISHER_AIO = textwrap.dedent(
+    """
+    import asyncio, os, signal, sys
+    import kelp.aio
+
+    async def main():
+        async with kelp.aio.Connection(sys.argv[1]) as conn:
+            producer = conn.Producer()
+            for n in range(int(sys.argv[3])):
+                await producer.publish({"n": n, "pad": "x" * 200}, routing_key=sys.argv[2])
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    asyncio.run(main())
     """
 )
 
@@ -67,13 +84,14 @@ def _drain_all(conn: Connection, queue: str, expected: int, bound: float) -> dic
     return seen
 
 
-def test_a_publisher_killed_right_after_its_last_publish_loses_nothing(redis_base):
+@pytest.mark.parametrize("script", [PUBLISHER, PUBLISHER_AIO], ids=["sync", "aio"])
+def test_a_publisher_killed_right_after_its_last_publish_loses_nothing(redis_base, script):
     url, total = _fresh(redis_base), 3000
     with Connection(url) as conn:
         bound = Queue("durable-jobs", durable=True)(conn.default_channel)
         bound.declare()
         publisher = subprocess.run(
-            [sys.executable, "-c", PUBLISHER, url, "durable-jobs", str(total)], env=_env(), timeout=120
+            [sys.executable, "-c", script, url, "durable-jobs", str(total)], env=_env(), timeout=120
         )
         assert publisher.returncode == -signal.SIGKILL
         assert bound.queue_declare(passive=True).message_count == total
