@@ -222,18 +222,18 @@ async def test_async_concurrent_publishes_share_the_pipeline(redis_url):
         await kelp.aio.Queue("jobs")(publisher.default_channel).declare()
         producer = publisher.Producer()
         await producer.publish("learn", routing_key="jobs")
-        pipe = publisher.transport._pipe  # type: ignore[union-attr]
-        waits = 0
-        wait = pipe.wait
+        wire = publisher.transport._pipe.wire  # type: ignore[union-attr]
+        reads = 0
+        read = wire.read
 
-        async def counting_wait(*args, **kwargs):
-            nonlocal waits
-            waits += 1
-            return await wait(*args, **kwargs)
+        async def counting_read(*args, **kwargs):
+            nonlocal reads
+            reads += 1
+            return await read(*args, **kwargs)
 
-        pipe.wait = counting_wait
+        wire.read = counting_read
         await asyncio.gather(*(producer.publish(n, routing_key="jobs") for n in range(500)))
-        assert waits == 0, "no publish waited for a reply: they share the pipeline"
+        assert reads < 10, f"{reads} replies read for 500 publishes: they should share the pipeline"
         await publisher.flush()
         assert publisher.transport.unconfirmed() == []  # type: ignore[union-attr]
         assert (

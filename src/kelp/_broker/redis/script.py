@@ -42,6 +42,7 @@ SOURCE = r"""-- kelp's broker on Redis: one script, one operation per call:
 --   P alive           zset   connection id -> liveness deadline (server ms)
 --   P clients         hash   connection id -> CLIENT ID of its pipelined connection (clients check that
 --                            it is still listed; reap removes it)
+--   P opub, P c:nack:<conn>   hash conn -> opub calls since its last confirm; list of their refusals
 --   P timed           zset   queue -> next time something may expire there (ms)
 --   P outbox          stream dead letters waiting for a client to rewrite their headers and route them
 --   P c:q:<conn>, P c:x:<conn>   sets: queues the connection read with acks, exclusive queues it owns
@@ -579,6 +580,8 @@ local function reap(conn)
   redis.call('DEL', kc('q', conn), kc('x', conn))
   redis.call('ZREM', K_ALIVE, conn)
   redis.call('HDEL', P .. 'clients', conn)
+  redis.call('HDEL', P .. 'opub', conn)
+  redis.call('DEL', kc('nack', conn))
   return 0
 end
 
@@ -790,11 +793,12 @@ end
 -- Returns {unroutable mandatory envelope indexes, refused queue names, outbox length,
 -- missing exchange names, number of queues that may refuse a publish,
 -- indexes of the envelopes not stored everywhere (a queue refused it, or its exchange is missing)}.
-local function publish(a, lenient)
-  local n = tonumber(a[1])
+local function publish(a, lenient, o)
+  o = o or 0  -- arguments before the publish's own
+  local n = tonumber(a[1 + o])
   local missing, skip, nacked = {}, {}, {}
   for i = 0, n - 1 do
-    local base = 2 + i * 9
+    local base = 2 + o + i * 9
     local exchange = a[base]
     if exchange ~= '' and a[base + 8] == '' and redis.call('EXISTS', kx(exchange)) == 0 then
       if not lenient then fail('NOT_FOUND', "no exchange '" .. exchange .. "' in vhost '/'") end
@@ -805,7 +809,7 @@ local function publish(a, lenient)
   end
   local returned, refused, cache = {}, {}, {}
   for i = 0, n - 1 do
-    local base = 2 + i * 9
+    local base = 2 + o + i * 9
     local exchange, key, hcanon, mandatory = a[base], a[base + 1], a[base + 2], a[base + 3]
     local priority, ttl, body, meta, outbox = tonumber(a[base + 4]) or 0, tonumber(a[base + 5]),
       a[base + 6], a[base + 7], a[base + 8]
@@ -851,6 +855,29 @@ end
 
 function ops.publish(a) return publish(a, false) end
 function ops.bpublish(a) return publish(a, true) end
+
+-- opub conn n (...) * n: bpublish for a client that asked for no reply (CLIENT REPLY OFF): the call is
+-- counted, and what it refused kept as JSON [k (the call's number since the last confirm), nacked
+-- indexes, refused queues, missing exchanges], for the client's next confirm.
+function ops.opub(a)
+  local conn = a[1]
+  local r = publish(a, true, 1)
+  local k = redis.call('HINCRBY', P .. 'opub', conn, 1)
+  if #r[6] > 0 then
+    redis.call('RPUSH', kc('nack', conn), cjson.encode({k, r[6], r[2], r[4]}))
+  end
+  return 1
+end
+
+-- confirm conn -> {opub calls since the last confirm, outbox length, refusal JSON...}
+function ops.confirm(a)
+  local conn = a[1]
+  local out = {tonumber(redis.call('HGET', P .. 'opub', conn) or 0), redis.call('XLEN', K_OUTBOX)}
+  redis.call('HDEL', P .. 'opub', conn)
+  for _, nack in ipairs(redis.call('LRANGE', kc('nack', conn), 0, -1)) do out[#out + 1] = nack end
+  redis.call('DEL', kc('nack', conn))
+  return out
+end
 
 -- claim conn n (queue room no_ack tag) * n: deliveries for the connection's consumers.
 -- Returns {outbox length, tag, suffix, id, body, meta, deliveries, ...}; with nothing to deliver, the

@@ -85,7 +85,7 @@ from kelp._broker.redis.wire import AsyncWire as Wire  # async-only
 # sync-only: from kelp._broker.redis.wire import ThreadWire as Wire
 from kelp._envelope import Delivery, Envelope, QueueInfo
 from kelp.aio._backend import Signal, monotonic
-from kelp.aio.transport._redis_pipe import CALL, IGNORE, PUBLISH, Pipe, Slot
+from kelp.aio.transport._redis_pipe import CALL, PUBLISH, Pipe, Slot
 from kelp.aio.transport.base import Transport, TransportChannel
 from kelp.exceptions import (
     AccessRefused,
@@ -120,11 +120,6 @@ LINGER = 0.001
 #: ``max_unconfirmed_bytes`` of bodies. A publish that would overflow it reads replies first.
 MAX_UNCONFIRMED = 10_000
 MAX_UNCONFIRMED_BYTES = 32 * 1024 * 1024
-#: Bytes of commands written to Redis whose replies are unread, at most: a publish beyond it first reads
-#: replies. Redis runs a client's commands only as it reads them off the socket, and when that client's
-#: process dies it drops what it had not read yet (its next reply fails to write and it frees the
-#: client): a publish that returned must not sit deeper than this in Redis's socket buffer.
-IN_FLIGHT = 32 * 1024
 #: Seconds between two heartbeats; each also checks that the other connections' clients are still
 #: connected to Redis, so a killed process's messages come back within about this time.
 CLIENT_CHECK = 0.5
@@ -553,10 +548,10 @@ class RedisTransport(Transport):
         pipe = Pipe(
             wire,
             wire.pack("FUNCTION", "LOAD", "REPLACE", LIBRARY),
-            self._settle_publish,
+            wire.pack("FCALL", FUNCTION, 1, self._key, "confirm", self.connection_id),
+            self._on_confirm,
             self.max_unconfirmed,
             self.max_unconfirmed_bytes,
-            IN_FLIGHT,
         )
         try:
             with _mapped():
@@ -564,15 +559,15 @@ class RedisTransport(Transport):
                 # The pipe's connection is this connection's identity: a liveness check that no longer
                 # finds its client id in CLIENT LIST releases what it holds (see _check_clients).
                 hello = [Slot(CALL) for _ in range(4)]
-                async with pipe.write_lock:
-                    await pipe.write(
-                        [
-                            (wire.pack("CLIENT", "SETNAME", f"kelp-{self.connection_id}"), hello[0]),
-                            (wire.pack("CLIENT", "ID"), hello[1]),
-                            (wire.pack("SCRIPT", "LOAD", SOURCE), hello[2]),
-                            (wire.pack("FUNCTION", "LOAD", LIBRARY), hello[3]),
-                        ]
-                    )
+                await pipe.send(
+                    list,
+                    [
+                        (wire.pack("CLIENT", "SETNAME", f"kelp-{self.connection_id}"), hello[0]),
+                        (wire.pack("CLIENT", "ID"), hello[1]),
+                        (wire.pack("SCRIPT", "LOAD", SOURCE), hello[2]),
+                        (wire.pack("FUNCTION", "LOAD", LIBRARY), hello[3]),
+                    ],
+                )
                 for slot in hello[:3]:
                     await pipe.wait(slot)
                 if isinstance(hello[2].value, Exception):
@@ -586,6 +581,7 @@ class RedisTransport(Transport):
                     # runs each time).
                     self._script = ("EVALSHA", SHA)
                     pipe.script_load = wire.pack("SCRIPT", "LOAD", SOURCE)
+                    pipe.confirm = wire.pack("EVALSHA", SHA, 1, self._key, "confirm", self.connection_id)
                 outbox = await client.execute_command(
                     "EVALSHA", SHA, 1, self._key, "init", self.connection_id, self._liveness_ms
                 )
@@ -706,22 +702,30 @@ class RedisTransport(Transport):
         if self._buffer and self.is_connected:
             await self._send([], acks=False)
 
-    def _take_buffer(self, pipe: Pipe) -> list[tuple[list[bytes], Slot]]:
-        """The buffered transient publishes as script calls (the caller holds the write lock)."""
+    def _take_buffer(self, pipe: Pipe) -> list[tuple[list[bytes], Slot | None]]:
+        """The buffered transient publishes as quiet script calls (called under the write lock)."""
+        if not self._buffer:
+            return []
         with self._buffer_lock:
             envelopes, self._buffer = self._buffer, []
             args, self._buffer_args = self._buffer_args, []
-        return self._publish_commands(pipe, envelopes, args, "bpublish", PUBLISH)
+        return self._quiet_publishes(pipe, envelopes, args)
 
-    def _publish_commands(
-        self, pipe: Pipe, envelopes: list[Envelope], args: list[Any], op: str, kind: int
-    ) -> list[tuple[list[bytes], Slot]]:
-        commands = []
+    def _quiet_publishes(
+        self, pipe: Pipe, envelopes: list[Envelope], args: list[Any]
+    ) -> list[tuple[list[bytes], Slot | None]]:
+        commands: list[tuple[list[bytes], Slot | None]] = []
         for i in range(0, len(envelopes), PUBLISH_CHUNK):
             chunk = envelopes[i : i + PUBLISH_CHUNK]
-            slot = Slot(kind, chunk, sum(len(envelope.body) for envelope in chunk))
+            slot = Slot(PUBLISH, chunk, sum(len(envelope.body) for envelope in chunk))
             packed = pipe.wire.pack(
-                *self._script, 1, self._key, op, len(chunk), *args[i * 9 : (i + len(chunk)) * 9]
+                *self._script,
+                1,
+                self._key,
+                "opub",
+                self.connection_id,
+                len(chunk),
+                *args[i * 9 : (i + len(chunk)) * 9],
             )
             commands.append((packed, slot))
         return commands
@@ -731,17 +735,21 @@ class RedisTransport(Transport):
         (script operations) on the pipe, in that order; read and return the calls' replies."""
         pipe = self._require_pipe()
         slots = [Slot(CALL) for _ in calls]
+
+        def quiet() -> list[tuple[list[bytes], Slot | None]]:
+            commands = self._take_buffer(pipe)
+            if acks and self.pending_acks:
+                commands += self._ack_commands(pipe)
+            return commands
+
         with _mapped():
-            async with pipe.write_lock:
-                commands = self._take_buffer(pipe) if self._buffer else []
-                if acks and self.pending_acks:
-                    commands += self._ack_commands(pipe)
-                commands += [
+            await pipe.send(
+                quiet,
+                [
                     (pipe.wire.pack(*self._script, 1, self._key, op, *args), slot)
                     for (op, args), slot in zip(calls, slots)
-                ]
-                if commands:
-                    await pipe.write(commands)
+                ],
+            )
             results = [await pipe.wait(slot) for slot in slots]
         for result in results:
             if isinstance(result, Exception):
@@ -752,25 +760,21 @@ class RedisTransport(Transport):
             await self.flush_outbox()
         return results
 
-    def _settle_publish(self, slot: Slot, reply: Any) -> None:
-        """A pipelined publish's reply: remember what the broker refused, to raise it later."""
-        envelopes = slot.envelopes
-        if isinstance(reply, Exception):
-            match = _KELP_ERROR.search(str(reply))
-            self._refused.append((match.group(2) if match else f"redis: {reply}", envelopes))
-            return
-        _, refused, outbox, missing, _, nacked = reply
-        if int(outbox):
+    def _on_confirm(self, window: list[Slot], reply: Any) -> None:
+        """A confirm of the quiet publishes ``window``: remember what the broker refused, to raise it
+        from the next publish, flush or close."""
+        if int(reply[1]):
             self._dead_letters = True
-        if not nacked:
-            return
-        for name in missing:
-            self.exchanges.discard(_text(name))
-        reasons = [f"no exchange {sorted({_text(name) for name in missing})}"] if missing else []
-        if refused:
-            names = sorted({_text(name) for name in refused})
-            reasons.append(f"queue(s) {names} full (x-overflow reject-publish)")
-        self._refused.append(("; ".join(reasons), [envelopes[int(index)] for index in nacked]))
+        for raw in reply[2:]:
+            k, nacked, refused, missing = json.loads(raw)
+            envelopes = window[int(k) - 1].envelopes
+            missing = missing or []  # an empty Lua table is encoded as {}
+            for name in missing:
+                self.exchanges.discard(name)
+            reasons = [f"no exchange {sorted(set(missing))}"] if missing else []
+            if refused:
+                reasons.append(f"queue(s) {sorted(set(refused))} full (x-overflow reject-publish)")
+            self._refused.append(("; ".join(reasons), [envelopes[int(index)] for index in nacked or []]))
 
     def _raise_refused(self) -> None:
         if not self._refused:
@@ -808,13 +812,13 @@ class RedisTransport(Transport):
             ids.append(entry_id)
         self.pending_acks += 1
 
-    def _ack_commands(self, pipe: Pipe) -> list[tuple[list[bytes], Slot]]:
+    def _ack_commands(self, pipe: Pipe) -> list[tuple[list[bytes], Slot | None]]:
         acks, self._acks = self._acks, {}
         self.pending_acks = 0
-        commands = []
+        commands: list[tuple[list[bytes], Slot | None]] = []
         for key, ids in acks.items():
-            commands.append((pipe.wire.pack("XACK", key, "g", *ids), Slot(IGNORE)))
-            commands.append((pipe.wire.pack("XDEL", key, *ids), Slot(IGNORE)))
+            commands.append((pipe.wire.pack("XACK", key, "g", *ids), None))
+            commands.append((pipe.wire.pack("XDEL", key, *ids), None))
         return commands
 
     # --- publishing and dead letters ---------------------------------------------------------------
@@ -862,21 +866,34 @@ class RedisTransport(Transport):
             elif first and self._linger is not None:
                 self._linger.arm()
             return []
-        op, kind = ("publish", CALL) if wait else ("bpublish", PUBLISH)
-        own = self._publish_commands(pipe, envelopes, args, op, kind)
-        size = sum(slot.size for _, slot in own)
-        with _mapped():
-            await pipe.make_room(len(envelopes), size, sum(len(c) for packed, _ in own for c in packed))
-        self._raise_refused()
-        with _mapped():
-            async with pipe.write_lock:
-                commands = self._take_buffer(pipe) if self._buffer else []
+        if not wait:
+            quiet = self._quiet_publishes(pipe, envelopes, args)
+            with _mapped():
+                await pipe.make_room(len(envelopes), sum(len(envelope.body) for envelope in envelopes))
+            self._raise_refused()
+
+            def commands() -> list[tuple[list[bytes], Slot | None]]:
+                taken = self._take_buffer(pipe)
                 if self.pending_acks:
-                    commands += self._ack_commands(pipe)
-                await pipe.write(commands + own)
-            if not wait:
-                await pipe.settle_ready()
-                return []
+                    taken += self._ack_commands(pipe)
+                return taken + quiet
+
+            with _mapped():
+                await pipe.send(commands, [])
+            return []
+        own = [
+            (
+                pipe.wire.pack(
+                    *self._script, 1, self._key, "publish", len(chunk), *args[i * 9 : (i + len(chunk)) * 9]
+                ),
+                Slot(CALL, chunk),
+            )
+            for i, chunk in (
+                (i, envelopes[i : i + PUBLISH_CHUNK]) for i in range(0, len(envelopes), PUBLISH_CHUNK)
+            )
+        ]
+        with _mapped():
+            await pipe.send(lambda: self._take_buffer(pipe), own)
             results = [await pipe.wait(slot) for _, slot in own]
         returned: list[Envelope] = []
         refused: list[Envelope] = []
