@@ -10,12 +10,13 @@ What happens to a message:
 * **publish** routes and stores in one server-side Lua function (:mod:`kelp._broker.redis.script`): the
   matched queues get their copies atomically, or none does. Every operation of the connection goes, in
   order, through one Redis connection, the *pipe* (:mod:`kelp.transport._redis_pipe`). A persistent
-  message's call is written to the socket before ``publish`` returns (a publisher killed right after loses
-  nothing) and its reply read later: by the next operation that needs the pipe's replies, when the outbox
-  is full (``max_unconfirmed`` messages, ``max_unconfirmed_bytes`` of bodies, ``IN_FLIGHT`` bytes of
-  commands), by :meth:`RedisTransport.flush` and at close. A refusal in a reply (a full
-  ``reject-publish`` queue, an exchange deleted meanwhile) is raised as
-  :class:`~kelp.exceptions.MessageNacked` naming the messages, by the next publish, flush or close. A
+  message's call is written to the socket before ``publish`` returns, with ``CLIENT REPLY OFF`` (so Redis
+  reads a killed publisher's socket to the end: nothing written is lost); a ``confirm`` call settles the
+  outbox: before the next operation that needs a reply, every 128 KiB, when the outbox is full
+  (``max_unconfirmed`` messages, ``max_unconfirmed_bytes`` of bodies), by :meth:`RedisTransport.flush`
+  and at close. A refusal it reports (a full ``reject-publish`` queue, an exchange deleted meanwhile) is
+  raised as :class:`~kelp.exceptions.MessageNacked` naming the messages, by the next publish, flush or
+  close. A
   transient message may wait up to ``LINGER`` in the connection (``PUBLISH_BATCH`` are written together):
   the fast path. With ``confirm_publish`` (URL query or transport option), and always for a ``mandatory``
   message or one to an exchange this connection has not seen exist, ``publish`` waits for its own reply:
