@@ -8,10 +8,10 @@ Scenario (as in ``bench/memory.py``): N messages, a ~256-byte JSON dict, persist
 to a direct exchange.
 
 * **publish** — ``Producer.publish(body, routing_key=..., declare=[queue])`` N times, timed until the broker
-  holds them all (kelp: one passive declare after the loop, which sends what is still buffered). kelp
-  buffers these unconfirmed publishes and pipelines them (``kelp``, ``kelp.aio``); ``kelp-confirm`` runs
-  with ``confirm_publish=true`` (one round trip each, as Kombu). For kelp also ``publish_many`` of 100
-  prepared messages at a time (``kelp-batch``).
+  holds them all (kelp: ``flush()`` after the loop, which returns once every publish is confirmed). With
+  kelp's defaults each persistent publish is written to the socket before it returns and confirmed later,
+  pipelined (``kelp``, ``kelp.aio``); ``kelp-confirm`` runs with ``confirm_publish=true`` (one round trip
+  each, as Kombu). For kelp also ``publish_many`` of 100 prepared messages at a time (``kelp-batch``).
 * **consume+ack** — a ``Consumer`` (prefetch 100) whose callback acks each message, driven by
   ``drain_events`` until all N arrived.
 * **raw redis-py** — what the server allows a client that does no routing and keeps no AMQP semantics:
@@ -99,6 +99,7 @@ def run_kelp(url: str, messages: int, batch: bool, confirm: bool) -> tuple[float
         else:
             for _ in range(messages - 1):
                 producer.publish(body, routing_key="k", declare=[queue])
+        conn.flush()  # every publish confirmed
         total = conn.default_channel.queue_declare(queue.name, passive=True).message_count
         publish = time.perf_counter() - start
         consumer = kelp.Consumer(
@@ -138,6 +139,7 @@ async def _run_kelp_aio(url: str, messages: int, batch: bool, confirm: bool) -> 
         else:
             for _ in range(messages - 1):
                 await producer.publish(body, routing_key="k", declare=[queue])
+        await conn.flush()  # every publish confirmed
         total = (await conn.default_channel.queue_declare(queue.name, passive=True)).message_count
         publish = time.perf_counter() - start
         consumer = kelp.aio.Consumer(

@@ -80,7 +80,7 @@ class Capabilities:
 CAPABILITIES: dict[str, Capabilities] = {
     "memory": Capabilities("memory"),
     "sqlite": Capabilities("sqlite"),
-    "redis": Capabilities("redis"),
+    "redis": Capabilities("redis", refusal_raises=False),  # pipelined: the next publish/flush raises
     "amqp": Capabilities("amqp", refusal_raises=True, shared_server=True),
 }
 

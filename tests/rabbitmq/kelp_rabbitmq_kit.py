@@ -1,4 +1,4 @@
-"""Helpers for the RabbitMQ tests: a TCP proxy that can cut or freeze a connection, a fake AMQP server.
+"""Helpers for the RabbitMQ tests: the shared TCP proxy with AMQP URLs, a fake AMQP server.
 
 Everything listens on 127.0.0.1 only, runs in daemon threads, and is stopped by ``close()``.
 """
@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import os
 import socket
-import ssl
 import subprocess
 import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
+import proxy_kit
 from kelp.amqp._frames import FRAME_METHOD, encode_frame
 from kelp.amqp._spec import METHODS_BY_NAME, encode_method
+from proxy_kit import close_listener
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "rabbitmq.sh"
@@ -41,102 +42,12 @@ def rabbitmqctl(*args: str, timeout: float = 30) -> None:
     )
 
 
-class Proxy:
-    """Forwards loopback connections to ``target_port``; ``cut()`` drops them, ``freeze()`` stalls them."""
-
-    def __init__(self, target_port: int, tls: ssl.SSLContext | None = None) -> None:
-        self.target_port = target_port
-        self._tls = tls
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._listener.getsockname()[1]
-        self._sockets: list[socket.socket] = []
-        self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()
-        self._thawed = threading.Event()
-        self._thawed.set()
-        self._closed = False
-        self._spawn(self._accept_loop)
+class Proxy(proxy_kit.Proxy):
+    """The shared test proxy (``tests/proxy_kit.py``), with AMQP URLs."""
 
     def url(self, **query: Any) -> str:
         extra = "&".join(f"{k}={v}" for k, v in query.items())
         return f"amqp://guest:guest@127.0.0.1:{self.port}/" + (f"?{extra}" if extra else "")
-
-    def _spawn(self, target: Any, *args: Any) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        self._threads.append(thread)
-        thread.start()
-
-    def _accept_loop(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            try:
-                if self._tls is not None:  # terminate TLS here, speak plain AMQP to the broker
-                    client.settimeout(5)
-                    client = self._tls.wrap_socket(client, server_side=True)
-                    client.settimeout(None)
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
-                upstream.settimeout(None)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                if self._closed:
-                    client.close()
-                    upstream.close()
-                    return
-                self._sockets += [client, upstream]
-            self._spawn(self._pump, client, upstream)
-            self._spawn(self._pump, upstream, client)
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while True:
-                data = source.recv(65536)
-                if not data:
-                    break
-                self._thawed.wait()
-                sink.sendall(data)
-        except OSError:
-            pass
-        try:
-            sink.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-    def freeze(self) -> None:
-        """Stop forwarding (both ways) while keeping the TCP connections open: a silent peer."""
-        self._thawed.clear()
-
-    def cut(self) -> None:
-        """Drop every proxied connection at once (new connections are still accepted)."""
-        with self._lock:
-            sockets, self._sockets = self._sockets, []
-        for sock in sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
-        self._thawed.set()
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-        _close_listener(self._listener)
-        self.cut()
-        for thread in self._threads:
-            thread.join(timeout=5)
-
-
-def _close_listener(listener: socket.socket) -> None:
-    try:
-        listener.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in accept(); close() alone does not
-    except OSError:
-        pass
-    listener.close()
 
 
 def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
@@ -201,5 +112,5 @@ class FakeServer:
 
     def close(self) -> None:
         self._done.set()
-        _close_listener(self._listener)
+        close_listener(self._listener)
         self._thread.join(timeout=5)

@@ -7,17 +7,22 @@ sharing a prefix see one topology; different prefixes are separate brokers.
 
 What happens to a message:
 
-* **publish** routes and stores in one server-side Lua script (:mod:`kelp._broker.redis.script`): the
-  matched queues get their copies atomically, or none does; a batch is one round trip. With
-  ``confirm_publish`` (URL query or transport option), and always for a ``mandatory`` message, one to an
-  exchange this connection has not seen exist, or while the broker has a queue that may refuse it
-  (``x-overflow: reject-publish``): when ``publish`` returns, Redis has the message (in memory, and on
-  disk as its persistence settings say: see ``docs/transports.md``), a refusal raises
-  :class:`~kelp.exceptions.MessageNacked` and unroutable ``mandatory`` messages are returned.
-  Otherwise the message is *buffered* in this connection and sent with the others in one pipeline: when
-  ``PUBLISH_BATCH`` are waiting, ``LINGER`` seconds after the first, before any other operation of the
-  connection (so it reads its own writes) and at close. A refusal found then is logged and the message
-  dropped, as RabbitMQ does without confirms.
+* **publish** routes and stores in one server-side Lua function (:mod:`kelp._broker.redis.script`): the
+  matched queues get their copies atomically, or none does. Every operation of the connection goes, in
+  order, through one Redis connection, the *pipe* (:mod:`kelp.transport._redis_pipe`). A persistent
+  message's call is written to the socket before ``publish`` returns, with ``CLIENT REPLY OFF`` (so Redis
+  reads a killed publisher's socket to the end: nothing written is lost); a ``confirm`` call settles the
+  outbox: before the next operation that needs a reply, every 128 KiB, when the outbox is full
+  (``max_unconfirmed`` messages, ``max_unconfirmed_bytes`` of bodies), by :meth:`RedisTransport.flush`
+  and at close. A refusal it reports (a full ``reject-publish`` queue, an exchange deleted meanwhile) is
+  raised as :class:`~kelp.exceptions.MessageNacked` naming the messages, by the next publish, flush or
+  close. A
+  transient message may wait up to ``LINGER`` in the connection (``PUBLISH_BATCH`` are written together):
+  the fast path. With ``confirm_publish`` (URL query or transport option), and always for a ``mandatory``
+  message or one to an exchange this connection has not seen exist, ``publish`` waits for its own reply:
+  Redis has the message (in memory, and on disk as its persistence says: see ``docs/transports.md``),
+  refusals raise and unroutable ``mandatory`` messages are returned. After a lost connection,
+  :meth:`RedisTransport.unconfirmed` is what the library publishes again (at-least-once).
 * **queues** are Redis streams (one per priority level, plus one per level for requeued messages, which
   go first) read through one consumer group. A delivery moves the entry into the group's pending list
   under this connection's name in the same script that reads it, so there is no moment when a message is
@@ -27,10 +32,13 @@ What happens to a message:
   messages redelivered (at-least-once, as in AMQP). **reject** / **requeue** / channel close put entries
   back at the head of their queue, flagged ``redelivered``; ``reject(requeue=False)`` dead-letters.
 * **liveness**: every connection refreshes a heartbeat (an asyncio task in the async API, a daemon
-  thread in the sync one) every second. When a connection has been silent for ``liveness`` seconds
-  (default 10), the next live connection to beat releases its pending messages (redelivered, flagged, to
-  anyone), its consumers and its exclusive queues. A consumer busy for minutes keeps its messages as long
-  as its process beats; with asyncio that means its callbacks must not block the event loop that long.
+  thread in the sync one) every ``CLIENT_CHECK`` seconds and checks that the other connections' Redis
+  clients are still listed (``CLIENT LIST ID``): one whose client is gone (its process died, its socket
+  closed) is released at once: its pending messages are redelivered, flagged, to anyone, its consumers and
+  exclusive queues go. A connection silent for ``liveness`` seconds (default 10) with its client still
+  connected (a hung process) is released the same way by the next live connection to beat. A consumer busy
+  for minutes keeps its messages as long as its process beats; with asyncio that means its callbacks must
+  not block the event loop that long.
 * **prefetch** is honoured exactly: a claim never reads more than the consumers' free windows.
 * **drain** waits with a bounded ``XREAD BLOCK`` on the consumed streams (never more than half a second
   per call), so timeouts are respected and the async API never blocks its event loop.
@@ -51,7 +59,7 @@ from typing import Any, ClassVar
 from redis import Redis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from kelp._backend import Lock, Signal, monotonic
+from kelp._backend import Signal, monotonic
 from kelp._broker.malformed import Malformed, malformed_tables, report_dropped
 from kelp._broker.queue_args import (
     QueueArgs,
@@ -69,9 +77,10 @@ from kelp._broker.redis.codec import (
     encode_meta,
     headers_canon,
 )
-from kelp._broker.redis.script import SHA, SOURCE
+from kelp._broker.redis.script import FUNCTION, LIBRARY, SHA, SOURCE
 from kelp._broker.redis.ticker import ThreadLinger as Linger
 from kelp._broker.redis.ticker import ThreadTicker as Ticker
+from kelp._broker.redis.wire import ThreadWire as Wire
 from kelp._envelope import Delivery, Envelope, QueueInfo
 from kelp._options import integer_option, seconds_option
 from kelp.exceptions import (
@@ -85,6 +94,7 @@ from kelp.exceptions import (
     UsageError,
 )
 from kelp.routing import validate_exchange_type
+from kelp.transport._redis_pipe import CALL, PUBLISH, Pipe, Slot
 from kelp.transport.base import Transport, TransportChannel, queue_deleted
 
 __all__ = ["RedisChannel", "RedisTransport"]
@@ -100,10 +110,17 @@ WAIT_CAP = 0.5
 ACK_BATCH = 512
 #: Envelopes per script call in a published batch (all calls of a batch share one round trip).
 PUBLISH_CHUNK = 500
-#: Unconfirmed publishes buffered before the publisher sends them itself.
+#: Transient publishes buffered before the publisher writes them itself.
 PUBLISH_BATCH = 256
-#: Seconds an unconfirmed publish waits in the buffer at most when the publisher pauses.
+#: Seconds a transient publish waits in the buffer at most when the publisher pauses.
 LINGER = 0.001
+#: Default bounds of the outbox (publishes written, reply not read yet): ``max_unconfirmed`` envelopes,
+#: ``max_unconfirmed_bytes`` of bodies. A publish that would overflow it reads replies first.
+MAX_UNCONFIRMED = 10_000
+MAX_UNCONFIRMED_BYTES = 32 * 1024 * 1024
+#: Seconds between two heartbeats; each also checks that the other connections' clients are still
+#: connected to Redis, so a killed process's messages come back within about this time.
+CLIENT_CHECK = 0.5
 _TRUE = frozenset({"1", "true", "yes", "on"})
 
 _PREFIX = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
@@ -136,6 +153,17 @@ def _mapped() -> Iterator[None]:
         raise _ERRORS[match.group(1)](match.group(2)) from None
     except RedisError as exc:
         raise OperationalError(f"redis: {exc}") from exc
+
+
+def _positive(query: Mapping[str, Any], options: Mapping[str, Any], name: str, default: int) -> int:
+    raw = query.get(name, options.get(name, default))
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        value = 0
+    if value <= 0:
+        raise UsageError(f"redis:// {name} must be a positive integer, not {raw!r}")
+    return value
 
 
 def _flag(value: bool) -> str:
@@ -297,8 +325,6 @@ class RedisChannel(TransportChannel):
             _flag(args.dead_letter_routing_key is not None),
             args.dead_letter_routing_key or "",
         )
-        if args.overflow != "drop-head":
-            transport.may_refuse = True  # publishes wait for the answer until one says no queue refuses
         return QueueInfo(name, int(result[1]), int(result[2]))
 
     def delete_queue(self, name: str, if_unused: bool, if_empty: bool) -> int:
@@ -427,7 +453,7 @@ class RedisChannel(TransportChannel):
             transport.queue_ack(item.queue, item.suffix, item.entry_id)
         transport.wake()
         if transport.pending_acks >= ACK_BATCH:
-            transport.flush()
+            transport.send_buffered()
 
     def reject(self, delivery_tag: int, requeue: bool, multiple: bool = False) -> None:
         self._settle_remote(self._settle(delivery_tag, multiple), requeue)
@@ -472,7 +498,14 @@ class RedisChannel(TransportChannel):
 class RedisTransport(Transport):
     schemes: ClassVar[tuple[str, ...]] = ("redis", "rediss")
     query_options: ClassVar[frozenset[str] | None] = frozenset(
-        {"prefix", "liveness", "socket_timeout", "confirm_publish"}
+        {
+            "prefix",
+            "liveness",
+            "socket_timeout",
+            "confirm_publish",
+            "max_unconfirmed",
+            "max_unconfirmed_bytes",
+        }
     )
 
     def __init__(self, url: Any, options: Mapping[str, Any]) -> None:
@@ -487,25 +520,31 @@ class RedisTransport(Transport):
         scheme = url.transport
         liveness = seconds_option(scheme, "liveness", query.get("liveness", options.get("liveness", 10.0)))
         self.liveness = liveness
-        self._beat_interval = min(1.0, liveness / 4)
+        self._beat_interval = min(CLIENT_CHECK, liveness / 4)
         self._socket_timeout = seconds_option(scheme, "socket_timeout", query.get("socket_timeout", 30.0))
         self._db = integer_option(scheme, "database (the URL's path)", url.path or "0", 0, 2**31 - 1)
         confirm = str(query.get("confirm_publish", "")).lower() in _TRUE
         self.confirm_publish = confirm or bool(options.get("confirm_publish"))
-        #: Exchanges this connection saw exist: only publishes to these may be buffered (the first
-        #: publish to any other waits for the script, so a missing exchange raises NotFound).
+        self.max_unconfirmed = _positive(query, options, "max_unconfirmed", MAX_UNCONFIRMED)
+        self.max_unconfirmed_bytes = _positive(query, options, "max_unconfirmed_bytes", MAX_UNCONFIRMED_BYTES)
+        #: Exchanges this connection saw exist: a publish to any other waits for the script's answer, so
+        #: a missing exchange raises NotFound from that publish.
         self.exchanges: set[str] = {""}
-        #: Whether the broker may hold a queue that refuses publishes (x-overflow reject-publish*): while
-        #: it does, publishes wait for the answer. Every publish's answer refreshes it.
-        self.may_refuse = True
-        self._buffer: list[Any] = []  # buffered publishes: the script's arguments, 9 per envelope
+        #: Transient publishes not written yet (the fast path): their envelopes and script arguments.
+        self._buffer: list[Envelope] = []
+        self._buffer_args: list[Any] = []
         self._buffer_lock = threading.Lock()  # the publisher appends, the linger timer takes
-        self._send_lock = Lock()  # one pipeline at a time: nothing overtakes buffered publishes
         self._linger: Linger | None = None
+        #: Refusals read from the replies of pipelined publishes, raised by the next publish/flush/close.
+        self._refused: list[tuple[str, list[Envelope]]] = []
+        self._dead_letters = False  # a reply said dead letters wait in the broker's outbox
         self.connection_id = secrets.token_hex(8)
         #: Claimed entries whose meta kelp cannot read: (queue, suffix, id, no_ack, problem); see quarantine.
         self.malformed: list[tuple[str, str, bytes, bool, str]] = []
         self._client: Any = None
+        self._pipe: Pipe | None = None
+        #: How the pipe calls the script: its function (Redis >= 7), or else EVALSHA.
+        self._script: tuple[str, str] = ("FCALL", FUNCTION)
         self._lost = False
         self._channels: dict[int, RedisChannel] = {}
         self._next_channel = 1
@@ -515,12 +554,14 @@ class RedisTransport(Transport):
         self._ticker: Ticker | None = None
         # (channel id, consumer tag, queue) of consumers whose queue was deleted, not yet reported
         self._cancelled: list[tuple[int, str, str]] = []
+        self._client_check = True  # off when the server refuses CLIENT LIST
 
     # --- connection -------------------------------------------------------------------------------
 
     @property
     def is_connected(self) -> bool:
-        return self._client is not None and not self._lost
+        pipe = self._pipe
+        return self._client is not None and not self._lost and pipe is not None and pipe.broken is None
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "prefix": self.prefix, "confirm_publish": self.confirm_publish}
@@ -534,6 +575,14 @@ class RedisTransport(Transport):
                 f"({self.liveness}s) and was released: its unacked messages were redelivered; reconnect"
             )
         return self._client
+
+    def _require_pipe(self) -> Pipe:
+        self._require()
+        pipe = self._pipe
+        assert pipe is not None
+        if pipe.broken is not None:
+            raise OperationalError(f"redis: the connection was lost ({pipe.broken}); reconnect")
+        return pipe
 
     def connect(self, timeout: float | None) -> None:
         if self._client is not None:
@@ -557,16 +606,55 @@ class RedisTransport(Transport):
             protocol=2,
             **ssl_kwargs,
         )
+        wire = Wire(client)
+        pipe = Pipe(
+            wire,
+            wire.pack("FUNCTION", "LOAD", "REPLACE", LIBRARY),
+            wire.pack("FCALL", FUNCTION, 1, self._key, "confirm", self.connection_id),
+            self._on_confirm,
+            self.max_unconfirmed,
+            self.max_unconfirmed_bytes,
+        )
         try:
             with _mapped():
-                client.execute_command("SCRIPT", "LOAD", SOURCE)
+                wire.open()
+                # The pipe's connection is this connection's identity: a liveness check that no longer
+                # finds its client id in CLIENT LIST releases what it holds (see _check_clients).
+                hello = [Slot(CALL) for _ in range(4)]
+                pipe.send(
+                    list,
+                    [
+                        (wire.pack("CLIENT", "SETNAME", f"kelp-{self.connection_id}"), hello[0]),
+                        (wire.pack("CLIENT", "ID"), hello[1]),
+                        (wire.pack("SCRIPT", "LOAD", SOURCE), hello[2]),
+                        (wire.pack("FUNCTION", "LOAD", LIBRARY), hello[3]),
+                    ],
+                )
+                for slot in hello[:3]:
+                    pipe.wait(slot)
+                if isinstance(hello[2].value, Exception):
+                    raise hello[2].value
+                # CLIENT may be refused (an ACL, an old or managed server): then only missed heartbeats
+                # release this connection's messages if its process dies.
+                client_id = None if isinstance(hello[1].value, Exception) else int(hello[1].value)
+                loaded = pipe.wait(hello[3])
+                if isinstance(loaded, ResponseError) and "already exists" not in str(loaded):
+                    # Redis < 7 has no functions: every call runs the script (slower: its whole body
+                    # runs each time).
+                    self._script = ("EVALSHA", SHA)
+                    pipe.script_load = wire.pack("SCRIPT", "LOAD", SOURCE)
+                    pipe.confirm = wire.pack("EVALSHA", SHA, 1, self._key, "confirm", self.connection_id)
                 outbox = client.execute_command(
                     "EVALSHA", SHA, 1, self._key, "init", self.connection_id, self._liveness_ms
                 )
+                if client_id is not None:
+                    client.execute_command("HSET", self._key + "clients", self.connection_id, client_id)
         except BaseException:
+            wire.close()
             client.connection_pool.disconnect()
             raise
         self._client = client
+        self._pipe = pipe
         self._lost = False
         self._ticker = Ticker(self._beat_interval, self._beat, f"kelp-redis-heartbeat-{self.connection_id}")
         self._ticker.start()
@@ -579,7 +667,9 @@ class RedisTransport(Transport):
         return int(self.liveness * 1000)
 
     def close(self) -> None:
-        """Release everything this connection holds (unacked messages go back, flagged) and disconnect."""
+        """Release everything this connection holds (unacked messages go back, flagged) and disconnect.
+        Publishes still unconfirmed are waited for (the reap call comes after them on the pipe); a refusal
+        found then is raised once the connection is closed."""
         client = self._client
         if client is None:
             return
@@ -591,25 +681,31 @@ class RedisTransport(Transport):
             linger.stop()
         self._channels.clear()
         try:
-            if not self._lost:
-                for _ in range(10_000):  # the first call sends the buffered publishes and acks first
+            if self.is_connected:
+                for _ in range(10_000):  # the first call writes the buffered publishes and acks first
                     if not self.call("reap", self.connection_id):
                         break
         except OperationalError:
-            # Redis is unreachable: the other connections' heartbeats release our messages after liveness.
+            # Redis is unreachable: the other connections release our messages when they find our client
+            # gone from CLIENT LIST (or after liveness).
             pass
         finally:
-            if self._buffer:
-                logger.warning(
-                    "kelp: %d buffered (unconfirmed) publishes were lost: the connection closed unreachable",
-                    len(self._buffer) // 9,
+            unconfirmed = len(self.unconfirmed())
+            if unconfirmed:  # Connection republishes them after a reconnect, or logs them at close
+                logger.debug(
+                    "kelp: %d published messages were never confirmed: the connection closed unreachable",
+                    unconfirmed,
                 )
-                self._buffer = []
+            self._buffer, self._buffer_args = [], []
+            pipe, self._pipe = self._pipe, None
             self._client = None
             self._acks.clear()
             self.pending_acks = 0
             self._signal.set()
+            if pipe is not None:
+                pipe.wire.close()
             client.connection_pool.disconnect()
+        self._raise_refused()
 
     def open_channel(self) -> RedisChannel:
         self._require()
@@ -627,8 +723,8 @@ class RedisTransport(Transport):
     # --- calling the script -------------------------------------------------------------------------
 
     def call(self, op: str, *args: Any) -> Any:
-        """Run one operation of the broker script, after this connection's buffered publishes and acks
-        (all in one round trip)."""
+        """Run one operation of the broker script, written after this connection's buffered publishes
+        and acks on the pipe (so it sees them), and return its reply."""
         try:
             return (self._send([(op, args)]))[0]
         except _Lost:
@@ -637,98 +733,124 @@ class RedisTransport(Transport):
             raise
 
     def flush(self, timeout: float | None = None) -> None:
-        """Send the buffered publishes and acks now."""
-        if self._buffer or self.pending_acks:
-            self._send([])
+        """The barrier: write the buffered publishes and acks, then read the reply of every earlier
+        publish. Raises MessageNacked for refusals not reported yet, TimeoutError when ``timeout``
+        passes first (the rest stays in the outbox), OperationalError when the connection is gone."""
+        if self._client is None:
+            if self._refused:
+                self._raise_refused()
+            return
+        pipe = self._require_pipe()
+        deadline = None if timeout is None else monotonic() + timeout
+        self._send([])
+        with _mapped():
+            pipe.wait_all(deadline)
+        if self._dead_letters:
+            self._dead_letters = False
+            self.flush_outbox()
+        self._raise_refused()
+
+    def unconfirmed(self) -> list[Envelope]:
+        """Written but not confirmed (the pipe's outbox), then the transient publishes not yet written."""
+        pipe = self._pipe
+        return (pipe.unconfirmed() if pipe is not None else []) + list(self._buffer)
+
+    def send_buffered(self) -> None:
+        """Write the buffered transient publishes and acks now, without waiting for replies."""
+        self._send([])
 
     def _flush_publishes(self) -> None:
         # The linger timer (another thread in the sync API): publishes only, acks belong to their thread.
-        if self._buffer:
+        if self._buffer and self.is_connected:
             self._send([], acks=False)
 
+    def _take_buffer(self, pipe: Pipe) -> list[tuple[list[bytes], Slot | None]]:
+        """The buffered transient publishes as quiet script calls (called under the write lock)."""
+        if not self._buffer:
+            return []
+        with self._buffer_lock:
+            envelopes, self._buffer = self._buffer, []
+            args, self._buffer_args = self._buffer_args, []
+        return self._quiet_publishes(pipe, envelopes, args)
+
+    def _quiet_publishes(
+        self, pipe: Pipe, envelopes: list[Envelope], args: list[Any]
+    ) -> list[tuple[list[bytes], Slot | None]]:
+        commands: list[tuple[list[bytes], Slot | None]] = []
+        for i in range(0, len(envelopes), PUBLISH_CHUNK):
+            chunk = envelopes[i : i + PUBLISH_CHUNK]
+            slot = Slot(PUBLISH, chunk, sum(len(envelope.body) for envelope in chunk))
+            packed = pipe.wire.pack(
+                *self._script,
+                1,
+                self._key,
+                "opub",
+                self.connection_id,
+                len(chunk),
+                *args[i * 9 : (i + len(chunk)) * 9],
+            )
+            commands.append((packed, slot))
+        return commands
+
     def _send(self, calls: list[tuple[str, Sequence[Any]]], acks: bool = True) -> list[Any]:
-        """Send the buffered publishes, the buffered acks (unless ``acks`` is false), then ``calls`` (script
-        operations) in one pipeline, in that order; return the calls' results. One pipeline at a time, so
-        no operation of this connection overtakes a publish buffered before it. Refusals of buffered
-        publishes are logged: nobody waits for them."""
-        with self._send_lock:
-            client = self._require()
-            with self._buffer_lock:
-                buffered, self._buffer = self._buffer, []
-            outbox = 0
-            with _mapped():
-                if buffered or (acks and self.pending_acks) or len(calls) > 1:
-                    step = PUBLISH_CHUNK * 9
-                    chunks = [buffered[i : i + step] for i in range(0, len(buffered), step)]
-                    every = [("bpublish", (len(chunk) // 9, *chunk)) for chunk in chunks] + calls
-                    try:
-                        results = self._pipeline(client, every, acks)
-                    except RedisError:
-                        if buffered:
-                            logger.warning(
-                                "kelp: %d buffered (unconfirmed) publishes may be lost", len(buffered) // 9
-                            )
-                        raise
-                    outbox = self._buffered_results(results[: len(chunks)])
-                    results = results[len(chunks) :]
-                elif calls:
-                    op, args = calls[0]
-                    try:
-                        results = [client.execute_command("EVALSHA", SHA, 1, self._key, op, *args)]
-                    except NoScriptError:
-                        results = [self._reload_and_call(client, op, tuple(args))]
-                else:
-                    return []
-                for (op, _), result in zip(calls, results):
-                    if isinstance(result, Exception):
-                        raise result
-                    if op == "publish":
-                        self.may_refuse = bool(result[4])
-        if outbox:
+        """Write the buffered publishes, the buffered acks (unless ``acks`` is false), then ``calls``
+        (script operations) on the pipe, in that order; read and return the calls' replies."""
+        pipe = self._require_pipe()
+        slots = [Slot(CALL) for _ in calls]
+
+        def quiet() -> list[tuple[list[bytes], Slot | None]]:
+            commands = self._take_buffer(pipe)
+            if acks and self.pending_acks:
+                commands += self._ack_commands(pipe)
+            return commands
+
+        with _mapped():
+            pipe.send(
+                quiet,
+                [
+                    (pipe.wire.pack(*self._script, 1, self._key, op, *args), slot)
+                    for (op, args), slot in zip(calls, slots)
+                ],
+            )
+            results = [pipe.wait(slot) for slot in slots]
+        for result in results:
+            if isinstance(result, Exception):
+                with _mapped():
+                    raise result
+        if self._dead_letters:
+            self._dead_letters = False
             self.flush_outbox()
         return results
 
-    def _pipeline(self, client: Any, calls: list[tuple[str, Sequence[Any]]], acks: bool) -> list[Any]:
-        pipe = client.pipeline(transaction=False)
-        if acks:
-            self._pipeline_acks(pipe)
-        for op, args in calls:
-            pipe.execute_command("EVALSHA", SHA, 1, self._key, op, *args)
-        results = list(pipe.execute(raise_on_error=False))[-len(calls) :] if calls else []
-        if any(isinstance(result, NoScriptError) for result in results):
-            # Redis restarted (or SCRIPT FLUSH): nothing of the script ran, the acks did; once more.
-            client.execute_command("SCRIPT", "LOAD", SOURCE)
-            pipe = client.pipeline(transaction=False)
-            for op, args in calls:
-                pipe.execute_command("EVALSHA", SHA, 1, self._key, op, *args)
-            results = list(pipe.execute(raise_on_error=False))
-        return results
-
-    def _buffered_results(self, results: list[Any]) -> int:
-        """Log what the script refused of the buffered publishes; return the outbox length."""
-        outbox = 0
-        for result in results:
-            if isinstance(result, Exception):
-                logger.warning("kelp: buffered (unconfirmed) publishes were dropped: %s", result)
-                continue
-            _, refused, outbox, missing, refusing = result
-            self.may_refuse = bool(refusing)
-            for name in refused:
-                logger.warning(
-                    "kelp: queue %r refused a buffered message (x-overflow); without confirms it is "
-                    "dropped, as RabbitMQ does",
-                    _text(name),
-                )
+    def _on_confirm(self, window: list[Slot], reply: Any) -> None:
+        """A confirm of the quiet publishes ``window``: remember what the broker refused, to raise it
+        from the next publish, flush or close."""
+        if int(reply[1]):
+            self._dead_letters = True
+        for raw in reply[2:]:
+            k, nacked, refused, missing = json.loads(raw)
+            envelopes = window[int(k) - 1].envelopes
+            missing = missing or []  # an empty Lua table is encoded as {}
             for name in missing:
-                self.exchanges.discard(_text(name))
-                logger.warning(
-                    "kelp: a buffered message was dropped: no exchange %r (the next publish to it raises)",
-                    _text(name),
-                )
-        return int(outbox)
+                self.exchanges.discard(name)
+            reasons = [f"no exchange {sorted(set(missing))}"] if missing else []
+            if refused:
+                reasons.append(f"queue(s) {sorted(set(refused))} full (x-overflow reject-publish)")
+            self._refused.append(("; ".join(reasons), [envelopes[int(index)] for index in nacked or []]))
+
+    def _raise_refused(self) -> None:
+        if not self._refused:
+            return
+        refused, self._refused = self._refused, []
+        reasons = sorted({reason for reason, _ in refused})
+        envelopes = [envelope for _, batch in refused for envelope in batch]
+        raise MessageNacked(
+            f"{len(envelopes)} published message(s) not enqueued: {'; '.join(reasons)}", envelopes=envelopes
+        )
 
     def _call_unbuffered(self, op: str, *args: Any) -> Any:
-        """:meth:`call` without sending buffered acks: safe from the heartbeat thread."""
+        """One script call on its own connection of the pool (the heartbeat's, the dead letters'): it
+        neither waits behind nor reorders the pipe."""
         client = self._require()
         with _mapped():
             try:
@@ -752,27 +874,37 @@ class RedisTransport(Transport):
             ids.append(entry_id)
         self.pending_acks += 1
 
-    def _pipeline_acks(self, pipe: Any) -> None:
+    def _ack_commands(self, pipe: Pipe) -> list[tuple[list[bytes], Slot | None]]:
         acks, self._acks = self._acks, {}
         self.pending_acks = 0
+        commands: list[tuple[list[bytes], Slot | None]] = []
         for key, ids in acks.items():
-            pipe.execute_command("XACK", key, "g", *ids)
-            pipe.execute_command("XDEL", key, *ids)
+            commands.append((pipe.wire.pack("XACK", key, "g", *ids), None))
+            commands.append((pipe.wire.pack("XDEL", key, *ids), None))
+        return commands
 
     # --- publishing and dead letters ---------------------------------------------------------------
 
     def publish(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
-        """Buffer unconfirmed publishes (see the module docstring); route and store the others now, one
-        script call per chunk, every chunk in one round trip."""
+        """Write the script call routing and storing the batch (one per chunk) and return without reading
+        its reply (see the module docstring); transient messages may wait in the buffer instead. With
+        ``confirm_publish``, a ``mandatory`` message, or an exchange this connection has not seen exist,
+        wait for the reply: refusals raise MessageNacked, unroutable mandatory messages are returned."""
         if not envelopes:
             return []
+        pipe = self._require_pipe()
+        self._raise_refused()
+        envelopes = list(envelopes)
         args: list[Any] = []
         exchanges = self.exchanges
-        buffer = not (self.confirm_publish or self.may_refuse)
+        wait = self.confirm_publish
+        transient = True
         for envelope in envelopes:
             if envelope.mandatory or envelope.exchange not in exchanges:
-                buffer = False
+                wait = True
             properties = envelope.properties
+            if properties.get("delivery_mode") != 1:
+                transient = False
             ttl = expiration_ms(properties)
             args += (
                 envelope.exchange,
@@ -785,40 +917,71 @@ class RedisTransport(Transport):
                 encode_meta(properties, envelope.headers, envelope.exchange, envelope.routing_key),
                 "",
             )
-        if buffer:
-            self._require()
+        if transient and not wait:
             with self._buffer_lock:
                 first = not self._buffer
-                self._buffer += args
-                full = len(self._buffer) >= PUBLISH_BATCH * 9
+                self._buffer += envelopes
+                self._buffer_args += args
+                full = len(self._buffer) >= PUBLISH_BATCH
             if full:
-                self.flush()
+                self._send([], acks=False)
             elif first and self._linger is not None:
                 self._linger.arm()
             return []
-        step = PUBLISH_CHUNK * 9
-        results = self._send(
-            [
-                ("publish", (len(chunk) // 9, *chunk))
-                for chunk in (args[i : i + step] for i in range(0, len(args), step))
-            ]
-        )
-        exchanges.update(envelope.exchange for envelope in envelopes)  # the script checked they exist
+        if not wait:
+            quiet = self._quiet_publishes(pipe, envelopes, args)
+            with _mapped():
+                pipe.make_room(len(envelopes), sum(len(envelope.body) for envelope in envelopes))
+            self._raise_refused()
+
+            def commands() -> list[tuple[list[bytes], Slot | None]]:
+                taken = self._take_buffer(pipe)
+                if self.pending_acks:
+                    taken += self._ack_commands(pipe)
+                return taken + quiet
+
+            with _mapped():
+                pipe.send(commands, [])
+            return []
+        own = [
+            (
+                pipe.wire.pack(
+                    *self._script, 1, self._key, "publish", len(chunk), *args[i * 9 : (i + len(chunk)) * 9]
+                ),
+                Slot(CALL, chunk),
+            )
+            for i, chunk in (
+                (i, envelopes[i : i + PUBLISH_CHUNK]) for i in range(0, len(envelopes), PUBLISH_CHUNK)
+            )
+        ]
+        with _mapped():
+            pipe.send(lambda: self._take_buffer(pipe), own)
+            results = [pipe.wait(slot) for _, slot in own]
         returned: list[Envelope] = []
-        refused: list[str] = []
-        outbox = 0
-        for offset, (returned_indexes, refused_names, waiting, _, _) in zip(
-            range(0, len(envelopes), PUBLISH_CHUNK), results
-        ):
-            returned += (envelopes[offset + int(index)] for index in returned_indexes)
-            refused += (_text(name) for name in refused_names)
-            outbox = waiting
-        if outbox:
+        refused: list[Envelope] = []
+        reasons: set[str] = set()
+        failure: Exception | None = None
+        for (_, slot), result in zip(own, results):
+            if isinstance(result, Exception):
+                failure = failure or result
+                continue
+            returned_indexes, refused_names, _, _, _, nacked = result
+            returned += (slot.envelopes[int(index)] for index in returned_indexes)
+            refused += (slot.envelopes[int(index)] for index in nacked)
+            reasons.update(_text(name) for name in refused_names)
+            if int(result[2]):
+                self._dead_letters = True
+        if failure is not None:
+            with _mapped():
+                raise failure
+        exchanges.update(envelope.exchange for envelope in envelopes)  # the script checked they exist
+        if self._dead_letters:
+            self._dead_letters = False
             self.flush_outbox()
         if refused:
             raise MessageNacked(
-                f"queue(s) {sorted(set(refused))} full (x-overflow reject-publish): "
-                "message not enqueued there"
+                f"queue(s) {sorted(reasons)} full (x-overflow reject-publish): message not enqueued there",
+                envelopes=refused,
             )
         return returned
 
@@ -860,7 +1023,7 @@ class RedisTransport(Transport):
                 if self._cancelled:
                     continue
             elif self.pending_acks or self._buffer:
-                self.flush()
+                self.send_buffered()
             remaining = None if deadline is None else deadline - monotonic()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError("no message arrived within the timeout")
@@ -946,7 +1109,7 @@ class RedisTransport(Transport):
                 self.flush_outbox()
 
     def _beat(self) -> None:
-        """Heartbeat: stay alive, release one dead connection, expire what is due, route dead letters."""
+        """Heartbeat: stay alive, release dead connections, expire what is due, route dead letters."""
         for _ in range(10):
             outbox, lost, more = self._call_unbuffered("beat", self.connection_id, self._liveness_ms)
             if lost:
@@ -956,7 +1119,35 @@ class RedisTransport(Transport):
             if outbox:
                 self.flush_outbox()
             if more != 2:
+                break
+        self._check_clients()
+
+    def _check_clients(self) -> None:
+        """Release the connections whose Redis client is gone: their process died (or their socket
+        closed), so their unacked messages go back now rather than after ``liveness``. A process that
+        is alive but silent keeps its client listed: only its missed heartbeats release it."""
+        client = self._require()
+        if not self._client_check:
+            return
+        with _mapped():
+            known = client.hgetall(self._key + "clients")
+            ids = {int(client_id): _text(conn) for conn, client_id in known.items()}
+            if not ids:
                 return
+            try:
+                listed = client.client_list(client_id=list(ids))
+            except ResponseError as exc:  # CLIENT LIST ID needs Redis 6.2 and the right to list clients
+                logger.warning(
+                    "kelp: cannot list redis clients (%s): dead connections wait for liveness", exc
+                )
+                self._client_check = False
+                return
+            gone = set(ids) - {int(entry["id"]) for entry in listed}
+            for client_id in sorted(gone):
+                logger.info("kelp: redis connection %s is gone: releasing what it held", ids[client_id])
+                for _ in range(10_000):
+                    if not self._call_unbuffered("reap", ids[client_id]):
+                        break
 
     # --- inspection ---------------------------------------------------------------------------------
 

@@ -1,6 +1,8 @@
 """The server side of the ``redis://`` transport: one Lua script holding every atomic broker operation.
 
-Loaded once per connection (``SCRIPT LOAD``) and called as ``EVALSHA sha 1 "{prefix}:" <op> <args...>``;
+Loaded once per connection (``SCRIPT LOAD``) and called as ``EVALSHA sha 1 "{prefix}:" <op> <args...>``,
+or, on Redis 7, loaded as the function library :data:`LIBRARY` (built from the same source) and called as
+``FCALL <FUNCTION> 1 "{prefix}:" <op> <args...>``, which does not rerun the script's body at every call;
 the comments in :data:`SOURCE` describe the key layout and each operation. Routing here mirrors
 :mod:`kelp.routing` exactly (tests compare the two with hypothesis); dead-lettering is split: the script
 moves a dead letter to the prefix's outbox stream atomically, and the client rewrites its headers with
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 
-__all__ = ["SHA", "SOURCE"]
+__all__ = ["FUNCTION", "LIBRARY", "SHA", "SOURCE"]
 
 SOURCE = r"""-- kelp's broker on Redis: one script, one operation per call:
 --   EVALSHA sha 1 "{prefix}:" <op> <args...>
@@ -41,6 +43,9 @@ SOURCE = r"""-- kelp's broker on Redis: one script, one operation per call:
 --   P qs:<suffix>:<q> stream entries b (body) m (meta) [x (expires at, ms)] [n (deliveries so far)];
 --                            one consumer group "g"; a consumer per connection, named by its id
 --   P alive           zset   connection id -> liveness deadline (server ms)
+--   P clients         hash   connection id -> CLIENT ID of its pipelined connection (clients check that
+--                            it is still listed; reap removes it)
+--   P opub, P c:nack:<conn>   hash conn -> opub calls since its last confirm; list of their refusals
 --   P timed           zset   queue -> next time something may expire there (ms)
 --   P outbox          stream dead letters waiting for a client to rewrite their headers and route them
 --   P c:q:<conn>, P c:x:<conn>   sets: queues the connection read with acks, exclusive queues it owns
@@ -697,6 +702,9 @@ local function reap(conn)
   for name in pairs(left) do consumer_left(name) end
   redis.call('DEL', kc('q', conn), kc('x', conn))
   redis.call('ZREM', K_ALIVE, conn)
+  redis.call('HDEL', P .. 'clients', conn)
+  redis.call('HDEL', P .. 'opub', conn)
+  redis.call('DEL', kc('nack', conn))
   return 0
 end
 
@@ -913,22 +921,25 @@ end
 -- mandatory 'x' only removes it (a dead-letter cycle). A missing exchange fails the whole call, except
 -- for bpublish (a client's buffered, unconfirmed publishes), which drops those envelopes and names them.
 -- Returns {unroutable mandatory envelope indexes, refused queue names, outbox length,
--- missing exchange names, number of queues that may refuse a publish}.
-local function publish(a, lenient)
-  local n = tonumber(a[1])
-  local missing, skip = {}, {}
+-- missing exchange names, number of queues that may refuse a publish,
+-- indexes of the envelopes not stored everywhere (a queue refused it, or its exchange is missing)}.
+local function publish(a, lenient, o)
+  o = o or 0  -- arguments before the publish's own
+  local n = tonumber(a[1 + o])
+  local missing, skip, nacked = {}, {}, {}
   for i = 0, n - 1 do
-    local base = 2 + i * 9
+    local base = 2 + o + i * 9
     local exchange = a[base]
     if exchange ~= '' and a[base + 8] == '' and redis.call('EXISTS', kx(exchange)) == 0 then
       if not lenient then fail('NOT_FOUND', "no exchange '" .. exchange .. "' in vhost '/'") end
       missing[#missing + 1] = exchange
       skip[i] = true
+      nacked[#nacked + 1] = i
     end
   end
   local returned, refused, cache = {}, {}, {}
   for i = 0, n - 1 do
-    local base = 2 + i * 9
+    local base = 2 + o + i * 9
     local exchange, key, hcanon, mandatory = a[base], a[base + 1], a[base + 2], a[base + 3]
     local priority, ttl, body, meta, outbox = tonumber(a[base + 4]) or 0, tonumber(a[base + 5]),
       a[base + 6], a[base + 7], a[base + 8]
@@ -949,7 +960,7 @@ local function publish(a, lenient)
           if alt and redis.call('EXISTS', kx(alt)) == 1 then names = route(alt, key, hcanon) end
         end
       end
-      local stored = 0
+      local stored, refusal = 0, false
       for _, name in ipairs(names) do
         local q = cache[name]
         if q == nil then
@@ -958,18 +969,45 @@ local function publish(a, lenient)
         end
         if q then
           stored = stored + 1
-          if not enqueue(q, body, meta, ttl, priority) then refused[#refused + 1] = name end
+          if not enqueue(q, body, meta, ttl, priority) then
+            refused[#refused + 1] = name
+            refusal = true
+          end
         end
       end
+      if refusal then nacked[#nacked + 1] = i end
       if stored == 0 and mandatory == '1' then returned[#returned + 1] = i end
     end
   end
   save_all(cache)
-  return {returned, refused, redis.call('XLEN', K_OUTBOX), missing, redis.call('SCARD', K_REFUSING)}
+  return {returned, refused, redis.call('XLEN', K_OUTBOX), missing, redis.call('SCARD', K_REFUSING), nacked}
 end
 
 function ops.publish(a) return publish(a, false) end
 function ops.bpublish(a) return publish(a, true) end
+
+-- opub conn n (...) * n: bpublish for a client that asked for no reply (CLIENT REPLY OFF): the call is
+-- counted, and what it refused kept as JSON [k (the call's number since the last confirm), nacked
+-- indexes, refused queues, missing exchanges], for the client's next confirm.
+function ops.opub(a)
+  local conn = a[1]
+  local r = publish(a, true, 1)
+  local k = redis.call('HINCRBY', P .. 'opub', conn, 1)
+  if #r[6] > 0 then
+    redis.call('RPUSH', kc('nack', conn), cjson.encode({k, r[6], r[2], r[4]}))
+  end
+  return 1
+end
+
+-- confirm conn -> {opub calls since the last confirm, outbox length, refusal JSON...}
+function ops.confirm(a)
+  local conn = a[1]
+  local out = {tonumber(redis.call('HGET', P .. 'opub', conn) or 0), redis.call('XLEN', K_OUTBOX)}
+  redis.call('HDEL', P .. 'opub', conn)
+  for _, nack in ipairs(redis.call('LRANGE', kc('nack', conn), 0, -1)) do out[#out + 1] = nack end
+  redis.call('DEL', kc('nack', conn))
+  return out
+end
 
 -- claim conn n (queue room no_ack tag) * n: deliveries for the connection's consumers.
 -- Returns {outbox length, tag, suffix, id, body, meta, deliveries, ...}; then 'gone', tag for each consumer
@@ -1167,3 +1205,45 @@ error(result)
 
 #: The script's SHA1, as EVALSHA names it.
 SHA = hashlib.sha1(SOURCE.encode()).hexdigest()
+
+
+def _library(source: str, name: str) -> str:
+    """The script as a Redis 7 function library: its body (every local function, the ops table) runs once,
+    at ``FUNCTION LOAD``, instead of at every call as with EVALSHA; each ``FCALL`` only sets the per-call
+    values (the prefix, its key names, the time) and dispatches."""
+    per_call = {
+        "local P = KEYS[1]\n": "local P\n",
+        "local NOW = now_ms()\n": "local NOW\n",
+        # Loading a library may not read globals: unpack is looked up at the first call.
+        "local unpack = unpack or table.unpack\n": "local unpack\n",
+        "local K_ALIVE, K_TIMED, K_OUTBOX = P .. 'alive', P .. 'timed', P .. 'outbox'\n": (
+            "local K_ALIVE, K_TIMED, K_OUTBOX\n"
+        ),
+        "local K_QUEUES, K_EXCHANGES, K_REFUSING = P .. 'queues', P .. 'exchanges', P .. 'refusing'\n": (
+            "local K_QUEUES, K_EXCHANGES, K_REFUSING\n"
+        ),
+    }
+    for old, new in per_call.items():
+        if old not in source:
+            raise AssertionError(f"the redis script changed: cannot build its function library ({old!r})")
+        source = source.replace(old, new, 1)
+    dispatch = source.index("local handler = ops[ARGV[1]]")
+    return (
+        f"#!lua name={name}\n"
+        + source[:dispatch]
+        + f"redis.register_function('{name}', function(KEYS, ARGV)\n"
+        "unpack = unpack or rawget(_G, 'unpack') or table.unpack\n"
+        "P = KEYS[1]\n"
+        "NOW = now_ms()\n"
+        "K_ALIVE, K_TIMED, K_OUTBOX = P .. 'alive', P .. 'timed', P .. 'outbox'\n"
+        "K_QUEUES, K_EXCHANGES, K_REFUSING = P .. 'queues', P .. 'exchanges', P .. 'refusing'\n"
+        + source[dispatch:]
+        + "end)\n"
+    )
+
+
+#: The name of the script's function (FCALL) in Redis >= 7: versioned, so kelps of different versions
+#: sharing a server each call their own.
+FUNCTION = f"kelp_{SHA[:16]}"
+#: The function library (``FUNCTION LOAD``) holding :data:`FUNCTION`.
+LIBRARY = _library(SOURCE, FUNCTION)
