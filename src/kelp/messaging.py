@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Self
 
+from kelp import _observe
 from kelp._backend import maybe_await
 from kelp._envelope import Delivery, Envelope
 from kelp.compression import compress
@@ -318,7 +319,17 @@ class Producer:
             for entity in declare:
                 if entity not in declared:
                     maybe_declare(entity, channel)
-        returned = channel.publish_batch(envelopes)
+        observer = _observe.observer
+        if observer is None:
+            returned = channel.publish_batch(envelopes)
+        else:
+            done = observer.publish_start(channel.connection, envelopes)
+            try:
+                returned = channel.publish_batch(envelopes)
+            except BaseException as exc:
+                done(exc)
+                raise
+            done(None)
         for envelope in returned:
             self._returned(channel, envelope)
 
@@ -562,6 +573,19 @@ class Consumer:
         if self._buffer is not None:
             self._buffer.append(message)
             return
+        observer = _observe.observer
+        if observer is not None:
+            done = observer.process_start(self.connection, _observe.queue_of(self._tags, message), message)
+            try:
+                self._handle(message)
+            except BaseException as exc:
+                done(exc)
+                raise
+            done(None)
+            return
+        self._handle(message)
+
+    def _handle(self, message: Message) -> None:
         if message.errors:  # not decompressible: even on_message would get a body it cannot use
             self._decode_error(message, message.errors[0])
             return
@@ -596,7 +620,21 @@ class Consumer:
         while limit is None or count < limit:
             while not buffer:
                 self.connection.drain_events(timeout=timeout)
-            yield buffer.popleft()
+            message = buffer.popleft()
+            observer = _observe.observer
+            if observer is None:
+                yield message
+            else:
+                # The span covers the loop body: from this yield until the loop asks for the next one.
+                done = observer.process_start(
+                    self.connection, _observe.queue_of(self._tags, message), message
+                )
+                try:
+                    yield message
+                except BaseException as exc:
+                    done(exc)
+                    raise
+                done(None)
             count += 1
 
     def __iter__(self) -> Iterator[Message]:
