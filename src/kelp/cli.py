@@ -336,6 +336,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --- the parser ---------------------------------------------------------------------------------------
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from kelp import web
+
+    if args.allow_write and not args.token:
+        raise CommandError("--allow-write needs --token TOKEN (write requests must carry it)", 2)
+    server = web.make_server(
+        args.url, args.host, args.port, args.allow_write, args.token, args.management_url
+    )
+    where = f"http://{args.host}:{server.server_port}/"
+    print(f"kelp: serving {Connection(args.url).as_uri()} on {where} (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     default_url = os.environ.get("KELP_URL") or DEFAULT_URL
     url_help = f"broker URL (default: $KELP_URL, else {DEFAULT_URL}; now {default_url})"
@@ -396,6 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("name", metavar="NAME")
     sub.add_argument("--if-unused", action="store_true")
     sub.add_argument("--if-empty", action="store_true", help="queues only")
+
+    sub = command("serve", cmd_serve, "serve a web view of queues, bindings and dead letters")
+    sub.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    sub.add_argument("--port", type=int, default=8765, help="port (default: 8765; 0 picks a free one)")
+    sub.add_argument("--allow-write", action="store_true", help="enable purge and requeue (needs --token)")
+    sub.add_argument("--token", help="the token write requests must carry")
+    sub.add_argument("--management-url", help="RabbitMQ management API (default: http://HOST:15672)")
 
     sub = command("bench", cmd_bench, "measure publish and consume+ack throughput")
     sub.add_argument("--count", type=int, default=10_000, metavar="N", help="messages (default: 10000)")
