@@ -9,8 +9,9 @@ releases them unacked when the page is built, so they stay in the queue, in orde
 Bodies are shown as JSON, text or raw bytes (base64), decoded here without kelp's serializers, so no
 payload is ever unpickled or run. Two write actions exist, refused unless the server was started with
 ``allow_write`` and the request carries its token: *purge* drops a queue's ready messages, and *requeue*
-moves dead letters (messages with an ``x-death`` header) back to the exchange and routing key they were
-first dead-lettered from, publishing each copy before acking the dead letter (at-least-once).
+moves dead letters (messages with an ``x-death`` header) back to the queue they were first dead-lettered
+from (through the default exchange, so no other queue gets a copy), publishing each one before acking the
+dead letter (at-least-once).
 
 On ``memory://`` the view sees the broker of its own process: serve it from the application with
 :func:`make_server`. On ``amqp://`` queue counts come from RabbitMQ's management API (plugin
@@ -122,8 +123,8 @@ class Inspector:
             return connection.default_channel.queue_purge(queue)
 
     def requeue_dead_letters(self, queue: str, limit: int = 10_000) -> int:
-        """Move up to ``limit`` dead letters of ``queue`` back where they were first dead-lettered from;
-        return how many moved. Messages without ``x-death`` stay in the queue."""
+        """Move up to ``limit`` dead letters of ``queue`` back to the queue they were first dead-lettered
+        from; return how many moved. Messages without ``x-death`` stay in the queue."""
         moved = 0
         with self._connected() as connection:
             channel = connection.channel()
@@ -132,11 +133,9 @@ class Inspector:
                     origin = dead_letter_origin(message.headers)
                     if origin is None:
                         continue  # released when the channel closes
-                    exchange, routing_key = origin
+                    # The body was decompressed on receipt: it goes back uncompressed.
                     headers = {k: v for k, v in message.headers.items() if k != "compression"}
-                    envelope = Envelope(
-                        message.body, dict(message.properties), headers, exchange, routing_key
-                    )
+                    envelope = Envelope(message.body, dict(message.properties), headers, "", origin["queue"])
                     channel.publish_batch([envelope])
                     connection.flush()
                     message.ack()
@@ -182,17 +181,23 @@ def _take(channel: Any, queue: str, limit: int) -> list[Message]:
     return messages
 
 
-def dead_letter_origin(headers: dict[str, Any] | None) -> tuple[str, str] | None:
-    """The (exchange, routing key) a dead letter was first dead-lettered from, or None."""
+def dead_letter_origin(headers: dict[str, Any] | None) -> dict[str, str] | None:
+    """Where a dead letter was first dead-lettered from (``queue``, ``exchange``, ``routing_key``,
+    ``reason``), read from its ``x-death`` header; None for a message that is not a dead letter."""
     deaths = (headers or {}).get("x-death")
     if not isinstance(deaths, list) or not deaths or not isinstance(deaths[-1], dict):
         return None
     first = deaths[-1]  # most recent first: the last entry is the original death
-    keys = first.get("routing-keys")
-    exchange = first.get("exchange")
-    if not isinstance(exchange, str) or not isinstance(keys, list) or not keys:
+    queue = first.get("queue")
+    if not isinstance(queue, str) or not queue:
         return None
-    return exchange, str(keys[0])
+    keys = first.get("routing-keys")
+    return {
+        "queue": queue,
+        "exchange": str(first.get("exchange", "")),
+        "routing_key": str(keys[0]) if isinstance(keys, list) and keys else "",
+        "reason": str(first.get("reason", "")),
+    }
 
 
 def describe(message: Message) -> dict[str, Any]:
@@ -222,7 +227,7 @@ def describe(message: Message) -> dict[str, Any]:
         "body": shown[:_MAX_BODY_SHOWN],
         "headers": _json_safe(message.headers),
         "properties": _json_safe(message.properties),
-        "dead_letter_from": None if origin is None else {"exchange": origin[0], "routing_key": origin[1]},
+        "dead_letter_from": origin,
     }
 
 
@@ -501,8 +506,8 @@ def render_queue(name: str, messages: Sequence[dict[str, Any]], allow_write: boo
     for m in messages:
         origin = m["dead_letter_from"]
         where = (
-            f"dead letter from exchange {_e(origin['exchange'] or '(default)')} "
-            f"key {_e(origin['routing_key'])}"
+            f"dead letter from queue {_e(origin['queue'])} ({_e(origin['reason'])}; exchange "
+            f"{_e(origin['exchange'] or '(default)')}, key {_e(origin['routing_key'])})"
             if origin
             else ""
         )

@@ -74,7 +74,7 @@ def test_browse_decodes_safely_and_leaves_messages(served: Served) -> None:
     assert {q["name"]: q["ready"] for q in served.api("/api/queues")["queues"]}["jobs"] == 3
     status, _, page = served.get("/queues/jobs.dead")
     assert status == 200
-    assert "dead letter from exchange orders key new" in page
+    assert "dead letter from queue jobs (rejected; exchange orders, key new)" in page
     assert "1 dead letter(s)" in page
 
 
@@ -92,12 +92,15 @@ def test_requeue_and_purge_need_the_token(url: str) -> None:
             status, body = served.post("/api/queues/jobs.dead/requeue", token)
             assert status == 403
             assert body["error"] == "wrong or missing token"
+        # A sibling bound like jobs must not get a copy: the dead letter goes back to its queue only.
+        with kelp.Connection(url) as connection:
+            connection.default_channel.declare_queue(kelp.Queue("sibling", ORDERS, "new"))
         assert served.post("/api/queues/jobs.dead/requeue", TOKEN) == (
             200,
             {"queue": "jobs.dead", "requeued": 1},
         )
         queues = {q["name"]: q["ready"] for q in served.api("/api/queues")["queues"]}
-        assert queues == {"jobs": 4, "jobs.dead": 0}
+        assert queues == {"jobs": 4, "jobs.dead": 0, "sibling": 0}
         # the HTML form posts the token as a field and is redirected back to the queue page
         status, page = served.post("/queues/jobs/purge", TOKEN, form=True)
         assert status == 200

@@ -60,7 +60,9 @@ def test_live_counts_dead_letters_and_token(tmp_path: Any, browser: webdriver.Ch
 
         # Browse the dead-letter queue.
         browser.find_element(By.LINK_TEXT, "jobs.dead").click()
-        wait.until(lambda b: "dead letter from exchange orders key new" in b.page_source)
+        wait.until(
+            lambda b: "dead letter from queue jobs (rejected; exchange orders, key new)" in b.page_source
+        )
         assert '"order": "dead"' in browser.find_element(By.CSS_SELECTOR, "pre.body").text
 
         # A wrong token is refused.
