@@ -568,24 +568,22 @@ class Consumer:
         for callback in self.callbacks:
             maybe_await(callback(body, message))
 
-    def _receive_callback(self, message: Message) -> None:
+    def _receive_callback(self, message: Message, observed: bool = False) -> None:
         message.accept = self.accept
         if self._buffer is not None:
             self._buffer.append(message)
             return
         observer = _observe.observer
-        if observer is not None:
+        if observer is not None and not observed:
+            # Runs this method again inside the process span (unobserved, it costs no extra call).
             done = observer.process_start(self.connection, _observe.queue_of(self._tags, message), message)
             try:
-                self._handle(message)
+                self._receive_callback(message, True)
             except BaseException as exc:
                 done(exc)
                 raise
             done(None)
             return
-        self._handle(message)
-
-    def _handle(self, message: Message) -> None:
         if message.errors:  # not decompressible: even on_message would get a body it cannot use
             self._decode_error(message, message.errors[0])
             return

@@ -567,24 +567,22 @@ class Consumer:
         for callback in self.callbacks:
             await maybe_await(callback(body, message))
 
-    async def _receive_callback(self, message: Message) -> None:
+    async def _receive_callback(self, message: Message, observed: bool = False) -> None:
         message.accept = self.accept
         if self._buffer is not None:
             self._buffer.append(message)
             return
         observer = _observe.observer
-        if observer is not None:
+        if observer is not None and not observed:
+            # Runs this method again inside the process span (unobserved, it costs no extra call).
             done = observer.process_start(self.connection, _observe.queue_of(self._tags, message), message)
             try:
-                await self._handle(message)
+                await self._receive_callback(message, True)
             except BaseException as exc:
                 done(exc)
                 raise
             done(None)
             return
-        await self._handle(message)
-
-    async def _handle(self, message: Message) -> None:
         if message.errors:  # not decompressible: even on_message would get a body it cannot use
             await self._decode_error(message, message.errors[0])
             return
