@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,9 +17,18 @@ from kelp.cli import main
 from .web_kit import ORDERS, TOKEN, Served, fill
 
 
-@pytest.fixture
-def url(tmp_path: Any) -> str:
-    return fill(f"sqlite:///{tmp_path}/web.db")
+def _transports() -> list[str]:
+    chosen = os.environ.get("KELP_TEST_TRANSPORTS", "memory,sqlite").split(",")
+    return ["sqlite", *(["redis"] if "redis" in chosen else [])]
+
+
+@pytest.fixture(params=_transports())
+def url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    if request.param == "sqlite":
+        return fill(f"sqlite:///{tmp_path}/web.db")
+    redis_url = os.environ.get("KELP_TEST_REDIS_URL")
+    assert redis_url, "KELP_TEST_TRANSPORTS names redis but KELP_TEST_REDIS_URL is not set"
+    return fill(f"{redis_url}?prefix=web-{uuid.uuid4().hex[:8]}")
 
 
 @pytest.fixture
