@@ -225,7 +225,9 @@ def cmd_queues(args: argparse.Namespace) -> int:
         try:
             stats = transport.queue_stats()
         except NotImplementedError as exc:
-            raise CommandError(str(exc)) from None
+            if not transport.native_routing:
+                raise CommandError(str(exc)) from None
+            stats = [tuple(q.values()) for q in _management(args).queues()]
     _table(sorted(stats), ("name", "ready", "unacked", "consumers"))
     return 0
 
@@ -236,13 +238,22 @@ def cmd_bindings(args: argparse.Namespace) -> int:
         try:
             edges = transport.list_bindings()
         except NotImplementedError as exc:
-            raise CommandError(str(exc)) from None
+            if not transport.native_routing:
+                raise CommandError(str(exc)) from None
+            edges = [tuple(b.values()) for b in _management(args).bindings()]
     rows = [
         (source or "(default)", kind, destination, key, json.dumps(arguments) if arguments else "")
         for source, kind, destination, key, arguments in sorted(edges, key=lambda edge: edge[:4])
     ]
     _table(rows, ("source", "kind", "destination", "routing_key", "arguments"))
     return 0
+
+
+def _management(args: argparse.Namespace) -> Any:
+    """RabbitMQ's management API, for what AMQP itself cannot list."""
+    from kelp.web import Inspector
+
+    return Inspector(args.url, os.environ.get("KELP_MANAGEMENT_URL"))
 
 
 def cmd_purge(args: argparse.Namespace) -> int:

@@ -96,8 +96,9 @@ class Inspector:
         ]
 
     def bindings(self) -> list[dict[str, Any]]:
+        """Every binding: source exchange, kind of destination, destination, routing key, arguments."""
         if self.native:
-            return []
+            return self._management_bindings()
         with self._connected() as connection:
             assert connection.transport is not None
             edges = connection.transport.list_bindings()
@@ -146,10 +147,10 @@ class Inspector:
 
     # --- RabbitMQ ----------------------------------------------------------------------------------------
 
-    def _management_queues(self) -> list[dict[str, Any]]:
+    def _management(self, what: str) -> list[dict[str, Any]]:
         u = self._connection.url
         vhost = quote(u.virtual_host or "/", safe="")
-        request = urllib.request.Request(f"{self.management_url}/api/queues/{vhost}")
+        request = urllib.request.Request(f"{self.management_url}/api/{what}/{vhost}")
         credentials = f"{u.userid or 'guest'}:{u.password or 'guest'}".encode()
         request.add_header("Authorization", "Basic " + base64.b64encode(credentials).decode())
         try:
@@ -158,17 +159,35 @@ class Inspector:
         except (OSError, ValueError) as exc:
             raise ManagementUnavailable(
                 f"RabbitMQ's management API is not reachable at {self.management_url} ({exc}); "
-                "enable the rabbitmq_management plugin to see queue counts here"
+                "enable the rabbitmq_management plugin to see queues and bindings here"
             ) from None
+        if not isinstance(rows, list):
+            raise ManagementUnavailable(f"RabbitMQ's management API sent no list of {what}")
+        return [row for row in rows if isinstance(row, dict)]
+
+    def _management_queues(self) -> list[dict[str, Any]]:
         return [
             {
-                "name": row["name"],
-                "ready": row.get("messages_ready", 0),
-                "unacked": row.get("messages_unacknowledged", 0),
-                "consumers": row.get("consumers", 0),
+                "name": str(row.get("name", "")),
+                "ready": int(row.get("messages_ready") or 0),
+                "unacked": int(row.get("messages_unacknowledged") or 0),
+                "consumers": int(row.get("consumers") or 0),
             }
-            for row in sorted(rows, key=lambda row: row["name"])
+            for row in sorted(self._management("queues"), key=lambda row: str(row.get("name", "")))
         ]
+
+    def _management_bindings(self) -> list[dict[str, Any]]:
+        rows = [
+            {
+                "source": str(row.get("source", "")),
+                "kind": "exchange" if row.get("destination_type") == "exchange" else "queue",
+                "destination": str(row.get("destination", "")),
+                "routing_key": str(row.get("routing_key", "")),
+                "arguments": row.get("arguments") or {},
+            }
+            for row in self._management("bindings")
+        ]
+        return sorted(rows, key=lambda b: (b["source"], b["kind"], b["destination"], b["routing_key"]))
 
 
 def _take(channel: Any, queue: str, limit: int) -> list[Message]:
