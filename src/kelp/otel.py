@@ -32,6 +32,7 @@ from typing import Any
 
 from opentelemetry import context, propagate, trace
 from opentelemetry.metrics import MeterProvider, get_meter
+from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode, TracerProvider
 
 from kelp import _observe
@@ -156,7 +157,7 @@ class _Telemetry:
 
     def process_start(self, connection: Any, queue: str, message: Any) -> _observe.Done:
         system = _observe.messaging_system(connection)
-        carried = propagate.extract(message.headers or {})
+        carried = propagate.extract(message.headers or {}, getter=_HEADERS)
         carried_span = trace.get_current_span(carried).get_span_context()
         links = [Link(carried_span)] if carried_span.is_valid else None
         info = message.delivery_info
@@ -225,6 +226,23 @@ class _Telemetry:
             self.operation_duration.record(time.perf_counter() - started, metric)
 
         return done
+
+
+class _HeaderGetter(Getter[dict[str, Any]]):
+    """Reads trace context from message headers, which any publisher may have filled with anything: a
+    text value is used, a bytes value decoded, anything else ignored (the message starts a new trace)."""
+
+    def get(self, carrier: dict[str, Any], key: str) -> list[str] | None:
+        value = carrier.get(key)
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        return [value] if isinstance(value, str) else None
+
+    def keys(self, carrier: dict[str, Any]) -> list[str]:
+        return [str(key) for key in carrier]
+
+
+_HEADERS = _HeaderGetter()
 
 
 def _message_attributes(system: str, properties: dict[str, Any], size: int) -> dict[str, Any]:

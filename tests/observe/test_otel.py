@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -209,3 +210,39 @@ def test_uninstrument_stops_everything(spans: InMemorySpanExporter) -> None:
     with kelp.Connection("memory://") as connection:
         connection.Producer().publish("x", routing_key="q", declare=[kelp.Queue("q")])
     assert spans.get_finished_spans() == ()
+
+
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        5,
+        {"nested": "table"},
+        ["x"],
+        "not-a-traceparent",
+        b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    ],
+)
+def test_foreign_trace_headers_never_stop_delivery(spans: InMemorySpanExporter, traceparent: Any) -> None:
+    """A publisher may put anything in traceparent: the message is still processed (a new trace, or the
+    one a bytes header names)."""
+    received = []
+    with kelp.Connection(f"memory://foreign-{uuid.uuid4().hex}") as connection:
+        queue = kelp.Queue("foreign")
+        connection.default_channel.declare_queue(queue)
+        envelope = connection.Producer().prepare("x", routing_key="foreign")
+        envelope.headers["traceparent"] = traceparent
+        connection.default_channel.publish_batch([envelope])
+
+        def handle(body: Any, message: kelp.Message) -> None:
+            received.append(body)
+            message.ack()
+
+        with connection.Consumer(queue, callbacks=[handle]):
+            connection.drain_events(timeout=5)
+    assert received == ["x"]
+    [process] = [span for span in spans.get_finished_spans() if span.name == "process foreign"]
+    assert process.context is not None
+    if isinstance(traceparent, bytes):
+        assert process.context.trace_id == 0x0AF7651916CD43DD8448EB211C80319C
+    else:
+        assert process.parent is None
