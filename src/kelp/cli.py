@@ -225,7 +225,9 @@ def cmd_queues(args: argparse.Namespace) -> int:
         try:
             stats = transport.queue_stats()
         except NotImplementedError as exc:
-            raise CommandError(str(exc)) from None
+            if not transport.native_routing:
+                raise CommandError(str(exc)) from None
+            stats = [tuple(q.values()) for q in _management(args).queues()]
     _table(sorted(stats), ("name", "ready", "unacked", "consumers"))
     return 0
 
@@ -236,13 +238,22 @@ def cmd_bindings(args: argparse.Namespace) -> int:
         try:
             edges = transport.list_bindings()
         except NotImplementedError as exc:
-            raise CommandError(str(exc)) from None
+            if not transport.native_routing:
+                raise CommandError(str(exc)) from None
+            edges = [tuple(b.values()) for b in _management(args).bindings()]
     rows = [
         (source or "(default)", kind, destination, key, json.dumps(arguments) if arguments else "")
         for source, kind, destination, key, arguments in sorted(edges, key=lambda edge: edge[:4])
     ]
     _table(rows, ("source", "kind", "destination", "routing_key", "arguments"))
     return 0
+
+
+def _management(args: argparse.Namespace) -> Any:
+    """RabbitMQ's management API, for what AMQP itself cannot list."""
+    from kelp.web import Inspector
+
+    return Inspector(args.url, os.environ.get("KELP_MANAGEMENT_URL"))
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
@@ -336,6 +347,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --- the parser ---------------------------------------------------------------------------------------
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from kelp import web
+
+    if args.allow_write and not args.token:
+        raise CommandError("--allow-write needs --token TOKEN (write requests must carry it)", 2)
+    server = web.make_server(
+        args.url, args.host, args.port, args.allow_write, args.token, args.management_url
+    )
+    where = f"http://{args.host}:{server.server_port}/"
+    print(f"kelp: serving {Connection(args.url).as_uri()} on {where} (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     default_url = os.environ.get("KELP_URL") or DEFAULT_URL
     url_help = f"broker URL (default: $KELP_URL, else {DEFAULT_URL}; now {default_url})"
@@ -396,6 +424,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("name", metavar="NAME")
     sub.add_argument("--if-unused", action="store_true")
     sub.add_argument("--if-empty", action="store_true", help="queues only")
+
+    sub = command("serve", cmd_serve, "serve a web view of queues, bindings and dead letters")
+    sub.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    sub.add_argument("--port", type=int, default=8765, help="port (default: 8765; 0 picks a free one)")
+    sub.add_argument("--allow-write", action="store_true", help="enable purge and requeue (needs --token)")
+    sub.add_argument("--token", help="the token write requests must carry")
+    sub.add_argument("--management-url", help="RabbitMQ management API (default: http://HOST:15672)")
 
     sub = command("bench", cmd_bench, "measure publish and consume+ack throughput")
     sub.add_argument("--count", type=int, default=10_000, metavar="N", help="messages (default: 10000)")

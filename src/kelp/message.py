@@ -19,6 +19,7 @@ import logging
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
+from kelp import _observe
 from kelp._envelope import Delivery
 from kelp.compression import decompress
 from kelp.exceptions import KelpError, MessageStateError
@@ -139,12 +140,32 @@ class Message:
         if self._no_ack:
             return
         channel = self._settle("ACK")
-        channel.basic_ack(self.delivery_tag, multiple=multiple)
+        observer = _observe.observer
+        if observer is None:
+            channel.basic_ack(self.delivery_tag, multiple=multiple)
+            return
+        done = observer.settle_start(self, "ack")
+        try:
+            channel.basic_ack(self.delivery_tag, multiple=multiple)
+        except BaseException as exc:
+            done(exc)
+            raise
+        done(None)
 
     def reject(self, requeue: bool = False) -> None:
         """Refuse the message: requeue it, or drop it (dead-lettered when the queue has a DLX)."""
         channel = self._settle("REQUEUED" if requeue else "REJECTED")
-        channel.basic_reject(self.delivery_tag, requeue=requeue)
+        observer = _observe.observer
+        if observer is None:
+            channel.basic_reject(self.delivery_tag, requeue=requeue)
+            return
+        done = observer.settle_start(self, "requeue" if requeue else "reject")
+        try:
+            channel.basic_reject(self.delivery_tag, requeue=requeue)
+        except BaseException as exc:
+            done(exc)
+            raise
+        done(None)
 
     def requeue(self) -> None:
         """Put the message back at the head of its queue, to be redelivered flagged ``redelivered``."""

@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Self
 
+from kelp import _observe
 from kelp._backend import maybe_await
 from kelp._envelope import Delivery, Envelope
 from kelp.compression import compress
@@ -318,7 +319,17 @@ class Producer:
             for entity in declare:
                 if entity not in declared:
                     maybe_declare(entity, channel)
-        returned = channel.publish_batch(envelopes)
+        observer = _observe.observer
+        if observer is None:
+            returned = channel.publish_batch(envelopes)
+        else:
+            done = observer.publish_start(channel.connection, envelopes)
+            try:
+                returned = channel.publish_batch(envelopes)
+            except BaseException as exc:
+                done(exc)
+                raise
+            done(None)
         for envelope in returned:
             self._returned(channel, envelope)
 
@@ -557,10 +568,21 @@ class Consumer:
         for callback in self.callbacks:
             maybe_await(callback(body, message))
 
-    def _receive_callback(self, message: Message) -> None:
+    def _receive_callback(self, message: Message, observed: bool = False) -> None:
         message.accept = self.accept
         if self._buffer is not None:
             self._buffer.append(message)
+            return
+        observer = _observe.observer
+        if observer is not None and not observed:
+            # Runs this method again inside the process span (unobserved, it costs no extra call).
+            done = observer.process_start(self.connection, _observe.queue_of(self._tags, message), message)
+            try:
+                self._receive_callback(message, True)
+            except BaseException as exc:
+                done(exc)
+                raise
+            done(None)
             return
         if message.errors:  # not decompressible: even on_message would get a body it cannot use
             self._decode_error(message, message.errors[0])
@@ -596,7 +618,21 @@ class Consumer:
         while limit is None or count < limit:
             while not buffer:
                 self.connection.drain_events(timeout=timeout)
-            yield buffer.popleft()
+            message = buffer.popleft()
+            observer = _observe.observer
+            if observer is None:
+                yield message
+            else:
+                # The span covers the loop body: from this yield until the loop asks for the next one.
+                done = observer.process_start(
+                    self.connection, _observe.queue_of(self._tags, message), message
+                )
+                try:
+                    yield message
+                except BaseException as exc:
+                    done(exc)
+                    raise
+                done(None)
             count += 1
 
     def __iter__(self) -> Iterator[Message]:

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
+from kelp import _observe
 from kelp._envelope import Delivery
 from kelp.compression import decompress
 from kelp.exceptions import KelpError, MessageStateError
@@ -138,12 +139,32 @@ class Message:
         if self._no_ack:
             return
         channel = self._settle("ACK")
-        await channel.basic_ack(self.delivery_tag, multiple=multiple)
+        observer = _observe.observer
+        if observer is None:
+            await channel.basic_ack(self.delivery_tag, multiple=multiple)
+            return
+        done = observer.settle_start(self, "ack")
+        try:
+            await channel.basic_ack(self.delivery_tag, multiple=multiple)
+        except BaseException as exc:
+            done(exc)
+            raise
+        done(None)
 
     async def reject(self, requeue: bool = False) -> None:
         """Refuse the message: requeue it, or drop it (dead-lettered when the queue has a DLX)."""
         channel = self._settle("REQUEUED" if requeue else "REJECTED")
-        await channel.basic_reject(self.delivery_tag, requeue=requeue)
+        observer = _observe.observer
+        if observer is None:
+            await channel.basic_reject(self.delivery_tag, requeue=requeue)
+            return
+        done = observer.settle_start(self, "requeue" if requeue else "reject")
+        try:
+            await channel.basic_reject(self.delivery_tag, requeue=requeue)
+        except BaseException as exc:
+            done(exc)
+            raise
+        done(None)
 
     async def requeue(self) -> None:
         """Put the message back at the head of its queue, to be redelivered flagged ``redelivered``."""

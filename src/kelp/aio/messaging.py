@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any, Self
 
+from kelp import _observe
 from kelp._envelope import Delivery, Envelope
 from kelp.aio._backend import maybe_await
 from kelp.aio.connection import Channel, Connection
@@ -317,7 +318,17 @@ class Producer:
             for entity in declare:
                 if entity not in declared:
                     await maybe_declare(entity, channel)
-        returned = await channel.publish_batch(envelopes)
+        observer = _observe.observer
+        if observer is None:
+            returned = await channel.publish_batch(envelopes)
+        else:
+            done = observer.publish_start(channel.connection, envelopes)
+            try:
+                returned = await channel.publish_batch(envelopes)
+            except BaseException as exc:
+                done(exc)
+                raise
+            done(None)
         for envelope in returned:
             await self._returned(channel, envelope)
 
@@ -556,10 +567,21 @@ class Consumer:
         for callback in self.callbacks:
             await maybe_await(callback(body, message))
 
-    async def _receive_callback(self, message: Message) -> None:
+    async def _receive_callback(self, message: Message, observed: bool = False) -> None:
         message.accept = self.accept
         if self._buffer is not None:
             self._buffer.append(message)
+            return
+        observer = _observe.observer
+        if observer is not None and not observed:
+            # Runs this method again inside the process span (unobserved, it costs no extra call).
+            done = observer.process_start(self.connection, _observe.queue_of(self._tags, message), message)
+            try:
+                await self._receive_callback(message, True)
+            except BaseException as exc:
+                done(exc)
+                raise
+            done(None)
             return
         if message.errors:  # not decompressible: even on_message would get a body it cannot use
             await self._decode_error(message, message.errors[0])
@@ -595,7 +617,21 @@ class Consumer:
         while limit is None or count < limit:
             while not buffer:
                 await self.connection.drain_events(timeout=timeout)
-            yield buffer.popleft()
+            message = buffer.popleft()
+            observer = _observe.observer
+            if observer is None:
+                yield message
+            else:
+                # The span covers the loop body: from this yield until the loop asks for the next one.
+                done = observer.process_start(
+                    self.connection, _observe.queue_of(self._tags, message), message
+                )
+                try:
+                    yield message
+                except BaseException as exc:
+                    done(exc)
+                    raise
+                done(None)
             count += 1
 
     def __aiter__(self) -> AsyncIterator[Message]:

@@ -1,0 +1,433 @@
+"""``kelp serve``: a small web view of a broker's queues, bindings and dead letters (stdlib only).
+
+Pages are rendered on the server (the queue table is in the HTML, so the page works without JavaScript and
+from curl); a few lines of JavaScript poll ``/api/queues`` to update the counts and show how fast ready and
+unacked counts change. ``/metrics`` exports queue gauges for Prometheus; ``/api/`` answers JSON.
+
+What the view does to messages: browsing a queue takes up to ``limit`` messages with ``basic_get`` and
+releases them unacked when the page is built, so they stay in the queue, in order, flagged ``redelivered``.
+Bodies are shown as JSON, text or raw bytes (base64), decoded here without kelp's serializers, so no
+payload is ever unpickled or run. Two write actions exist, refused unless the server was started with
+``allow_write`` and the request carries its token: *purge* drops a queue's ready messages, and *requeue*
+moves dead letters (messages with an ``x-death`` header) back to the queue they were first dead-lettered
+from (through the default exchange, so no other queue gets a copy), publishing each one before acking the
+dead letter (at-least-once).
+
+On ``memory://`` the view sees the broker of its own process: serve it from the application with
+:func:`make_server`. On ``amqp://`` queue counts come from RabbitMQ's management API (plugin
+``rabbitmq_management``, port 15672 unless ``management_url`` says otherwise); without it the page says so.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import html
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+from kelp._envelope import Envelope
+from kelp._web_pages import page, render_index, render_metrics, render_queue
+from kelp.connection import Connection
+from kelp.exceptions import KelpError, UsageError
+from kelp.message import Message
+
+__all__ = ["Inspector", "make_server", "serve"]
+
+BROWSE_LIMIT = 20
+_MAX_BODY_SHOWN = 4096
+
+
+class ManagementUnavailable(KelpError):
+    """RabbitMQ's management API could not be read."""
+
+
+class Inspector:
+    """Reads (and, when asked, changes) the broker at ``url``, through one connection of its own.
+
+    Calls are serialized by a lock, so one inspector serves a threaded HTTP server."""
+
+    def __init__(self, url: str, management_url: str | None = None) -> None:
+        self.url = url
+        self._connection = Connection(url)
+        self._lock = threading.Lock()
+        self.native = self._connection.transport_cls.native_routing
+        if management_url is None and self.native:
+            u = self._connection.url
+            management_url = f"http://{u.hostname or 'localhost'}:15672"
+        self.management_url = management_url
+
+    @contextmanager
+    def _connected(self) -> Iterator[Connection]:
+        with self._lock:
+            connection = self._connection
+            if not connection.connected:
+                connection.connect()
+            try:
+                yield connection
+            except (OSError, *connection.connection_errors):  # type: ignore[misc]
+                connection.close()  # reconnect on the next call
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            self._connection.close()
+
+    # --- reading ---------------------------------------------------------------------------------------
+
+    def queues(self) -> list[dict[str, Any]]:
+        """Every queue: name, ready, unacked, consumers (sorted by name)."""
+        if self.native:
+            return self._management_queues()
+        with self._connected() as connection:
+            assert connection.transport is not None
+            rows = connection.transport.queue_stats()
+        return [
+            {"name": name, "ready": ready, "unacked": unacked, "consumers": consumers}
+            for name, ready, unacked, consumers in sorted(rows)
+        ]
+
+    def bindings(self) -> list[dict[str, Any]]:
+        """Every binding: source exchange, kind of destination, destination, routing key, arguments."""
+        if self.native:
+            return self._management_bindings()
+        with self._connected() as connection:
+            assert connection.transport is not None
+            edges = connection.transport.list_bindings()
+        return [
+            {"source": s, "kind": k, "destination": d, "routing_key": r, "arguments": a}
+            for s, k, d, r, a in sorted(edges, key=lambda edge: edge[:4])
+        ]
+
+    def browse(self, queue: str, limit: int = BROWSE_LIMIT) -> list[dict[str, Any]]:
+        """Up to ``limit`` messages from the head of ``queue``, left in it (released unacked)."""
+        with self._connected() as connection:
+            channel = connection.channel()
+            try:
+                messages = _take(channel, queue, limit)
+            finally:
+                channel.close()  # releases every message taken, back to the queue
+        return [describe(message) for message in messages]
+
+    # --- writing ---------------------------------------------------------------------------------------
+
+    def purge(self, queue: str) -> int:
+        with self._connected() as connection:
+            return connection.default_channel.queue_purge(queue)
+
+    def requeue_dead_letters(self, queue: str, limit: int = 10_000) -> int:
+        """Move up to ``limit`` dead letters of ``queue`` back to the queue they were first dead-lettered
+        from; return how many moved. Messages without ``x-death`` stay in the queue."""
+        moved = 0
+        with self._connected() as connection:
+            channel = connection.channel()
+            try:
+                for message in _take(channel, queue, limit):
+                    origin = dead_letter_origin(message.headers)
+                    if origin is None:
+                        continue  # released when the channel closes
+                    # The body was decompressed on receipt: it goes back uncompressed.
+                    headers = {k: v for k, v in message.headers.items() if k != "compression"}
+                    envelope = Envelope(message.body, dict(message.properties), headers, "", origin["queue"])
+                    channel.publish_batch([envelope])
+                    connection.flush()
+                    message.ack()
+                    moved += 1
+            finally:
+                channel.close()
+        return moved
+
+    # --- RabbitMQ ----------------------------------------------------------------------------------------
+
+    def _management(self, what: str) -> list[dict[str, Any]]:
+        u = self._connection.url
+        vhost = quote(u.virtual_host or "/", safe="")
+        request = urllib.request.Request(f"{self.management_url}/api/{what}/{vhost}")
+        credentials = f"{u.userid or 'guest'}:{u.password or 'guest'}".encode()
+        request.add_header("Authorization", "Basic " + base64.b64encode(credentials).decode())
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                rows = json.load(response)
+        except (OSError, ValueError) as exc:
+            raise ManagementUnavailable(
+                f"RabbitMQ's management API is not reachable at {self.management_url} ({exc}); "
+                "enable the rabbitmq_management plugin to see queues and bindings here"
+            ) from None
+        if not isinstance(rows, list):
+            raise ManagementUnavailable(f"RabbitMQ's management API sent no list of {what}")
+        return [row for row in rows if isinstance(row, dict)]
+
+    def _management_queues(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": str(row.get("name", "")),
+                "ready": int(row.get("messages_ready") or 0),
+                "unacked": int(row.get("messages_unacknowledged") or 0),
+                "consumers": int(row.get("consumers") or 0),
+            }
+            for row in sorted(self._management("queues"), key=lambda row: str(row.get("name", "")))
+        ]
+
+    def _management_bindings(self) -> list[dict[str, Any]]:
+        rows = [
+            {
+                "source": str(row.get("source", "")),
+                "kind": "exchange" if row.get("destination_type") == "exchange" else "queue",
+                "destination": str(row.get("destination", "")),
+                "routing_key": str(row.get("routing_key", "")),
+                "arguments": row.get("arguments") or {},
+            }
+            for row in self._management("bindings")
+        ]
+        return sorted(rows, key=lambda b: (b["source"], b["kind"], b["destination"], b["routing_key"]))
+
+
+def _take(channel: Any, queue: str, limit: int) -> list[Message]:
+    messages = []
+    for _ in range(limit):
+        message = channel.basic_get(queue, no_ack=False)
+        if message is None:
+            break
+        messages.append(message)
+    return messages
+
+
+def dead_letter_origin(headers: dict[str, Any] | None) -> dict[str, str] | None:
+    """Where a dead letter was first dead-lettered from (``queue``, ``exchange``, ``routing_key``,
+    ``reason``), read from its ``x-death`` header; None for a message that is not a dead letter."""
+    deaths = (headers or {}).get("x-death")
+    if not isinstance(deaths, list) or not deaths or not isinstance(deaths[-1], dict):
+        return None
+    first = deaths[-1]  # most recent first: the last entry is the original death
+    queue = first.get("queue")
+    if not isinstance(queue, str) or not queue:
+        return None
+    keys = first.get("routing-keys")
+    return {
+        "queue": queue,
+        "exchange": str(first.get("exchange", "")),
+        "routing_key": str(keys[0]) if isinstance(keys, list) and keys else "",
+        "reason": str(first.get("reason", "")),
+    }
+
+
+def describe(message: Message) -> dict[str, Any]:
+    """A message as JSON-safe data, its body decoded only as JSON or text, else shown as base64."""
+    body = message.body
+    content_type = message.content_type or ""
+    kind, shown = "raw", base64.b64encode(body[:_MAX_BODY_SHOWN]).decode()
+    try:
+        text = body.decode(message.content_encoding or "utf-8")
+    except (UnicodeDecodeError, LookupError):
+        text = None
+    if text is not None and not message.errors:
+        if content_type.endswith("json"):
+            try:
+                kind, shown = "json", json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+            except ValueError:
+                kind, shown = "text", text
+        elif _texty(content_type) and all(c.isprintable() or c.isspace() for c in text):
+            kind, shown = "text", text
+    origin = dead_letter_origin(message.headers)
+    return {
+        "delivery_tag": message.delivery_tag,
+        "redelivered": message.redelivered,
+        "content_type": message.content_type,
+        "size": len(body),
+        "body_kind": kind,
+        "body": shown[:_MAX_BODY_SHOWN],
+        "headers": _json_safe(message.headers),
+        "properties": _json_safe(message.properties),
+        "dead_letter_from": origin,
+    }
+
+
+def _texty(content_type: str) -> bool:
+    return not content_type or content_type.startswith("text/") or content_type.endswith("octet-stream")
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(value).decode()
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+# --- HTTP -----------------------------------------------------------------------------------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    server_version = "kelp-serve"
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet: the command prints its own line
+        return
+
+    # routing
+    def do_GET(self) -> None:
+        path, query = self._split()
+        inspector = self.server.inspector
+        try:
+            if path == "/":
+                self._send_html(_index(inspector, self.server.allow_write))
+            elif path.startswith("/queues/"):
+                name = unquote(path[len("/queues/") :])
+                limit = _int(query.get("limit"), BROWSE_LIMIT)
+                self._send_html(render_queue(name, inspector.browse(name, limit), self.server.allow_write))
+            elif path == "/api/queues":
+                self._send_json({"queues": inspector.queues(), "time": time.time()})
+            elif path == "/api/bindings":
+                self._send_json({"bindings": inspector.bindings()})
+            elif path.startswith("/api/queues/") and path.endswith("/messages"):
+                name = unquote(path[len("/api/queues/") : -len("/messages")])
+                limit = _int(query.get("limit"), BROWSE_LIMIT)
+                self._send_json({"queue": name, "messages": inspector.browse(name, limit)})
+            elif path == "/metrics":
+                body = render_metrics(inspector.queues()).encode()
+                self._send(HTTPStatus.OK, "text/plain; version=0.0.4; charset=utf-8", body)
+            else:
+                self._send_json({"error": f"no such page: {path}"}, HTTPStatus.NOT_FOUND)
+        except ManagementUnavailable as exc:
+            self._send_error(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
+        except KelpError as exc:
+            self._send_error(HTTPStatus.BAD_REQUEST, str(exc))
+
+    def do_POST(self) -> None:
+        path, _ = self._split()
+        length = _int(self.headers.get("Content-Length"), 0)
+        form = parse_qs(self.rfile.read(min(length, 65536)).decode("utf-8", "replace"))
+        # /api/queues/... answers JSON; /queues/... is the page's form, answered by a redirect to the page.
+        from_form = not path.startswith("/api/queues/")
+        prefix = "/queues/" if from_form else "/api/queues/"
+        name, _, action = path[len(prefix) :].rpartition("/")
+        if not path.startswith(prefix) or action not in ("purge", "requeue") or not name:
+            self._send_json({"error": f"no such action: {path}"}, HTTPStatus.NOT_FOUND)
+            return
+        refusal = self._refusal(form)
+        if refusal is not None:
+            self._send_error(HTTPStatus.FORBIDDEN, refusal)
+            return
+        name = unquote(name)
+        inspector = self.server.inspector
+        try:
+            if action == "purge":
+                result = {"queue": name, "purged": inspector.purge(name)}
+            else:
+                result = {"queue": name, "requeued": inspector.requeue_dead_letters(name)}
+        except KelpError as exc:
+            self._send_error(HTTPStatus.BAD_REQUEST, str(exc))
+            return
+        if from_form:
+            self.send_response(HTTPStatus.SEE_OTHER)
+            self.send_header("Location", "/queues/" + quote(name, safe=""))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        else:
+            self._send_json(result)
+
+    def _refusal(self, form: dict[str, list[str]]) -> str | None:
+        if not self.server.allow_write:
+            return "read-only: start kelp serve with --allow-write --token TOKEN to purge or requeue"
+        auth = self.headers.get("Authorization") or ""
+        given = auth[len("Bearer ") :] if auth.startswith("Bearer ") else (form.get("token") or [""])[0]
+        if not hmac.compare_digest(given.encode(), self.server.token.encode()):
+            return "wrong or missing token"
+        return None
+
+    # responses
+    def _split(self) -> tuple[str, dict[str, str]]:
+        parts = urlsplit(self.path)
+        return parts.path, {k: v[0] for k, v in parse_qs(parts.query).items()}
+
+    def _send(self, status: HTTPStatus, content_type: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _send_html(self, page: str) -> None:
+        self._send(HTTPStatus.OK, "text/html; charset=utf-8", page.encode())
+
+    def _send_json(self, data: Any, status: HTTPStatus = HTTPStatus.OK) -> None:
+        self._send(status, "application/json", json.dumps(data).encode())
+
+    def _send_error(self, status: HTTPStatus, text: str) -> None:
+        if (self.headers.get("Accept") or "").startswith("text/html"):
+            self._send(
+                status,
+                "text/html; charset=utf-8",
+                page("kelp: error", f"<p>{html.escape(text)}</p>").encode(),
+            )
+        else:
+            self._send_json({"error": text}, status)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(
+        self, address: tuple[str, int], inspector: Inspector, allow_write: bool, token: str | None
+    ) -> None:
+        super().__init__(address, _Handler)
+        self.inspector = inspector
+        self.allow_write = allow_write
+        self.token = token or ""
+
+
+def make_server(
+    url: str,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    allow_write: bool = False,
+    token: str | None = None,
+    management_url: str | None = None,
+) -> ThreadingHTTPServer:
+    """An HTTP server for the broker at ``url`` (not yet serving: call ``serve_forever``; port 0 picks one).
+
+    ``allow_write`` enables purge and requeue, and requires ``token``, which each such request must carry
+    (``Authorization: Bearer TOKEN``, or a ``token`` form field)."""
+    if allow_write and not token:
+        raise UsageError("allow_write needs a token, which write requests must carry")
+    return _Server((host, port), Inspector(url, management_url), allow_write, token)
+
+
+def serve(url: str, host: str = "127.0.0.1", port: int = 8765, **options: Any) -> None:
+    """Serve the web view until interrupted."""
+    server = make_server(url, host, port, **options)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+        server.inspector.close()  # type: ignore[attr-defined]
+
+
+def _int(text: str | None, default: int) -> int:
+    try:
+        return max(0, min(int(text), 1000)) if text is not None else default
+    except ValueError:
+        return default
+
+
+def _index(inspector: Inspector, allow_write: bool) -> str:
+    where = inspector._connection.as_uri()  # password masked
+    try:
+        queues = inspector.queues()
+    except ManagementUnavailable as exc:
+        return render_index(where, None, [], allow_write, str(exc))
+    return render_index(where, queues, inspector.bindings(), allow_write)
