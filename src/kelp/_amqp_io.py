@@ -90,8 +90,11 @@ class Driver:
 
     # -- writing --------------------------------------------------------------------------------------------
 
-    def send(self, produce: Callable[[], bytes]) -> None:
-        """Write what ``produce()`` returns; ``produce`` runs under the core's lock, in wire order."""
+    def send(self, produce: Callable[[], bytes], drain: bool = True) -> None:
+        """Write what ``produce()`` returns; ``produce`` runs under the core's lock, in wire order.
+
+        Returns once every byte was handed to the kernel (``sendall``), so ``drain`` is always honoured.
+        """
         self._write_lock.acquire()
         try:
             with self._cond:

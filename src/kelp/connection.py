@@ -487,6 +487,8 @@ class Connection:
         return self.ensure_connection(max_retries=len(self.urls) - 1, interval_start=0, interval_step=0)
 
     def _connect_once(self) -> None:
+        if self.transport is not None:  # a lost one: keep its unconfirmed publishes for the new one
+            self._discard_transport()
         transport = self.transport_cls(
             self.url,
             {

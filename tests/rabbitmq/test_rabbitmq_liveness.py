@@ -71,7 +71,8 @@ def test_a_cut_while_publishing_loses_nothing_confirmed(
     amqp_url: str, proxy: Proxy, names: Callable[[str], str]
 ) -> None:
     queue = names("q")
-    confirmed: list[bytes] = []
+    published: list[bytes] = []
+    confirmed: set[bytes] = set()
     with kelp.Connection(amqp_url) as direct:
         direct.channel().queue_declare(queue, durable=True, auto_delete=False)
     conn = kelp.Connection(proxy.url())
@@ -84,11 +85,15 @@ def test_a_cut_while_publishing_loses_nothing_confirmed(
             for batch in range(10_000):
                 bodies = [b"%d-%d" % (batch, i) for i in range(20)]
                 ch.publish_batch([Envelope(b, {"delivery_mode": 2}, {}, "", queue) for b in bodies])
-                confirmed.extend(bodies)
+                published.extend(bodies)
                 assert time.monotonic() - started < 20
 
         with pytest.raises(OperationalError):
             publish_until_cut()
+        # confirms are pipelined: what the broker confirmed is what left the outbox
+        assert conn.transport is not None
+        unconfirmed = {envelope.body for envelope in conn.transport.unconfirmed()}
+        confirmed = set(published) - unconfirmed
         assert confirmed, "the cut came before anything was confirmed"
     finally:
         conn.close()
@@ -97,7 +102,7 @@ def test_a_cut_while_publishing_loses_nothing_confirmed(
         stored = set()
         while (message := ch.basic_get(queue, no_ack=True)) is not None:
             stored.add(message.body)
-    assert set(confirmed) <= stored
+    assert confirmed <= stored
 
 
 def test_ensure_reconnects_after_a_cut(amqp_url: str, proxy: Proxy, names: Callable[[str], str]) -> None:
@@ -112,7 +117,9 @@ def test_ensure_reconnects_after_a_cut(amqp_url: str, proxy: Proxy, names: Calla
         while (message := conn.default_channel.basic_get(queue.name)) is not None:
             bodies.append(message.decode())
             message.ack()
-        assert bodies == ["before", "after"]
+        # "before" was not yet confirmed when the cut came: published again after the reconnect, it may
+        # arrive twice (at-least-once)
+        assert bodies in (["before", "after"], ["before", "before", "after"])
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,10 @@ against it. Everything runs on the event loop thread, so no lock is needed: ``da
 hands each event to ``on_event``, writes what the core queued (``close-ok``, ``flow-ok``) and wakes every
 waiter by resolving the current "something happened" future. Writes made during one turn of the loop are
 coalesced into one ``send``. Heartbeats are one ``loop.call_later`` timer
-that re-arms itself for the next deadline. Writes respect the transport's flow control: ``send`` waits
-while the socket buffer is over its high-water mark.
+that re-arms itself for the next deadline. The transport's write buffer limits are 0: asyncio pauses
+writing whenever the kernel did not take every byte, so ``send`` waits while bytes are left in the process
+(back-pressure), and ``send(..., drain=True)`` returns only once what it wrote has reached the kernel
+(a persistent message has then left the process: a kill -9 cannot lose it).
 
 Errors are not mapped here: ``on_lost`` receives the raw ``OSError`` / protocol error / ``TimeoutError``
 once, and every later call raises it again.
@@ -43,6 +45,7 @@ class Driver(asyncio.Protocol):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Future[None] | None = None
         self._writable: asyncio.Future[None] | None = None
+        self._drained: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._out: list[bytes] = []
         self._out_size = 0
@@ -81,6 +84,7 @@ class Driver(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        transport.set_write_buffer_limits(high=0)  # pause_writing whenever bytes are left in the process
         self._write(self._core.initiate())
 
     def data_received(self, data: bytes) -> None:
@@ -110,6 +114,7 @@ class Driver(asyncio.Protocol):
         writable = self._writable
         if writable is not None and not writable.done():
             writable.set_result(None)
+        self._on_drained()
 
     def pause_writing(self) -> None:
         if self._writable is None and self._loop is not None:
@@ -119,19 +124,36 @@ class Driver(asyncio.Protocol):
         writable, self._writable = self._writable, None
         if writable is not None and not writable.done():
             writable.set_result(None)
+        self._on_drained()
+
+    def _on_drained(self) -> None:
+        drained, self._drained = self._drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)
 
     # -- writing --------------------------------------------------------------------------------------------
 
-    async def send(self, produce: Callable[[], bytes]) -> None:
-        """Write what ``produce()`` returns; wait while the socket's write buffer is full."""
+    async def send(self, produce: Callable[[], bytes], drain: bool = False) -> None:
+        """Write what ``produce()`` returns; wait while earlier bytes are still in the write buffer.
+
+        With ``drain``, also wait until these bytes have been handed to the kernel. Writes of one turn of
+        the loop still leave together: every drain waiter of that turn is woken by the same flush.
+        """
         if self.error is not None:
             raise self.error
         self._write(produce())
-        writable = self._writable
-        if writable is not None:
+        if drain and (self._out or self._writable is not None):
+            drained = self._drained
+            if drained is None:
+                drained = self._drained = asyncio.get_running_loop().create_future()
+            await asyncio.shield(drained)
+        else:
+            writable = self._writable
+            if writable is None:
+                return
             await asyncio.shield(writable)
-            if self.error is not None:
-                raise self.error
+        if self.error is not None:
+            raise self.error
 
     def _write(self, data: bytes) -> None:
         """Queue ``data``; it goes out on the loop's next turn, or at once past ``_FLUSH_AT`` bytes.
@@ -160,6 +182,8 @@ class Driver(asyncio.Protocol):
         self._out_size = 0
         transport.write(data)
         self._core.note_sent(time.monotonic())
+        if self._writable is None:  # the kernel took every byte
+            self._on_drained()
 
     # -- waiting --------------------------------------------------------------------------------------------
 
@@ -220,4 +244,5 @@ class Driver(asyncio.Protocol):
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.abort()
+        self._on_drained()
         self._wake()
