@@ -19,16 +19,25 @@ once, and every later call raises it again.
 
 from __future__ import annotations
 
+import select
 import selectors
 import socket
 import ssl
+import struct
+import sys
 import threading
 import time
 from collections.abc import Callable
 
 from kelp.amqp import Connection, Event, ProtocolError
 
-__all__ = ["Driver"]
+__all__ = ["Driver", "limit_unsent", "unsent_bytes"]
+
+if sys.platform == "linux":
+    import fcntl
+
+#: Linux's ioctl for the bytes a socket's kernel queue holds but has not sent yet (SIOCOUTQNSD).
+_SIOCOUTQNSD = 0x894B
 
 _READ_SIZE = 256 * 1024
 
@@ -66,6 +75,7 @@ class Driver:
         sock = socket.create_connection((host, port), timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            limit_unsent(sock)
             if ssl_context is not None:
                 sock = ssl_context.wrap_socket(sock, server_hostname=server_hostname)
             sock.settimeout(None)
@@ -90,10 +100,11 @@ class Driver:
 
     # -- writing --------------------------------------------------------------------------------------------
 
-    def send(self, produce: Callable[[], bytes], drain: bool = True) -> None:
+    def send(self, produce: Callable[[], bytes], drain: bool = False) -> None:
         """Write what ``produce()`` returns; ``produce`` runs under the core's lock, in wire order.
 
-        Returns once every byte was handed to the kernel (``sendall``), so ``drain`` is always honoured.
+        Returns once every byte was handed to the kernel (``sendall``). With ``drain``, also waits until
+        the kernel has sent them (see :func:`unsent_bytes`).
         """
         self._write_lock.acquire()
         try:
@@ -105,6 +116,20 @@ class Driver:
             self._write_lock.release()
             raise
         self._write_and_release(data)
+        if drain:
+            self._wait_sent()
+
+    def _wait_sent(self) -> None:
+        sock = self._sock
+        if sock is None or not unsent_bytes(sock):
+            return
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        # with limit_unsent, the socket polls writable only once nothing is left unsent
+        while self.error is None and unsent_bytes(sock):
+            poller.poll(50)
+        if self.error is not None:
+            raise self.error
 
     def _write_and_release(self, data: bytes) -> None:
         """With the write lock held: write ``data`` and whatever the core queued meanwhile, then release.
@@ -228,3 +253,29 @@ def _next_deadline(core: Connection) -> float | None:
     if theirs is None:
         return ours
     return min(ours, theirs)
+
+
+def limit_unsent(sock: socket.socket) -> None:
+    """Make ``sock`` poll writable only when the kernel has nothing left unsent (``TCP_NOTSENT_LOWAT``).
+
+    A persistent message must have left the process when publish returns. Bytes merely queued in the
+    kernel are not enough: a process killed while the broker's confirms wait unread in its receive queue
+    makes the kernel reset the connection and drop what it had not sent yet.
+    """
+    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+    if option is not None and sys.platform == "linux":
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, option, 1)
+        except OSError:
+            pass
+
+
+def unsent_bytes(sock: socket.socket) -> int:
+    """How many written bytes the kernel still holds unsent (0 where this cannot be known)."""
+    if sys.platform != "linux":
+        return 0
+    try:
+        value: int = struct.unpack("i", fcntl.ioctl(sock.fileno(), _SIOCOUTQNSD, b"\0\0\0\0"))[0]
+    except (OSError, ValueError):
+        return 0
+    return value

@@ -7,8 +7,8 @@ waiter by resolving the current "something happened" future. Writes made during 
 coalesced into one ``send``. Heartbeats are one ``loop.call_later`` timer
 that re-arms itself for the next deadline. The transport's write buffer limits are 0: asyncio pauses
 writing whenever the kernel did not take every byte, so ``send`` waits while bytes are left in the process
-(back-pressure), and ``send(..., drain=True)`` returns only once what it wrote has reached the kernel
-(a persistent message has then left the process: a kill -9 cannot lose it).
+(back-pressure), and ``send(..., drain=True)`` returns only once what it wrote has been sent by the
+kernel (a persistent message has then left the process: a kill -9 cannot lose it).
 
 Errors are not mapped here: ``on_lost`` receives the raw ``OSError`` / protocol error / ``TimeoutError``
 once, and every later call raises it again.
@@ -21,6 +21,7 @@ import ssl
 import time
 from collections.abc import Callable
 
+from kelp._amqp_io import limit_unsent, unsent_bytes
 from kelp.amqp import Connection, Event, ProtocolError
 
 __all__ = ["Driver"]
@@ -85,6 +86,9 @@ class Driver(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         transport.set_write_buffer_limits(high=0)  # pause_writing whenever bytes are left in the process
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            limit_unsent(sock)
         self._write(self._core.initiate())
 
     def data_received(self, data: bytes) -> None:
@@ -142,11 +146,13 @@ class Driver(asyncio.Protocol):
         if self.error is not None:
             raise self.error
         self._write(produce())
-        if drain and (self._out or self._writable is not None):
-            drained = self._drained
-            if drained is None:
-                drained = self._drained = asyncio.get_running_loop().create_future()
-            await asyncio.shield(drained)
+        if drain:
+            if self._out or self._writable is not None:
+                drained = self._drained
+                if drained is None:
+                    drained = self._drained = asyncio.get_running_loop().create_future()
+                await asyncio.shield(drained)
+            await self._wait_sent()
         else:
             writable = self._writable
             if writable is None:
@@ -154,6 +160,17 @@ class Driver(asyncio.Protocol):
             await asyncio.shield(writable)
         if self.error is not None:
             raise self.error
+
+    async def _wait_sent(self) -> None:
+        """Wait until the kernel has sent what we wrote (see :func:`kelp._amqp_io.limit_unsent`).
+
+        The transport owns the socket's writability events, so this polls; it only waits when the
+        broker reads slower than we write.
+        """
+        transport = self._transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        while sock is not None and self.error is None and unsent_bytes(sock):  # noqa: ASYNC110
+            await asyncio.sleep(0.0005)  # the kernel gives no event for "nothing left unsent" here
 
     def _write(self, data: bytes) -> None:
         """Queue ``data``; it goes out on the loop's next turn, or at once past ``_FLUSH_AT`` bytes.
