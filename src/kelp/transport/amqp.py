@@ -4,20 +4,32 @@
 ``amqp://user:password@host:port/vhost`` (``amqps://`` or ``ssl=True`` for TLS; ``ssl`` may also be an
 :class:`ssl.SSLContext`). The broker routes; this module maps the transport interface onto protocol commands
 (:mod:`kelp.amqp`) and a thin I/O driver (a reader thread in the sync API, an ``asyncio.Protocol`` in
-``kelp``). Transport options: ``confirm_publish`` (default True), ``heartbeat`` (seconds, 0 = off),
-``reply_timeout`` (seconds to wait for a synchronous reply, default 60), ``blocked_timeout`` (seconds a
-publish waits while the broker has blocked the connection, default 60), ``frame_max``, ``channel_max``.
+``kelp``). Transport options (or URL query): ``confirms`` (default True: the channel publishes in
+confirm mode; False turns confirms off), ``confirm_publish`` (default False; True: each publish waits for
+its own confirms), ``max_unconfirmed`` (10,000 messages) and ``max_unconfirmed_bytes`` (32 MiB) bound the
+outbox, ``heartbeat`` (seconds, 0 = off), ``reply_timeout`` (seconds to wait for a synchronous reply,
+default 60), ``blocked_timeout`` (seconds any wait of a publish or flush lasts while the broker has blocked
+the connection, default 60), ``frame_max``, ``channel_max``.
 
 What happens to a message:
 
-* **publish** writes a whole batch in one write. With ``confirm_publish`` (the default) it then waits for
-  the broker's confirms of the whole batch at once and returns only when the broker has taken
-  responsibility for every message (persistent messages on durable queues are on disk); a negative confirm
-  (e.g. a full queue with ``x-overflow: reject-publish``) raises :class:`~kelp.exceptions.MessageNacked`
-  after the rest of the batch is settled. Unroutable ``mandatory`` messages come back (``basic.return``
-  precedes the confirm) and are returned from that same ``publish``. With ``confirm_publish=False`` a
-  publish returns once written (fast, no guarantee); returns then arrive later and are handed back by the
-  channel's *next* ``publish``.
+* **publish** writes a whole batch in one write and, by default, returns without waiting for the broker's
+  confirms (they are pipelined). A persistent message has left the process when it returns: the kernel has
+  sent its bytes (not merely queued them: a killed process with unread confirms resets the connection, and
+  the kernel drops what it had not sent). Each written message sits in the connection's **outbox** (by
+  channel and sequence number) until ``basic.ack`` / ``basic.nack`` (with ``multiple``) settles it; a full
+  outbox (``max_unconfirmed`` / ``max_unconfirmed_bytes``) makes publish wait for confirms first. A
+  negative confirm (e.g. a full queue with ``x-overflow: reject-publish``) is raised as
+  :class:`~kelp.exceptions.MessageNacked` naming the envelopes by the connection's next publish, ``flush``
+  or close; so are the unconfirmed messages of a channel the broker closed (a publish to a missing
+  exchange), with its reply code and error as the cause. ``flush`` waits for every confirm;
+  ``unconfirmed()`` is the outbox, which the library publishes again after a reconnect (at-least-once). A
+  publish that raises took its messages out of the outbox: the caller owns them again.
+* **confirm_publish=True**, and any batch with a ``mandatory`` message, waits for the batch's confirms and
+  raises MessageNacked for its own refusals. Unroutable ``mandatory`` messages come back (``basic.return``
+  precedes the confirm) and are returned from that same ``publish``. With ``confirms=False`` a publish
+  returns once written (no guarantee); returns then arrive later and are handed back by the channel's
+  *next* ``publish``.
 * **channel errors** (404, 405, 406, 403...) raise the mapped exception and close the AMQP channel, as the
   broker does; the :class:`AmqpChannel` object stays usable: its next operation opens a fresh AMQP
   channel (same id) and re-applies its ``qos``. Consumers of the closed channel are gone with it (the
@@ -34,9 +46,12 @@ What happens to a message:
   process dies or the connection drops is lost, so that message is redelivered (at-least-once).
 * **connection loss** (socket error, missed heartbeats, a broker-side close) fails every waiting call at
   once with :class:`~kelp.exceptions.ConnectionError` and is logged; ``Connection.ensure`` reconnects.
-  Unacked deliveries go back to their queues on the broker, flagged redelivered.
-* **connection.blocked** (a resource alarm) makes publishers wait, up to ``blocked_timeout``, instead of
-  piling bytes into a socket the broker no longer reads.
+  Unacked deliveries go back to their queues on the broker, flagged redelivered; unconfirmed publishes stay
+  in the outbox for the library to publish again.
+* **connection.blocked** (a resource alarm) makes publishers wait instead of piling bytes into a socket
+  the broker no longer reads; every wait of a publish (for the alarm to clear, for room in the outbox, for
+  its confirms) and of ``flush`` gives up after ``blocked_timeout`` with OperationalError, the first
+  publish after the alarm included (the broker announces the block only once it sees that publish).
 """
 
 from __future__ import annotations
