@@ -4,9 +4,14 @@ The twin of :mod:`kelp.aio._amqp_io`, with the same interface; ``kelp.transport.
 ``kelp.aio.transport.amqp``) is written against it. Threads meet on one condition variable, whose lock also
 guards the sans-IO core (it is not thread-safe):
 
-* the **reader thread** waits for the socket (a selector bounded by the next heartbeat deadline), feeds the
-  core, hands each event to ``on_event`` with the lock held, then wakes every waiter (``notify_all``): no
-  caller ever sleep-polls. It also sends heartbeats and declares the peer dead after two silent intervals.
+* **one reader at a time** waits for the socket, feeds the core, hands each event to ``on_event`` with the
+  lock held, then wakes every waiter (``notify_all``): no caller ever sleep-polls. A thread blocked in
+  ``wait_for`` (a publish awaiting its confirm, ``drain_events``) reads the socket itself when nobody else
+  does, so its answer reaches it without a hand-off between threads (one wake-up per round trip, as a
+  single-threaded client). Otherwise the **reader thread** reads (a selector bounded by the next heartbeat
+  deadline); it steps aside, woken through a socket pair, when a caller starts waiting, and for
+  ``_LINGER`` seconds after the last one only watches the socket, reading it only if no caller came back.
+  It always sends heartbeats and declares the peer dead after two silent intervals, reading or not.
 * **writers** (any thread) take the write lock, produce their bytes from the core under the condition's lock
   (so wire order is command order) and ``sendall`` them without holding it, so the reader keeps reading
   while a big batch goes out. Bytes the core produced on its own (``close-ok``, ``flow-ok``) are flushed by
@@ -40,6 +45,9 @@ if sys.platform == "linux":
 _SIOCOUTQNSD = 0x894B
 
 _READ_SIZE = 256 * 1024
+#: Seconds the reader thread leaves the socket to callers after the last ``wait_for`` returned, so that a
+#: loop of waiting calls (per-publish confirms) reads without a hand-off each time.
+_LINGER = 0.02
 
 
 class Driver:
@@ -58,6 +66,15 @@ class Driver:
         self._write_lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
+        # who reads (under the condition): a thread in the read section; callers in wait_for; when the last
+        # left; whether the reader thread sits in select (then a caller wakes it through _wake)
+        self._reading = False
+        self._callers = 0
+        self._callers_left = 0.0
+        self._thread_selecting = False
+        self._wake_r: socket.socket | None = None  # a socket pair to wake the reader thread from select
+        self._wake_w: socket.socket | None = None
+        self._caller_selector: selectors.BaseSelector | None = None
         #: The error that ended the connection (None while it lives).
         self.error: BaseException | None = None
 
@@ -83,6 +100,9 @@ class Driver:
             sock.close()
             raise
         self._sock = sock
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self._thread = threading.Thread(
             target=self._read_loop, name=f"kelp-amqp-reader-{host}:{port}", daemon=True
         )
@@ -97,6 +117,13 @@ class Driver:
             thread.join(timeout=5)
         if self._sock is not None:
             self._sock.close()
+        if thread is None or not thread.is_alive():
+            self._close_wake()
+
+    def _close_wake(self) -> None:
+        for sock in (self._wake_r, self._wake_w):
+            if sock is not None:
+                sock.close()
 
     # -- writing --------------------------------------------------------------------------------------------
 
@@ -170,9 +197,83 @@ class Driver:
     # -- waiting --------------------------------------------------------------------------------------------
 
     def wait_for(self, predicate: Callable[[], object], timeout: float | None) -> bool:
-        """Block until ``predicate()`` is true (re-checked after every batch of events); False on timeout."""
-        with self._cond:
-            return bool(self._cond.wait_for(predicate, timeout))
+        """Block until ``predicate()`` is true (re-checked after every batch of events); False on timeout.
+
+        Reads the socket itself while no other thread does (see the module docstring).
+        """
+        cond = self._cond
+        with cond:
+            if predicate():
+                return True
+            deadline = None if timeout is None else time.monotonic() + timeout
+            self._callers += 1
+            try:
+                if self._thread_selecting:
+                    self._poke()
+                while not predicate():
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        return False
+                    if self._reading or self.error is not None or self._sock is None:
+                        cond.wait(left)
+                        continue
+                    selector = self._caller_selector
+                    if selector is None:
+                        selector = self._caller_selector = selectors.DefaultSelector()
+                        selector.register(self._sock, selectors.EVENT_READ)
+                    self._read_once(selector, 1.0 if left is None else min(left, 1.0))
+                return True
+            finally:
+                self._callers -= 1
+                self._callers_left = time.monotonic()
+                cond.notify_all()
+
+    def _poke(self) -> None:
+        try:
+            if self._wake_w is not None:
+                self._wake_w.send(b"\0")
+        except OSError:
+            pass  # already poked (the buffer is full) or closing
+
+    def _read_once(self, selector: selectors.BaseSelector, wait: float | None) -> None:
+        """With the condition's lock held and nobody else reading: wait up to ``wait`` s for the socket,
+        then feed what came to the core and wake every waiter. Failures end the connection."""
+        sock = self._sock
+        assert sock is not None
+        cond = self._cond
+        core = self._core
+        self._reading = True
+        cond.release()
+        try:
+            data = None
+            try:
+                # TLS may hold decrypted bytes that select() cannot see
+                ready = isinstance(sock, ssl.SSLSocket) and sock.pending()
+                if not ready:
+                    for key, _ in selector.select(wait):
+                        if key.fileobj is not sock:
+                            _drain(key.fileobj)  # type: ignore[arg-type]
+                        else:
+                            ready = True
+                data = sock.recv(_READ_SIZE) if ready else None
+            finally:
+                cond.acquire()
+                self._reading = False
+            if self.error is not None:
+                return
+            now = time.monotonic()
+            if data is not None:
+                core.receive_data(data, now)
+                for event in core.events():
+                    self._on_event(event)
+                if not data:
+                    self._fail(ConnectionResetError("the broker closed the TCP connection"))
+                    return
+            self._flush_from_reader(False)
+        except (OSError, ProtocolError, ValueError, KeyError) as exc:
+            self._fail(exc)
+        finally:
+            cond.notify_all()
 
     # -- the reader thread ----------------------------------------------------------------------------------
 
@@ -181,44 +282,66 @@ class Driver:
         assert sock is not None
         core = self._core
         cond = self._cond
-        tls = isinstance(sock, ssl.SSLSocket)
         selector = selectors.DefaultSelector()  # not select(): it fails on descriptors past 1024
         try:
             selector.register(sock, selectors.EVENT_READ)
-            while True:
-                with cond:
-                    if self._dead():
-                        return
-                    wait = _next_deadline(core)
-                if wait is not None:
-                    wait = max(0.0, wait - time.monotonic())
-                # TLS may hold decrypted bytes that select() cannot see
-                pending = tls and sock.pending()  # type: ignore[attr-defined]
-                ready = pending or bool(selector.select(wait))
-                data = sock.recv(_READ_SIZE) if ready else None
-                now = time.monotonic()
-                with cond:
-                    if self.error is not None:
-                        return
-                    if data is not None:
-                        core.receive_data(data, now)
-                        for event in core.events():
-                            self._on_event(event)
-                        cond.notify_all()
-                        if not data:
-                            self._fail(ConnectionResetError("the broker closed the TCP connection"))
-                            return
+            assert self._wake_r is not None
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            with cond:
+                while not self._dead():
+                    now = time.monotonic()
                     if core.peer_timed_out(now):
                         raise TimeoutError(
                             f"no data from the broker for two heartbeat intervals "
                             f"({2 * core.heartbeat_interval} s): it is unreachable or stalled"
                         )
                     self._flush_from_reader(core.needs_heartbeat(now))
+                    wait = _next_deadline(core)
+                    if wait is not None:
+                        wait = max(0.0, wait - now)
+                    if self._reading or self._callers:
+                        cond.wait(wait)  # callers read: keep the heartbeats, leave the socket to them
+                        continue
+                    linger = self._callers_left + _LINGER - now
+                    if linger > 0:
+                        # callers may come back at once: watch the socket without taking it from them
+                        if not self._watch(selector, linger if wait is None else min(wait, linger)):
+                            continue
+                        if self._callers_read():  # a caller came back meanwhile
+                            continue
+                        wait = 0.0  # readable, and still nobody reads it
+                    self._thread_selecting = True
+                    try:
+                        self._read_once(selector, wait)
+                    finally:
+                        self._thread_selecting = False
         except (OSError, ProtocolError, ValueError, KeyError) as exc:
             self._fail(exc)
         finally:
             selector.close()
+            if self._caller_selector is not None:
+                self._caller_selector.close()
+            self._close_wake()
             sock.close()
+
+    def _callers_read(self) -> bool:
+        return self._reading or self._callers > 0
+
+    def _watch(self, selector: selectors.BaseSelector, wait: float) -> bool:
+        """With the condition's lock held: wait up to ``wait`` s (lock released) for the socket to be
+        readable, without reading it; return whether it is."""
+        sock = self._sock
+        self._cond.release()
+        try:
+            readable = False
+            for key, _ in selector.select(wait):
+                if key.fileobj is sock:
+                    readable = True
+                else:
+                    _drain(key.fileobj)  # type: ignore[arg-type]
+            return readable
+        finally:
+            self._cond.acquire()
 
     def _fail(self, exc: BaseException, report: bool = True) -> None:
         with self._cond:
@@ -242,6 +365,14 @@ class Driver:
 
     def _dead(self) -> bool:
         return self.error is not None
+
+
+def _drain(sock: socket.socket) -> None:
+    try:
+        while sock.recv(4096):
+            pass
+    except OSError:
+        pass  # nothing left (EAGAIN)
 
 
 def _next_deadline(core: Connection) -> float | None:
