@@ -113,13 +113,22 @@ def test_ensure_reconnects_after_a_cut(amqp_url: str, proxy: Proxy, names: Calla
         publish("before", routing_key=queue.name, declare=[queue])
         proxy.cut()
         publish("after", routing_key=queue.name, declare=[queue])
+        # "after" may have been written before the loss was noticed: then the barrier fails, and the
+        # reconnect publishes it again from the outbox
+        for _ in range(3):
+            try:
+                conn.flush(timeout=10)
+                break
+            except conn.recoverable_connection_errors:
+                conn.ensure_connection(max_retries=3, interval_start=0.1)
         bodies = []
         while (message := conn.default_channel.basic_get(queue.name)) is not None:
             bodies.append(message.decode())
             message.ack()
-        # "before" was not yet confirmed when the cut came: published again after the reconnect, it may
-        # arrive twice (at-least-once)
-        assert bodies in (["before", "after"], ["before", "before", "after"])
+        # what was not yet confirmed when the cut came was published again after the reconnect: it may
+        # arrive twice (at-least-once), but nothing is lost
+        assert set(bodies) == {"before", "after"}
+        assert len(bodies) <= 4
 
 
 @pytest.mark.parametrize(

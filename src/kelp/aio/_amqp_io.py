@@ -4,11 +4,12 @@ The twin of :mod:`kelp._amqp_io`, with the same interface; ``kelp.aio.transport.
 against it. Everything runs on the event loop thread, so no lock is needed: ``data_received`` feeds the core,
 hands each event to ``on_event``, writes what the core queued (``close-ok``, ``flow-ok``) and wakes every
 waiter by resolving the current "something happened" future. Writes made during one turn of the loop are
-coalesced into one ``send``. Heartbeats are one ``loop.call_later`` timer
-that re-arms itself for the next deadline. The transport's write buffer limits are 0: asyncio pauses
+coalesced into one ``send`` (acks, transient publishes, commands). Heartbeats are one ``loop.call_later``
+timer that re-arms itself for the next deadline. The transport's write buffer limits are 0: asyncio pauses
 writing whenever the kernel did not take every byte, so ``send`` waits while bytes are left in the process
-(back-pressure), and ``send(..., drain=True)`` returns only once what it wrote has been sent by the
-kernel (a persistent message has then left the process: a kill -9 cannot lose it).
+(back-pressure), and ``send(..., drain=True)`` (a persistent publish) writes at once and returns only once
+the kernel has sent the bytes (they have then left the process: a kill -9 cannot lose them). Concurrent
+publishes still share the pipeline: none waits for another's confirm.
 
 Errors are not mapped here: ``on_lost`` receives the raw ``OSError`` / protocol error / ``TimeoutError``
 once, and every later call raises it again.
@@ -17,6 +18,8 @@ once, and every later call raises it again.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -47,6 +50,8 @@ class Driver(asyncio.Protocol):
         self._changed: asyncio.Future[None] | None = None
         self._writable: asyncio.Future[None] | None = None
         self._drained: asyncio.Future[None] | None = None
+        self._sent: asyncio.Future[None] | None = None  # resolved once nothing is left unsent
+        self._probe: int | None = None  # a duplicate of the socket's descriptor, watched for writability
         self._timer: asyncio.TimerHandle | None = None
         self._out: list[bytes] = []
         self._out_size = 0
@@ -140,14 +145,15 @@ class Driver(asyncio.Protocol):
     async def send(self, produce: Callable[[], bytes], drain: bool = False) -> None:
         """Write what ``produce()`` returns; wait while earlier bytes are still in the write buffer.
 
-        With ``drain``, also wait until these bytes have been handed to the kernel. Writes of one turn of
-        the loop still leave together: every drain waiter of that turn is woken by the same flush.
+        With ``drain``, the bytes (and any queued before them) are written at once, and this waits until
+        the kernel has sent them; without, they leave with the other writes of this turn of the loop.
         """
         if self.error is not None:
             raise self.error
         self._write(produce())
         if drain:
-            if self._out or self._writable is not None:
+            self._flush()
+            if self._writable is not None:
                 drained = self._drained
                 if drained is None:
                     drained = self._drained = asyncio.get_running_loop().create_future()
@@ -164,13 +170,43 @@ class Driver(asyncio.Protocol):
     async def _wait_sent(self) -> None:
         """Wait until the kernel has sent what we wrote (see :func:`kelp._amqp_io.limit_unsent`).
 
-        The transport owns the socket's writability events, so this polls; it only waits when the
-        broker reads slower than we write.
+        Only waits when the broker reads slower than we write. The transport owns the socket's events, so
+        a duplicate descriptor of the socket is watched: with ``TCP_NOTSENT_LOWAT`` of 1 it polls writable
+        exactly when nothing is left unsent.
         """
+        sock = self._socket()
+        if sock is None or not unsent_bytes(sock):
+            return
+        sent = self._sent
+        if sent is None:
+            loop = asyncio.get_running_loop()
+            if self._probe is None:
+                self._probe = os.dup(sock.fileno())
+            sent = self._sent = loop.create_future()
+            loop.add_writer(self._probe, self._on_sent)
+        await asyncio.shield(sent)
+        if self.error is not None:
+            raise self.error
+
+    def _socket(self) -> socket.socket | None:
         transport = self._transport
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        while sock is not None and self.error is None and unsent_bytes(sock):  # noqa: ASYNC110
-            await asyncio.sleep(0.0005)  # the kernel gives no event for "nothing left unsent" here
+        return transport.get_extra_info("socket") if transport is not None else None
+
+    def _on_sent(self) -> None:
+        sock = self._socket()
+        if sock is not None and self.error is None and unsent_bytes(sock):
+            return
+        self._stop_probe(close=False)
+
+    def _stop_probe(self, close: bool) -> None:
+        if self._sent is not None and self._loop is not None and self._probe is not None:
+            self._loop.remove_writer(self._probe)
+        sent, self._sent = self._sent, None
+        if sent is not None and not sent.done():
+            sent.set_result(None)
+        if close and self._probe is not None:
+            os.close(self._probe)
+            self._probe = None
 
     def _write(self, data: bytes) -> None:
         """Queue ``data``; it goes out on the loop's next turn, or at once past ``_FLUSH_AT`` bytes.
@@ -258,6 +294,7 @@ class Driver(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._stop_probe(close=True)
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.abort()
