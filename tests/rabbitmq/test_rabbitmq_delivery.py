@@ -175,6 +175,38 @@ def test_a_connection_cut_every_few_hundred_kb_loses_nothing_with_retry(
     assert len(got) - n < proxy.cuts * 10_000  # at most one outbox per cut published again
 
 
+async def test_a_connection_cut_every_few_hundred_kb_loses_nothing_with_retry_aio(
+    amqp_url: str, amqp_port: int, names: Callable[[str], str]
+) -> None:
+    queue = names("q")
+    n = 2000
+    async with kelp.aio.Connection(amqp_url) as conn:
+        await (await conn.channel()).queue_declare(queue, durable=True, auto_delete=False)
+    proxy = CuttingProxy(amqp_port, every=300_000)
+    policy = {"max_retries": 20, "interval_start": 0, "interval_step": 0.05, "interval_max": 0.2}
+    pad = "x" * 900
+    try:
+        async with kelp.aio.Connection(proxy.url()) as conn:
+            await conn.connect()
+            producer = conn.Producer()
+            for i in range(n):
+                await producer.publish(
+                    {"i": i, "pad": pad}, routing_key=queue, retry=True, retry_policy=policy
+                )
+            for _ in range(20):
+                try:
+                    await conn.flush(timeout=30)
+                    break
+                except conn.recoverable_connection_errors:
+                    await conn.ensure_connection(**policy)
+            else:
+                pytest.fail("flush never got through")
+    finally:
+        proxy.close()
+    assert proxy.cuts >= 3, proxy.cuts
+    assert set(drain_queue(amqp_url, queue)) == set(range(n))
+
+
 def test_a_nack_in_the_middle_of_a_pipelined_stream_is_reported_by_flush(
     amqp_url: str, names: Callable[[str], str]
 ) -> None:
