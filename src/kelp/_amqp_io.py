@@ -40,6 +40,7 @@ __all__ = ["Driver", "limit_unsent", "unsent_bytes"]
 
 if sys.platform == "linux":
     import fcntl
+    import termios
 
 #: Linux's ioctl for the bytes a socket's kernel queue holds but has not sent yet (SIOCOUTQNSD).
 _SIOCOUTQNSD = 0x894B
@@ -71,6 +72,7 @@ class Driver:
         self._reading = False
         self._callers = 0
         self._callers_left = 0.0
+        self._wrote_at = 0.0  # when a persistent publish last read what had come (_read_available)
         self._thread_selecting = False
         self._wake_r: socket.socket | None = None  # a socket pair to wake the reader thread from select
         self._wake_w: socket.socket | None = None
@@ -145,13 +147,47 @@ class Driver:
         self._write_and_release(data)
         if drain:
             self._wait_sent()
+            self._read_available()
+
+    def _read_available(self) -> None:
+        """Read what the broker sent by now (confirms), if no other thread is reading, without waiting.
+
+        A process that dies with unread bytes in its receive queue makes the kernel reset the connection,
+        and the broker drops what it had not read yet; leaving nothing unread when a publish returns keeps
+        that window small.
+        """
+        self._wrote_at = time.monotonic()  # the reader thread leaves the socket to us for now
+        sock = self._sock
+        if sock is None or not (
+            _readable_bytes(sock) or (isinstance(sock, ssl.SSLSocket) and sock.pending())
+        ):
+            return
+        with self._cond:
+            if self._reading or self.error is not None or self._sock is None:
+                if self._thread_selecting:
+                    self._poke()  # it steps aside: the next publish reads itself
+                return
+            self._read_once(self._callers_selector(), 0.0)
+
+    def _callers_selector(self) -> selectors.BaseSelector:
+        selector = self._caller_selector
+        if selector is None:
+            assert self._sock is not None
+            selector = self._caller_selector = selectors.DefaultSelector()
+            selector.register(self._sock, selectors.EVENT_READ)
+        return selector
 
     def _wait_sent(self) -> None:
         sock = self._sock
         if sock is None or not unsent_bytes(sock):
             return
         poller = select.poll()
-        poller.register(sock, select.POLLOUT)
+        try:
+            poller.register(sock, select.POLLOUT)
+        except ValueError:  # the reader thread already closed the socket: the connection is gone
+            if self.error is not None:
+                raise self.error from None
+            raise
         # with limit_unsent, the socket polls writable only once nothing is left unsent
         while self.error is None and unsent_bytes(sock):
             poller.poll(50)
@@ -217,11 +253,7 @@ class Driver:
                     if self._reading or self.error is not None or self._sock is None:
                         cond.wait(left)
                         continue
-                    selector = self._caller_selector
-                    if selector is None:
-                        selector = self._caller_selector = selectors.DefaultSelector()
-                        selector.register(self._sock, selectors.EVENT_READ)
-                    self._read_once(selector, 1.0 if left is None else min(left, 1.0))
+                    self._read_once(self._callers_selector(), 1.0 if left is None else min(left, 1.0))
                 return True
             finally:
                 self._callers -= 1
@@ -301,6 +333,10 @@ class Driver:
                         wait = max(0.0, wait - now)
                     if self._reading or self._callers:
                         cond.wait(wait)  # callers read: keep the heartbeats, leave the socket to them
+                        continue
+                    quiet = self._wrote_at + _LINGER - now
+                    if quiet > 0:  # a publisher reads as it publishes: leave the socket to it for now
+                        cond.wait(quiet if wait is None else min(wait, quiet))
                         continue
                     linger = self._callers_left + _LINGER - now
                     if linger > 0:
@@ -399,6 +435,17 @@ def limit_unsent(sock: socket.socket) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, option, 1)
         except OSError:
             pass
+
+
+def _readable_bytes(sock: socket.socket) -> int:
+    """How many received bytes wait unread in the kernel (1 where this cannot be known: go and read)."""
+    if sys.platform != "linux":
+        return 1
+    try:
+        value: int = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+    except (OSError, ValueError):
+        return 1
+    return value
 
 
 def unsent_bytes(sock: socket.socket) -> int:

@@ -73,8 +73,9 @@ def run(script: str, *args: str) -> subprocess.Popen[str]:
     )
 
 
-def count_settles(amqp_url: str, queue: str, n: int, timeout: float = 20) -> int:
-    """The queue's message count once it reaches ``n`` or stops changing for a second."""
+def count_settles(amqp_url: str, queue: str, n: int, timeout: float = 30) -> int:
+    """The queue's message count once it reaches ``n`` or stops changing for 3 s (a busy shared broker
+    may take a while to route what it has read)."""
     with kelp.Connection(amqp_url) as conn:
         ch = conn.channel()
         deadline = time.monotonic() + timeout
@@ -85,7 +86,7 @@ def count_settles(amqp_url: str, queue: str, n: int, timeout: float = 20) -> int
                 return count
             if count != last:
                 last, since = count, time.monotonic()
-            elif time.monotonic() - since > 1.0:
+            elif time.monotonic() - since > 3.0:
                 return count
             time.sleep(0.05)
 
@@ -217,12 +218,16 @@ def test_a_nack_in_the_middle_of_a_pipelined_stream_is_reported_by_flush(
         ch.queue_declare(full, arguments={"x-max-length": 3, "x-overflow": "reject-publish"})
         ch.queue_declare(roomy)
         producer = conn.Producer()
-        # one pipelined stream (one write, no waiting): only the barrier can report the refusals
+        # one pipelined stream (one write, no waiting for confirms): the refusals are reported by flush,
+        # or by publish_many itself if they came while its bytes were still being sent
         stream = [producer.prepare({"i": i}, routing_key=full if i % 2 else roomy) for i in range(40)]
-        producer.publish_many(stream)
-        with pytest.raises(MessageNacked) as raised:
-            producer.flush(timeout=10)
-        assert raised.value.envelopes == [stream[i] for i in expected]  # the very envelopes, in order
+        reported = []
+        for call in (lambda: producer.publish_many(stream), lambda: producer.flush(timeout=10)):
+            try:
+                call()
+            except MessageNacked as exc:
+                reported.append(exc.envelopes)
+        assert reported == [[stream[i] for i in expected]]  # once, the very envelopes, in order
         producer.flush(timeout=10)  # each refusal is reported once; the rest were confirmed
         assert conn.transport is not None
         assert conn.transport.unconfirmed() == []

@@ -159,6 +159,8 @@ class Driver(asyncio.Protocol):
                     drained = self._drained = asyncio.get_running_loop().create_future()
                 await asyncio.shield(drained)
             await self._wait_sent()
+            # let the loop read what the broker sent by now (see kelp._amqp_io.Driver._read_available)
+            await asyncio.sleep(0)
         else:
             writable = self._writable
             if writable is None:
