@@ -36,7 +36,7 @@ from collections.abc import Callable
 
 from kelp.amqp import Connection, Event, ProtocolError
 
-__all__ = ["Driver", "limit_unsent", "unsent_bytes"]
+__all__ = ["Driver", "limit_unsent", "readable_bytes", "unsent_bytes"]
 
 if sys.platform == "linux":
     import fcntl
@@ -158,15 +158,14 @@ class Driver:
         """
         self._wrote_at = time.monotonic()  # the reader thread leaves the socket to us for now
         sock = self._sock
-        if sock is None or not (
-            _readable_bytes(sock) or (isinstance(sock, ssl.SSLSocket) and sock.pending())
-        ):
+        if sock is None or not (readable_bytes(sock) or (isinstance(sock, ssl.SSLSocket) and sock.pending())):
             return
         with self._cond:
+            if self._thread_selecting:  # the reader thread has the socket: it steps aside (and stays off)
+                self._poke()
+                self._cond.wait_for(lambda: not self._reading, 0.05)
             if self._reading or self.error is not None or self._sock is None:
-                if self._thread_selecting:
-                    self._poke()  # it steps aside: the next publish reads itself
-                return
+                return  # another thread reads it now
             self._read_once(self._callers_selector(), 0.0)
 
     def _callers_selector(self) -> selectors.BaseSelector:
@@ -437,7 +436,7 @@ def limit_unsent(sock: socket.socket) -> None:
             pass
 
 
-def _readable_bytes(sock: socket.socket) -> int:
+def readable_bytes(sock: socket.socket) -> int:
     """How many received bytes wait unread in the kernel (1 where this cannot be known: go and read)."""
     if sys.platform != "linux":
         return 1

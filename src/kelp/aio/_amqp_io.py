@@ -24,7 +24,7 @@ import ssl
 import time
 from collections.abc import Callable
 
-from kelp._amqp_io import limit_unsent, unsent_bytes
+from kelp._amqp_io import limit_unsent, readable_bytes, unsent_bytes
 from kelp.amqp import Connection, Event, ProtocolError
 
 __all__ = ["Driver"]
@@ -159,8 +159,10 @@ class Driver(asyncio.Protocol):
                     drained = self._drained = asyncio.get_running_loop().create_future()
                 await asyncio.shield(drained)
             await self._wait_sent()
-            # let the loop read what the broker sent by now (see kelp._amqp_io.Driver._read_available)
-            await asyncio.sleep(0)
+            sock = self._socket()
+            if sock is not None and readable_bytes(sock):
+                # let the loop read what the broker sent by now (see kelp._amqp_io.Driver._read_available)
+                await self.wait_for(lambda: self.error is not None or not readable_bytes(sock), 0.05)
         else:
             writable = self._writable
             if writable is None:
