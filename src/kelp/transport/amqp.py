@@ -15,14 +15,15 @@ What happens to a message:
 
 * **publish** writes a whole batch in one write and, by default, returns without waiting for the broker's
   confirms (they are pipelined). A persistent message has left the process when it returns: the kernel has
-  sent its bytes (not merely queued them: a killed process with unread confirms resets the connection, and
-  the kernel drops what it had not sent). Each written message sits in the connection's **outbox** (by
-  channel and sequence number) until ``basic.ack`` / ``basic.nack`` (with ``multiple``) settles it; a full
-  outbox (``max_unconfirmed`` / ``max_unconfirmed_bytes``) makes publish wait for confirms first. A
-  negative confirm (e.g. a full queue with ``x-overflow: reject-publish``) is raised as
-  :class:`~kelp.exceptions.MessageNacked` naming the envelopes by the connection's next publish, ``flush``
-  or close; so are the unconfirmed messages of a channel the broker closed (a publish to a missing
-  exchange), with its reply code and error as the cause. ``flush`` waits for every confirm;
+  sent its bytes (not merely queued them) and the confirms that had arrived were read (a process killed
+  with unread bytes resets the connection: its kernel drops what it had not sent and the broker may drop
+  what it had not processed; only a confirm makes a message certain). Each written message sits in the
+  connection's **outbox** (by channel and sequence number) until ``basic.ack`` / ``basic.nack`` (with
+  ``multiple``) settles it; a full outbox (``max_unconfirmed`` / ``max_unconfirmed_bytes``) makes publish
+  wait for confirms first. A negative confirm (e.g. a full queue with ``x-overflow: reject-publish``) is
+  raised as :class:`~kelp.exceptions.MessageNacked` naming the envelopes by the connection's next publish,
+  ``flush`` or close; so are the unconfirmed messages of a channel the broker closed (a publish to a
+  missing exchange), with its reply code and error as the cause. ``flush`` waits for every confirm;
   ``unconfirmed()`` is the outbox, which the library publishes again after a reconnect (at-least-once). A
   publish that raises took its messages out of the outbox: the caller owns them again.
 * **confirm_publish=True**, and any batch with a ``mandatory`` message, waits for the batch's confirms and
