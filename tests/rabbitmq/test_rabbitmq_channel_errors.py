@@ -39,6 +39,7 @@ def test_qos_is_reapplied_on_the_reopened_channel(amqp_url: str, names: Callable
         ch.queue_declare(queue)
         for i in range(3):
             ch.basic_publish(ch.prepare_message(b"%d" % i), routing_key=queue)
+        conn.flush()  # confirmed before the refused command closes the channel
         ch.basic_qos(prefetch_count=1)
         with pytest.raises(NotFound):
             ch.queue_declare(names("missing"), passive=True)
@@ -93,6 +94,7 @@ def test_settling_a_delivery_of_a_closed_channel_is_ignored(
         ch = conn.channel()
         ch.queue_declare(queue)
         ch.basic_publish(ch.prepare_message(b"once"), routing_key=queue)
+        conn.flush()  # confirmed before the refused command closes the channel
         message = ch.basic_get(queue)
         assert message is not None
         with pytest.raises(NotFound):

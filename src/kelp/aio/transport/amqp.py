@@ -638,7 +638,10 @@ class AmqpTransport(Transport):
         if own:
             text += f" ({len(own)} of this publish)"
         if closures:
-            text += f"; the broker closed their channel before confirming them: {closures[0]}"
+            text += (
+                "; the broker closed their channel before confirming them (those published before the"
+                f" failing command may have been enqueued all the same): {closures[0]}"
+            )
             code = getattr(closures[0], "reply_code", None)
             raise MessageNacked(text, code, envelopes=envelopes) from closures[0]
         raise MessageNacked(text + " (negative confirms)", envelopes=envelopes)
