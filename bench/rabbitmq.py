@@ -5,13 +5,17 @@
 
 Scenarios (each library on its own fresh queue; 256-byte bytes body, persistent, default exchange):
 
+0. **publish, defaults** — each library's default options: kelp's pipelined confirms, timed until
+   ``flush()`` returned (every message confirmed), against Kombu and pika, which do not confirm (timed
+   until the last publish call returns).
 1. **publish, no confirms** — ``Producer.publish(body, routing_key=q)`` N times (pika ``basic_publish``,
-   aio-pika ``default_exchange.publish``); kelp with ``confirm_publish=False``. Timed until the last publish
+   aio-pika ``default_exchange.publish``); kelp with ``confirms=False``. Timed until the last publish
    call returns, then the queue count is checked.
-2. **publish, confirms** — every library in its confirm mode: Kombu ``confirm_publish=True``, pika
-   ``confirm_delivery()``, aio-pika ``publisher_confirms=True`` and kelp's default, each publish call
-   returning once confirmed. Rows marked ``batch 100`` publish 100 envelopes per ``publish_many`` call (one
-   write, one wait for all confirms); ``gather 100`` rows run 100 concurrent single publishes.
+2. **publish, confirms** — every library in its per-publish confirm mode: Kombu ``confirm_publish=True``,
+   pika ``confirm_delivery()``, aio-pika ``publisher_confirms=True`` and kelp ``confirm_publish=True``,
+   each publish call returning once confirmed. Rows marked ``batch 100`` publish 100 envelopes per
+   ``publish_many`` call (one write, one wait for all confirms); ``gather 100`` rows run 100 concurrent
+   single publishes.
 3. **consume+ack, prefetch 100** — a queue pre-filled with N messages; a consumer acks each message in its
    callback, until all N are in.
 4. **request/reply** — a server echoes each request to ``reply_to`` with the ``correlation_id``; the client
@@ -88,27 +92,36 @@ def timed(fn: Callable[[], Any]) -> float:
 # -- publish -------------------------------------------------------------------------------------------------
 
 
-def kelp_publish(url: str, queue: str, n: int, confirm: bool, batch: int = 1) -> float:
+def kelp_options(confirm: bool | None) -> dict[str, Any]:
+    """``confirm``: True waits per publish, False turns confirms off, None is the default (pipelined)."""
+    if confirm is None:
+        return {}
+    return {"confirm_publish": True} if confirm else {"confirms": False}
+
+
+def kelp_publish(url: str, queue: str, n: int, confirm: bool | None, batch: int = 1) -> float:
     import kelp
 
-    with kelp.Connection(url, transport_options={"confirm_publish": confirm}) as conn:
+    with kelp.Connection(url, transport_options=kelp_options(confirm)) as conn:
         producer = conn.Producer()
-        if batch == 1:
-            return timed(lambda: [producer.publish(BODY, routing_key=queue) for _ in range(n)])
 
         def run() -> None:
-            for _ in range(0, n, batch):
-                producer.publish_many([producer.prepare(BODY, routing_key=queue) for _ in range(batch)])
+            if batch == 1:
+                for _ in range(n):
+                    producer.publish(BODY, routing_key=queue)
+            else:
+                for _ in range(0, n, batch):
+                    producer.publish_many([producer.prepare(BODY, routing_key=queue) for _ in range(batch)])
+            producer.flush()  # every message confirmed (nothing to wait for without pipelined confirms)
 
         return timed(run)
 
 
-def kelp_aio_publish(url: str, queue: str, n: int, confirm: bool, batch: int = 1) -> float:
+def kelp_aio_publish(url: str, queue: str, n: int, confirm: bool | None, batch: int = 1) -> float:
     import kelp.aio
 
     async def main() -> float:
-        options = {"confirm_publish": confirm}
-        async with kelp.aio.Connection(url, transport_options=options) as conn:
+        async with kelp.aio.Connection(url, transport_options=kelp_options(confirm)) as conn:
             producer = conn.Producer()
             start = time.perf_counter()
             if batch == 1:
@@ -122,12 +135,13 @@ def kelp_aio_publish(url: str, queue: str, n: int, confirm: bool, batch: int = 1
             else:  # -batch concurrent tasks, each publishing one message
                 for _ in range(0, n, -batch):
                     await asyncio.gather(*(producer.publish(BODY, routing_key=queue) for _ in range(-batch)))
+            await producer.flush()
             return time.perf_counter() - start
 
     return asyncio.run(main())
 
 
-def kombu_publish(url: str, queue: str, n: int, confirm: bool, batch: int = 1) -> float:
+def kombu_publish(url: str, queue: str, n: int, confirm: bool | None, batch: int = 1) -> float:
     import kombu
 
     options = {"confirm_publish": True} if confirm else {}
@@ -136,7 +150,7 @@ def kombu_publish(url: str, queue: str, n: int, confirm: bool, batch: int = 1) -
         return timed(lambda: [producer.publish(BODY, routing_key=queue, delivery_mode=2) for _ in range(n)])
 
 
-def pika_publish(url: str, queue: str, n: int, confirm: bool, batch: int = 1) -> float:
+def pika_publish(url: str, queue: str, n: int, confirm: bool | None, batch: int = 1) -> float:
     import pika
 
     conn = pika.BlockingConnection(pika.URLParameters(url))
@@ -150,13 +164,13 @@ def pika_publish(url: str, queue: str, n: int, confirm: bool, batch: int = 1) ->
         conn.close()
 
 
-def aio_pika_publish(url: str, queue: str, n: int, confirm: bool, batch: int = 1) -> float:
+def aio_pika_publish(url: str, queue: str, n: int, confirm: bool | None, batch: int = 1) -> float:
     import aio_pika
 
     async def main() -> float:
         conn = await aio_pika.connect(url)
         try:
-            ch = await conn.channel(publisher_confirms=confirm)
+            ch = await conn.channel(publisher_confirms=bool(confirm))
             exchange = ch.default_exchange
             start = time.perf_counter()
             if batch == 1:
@@ -307,7 +321,7 @@ def _echo_server(url: str, queue: str, ready: threading.Event, stop: threading.E
     """A kelp echo server in a thread (the same server for every client library)."""
     import kelp
 
-    with kelp.Connection(url, transport_options={"confirm_publish": False}) as conn:
+    with kelp.Connection(url, transport_options={"confirms": False}) as conn:
         ch = conn.channel()
         ch.queue_declare(queue, auto_delete=True)
 
@@ -330,7 +344,7 @@ def _echo_server(url: str, queue: str, ready: threading.Event, stop: threading.E
 def kelp_rpc(url: str, server: str, n: int) -> list[float]:
     import kelp
 
-    with kelp.Connection(url, transport_options={"confirm_publish": False}) as conn:
+    with kelp.Connection(url, transport_options={"confirms": False}) as conn:
         ch = conn.channel()
         reply_q = ch.queue_declare("", exclusive=True).queue
         replies: list[Any] = []
@@ -353,7 +367,7 @@ def kelp_aio_rpc(url: str, server: str, n: int) -> list[float]:
     import kelp.aio
 
     async def main() -> list[float]:
-        async with kelp.aio.Connection(url, transport_options={"confirm_publish": False}) as conn:
+        async with kelp.aio.Connection(url, transport_options={"confirms": False}) as conn:
             ch = await conn.channel()
             reply_q = (await ch.queue_declare("", exclusive=True)).queue
             replies: list[Any] = []
@@ -460,7 +474,7 @@ def main() -> int:
     url: str = args.url
     rows: list[dict[str, Any]] = []
 
-    def publish_row(scenario: str, library: str, n: int, confirm: bool, batch: int = 1) -> None:
+    def publish_row(scenario: str, library: str, n: int, confirm: bool | None, batch: int = 1) -> None:
         queue = make_queue(url)
         try:
             seconds = PUBLISHERS[library](url, queue, n, confirm, batch)
@@ -473,6 +487,8 @@ def main() -> int:
         rows.append({"scenario": scenario, "library": label, "base": library, "rate": n / seconds})
         log(f"{scenario:<24} {label:<22} {n / seconds:>10,.0f} msg/s")
 
+    for library in ("kelp", "kelp.aio", "kombu", "pika"):
+        publish_row("publish, defaults", library, args.messages, None)
     for library in PUBLISHERS:
         publish_row("publish, no confirms", library, args.messages, False)
     publish_row("publish, no confirms", "kelp", args.messages, False, BATCH)

@@ -4,9 +4,14 @@ The twin of :mod:`kelp.aio._amqp_io`, with the same interface; ``kelp.transport.
 ``kelp.aio.transport.amqp``) is written against it. Threads meet on one condition variable, whose lock also
 guards the sans-IO core (it is not thread-safe):
 
-* the **reader thread** waits for the socket (a selector bounded by the next heartbeat deadline), feeds the
-  core, hands each event to ``on_event`` with the lock held, then wakes every waiter (``notify_all``): no
-  caller ever sleep-polls. It also sends heartbeats and declares the peer dead after two silent intervals.
+* **one reader at a time** waits for the socket, feeds the core, hands each event to ``on_event`` with the
+  lock held, then wakes every waiter (``notify_all``): no caller ever sleep-polls. A thread blocked in
+  ``wait_for`` (a publish awaiting its confirm, ``drain_events``) reads the socket itself when nobody else
+  does, so its answer reaches it without a hand-off between threads (one wake-up per round trip, as a
+  single-threaded client). Otherwise the **reader thread** reads (a selector bounded by the next heartbeat
+  deadline); it steps aside, woken through a socket pair, when a caller starts waiting, and for
+  ``_LINGER`` seconds after the last one only watches the socket, reading it only if no caller came back.
+  It always sends heartbeats and declares the peer dead after two silent intervals, reading or not.
 * **writers** (any thread) take the write lock, produce their bytes from the core under the condition's lock
   (so wire order is command order) and ``sendall`` them without holding it, so the reader keeps reading
   while a big batch goes out. Bytes the core produced on its own (``close-ok``, ``flow-ok``) are flushed by
@@ -19,18 +24,31 @@ once, and every later call raises it again.
 
 from __future__ import annotations
 
+import select
 import selectors
 import socket
 import ssl
+import struct
+import sys
 import threading
 import time
 from collections.abc import Callable
 
 from kelp.amqp import Connection, Event, ProtocolError
 
-__all__ = ["Driver"]
+__all__ = ["Driver", "limit_unsent", "readable_bytes", "unsent_bytes"]
+
+if sys.platform == "linux":
+    import fcntl
+    import termios
+
+#: Linux's ioctl for the bytes a socket's kernel queue holds but has not sent yet (SIOCOUTQNSD).
+_SIOCOUTQNSD = 0x894B
 
 _READ_SIZE = 256 * 1024
+#: Seconds the reader thread leaves the socket to callers after the last ``wait_for`` returned, so that a
+#: loop of waiting calls (per-publish confirms) reads without a hand-off each time.
+_LINGER = 0.02
 
 
 class Driver:
@@ -49,6 +67,16 @@ class Driver:
         self._write_lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
+        # who reads (under the condition): a thread in the read section; callers in wait_for; when the last
+        # left; whether the reader thread sits in select (then a caller wakes it through _wake)
+        self._reading = False
+        self._callers = 0
+        self._callers_left = 0.0
+        self._wrote_at = 0.0  # when a persistent publish last read what had come (_read_available)
+        self._thread_selecting = False
+        self._wake_r: socket.socket | None = None  # a socket pair to wake the reader thread from select
+        self._wake_w: socket.socket | None = None
+        self._caller_selector: selectors.BaseSelector | None = None
         #: The error that ended the connection (None while it lives).
         self.error: BaseException | None = None
 
@@ -66,6 +94,7 @@ class Driver:
         sock = socket.create_connection((host, port), timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            limit_unsent(sock)
             if ssl_context is not None:
                 sock = ssl_context.wrap_socket(sock, server_hostname=server_hostname)
             sock.settimeout(None)
@@ -73,6 +102,9 @@ class Driver:
             sock.close()
             raise
         self._sock = sock
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self._thread = threading.Thread(
             target=self._read_loop, name=f"kelp-amqp-reader-{host}:{port}", daemon=True
         )
@@ -87,11 +119,22 @@ class Driver:
             thread.join(timeout=5)
         if self._sock is not None:
             self._sock.close()
+        if thread is None or not thread.is_alive():
+            self._close_wake()
+
+    def _close_wake(self) -> None:
+        for sock in (self._wake_r, self._wake_w):
+            if sock is not None:
+                sock.close()
 
     # -- writing --------------------------------------------------------------------------------------------
 
-    def send(self, produce: Callable[[], bytes]) -> None:
-        """Write what ``produce()`` returns; ``produce`` runs under the core's lock, in wire order."""
+    def send(self, produce: Callable[[], bytes], drain: bool = False) -> None:
+        """Write what ``produce()`` returns; ``produce`` runs under the core's lock, in wire order.
+
+        Returns once every byte was handed to the kernel (``sendall``). With ``drain``, also waits until
+        the kernel has sent them (see :func:`unsent_bytes`).
+        """
         self._write_lock.acquire()
         try:
             with self._cond:
@@ -102,6 +145,53 @@ class Driver:
             self._write_lock.release()
             raise
         self._write_and_release(data)
+        if drain:
+            self._wait_sent()
+            self._read_available()
+
+    def _read_available(self) -> None:
+        """Read what the broker sent by now (confirms), if no other thread is reading, without waiting.
+
+        A process that dies with unread bytes in its receive queue makes the kernel reset the connection,
+        and the broker drops what it had not read yet; leaving nothing unread when a publish returns keeps
+        that window small.
+        """
+        self._wrote_at = time.monotonic()  # the reader thread leaves the socket to us for now
+        sock = self._sock
+        if sock is None or not (readable_bytes(sock) or (isinstance(sock, ssl.SSLSocket) and sock.pending())):
+            return
+        with self._cond:
+            if self._thread_selecting:  # the reader thread has the socket: it steps aside (and stays off)
+                self._poke()
+                self._cond.wait_for(lambda: not self._reading, 0.05)
+            if self._reading or self.error is not None or self._sock is None:
+                return  # another thread reads it now
+            self._read_once(self._callers_selector(), 0.0)
+
+    def _callers_selector(self) -> selectors.BaseSelector:
+        selector = self._caller_selector
+        if selector is None:
+            assert self._sock is not None
+            selector = self._caller_selector = selectors.DefaultSelector()
+            selector.register(self._sock, selectors.EVENT_READ)
+        return selector
+
+    def _wait_sent(self) -> None:
+        sock = self._sock
+        if sock is None or not unsent_bytes(sock):
+            return
+        poller = select.poll()
+        try:
+            poller.register(sock, select.POLLOUT)
+        except ValueError:  # the reader thread already closed the socket: the connection is gone
+            if self.error is not None:
+                raise self.error from None
+            raise
+        # with limit_unsent, the socket polls writable only once nothing is left unsent
+        while self.error is None and unsent_bytes(sock):
+            poller.poll(50)
+        if self.error is not None:
+            raise self.error
 
     def _write_and_release(self, data: bytes) -> None:
         """With the write lock held: write ``data`` and whatever the core queued meanwhile, then release.
@@ -142,9 +232,79 @@ class Driver:
     # -- waiting --------------------------------------------------------------------------------------------
 
     def wait_for(self, predicate: Callable[[], object], timeout: float | None) -> bool:
-        """Block until ``predicate()`` is true (re-checked after every batch of events); False on timeout."""
-        with self._cond:
-            return bool(self._cond.wait_for(predicate, timeout))
+        """Block until ``predicate()`` is true (re-checked after every batch of events); False on timeout.
+
+        Reads the socket itself while no other thread does (see the module docstring).
+        """
+        cond = self._cond
+        with cond:
+            if predicate():
+                return True
+            deadline = None if timeout is None else time.monotonic() + timeout
+            self._callers += 1
+            try:
+                if self._thread_selecting:
+                    self._poke()
+                while not predicate():
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        return False
+                    if self._reading or self.error is not None or self._sock is None:
+                        cond.wait(left)
+                        continue
+                    self._read_once(self._callers_selector(), 1.0 if left is None else min(left, 1.0))
+                return True
+            finally:
+                self._callers -= 1
+                self._callers_left = time.monotonic()
+                cond.notify_all()
+
+    def _poke(self) -> None:
+        try:
+            if self._wake_w is not None:
+                self._wake_w.send(b"\0")
+        except OSError:
+            pass  # already poked (the buffer is full) or closing
+
+    def _read_once(self, selector: selectors.BaseSelector, wait: float | None) -> None:
+        """With the condition's lock held and nobody else reading: wait up to ``wait`` s for the socket,
+        then feed what came to the core and wake every waiter. Failures end the connection."""
+        sock = self._sock
+        assert sock is not None
+        cond = self._cond
+        core = self._core
+        self._reading = True
+        cond.release()
+        try:
+            data = None
+            try:
+                # TLS may hold decrypted bytes that select() cannot see
+                ready = isinstance(sock, ssl.SSLSocket) and sock.pending()
+                if not ready:
+                    for key, _ in selector.select(wait):
+                        if key.fileobj is not sock:
+                            _drain(key.fileobj)  # type: ignore[arg-type]
+                        else:
+                            ready = True
+                data = sock.recv(_READ_SIZE) if ready else None
+            finally:
+                cond.acquire()
+                self._reading = False
+            if self.error is not None:
+                return
+            now = time.monotonic()
+            if data is not None:
+                core.receive_data(data, now)
+                for event in core.events():
+                    self._on_event(event)
+                if not data:
+                    self._fail(ConnectionResetError("the broker closed the TCP connection"))
+                    return
+            self._flush_from_reader(False)
+        except (OSError, ProtocolError, ValueError, KeyError) as exc:
+            self._fail(exc)
+        finally:
+            cond.notify_all()
 
     # -- the reader thread ----------------------------------------------------------------------------------
 
@@ -153,44 +313,70 @@ class Driver:
         assert sock is not None
         core = self._core
         cond = self._cond
-        tls = isinstance(sock, ssl.SSLSocket)
         selector = selectors.DefaultSelector()  # not select(): it fails on descriptors past 1024
         try:
             selector.register(sock, selectors.EVENT_READ)
-            while True:
-                with cond:
-                    if self._dead():
-                        return
-                    wait = _next_deadline(core)
-                if wait is not None:
-                    wait = max(0.0, wait - time.monotonic())
-                # TLS may hold decrypted bytes that select() cannot see
-                pending = tls and sock.pending()  # type: ignore[attr-defined]
-                ready = pending or bool(selector.select(wait))
-                data = sock.recv(_READ_SIZE) if ready else None
-                now = time.monotonic()
-                with cond:
-                    if self.error is not None:
-                        return
-                    if data is not None:
-                        core.receive_data(data, now)
-                        for event in core.events():
-                            self._on_event(event)
-                        cond.notify_all()
-                        if not data:
-                            self._fail(ConnectionResetError("the broker closed the TCP connection"))
-                            return
+            assert self._wake_r is not None
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            with cond:
+                while not self._dead():
+                    now = time.monotonic()
                     if core.peer_timed_out(now):
                         raise TimeoutError(
                             f"no data from the broker for two heartbeat intervals "
                             f"({2 * core.heartbeat_interval} s): it is unreachable or stalled"
                         )
                     self._flush_from_reader(core.needs_heartbeat(now))
+                    wait = _next_deadline(core)
+                    if wait is not None:
+                        wait = max(0.0, wait - now)
+                    if self._reading or self._callers:
+                        cond.wait(wait)  # callers read: keep the heartbeats, leave the socket to them
+                        continue
+                    quiet = self._wrote_at + _LINGER - now
+                    if quiet > 0:  # a publisher reads as it publishes: leave the socket to it for now
+                        cond.wait(quiet if wait is None else min(wait, quiet))
+                        continue
+                    linger = self._callers_left + _LINGER - now
+                    if linger > 0:
+                        # callers may come back at once: watch the socket without taking it from them
+                        if not self._watch(selector, linger if wait is None else min(wait, linger)):
+                            continue
+                        if self._callers_read():  # a caller came back meanwhile
+                            continue
+                        wait = 0.0  # readable, and still nobody reads it
+                    self._thread_selecting = True
+                    try:
+                        self._read_once(selector, wait)
+                    finally:
+                        self._thread_selecting = False
         except (OSError, ProtocolError, ValueError, KeyError) as exc:
             self._fail(exc)
         finally:
             selector.close()
+            if self._caller_selector is not None:
+                self._caller_selector.close()
+            self._close_wake()
             sock.close()
+
+    def _callers_read(self) -> bool:
+        return self._reading or self._callers > 0
+
+    def _watch(self, selector: selectors.BaseSelector, wait: float) -> bool:
+        """With the condition's lock held: wait up to ``wait`` s (lock released) for the socket to be
+        readable, without reading it; return whether it is."""
+        sock = self._sock
+        self._cond.release()
+        try:
+            readable = False
+            for key, _ in selector.select(wait):
+                if key.fileobj is sock:
+                    readable = True
+                else:
+                    _drain(key.fileobj)  # type: ignore[arg-type]
+            return readable
+        finally:
+            self._cond.acquire()
 
     def _fail(self, exc: BaseException, report: bool = True) -> None:
         with self._cond:
@@ -216,6 +402,14 @@ class Driver:
         return self.error is not None
 
 
+def _drain(sock: socket.socket) -> None:
+    try:
+        while sock.recv(4096):
+            pass
+    except OSError:
+        pass  # nothing left (EAGAIN)
+
+
 def _next_deadline(core: Connection) -> float | None:
     """The earliest heartbeat deadline (ours to send, or the peer's to answer by), or None."""
     ours = core.next_heartbeat_deadline()
@@ -225,3 +419,40 @@ def _next_deadline(core: Connection) -> float | None:
     if theirs is None:
         return ours
     return min(ours, theirs)
+
+
+def limit_unsent(sock: socket.socket) -> None:
+    """Make ``sock`` poll writable only when the kernel has nothing left unsent (``TCP_NOTSENT_LOWAT``).
+
+    A persistent message must have left the process when publish returns. Bytes merely queued in the
+    kernel are not enough: a process killed while the broker's confirms wait unread in its receive queue
+    makes the kernel reset the connection and drop what it had not sent yet.
+    """
+    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+    if option is not None and sys.platform == "linux":
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, option, 1)
+        except OSError:
+            pass
+
+
+def readable_bytes(sock: socket.socket) -> int:
+    """How many received bytes wait unread in the kernel (1 where this cannot be known: go and read)."""
+    if sys.platform != "linux":
+        return 1
+    try:
+        value: int = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+    except (OSError, ValueError):
+        return 1
+    return value
+
+
+def unsent_bytes(sock: socket.socket) -> int:
+    """How many written bytes the kernel still holds unsent (0 where this cannot be known)."""
+    if sys.platform != "linux":
+        return 0
+    try:
+        value: int = struct.unpack("i", fcntl.ioctl(sock.fileno(), _SIOCOUTQNSD, b"\0\0\0\0"))[0]
+    except (OSError, ValueError):
+        return 0
+    return value

@@ -38,6 +38,7 @@ EXPECTED = {
     "Heartbeat",
     "LocalProtocolError",
     "PROTOCOL_HEADER",
+    "Outbox",
     "ProtocolError",
     "QosOk",
     "QueueBindOk",
@@ -52,6 +53,7 @@ EXPECTED = {
     "TxCommitOk",
     "TxRollbackOk",
     "TxSelectOk",
+    "Waiter",
     "reply_code_name",
 }
 

@@ -177,10 +177,10 @@ def test_acks_of_a_prefetch_window_share_a_write(amqp_url: str, names: Callable[
         send = driver.send
         writes = 0
 
-        def counting_send(produce: Callable[[], bytes]) -> None:
+        def counting_send(produce: Callable[[], bytes], drain: bool = True) -> None:
             nonlocal writes
             writes += 1
-            send(produce)
+            send(produce, drain)
 
         driver.send = counting_send
         while got < 400:

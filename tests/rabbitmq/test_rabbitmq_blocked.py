@@ -6,11 +6,13 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from kelp_rabbitmq_kit import rabbitmqctl
 
 import kelp
+import kelp.aio
 from kelp._envelope import Envelope
 from kelp.exceptions import OperationalError
 
@@ -44,7 +46,7 @@ def test_publish_waits_while_blocked_then_resumes(
     amqp_url: str, names: Callable[[str], str], alarm: Callable[[bool], None]
 ) -> None:
     queue = names("q")
-    options = {"blocked_timeout": 1.0, "confirm_publish": False}
+    options = {"blocked_timeout": 1.0, "confirms": False}
     with kelp.Connection(amqp_url, transport_options=options) as conn:
         ch = conn.channel()
         ch.queue_declare(queue)
@@ -69,3 +71,63 @@ def test_publish_waits_while_blocked_then_resumes(
             assert message is not None
             bodies.append(message.body)
         assert bodies == [b"probe", b"after"]
+
+
+def outcome(call: Callable[[], object]) -> tuple[float, str]:
+    """How long ``call()`` took, and "returned" or the OperationalError it raised."""
+    started = time.monotonic()
+    try:
+        call()
+        result = "returned"
+    except OperationalError as exc:
+        result = str(exc)
+    return time.monotonic() - started, result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [{}, {"confirm_publish": True}], ids=["pipelined", "confirm_publish"])
+def test_the_first_publish_after_the_alarm_is_bounded_by_blocked_timeout(
+    amqp_url: str, names: Callable[[str], str], alarm: Callable[[bool], None], options: dict[str, Any]
+) -> None:
+    queue = names("q")
+    with kelp.Connection(amqp_url, transport_options={"blocked_timeout": 1.0, **options}) as conn:
+        ch = conn.channel()
+        ch.queue_declare(queue, durable=True, auto_delete=False)
+        alarm(True)
+        # the first publish after the alarm (the broker blocks us only once it sees it), a later one and
+        # the barrier: each returns or raises within blocked_timeout
+        calls = [
+            lambda: ch.publish_batch([Envelope(b"first", {"delivery_mode": 2}, {}, "", queue)]),
+            lambda: ch.publish_batch([Envelope(b"second", {"delivery_mode": 2}, {}, "", queue)]),
+            lambda: conn.flush(timeout=None),
+        ]
+        for call in calls:
+            took, result = outcome(call)
+            assert took < 4
+            assert result == "returned" or "blocked" in result, result
+        wait_blocked(conn, True)
+        alarm(False)
+        wait_blocked(conn, False)
+
+
+@pytest.mark.slow
+async def test_the_first_publish_after_the_alarm_is_bounded_aio(
+    amqp_url: str, names: Callable[[str], str], alarm: Callable[[bool], None]
+) -> None:
+    queue = names("q")
+    options = {"blocked_timeout": 1.0, "confirm_publish": True}
+    async with kelp.aio.Connection(amqp_url, transport_options=options) as conn:
+        ch = await conn.channel()
+        await ch.queue_declare(queue, durable=True, auto_delete=False)
+        alarm(True)
+        producer = conn.Producer()
+        for body in ("first", "second"):
+            started = time.monotonic()
+            result = "returned"
+            try:
+                await producer.publish(body, routing_key=queue)
+            except OperationalError as exc:
+                result = str(exc)
+            assert time.monotonic() - started < 4
+            assert result == "returned" or "blocked" in result, result
+        alarm(False)

@@ -9,7 +9,7 @@ import pytest
 
 import kelp
 from kelp._envelope import Envelope
-from kelp.exceptions import NotFound, PreconditionFailed, ResourceLocked
+from kelp.exceptions import MessageNacked, NotFound, PreconditionFailed, ResourceLocked
 
 
 def test_channel_is_reopened_after_a_refusal(amqp_url: str, names: Callable[[str], str]) -> None:
@@ -39,6 +39,7 @@ def test_qos_is_reapplied_on_the_reopened_channel(amqp_url: str, names: Callable
         ch.queue_declare(queue)
         for i in range(3):
             ch.basic_publish(ch.prepare_message(b"%d" % i), routing_key=queue)
+        conn.flush()  # confirmed before the refused command closes the channel
         ch.basic_qos(prefetch_count=1)
         with pytest.raises(NotFound):
             ch.queue_declare(names("missing"), passive=True)
@@ -55,13 +56,24 @@ def test_qos_is_reapplied_on_the_reopened_channel(amqp_url: str, names: Callable
 def test_publish_to_a_missing_exchange(amqp_url: str, names: Callable[[str], str]) -> None:
     queue = names("q")
     missing = names("x")
-    with kelp.Connection(amqp_url) as conn:
+    with kelp.Connection(amqp_url, transport_options={"confirm_publish": True}) as conn:
         ch = conn.channel()
         ch.queue_declare(queue)
-        with pytest.raises(NotFound):  # with confirms, the publish itself raises
+        with pytest.raises(NotFound):  # waiting for its confirm, the publish itself raises
             ch.publish_batch([Envelope(b"a", {}, {}, missing, "k")])
         assert ch.publish_batch([Envelope(b"b", {}, {}, "", queue)]) == []
-    with kelp.Connection(amqp_url, transport_options={"confirm_publish": False}) as conn:
+    with kelp.Connection(amqp_url) as conn:
+        ch = conn.channel()
+        lost = Envelope(b"a", {}, {}, missing, "k")
+        ch.publish_batch([lost])  # pipelined: the refusal is reported by the next publish or flush
+        with pytest.raises(MessageNacked, match="closed their channel") as raised:
+            conn.flush(timeout=10)
+        assert raised.value.envelopes == [lost]
+        assert raised.value.reply_code == 404
+        assert isinstance(raised.value.__cause__, NotFound)
+        assert ch.publish_batch([Envelope(b"c", {}, {}, "", queue)]) == []  # the channel was reopened
+        conn.flush(timeout=10)
+    with kelp.Connection(amqp_url, transport_options={"confirms": False}) as conn:
         ch = conn.channel()
         ch.publish_batch([Envelope(b"a", {}, {}, missing, "k")])
 
@@ -69,9 +81,9 @@ def test_publish_to_a_missing_exchange(amqp_url: str, names: Callable[[str], str
             for _ in range(50):
                 ch.queue_declare(queue, passive=True)
 
-        with pytest.raises(NotFound):  # without, the channel's next operation does
+        with pytest.raises(NotFound):  # without confirms, the channel's next operation does
             declare_until_refused()
-        assert ch.queue_declare(queue, passive=True).message_count == 1
+        assert ch.queue_declare(queue, passive=True).message_count == 2
 
 
 def test_settling_a_delivery_of_a_closed_channel_is_ignored(
@@ -82,6 +94,7 @@ def test_settling_a_delivery_of_a_closed_channel_is_ignored(
         ch = conn.channel()
         ch.queue_declare(queue)
         ch.basic_publish(ch.prepare_message(b"once"), routing_key=queue)
+        conn.flush()  # confirmed before the refused command closes the channel
         message = ch.basic_get(queue)
         assert message is not None
         with pytest.raises(NotFound):

@@ -1,4 +1,7 @@
-"""Publisher confirms, negative confirms and mandatory returns on amqp:// (sync face)."""
+"""Publisher confirms, negative confirms and mandatory returns on amqp:// (sync face).
+
+Confirms are pipelined by default (publish returns once written; ``flush`` waits for the confirms);
+``confirm_publish=True`` waits per publish; ``confirms=False`` turns confirm mode off."""
 
 from __future__ import annotations
 
@@ -28,36 +31,66 @@ def count_becomes(ch: kelp.Channel, queue: str, n: int, timeout: float = 10) -> 
         time.sleep(0.05)
 
 
-def test_a_batch_of_many_confirms_is_settled_at_once(amqp_url: str, names: Callable[[str], str]) -> None:
+def test_publish_returns_before_the_confirms_and_flush_waits_for_them(
+    amqp_url: str, names: Callable[[str], str]
+) -> None:
     queue = names("q")
     with kelp.Connection(amqp_url) as conn:
         ch = conn.channel()
         ch.queue_declare(queue, durable=True, auto_delete=False)
-        assert conn.transport is not None
-        assert conn.transport.info()["confirm_publish"] is True
-        assert ch.publish_batch(envelopes(queue, 5000)) == []
+        transport = conn.transport
+        assert transport is not None
+        assert transport.info()["confirms"] is True
+        assert transport.info()["confirm_publish"] is False
+        batch = envelopes(queue, 5000)
+        assert ch.publish_batch(batch) == []
+        # 5,000 persistent messages cannot all be confirmed the moment their write returns
+        pending = transport.unconfirmed()
+        assert pending
+        assert pending == batch[-len(pending) :]  # the outbox, in publish order
         assert ch.publish_batch(envelopes(queue, 1)) == []
+        conn.flush(timeout=30)
+        assert transport.unconfirmed() == []
+        assert transport.info()["unconfirmed"] == 0
         assert count_becomes(ch, queue, 5001) == 5001
+
+
+def test_confirm_publish_waits_for_each_batch(amqp_url: str, names: Callable[[str], str]) -> None:
+    queue = names("q")
+    with kelp.Connection(amqp_url, transport_options={"confirm_publish": True}) as conn:
+        ch = conn.channel()
+        ch.queue_declare(queue, durable=True, auto_delete=False)
+        assert conn.transport is not None
+        assert ch.publish_batch(envelopes(queue, 5000)) == []
+        assert conn.transport.unconfirmed() == []
+        assert ch.queue_declare(queue, passive=True).message_count == 5000
 
 
 def test_reject_publish_overflow_raises_message_nacked(amqp_url: str, names: Callable[[str], str]) -> None:
     queue = names("q")
-    with kelp.Connection(amqp_url) as conn:
+    with kelp.Connection(amqp_url, transport_options={"confirm_publish": True}) as conn:
         ch = conn.channel()
         ch.queue_declare(queue, arguments={"x-max-length": 2, "x-overflow": "reject-publish"})
         assert ch.publish_batch(envelopes(queue, 2)) == []
-        with pytest.raises(MessageNacked, match="refused 3 of 3"):
-            ch.publish_batch(envelopes(queue, 3))
+        batch = envelopes(queue, 3)
+        with pytest.raises(MessageNacked, match="refused 3 published messages") as raised:
+            ch.publish_batch(batch)
+        assert raised.value.envelopes == batch
         # a nack does not close the channel
         assert ch.queue_declare(queue, passive=True).message_count == 2
+        conn.flush()  # each refusal is reported once
 
 
-def test_producer_publish_waits_for_the_confirm(amqp_url: str, names: Callable[[str], str]) -> None:
+def test_producer_publish_with_confirm_publish_waits_for_the_confirm(
+    amqp_url: str, names: Callable[[str], str]
+) -> None:
     queue = kelp.Queue(names("q"), durable=True, auto_delete=False)
-    with kelp.Connection(amqp_url) as conn:
+    with kelp.Connection(amqp_url, transport_options={"confirm_publish": True}) as conn:
         producer = conn.Producer()
+        assert conn.transport is not None
         for i in range(50):
             producer.publish({"n": i}, routing_key=queue.name, declare=[queue])
+            assert conn.transport.unconfirmed() == []
         message = conn.default_channel.basic_get(queue.name)
         assert message is not None
         assert message.decode() == {"n": 0}
@@ -65,11 +98,12 @@ def test_producer_publish_waits_for_the_confirm(amqp_url: str, names: Callable[[
 
 def test_without_confirms_publish_is_fire_and_forget(amqp_url: str, names: Callable[[str], str]) -> None:
     queue = names("q")
-    with kelp.Connection(amqp_url, transport_options={"confirm_publish": False}) as conn:
+    with kelp.Connection(amqp_url, transport_options={"confirms": False}) as conn:
         ch = conn.channel()
         ch.queue_declare(queue)
         assert conn.transport is not None
-        assert conn.transport.info()["confirm_publish"] is False
+        assert conn.transport.info()["confirms"] is False
+        assert conn.transport.unconfirmed() == []
         for _ in range(10):
             assert ch.publish_batch(envelopes(queue, 100)) == []
         assert count_becomes(ch, queue, 1000) == 1000
@@ -104,7 +138,7 @@ def test_without_confirms_a_late_return_comes_back_from_the_next_publish(
 ) -> None:
     queue = names("q")
     nowhere = names("nowhere")
-    with kelp.Connection(amqp_url, transport_options={"confirm_publish": False}) as conn:
+    with kelp.Connection(amqp_url, transport_options={"confirms": False}) as conn:
         ch = conn.channel()
         ch.queue_declare(queue)
         ch.publish_batch([Envelope(b"lost", {"message_id": "m1"}, {"h": 1}, "", nowhere, True)])

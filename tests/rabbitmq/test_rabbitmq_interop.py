@@ -103,6 +103,7 @@ def test_quorum_queue(amqp_url: str, names: Callable[[str], str]) -> None:
     with kelp.Connection(amqp_url) as conn:
         producer = conn.Producer()
         producer.publish("first", routing_key=queue.name, declare=[queue])
+        producer.flush()  # a quorum queue shows a message once a quorum has it: when it is confirmed
         ch = conn.default_channel
         message = ch.basic_get(queue.name)
         assert message is not None

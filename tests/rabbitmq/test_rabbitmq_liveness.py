@@ -71,7 +71,8 @@ def test_a_cut_while_publishing_loses_nothing_confirmed(
     amqp_url: str, proxy: Proxy, names: Callable[[str], str]
 ) -> None:
     queue = names("q")
-    confirmed: list[bytes] = []
+    published: list[bytes] = []
+    confirmed: set[bytes] = set()
     with kelp.Connection(amqp_url) as direct:
         direct.channel().queue_declare(queue, durable=True, auto_delete=False)
     conn = kelp.Connection(proxy.url())
@@ -84,11 +85,15 @@ def test_a_cut_while_publishing_loses_nothing_confirmed(
             for batch in range(10_000):
                 bodies = [b"%d-%d" % (batch, i) for i in range(20)]
                 ch.publish_batch([Envelope(b, {"delivery_mode": 2}, {}, "", queue) for b in bodies])
-                confirmed.extend(bodies)
+                published.extend(bodies)
                 assert time.monotonic() - started < 20
 
         with pytest.raises(OperationalError):
             publish_until_cut()
+        # confirms are pipelined: what the broker confirmed is what left the outbox
+        assert conn.transport is not None
+        unconfirmed = {envelope.body for envelope in conn.transport.unconfirmed()}
+        confirmed = set(published) - unconfirmed
         assert confirmed, "the cut came before anything was confirmed"
     finally:
         conn.close()
@@ -97,7 +102,7 @@ def test_a_cut_while_publishing_loses_nothing_confirmed(
         stored = set()
         while (message := ch.basic_get(queue, no_ack=True)) is not None:
             stored.add(message.body)
-    assert set(confirmed) <= stored
+    assert confirmed <= stored
 
 
 def test_ensure_reconnects_after_a_cut(amqp_url: str, proxy: Proxy, names: Callable[[str], str]) -> None:
@@ -108,11 +113,22 @@ def test_ensure_reconnects_after_a_cut(amqp_url: str, proxy: Proxy, names: Calla
         publish("before", routing_key=queue.name, declare=[queue])
         proxy.cut()
         publish("after", routing_key=queue.name, declare=[queue])
+        # "after" may have been written before the loss was noticed: then the barrier fails, and the
+        # reconnect publishes it again from the outbox
+        for _ in range(3):
+            try:
+                conn.flush(timeout=10)
+                break
+            except conn.recoverable_connection_errors:
+                conn.ensure_connection(max_retries=3, interval_start=0.1)
         bodies = []
         while (message := conn.default_channel.basic_get(queue.name)) is not None:
             bodies.append(message.decode())
             message.ack()
-        assert bodies == ["before", "after"]
+        # what was not yet confirmed when the cut came was published again after the reconnect: it may
+        # arrive twice (at-least-once), but nothing is lost
+        assert set(bodies) == {"before", "after"}
+        assert len(bodies) <= 4
 
 
 @pytest.mark.parametrize(

@@ -4,9 +4,12 @@ The twin of :mod:`kelp._amqp_io`, with the same interface; ``kelp.aio.transport.
 against it. Everything runs on the event loop thread, so no lock is needed: ``data_received`` feeds the core,
 hands each event to ``on_event``, writes what the core queued (``close-ok``, ``flow-ok``) and wakes every
 waiter by resolving the current "something happened" future. Writes made during one turn of the loop are
-coalesced into one ``send``. Heartbeats are one ``loop.call_later`` timer
-that re-arms itself for the next deadline. Writes respect the transport's flow control: ``send`` waits
-while the socket buffer is over its high-water mark.
+coalesced into one ``send`` (acks, transient publishes, commands). Heartbeats are one ``loop.call_later``
+timer that re-arms itself for the next deadline. The transport's write buffer limits are 0: asyncio pauses
+writing whenever the kernel did not take every byte, so ``send`` waits while bytes are left in the process
+(back-pressure), and ``send(..., drain=True)`` (a persistent publish) writes at once and returns only once
+the kernel has sent the bytes (they have then left the process: a kill -9 cannot lose them). Concurrent
+publishes still share the pipeline: none waits for another's confirm.
 
 Errors are not mapped here: ``on_lost`` receives the raw ``OSError`` / protocol error / ``TimeoutError``
 once, and every later call raises it again.
@@ -15,10 +18,13 @@ once, and every later call raises it again.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import ssl
 import time
 from collections.abc import Callable
 
+from kelp._amqp_io import limit_unsent, readable_bytes, unsent_bytes
 from kelp.amqp import Connection, Event, ProtocolError
 
 __all__ = ["Driver"]
@@ -43,6 +49,9 @@ class Driver(asyncio.Protocol):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Future[None] | None = None
         self._writable: asyncio.Future[None] | None = None
+        self._drained: asyncio.Future[None] | None = None
+        self._sent: asyncio.Future[None] | None = None  # resolved once nothing is left unsent
+        self._probe: int | None = None  # a duplicate of the socket's descriptor, watched for writability
         self._timer: asyncio.TimerHandle | None = None
         self._out: list[bytes] = []
         self._out_size = 0
@@ -81,6 +90,10 @@ class Driver(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        transport.set_write_buffer_limits(high=0)  # pause_writing whenever bytes are left in the process
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            limit_unsent(sock)
         self._write(self._core.initiate())
 
     def data_received(self, data: bytes) -> None:
@@ -110,6 +123,7 @@ class Driver(asyncio.Protocol):
         writable = self._writable
         if writable is not None and not writable.done():
             writable.set_result(None)
+        self._on_drained()
 
     def pause_writing(self) -> None:
         if self._writable is None and self._loop is not None:
@@ -119,19 +133,84 @@ class Driver(asyncio.Protocol):
         writable, self._writable = self._writable, None
         if writable is not None and not writable.done():
             writable.set_result(None)
+        self._on_drained()
+
+    def _on_drained(self) -> None:
+        drained, self._drained = self._drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)
 
     # -- writing --------------------------------------------------------------------------------------------
 
-    async def send(self, produce: Callable[[], bytes]) -> None:
-        """Write what ``produce()`` returns; wait while the socket's write buffer is full."""
+    async def send(self, produce: Callable[[], bytes], drain: bool = False) -> None:
+        """Write what ``produce()`` returns; wait while earlier bytes are still in the write buffer.
+
+        With ``drain``, the bytes (and any queued before them) are written at once, and this waits until
+        the kernel has sent them; without, they leave with the other writes of this turn of the loop.
+        """
         if self.error is not None:
             raise self.error
         self._write(produce())
-        writable = self._writable
-        if writable is not None:
+        if drain:
+            self._flush()
+            if self._writable is not None:
+                drained = self._drained
+                if drained is None:
+                    drained = self._drained = asyncio.get_running_loop().create_future()
+                await asyncio.shield(drained)
+            await self._wait_sent()
+            sock = self._socket()
+            if sock is not None and readable_bytes(sock):
+                # let the loop read what the broker sent by now (see kelp._amqp_io.Driver._read_available)
+                await self.wait_for(lambda: self.error is not None or not readable_bytes(sock), 0.05)
+        else:
+            writable = self._writable
+            if writable is None:
+                return
             await asyncio.shield(writable)
-            if self.error is not None:
-                raise self.error
+        if self.error is not None:
+            raise self.error
+
+    async def _wait_sent(self) -> None:
+        """Wait until the kernel has sent what we wrote (see :func:`kelp._amqp_io.limit_unsent`).
+
+        Only waits when the broker reads slower than we write. The transport owns the socket's events, so
+        a duplicate descriptor of the socket is watched: with ``TCP_NOTSENT_LOWAT`` of 1 it polls writable
+        exactly when nothing is left unsent.
+        """
+        sock = self._socket()
+        if sock is None or not unsent_bytes(sock):
+            return
+        sent = self._sent
+        if sent is None:
+            loop = asyncio.get_running_loop()
+            if self._probe is None:
+                self._probe = os.dup(sock.fileno())
+            sent = self._sent = loop.create_future()
+            loop.add_writer(self._probe, self._on_sent)
+        await asyncio.shield(sent)
+        if self.error is not None:
+            raise self.error
+
+    def _socket(self) -> socket.socket | None:
+        transport = self._transport
+        return transport.get_extra_info("socket") if transport is not None else None
+
+    def _on_sent(self) -> None:
+        sock = self._socket()
+        if sock is not None and self.error is None and unsent_bytes(sock):
+            return
+        self._stop_probe(close=False)
+
+    def _stop_probe(self, close: bool) -> None:
+        if self._sent is not None and self._loop is not None and self._probe is not None:
+            self._loop.remove_writer(self._probe)
+        sent, self._sent = self._sent, None
+        if sent is not None and not sent.done():
+            sent.set_result(None)
+        if close and self._probe is not None:
+            os.close(self._probe)
+            self._probe = None
 
     def _write(self, data: bytes) -> None:
         """Queue ``data``; it goes out on the loop's next turn, or at once past ``_FLUSH_AT`` bytes.
@@ -160,6 +239,8 @@ class Driver(asyncio.Protocol):
         self._out_size = 0
         transport.write(data)
         self._core.note_sent(time.monotonic())
+        if self._writable is None:  # the kernel took every byte
+            self._on_drained()
 
     # -- waiting --------------------------------------------------------------------------------------------
 
@@ -217,7 +298,9 @@ class Driver(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._stop_probe(close=True)
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.abort()
+        self._on_drained()
         self._wake()

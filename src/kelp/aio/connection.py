@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_URL", "TRANSPORTS", "Channel", "Connection", "resolve_transport"]
 
 logger = logging.getLogger("kelp.connection")
+#: Messages published again after a reconnect per confirmed slice (see ``_republish_outbox``).
+_REPUBLISH_SLICE = 100
 
 
 def default_sqlite_path() -> str:
@@ -505,6 +507,8 @@ class Connection:
         return await self.ensure_connection(max_retries=len(self.urls) - 1, interval_start=0, interval_step=0)
 
     async def _connect_once(self) -> None:
+        if self.transport is not None:  # a lost one: keep its unconfirmed publishes for the new one
+            await self._discard_transport()
         transport = self.transport_cls(
             self.url,
             {
@@ -527,18 +531,26 @@ class Connection:
     async def _republish_outbox(self) -> None:
         """Publish again what the lost connection's broker never confirmed (at-least-once: a message the
         broker took just before the loss arrives twice). Mandatory ones that no queue takes now are
-        logged, since the producer that published them has already returned."""
+        logged, since the producer that published them has already returned. Slices of
+        ``_REPUBLISH_SLICE`` are each confirmed before the next is sent, so that a connection that keeps
+        dropping still makes progress (what was confirmed before a drop is not sent a third time)."""
         if not self._outbox:
             return
         envelopes, self._outbox = self._outbox, []
         logger.warning("publishing again %d messages the lost connection had not confirmed", len(envelopes))
+        done = 0
         try:
-            returned = await self.default_channel.publish_batch(envelopes)
+            while done < len(envelopes):
+                chunk = envelopes[done : done + _REPUBLISH_SLICE]
+                returned = await self.default_channel.publish_batch(chunk)
+                done += len(chunk)  # in the transport's outbox now, until confirmed
+                for envelope in returned:
+                    logger.warning("%r was published again after a reconnect and no queue took it", envelope)
+                assert self.transport is not None
+                await self.transport.flush(None)
         except BaseException:
-            self._outbox = envelopes + self._outbox
+            self._outbox = envelopes[done:] + self._outbox
             raise
-        for envelope in returned:
-            logger.warning("%r was published again after a reconnect and no queue took it", envelope)
 
     async def _recover(self, declared: list[Any]) -> None:
         """After a reconnect: declare again what ``maybe_declare`` had declared (durable entities), then

@@ -43,6 +43,7 @@ from ._events import (
 )
 from ._fields import FieldTable, FieldValue
 from ._frames import FRAME_MIN_SIZE, PROTOCOL_HEADER
+from ._outbox import Outbox, Waiter
 from ._properties import BasicProperties
 from ._state import ChannelState, ConnectionState
 
@@ -79,6 +80,7 @@ __all__ = [
     "GetOk",
     "Heartbeat",
     "LocalProtocolError",
+    "Outbox",
     "ProtocolError",
     "QosOk",
     "QueueBindOk",
@@ -93,5 +95,6 @@ __all__ = [
     "TxCommitOk",
     "TxRollbackOk",
     "TxSelectOk",
+    "Waiter",
     "reply_code_name",
 ]

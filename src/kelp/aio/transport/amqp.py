@@ -4,20 +4,33 @@
 :class:`ssl.SSLContext`). The broker routes; this module maps the transport interface onto protocol commands
 (:mod:`kelp.amqp`) and a thin I/O driver (a reader thread in the sync API, an ``asyncio.Protocol`` in
 ``kelp.aio``). Transport options, or URL query options of the same name (a transport option wins; a bad
-value raises InvalidURL): ``confirm_publish`` (default True), ``heartbeat`` (seconds, 0 = off),
-``reply_timeout`` (seconds to wait for a synchronous reply, default 60), ``blocked_timeout`` (seconds a
-publish waits while the broker has blocked the connection, default 60), ``frame_max``, ``channel_max``.
+value raises InvalidURL): ``confirms`` (default True: the channel publishes in confirm mode; False turns
+confirms off), ``confirm_publish`` (default False; True: each publish waits for its own confirms),
+``max_unconfirmed`` (10,000 messages) and ``max_unconfirmed_bytes`` (32 MiB) bound the outbox,
+``heartbeat`` (seconds, 0 = off), ``reply_timeout`` (seconds to wait for a synchronous reply, default 60),
+``blocked_timeout`` (seconds any wait of a publish or flush lasts while the broker has blocked the
+connection, default 60), ``frame_max``, ``channel_max``.
 
 What happens to a message:
 
-* **publish** writes a whole batch in one write. With ``confirm_publish`` (the default) it then waits for
-  the broker's confirms of the whole batch at once and returns only when the broker has taken
-  responsibility for every message (persistent messages on durable queues are on disk); a negative confirm
-  (e.g. a full queue with ``x-overflow: reject-publish``) raises :class:`~kelp.exceptions.MessageNacked`
-  after the rest of the batch is settled. Unroutable ``mandatory`` messages come back (``basic.return``
-  precedes the confirm) and are returned from that same ``publish``. With ``confirm_publish=False`` a
-  publish returns once written (fast, no guarantee); returns then arrive later and are handed back by the
-  channel's *next* ``publish``.
+* **publish** writes a whole batch in one write and, by default, returns without waiting for the broker's
+  confirms (they are pipelined). A persistent message has left the process when it returns: the kernel has
+  sent its bytes (not merely queued them) and the confirms that had arrived were read (a process killed
+  with unread bytes resets the connection: its kernel drops what it had not sent and the broker may drop
+  what it had not processed; only a confirm makes a message certain). Each written message sits in the
+  connection's **outbox** (by channel and sequence number) until ``basic.ack`` / ``basic.nack`` (with
+  ``multiple``) settles it; a full outbox (``max_unconfirmed`` / ``max_unconfirmed_bytes``) makes publish
+  wait for confirms first. A negative confirm (e.g. a full queue with ``x-overflow: reject-publish``) is
+  raised as :class:`~kelp.exceptions.MessageNacked` naming the envelopes by the connection's next publish,
+  ``flush`` or close; so are the unconfirmed messages of a channel the broker closed (a publish to a
+  missing exchange), with its reply code and error as the cause. ``flush`` waits for every confirm;
+  ``unconfirmed()`` is the outbox, which the library publishes again after a reconnect (at-least-once). A
+  publish that raises took its messages out of the outbox: the caller owns them again.
+* **confirm_publish=True**, and any batch with a ``mandatory`` message, waits for the batch's confirms and
+  raises MessageNacked for its own refusals. Unroutable ``mandatory`` messages come back (``basic.return``
+  precedes the confirm) and are returned from that same ``publish``. With ``confirms=False`` a publish
+  returns once written (no guarantee); returns then arrive later and are handed back by the channel's
+  *next* ``publish``.
 * **channel errors** (404, 405, 406, 403...) raise the mapped exception and close the AMQP channel, as the
   broker does; the :class:`AmqpChannel` object stays usable: its next operation opens a fresh AMQP
   channel (same id) and re-applies its ``qos``. Consumers of the closed channel are gone with it (the
@@ -34,9 +47,12 @@ What happens to a message:
   process dies or the connection drops is lost, so that message is redelivered (at-least-once).
 * **connection loss** (socket error, missed heartbeats, a broker-side close) fails every waiting call at
   once with :class:`~kelp.exceptions.ConnectionError` and is logged; ``Connection.ensure`` reconnects.
-  Unacked deliveries go back to their queues on the broker, flagged redelivered.
-* **connection.blocked** (a resource alarm) makes publishers wait, up to ``blocked_timeout``, instead of
-  piling bytes into a socket the broker no longer reads.
+  Unacked deliveries go back to their queues on the broker, flagged redelivered; unconfirmed publishes stay
+  in the outbox for the library to publish again.
+* **connection.blocked** (a resource alarm) makes publishers wait instead of piling bytes into a socket
+  the broker no longer reads; every wait of a publish (for the alarm to clear, for room in the outbox, for
+  its confirms) and of ``flush`` gives up after ``blocked_timeout`` with OperationalError, the first
+  publish after the alarm included (the broker announces the block only once it sees that publish).
 """
 
 from __future__ import annotations
@@ -46,6 +62,7 @@ import ssl
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
+from time import monotonic
 from typing import Any, ClassVar
 
 from kelp import amqp
@@ -92,18 +109,6 @@ class _Reply:
         self.error: BaseException | None = None
 
 
-class _Batch:
-    """One confirmed publish: how many confirms are still owed, what was nacked and returned."""
-
-    __slots__ = ("error", "nacked", "remaining", "returned")
-
-    def __init__(self) -> None:
-        self.remaining = 0
-        self.nacked = 0
-        self.returned: list[Envelope] = []
-        self.error: BaseException | None = None
-
-
 class AmqpChannel(TransportChannel):
     """One AMQP channel, reopened (same id) after the broker closes it over a refused operation."""
 
@@ -116,8 +121,8 @@ class AmqpChannel(TransportChannel):
         self._qos: tuple[int, bool] | None = None
         self._confirming = False
         self._unreported: BaseException | None = None
-        # publisher confirms: sequence number -> (batch, envelope); mandatory envelopes awaiting a verdict
-        self._in_flight: dict[int, tuple[_Batch, Envelope]] = {}
+        # mandatory envelopes whose publish waits for their verdict, oldest first (returns are matched here)
+        self._mandatory: list[tuple[amqp.Waiter[Envelope], Envelope]] = []
         self._late_returns: list[Envelope] = []
         self.consumers: dict[str, str] = {}  # tag -> queue
         # coalesced acks: broker tags recorded by ``ack``; every tag <= _floor is settled (-1: unknown),
@@ -149,12 +154,10 @@ class AmqpChannel(TransportChannel):
         self._confirming = False
         self.consumers.clear()
         self._acks.clear()  # the broker requeued those deliveries
-        reported = False
-        for batch, _ in self._in_flight.values():
-            if batch.error is None:
-                batch.error = error
-                reported = True
-        self._in_flight.clear()
+        # unconfirmed publishes of this channel will never be confirmed: their waiters fail, the rest are
+        # reported as refused (by the connection's next publish or flush)
+        reported = self._transport._outbox.close_channel(self.channel_id, error)
+        self._mandatory.clear()
         if not reported and not self._closed_by_us:
             self._unreported = error
 
@@ -250,70 +253,86 @@ class AmqpChannel(TransportChannel):
     # -- publishing -----------------------------------------------------------------------------------------
 
     async def publish(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
+        """Write the batch; wait for its confirms only with ``confirm_publish`` or a mandatory message.
+
+        See the module docstring. An envelope is in the connection's outbox from when its bytes are
+        written until the broker settles it; if this call raises, its envelopes are not in the outbox.
+        """
         transport = self._transport
         await self._ready()
-        confirm = transport.confirm_publish
-        if confirm and not self._confirming:
+        if not transport.confirms:
+            await transport._await_broker(transport._unblocked, None)
+            await transport._send(lambda core: self._encode(core, envelopes, None, None))
+            returned, self._late_returns = self._late_returns, []
+            return returned
+        if not self._confirming:
             await transport._request(self, lambda c, ch: c.confirm_select(ch))
             self._confirming = True
-        await transport._wait_unblocked()
-        batch = _Batch()
-        in_flight = self._in_flight
-
-        def produce(core: amqp.Connection) -> bytes:
-            channel_id = self.channel_id
-            parts = []
-            publish = core.basic_publish
-            for envelope in envelopes:
-                seq, data = publish(
-                    channel_id,
-                    envelope.exchange,
-                    envelope.routing_key,
-                    envelope.body,
-                    _basic_properties(envelope),
-                    envelope.mandatory,
-                )
-                parts.append(data)
-                if seq is not None:
-                    in_flight[seq] = (batch, envelope)
-                    batch.remaining += 1
-            return b"".join(parts)
-
-        await transport._send(produce)
-        returned, self._late_returns = self._late_returns, []
-        if not confirm:
-            return returned
-        await transport._wait(lambda: batch.remaining == 0 or batch.error is not None, None)
-        if batch.error is not None:
-            raise batch.error
-        returned.extend(batch.returned)
-        if batch.nacked:
-            raise MessageNacked(
-                f"the broker refused {batch.nacked} of {len(envelopes)} messages (negative confirm)"
-            )
+        if not transport._has_room():
+            await transport._await_broker(transport._has_room, None)
+        waiter: amqp.Waiter[Envelope] | None = None
+        if transport.confirm_publish or any(envelope.mandatory for envelope in envelopes):
+            waiter = amqp.Waiter()
+        seqs: list[int] = []
+        # a persistent message must have left the process when publish returns (asyncio: buffer drained)
+        drain = any(envelope.properties.get("delivery_mode") != 1 for envelope in envelopes)
+        try:
+            await transport._send(lambda core: self._encode(core, envelopes, waiter, seqs), drain)
+            returned, self._late_returns = self._late_returns, []
+            if waiter is not None:
+                try:
+                    await transport._await_broker(lambda: waiter.done, None)
+                finally:
+                    if self._mandatory:
+                        self._mandatory = [m for m in self._mandatory if m[0] is not waiter]
+                if waiter.error is not None:
+                    raise waiter.error
+                returned.extend(waiter.returned)
+        except BaseException:
+            transport._outbox.forget(self.channel_id, seqs)
+            raise
+        transport._raise_refused(waiter.nacked if waiter is not None else ())
         return returned
 
-    def _on_confirmed(self, event: amqp.Confirmed) -> None:
-        in_flight = self._in_flight
-        for seq in event.delivery_tags:
-            entry = in_flight.pop(seq, None)
-            if entry is None:
-                continue
-            batch = entry[0]
-            batch.remaining -= 1
-            if not event.ack:
-                batch.nacked += 1
+    def _encode(
+        self,
+        core: amqp.Connection,
+        envelopes: Sequence[Envelope],
+        waiter: amqp.Waiter[Envelope] | None,
+        seqs: list[int] | None,
+    ) -> bytes:
+        """Encode the batch (under the driver's lock, in wire order); record each in the outbox."""
+        channel_id = self.channel_id
+        parts = []
+        publish = core.basic_publish
+        add = self._transport._outbox.add
+        for envelope in envelopes:
+            body = envelope.body
+            seq, data = publish(
+                channel_id,
+                envelope.exchange,
+                envelope.routing_key,
+                body,
+                _basic_properties(envelope),
+                envelope.mandatory,
+            )
+            parts.append(data)
+            if seq is not None and seqs is not None:
+                seqs.append(seq)
+                add(channel_id, seq, envelope, len(body), waiter)
+                if envelope.mandatory and waiter is not None:
+                    self._mandatory.append((waiter, envelope))
+        return b"".join(parts)
 
     def _on_return(self, event: amqp.Return) -> None:
-        for batch, candidate in self._in_flight.values():  # in publish order: the oldest match is it
+        for index, (waiter, candidate) in enumerate(self._mandatory):  # oldest first: the match is it
             if (
-                candidate.mandatory
-                and candidate.routing_key == event.routing_key
+                candidate.routing_key == event.routing_key
                 and candidate.exchange == event.exchange
                 and candidate.body == event.body
             ):
-                batch.returned.append(candidate)
-                candidate.mandatory = False  # one return per envelope
+                waiter.returned.append(candidate)
+                del self._mandatory[index]  # one return per envelope
                 return
         envelope = Envelope(
             event.body,
@@ -479,7 +498,17 @@ class AmqpTransport(Transport):
     channel_errors: ClassVar[tuple[type[BaseException], ...]] = (ChannelError,)
     native_routing: ClassVar[bool] = True
     query_options: ClassVar[frozenset[str] | None] = frozenset(
-        {"confirm_publish", "heartbeat", "reply_timeout", "blocked_timeout", "frame_max", "channel_max"}
+        {
+            "confirms",
+            "confirm_publish",
+            "max_unconfirmed",
+            "max_unconfirmed_bytes",
+            "heartbeat",
+            "reply_timeout",
+            "blocked_timeout",
+            "frame_max",
+            "channel_max",
+        }
     )
 
     def __init__(self, url: URL, options: Mapping[str, Any]) -> None:
@@ -487,10 +516,18 @@ class AmqpTransport(Transport):
         opts = self.options
 
         def option(name: str, default: Any) -> Any:  # a transport option wins over the URL's query
-            return opts[name] if name in opts else url.query.get(name, default)
+            value = opts.get(name)
+            return url.query.get(name, default) if value is None else value
 
         scheme = url.transport
-        self.confirm_publish = _flag(option("confirm_publish", True))
+        self.confirms = _flag(option("confirms", True))
+        self.confirm_publish = _flag(option("confirm_publish", False))
+        self.max_unconfirmed = integer_option(
+            scheme, "max_unconfirmed", option("max_unconfirmed", 10_000), 1, 2**31 - 1
+        )
+        self.max_unconfirmed_bytes = integer_option(
+            scheme, "max_unconfirmed_bytes", option("max_unconfirmed_bytes", 32 * 1024 * 1024), 1, 2**62
+        )
         self.reply_timeout: float | None = _seconds(scheme, "reply_timeout", option("reply_timeout", 60.0))
         self.blocked_timeout: float | None = _seconds(
             scheme, "blocked_timeout", option("blocked_timeout", 60.0)
@@ -520,6 +557,7 @@ class AmqpTransport(Transport):
         self._cancelled: deque[tuple[int, str, str]] = deque()  # (channel, tag, queue) from basic.cancel
         self._lost: OperationalError | None = None
         self._closing = False
+        self._outbox: amqp.Outbox[Envelope] = amqp.Outbox()
         self.blocked: str | None = None
 
     # -- connection -----------------------------------------------------------------------------------------
@@ -585,8 +623,58 @@ class AmqpTransport(Transport):
             "server_properties": dict(self._core.server_properties),
             "heartbeat": self._core.heartbeat_interval,
             "frame_max": self._core.frame_max,
+            "confirms": self.confirms,
             "confirm_publish": self.confirm_publish,
+            "max_unconfirmed": self.max_unconfirmed,
+            "max_unconfirmed_bytes": self.max_unconfirmed_bytes,
+            "unconfirmed": self._outbox.count,
         }
+
+    # -- the outbox -----------------------------------------------------------------------------------------
+
+    async def flush(self, timeout: float | None) -> None:
+        outbox = self._outbox
+        try:
+            done = await self._await_broker(lambda: not outbox.count, timeout)
+        except BaseException:
+            self._raise_refused()  # refusals already known are reported before the loss
+            raise
+        self._raise_refused()
+        if not done:
+            raise TimeoutError(f"{outbox.count} published messages were not confirmed within {timeout} s")
+
+    def unconfirmed(self) -> list[Envelope]:
+        return self._outbox.messages()
+
+    def _has_room(self) -> bool:
+        outbox = self._outbox
+        return (
+            self.blocked is None
+            and outbox.count < self.max_unconfirmed
+            and outbox.bytes < self.max_unconfirmed_bytes
+        )
+
+    def _unblocked(self) -> bool:
+        return self.blocked is None
+
+    def _raise_refused(self, own: Sequence[Envelope] = ()) -> None:
+        """Raise MessageNacked for ``own`` and every refusal not yet reported (each is reported once)."""
+        outbox = self._outbox
+        if not own and not outbox.refused:
+            return
+        refused, closures = outbox.take_refused()
+        envelopes = [*own, *refused]
+        text = f"the broker refused {len(envelopes)} published messages"
+        if own:
+            text += f" ({len(own)} of this publish)"
+        if closures:
+            text += (
+                "; the broker closed their channel before confirming them (those published before the"
+                f" failing command may have been enqueued all the same): {closures[0]}"
+            )
+            code = getattr(closures[0], "reply_code", None)
+            raise MessageNacked(text, code, envelopes=envelopes) from closures[0]
+        raise MessageNacked(text + " (negative confirms)", envelopes=envelopes)
 
     # -- channels -------------------------------------------------------------------------------------------
 
@@ -637,12 +725,16 @@ class AmqpTransport(Transport):
         parts = [channel._ack_frames(core) for channel in list(self._channels.values()) if channel._acks]
         return b"".join(parts)
 
-    async def _send(self, produce: Callable[[amqp.Connection], bytes]) -> None:
-        """Write ``produce``'s bytes, preceded by the pending acks of every channel, in one write."""
+    async def _send(self, produce: Callable[[amqp.Connection], bytes], drain: bool = False) -> None:
+        """Write ``produce``'s bytes, preceded by the pending acks of every channel, in one write.
+
+        With ``drain``, return only once the bytes are handed to the kernel (asyncio: the transport's write
+        buffer drained; the sync driver always writes before returning).
+        """
         self._check()
         core = self._core
         try:
-            await self._driver.send(lambda: self._pending_acks(core) + produce(core))
+            await self._driver.send(lambda: self._pending_acks(core) + produce(core), drain)
         except amqp.LocalProtocolError as exc:
             self._check()
             raise ChannelError(f"cannot send this command: {exc}") from exc
@@ -688,20 +780,40 @@ class AmqpTransport(Transport):
         await self._driver.close()
         raise error
 
-    async def _wait(self, predicate: Callable[[], object], timeout: float | None) -> None:
-        await self._driver.wait_for(lambda: predicate() or self._lost, timeout)
-        self._check()
+    async def _await_broker(self, predicate: Callable[[], object], timeout: float | None) -> bool:
+        """Wait until ``predicate()`` (confirms arrived, the alarm cleared); False after ``timeout`` s.
 
-    async def _wait_unblocked(self) -> None:
-        if self.blocked is None:
-            return
-        logger.warning("the broker blocked this connection (%s); publish waits", self.blocked)
-        await self._driver.wait_for(lambda: self.blocked is None or self._lost, self.blocked_timeout)
-        self._check()
-        if self.blocked is not None:
-            raise OperationalError(
-                f"the broker kept this connection blocked ({self.blocked}) for {self.blocked_timeout} s"
-            )
+        While the broker blocks the connection (``connection.blocked``) the wait is bounded by
+        ``blocked_timeout`` too, then raises OperationalError; a lost connection raises its error.
+        """
+        if predicate():
+            return True
+        deadline = None if timeout is None else monotonic() + timeout
+        blocked_until: float | None = None
+        wait_for = self._driver.wait_for
+        while True:
+            now = monotonic()
+            left = None if deadline is None else max(0.0, deadline - now)
+            if self.blocked is None:
+                blocked_until = None
+                await wait_for(lambda: predicate() or self.blocked is not None or self._lost, left)
+            else:
+                if blocked_until is None:
+                    logger.warning("the broker blocked this connection (%s); publish waits", self.blocked)
+                    blocked_until = None if self.blocked_timeout is None else now + self.blocked_timeout
+                if blocked_until is not None:
+                    left = blocked_until - now if left is None else min(left, blocked_until - now)
+                await wait_for(lambda: predicate() or self.blocked is None or self._lost, left)
+            if predicate():
+                return True
+            self._check()
+            now = monotonic()
+            if self.blocked is not None and blocked_until is not None and now >= blocked_until:
+                raise OperationalError(
+                    f"the broker kept this connection blocked ({self.blocked}) for {self.blocked_timeout} s"
+                )
+            if deadline is not None and now >= deadline:
+                return False
 
     # -- events (run by the driver: the reader thread under its lock, or the event loop) ------------------
 
@@ -725,11 +837,7 @@ class AmqpTransport(Transport):
                 reply.error = error
                 reply.done = True
             replies.clear()
-        for channel in list(self._channels.values()):
-            for batch, _ in channel._in_flight.values():
-                if batch.error is None:
-                    batch.error = error
-            channel._in_flight.clear()
+        self._outbox.fail_waiters(error)  # the messages stay: unconfirmed() hands them to the library
 
     def _on_event(self, event: amqp.Event) -> None:
         if isinstance(event, amqp.Deliver):
@@ -751,9 +859,7 @@ class AmqpTransport(Transport):
             )
             return
         if isinstance(event, amqp.Confirmed):
-            channel = self._channels.get(event.channel)
-            if channel is not None:
-                channel._on_confirmed(event)
+            self._outbox.settle(event.channel, event.delivery_tags, event.ack)
             return
         if isinstance(event, amqp.Return):
             channel = self._channels.get(event.channel)
