@@ -27,13 +27,15 @@ PUBLISHER = """
 import asyncio, os, signal, sys
 import kelp, kelp.aio
 
-url, queue, n, face = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+url, queue, n, face, after = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
 if face == "sync":
     conn = kelp.Connection(url)
     producer = conn.Producer()
     for i in range(n):
         producer.publish({"i": i}, routing_key=queue)
-    os.kill(os.getpid(), signal.SIGKILL)  # the moment the last publish returned: no flush, no close
+    if after == "flush":
+        producer.flush()
+    os.kill(os.getpid(), signal.SIGKILL)  # the moment the last publish (or the flush) returned: no close
 
 async def main():
     conn = kelp.aio.Connection(url)
@@ -41,6 +43,8 @@ async def main():
     producer = conn.Producer()
     for i in range(n):
         await producer.publish({"i": i}, routing_key=queue)
+    if after == "flush":
+        await producer.flush()
     os.kill(os.getpid(), signal.SIGKILL)
 
 asyncio.run(main())
@@ -101,16 +105,37 @@ def drain_queue(amqp_url: str, queue: str) -> list[int]:
 
 
 @pytest.mark.parametrize("face", ["sync", "aio"])
-def test_a_publisher_killed_right_after_its_last_publish_loses_nothing(
+def test_a_publisher_killed_right_after_its_flush_loses_nothing(
     amqp_url: str, names: Callable[[str], str], face: str
 ) -> None:
     queue = names("q")
     with kelp.Connection(amqp_url) as conn:
         conn.channel().queue_declare(queue, durable=True, auto_delete=False)
-    child = run(PUBLISHER, amqp_url, queue, "3000", face)
+    child = run(PUBLISHER, amqp_url, queue, "3000", face, "flush")
     _, err = child.communicate(timeout=60)
     assert child.returncode == -signal.SIGKILL, err
     assert count_settles(amqp_url, queue, 3000) == 3000
+
+
+@pytest.mark.parametrize("face", ["sync", "aio"])
+def test_a_publisher_killed_right_after_its_last_publish_loses_at_most_a_tail(
+    amqp_url: str, names: Callable[[str], str], face: str
+) -> None:
+    """Every publish returned once its bytes were sent and the confirms already arrived were read; but a
+    confirm landing between that read and the kill leaves unread bytes, so the kernel resets the
+    connection, and RabbitMQ drops what it had received and not yet processed (docs/transports.md).
+    Measured: the last 20-100 messages in about one run in twelve. What is lost is always a tail: no
+    message before a stored one is ever missing."""
+    queue = names("q")
+    with kelp.Connection(amqp_url) as conn:
+        conn.channel().queue_declare(queue, durable=True, auto_delete=False)
+    child = run(PUBLISHER, amqp_url, queue, "3000", face, "publish")
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == -signal.SIGKILL, err
+    count_settles(amqp_url, queue, 3000)
+    got = drain_queue(amqp_url, queue)
+    assert got == list(range(len(got)))  # in order, no gap: only a tail can be missing
+    assert len(got) >= 3000 - 500, len(got)
 
 
 class CuttingProxy(Proxy):
