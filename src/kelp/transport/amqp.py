@@ -507,8 +507,7 @@ class AmqpTransport(Transport):
         opts = self.options
 
         def option(name: str, default: Any) -> Any:  # a transport option wins over the URL's query
-            value = opts.get(name)
-            return url.query.get(name, default) if value is None else value
+            return opts[name] if name in opts else url.query.get(name, default)
 
         scheme = url.transport
         self.confirms = _flag(option("confirms", True))
