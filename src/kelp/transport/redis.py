@@ -84,7 +84,13 @@ from kelp.exceptions import (
     UsageError,
 )
 from kelp.routing import validate_exchange_type
-from kelp.transport.base import Transport, TransportChannel
+from kelp.transport.base import (
+    DEFAULT_IMPLEMENTS,
+    Implements,
+    Transport,
+    TransportChannel,
+    package_version,
+)
 
 __all__ = ["RedisChannel", "RedisTransport"]
 
@@ -470,6 +476,12 @@ class RedisChannel(TransportChannel):
 
 class RedisTransport(Transport):
     schemes: ClassVar[tuple[str, ...]] = ("redis", "rediss")
+    driver_type: ClassVar[str] = "redis"
+    driver_name: ClassVar[str] = "redis"
+    implements: ClassVar[Implements] = DEFAULT_IMPLEMENTS.extend(heartbeats=True)
+
+    def driver_version(self) -> str:
+        return package_version("redis")
 
     def __init__(self, url: Any, options: Mapping[str, Any]) -> None:
         super().__init__(url, options)

@@ -77,7 +77,13 @@ from kelp._broker.redis.ticker import AsyncTicker as Ticker  # async-only
 # sync-only: from kelp._broker.redis.ticker import ThreadTicker as Ticker
 from kelp._envelope import Delivery, Envelope, QueueInfo
 from kelp.aio._backend import Lock, Signal, monotonic
-from kelp.aio.transport.base import Transport, TransportChannel
+from kelp.aio.transport.base import (
+    DEFAULT_IMPLEMENTS,
+    Implements,
+    Transport,
+    TransportChannel,
+    package_version,
+)
 from kelp.exceptions import (
     AccessRefused,
     ChannelError,
@@ -476,6 +482,12 @@ class RedisChannel(TransportChannel):
 
 class RedisTransport(Transport):
     schemes: ClassVar[tuple[str, ...]] = ("redis", "rediss")
+    driver_type: ClassVar[str] = "redis"
+    driver_name: ClassVar[str] = "redis"
+    implements: ClassVar[Implements] = DEFAULT_IMPLEMENTS.extend(heartbeats=True)
+
+    def driver_version(self) -> str:
+        return package_version("redis")
 
     def __init__(self, url: Any, options: Mapping[str, Any]) -> None:
         super().__init__(url, options)
