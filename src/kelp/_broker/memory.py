@@ -35,7 +35,6 @@ from kelp._broker.queue_args import (
 from kelp._envelope import Delivery, Envelope, QueueInfo
 from kelp.exceptions import (
     AccessRefused,
-    ChannelError,
     MessageNacked,
     NotFound,
     PreconditionFailed,
@@ -788,7 +787,7 @@ class MemoryBroker:
             else:  # the common case, kept short
                 item = channel.unacked.pop(delivery_tag, None)
                 if item is None:
-                    raise ChannelError(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}", 406)
+                    raise PreconditionFailed(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}")
                 if item.consumer is not None:
                     item.consumer.unacked -= 1
             connection = channel.connection
@@ -831,7 +830,7 @@ class MemoryBroker:
             return [channel.unacked.pop(t) for t in tags]
         item = channel.unacked.pop(delivery_tag, None)
         if item is None:
-            raise ChannelError(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}", 406)
+            raise PreconditionFailed(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}")
         return [item]
 
     def _requeue_unacked(self, channel: _Channel, tags: list[int]) -> None:

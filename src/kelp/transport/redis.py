@@ -75,7 +75,6 @@ from kelp._broker.redis.ticker import ThreadTicker as Ticker
 from kelp._envelope import Delivery, Envelope, QueueInfo
 from kelp.exceptions import (
     AccessRefused,
-    ChannelError,
     MessageNacked,
     NotFound,
     OperationalError,
@@ -83,7 +82,7 @@ from kelp.exceptions import (
     ResourceLocked,
     UsageError,
 )
-from kelp.routing import validate_exchange_type
+from kelp.routing import InvalidXMatch, validate_exchange_type
 from kelp.transport.base import (
     DEFAULT_IMPLEMENTS,
     Implements,
@@ -126,6 +125,7 @@ _ERRORS: dict[str, type[Exception]] = {
     "LOCKED": ResourceLocked,
     "ACCESS": AccessRefused,
     "VALUE": ValueError,
+    "XMATCH": InvalidXMatch,
 }
 
 
@@ -463,7 +463,7 @@ class RedisChannel(TransportChannel):
             return [self.unacked.pop(t) for t in tags]
         item = self.unacked.pop(delivery_tag, None)
         if item is None:
-            raise ChannelError(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}", 406)
+            raise PreconditionFailed(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}")
         return [item]
 
     def close(self) -> None:

@@ -876,7 +876,7 @@ function ops.bind(a)
   elseif redis.call('EXISTS', kx(dest)) == 0 then
     fail('NOT_FOUND', "no exchange '" .. dest .. "' in vhost '/'")
   end
-  if xtype == 'headers' and a[7] ~= '' then fail('VALUE', a[7]) end
+  if xtype == 'headers' and a[7] ~= '' then fail('XMATCH', a[7]) end
   if xtype == 'topic' then ensure_trie(source, x[2]) end
   if redis.call('SADD', kxb(source), member) == 0 then return 0 end
   local d = kind:sub(1, 1) .. ':' .. dest

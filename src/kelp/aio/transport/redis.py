@@ -86,7 +86,6 @@ from kelp.aio.transport.base import (
 )
 from kelp.exceptions import (
     AccessRefused,
-    ChannelError,
     MessageNacked,
     NotFound,
     OperationalError,
@@ -94,7 +93,7 @@ from kelp.exceptions import (
     ResourceLocked,
     UsageError,
 )
-from kelp.routing import validate_exchange_type
+from kelp.routing import InvalidXMatch, validate_exchange_type
 
 __all__ = ["RedisChannel", "RedisTransport"]
 
@@ -130,6 +129,7 @@ _ERRORS: dict[str, type[Exception]] = {
     "LOCKED": ResourceLocked,
     "ACCESS": AccessRefused,
     "VALUE": ValueError,
+    "XMATCH": InvalidXMatch,
 }
 
 
@@ -469,7 +469,7 @@ class RedisChannel(TransportChannel):
             return [self.unacked.pop(t) for t in tags]
         item = self.unacked.pop(delivery_tag, None)
         if item is None:
-            raise ChannelError(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}", 406)
+            raise PreconditionFailed(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}")
         return [item]
 
     async def close(self) -> None:
