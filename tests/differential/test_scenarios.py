@@ -433,3 +433,76 @@ def test_simple_queue(reference_url, subject_url):
         }
 
     same(reference_url, subject_url, scenario)
+
+
+# --- Entities: exchange-to-exchange bindings, bind_to / unbind_from, declare on publish ---------------
+
+
+def test_exchange_bindings_and_unbinding(reference_url, subject_url):
+    def scenario(lib, conn, names):
+        channel = conn.default_channel
+        upstream = lib.Exchange(names("up"), "topic", durable=False)(channel)
+        downstream = lib.Exchange(names("down"), "fanout", durable=False)(channel)
+        upstream.declare()
+        downstream.declare()
+        downstream.bind_to(upstream, routing_key="news.#")
+        queue = lib.Queue(names("q"), downstream)(channel)
+        queue.declare()
+        other = lib.Queue(names("q"))(channel)
+        other.declare()
+        other.bind_to(upstream, routing_key="*.sport")
+        producer = lib.Producer(conn)
+        for key in ("news", "news.sport", "weather.sport", "weather"):
+            producer.publish(key, exchange=upstream, routing_key=key)
+        first = ([m.payload for m in _take(queue, 10)], [m.payload for m in _take(other, 10)])
+        downstream.unbind_from(upstream, routing_key="news.#")
+        other.unbind_from(upstream, routing_key="*.sport")
+        producer.publish("news.sport", exchange=upstream, routing_key="news.sport")
+        return first, _take(queue, 10), _take(other, 10)
+
+    same(reference_url, subject_url, scenario)
+
+
+def test_publish_declares_what_it_is_told(reference_url, subject_url):
+    def scenario(lib, conn, names):
+        exchange = lib.Exchange(names("x"), "direct", durable=False)
+        queue = lib.Queue(names("q"), exchange, routing_key="k")
+        producer = lib.Producer(conn, exchange=exchange, auto_declare=False)
+        producer.publish("declared", routing_key="k", declare=[queue])
+        bound = queue(conn.default_channel)
+        return _take(bound, 5), bound.queue_declare(passive=True)[1:]
+
+    same(reference_url, subject_url, scenario)
+
+
+def test_consumer_on_message_recover_and_cancel(reference_url, subject_url):
+    def scenario(lib, conn, names):
+        queue = _queue(lib, conn, names)
+        producer = lib.Producer(conn)
+        for n in range(3):
+            producer.publish(n, routing_key=queue.name)
+        channel = conn.channel()
+        received: list[Any] = []
+        consumer = lib.Consumer(channel, [queue], on_message=received.append)
+        consumer.consume()
+        deadline = time.monotonic() + 5
+        while len(received) < 3 and time.monotonic() < deadline:
+            try:
+                conn.drain_events(timeout=0.2)
+            except TimeoutError:
+                pass
+        first = [(m.payload, m.delivery_info["redelivered"]) for m in received]
+        consumer.recover(requeue=True)
+        while len(received) < 6 and time.monotonic() < deadline:
+            try:
+                conn.drain_events(timeout=0.2)
+            except TimeoutError:
+                pass
+        again = sorted((m.payload, m.delivery_info["redelivered"]) for m in received[3:])
+        for message in received[3:]:
+            message.ack()
+        consumer.cancel()
+        _settle()
+        return first, again, queue.queue_declare(passive=True)[1:]
+
+    same(reference_url, subject_url, scenario)
