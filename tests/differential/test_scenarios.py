@@ -223,14 +223,7 @@ def test_priority_order(reference_url, subject_url):
     same(reference_url, subject_url, scenario)
 
 
-def test_requeued_messages_return_to_their_place(reference_url, subject_url, request):
-    if subject_url.startswith("redis"):
-        request.applymarker(
-            pytest.mark.xfail(
-                reason="redis:// requeues in requeue order (docs/migrating-from-kombu.md)", strict=True
-            )
-        )
-
+def test_requeued_messages_return_to_their_place(reference_url, subject_url):
     def scenario(lib, conn, names):
         queue = _queue(lib, conn, names)
         producer = lib.Producer(conn)

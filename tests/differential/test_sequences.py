@@ -13,7 +13,6 @@ import time
 from functools import partial
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -172,9 +171,5 @@ def _cleanup(lib: Any, url: str, queue_names: list[str], exchange_names: list[st
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(program=programs)
-def test_programs_behave_as_on_rabbitmq(reference_url, subject_url, program, request):
-    if subject_url.startswith("redis"):
-        # Found by this test: redis:// requeues in requeue order, RabbitMQ puts each message back in its
-        # place (docs/migrating-from-kombu.md). Not strict: not every run draws a program that shows it.
-        request.applymarker(pytest.mark.xfail(reason="redis:// requeue order", strict=False))
+def test_programs_behave_as_on_rabbitmq(reference_url, subject_url, program):
     assert execute(KELP, subject_url, program) == execute(KOMBU, reference_url, program)

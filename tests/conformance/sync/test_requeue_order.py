@@ -11,17 +11,8 @@ from kelp import Connection, Queue
 from .helpers import count_becomes, declared, fetch
 
 
-@pytest.fixture
-def requeue_in_place(transport, request):
-    # Requeued in their original order, they come back in it on redis:// too.
-    if transport == "redis" and request.node.callspec.params["order"] != (0, 1, 2):
-        reason = "redis:// requeues in requeue order (docs/migrating-from-kombu.md)"
-        request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
-
-
 @pytest.mark.parametrize("max_priority", [None, 5])
 @pytest.mark.parametrize("order", [(0, 1, 2), (2, 1, 0), (1, 0, 2)])
-@pytest.mark.usefixtures("requeue_in_place")
 def test_requeued_messages_return_to_their_place(broker_url, names, max_priority, order):
     with Connection(broker_url) as conn:
         bq = declared(conn, Queue(names("q"), max_priority=max_priority))
