@@ -426,7 +426,12 @@ class Connection:
         self.transport_cls = resolve_transport(self.url.transport)
         for url in self.urls[1:]:
             resolve_transport(url.transport)
-        self.transport: Transport | None = None
+        # The connected transport (None while not connected), and one made unconnected to answer
+        # questions about the broker kind before connecting (see the ``transport`` property).
+        self._transport: Transport | None = None
+        self._idle_transport: Transport | None = None
+        #: The failover URLs as given (Kombu's ``alt``); empty for a single URL.
+        self.alt: list[str] = _alternates(hostname, alternates)
         self._channels: dict[int, Channel] = {}
         self._default_channel: Channel | None = None
         self._pending: deque[Delivery] = deque()
@@ -493,30 +498,80 @@ class Connection:
     def __repr__(self) -> str:
         return f"<Connection: {self.as_uri()} at {id(self):#x}>"
 
+    # --- the transport, as Kombu exposes it ---------------------------------------------------------
+
+    @property
+    def transport(self) -> Transport:
+        """The transport: the connected one, or before connecting one made now, unconnected, that tells
+        the broker kind (``driver_type``, ``driver_name``, ``driver_version()``, ``implements``)."""
+        if self._transport is not None:
+            return self._transport
+        idle = self._idle_transport
+        if idle is None or type(idle) is not self.transport_cls or idle.url != self.url:
+            idle = self._idle_transport = self.transport_cls(self.url, self._transport_options())
+            idle.client = self
+        return idle
+
+    @property
+    def connection(self) -> Transport:
+        """The transport-level connection (kelp's connected transport). The sync API connects on first
+        use; with asyncio, connect first."""
+        self.connect() if not self.connected else None
+        return self._require_transport()
+
+    def supports_exchange_type(self, exchange_type: str) -> bool:
+        """Whether the broker behind this connection routes through exchanges of ``exchange_type``."""
+        return exchange_type in self.transport.implements.exchange_type
+
+    @property
+    def qos_semantics_matches_spec(self) -> bool:
+        """Whether ``prefetch_count`` without ``global`` limits a whole channel, as AMQP 0-9-1 says
+        (False where it limits each consumer, as on RabbitMQ 3.3 to 3.x and the brokers kelp runs)."""
+        return self.transport.qos_semantics_matches_spec(self.connection)
+
+    def switch(self, conn_str: str) -> None:
+        """Close, then use ``conn_str`` (a URL, or a host name for the current transport) from the next
+        connect on; does not reconnect. Other settings and the failover list (``alt``) stay."""
+        self.close()
+        self.declared_entities.clear()
+        init = self._init_args
+        self.url = _urls(
+            conn_str,
+            init["userid"],
+            init["password"],
+            init["virtual_host"],
+            init["port"],
+            self.url.transport,
+            None,
+        )[0]
+        self.transport_cls = resolve_transport(self.url.transport)
+        self._init_args = {**init, "hostname": conn_str, "alternates": self.alt or None}
+
     # --- lifecycle ------------------------------------------------------------------------------------
 
     @property
     def connected(self) -> bool:
-        return self.transport is not None and self.transport.is_connected
+        return self._transport is not None and self._transport.is_connected
 
     def connect(self) -> Self:
         """Connect (trying each failover URL once) and open the default channel."""
         return self.ensure_connection(max_retries=len(self.urls) - 1, interval_start=0, interval_step=0)
 
+    def _transport_options(self) -> dict[str, Any]:
+        return {
+            **self.transport_options,
+            "heartbeat": self.heartbeat,
+            "ssl": self.ssl,
+            "login_method": self.login_method,
+        }
+
     def _connect_once(self) -> None:
-        if self.transport is not None:  # a lost one: keep its unconfirmed publishes for the new one
+        if self._transport is not None:  # a lost one: keep its unconfirmed publishes for the new one
             self._discard_transport()
-        transport = self.transport_cls(
-            self.url,
-            {
-                **self.transport_options,
-                "heartbeat": self.heartbeat,
-                "ssl": self.ssl,
-                "login_method": self.login_method,
-            },
-        )
+        transport = self.transport_cls(self.url, self._transport_options())
+        transport.client = self
         transport.connect(self.connect_timeout)
-        self.transport = transport
+        self._transport = transport
         declared = list(self.declared_entities)
         self.declared_entities.clear()
         self._default_channel = self.channel()
@@ -543,8 +598,8 @@ class Connection:
                 done += len(chunk)  # in the transport's outbox now, until confirmed
                 for envelope in returned:
                     logger.warning("%r was published again after a reconnect and no queue took it", envelope)
-                assert self.transport is not None
-                self.transport.flush(None)
+                assert self._transport is not None
+                self._transport.flush(None)
         except BaseException:
             self._outbox = envelopes[done:] + self._outbox
             raise
@@ -602,7 +657,7 @@ class Connection:
         """
         if self.connected:
             return self
-        if self.transport is not None:  # lost: keep what it had not had confirmed, then let it go
+        if self._transport is not None:  # lost: keep what it had not had confirmed, then let it go
             self._discard_transport()
         deadline = None if timeout is None else monotonic() + timeout
         for attempt, interval in enumerate(_intervals(interval_start, interval_step, interval_max)):
@@ -632,7 +687,7 @@ class Connection:
             self.transport_cls = resolve_transport(self.url.transport)
 
     def _discard_transport(self) -> None:
-        transport, self.transport = self.transport, None
+        transport, self._transport = self._transport, None
         if transport is not None:
             self._outbox.extend(transport.unconfirmed())
         for channel in self._channels.values():
@@ -656,13 +711,13 @@ class Connection:
         connection error if the connection was lost: its unconfirmed messages are then published again
         when the connection is re-established (``ensure_connection``, ``ensure``, a retried publish).
         """
-        if self.transport is None:
+        if self._transport is None:
             if self._outbox:
                 raise OperationalError(
                     f"{len(self._outbox)} published messages wait for a reconnect to be published again"
                 )
             return
-        self.transport.flush(timeout)
+        self._transport.flush(timeout)
 
     def close(self) -> None:
         """Close every channel and the connection; unacked messages go back to their queues.
@@ -670,7 +725,7 @@ class Connection:
         Publishes still owed a confirm are waited for first (as :meth:`flush`); a refusal found then is
         raised as MessageNacked once the connection is closed.
         """
-        transport, self.transport = self.transport, None
+        transport, self._transport = self._transport, None
         for channel in list(self._channels.values()):
             channel.is_open = False
         self._channels.clear()
@@ -716,13 +771,13 @@ class Connection:
     # --- channels -------------------------------------------------------------------------------------
 
     def _require_transport(self) -> Transport:
-        if self.transport is None:
+        if self._transport is None:
             raise OperationalError(f"{self!r} is not connected (use connect() or a with block)")
-        return self.transport
+        return self._transport
 
     def channel(self) -> Channel:
         """Open a new channel."""
-        transport = self.transport
+        transport = self._transport
         if transport is None:
             self.connect()
             transport = self._require_transport()
@@ -954,6 +1009,15 @@ def _urls(
     if not urls:
         raise UsageError("Connection needs a URL (or set KELP_URL)")
     return urls
+
+
+def _alternates(hostname: str | Sequence[str] | None, alternates: Sequence[str] | None) -> list[str]:
+    if isinstance(hostname, str):
+        given = hostname.split(";") if ";" in hostname else []
+    else:
+        # Kombu puts the alternates before a list of hosts.
+        return [*(alternates or ()), *(hostname or ())]
+    return [*given, *(alternates or ())]
 
 
 def _with_scheme(hostname: str, transport: str | None) -> str:

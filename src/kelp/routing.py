@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, NamedTuple, TypeAlias, cast
 
 from kelp._topic_trie import TopicTrie
+from kelp.exceptions import PreconditionFailed
 
 __all__ = [
     "EXCHANGE_TYPES",
@@ -33,12 +34,19 @@ __all__ = [
     "Binding",
     "BindingTable",
     "Destination",
+    "InvalidXMatch",
     "Lookup",
     "headers_match",
     "route",
     "topic_match",
     "validate_exchange_type",
 ]
+
+
+class InvalidXMatch(PreconditionFailed, ValueError):
+    """A headers binding's ``x-match`` is not a mode RabbitMQ knows: the broker refuses the binding with
+    PRECONDITION_FAILED (406), as RabbitMQ does. Also a ValueError, for code that validates arguments."""
+
 
 #: The exchange types every kelp transport supports.
 EXCHANGE_TYPES: Final = frozenset({"direct", "fanout", "topic", "headers"})
@@ -144,7 +152,10 @@ def _headers_rule(arguments: Mapping[str, Any]) -> _HeadersRule:
         mode = mode.decode("utf-8", "replace")
     if mode not in X_MATCH_MODES:
         known = ", ".join(sorted(X_MATCH_MODES))
-        raise ValueError(f"invalid x-match value {mode!r} in a headers binding; expected one of: {known}")
+        raise InvalidXMatch(
+            f"PRECONDITION_FAILED - invalid x-match value {mode!r} in a headers binding; "
+            f"expected one of: {known}"
+        )
     with_x = mode.endswith("-with-x")
     items = tuple(
         (key, value)
@@ -181,7 +192,7 @@ def headers_match(binding_arguments: Mapping[str, Any], headers: Mapping[str, An
 
     A binding value of ``None`` (AMQP void) matches on the key's presence alone. ``all`` with no arguments
     left to compare matches every message; ``any`` with none matches no message. Booleans never equal
-    numbers. An invalid ``x-match`` raises :class:`ValueError`.
+    numbers. An invalid ``x-match`` raises :class:`InvalidXMatch` (PreconditionFailed and ValueError).
     """
     return _rule_matches(_headers_rule(binding_arguments), headers or {})
 
@@ -392,7 +403,8 @@ class BindingTable:
     ) -> bool:
         """Add a binding; False if exactly this binding already exists (adding is idempotent).
 
-        For a headers exchange an invalid ``x-match`` raises :class:`ValueError` and nothing is added.
+        For a headers exchange an invalid ``x-match`` raises :class:`InvalidXMatch` (PreconditionFailed) and
+        nothing is added.
         """
         binding = Binding(destination, routing_key, _arguments(arguments))
         if binding in self:

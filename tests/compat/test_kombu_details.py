@@ -123,3 +123,48 @@ def test_publish_accepts_properties_amqp_does_not_have(library: ModuleType) -> N
         assert message.properties["correlation_id"] == "c1"
         assert message.payload == {"n": 1}
         message.ack()
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_the_transport_exists_before_connecting(library: ModuleType) -> None:
+    conn = library.Connection(_url())
+    transport = conn.transport
+    assert not conn.connected
+    assert transport.client is conn
+    assert transport.driver_type == "memory"
+    assert isinstance(transport.driver_name, str)
+    assert isinstance(transport.driver_version(), str)
+    assert transport.implements.exchange_type == frozenset({"direct", "topic", "fanout", "headers"})
+    assert isinstance(transport.implements.heartbeats, bool)
+    assert conn.supports_exchange_type("headers")
+    assert not conn.supports_exchange_type("x-consistent-hash")
+    conn.release()
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_connection_is_the_transport_level_connection(library: ModuleType) -> None:
+    with library.Connection(_url()) as conn:
+        raw = conn.connection  # connects on first use
+        assert raw is not None
+        assert conn.connected
+        assert conn.connection is raw
+        assert isinstance(conn.qos_semantics_matches_spec, bool)
+
+
+@pytest.mark.parametrize("library", LIBRARIES)
+def test_alt_lists_failover_urls_and_switch_changes_the_url(library: ModuleType) -> None:
+    assert library.Connection("memory://a").alt == []
+    assert library.Connection("memory://a", alternates=["memory://c"]).alt == ["memory://c"]
+    conn = library.Connection("memory://a;memory://b", alternates=["memory://c"])
+    assert conn.alt == ["memory://a", "memory://b", "memory://c"]
+    assert conn.hostname == "a"
+    conn.default_channel  # noqa: B018 - connects
+    conn.switch("memory://z")
+    assert not conn.connected
+    assert conn.hostname == "z"
+    assert conn.alt == ["memory://a", "memory://b", "memory://c"]
+    with conn:
+        queue = library.Queue(f"sw-{uuid.uuid4().hex[:6]}")
+        queue(conn.default_channel).declare()
+        assert conn.hostname == "z"
+    conn.release()

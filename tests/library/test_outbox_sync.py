@@ -102,7 +102,8 @@ def test_close_raises_a_refusal_it_finds_and_still_closes() -> None:
     with pytest.raises(MessageNacked):
         conn.close()
     assert not transport.is_connected
-    assert conn.transport is None
+    assert not conn.connected
+    assert conn.transport is not transport  # the closed transport is let go
 
 
 def test_unconfirmed_messages_are_published_again_after_a_reconnect() -> None:

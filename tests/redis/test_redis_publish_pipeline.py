@@ -136,7 +136,7 @@ def test_a_refusal_is_raised_by_close(redis_url):
     with pytest.raises(MessageNacked) as raised:
         publisher.close()
     assert [e.body for e in raised.value.envelopes] == [b"refused"]
-    assert publisher.transport is None
+    assert not publisher.connected
 
 
 def test_confirm_publish_waits_and_raises(redis_url):

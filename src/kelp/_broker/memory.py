@@ -35,7 +35,6 @@ from kelp._broker.queue_args import (
 from kelp._envelope import Delivery, Envelope, QueueInfo
 from kelp.exceptions import (
     AccessRefused,
-    ChannelError,
     MessageNacked,
     NotFound,
     PreconditionFailed,
@@ -59,9 +58,10 @@ class Waker(Protocol):
 class _Entry:
     """One stored copy of a message in one queue."""
 
-    __slots__ = ("deadline", "envelope", "priority", "redelivered", "size")
+    __slots__ = ("deadline", "envelope", "priority", "redelivered", "seq", "size")
 
     def __init__(self, envelope: Envelope, deadline: float | None, priority: int, redelivered: bool) -> None:
+        self.seq = 0  # its place in the queue, set when first queued
         self.envelope = envelope
         self.deadline = deadline
         self.priority = priority
@@ -83,6 +83,7 @@ class _Queue:
         "last_used",
         "levels",
         "name",
+        "next_seq",
         "rr",
     )
 
@@ -110,12 +111,21 @@ class _Queue:
         self.had_consumer = False
         self.last_used = now
         self.rr = 0
+        self.next_seq = 0
 
     def push(self, entry: _Entry, front: bool = False) -> None:
+        """Queue ``entry`` at the tail, or (``front``: a requeue) back at its original place among the
+        messages of its priority that are still queued, as RabbitMQ does."""
         level = self.levels[min(entry.priority, len(self.levels) - 1)]
         if front:
-            level.appendleft(entry)
+            index = 0
+            # Requeued entries sit at the head: step over the ones queued before this one.
+            while index < len(level) and level[index].seq < entry.seq:
+                index += 1
+            level.insert(index, entry)
         else:
+            entry.seq = self.next_seq
+            self.next_seq += 1
             level.append(entry)
         self.count += 1
         self.bytes += entry.size
@@ -806,7 +816,7 @@ class MemoryBroker:
             else:  # the common case, kept short
                 item = channel.unacked.pop(delivery_tag, None)
                 if item is None:
-                    raise ChannelError(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}", 406)
+                    raise PreconditionFailed(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}")
                 if item.consumer is not None:
                     item.consumer.unacked -= 1
             connection = channel.connection
@@ -849,7 +859,7 @@ class MemoryBroker:
             return [channel.unacked.pop(t) for t in tags]
         item = channel.unacked.pop(delivery_tag, None)
         if item is None:
-            raise ChannelError(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}", 406)
+            raise PreconditionFailed(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}")
         return [item]
 
     def _requeue_unacked(self, channel: _Channel, tags: list[int]) -> None:

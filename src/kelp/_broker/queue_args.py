@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from kelp.exceptions import AccessRefused, PreconditionFailed, UsageError
@@ -239,7 +240,7 @@ def dead_letter(
             if reason in _CYCLE_REASONS:
                 return None
             entry["count"] = entry.get("count", 1) + 1
-            entry["time"] = int(now)
+            entry["time"] = _timestamp(now)
             deaths.insert(0, deaths.pop(index))
             break
     else:
@@ -247,7 +248,7 @@ def dead_letter(
             "count": 1,
             "reason": reason,
             "queue": queue,
-            "time": int(now),
+            "time": _timestamp(now),
             "exchange": exchange,
             "routing-keys": [routing_key],
         }
@@ -264,3 +265,8 @@ def dead_letter(
 def tag(prefix: str) -> str:
     """A unique tag for consumers or names the broker generates."""
     return prefix + secrets.token_hex(8)
+
+
+def _timestamp(now: float) -> datetime:
+    # RabbitMQ writes x-death times as AMQP timestamps: whole seconds, read back as UTC datetimes.
+    return datetime.fromtimestamp(int(now), tz=UTC)

@@ -59,6 +59,7 @@ What happens to a message:
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -79,7 +80,7 @@ from kelp.exceptions import (
     UsageError,
     channel_error_for,
 )
-from kelp.transport.base import Transport, TransportChannel
+from kelp.transport.base import DEFAULT_IMPLEMENTS, Implements, Transport, TransportChannel, kelp_version
 from kelp.url import URL
 
 __all__ = ["AmqpChannel", "AmqpTransport"]
@@ -501,6 +502,25 @@ class AmqpTransport(Transport):
             "channel_max",
         }
     )
+
+    driver_type: ClassVar[str] = "amqp"
+    driver_name: ClassVar[str] = "kelp.amqp"
+    implements: ClassVar[Implements] = DEFAULT_IMPLEMENTS.extend(heartbeats=True)
+
+    def driver_version(self) -> str:
+        return kelp_version()
+
+    def qos_semantics_matches_spec(self, connection: Any) -> bool:
+        """RabbitMQ 3.3 to 3.x limits each consumer (not the channel) with a non-global prefetch; older
+        and 4.0 and later servers follow the specification, as any other broker is assumed to."""
+        properties = self._core.server_properties
+        if _text(properties.get("product")) != "RabbitMQ":
+            return True
+        digits = re.findall(r"\d+", _text(properties.get("version")))[:2]
+        if len(digits) < 2:
+            return True
+        version = (int(digits[0]), int(digits[1]))
+        return version < (3, 3) or version >= (4, 0)
 
     def __init__(self, url: URL, options: Mapping[str, Any]) -> None:
         super().__init__(url, options)
@@ -995,3 +1015,7 @@ def _properties(props: amqp.BasicProperties) -> dict[str, Any]:
         if value is not None:
             out[name] = value
     return out
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value or "")

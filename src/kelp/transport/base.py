@@ -15,6 +15,7 @@ transports that detect it) returns them to their queues, flagged ``redelivered``
 from __future__ import annotations
 
 import abc
+import importlib.metadata
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -139,6 +140,41 @@ class TransportChannel(abc.ABC):
         """Close the channel; its unacked deliveries return to their queues, flagged redelivered."""
 
 
+class Implements(dict[str, Any]):
+    """What a transport supports, readable as attributes (Kombu's ``transport.implements``):
+    ``exchange_type`` (the exchange types it routes), ``heartbeats``, ``asynchronous``, ``batch_publish``."""
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def extend(self, **changes: Any) -> Implements:
+        return Implements(self, **changes)
+
+
+def package_version(name: str) -> str:
+    """The installed version of the distribution ``name`` ('N/A' when it is not installed)."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "N/A"
+
+
+def kelp_version() -> str:
+    return package_version("kelp")
+
+
+#: What every kelp transport supports unless it says otherwise.
+DEFAULT_IMPLEMENTS = Implements(
+    asynchronous=True,
+    batch_publish=True,
+    exchange_type=frozenset({"direct", "topic", "fanout", "headers"}),
+    heartbeats=False,
+)
+
+
 class Transport(abc.ABC):
     """One connection to a broker."""
 
@@ -154,6 +190,11 @@ class Transport(abc.ABC):
     #: (None: the transport checks its query itself).
     query_options: ClassVar[frozenset[str] | None] = None
 
+    #: The kind of broker (Kombu's ``driver_type``: ``'amqp'``, ``'redis'``...) and the client library.
+    driver_type: ClassVar[str] = "N/A"
+    driver_name: ClassVar[str] = "N/A"
+    implements: ClassVar[Implements] = DEFAULT_IMPLEMENTS
+
     def __init__(self, url: URL, options: Mapping[str, Any]) -> None:
         known = self.query_options
         if known is not None and not known.issuperset(url.query):
@@ -162,6 +203,17 @@ class Transport(abc.ABC):
             raise InvalidURL(f"{url.transport}:// has no URL option {unknown} (its options: {listed})")
         self.url = url
         self.options = dict(options)
+        #: The Connection this transport belongs to.
+        self.client: Any = None
+
+    def driver_version(self) -> str:
+        """The version of the library that talks to the broker."""
+        return "N/A"
+
+    def qos_semantics_matches_spec(self, connection: Any) -> bool:
+        """Whether ``prefetch_count`` without ``global`` limits a channel (AMQP 0-9-1) rather than each
+        consumer. kelp's brokers limit each consumer, as RabbitMQ 3.3 and later do."""
+        return False
 
     @property
     @abc.abstractmethod

@@ -16,7 +16,7 @@ from kelp._backend import Signal, monotonic
 from kelp._broker.memory import MemoryBroker, broker_for
 from kelp._envelope import Delivery, Envelope, QueueInfo
 from kelp.exceptions import OperationalError
-from kelp.transport.base import Transport, TransportChannel, queue_deleted
+from kelp.transport.base import Transport, TransportChannel, kelp_version, queue_deleted
 
 __all__ = ["MemoryChannel", "MemoryTransport"]
 
@@ -105,6 +105,12 @@ class MemoryChannel(TransportChannel):
 class MemoryTransport(Transport):
     schemes: ClassVar[tuple[str, ...]] = ("memory",)
     query_options: ClassVar[frozenset[str] | None] = frozenset()
+
+    driver_type: ClassVar[str] = "memory"
+    driver_name: ClassVar[str] = "memory"
+
+    def driver_version(self) -> str:
+        return kelp_version()
 
     def __init__(self, url: Any, options: Mapping[str, Any]) -> None:
         super().__init__(url, options)

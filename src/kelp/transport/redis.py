@@ -85,7 +85,6 @@ from kelp._envelope import Delivery, Envelope, QueueInfo
 from kelp._options import integer_option, seconds_option
 from kelp.exceptions import (
     AccessRefused,
-    ChannelError,
     MessageNacked,
     NotFound,
     OperationalError,
@@ -93,9 +92,16 @@ from kelp.exceptions import (
     ResourceLocked,
     UsageError,
 )
-from kelp.routing import validate_exchange_type
+from kelp.routing import InvalidXMatch, validate_exchange_type
 from kelp.transport._redis_pipe import CALL, PUBLISH, Pipe, Slot
-from kelp.transport.base import Transport, TransportChannel, queue_deleted
+from kelp.transport.base import (
+    DEFAULT_IMPLEMENTS,
+    Implements,
+    Transport,
+    TransportChannel,
+    package_version,
+    queue_deleted,
+)
 
 __all__ = ["RedisChannel", "RedisTransport"]
 
@@ -138,6 +144,7 @@ _ERRORS: dict[str, type[Exception]] = {
     "LOCKED": ResourceLocked,
     "ACCESS": AccessRefused,
     "VALUE": ValueError,
+    "XMATCH": InvalidXMatch,
 }
 
 
@@ -484,7 +491,7 @@ class RedisChannel(TransportChannel):
             return [self.unacked.pop(t) for t in tags]
         item = self.unacked.pop(delivery_tag, None)
         if item is None:
-            raise ChannelError(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}", 406)
+            raise PreconditionFailed(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}")
         return [item]
 
     def close(self) -> None:
@@ -507,6 +514,13 @@ class RedisTransport(Transport):
             "max_unconfirmed_bytes",
         }
     )
+
+    driver_type: ClassVar[str] = "redis"
+    driver_name: ClassVar[str] = "redis"
+    implements: ClassVar[Implements] = DEFAULT_IMPLEMENTS.extend(heartbeats=True)
+
+    def driver_version(self) -> str:
+        return package_version("redis")
 
     def __init__(self, url: Any, options: Mapping[str, Any]) -> None:
         super().__init__(url, options)

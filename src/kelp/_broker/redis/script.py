@@ -440,7 +440,7 @@ local function level_of(suffix)
   return tonumber(suffix), false
 end
 
-local function add_entry(q, level, requeued, body, meta, expires, deliveries)
+local function add_entry(q, level, requeued, body, meta, expires, deliveries, origin)
   local suffix = (requeued and 'r' or '') .. level
   local s = kqs(q.name, suffix)
   if redis.call('SADD', kqss(q.name), suffix) == 1 then
@@ -454,6 +454,10 @@ local function add_entry(q, level, requeued, body, meta, expires, deliveries)
   if deliveries and deliveries > 0 then
     f[#f + 1] = 'n'
     f[#f + 1] = deliveries
+  end
+  if origin then
+    f[#f + 1] = 'o'
+    f[#f + 1] = origin
   end
   redis.call('XADD', s, '*', unpack(f))
   redis.call('ZADD', kqlv(q.name), -(2 * level + (requeued and 1 or 0)), suffix)
@@ -623,8 +627,40 @@ local function take(q, conn, room, no_ack, tag, out)
   return taken
 end
 
--- Put pending entries back at the head of their queues, flagged redelivered. Only an entry still
--- pending (XACK returns 1) moves, so an owner and a reaper racing never requeue it twice.
+-- True when stream id a ("ms-seq") comes before stream id b.
+local function id_before(a, b)
+  local am, as = a:match('^(%d+)-(%d+)$')
+  local bm, bs = b:match('^(%d+)-(%d+)$')
+  if not (am and bm) then return false end
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am < bm or (am == bm and as < bs)
+end
+
+-- Requeue one entry into its level's requeue stream at its original place, as RabbitMQ does: the ready
+-- entries there that were first queued after it ('o', their id in the fresh stream) move behind it.
+-- Entries already delivered from the stream (up to the group's last-delivered id) are not touched.
+local function requeue_in_place(q, level, f, origin)
+  local rs = kqs(q.name, 'r' .. level)
+  local later = {}
+  if redis.call('EXISTS', rs) == 1 then
+    local last = '0-0'
+    for _, group in ipairs(redis.call('XINFO', 'GROUPS', rs)) do
+      local g = fields(group)
+      if g.name == G then last = g['last-delivered-id'] end
+    end
+    for _, entry in ipairs(redis.call('XRANGE', rs, '(' .. last, '+')) do
+      if id_before(origin, fields(entry[2]).o or '0-0') then later[#later + 1] = entry end
+    end
+  end
+  for _, entry in ipairs(later) do redis.call('XDEL', rs, entry[1]) end
+  add_entry(q, level, true, f.b, f.m, tonumber(f.x), (tonumber(f.n) or 0) + 1, origin)
+  -- Moved, not new: the queue's counters already include them.
+  for _, entry in ipairs(later) do redis.call('XADD', rs, '*', unpack(entry[2])) end
+end
+
+-- Put pending entries back at the head of their queues, flagged redelivered, each at its original place
+-- among the requeued ones. Only an entry still pending (XACK returns 1) moves, so an owner and a reaper
+-- racing never requeue it twice.
 local function requeue(name, suffix, ids, dirty)
   local s = kqs(name, suffix)
   local q = dirty[name]
@@ -638,8 +674,10 @@ local function requeue(name, suffix, ids, dirty)
       redis.call('XDEL', s, id)
       if e and q then
         local f = entry_fields(e[2])
-        local level = level_of(suffix)
-        add_entry(q, level, true, f.b, f.m, tonumber(f.x), (tonumber(f.n) or 0) + 1)
+        local level, requeued = level_of(suffix)
+        -- Where it stood first: its id in the fresh stream (an entry requeued by an older kelp has none).
+        local origin = f.o or (requeued and '0-0' or id)
+        requeue_in_place(q, level, f, origin)
       end
     end
   end
@@ -884,7 +922,7 @@ function ops.bind(a)
   elseif redis.call('EXISTS', kx(dest)) == 0 then
     fail('NOT_FOUND', "no exchange '" .. dest .. "' in vhost '/'")
   end
-  if xtype == 'headers' and a[7] ~= '' then fail('VALUE', a[7]) end
+  if xtype == 'headers' and a[7] ~= '' then fail('XMATCH', a[7]) end
   if xtype == 'topic' then ensure_trie(source, x[2]) end
   if redis.call('SADD', kxb(source), member) == 0 then return 0 end
   local d = kind:sub(1, 1) .. ':' .. dest

@@ -53,6 +53,7 @@ from kelp.exceptions import (
     KelpError,
     MessageNacked,
     OperationalError,
+    PreconditionFailed,
     ResourceError,
     UsageError,
 )
@@ -1093,7 +1094,7 @@ class SqliteStore:
             else:
                 found = channel.unacked.pop(delivery_tag, None)
                 if found is None:
-                    raise ChannelError(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}", 406)
+                    raise PreconditionFailed(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}")
                 item = found
                 if item.consumer is not None:
                     item.consumer.unacked -= 1
@@ -1138,7 +1139,7 @@ class SqliteStore:
             return [channel.unacked.pop(t) for t in tags]
         item = channel.unacked.pop(delivery_tag, None)
         if item is None:
-            raise ChannelError(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}", 406)
+            raise PreconditionFailed(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}")
         return [item]
 
     # --- waiting -----------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from kelp._broker.memory import MemoryBroker, broker_for
 from kelp._envelope import Delivery, Envelope, QueueInfo
 from kelp.aio._backend import Signal, monotonic
-from kelp.aio.transport.base import Transport, TransportChannel, queue_deleted
+from kelp.aio.transport.base import Transport, TransportChannel, kelp_version, queue_deleted
 from kelp.exceptions import OperationalError
 
 __all__ = ["MemoryChannel", "MemoryTransport"]
@@ -104,6 +104,12 @@ class MemoryChannel(TransportChannel):
 class MemoryTransport(Transport):
     schemes: ClassVar[tuple[str, ...]] = ("memory",)
     query_options: ClassVar[frozenset[str] | None] = frozenset()
+
+    driver_type: ClassVar[str] = "memory"
+    driver_name: ClassVar[str] = "memory"
+
+    def driver_version(self) -> str:
+        return kelp_version()
 
     def __init__(self, url: Any, options: Mapping[str, Any]) -> None:
         super().__init__(url, options)

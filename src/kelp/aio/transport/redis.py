@@ -89,10 +89,16 @@ from kelp._envelope import Delivery, Envelope, QueueInfo
 from kelp._options import integer_option, seconds_option
 from kelp.aio._backend import Signal, monotonic
 from kelp.aio.transport._redis_pipe import CALL, PUBLISH, Pipe, Slot
-from kelp.aio.transport.base import Transport, TransportChannel, queue_deleted
+from kelp.aio.transport.base import (
+    DEFAULT_IMPLEMENTS,
+    Implements,
+    Transport,
+    TransportChannel,
+    package_version,
+    queue_deleted,
+)
 from kelp.exceptions import (
     AccessRefused,
-    ChannelError,
     MessageNacked,
     NotFound,
     OperationalError,
@@ -100,7 +106,7 @@ from kelp.exceptions import (
     ResourceLocked,
     UsageError,
 )
-from kelp.routing import validate_exchange_type
+from kelp.routing import InvalidXMatch, validate_exchange_type
 
 __all__ = ["RedisChannel", "RedisTransport"]
 
@@ -143,6 +149,7 @@ _ERRORS: dict[str, type[Exception]] = {
     "LOCKED": ResourceLocked,
     "ACCESS": AccessRefused,
     "VALUE": ValueError,
+    "XMATCH": InvalidXMatch,
 }
 
 
@@ -491,7 +498,7 @@ class RedisChannel(TransportChannel):
             return [self.unacked.pop(t) for t in tags]
         item = self.unacked.pop(delivery_tag, None)
         if item is None:
-            raise ChannelError(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}", 406)
+            raise PreconditionFailed(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}")
         return [item]
 
     async def close(self) -> None:
@@ -514,6 +521,13 @@ class RedisTransport(Transport):
             "max_unconfirmed_bytes",
         }
     )
+
+    driver_type: ClassVar[str] = "redis"
+    driver_name: ClassVar[str] = "redis"
+    implements: ClassVar[Implements] = DEFAULT_IMPLEMENTS.extend(heartbeats=True)
+
+    def driver_version(self) -> str:
+        return package_version("redis")
 
     def __init__(self, url: Any, options: Mapping[str, Any]) -> None:
         super().__init__(url, options)

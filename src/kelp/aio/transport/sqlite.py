@@ -42,6 +42,7 @@ queues and exchanges and transient messages are dropped; persistent messages on 
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -201,6 +202,12 @@ class SqliteTransport(Transport):
     query_options: ClassVar[frozenset[str] | None] = frozenset(
         {"confirm_publish", "synchronous", "busy_timeout", "heartbeat"}
     )
+
+    driver_type: ClassVar[str] = "sqlite"
+    driver_name: ClassVar[str] = "sqlite3"
+
+    def driver_version(self) -> str:
+        return sqlite3.sqlite_version
 
     def __init__(self, url: URL, options: Mapping[str, Any]) -> None:
         super().__init__(url, options)

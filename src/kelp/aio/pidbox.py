@@ -1,0 +1,573 @@
+"""Process mailboxes: send a command to every node of an application, or to named ones, and gather replies.
+
+A :class:`Mailbox` names an application (its *namespace*). Each process that takes commands runs a
+:class:`Node` of it: the node has a queue of its own, ``<hostname>.<namespace>.pidbox``, bound to the
+exchange ``<namespace>.pidbox``, and runs a handler for each command it receives. A client publishes one
+command to that exchange; every node receives it and runs it if the command names it (``destination``), or
+matches its hostname (``pattern`` with ``matcher`` ``'glob'`` or ``'pcre'``), or names no one.
+
+``cast`` and ``abcast`` send without waiting; ``call`` and ``multi_call`` also send the address of a reply
+queue of the client's own, ``<oid>.reply.<namespace>.pidbox`` on the exchange ``reply.<namespace>.pidbox``,
+and gather the ``{hostname: result}`` replies until ``limit`` of them arrived or no reply came for
+``timeout`` seconds. Command and reply queues are exclusive and auto-deleted by default (the reply queue
+also expires after ``reply_queue_expires`` seconds unused), and messages are transient: a command sent while
+a node is down is not kept for it.
+
+The messages are Kombu's (JSON bodies ``{'method', 'arguments', 'destination', 'pattern', 'matcher',
+'ticket', 'reply_to'}``, headers ``clock``, ``expires`` and ``ticket``), so a kelp node answers a Kombu
+client on the same broker, and the other way around.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import re
+import socket
+import time
+import uuid
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from kelp.aio import messaging
+from kelp.aio._backend import maybe_await
+from kelp.aio.connection import Channel, Connection
+from kelp.aio.message import Message
+from kelp.aio.messaging import Consumer, Producer, maybe_declare
+from kelp.clocks import LamportClock
+from kelp.entity import Exchange, Queue
+from kelp.exceptions import InconsistencyError, ResourceLocked, UsageError
+
+__all__ = ["Mailbox", "Node"]
+
+logger = logging.getLogger("kelp.pidbox")
+
+#: Seconds an unused reply queue lives on the broker (Kombu's default).
+REPLY_QUEUE_EXPIRES = 10.0
+
+Handler = Callable[..., Any]
+
+_MATCHERS: dict[str, Callable[[str, str], bool]] = {
+    "glob": lambda hostname, pattern: fnmatch.fnmatch(hostname, pattern),
+    "pcre": lambda hostname, pattern: re.match(pattern, hostname) is not None,
+}
+
+
+def _in_use(hostname: str) -> str:
+    return (
+        f"a node named {hostname} already uses this mailbox: stop the other node, or give each node on the "
+        "same host its own name"
+    )
+
+
+class Node:
+    """One process's end of a :class:`Mailbox`: receives commands and runs a handler for each.
+
+    ``handlers`` maps a command name to ``handler(state, **arguments)`` (in ``kelp.aio`` it may be
+    ``async def``); a handler's result is the reply to a ``call``, and a handler that raises replies
+    ``{'error': repr(exc)}``. Commands arrive only while the connection drains events, after
+    :meth:`listen`; they are received without acknowledgement (``no_ack``), so a command a node was
+    running when it died is not delivered again.
+    """
+
+    def __init__(
+        self,
+        hostname: str,
+        state: Any = None,
+        channel: Channel | Connection | None = None,
+        handlers: dict[str, Handler] | None = None,
+        mailbox: Mailbox | None = None,
+    ) -> None:
+        if mailbox is None:
+            raise UsageError("a Node belongs to a Mailbox: make it with mailbox.Node(hostname)")
+        self.hostname = hostname
+        self.state = state
+        self.channel = channel
+        self.mailbox = mailbox
+        self.handlers: dict[str, Handler] = {} if handlers is None else handlers
+        self.adjust_clock = mailbox.clock.adjust
+
+    def __repr__(self) -> str:
+        return f"<Node: {self.hostname} of {self.mailbox.namespace!r}>"
+
+    def _channel(self, channel: Channel | Connection | None) -> Channel | Connection:
+        chosen = channel or self.channel or self.mailbox.connection
+        if chosen is None:
+            raise UsageError(f"{self!r} has no channel: pass one, or bind the mailbox to a connection")
+        return chosen
+
+    def Consumer(
+        self,
+        channel: Channel | Connection | None = None,
+        no_ack: bool = True,
+        accept: Sequence[str] | None = None,
+        **options: Any,
+    ) -> messaging.Consumer:
+        """A consumer of this node's own queue (declared, exclusive by default)."""
+        queue = self.mailbox.get_queue(self.hostname)
+        try:
+            return Consumer(
+                self._channel(channel),
+                [queue],
+                no_ack=no_ack,
+                accept=self.mailbox.accept if accept is None else accept,
+                **options,
+            )
+        except ResourceLocked as exc:
+            raise InconsistencyError(_in_use(self.hostname)) from exc
+
+    def handler(self, fun: Handler) -> Handler:
+        """Decorator: register ``fun`` as the handler of the command named after it."""
+        self.handlers[fun.__name__] = fun
+        return fun
+
+    def on_decode_error(self, message: Message, exc: Exception) -> None:
+        """A command that cannot be decoded is logged and dropped (it was received without ack)."""
+        logger.error("pidbox %s cannot decode a command: %r", self.hostname, exc)
+
+    async def listen(
+        self, channel: Channel | Connection | None = None, callback: Callable[..., Any] | None = None
+    ) -> messaging.Consumer:
+        """Start receiving commands (run as the connection drains events); return the consumer."""
+        consumer = self.Consumer(
+            channel=channel,
+            callbacks=[callback or self.handle_message],
+            on_decode_error=self.on_decode_error,
+        )
+        try:
+            await consumer.consume()
+        except ResourceLocked as exc:
+            raise InconsistencyError(_in_use(self.hostname)) from exc
+        return consumer
+
+    async def dispatch(
+        self,
+        method: str,
+        arguments: Mapping[str, Any] | None = None,
+        reply_to: Mapping[str, str] | None = None,
+        ticket: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Run the handler of ``method``; with ``reply_to``, send ``{hostname: result}`` there."""
+        arguments = dict(arguments or {})
+        logger.debug("pidbox %s received %s(%r) [reply_to:%s]", self.hostname, method, arguments, reply_to)
+        try:
+            handle = self.handle_call if reply_to else self.handle_cast
+            reply = await handle(method, arguments)
+        except SystemExit:
+            raise
+        except Exception as exc:
+            logger.exception("pidbox %s: command %r failed", self.hostname, method)
+            reply = {"error": repr(exc)}
+        if reply_to:
+            await self.reply(
+                {self.hostname: reply},
+                exchange=reply_to["exchange"],
+                routing_key=reply_to["routing_key"],
+                ticket=ticket,
+            )
+        return reply
+
+    async def handle(self, method: str, arguments: Mapping[str, Any] | None = None) -> Any:
+        """Run the handler of ``method`` with the node's state; KeyError if there is none."""
+        return await maybe_await(self.handlers[method](self.state, **(arguments or {})))
+
+    async def handle_call(self, method: str, arguments: Mapping[str, Any]) -> Any:
+        return await self.handle(method, arguments)
+
+    async def handle_cast(self, method: str, arguments: Mapping[str, Any]) -> Any:
+        return await self.handle(method, arguments)
+
+    async def handle_message(self, body: Mapping[str, Any], message: Message | None = None) -> Any:
+        """Run a received command if it is addressed to this node; return the handler's result."""
+        if message is not None:
+            self.adjust_clock(_int(message.headers.get("clock")))
+        destination = body.get("destination")
+        pattern = body.get("pattern")
+        matcher = body.get("matcher")
+        if destination:
+            addressed = self.hostname in destination
+        elif pattern and matcher:
+            match = _MATCHERS.get(matcher)
+            if match is None:
+                logger.error("pidbox %s: unknown matcher %r, command ignored", self.hostname, matcher)
+                return None
+            addressed = match(self.hostname, pattern)
+        else:
+            addressed = True
+        if addressed:
+            return await self.dispatch(**body)
+        return None
+
+    dispatch_from_message = handle_message
+
+    async def reply(
+        self, data: Any, exchange: str, routing_key: str, ticket: str | None, **kwargs: Any
+    ) -> None:
+        await self.mailbox._publish_reply(
+            data, exchange, routing_key, ticket, channel=self.channel, serializer=self.mailbox.serializer
+        )
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+class Mailbox:
+    """The mailbox of the application ``namespace``: nodes receive its commands, clients send them.
+
+    ``type`` is the command exchange's type (``'direct'``, or ``'fanout'``). Bind a mailbox to a
+    connection by calling it (``mailbox(conn)`` returns a bound copy) or by passing ``connection``.
+    ``queue_ttl``/``queue_expires`` (seconds) apply to nodes' queues, ``reply_queue_ttl``/
+    ``reply_queue_expires`` to the reply queue; ``accept`` lists the content types a node or client
+    decodes (JSON only by default). ``producer_pool`` (a pool, or a callable returning one) supplies
+    producers instead of a new one per message.
+    """
+
+    node_cls: type[Node] = Node
+    exchange_fmt = "%s.pidbox"
+    reply_exchange_fmt = "reply.%s.pidbox"
+    #: The content types decoded by default.
+    accept: Sequence[str] = ["json"]
+    serializer: str | None = None
+
+    def __init__(
+        self,
+        namespace: str,
+        type: str = "direct",
+        connection: Connection | None = None,
+        clock: LamportClock | None = None,
+        accept: Sequence[str] | None = None,
+        serializer: str | None = None,
+        producer_pool: Any = None,
+        queue_ttl: float | None = None,
+        queue_expires: float | None = None,
+        queue_durable: bool = False,
+        queue_exclusive: bool = True,
+        reply_queue_ttl: float | None = None,
+        reply_queue_expires: float | None = REPLY_QUEUE_EXPIRES,
+    ) -> None:
+        if queue_exclusive and queue_durable:
+            raise UsageError("a mailbox's queues cannot be both exclusive and durable")
+        self.namespace = namespace
+        self.connection = connection
+        self.type = type
+        self.clock = LamportClock() if clock is None else clock
+        self.exchange = self._get_exchange(namespace, type)
+        self.reply_exchange = self._get_reply_exchange(namespace)
+        #: Replies received for other calls than the one collecting, by ticket.
+        self.unclaimed: defaultdict[str, deque[Any]] = defaultdict(deque)
+        if accept is not None:
+            self.accept = accept
+        if serializer is not None:
+            self.serializer = serializer
+        self.queue_ttl = queue_ttl
+        self.queue_expires = queue_expires
+        self.queue_durable = queue_durable
+        self.queue_exclusive = queue_exclusive
+        self.reply_queue_ttl = reply_queue_ttl
+        self.reply_queue_expires = reply_queue_expires
+        self._producer_pool = producer_pool
+        self._oid: str | None = None
+        self._reply_queue: Queue | None = None
+
+    def __repr__(self) -> str:
+        return f"<Mailbox: {self.namespace!r} ({self.type})>"
+
+    def __call__(self, connection: Connection) -> Mailbox:
+        """A copy of this mailbox bound to ``connection`` (with its own reply queue)."""
+        bound = object.__new__(type(self))
+        bound.__dict__.update(self.__dict__)
+        bound.connection = connection
+        bound._oid = None
+        bound._reply_queue = None
+        return bound
+
+    def Node(
+        self,
+        hostname: str | None = None,
+        state: Any = None,
+        channel: Channel | Connection | None = None,
+        handlers: dict[str, Handler] | None = None,
+    ) -> Node:
+        """A node of this mailbox named ``hostname`` (default: this machine's host name)."""
+        return self.node_cls(hostname or socket.gethostname(), state, channel, handlers, mailbox=self)
+
+    # --- sending --------------------------------------------------------------------------------------
+
+    async def call(
+        self,
+        destination: Sequence[str],
+        command: str,
+        kwargs: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        callback: Callable[[Any], Any] | None = None,
+        channel: Channel | None = None,
+    ) -> list[Any] | None:
+        """Run ``command`` on the named nodes; return their replies (one per node, at most).
+
+        Waits for as many replies as destinations, or until none came for ``timeout`` seconds
+        (None: waits as long as it takes).
+        """
+        return await self._broadcast(
+            command,
+            kwargs or {},
+            destination,
+            reply=True,
+            timeout=timeout,
+            callback=callback,
+            channel=channel,
+        )
+
+    async def cast(
+        self, destination: Sequence[str], command: str, kwargs: Mapping[str, Any] | None = None
+    ) -> None:
+        """Send ``command`` to the named nodes without waiting for anything."""
+        await self._broadcast(command, kwargs or {}, destination, reply=False)
+
+    async def abcast(self, command: str, kwargs: Mapping[str, Any] | None = None) -> None:
+        """Send ``command`` to every node without waiting for anything."""
+        await self._broadcast(command, kwargs or {}, reply=False)
+
+    async def multi_call(
+        self,
+        command: str,
+        kwargs: Mapping[str, Any] | None = None,
+        timeout: float | None = 1,
+        limit: int | None = None,
+        callback: Callable[[Any], Any] | None = None,
+        channel: Channel | None = None,
+    ) -> list[Any] | None:
+        """Run ``command`` on every node; return the replies that came before none came for ``timeout``
+        seconds (or once ``limit`` came)."""
+        return await self._broadcast(
+            command,
+            kwargs or {},
+            reply=True,
+            timeout=timeout,
+            limit=limit,
+            callback=callback,
+            channel=channel,
+        )
+
+    # --- entities -------------------------------------------------------------------------------------
+
+    @property
+    def oid(self) -> str:
+        """This mailbox object's id: the routing key of its replies."""
+        if self._oid is None:
+            self._oid = str(uuid.uuid4())
+        return self._oid
+
+    def get_reply_queue(self) -> Queue:
+        oid = self.oid
+        return Queue(
+            f"{oid}.{self.reply_exchange.name}",
+            exchange=self.reply_exchange,
+            routing_key=oid,
+            durable=self.queue_durable,
+            exclusive=self.queue_exclusive,
+            auto_delete=not self.queue_durable,
+            expires=self.reply_queue_expires,
+            message_ttl=self.reply_queue_ttl,
+        )
+
+    @property
+    def reply_queue(self) -> Queue:
+        """The queue this mailbox's replies arrive on (made once per mailbox object)."""
+        if self._reply_queue is None:
+            self._reply_queue = self.get_reply_queue()
+        return self._reply_queue
+
+    def get_queue(self, hostname: str) -> Queue:
+        """The command queue of the node ``hostname``."""
+        return Queue(
+            f"{hostname}.{self.namespace}.pidbox",
+            exchange=self.exchange,
+            durable=self.queue_durable,
+            exclusive=self.queue_exclusive,
+            auto_delete=not self.queue_durable,
+            expires=self.queue_expires,
+            message_ttl=self.queue_ttl,
+        )
+
+    def _get_exchange(self, namespace: str, type: str) -> Exchange:
+        return Exchange(self.exchange_fmt % namespace, type=type, durable=False, delivery_mode="transient")
+
+    def _get_reply_exchange(self, namespace: str) -> Exchange:
+        return Exchange(
+            self.reply_exchange_fmt % namespace, type="direct", durable=False, delivery_mode="transient"
+        )
+
+    @property
+    def producer_pool(self) -> Any:
+        pool = self._producer_pool
+        return pool() if callable(pool) else pool
+
+    def _default_channel(self, channel: Channel | Connection | None) -> Channel | Connection:
+        chosen = channel or self.connection
+        if chosen is None:
+            raise UsageError(f"{self!r} is not bound to a connection: use mailbox(connection)")
+        return chosen
+
+    @asynccontextmanager
+    async def producer_or_acquire(
+        self, producer: Producer | None = None, channel: Channel | Connection | None = None
+    ) -> AsyncIterator[Producer]:
+        """``producer``, else one from the producer pool (released after), else a new one on ``channel``."""
+        if producer is not None:
+            yield producer
+            return
+        pool = self.producer_pool
+        if pool is not None:
+            pooled = await pool.acquire(block=True)
+            try:
+                yield pooled
+            finally:
+                await pooled.release()
+            return
+        yield Producer(self._default_channel(channel), auto_declare=False)
+
+    async def _publish_reply(
+        self,
+        reply: Any,
+        exchange: str,
+        routing_key: str,
+        ticket: str | None,
+        channel: Channel | Connection | None = None,
+        producer: Producer | None = None,
+        **opts: Any,
+    ) -> None:
+        target = Exchange(exchange, type="direct", delivery_mode="transient", durable=False)
+        async with self.producer_or_acquire(producer, channel) as chosen:
+            await chosen.publish(
+                reply,
+                exchange=target,
+                routing_key=routing_key,
+                declare=[target],
+                headers={"ticket": ticket, "clock": self.clock.forward()},
+                retry=True,
+                **opts,
+            )
+
+    async def _publish(
+        self,
+        type: str,
+        arguments: Mapping[str, Any],
+        destination: Sequence[str] | None = None,
+        reply_ticket: str | None = None,
+        channel: Channel | Connection | None = None,
+        timeout: float | None = None,
+        serializer: str | None = None,
+        producer: Producer | None = None,
+        pattern: str | None = None,
+        matcher: str | None = None,
+    ) -> None:
+        message: dict[str, Any] = {
+            "method": type,
+            "arguments": dict(arguments),
+            "destination": list(destination) if destination is not None else None,
+            "pattern": pattern,
+            "matcher": matcher,
+        }
+        target = self._default_channel(channel)
+        if reply_ticket:
+            await maybe_declare(self.reply_queue, target)
+            message["ticket"] = reply_ticket
+            message["reply_to"] = {"exchange": self.reply_exchange.name, "routing_key": self.oid}
+        async with self.producer_or_acquire(producer, target) as chosen:
+            await chosen.publish(
+                message,
+                exchange=self.exchange.name,
+                declare=[self.exchange],
+                headers={"clock": self.clock.forward(), "expires": time.time() + timeout if timeout else 0},
+                serializer=serializer or self.serializer,
+                retry=True,
+            )
+
+    async def _broadcast(
+        self,
+        command: str,
+        arguments: Mapping[str, Any] | None = None,
+        destination: Sequence[str] | None = None,
+        reply: bool = False,
+        timeout: float | None = 1,
+        limit: int | None = None,
+        callback: Callable[[Any], Any] | None = None,
+        channel: Channel | Connection | None = None,
+        serializer: str | None = None,
+        pattern: str | None = None,
+        matcher: str | None = None,
+    ) -> list[Any] | None:
+        if destination is not None and not isinstance(destination, (list, tuple)):
+            raise UsageError(f"destination must be a list or tuple of node names, not {type(destination)}")
+        if pattern is not None and not isinstance(pattern, str):
+            raise UsageError(f"pattern must be a string, not {type(pattern)}")
+        if matcher is not None and matcher not in _MATCHERS:
+            raise UsageError(f"unknown matcher {matcher!r}; known: {sorted(_MATCHERS)}")
+        ticket = str(uuid.uuid4()) if reply else None
+        target = self._default_channel(channel)
+        if limit is None and destination:
+            limit = len(destination)
+        await self._publish(
+            command,
+            arguments or {},
+            destination=destination,
+            reply_ticket=ticket,
+            channel=target,
+            timeout=timeout,
+            serializer=serializer,
+            pattern=pattern,
+            matcher=matcher,
+        )
+        if ticket is None:
+            return None
+        return await self._collect(ticket, limit=limit, timeout=timeout, callback=callback, channel=target)
+
+    async def _collect(
+        self,
+        ticket: str,
+        limit: int | None = None,
+        timeout: float | None = 1,
+        callback: Callable[[Any], Any] | None = None,
+        channel: Channel | Connection | None = None,
+        accept: Sequence[str] | None = None,
+    ) -> list[Any]:
+        """Gather the replies carrying ``ticket``: until ``limit`` arrived or none came for ``timeout``
+        seconds. Replies to other calls of this mailbox are kept for them (``unclaimed``); replies past
+        their ``expires`` header are dropped."""
+        if ticket in self.unclaimed:
+            return list(self.unclaimed.pop(ticket))
+        target = self._default_channel(channel)
+        connection = target if isinstance(target, Connection) else target.connection
+        responses: list[Any] = []
+
+        async def on_message(body: Any, message: Message) -> None:
+            self.clock.adjust(_int(message.headers.get("clock")))
+            expires = message.headers.get("expires")
+            if expires and time.time() > expires:
+                return
+            this_ticket = message.headers.get("ticket", ticket)
+            if this_ticket != ticket:
+                self.unclaimed[this_ticket].append(body)
+                return
+            if callback is not None:
+                await maybe_await(callback(body))
+            responses.append(body)
+
+        consumer = Consumer(
+            target, [self.reply_queue], accept=self.accept if accept is None else accept, no_ack=True
+        )
+        consumer.register_callback(on_message)
+        async with consumer:
+            while limit is None or len(responses) < limit:
+                try:
+                    await connection.drain_events(timeout=timeout)
+                except TimeoutError:
+                    break
+        return responses

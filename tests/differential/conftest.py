@@ -1,0 +1,49 @@
+"""The differential harness: each scenario runs under real Kombu against RabbitMQ (the reference) and under
+kelp on every transport named by KELP_TEST_TRANSPORTS; the observable results must be equal.
+
+Needs KELP_TEST_AMQP_URL (the reference runs there); without it every test here is skipped with the
+reason. Differences kelp keeps on purpose are not asserted here: docs/migrating-from-kombu.md lists them.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+AMQP_URL = os.environ.get("KELP_TEST_AMQP_URL")
+
+
+def _transports() -> list[str]:
+    raw = os.environ.get("KELP_TEST_TRANSPORTS", "memory")
+    return [name.strip() for name in raw.split(",") if name.strip()]
+
+
+@pytest.fixture
+def reference_url() -> str:
+    """Kombu's URL of the RabbitMQ the reference runs on (``pyamqp://``)."""
+    if not AMQP_URL:
+        pytest.skip("KELP_TEST_AMQP_URL is not set: no RabbitMQ to run the Kombu reference against")
+    return "py" + AMQP_URL if AMQP_URL.startswith("amqp://") else AMQP_URL
+
+
+@pytest.fixture(params=_transports())
+def subject_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """kelp's URL of a fresh broker on one transport under test."""
+    name = request.param
+    if name == "memory":
+        return f"memory://{uuid.uuid4().hex[:12]}"
+    if name == "sqlite":
+        return f"sqlite:///{tmp_path}/broker.db"
+    if name == "amqp":
+        if not AMQP_URL:
+            pytest.skip("KELP_TEST_AMQP_URL is not set")
+        return AMQP_URL
+    if name == "redis":
+        url = os.environ.get("KELP_TEST_REDIS_URL")
+        if not url:
+            pytest.skip("KELP_TEST_REDIS_URL is not set")
+        return f"{url}{'&' if '?' in url else '?'}prefix=diff{uuid.uuid4().hex[:8]}"
+    pytest.fail(f"KELP_TEST_TRANSPORTS names unknown transport {name!r}")
