@@ -18,11 +18,12 @@ import abc
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from kelp._envelope import Delivery, Envelope, QueueInfo
+from kelp._envelope import PROPERTY_NAMES, Delivery, Envelope, QueueInfo
 from kelp.exceptions import ChannelError, OperationalError
 from kelp.url import URL
 
-__all__ = ["Transport", "TransportChannel"]
+# The plain data that crosses this interface is public here, for transports and hosts outside kelp.
+__all__ = ["PROPERTY_NAMES", "Delivery", "Envelope", "QueueInfo", "Transport", "TransportChannel"]
 
 
 class TransportChannel(abc.ABC):
