@@ -1,0 +1,150 @@
+"""Fixtures for running Celery on kelp: broker URLs per engine, a client app, real worker subprocesses.
+
+Engines come from ``KELP_TEST_TRANSPORTS`` like the conformance suite (sqlite always runs; redis and amqp
+need ``KELP_TEST_REDIS_URL`` / ``KELP_TEST_AMQP_URL`` and are skipped, with the reason, without them).
+Every worker a test starts is stopped when the test ends, passed or failed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("celery")
+
+import kombu
+
+import kelp.kombu  # noqa: F401
+from celery import Celery
+
+HERE = Path(__file__).resolve().parent
+APP = "kelp_celery_app"
+
+
+def engine_url(engine: str, tmp_path: Path) -> str:
+    """A kelp+ broker URL on ``engine`` that no other test shares."""
+    if engine == "sqlite":
+        return f"kelp+sqlite:///{tmp_path}/broker.db"
+    var = {"redis": "KELP_TEST_REDIS_URL", "amqp": "KELP_TEST_AMQP_URL"}[engine]
+    url = os.environ.get(var)
+    if not url:
+        pytest.skip(f"{var} is not set: no {engine} server for the Celery tests")
+    if engine == "redis":
+        url += ("&" if "?" in url else "?") + f"prefix=celery-{uuid.uuid4().hex[:8]}"
+    return f"kelp+{url}"
+
+
+class Worker:
+    """A ``celery worker`` subprocess on the test app."""
+
+    def __init__(self, env: dict[str, str], name: str, log: Path, args: list[str]) -> None:
+        self.name = name
+        self.log = log
+        self._log_file = log.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", APP, "worker", "-n", name, "-l", "WARNING", *args],
+            env=env,
+            cwd=HERE,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """Warm shutdown (SIGTERM); SIGKILL if it has not exited within ``timeout`` seconds."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log_file.close()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+class Cluster:
+    """One broker URL and task queue; the client app and the workers a test starts on them."""
+
+    def __init__(self, url: str, tmp_path: Path) -> None:
+        self.url = url
+        self.queue = f"kelp-celery-{uuid.uuid4().hex[:10]}"
+        self.marks = tmp_path / "marks"
+        self.marks.mkdir(exist_ok=True)
+        self.tmp_path = tmp_path
+        self.workers: list[Worker] = []
+        self.client = Celery("client", broker=url, backend="rpc://")
+        self.client.conf.update(
+            task_default_queue=self.queue,
+            task_default_exchange=self.queue,
+            task_default_routing_key=self.queue,
+            broker_connection_retry_on_startup=True,
+        )
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            KELP_CELERY_BROKER=self.url,
+            KELP_CELERY_QUEUE=self.queue,
+            KELP_CELERY_MARKS=str(self.marks),
+            PYTHONPATH=os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")]),
+        )
+        return env
+
+    def start_worker(self, *args: str, wait: bool = True) -> Worker:
+        name = f"w{len(self.workers)}-{self.queue}@localhost"
+        worker = Worker(self.env(), name, self.tmp_path / f"worker{len(self.workers)}.log", list(args))
+        self.workers.append(worker)
+        if wait:
+            self.wait_ready(worker)
+        return worker
+
+    def wait_ready(self, worker: Worker, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if worker.process.poll() is not None:
+                raise AssertionError(f"worker exited with {worker.process.returncode}:\n{worker.output()}")
+            if self.client.control.ping(destination=[worker.name], timeout=0.5):
+                return
+        raise AssertionError(f"worker did not answer ping within {timeout}s:\n{worker.output()}")
+
+    def send(self, name: str, *args: object, **options: object) -> object:
+        return self.client.send_task(f"{APP}.{name}", args, **options)
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.client.close()
+        # RabbitMQ is shared: leave no queue or exchange behind.
+        with kombu.Connection(self.url) as connection:
+            channel = connection.channel()
+            channel.queue_delete(self.queue)
+            channel.exchange_delete(self.queue)
+
+
+@pytest.fixture(params=["sqlite", "redis", "amqp"])
+def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
+    """A client and (started on demand) workers on one engine."""
+    cluster = Cluster(engine_url(request.param, tmp_path), tmp_path)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
