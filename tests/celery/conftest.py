@@ -43,18 +43,19 @@ def engine_url(engine: str, tmp_path: Path) -> str:
 
 
 class Worker:
-    """A ``celery worker`` subprocess on the test app."""
+    """A ``celery worker`` (or ``celery beat``) subprocess on the test app."""
 
     def __init__(self, env: dict[str, str], name: str, log: Path, args: list[str]) -> None:
         self.name = name
         self.log = log
         self._log_file = log.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", APP, "worker", "-n", name, "-l", "WARNING", *args],
+            [sys.executable, "-m", "celery", "-A", APP, *args],
             env=env,
             cwd=HERE,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # a process group: kill() reaches the prefork children too
         )
 
     @property
@@ -71,27 +72,32 @@ class Worker:
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                self.kill()
         self._log_file.close()
         return self.process.returncode
 
     def kill(self) -> None:
-        self.process.kill()
+        """SIGKILL the worker and its pool processes; its unacked messages go back to the queue."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         self.process.wait()
+        self._log_file.close()
 
 
 class Cluster:
     """One broker URL and task queue; the client app and the workers a test starts on them."""
 
-    def __init__(self, url: str, tmp_path: Path) -> None:
+    def __init__(self, url: str, tmp_path: Path, backend: str = "rpc://") -> None:
         self.url = url
+        self.backend = backend
         self.queue = f"kelp-celery-{uuid.uuid4().hex[:10]}"
         self.marks = tmp_path / "marks"
         self.marks.mkdir(exist_ok=True)
         self.tmp_path = tmp_path
         self.workers: list[Worker] = []
-        self.client = Celery("client", broker=url, backend="rpc://")
+        self.client = Celery("client", broker=url, backend=backend)
         self.client.conf.update(
             task_default_queue=self.queue,
             task_default_exchange=self.queue,
@@ -105,17 +111,27 @@ class Cluster:
             KELP_CELERY_BROKER=self.url,
             KELP_CELERY_QUEUE=self.queue,
             KELP_CELERY_MARKS=str(self.marks),
+            KELP_CELERY_BACKEND=self.backend,
             PYTHONPATH=os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")]),
         )
         return env
 
     def start_worker(self, *args: str, wait: bool = True) -> Worker:
         name = f"w{len(self.workers)}-{self.queue}@localhost"
-        worker = Worker(self.env(), name, self.tmp_path / f"worker{len(self.workers)}.log", list(args))
+        log = self.tmp_path / f"worker{len(self.workers)}.log"
+        worker = Worker(self.env(), name, log, ["worker", "-n", name, "-l", "WARNING", *args])
         self.workers.append(worker)
         if wait:
             self.wait_ready(worker)
         return worker
+
+    def start_beat(self, interval: float) -> Worker:
+        """``celery beat`` sending the ``tick`` task every ``interval`` seconds."""
+        env = dict(self.env(), KELP_CELERY_BEAT=str(interval))
+        schedule = self.tmp_path / "beat-schedule"
+        beat = Worker(env, "beat", self.tmp_path / "beat.log", ["beat", "-s", str(schedule), "-l", "INFO"])
+        self.workers.append(beat)
+        return beat
 
     def wait_ready(self, worker: Worker, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -126,12 +142,25 @@ class Cluster:
                 return
         raise AssertionError(f"worker did not answer ping within {timeout}s:\n{worker.output()}")
 
+    def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """A ``celery`` command on the test app, with this cluster's settings."""
+        return subprocess.run(
+            [sys.executable, "-m", "celery", "-A", APP, *args],
+            env=self.env(),
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
     def send(self, name: str, *args: object, **options: object) -> object:
         return self.client.send_task(f"{APP}.{name}", args, **options)
 
     def close(self) -> None:
+        # Killed rather than stopped: a warm shutdown on Celery's blocking loop takes seconds, and
+        # nothing is lost either way (the warm shutdown has a test of its own).
         for worker in self.workers:
-            worker.stop()
+            worker.kill()
         self.client.close()
         # RabbitMQ is shared: leave no queue or exchange behind.
         with kombu.Connection(self.url) as connection:

@@ -4,6 +4,8 @@ test process build the same app.
 KELP_CELERY_BROKER   the broker URL (kelp+sqlite:///..., kelp+redis://..., kelp+amqp://..., kelp+memory://)
 KELP_CELERY_QUEUE    the task queue's name (unique per test run: RabbitMQ and Redis are shared)
 KELP_CELERY_MARKS    a directory where tasks leave marker files the tests read
+KELP_CELERY_BACKEND  the result backend (default rpc://)
+KELP_CELERY_BEAT     seconds between the periodic ``tick`` task that beat sends (no schedule when unset)
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ QUEUE = os.environ.get("KELP_CELERY_QUEUE", "kelp-celery-test")
 MARKS = Path(os.environ.get("KELP_CELERY_MARKS", "."))
 
 app = Celery(
-    "kelp_celery_app", broker=os.environ.get("KELP_CELERY_BROKER", "kelp+memory://"), backend="rpc://"
+    "kelp_celery_app",
+    broker=os.environ.get("KELP_CELERY_BROKER", "kelp+memory://"),
+    backend=os.environ.get("KELP_CELERY_BACKEND", "rpc://"),
 )
 app.conf.update(
     task_default_queue=QUEUE,
@@ -30,6 +34,10 @@ app.conf.update(
     worker_hijack_root_logger=False,
     result_expires=300,
 )
+if os.environ.get("KELP_CELERY_BEAT"):
+    app.conf.beat_schedule = {
+        "tick": {"task": "kelp_celery_app.tick", "schedule": float(os.environ["KELP_CELERY_BEAT"])}
+    }
 
 
 @app.task
@@ -71,3 +79,9 @@ def hang_once(self: Any) -> bool:
     if not redelivered:
         time.sleep(120)
     return redelivered
+
+
+@app.task
+def tick() -> None:
+    """Sent by beat: leaves one marker per run."""
+    (MARKS / f"tick-{time.time_ns()}").touch()

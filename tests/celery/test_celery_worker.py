@@ -11,7 +11,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import kelp_celery_app
+import pytest
 from celery.contrib.testing.worker import start_worker
+from celery.exceptions import TimeLimitExceeded
 
 from conftest import APP, HERE, Cluster
 
@@ -47,31 +49,26 @@ def test_countdown_eta_and_retry(cluster: Cluster) -> None:
     assert by_eta.get(timeout=10) >= sent + 1.5  # type: ignore[attr-defined]
 
 
-def test_inspect_ping_and_purge_from_the_command_line(cluster: Cluster) -> None:
+def test_command_line_inspect_status_bindings_report_and_purge(cluster: Cluster) -> None:
     worker = cluster.start_worker("-P", "solo")
-    env = cluster.env()
-    celery = [sys.executable, "-m", "celery", "-A", APP]
-    ping = subprocess.run(
-        [*celery, "inspect", "ping", "-d", worker.name, "-t", "5"],
-        env=env,
-        cwd=HERE,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    ping = cluster.run("inspect", "ping", "-d", worker.name, "-t", "5")
     assert ping.returncode == 0, ping.stdout + ping.stderr
     assert "pong" in ping.stdout
+    status = cluster.run("status", "-t", "5")
+    assert f"{worker.name}: OK" in status.stdout, status.stdout + status.stderr
+    bindings = cluster.run("list", "bindings")
+    if cluster.url.startswith("kelp+amqp"):
+        # RabbitMQ lists bindings only through its HTTP management API, as with Kombu's amqp transport.
+        assert "Your transport cannot list bindings" in bindings.stderr
+    else:
+        assert bindings.returncode == 0, bindings.stdout + bindings.stderr
+        assert f"{cluster.queue} {cluster.queue} {cluster.queue}" in " ".join(bindings.stdout.split())
+    report = cluster.run("report")
+    assert "transport:kelp" in report.stdout, report.stdout + report.stderr
     worker.stop()
     for i in range(5):
         cluster.send("add", i, i)
-    purge = subprocess.run(
-        [*celery, "purge", "-f", "-Q", cluster.queue],
-        env=env,
-        cwd=HERE,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    purge = cluster.run("purge", "-f", "-Q", cluster.queue)
     assert purge.returncode == 0, purge.stdout + purge.stderr
     assert "Purged 5 messages" in purge.stdout
 
@@ -107,3 +104,65 @@ def _wait_for(path: Path, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"{path.name} did not appear within {timeout}s")
         time.sleep(0.05)
+
+
+def test_prefork_pool_with_events_inspect_control_and_time_limits(cluster: Cluster, tmp_path: Path) -> None:
+    worker = cluster.start_worker("-P", "prefork", "-c", "2", "-E")
+    events_log = (tmp_path / "events.log").open("wb")
+    dump = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", APP, "events", "--dump"],
+        env=cluster.env(), cwd=HERE, stdout=events_log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        time.sleep(2)  # the event receiver's queue must exist before the events are sent
+        results = [cluster.send("add", i, i) for i in range(100)]
+        assert [r.get(timeout=30) for r in results] == [2 * i for i in range(100)]  # type: ignore[attr-defined]
+        limited = cluster.send("pause", 10, time_limit=1)
+        running = cluster.send("pause", 1.5)
+        time.sleep(0.5)
+        inspect = cluster.client.control.inspect(destination=[worker.name], timeout=3)
+        active = inspect.active()[worker.name]
+        assert {task["id"] for task in active} >= {running.id}  # type: ignore[attr-defined]
+        assert f"{APP}.add" in inspect.registered()[worker.name]
+        assert [q["name"] for q in inspect.active_queues()[worker.name]] == [cluster.queue]
+        assert inspect.stats()[worker.name]["pool"]["max-concurrency"] == 2
+        reply = cluster.client.control.rate_limit(
+            f"{APP}.add", "100/s", destination=[worker.name], reply=True
+        )
+        assert reply == [{worker.name: {"ok": "new rate limit set successfully"}}]
+        with pytest.raises(TimeLimitExceeded):
+            limited.get(timeout=20)  # type: ignore[attr-defined]
+        assert running.get(timeout=20) == 1.5  # type: ignore[attr-defined]
+        time.sleep(1)
+    finally:
+        dump.terminate()
+        dump.wait(10)
+        events_log.close()
+    events = (tmp_path / "events.log").read_text()
+    assert f"task succeeded: {APP}.add({results[-1].id})" in events  # type: ignore[attr-defined]
+
+
+def test_beat_sends_periodic_tasks(tmp_path: Path) -> None:
+    cluster = Cluster(f"kelp+sqlite:///{tmp_path}/beat.db", tmp_path)
+    try:
+        cluster.start_worker("-P", "solo")
+        cluster.start_beat(0.3)
+        deadline = time.monotonic() + 20
+        while len(list(cluster.marks.glob("tick-*"))) < 3:
+            assert time.monotonic() < deadline, cluster.workers[-1].output()
+            time.sleep(0.1)
+    finally:
+        cluster.close()
+
+
+def test_redis_result_backend(tmp_path: Path) -> None:
+    redis_url = os.environ.get("KELP_TEST_REDIS_URL")
+    if not redis_url:
+        pytest.skip("KELP_TEST_REDIS_URL is not set: no Redis for the result backend")
+    cluster = Cluster(f"kelp+sqlite:///{tmp_path}/b.db", tmp_path, backend=redis_url)
+    try:
+        cluster.start_worker("-P", "solo")
+        results = [cluster.send("add", i, 2) for i in range(20)]
+        assert [r.get(timeout=20) for r in results] == [i + 2 for i in range(20)]  # type: ignore[attr-defined]
+    finally:
+        cluster.close()
