@@ -35,8 +35,8 @@ def test_tasks_round_trip(cluster: Cluster) -> None:
     assert [r.get(timeout=60) for r in results] == [i + 1 for i in range(1000)]  # type: ignore[attr-defined]
 
 
-def test_countdown_eta_and_retry(cluster: Cluster) -> None:
-    cluster.start_worker("-P", "solo")
+def test_countdown_eta_and_retry_on_the_threads_pool(cluster: Cluster) -> None:
+    cluster.start_worker("-P", "threads", "-c", "4")
     sent = time.time()
     by_countdown = cluster.send("now", countdown=1.0)
     by_eta = cluster.send("now", eta=datetime.now(UTC) + timedelta(seconds=1.5))
