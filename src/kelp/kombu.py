@@ -22,6 +22,8 @@ Deliveries reach consumers through Kombu's blocking loop (``Connection.drain_eve
 from __future__ import annotations
 
 import logging
+import os
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -46,6 +48,11 @@ logger = logging.getLogger("kelp.kombu")
 
 #: The alias Kombu resolves ``kelp+...://`` URLs (and ``transport="kelp"``) to.
 ALIAS = "kelp"
+
+# Per Kombu Connection: what a lost kelp connection had not had confirmed, published again by the next one
+# (at-least-once, as kelp's own Connection does). Kombu replaces its Transport object on reconnect; the
+# Connection (the key) stays.
+_OUTBOXES: weakref.WeakKeyDictionary[Any, list[Envelope]] = weakref.WeakKeyDictionary()
 
 # Options Kombu or Celery put in ``transport_options`` for themselves (retry policies), not for kelp.
 _KOMBU_ONLY_OPTIONS = frozenset({"max_retries", "interval_start", "interval_step", "interval_max", "errback"})
@@ -340,6 +347,7 @@ class Transport(_kombu_base.Transport):
         self.kelp_transport_cls: type[KelpTransport] = resolve_transport(self.url.transport)
         self._channels: dict[int, _Channel] = {}
         self._pending: deque[Delivery] = deque()
+        self._pid = os.getpid()
 
     def driver_version(self) -> str:
         return kelp.__version__
@@ -359,21 +367,54 @@ class Transport(_kombu_base.Transport):
         options.update(heartbeat=client.heartbeat or 0, ssl=client.ssl, login_method=client.login_method)
         connection = self.kelp_transport_cls(self.url, options)
         connection.connect(client.connect_timeout)
+        self._pid = os.getpid()
         self._channels.clear()
         self._pending.clear()
+        outbox = _OUTBOXES.pop(client, None)
+        if outbox:
+            channel = connection.open_channel()
+            try:
+                channel.publish(outbox)
+            finally:
+                channel.close()
         return connection
 
     def close_connection(self, connection: KelpTransport) -> None:
-        """Close the kelp connection: its unacked deliveries return to their queues."""
+        """Close the kelp connection: it first waits for the broker to confirm what it published (a lost
+        one keeps its unconfirmed messages for the next connection); unacked deliveries return to their
+        queues."""
         self._channels.clear()
         self._pending.clear()
+        if connection.is_connected:
+            timeout = float(self.client.transport_options.get("close_timeout", 30.0)) if self.client else 30.0
+            try:
+                connection.flush(timeout)
+            except TimeoutError:
+                logger.warning("closing with %d unconfirmed publishes", len(connection.unconfirmed()))
+            except KelpTransport.connection_errors:
+                pass  # lost while flushing: the outbox is kept below
+        if not connection.is_connected:
+            self._keep_outbox(connection)
         connection.close()
 
     def _collect(self, connection: KelpTransport | None) -> None:
-        # After a fork the child must not close the parent's connection: that would hand the parent's
-        # unacked deliveries back to their queues. Drop the references only.
+        """Kombu's clean-up of a connection it gave up on (after a connection error, or in a forked child)."""
         self._channels.clear()
         self._pending.clear()
+        if connection is None or os.getpid() != self._pid:
+            # A forked child must not close the parent's connection: that would hand the parent's
+            # unacked deliveries back to their queues. Drop the references only.
+            return
+        self._keep_outbox(connection)
+        try:
+            connection.close()  # its unacked deliveries return to their queues now
+        except Exception:
+            logger.debug("error while discarding a lost kelp connection", exc_info=True)
+
+    def _keep_outbox(self, connection: KelpTransport) -> None:
+        unconfirmed = connection.unconfirmed()
+        if unconfirmed and self.client is not None:
+            _OUTBOXES.setdefault(self.client, []).extend(unconfirmed)
 
     def create_channel(self, connection: KelpTransport) -> _Channel:
         channel = _Channel(self, connection.open_channel())

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import uuid
+import warnings
 from pathlib import Path
 
 import kombu
@@ -154,3 +156,60 @@ def test_the_alias_is_registered_on_import() -> None:
     from kombu.transport import resolve_transport
 
     assert resolve_transport("kelp") is kelp.kombu.Transport
+
+
+def test_a_connection_kombu_gives_up_on_is_closed_and_its_unacked_messages_return(url: str) -> None:
+    connection = kombu.Connection(url)
+    queue = connection.SimpleQueue("given-up")
+    queue.put("a")
+    assert queue.get(timeout=1).payload == "a"  # not acked
+    kelp_connection = connection.connection
+    connection.collect()  # what Kombu's ensure() does after a connection error
+    assert not kelp_connection.is_connected
+    with kombu.Connection(url) as other:
+        again = other.SimpleQueue("given-up").get(timeout=2)
+        assert (again.payload, again.delivery_info["redelivered"]) == ("a", True)
+        again.ack()
+
+
+def test_a_lost_connections_unconfirmed_publishes_go_out_on_the_next(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connection = kombu.Connection(url)
+    queue = kombu.Queue("outbox", kombu.Exchange("outbox"), "o")
+    queue(connection.default_channel).declare()
+    lost = connection.connection
+    envelope = connection.default_channel.prepare_message(b'"kept"', content_type="application/json")
+    envelope.exchange, envelope.routing_key = "outbox", "o"
+    # The broker had not confirmed this publish when the connection was lost.
+    monkeypatch.setattr(lost, "unconfirmed", lambda: [envelope])
+    connection.collect()
+    monkeypatch.undo()
+    connection.connect()
+    message = queue(connection.default_channel).get()
+    assert message is not None
+    assert message.payload == "kept"
+    message.ack()
+    connection.close()
+
+
+def test_a_forked_child_collecting_leaves_the_parents_connection_alone(tmp_path: Path) -> None:
+    url = f"kelp+sqlite:///{tmp_path}/fork.db"
+    with kombu.Connection(url) as connection:
+        queue = connection.SimpleQueue("forked")
+        queue.put("held")
+        held = queue.get(timeout=1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (Python >= 3.12)
+            pid = os.fork()
+        if pid == 0:  # the child: what Celery's prefork pool does with inherited connections
+            try:
+                connection.collect()
+            finally:
+                os._exit(0)
+        assert os.waitpid(pid, 0)[1] == 0
+        assert connection.connection.is_connected
+        with kombu.Connection(url) as other, pytest.raises(queue.Empty):
+            other.SimpleQueue("forked").get(timeout=0.5)  # still held by the parent, not released
+        held.ack()
+        queue.close()
