@@ -213,3 +213,21 @@ def test_a_forked_child_collecting_leaves_the_parents_connection_alone(tmp_path:
             other.SimpleQueue("forked").get(timeout=0.5)  # still held by the parent, not released
         held.ack()
         queue.close()
+
+
+def test_kombu_settings_reach_the_kelp_transport() -> None:
+    options = {"confirm_publish": True, "max_retries": 3, "interval_start": 0}
+    connection = kombu.Connection(_memory_url(), transport_options=options, heartbeat=5, ssl=False)
+    with connection:
+        kelp_options = connection.connection.options
+        assert kelp_options["confirm_publish"] is True
+        assert kelp_options["heartbeat"] == 5
+        assert "max_retries" not in kelp_options  # Kombu's retry policy, not a kelp option
+
+
+def test_a_broker_that_cannot_be_reached_is_retried_as_a_connection_error(tmp_path: Path) -> None:
+    connection = kombu.Connection(f"kelp+sqlite:///{tmp_path}/missing/dir/x.db")
+    errors: list[Exception] = []
+    with pytest.raises(kombu.exceptions.OperationalError, match="does not exist"):
+        connection.ensure_connection(max_retries=2, interval_start=0, errback=lambda e, _: errors.append(e))
+    assert len(errors) == 2
