@@ -27,6 +27,17 @@ def test_in_process_worker_on_memory_runs_tasks_and_answers_ping() -> None:
         assert kelp_celery_app.retry_twice.delay().get(timeout=10) == 2
         replies = app.control.ping(destination=[worker.hostname], timeout=2)
         assert replies == [{worker.hostname: {"ok": "pong"}}]
+        # Remote control starts and stops consumers on the worker's live connection.
+        added = app.control.add_consumer("extra", destination=[worker.hostname], reply=True)
+        assert added == [{worker.hostname: {"ok": "add consumer extra"}}]
+        assert kelp_celery_app.add.apply_async((20, 22), queue="extra").get(timeout=10) == 42
+        cancelled = app.control.cancel_consumer("extra", destination=[worker.hostname], reply=True)
+        assert cancelled == [{worker.hostname: {"ok": "no longer consuming from extra"}}]
+        parked = kelp_celery_app.add.apply_async((1, 1), queue="extra")
+        time.sleep(0.5)
+        assert parked.state == "PENDING"
+        with app.connection_for_write() as connection:
+            assert connection.default_channel.queue_purge("extra") == 1
 
 
 def test_tasks_round_trip(cluster: Cluster) -> None:
