@@ -36,8 +36,9 @@ from typing import Any
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [entry for entry in sys.path if os.path.abspath(entry or os.curdir) != _HERE]
 
-import kelp.kombu  # noqa: E402, F401
 from celery import Celery  # noqa: E402
+
+import kelp.kombu  # noqa: E402, F401
 
 WARMUP = 200
 

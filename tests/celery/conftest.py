@@ -16,15 +16,17 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 pytest.importorskip("celery")
 
 import kombu
+from celery import Celery
+from celery.result import AsyncResult
 
 import kelp.kombu  # noqa: F401
-from celery import Celery
 
 HERE = Path(__file__).resolve().parent
 APP = "kelp_celery_app"
@@ -157,7 +159,7 @@ class Cluster:
             timeout=timeout,
         )
 
-    def send(self, name: str, *args: object, **options: object) -> object:
+    def send(self, name: str, *args: object, **options: Any) -> AsyncResult:
         return self.client.send_task(f"{APP}.{name}", args, **options)
 
     def close(self) -> None:

@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import kelp.kombu  # noqa: F401  (registers the kelp+ URLs with Kombu)
 from celery import Celery
+
+import kelp.kombu  # noqa: F401  (registers the kelp+ URLs with Kombu)
 
 QUEUE = os.environ.get("KELP_CELERY_QUEUE", "kelp-celery-test")
 MARKS = Path(os.environ.get("KELP_CELERY_MARKS", "."))

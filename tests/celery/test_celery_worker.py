@@ -43,7 +43,7 @@ def test_in_process_worker_on_memory_runs_tasks_and_answers_ping() -> None:
 def test_tasks_round_trip(cluster: Cluster) -> None:
     cluster.start_worker("-P", "solo")
     results = [cluster.send("add", i, 1) for i in range(1000)]
-    assert [r.get(timeout=60) for r in results] == [i + 1 for i in range(1000)]  # type: ignore[attr-defined]
+    assert [r.get(timeout=60) for r in results] == [i + 1 for i in range(1000)]
 
 
 def test_countdown_eta_and_retry_on_the_threads_pool(cluster: Cluster) -> None:
@@ -54,10 +54,10 @@ def test_countdown_eta_and_retry_on_the_threads_pool(cluster: Cluster) -> None:
     retried = cluster.send("retry_twice")
     quick = cluster.send("add", 2, 3)
     # An ETA task waits unacked in the worker; the ones behind it are not held up.
-    assert quick.get(timeout=10) == 5  # type: ignore[attr-defined]
-    assert retried.get(timeout=10) == 2  # type: ignore[attr-defined]
-    assert by_countdown.get(timeout=10) >= sent + 1.0  # type: ignore[attr-defined]
-    assert by_eta.get(timeout=10) >= sent + 1.5  # type: ignore[attr-defined]
+    assert quick.get(timeout=10) == 5
+    assert retried.get(timeout=10) == 2
+    assert by_countdown.get(timeout=10) >= sent + 1.0
+    assert by_eta.get(timeout=10) >= sent + 1.5
 
 
 def test_command_line_inspect_status_bindings_report_and_purge(cluster: Cluster) -> None:
@@ -87,23 +87,23 @@ def test_command_line_inspect_status_bindings_report_and_purge(cluster: Cluster)
 def test_warm_shutdown_loses_no_task(cluster: Cluster) -> None:
     first = cluster.start_worker("-P", "solo")
     results = [cluster.send("pause", 0.05) for _ in range(30)]
-    results[2].get(timeout=20)  # type: ignore[attr-defined]
+    results[2].get(timeout=20)
     assert first.stop() == 0
     cluster.start_worker("-P", "solo")
-    assert [r.get(timeout=30) for r in results] == [0.05] * 30  # type: ignore[attr-defined]
+    assert [r.get(timeout=30) for r in results] == [0.05] * 30
 
 
 def test_acks_late_task_of_a_killed_worker_is_redelivered(cluster: Cluster) -> None:
     doomed = cluster.start_worker("-P", "solo", "--prefetch-multiplier", "1")
     result = cluster.send("hang_once")
-    first = cluster.marks / f"{result.id}.first"  # type: ignore[attr-defined]
+    first = cluster.marks / f"{result.id}.first"
     _wait_for(first, 20)
     cluster.start_worker("-P", "solo", "--prefetch-multiplier", "1")
     os.kill(doomed.pid, signal.SIGKILL)
     killed_at = time.time()
     doomed.process.wait()
-    assert result.get(timeout=60) is True  # type: ignore[attr-defined]
-    again = cluster.marks / f"{result.id}.redelivered"  # type: ignore[attr-defined]
+    assert result.get(timeout=60) is True
+    again = cluster.marks / f"{result.id}.redelivered"
     window = float(again.read_text().split()[0]) - killed_at
     print(f"redelivered {window:.2f}s after kill -9 on {cluster.url.split(':')[0]}")
     assert window < 15
@@ -127,13 +127,13 @@ def test_prefork_pool_with_events_inspect_control_and_time_limits(cluster: Clust
     try:
         time.sleep(2)  # the event receiver's queue must exist before the events are sent
         results = [cluster.send("add", i, i) for i in range(100)]
-        assert [r.get(timeout=30) for r in results] == [2 * i for i in range(100)]  # type: ignore[attr-defined]
+        assert [r.get(timeout=30) for r in results] == [2 * i for i in range(100)]
         limited = cluster.send("pause", 10, time_limit=1)
         running = cluster.send("pause", 1.5)
         time.sleep(0.5)
         inspect = cluster.client.control.inspect(destination=[worker.name], timeout=3)
         active = inspect.active()[worker.name]
-        assert {task["id"] for task in active} >= {running.id}  # type: ignore[attr-defined]
+        assert {task["id"] for task in active} >= {running.id}
         assert f"{APP}.add" in inspect.registered()[worker.name]
         assert [q["name"] for q in inspect.active_queues()[worker.name]] == [cluster.queue]
         assert inspect.stats()[worker.name]["pool"]["max-concurrency"] == 2
@@ -142,15 +142,15 @@ def test_prefork_pool_with_events_inspect_control_and_time_limits(cluster: Clust
         )
         assert reply == [{worker.name: {"ok": "new rate limit set successfully"}}]
         with pytest.raises(TimeLimitExceeded):
-            limited.get(timeout=20)  # type: ignore[attr-defined]
-        assert running.get(timeout=20) == 1.5  # type: ignore[attr-defined]
+            limited.get(timeout=20)
+        assert running.get(timeout=20) == 1.5
         time.sleep(1)
     finally:
         dump.terminate()
         dump.wait(10)
         events_log.close()
     events = (tmp_path / "events.log").read_text()
-    assert f"task succeeded: {APP}.add({results[-1].id})" in events  # type: ignore[attr-defined]
+    assert f"task succeeded: {APP}.add({results[-1].id})" in events
 
 
 def test_beat_sends_periodic_tasks(tmp_path: Path) -> None:
@@ -174,6 +174,6 @@ def test_redis_result_backend(tmp_path: Path) -> None:
     try:
         cluster.start_worker("-P", "solo")
         results = [cluster.send("add", i, 2) for i in range(20)]
-        assert [r.get(timeout=20) for r in results] == [i + 2 for i in range(20)]  # type: ignore[attr-defined]
+        assert [r.get(timeout=20) for r in results] == [i + 2 for i in range(20)]
     finally:
         cluster.close()
