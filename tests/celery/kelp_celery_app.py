@@ -86,3 +86,8 @@ def hang_once(self: Any) -> bool:
 def tick() -> None:
     """Sent by beat: leaves one marker per run."""
     (MARKS / f"tick-{time.time_ns()}").touch()
+
+
+@app.task(rate_limit="10/s")
+def limited() -> float:
+    return time.time()

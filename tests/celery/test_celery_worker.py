@@ -25,6 +25,9 @@ def test_in_process_worker_on_memory_runs_tasks_and_answers_ping() -> None:
         results = [kelp_celery_app.add.delay(i, i) for i in range(50)]
         assert [r.get(timeout=10) for r in results] == [2 * i for i in range(50)]
         assert kelp_celery_app.retry_twice.delay().get(timeout=10) == 2
+        # rate_limit="10/s": the worker holds the later ones back (unacked) and runs them in turn.
+        times = sorted(r.get(timeout=10) for r in [kelp_celery_app.limited.delay() for _ in range(6)])
+        assert times[-1] - times[0] >= 0.35
         replies = app.control.ping(destination=[worker.hostname], timeout=2)
         assert replies == [{worker.hostname: {"ok": "pong"}}]
         # Remote control starts and stops consumers on the worker's live connection.
