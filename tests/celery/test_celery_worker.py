@@ -12,6 +12,7 @@ from pathlib import Path
 
 import kelp_celery_app
 import pytest
+from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from celery.exceptions import TimeLimitExceeded
 
@@ -180,3 +181,18 @@ def test_redis_result_backend(tmp_path: Path) -> None:
         assert [r.get(timeout=20) for r in results] == [i + 2 for i in range(20)]
     finally:
         cluster.close()
+
+
+def test_broker_transport_setting_with_a_plain_kelp_url(tmp_path: Path) -> None:
+    app = Celery("plain", broker=f"sqlite:///{tmp_path}/plain.db", backend="rpc://")
+    app.conf.broker_transport = "kelp.kombu:Transport"
+    app.conf.broker_connection_retry_on_startup = True
+
+    @app.task
+    def mul(x: int, y: int) -> int:
+        return x * y
+
+    with start_worker(app, pool="solo", perform_ping_check=False, loglevel="WARNING"):
+        assert mul.delay(6, 7).get(timeout=10) == 42
+    assert app.connection().as_uri() == f"kelp+sqlite:///{tmp_path}/plain.db"
+    app.close()
