@@ -104,6 +104,11 @@ def run_row(url: str, pool: str, tasks: int, tmp: str) -> float:
         started = time.perf_counter()
         _round_trip(client, tasks)
         return tasks / (time.perf_counter() - started)
+    except Exception:
+        log.flush()
+        with open(log.name, errors="replace") as f:
+            print(f"worker log ({url}):\n" + "".join(f.readlines()[-30:]), file=sys.stderr)
+        raise
     finally:
         worker.send_signal(signal.SIGTERM)
         try:

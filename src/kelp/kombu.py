@@ -429,18 +429,22 @@ class Transport(_kombu_base.Transport):
         channel.close()
 
     def drain_events(self, connection: KelpTransport, timeout: float | None = None, **kwargs: Any) -> None:
-        """Hand arrived deliveries to their consumers' callbacks; wait up to ``timeout`` seconds
-        (None: forever) and raise ``socket.timeout`` when none came."""
-        if not self._pending:
-            self._pending.extend(connection.drain(timeout))
-        # One at a time, so that deliveries after one whose callback raised are kept for the next call.
-        while self._pending:
-            delivery = self._pending.popleft()
+        """Hand one arrived delivery to its consumer's callback, waiting up to ``timeout`` seconds (None:
+        forever); raise ``socket.timeout`` when none came.
+
+        One per call, as Kombu's contract says: callers drain until their own message arrives (Celery's
+        ``rpc://`` results) and buffer only so many others. The rest of a batch the engine handed over
+        waits here, still unacked, for the next calls, which return at once."""
+        pending = self._pending
+        while True:
+            if not pending:
+                pending.extend(connection.drain(timeout))
+            delivery = pending.popleft()
             channel = self._channels.get(delivery.channel_id)
-            if channel is None:
-                logger.debug("delivery %r for a closed channel: the engine returns it", delivery)
-                continue
-            channel.dispatch(delivery)
+            if channel is not None:
+                channel.dispatch(delivery)
+                return
+            logger.debug("delivery %r for a closed channel: the engine returns it", delivery)
 
     def verify_connection(self, connection: KelpTransport) -> bool:
         return connection.is_connected

@@ -231,3 +231,20 @@ def test_a_broker_that_cannot_be_reached_is_retried_as_a_connection_error(tmp_pa
     with pytest.raises(kombu.exceptions.OperationalError, match="does not exist"):
         connection.ensure_connection(max_retries=2, interval_start=0, errback=lambda e, _: errors.append(e))
     assert len(errors) == 2
+
+
+def test_drain_events_hands_over_one_delivery_per_call(url: str) -> None:
+    # Kombu's contract: Celery's rpc:// result consumer drains until its own result has come, and
+    # keeps only so many others; a call that handed over a whole batch overflowed it.
+    with kombu.Connection(url) as connection:
+        queue = connection.SimpleQueue("one-by-one", no_ack=True)
+        for i in range(5):
+            queue.put(i)
+        got: list[int] = []
+        with connection.Consumer(queue.queue, callbacks=[lambda body, _: got.append(body)], no_ack=True):
+            for expected in range(1, 6):
+                connection.drain_events(timeout=1)
+                assert got == list(range(expected))
+            with pytest.raises(TimeoutError):
+                connection.drain_events(timeout=0.1)
+        queue.close()
