@@ -81,23 +81,28 @@ def _iterating(consumer: Consumer, limit: int | None, timeout: float | None) -> 
             close()
 
 
-def _printable_body(message: Message) -> tuple[Any, str | None]:
-    """The body as JSON can show it, and ``'base64'`` when it had to be encoded. Never unpickles."""
+def _printable_body(message: Message) -> tuple[Any, str | None, str | None]:
+    """The body as JSON can show it, ``'base64'`` when it had to be encoded, and why it could not be
+    decoded (a corrupt body or compression; not a content type the accept list refuses). Never unpickles."""
+    error = None
     try:
         body: Any = message.decode()
-    except (ContentDisallowed, DecodeError):
+    except ContentDisallowed:
         body = message.body
+    except DecodeError as exc:
+        body, error = message.body, f"cannot decode the body: {_one_line(exc)}"
     if isinstance(body, bytes):
         try:
-            return body.decode("utf-8"), None
+            return body.decode("utf-8"), None, error
         except UnicodeDecodeError:
-            return base64.b64encode(body).decode("ascii"), "base64"
-    return body, None
+            return base64.b64encode(body).decode("ascii"), "base64", error
+    return body, None, error
 
 
 def message_record(message: Message) -> dict[str, Any]:
-    """What ``kelp consume`` prints for one message (as one JSON line)."""
-    body, encoding = _printable_body(message)
+    """What ``kelp consume`` prints for one message (as one JSON line); ``error`` marks a body that could
+    not be decoded, which is then shown as it travelled."""
+    body, encoding, error = _printable_body(message)
     record: dict[str, Any] = {
         "body": body,
         "headers": message.headers,
@@ -106,7 +111,18 @@ def message_record(message: Message) -> dict[str, Any]:
     }
     if encoding is not None:
         record["body_encoding"] = encoding
+    if error is not None:
+        record["error"] = error
     return record
+
+
+def _json_line(record: dict[str, Any]) -> str:
+    line = json.dumps(record, default=str, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:  # text a foreign producer sent as bytes that are not UTF-8 (lone surrogates)
+        line = json.dumps(record, default=str)
+    return line
 
 
 # --- publish / consume --------------------------------------------------------------------------------
@@ -157,7 +173,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
                 for message in messages:
                     if args.no_ack:
                         message.ack()
-                    print(json.dumps(message_record(message), default=str, ensure_ascii=False), flush=True)
+                    print(_json_line(message_record(message)), flush=True)
                     if not args.no_ack:
                         message.ack()
                     received += 1

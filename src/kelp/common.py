@@ -261,7 +261,7 @@ def insured(
     conn = pool.acquire(block=True)
     try:
         conn.ensure_connection(errback=errback)
-        call = conn.autoretry(fun, conn.default_channel, errback=errback, on_revive=on_revive, **opts)
+        call = conn.ensure(conn, fun, errback=errback, on_revive=on_revive, **opts)
         return call(*args, **{**kwargs, "connection": conn})
     finally:
         conn.release()

@@ -99,6 +99,8 @@ def encoders() -> list[str]:
 
 
 def _find(method: str, error: type[KelpError]) -> _Codec:
+    if not isinstance(method, str):  # a header set by a foreign producer can hold anything
+        raise error(f"compression method must be a string, got {type(method).__name__} {method!r:.40}")
     codec = _codecs.get(method) or _codecs.get(method.lower())
     if codec is None:
         raise error(f"unknown compression method {method!r}; available: {', '.join(encoders())}")

@@ -9,11 +9,14 @@ return results, on a ``kelp.aio`` channel they return awaitables (``await queue(
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, Self
 
 from kelp.exceptions import NotBoundError, UsageError
 from kelp.routing import EXCHANGE_TYPES
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "PERSISTENT_DELIVERY_MODE",
@@ -126,9 +129,12 @@ class Exchange(_Bindable):
         arguments: Mapping[str, Any] | None = None,
         no_declare: bool = False,
         internal: bool = False,
+        **unknown: Any,
     ) -> None:
+        name = "" if name is None else name
         if not isinstance(name, str):
             raise UsageError(f"exchange name must be a str, not {name.__class__.__name__}")
+        _ignore_unknown("Exchange", unknown)
         self.name = name
         self.type = type or "direct"
         if self.type not in EXCHANGE_TYPES:
@@ -242,16 +248,21 @@ class Exchange(_Bindable):
     ) -> binding:
         return binding(self, routing_key, arguments, unbind_arguments)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "type": self.type,
-            "durable": self.durable,
-            "auto_delete": self.auto_delete,
-            "delivery_mode": self.delivery_mode,
-            "arguments": dict(self.arguments),
-            "internal": self.internal,
-        }
+    #: The attributes :meth:`as_dict` lists (Kombu's set).
+    ATTRIBUTES: ClassVar[tuple[str, ...]] = (
+        "name",
+        "type",
+        "arguments",
+        "durable",
+        "passive",
+        "auto_delete",
+        "delivery_mode",
+        "no_declare",
+    )
+
+    def as_dict(self, recurse: bool = False) -> dict[str, Any]:
+        """The declaration's attributes as a dict (Kombu's keys)."""
+        return _as_dict(self, self.ATTRIBUTES, recurse)
 
 
 class binding:
@@ -268,6 +279,9 @@ class binding:
         self.routing_key = routing_key
         self.arguments = dict(arguments or {})
         self.unbind_arguments = dict(unbind_arguments) if unbind_arguments is not None else None
+
+    def as_dict(self, recurse: bool = False) -> dict[str, Any]:
+        return _as_dict(self, ("exchange", "routing_key", "arguments", "unbind_arguments"), recurse)
 
     def declare(self, channel: Any, nowait: bool = False) -> Any:
         """Declare the exchange of this binding (the binding itself is made by :meth:`bind`)."""
@@ -319,7 +333,7 @@ class Queue(_Bindable):
     def __init__(
         self,
         name: str = "",
-        exchange: Exchange | str | None = None,
+        exchange: Exchange | str | list[binding] | tuple[binding, ...] | set[binding] | None = None,
         routing_key: str = "",
         channel: Any = None,
         bindings: Iterable[binding] | None = None,
@@ -342,19 +356,28 @@ class Queue(_Bindable):
         max_priority: int | None = None,
         dead_letter_exchange: Exchange | str | None = None,
         dead_letter_routing_key: str | None = None,
+        **unknown: Any,
     ) -> None:
+        name = "" if name is None else name
         if not isinstance(name, str):
             raise UsageError(f"queue name must be a str, not {type(name).__name__}")
+        _ignore_unknown("Queue", unknown)
         self.name = name
-        self.exchange = Exchange(exchange) if isinstance(exchange, str) else exchange
-        self.routing_key = routing_key
         self.bindings = set(bindings or ())
+        if isinstance(exchange, list | tuple | set):  # Queue("name", [binding(...), ...])
+            self.bindings |= set(exchange)
+            exchange = None
+        # As in Kombu: a queue with bindings is bound by those only, never also by ``exchange``.
+        self.exchange = (
+            None if self.bindings else Exchange(exchange) if isinstance(exchange, str) else exchange
+        )
+        self.routing_key = routing_key
         self.on_declared = on_declared
         self.durable = durable
         self.exclusive = exclusive
         # An exclusive queue always goes away with its connection, as in Kombu.
         self.auto_delete = auto_delete or exclusive
-        self.no_ack = no_ack
+        self.no_ack = bool(no_ack)
         self.alias = alias
         self.queue_arguments = dict(queue_arguments or {})
         self.binding_arguments = dict(binding_arguments or {})
@@ -505,17 +528,32 @@ class Queue(_Bindable):
     def cancel(self, consumer_tag: str) -> Any:
         return self.channel.basic_cancel(consumer_tag)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "exchange": None if self.exchange is None else self.exchange.as_dict(),
-            "routing_key": self.routing_key,
-            "durable": self.durable,
-            "exclusive": self.exclusive,
-            "auto_delete": self.auto_delete,
-            "arguments": self.arguments,
-            "bindings": [(_name(b.exchange or ""), b.routing_key, b.arguments) for b in self.all_bindings],
-        }
+    #: The attributes :meth:`as_dict` lists (Kombu's set).
+    ATTRIBUTES: ClassVar[tuple[str, ...]] = (
+        "name",
+        "exchange",
+        "routing_key",
+        "queue_arguments",
+        "binding_arguments",
+        "consumer_arguments",
+        "durable",
+        "exclusive",
+        "auto_delete",
+        "no_ack",
+        "alias",
+        "bindings",
+        "no_declare",
+        "expires",
+        "message_ttl",
+        "max_length",
+        "max_length_bytes",
+        "max_priority",
+    )
+
+    def as_dict(self, recurse: bool = False) -> dict[str, Any]:
+        """The declaration's attributes as a dict (Kombu's keys); with ``recurse`` the exchange and the
+        bindings are dicts too."""
+        return _as_dict(self, self.ATTRIBUTES, recurse)
 
     @classmethod
     def from_dict(cls, name: str, **options: Any) -> Queue:
@@ -527,6 +565,23 @@ class Queue(_Bindable):
             exchange = Exchange(exchange or "", exchange_type or "direct", durable=exchange_durable)
         options.pop("binding_key", None)
         return cls(name, exchange, **options)
+
+
+def _as_dict(entity: Any, attributes: Iterable[str], recurse: bool) -> dict[str, Any]:
+    def value(item: Any) -> Any:
+        if recurse and isinstance(item, Exchange | binding | Queue):
+            return item.as_dict(recurse=True)
+        if isinstance(item, set):
+            return [value(each) for each in sorted(item, key=repr)]
+        return item
+
+    return {attribute: value(getattr(entity, attribute)) for attribute in attributes}
+
+
+def _ignore_unknown(kind: str, unknown: Mapping[str, Any]) -> None:
+    """Kombu ignores keyword arguments its entities do not know; kelp does too, but says so."""
+    if unknown:
+        logger.warning("%s ignores unknown arguments %s", kind, sorted(unknown))
 
 
 def _name(entity: Exchange | str) -> str:

@@ -26,6 +26,7 @@ __all__ = [
     "ChannelLimitExceeded",
     "ConnectionError",
     "ConnectionLimitExceeded",
+    "ConsumerCancelled",
     "ContentDisallowed",
     "DecodeError",
     "EncodeError",
@@ -133,6 +134,21 @@ class ConnectionError(OperationalError):
     def __init__(self, message: str = "", reply_code: int = 0) -> None:
         super().__init__(message)
         self.reply_code = reply_code
+
+
+class ConsumerCancelled(OperationalError):
+    """The broker cancelled a consumer: its queue was deleted (on RabbitMQ also: its node went away).
+
+    Raised by ``drain_events``; the consumer no longer receives anything from that queue, and its
+    delivered but unacked messages stay unacked (settle them, or they return when the channel closes).
+    Recoverable, as py-amqp's exception of the same name: declare the queue again and consume again —
+    ``ConsumerMixin`` does both by reconnecting.
+    """
+
+    def __init__(self, message: str = "", consumer_tag: str = "", channel_id: int = 0) -> None:
+        super().__init__(message)
+        self.consumer_tag = consumer_tag
+        self.channel_id = channel_id
 
 
 class ChannelError(KelpError):

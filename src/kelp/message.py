@@ -6,6 +6,11 @@ Every message is settled exactly once: :meth:`Message.ack` removes it from its q
 :meth:`Message.requeue` puts it back at the head of its queue, flagged ``redelivered``. A message nobody
 settles stays unacked until its channel or connection closes, and then goes back to its queue too.
 Settling twice raises :class:`~kelp.exceptions.MessageStateError`.
+
+A body that cannot be decompressed (an unknown or non-string ``compression`` header, a corrupt body) does
+not stop delivery: the message is built with the body as it travelled and the error in
+:attr:`Message.errors`; :meth:`Message.decode` raises it, and a consumer hands it to ``on_decode_error``.
+The message can be settled like any other.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from kelp._envelope import Delivery
 from kelp.compression import decompress
-from kelp.exceptions import MessageStateError
+from kelp.exceptions import KelpError, MessageStateError
 from kelp.serialization import loads
 
 if TYPE_CHECKING:
@@ -33,10 +38,13 @@ class Message:
     ``body`` is the payload as it travelled (decompressed); ``payload``/``decode()`` deserialize it,
     honouring the consumer's ``accept`` list (a refused content type raises ContentDisallowed and nothing
     is deserialized). ``_state`` is ``RECEIVED`` until settled, then ``ACK``, ``REJECTED`` or ``REQUEUED``.
+    ``errors`` lists what went wrong while building the message (a body that could not be decompressed
+    stays as it travelled); ``decode()`` raises the first of them.
     """
 
     __slots__ = (
         "_decoded",
+        "_no_ack",
         "_state",
         "accept",
         "body",
@@ -45,6 +53,7 @@ class Message:
         "content_type",
         "delivery_info",
         "delivery_tag",
+        "errors",
         "headers",
         "properties",
     )
@@ -73,15 +82,26 @@ class Message:
         }
         if delivery.message_count is not None:
             self.delivery_info["message_count"] = delivery.message_count
+        self.errors: list[Exception] = []
+        self.body = delivery.body
         compression = delivery.headers.get("compression") if delivery.headers else None
-        self.body = decompress(delivery.body, compression) if compression else delivery.body
+        if compression:
+            try:
+                self.body = decompress(delivery.body, compression)
+            except KelpError as exc:  # decompress() raises nothing else
+                self.errors.append(exc)
         self._decoded: Any = _NOT_DECODED
         self._state = "ACK" if no_ack else "RECEIVED"
+        self._no_ack = no_ack
 
     # --- content -------------------------------------------------------------------------------------
 
     def decode(self) -> Any:
-        """Deserialize the body (once; later calls return the same object)."""
+        """Deserialize the body (once; later calls return the same object).
+
+        Raises the first of :attr:`errors` when the body could not be decompressed."""
+        if self.errors:
+            raise self.errors[0]
         if self._decoded is _NOT_DECODED:
             self._decoded = loads(self.body, self.content_type, self.content_encoding, accept=self.accept)
         return self._decoded
@@ -115,7 +135,9 @@ class Message:
 
     def ack(self, multiple: bool = False) -> None:
         """Acknowledge: the broker deletes the message. With ``multiple``, also every earlier unacked one
-        on this channel."""
+        on this channel. A message delivered with ``no_ack`` needs none: acking it does nothing."""
+        if self._no_ack:
+            return
         channel = self._settle("ACK")
         channel.basic_ack(self.delivery_tag, multiple=multiple)
 

@@ -24,6 +24,8 @@ from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, NamedTuple, TypeAlias, cast
 
+from kelp._topic_trie import TopicTrie
+
 __all__ = [
     "EXCHANGE_TYPES",
     "X_MATCH_MODES",
@@ -299,9 +301,11 @@ def _count(index: dict[Destination, int], destination: Destination, delta: int) 
 class BindingTable:
     """The bindings of one exchange, indexed for its type so that :meth:`match` is cheap.
 
-    ``direct`` looks the routing key up in a dict; ``fanout`` returns every destination; ``topic`` tests each
-    distinct pattern once (compiled and cached) and remembers the answer per routing key until the table
-    changes; ``headers`` scans the bindings.
+    ``direct`` looks the routing key up in a dict; ``fanout`` returns every destination; ``topic`` walks a
+    trie of binding-key words (see :mod:`kelp._topic_trie`: the cost grows with the routing key's words,
+    not with the number of bindings) and remembers the answer per routing key until the table changes;
+    ``headers`` scans the bindings. :meth:`copy` is cheap: a topology snapshot derived from the previous
+    one copies what it changes, not every binding.
     """
 
     #: How many routing keys a topic table remembers answers for; the memo is dropped on any change.
@@ -309,10 +313,16 @@ class BindingTable:
 
     def __init__(self, exchange_type: str) -> None:
         self._type = validate_exchange_type(exchange_type)
-        self._bindings: dict[Binding, None] = {}  # an insertion-ordered set
-        self._by_destination: dict[Destination, int] = {}  # destination -> number of bindings to it
-        self._by_key: dict[str, dict[Destination, int]] = {}  # direct/topic: key -> destination -> count
-        self._topics: dict[str, tuple[Callable[[str], bool], dict[Destination, int]]] = {}
+        self._count = 0  # bindings
+        # destination -> its bindings (an insertion-ordered set): the table's bindings, grouped
+        self._by_destination: dict[Destination, dict[Binding, None]] = {}
+        self._by_key: dict[str, dict[Destination, int]] = {}  # direct: key -> destination -> count
+        # Keys of the inner dicts above that this table may change in place (the others it shares with a
+        # copy, and copies before changing).
+        self._owned_dest: set[Destination] = set()
+        self._owned_key: set[str] = set()
+        self._exchange_dests = 0  # destinations that are exchanges
+        self._trie = TopicTrie() if self._type == "topic" else None
         self._memo: dict[str, frozenset[Destination]] = {}
         self._headers: list[tuple[_HeadersRule, Destination]] = []
 
@@ -320,21 +330,62 @@ class BindingTable:
     def exchange_type(self) -> str:
         return self._type
 
+    @property
+    def topic_visits(self) -> int:
+        """Trie nodes the last topic :meth:`match` visited (0 when answered from the memo or not topic)."""
+        return self._trie.visits if self._trie is not None else 0
+
     def __len__(self) -> int:
-        return len(self._bindings)
+        return self._count
 
     def __iter__(self) -> Iterator[Binding]:
-        return iter(list(self._bindings))
+        return iter([binding for bindings in self._by_destination.values() for binding in bindings])
 
     def __contains__(self, binding: object) -> bool:
-        return binding in self._bindings
+        return isinstance(binding, Binding) and binding in self._by_destination.get(binding.destination, ())
 
     def __repr__(self) -> str:
         return f"<BindingTable {self._type} with {len(self)} bindings>"
 
+    def copy(self) -> BindingTable:
+        """A table with the same bindings; either may change afterwards without affecting the other.
+
+        Costs a shallow copy of the top-level indexes; inner parts are copied when first changed.
+        """
+        other = BindingTable.__new__(BindingTable)
+        other._type = self._type
+        other._count = self._count
+        other._by_destination = dict(self._by_destination)
+        other._by_key = dict(self._by_key)
+        other._owned_dest, other._owned_key = set(), set()
+        self._owned_dest, self._owned_key = set(), set()  # the inner dicts are now shared by both
+        other._exchange_dests = self._exchange_dests
+        other._trie = self._trie.copy() if self._trie is not None else None
+        other._memo = {}
+        other._headers = list(self._headers)
+        return other
+
+    @staticmethod
+    def _inner(index: dict[Any, dict[Any, Any]], owned: set[Any], key: Any) -> dict[Any, Any]:
+        """``index[key]``, created, or copied first if this table may not change it in place."""
+        inner = index.get(key)
+        if inner is None or key not in owned:
+            inner = index[key] = dict(inner or {})
+            owned.add(key)
+        return inner
+
     def destinations(self) -> set[Destination]:
         """Every destination with at least one binding in this table."""
         return set(self._by_destination)
+
+    @property
+    def routes_to_exchanges(self) -> bool:
+        """True if some binding of this table points at an exchange."""
+        return self._exchange_dests > 0
+
+    def has_destination(self, destination: Destination) -> bool:
+        """True if some binding of this table points at ``destination``."""
+        return destination in self._by_destination
 
     def add(
         self, destination: Destination, routing_key: str = "", arguments: Mapping[str, Any] | None = None
@@ -344,18 +395,20 @@ class BindingTable:
         For a headers exchange an invalid ``x-match`` raises :class:`ValueError` and nothing is added.
         """
         binding = Binding(destination, routing_key, _arguments(arguments))
-        if binding in self._bindings:
+        if binding in self:
             return False
         rule = _headers_rule(binding.arguments) if self._type == "headers" else None
-        self._bindings[binding] = None
-        _count(self._by_destination, destination, 1)
+        bindings = self._inner(self._by_destination, self._owned_dest, destination)
+        bindings[binding] = None
+        self._count += 1
+        if destination.kind == "exchange" and len(bindings) == 1:
+            self._exchange_dests += 1
         if rule is not None:
             self._headers.append((rule, destination))
-        elif self._type in ("direct", "topic"):
-            dests = self._by_key.setdefault(routing_key, {})
-            _count(dests, destination, 1)
-            if self._type == "topic" and routing_key not in self._topics:
-                self._topics[routing_key] = (_compile_topic(routing_key), dests)
+        elif self._trie is not None:
+            self._trie.add(routing_key, destination)
+        elif self._type == "direct":
+            _count(self._inner(self._by_key, self._owned_key, routing_key), destination, 1)
         self._memo.clear()
         return True
 
@@ -364,30 +417,37 @@ class BindingTable:
     ) -> bool:
         """Remove a binding; False if it did not exist."""
         binding = Binding(destination, routing_key, _arguments(arguments))
-        if binding not in self._bindings:
+        if binding not in self:
             return False
         self._discard(binding)
         return True
 
     def remove_destination(self, destination: Destination) -> int:
         """Remove every binding to ``destination`` (its queue or exchange was deleted); return how many."""
-        doomed = [binding for binding in self._bindings if binding.destination == destination]
+        doomed = list(self._by_destination.get(destination, ()))
         for binding in doomed:
             self._discard(binding)
         return len(doomed)
 
     def _discard(self, binding: Binding) -> None:
-        del self._bindings[binding]
-        _count(self._by_destination, binding.destination, -1)
+        self._count -= 1
+        destination = binding.destination
+        bindings = self._inner(self._by_destination, self._owned_dest, destination)
+        del bindings[binding]
+        if not bindings:
+            del self._by_destination[destination]
+            if destination.kind == "exchange":
+                self._exchange_dests -= 1
         if self._type == "headers":
             rule = _headers_rule(binding.arguments)
-            self._headers.remove((rule, binding.destination))
-        elif self._type in ("direct", "topic"):
-            dests = self._by_key[binding.routing_key]
-            _count(dests, binding.destination, -1)
+            self._headers.remove((rule, destination))
+        elif self._trie is not None:
+            self._trie.remove(binding.routing_key, destination)
+        elif self._type == "direct":
+            dests = self._inner(self._by_key, self._owned_key, binding.routing_key)
+            _count(dests, destination, -1)
             if not dests:
                 del self._by_key[binding.routing_key]
-                self._topics.pop(binding.routing_key, None)
         self._memo.clear()
 
     def match(self, routing_key: str, headers: Mapping[str, Any] | None = None) -> set[Destination]:
@@ -396,14 +456,11 @@ class BindingTable:
         if kind == "direct":
             dests = self._by_key.get(routing_key)
             return set(dests) if dests else set()
-        if kind == "topic":
+        if self._trie is not None:
             memo = self._memo.get(routing_key)
+            self._trie.visits = 0
             if memo is None:
-                found: set[Destination] = set()
-                for matches, pattern_dests in self._topics.values():
-                    if matches(routing_key):
-                        found.update(pattern_dests)
-                memo = frozenset(found)
+                memo = cast("frozenset[Destination]", frozenset(self._trie.match(routing_key)))
                 if self.topic_memo_size > 0:
                     if len(self._memo) >= self.topic_memo_size:
                         del self._memo[next(iter(self._memo))]  # the oldest answer

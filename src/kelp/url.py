@@ -203,7 +203,17 @@ def parse_url(url: str) -> URL:
         userid = unquote(user_text) or None
         if colon:
             password = unquote(password_text) or None
-    hostname, port = _split_host_port(hostport, text)
+    try:
+        hostname, port = _split_host_port(hostport, text)
+    except InvalidURL:
+        if not at and "@" in text[match.end() + len(authority) :]:
+            # "user:pa/ss@host": the authority ended at a '/' (or '?') of the password, whose first part
+            # then reads as a port; the message must not quote that part.
+            raise InvalidURL(
+                f"cannot parse {_mask(text)!r}: a '/', '?' or '#' in the user name or password must be "
+                "percent-encoded ('/' as %2F, '?' as %3F, '#' as %23)"
+            ) from None
+        raise
     if port is None:
         port = DEFAULT_PORTS.get(scheme)
 

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,34 @@ def test_consume_does_not_decode_refused_content(
     assert record["properties"]["content_type"] == "application/x-python-serialize"
 
 
+def test_consume_marks_undecodable_messages_and_acks_them(
+    capsys: pytest.CaptureFixture[str], url: str
+) -> None:
+    run(capsys, "--url", url, "declare", "queue", "inbox")
+    with Connection(url) as connection:
+        producer = connection.Producer()
+        for compression, body in (("bogus", b"{}"), ("zlib", b"corrupt"), (5, b"{}")):
+            producer.publish(
+                body,
+                routing_key="inbox",
+                content_type="application/json",
+                headers={"compression": compression},
+            )
+        # text a foreign AMQP producer sent as bytes that are not UTF-8 arrives with lone surrogates
+        producer.publish(b"{}", routing_key="inbox", content_type="\udcffjson", headers={"k\udcfe": 1})
+        producer.publish({"good": True}, routing_key="inbox")
+    records = consume_records(capsys, url)
+    assert [r.get("error", "")[:24] for r in records] == ["cannot decode the body: "] * 3 + ["", ""]
+    assert "unknown compression method 'bogus'" in records[0]["error"]
+    assert "corrupt zlib body" in records[1]["error"]
+    assert "must be a string, got int" in records[2]["error"]
+    assert records[1]["body"] == "corrupt"
+    assert records[3]["properties"]["content_type"] == "\udcffjson"
+    assert records[3]["headers"] == {"k\udcfe": 1}
+    assert records[4]["body"] == {"good": True}
+    assert queue_stats(url)["inbox"] == (0, 0, 0)  # every one acked
+
+
 def test_consume_stops_at_count_and_leaves_the_rest(capsys: pytest.CaptureFixture[str], url: str) -> None:
     run(capsys, "--url", url, "declare", "queue", "inbox")
     for body in ("one", "two", "three"):
@@ -281,6 +310,13 @@ def test_bench(capsys: pytest.CaptureFixture[str], url: str) -> None:
         ("memory://host:notaport", "invalid port"),
         ("no spaces allowed://x", "invalid scheme"),
         ("foo://somewhere", "unknown transport 'foo'"),
+        ("redis://localhost/?liveness=abc", "option liveness='abc' must be a number of seconds"),
+        ("redis://localhost/notanumber", "must be a whole number"),
+        ("redis://localhost/?socket_timeout=-1", "option socket_timeout='-1'"),
+        ("amqp://localhost/?frame_max=1", "option frame_max='1'"),
+        ("sqlite:///:memory:", "sqlite:///:memory: is not supported"),
+        ("amqp://user:pa/ss@localhost/", "must be percent-encoded"),
+        ("memory://?colour=blue", "memory:// has no URL option colour"),
     ],
 )
 def test_bad_url_is_a_usage_error(capsys: pytest.CaptureFixture[str], target: str, fragment: str) -> None:
@@ -339,3 +375,28 @@ def test_error_from_a_subprocess_has_no_traceback() -> None:
     assert result.returncode == 2
     assert result.stdout == ""
     assert_one_error_line(result.stderr, "unknown transport")
+
+
+def test_consume_from_a_queue_deleted_meanwhile_is_one_error_line(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/broker.db"
+    with Connection(url) as connection:
+        connection.default_channel.queue_declare("doomed")
+    consume = subprocess.Popen(
+        [sys.executable, "-m", "kelp", "--url", url, "consume", "doomed", "--timeout", "20"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with Connection(url) as connection:
+            deadline = time.monotonic() + 20
+            while queue_stats(url)["doomed"][2] == 0:  # wait until it consumes
+                assert time.monotonic() < deadline, "kelp consume never started consuming"
+                time.sleep(0.05)
+            connection.default_channel.queue_delete("doomed")
+        out, err = consume.communicate(timeout=30)
+    finally:
+        consume.kill()
+    assert consume.returncode == 1
+    assert out == ""
+    assert_one_error_line(err, "queue 'doomed' was deleted")

@@ -56,3 +56,8 @@ def test_arguments_text_is_canonical():
     assert encode_arguments({"b": 1, "a": [1, 2]}) == encode_arguments({"a": (1, 2), "b": 1})
     assert encode_arguments(None) == encode_arguments({}) == "{}"
     assert decode_arguments(encode_arguments({"x-match": "any", "k": b"v"})) == {"x-match": "any", "k": b"v"}
+
+
+def test_a_users_table_keyed_like_a_tag_comes_back_as_it_was():
+    headers = {"a": {"\x00d": "1.5"}, "b": [{"\x00b": "eA=="}], "c": {"\x00e": [1, 2]}, "d": b"\x00"}
+    assert decode_meta(encode_meta({}, headers, "", ""))[1] == headers

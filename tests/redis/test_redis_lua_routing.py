@@ -117,7 +117,7 @@ bindings = st.lists(
         patterns,
         binding_arguments,
     ),
-    max_size=12,
+    max_size=30,
 )
 
 
@@ -152,3 +152,144 @@ def test_lua_route_agrees_with_kelp_routing(redis_base, types, edges, messages):
                 "EVALSHA", SHA, 1, prefix, "route", "e0", key, headers_canon(headers)
             )
             assert {name.decode() for name in answer} == expected
+
+
+# --- the topic trie: kept right by bind, unbind and delete; read by words, not by bindings -------------
+
+trie_ops = st.lists(
+    st.tuples(st.sampled_from(["bind", "bind", "unbind", "delete"]), st.sampled_from("0123"), patterns),
+    max_size=25,
+)
+
+
+def _prefix(conn: Connection) -> tuple[Any, str]:
+    transport = conn.transport
+    return transport._client, "{" + transport.prefix + "}:"  # type: ignore[union-attr]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(trie_ops, st.lists(keys, min_size=1, max_size=6))
+def test_lua_topic_trie_follows_bind_unbind_and_delete(redis_base, ops, probe):
+    url = with_options(redis_base, prefix=uuid.uuid4().hex[:12])
+    table = BindingTable("topic")
+    with Connection(url) as conn:
+        channel = conn.default_channel
+        Exchange("t", "topic")(channel).declare()
+        for i in range(4):
+            Queue(f"q{i}", durable=False)(channel).declare()
+        for op, suffix, pattern in ops:
+            queue = f"q{suffix}"
+            if op == "bind":
+                channel.queue_bind(queue, "t", pattern)
+                table.add(Destination.queue(queue), pattern)
+            elif op == "unbind":
+                channel.queue_unbind(queue, "t", pattern)
+                table.remove(Destination.queue(queue), pattern)
+            else:
+                channel.queue_delete(queue)
+                Queue(queue, durable=False)(channel).declare()
+                table.remove_destination(Destination.queue(queue))
+        client, prefix = _prefix(conn)
+        for key in probe:
+            answer = client.execute_command("EVALSHA", SHA, 1, prefix, "route", "t", key, "")
+            assert {name.decode() for name in answer} == route({"t": table}, "t", key)
+        if not len(table):  # every node pruned: nothing is left of the trie
+            assert client.exists(prefix + "xt:t") == 0
+
+
+def test_lua_topic_route_reads_nodes_by_words_not_bindings(redis_url):
+    bindings = 3000
+    with Connection(redis_url) as conn:
+        channel = conn.default_channel
+        Exchange("big", "topic")(channel).declare()
+        client, prefix = _prefix(conn)
+        table = BindingTable("topic")
+        for i in range(bindings):
+            channel.queue_declare(f"q{i}", durable=False)
+            pattern = f"r{i}.*.created" if i % 2 else f"*.r{i}.#"
+            channel.queue_bind(f"q{i}", "big", pattern)
+            table.add(Destination.queue(f"q{i}"), pattern)
+        channel.queue_bind("q0", "big", "#")
+        table.add(Destination.queue("q0"), "#")
+        for key in ("r7.eu.created", "x.r8.y.z", "r7", "nothing.here", "", "r2999.*.created", "#.r8.#"):
+            expected = route({"big": table}, "big", key)
+            answer = client.execute_command("EVALSHA", SHA, 1, prefix, "route", "big", key, "")
+            assert {name.decode() for name in answer} == expected
+            reached, visits = client.execute_command("EVALSHA", SHA, 1, prefix, "routecost", "big", key, "")
+            assert reached == len(expected)
+            assert visits <= 3 + 2 * len(key.split(".")), (key, visits)
+
+
+def test_lua_topic_trie_is_built_for_bindings_stored_before_it(redis_url):
+    """A topic exchange whose bindings a kelp without the trie stored gets its trie on first use."""
+    with Connection(redis_url) as conn:
+        channel = conn.default_channel
+        Exchange("old", "topic")(channel).declare()
+        table = BindingTable("topic")
+        for i, pattern in enumerate(["a.*", "#.b", "a.#", "a.*", "#"]):
+            Queue(f"q{i}")(channel).declare()
+            channel.queue_bind(f"q{i}", "old", pattern)
+            table.add(Destination.queue(f"q{i}"), pattern)
+        client, prefix = _prefix(conn)
+        client.delete(prefix + "xt:old")  # as an older kelp left it: no trie, no flag
+        client.hdel(prefix + "x:old", "trie")
+        channel.queue_unbind("q0", "old", "a.*")
+        table.remove(Destination.queue("q0"), "a.*")
+        for key in ("a.b", "a", "b", "x.y.b", ""):
+            answer = client.execute_command("EVALSHA", SHA, 1, prefix, "route", "old", key, "")
+            assert {name.decode() for name in answer} == route({"old": table}, "old", key)
+
+
+def test_deleting_a_queue_finds_its_bindings_without_the_destination_index(redis_url):
+    """Bindings stored before the per-destination index still go with their queue."""
+    with Connection(redis_url) as conn:
+        channel = conn.default_channel
+        Exchange("t", "topic")(channel).declare()
+        Queue("q")(channel).declare()
+        Queue("keep")(channel).declare()
+        for pattern in ("a.#", "b.*"):
+            channel.queue_bind("q", "t", pattern)
+            channel.queue_bind("keep", "t", pattern)
+        client, prefix = _prefix(conn)
+        client.delete(prefix + "rbm:q:q")
+        channel.queue_delete("q")
+        answer = client.execute_command("EVALSHA", SHA, 1, prefix, "route", "t", "a.x", "")
+        assert [name.decode() for name in answer] == ["keep"]
+        members = client.smembers(prefix + "xb:t")
+        assert len(members) == 2
+
+
+def test_lua_topic_walk_with_many_hashes_stays_small(redis_url):
+    """A binding key with many "#" cannot make a publish walk (and block Redis) for long."""
+    pattern = ".".join(["#", "a"] * 12) + ".b"
+    with Connection(redis_url) as conn:
+        channel = conn.default_channel
+        Exchange("t", "topic")(channel).declare()
+        Queue("q")(channel).declare()
+        channel.queue_bind("q", "t", pattern)
+        client, prefix = _prefix(conn)
+        for key, expected in ((".".join(["a"] * 120), 0), (".".join(["a"] * 120) + ".b", 1)):
+            assert topic_match(pattern, key) is bool(expected)
+            reached, visits = client.execute_command("EVALSHA", SHA, 1, prefix, "routecost", "t", key, "")
+            assert reached == expected
+            assert visits <= 26 * 122
+
+
+def test_lua_topic_trie_catches_up_with_bindings_made_behind_its_back(redis_url):
+    """Bindings an older kelp stores (in the binding set and key index, not the trie) are routed to."""
+    with Connection(redis_url) as conn:
+        channel = conn.default_channel
+        Exchange("t", "topic")(channel).declare()
+        Queue("new")(channel).declare()
+        Queue("old")(channel).declare()
+        channel.queue_bind("new", "t", "a.#")
+        client, prefix = _prefix(conn)
+        member, _ = binding_member("queue", "old", "*.b", None)
+        client.sadd(prefix + "xb:t", member)  # what an older kelp's bind writes
+        client.hset(prefix + "xk:t", "*.b", '{"q:old":1}')
+        client.hincrby(prefix + "rb:q:old", "t", 1)
+        answer = client.execute_command("EVALSHA", SHA, 1, prefix, "route", "t", "a.b", "")
+        assert sorted(name.decode() for name in answer) == ["new", "old"]
+        channel.queue_unbind("old", "t", "*.b")
+        answer = client.execute_command("EVALSHA", SHA, 1, prefix, "route", "t", "a.b", "")
+        assert [name.decode() for name in answer] == ["new"]

@@ -11,6 +11,7 @@ import pytest
 
 from kelp import Connection, Queue
 from kelp._broker.sqlite import _store
+from kelp._broker.sqlite._schema import SCHEMA_VERSION
 
 from .conftest import Worker
 
@@ -197,7 +198,7 @@ def test_foreign_newer_and_corrupt_files_fail_clearly(tmp_path: Path) -> None:
     db.execute("PRAGMA user_version=99")
     db.close()
     with pytest.raises(VersionMismatch, match="version 99"):
-        Connection(f"sqlite:///{newer}?x=1").connect()
+        Connection(f"sqlite:///{newer}?busy_timeout=10").connect()
 
     corrupt = tmp_path / "corrupt.db"
     corrupt.write_bytes(b"this is not a database at all" * 100)
@@ -217,6 +218,15 @@ def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
     db = sqlite3.connect(path, isolation_level=None)  # make it the file schema 1 wrote
     db.execute("DROP INDEX messages_ready")
     db.execute("CREATE INDEX messages_claim ON messages (queue, owner, priority DESC, id)")
+    for trigger in (
+        "ready_queue_added",
+        "ready_queue_deleted",
+        "ready_insert",
+        "ready_delete",
+        "ready_release",
+    ):
+        db.execute(f"DROP TRIGGER {trigger}")
+    db.execute("DROP TABLE queue_ready")
     db.execute("PRAGMA user_version=1")
     db.close()
     with Connection(url) as conn, conn.SimpleQueue(queue) as simple:
@@ -225,7 +235,7 @@ def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
         for message in got:
             message.ack()
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     indexes = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     assert "messages_ready" in indexes
     assert "messages_claim" not in indexes

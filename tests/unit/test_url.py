@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 from hypothesis import given
@@ -126,6 +127,18 @@ def test_unknown_schemes_parse() -> None:
 def test_invalid(text: str, message: str) -> None:
     with pytest.raises(InvalidURL, match=message):
         parse_url(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["amqp://user:abc123/x9z@localhost:5672//", "amqp://user:s3c?r3t@host/", "redis://:p4q/zz9@host:6379/0"],
+)
+def test_unencoded_slash_or_question_mark_in_the_password_is_not_echoed(text: str) -> None:
+    with pytest.raises(InvalidURL, match="must be percent-encoded") as info:
+        parse_url(text)
+    secret = text.split(":")[2].split("@")[0]
+    for part in re.split(r"[/?]", secret):
+        assert part not in str(info.value).replace("percent-encoded", "")
 
 
 def test_invalid_url_masks_the_password() -> None:

@@ -179,7 +179,7 @@ class _Channel:
 
 
 class _Connection:
-    __slots__ = ("channels", "id", "next_channel", "waiting", "waker")
+    __slots__ = ("cancelled", "channels", "id", "next_channel", "waiting", "waker")
 
     def __init__(self, connection_id: int, waker: Waker) -> None:
         self.id = connection_id
@@ -187,6 +187,8 @@ class _Connection:
         self.channels: dict[int, _Channel] = {}
         self.next_channel = 1
         self.waiting = False
+        # (channel id, consumer tag, queue name) of consumers whose queue was deleted, not yet reported
+        self.cancelled: list[tuple[int, str, str]] = []
 
 
 class MemoryBroker:
@@ -438,7 +440,11 @@ class MemoryBroker:
             if exchange.table.remove_destination(destination):
                 self._maybe_auto_delete_exchange(exchange)
         for consumer in list(queue.consumers):
-            consumer.channel.consumers.pop(consumer.tag, None)
+            channel = consumer.channel
+            if channel.consumers.pop(consumer.tag, None) is not None:
+                # As RabbitMQ's basic.cancel: the consumer's connection learns it from its next drain.
+                channel.connection.cancelled.append((channel.id, consumer.tag, queue.name))
+                self._wake_connection(channel.connection)
         queue.consumers.clear()
         return count
 
@@ -683,6 +689,18 @@ class MemoryBroker:
             connection.waiting = False
             connection.waker.set()
 
+    def take_cancelled(self, connection_id: int) -> tuple[int, str, str] | None:
+        """``(channel id, consumer tag, queue)`` of one consumer cancelled because its queue was deleted
+        (each reported once), or None."""
+        with self._lock:
+            cancelled = self._connection(connection_id).cancelled
+            channels = self._connection(connection_id).channels
+            while cancelled:
+                entry = cancelled.pop(0)
+                if entry[0] in channels:  # a channel closed since has nothing left to report
+                    return entry
+            return None
+
     def claim(self, connection_id: int) -> list[Delivery]:
         """Deliveries for the connection's consumers, up to each prefetch window (round robin)."""
         with self._lock:
@@ -862,7 +880,7 @@ class MemoryBroker:
             connection = self._connection(connection_id)
             now = self._clock()
             self._tick(now)
-            if self._has_work(connection):
+            if connection.cancelled or self._has_work(connection):
                 return 0.0
             connection.waiting = True
             return None if self._next_due == math.inf else max(0.0, self._next_due - now)

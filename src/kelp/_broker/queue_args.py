@@ -11,6 +11,7 @@ from kelp.exceptions import AccessRefused, PreconditionFailed, UsageError
 from kelp.routing import BindingTable, Destination
 
 __all__ = [
+    "INVALID_X_DEATH",
     "OVERFLOW_MODES",
     "ExchangeDef",
     "QueueArgs",
@@ -22,6 +23,7 @@ __all__ = [
     "expiration_ms",
     "generated_queue_name",
     "same_arguments",
+    "valid_x_death",
 ]
 
 OVERFLOW_MODES = frozenset({"drop-head", "reject-publish", "reject-publish-dlx"})
@@ -186,6 +188,24 @@ def expiration_ms(properties: Mapping[str, Any]) -> int | None:
     return ms
 
 
+#: The header that keeps a malformed ``x-death`` a dead-lettered message arrived with (see dead_letter).
+INVALID_X_DEATH = "x-death-invalid"
+
+
+def valid_x_death(value: Any) -> bool:
+    """True when ``value`` is an ``x-death`` kelp can extend: a list of tables whose ``count``, when
+    present, is a non-negative integer (RabbitMQ writes nothing else there)."""
+    if not isinstance(value, list | tuple):
+        return False
+    for entry in value:
+        if not isinstance(entry, Mapping):
+            return False
+        count = entry.get("count", 1)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            return False
+    return True
+
+
 def dead_letter(
     headers: Mapping[str, Any],
     properties: Mapping[str, Any],
@@ -201,15 +221,24 @@ def dead_letter(
     Follows RabbitMQ: an ``x-death`` list (most recent first) with one entry per (queue, reason) whose
     ``count`` grows on repeats; ``x-first-death-*`` set once; the ``expiration`` property removed (kept as
     ``original-expiration``) so the copy does not expire again for the same reason.
+
+    Any message can be dead-lettered, whatever its headers: an ``x-death`` that is not a list of tables
+    with integer counts (a foreign or careless producer's) is treated as absent, and the original value
+    is kept, unchanged, under :data:`INVALID_X_DEATH` (``x-death-invalid``) on the copy.
     """
-    deaths = [dict(entry) for entry in headers.get("x-death") or () if isinstance(entry, Mapping)]
+    new_headers = dict(headers)
+    raw_deaths = new_headers.get("x-death", ())
+    if not valid_x_death(raw_deaths):
+        new_headers[INVALID_X_DEATH] = new_headers.pop("x-death")
+        raw_deaths = ()
+    deaths = [dict(entry) for entry in raw_deaths]
     new_properties = dict(properties)
     original_expiration = new_properties.pop("expiration", None)
     for index, entry in enumerate(deaths):
         if entry.get("queue") == queue and entry.get("reason") == reason:
             if reason in _CYCLE_REASONS:
                 return None
-            entry["count"] = int(entry.get("count", 1)) + 1
+            entry["count"] = entry.get("count", 1) + 1
             entry["time"] = int(now)
             deaths.insert(0, deaths.pop(index))
             break
@@ -225,7 +254,6 @@ def dead_letter(
         if original_expiration is not None:
             entry["original-expiration"] = original_expiration
         deaths.insert(0, entry)
-    new_headers = dict(headers)
     new_headers["x-death"] = deaths
     new_headers.setdefault("x-first-death-exchange", exchange)
     new_headers.setdefault("x-first-death-queue", queue)

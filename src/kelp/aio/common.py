@@ -260,7 +260,7 @@ async def insured(
     conn = await pool.acquire(block=True)
     try:
         await conn.ensure_connection(errback=errback)
-        call = conn.autoretry(fun, conn.default_channel, errback=errback, on_revive=on_revive, **opts)
+        call = conn.ensure(conn, fun, errback=errback, on_revive=on_revive, **opts)
         return await call(*args, **{**kwargs, "connection": conn})
     finally:
         await conn.release()

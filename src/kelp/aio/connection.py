@@ -28,7 +28,13 @@ from kelp.aio._backend import maybe_await, monotonic, sleep
 from kelp.aio.message import Message
 from kelp.aio.transport.base import Transport, TransportChannel
 from kelp.entity import Exchange, Queue
-from kelp.exceptions import MessageNacked, OperationalError, UnsupportedTransport, UsageError
+from kelp.exceptions import (
+    ConsumerCancelled,
+    MessageNacked,
+    OperationalError,
+    UnsupportedTransport,
+    UsageError,
+)
 from kelp.url import URL, parse_failover
 
 if TYPE_CHECKING:
@@ -194,7 +200,8 @@ class Channel:
     # --- entities (what Exchange/Queue forward to) -------------------------------------------------
 
     async def declare_exchange(self, exchange: Exchange, passive: bool = False) -> None:
-        if not exchange.name:
+        """Declare the exchange; nothing for the default exchange or one made with ``no_declare``."""
+        if not exchange.name or exchange.no_declare:
             return
         await self.exchange_declare(
             exchange.name,
@@ -227,7 +234,11 @@ class Channel:
             await self.queue_bind(queue.name, exchange, edge.routing_key, arguments=edge.arguments)
 
     async def declare_queue(self, queue: Queue, passive: bool = False) -> str:
-        """Declare the queue's exchanges, the queue and its bindings; return the (generated) name."""
+        """Declare the queue's exchanges, the queue and its bindings; return the (generated) name.
+
+        A queue made with ``no_declare`` is never declared (it must exist): nothing is sent."""
+        if queue.no_declare:
+            return queue.name
         if not passive:
             for edge in queue.all_bindings:
                 if edge.exchange is not None and edge.exchange.name and not edge.exchange.no_declare:
@@ -250,7 +261,11 @@ class Channel:
     async def basic_qos(
         self, prefetch_size: int = 0, prefetch_count: int = 0, a_global: bool = False
     ) -> None:
-        """Limit unacked deliveries: per consumer started after this call (or per channel if global)."""
+        """Limit unacked deliveries: per consumer started after this call (or per channel if global).
+
+        ``prefetch_count`` is 0 (no limit) to 65535, as AMQP carries it; anything else raises UsageError."""
+        if type(prefetch_count) is not int or not 0 <= prefetch_count <= 0xFFFF:
+            raise UsageError(f"prefetch_count must be an integer from 0 to 65535, not {prefetch_count!r}")
         await self.transport_channel.qos(prefetch_count, a_global)
 
     async def basic_consume(
@@ -551,6 +566,15 @@ class Connection:
     def _track_consumer(self, consumer: Consumer) -> None:
         self._consumers.add(consumer)
 
+    def _consumer_cancelled(self, channel_id: int, consumer_tag: str) -> None:
+        """The broker cancelled ``consumer_tag``: forget its callback, and tell its Consumer."""
+        channel = self._channels.get(channel_id)
+        if channel is not None:
+            channel._callbacks.pop(consumer_tag, None)
+            channel._no_ack.pop(consumer_tag, None)
+        for consumer in list(self._consumers):
+            consumer._cancelled_by_broker(consumer_tag)
+
     async def ensure_connection(
         self,
         errback: Callable[[BaseException, float], Any] | None = None,
@@ -729,10 +753,19 @@ class Connection:
         Blocks up to ``timeout`` seconds (None: until something arrives) and raises ``socket.timeout``
         when nothing did. Deliveries received but not yet dispatched when a callback raises (or, in
         ``kelp.aio``, when the wait is cancelled) are kept and dispatched by the next call: none is lost.
+
+        Raises :class:`~kelp.exceptions.ConsumerCancelled` when the broker cancelled a consumer because
+        its queue was deleted (after dispatching what arrived before); that :class:`Consumer` then no
+        longer lists the queue in ``active_queues``, and its ``consume()`` declares it again and
+        resubscribes.
         """
         transport = self._require_transport()
         if not self._pending:
-            self._pending.extend(await transport.drain(timeout))
+            try:
+                self._pending.extend(await transport.drain(timeout))
+            except ConsumerCancelled as exc:
+                self._consumer_cancelled(exc.channel_id, exc.consumer_tag)
+                raise
         pending = self._pending
         channels = self._channels
         while pending:
@@ -813,13 +846,27 @@ class Connection:
     def autoretry(
         self, fun: Callable[..., Any], channel: Channel | None = None, **ensure_options: Any
     ) -> Callable[..., Any]:
-        """``fun`` wrapped to reconnect and retry on connection errors (see :meth:`ensure`)."""
+        """``fun`` wrapped to reconnect and retry on connection errors (see :meth:`ensure`).
 
-        class Revivable:
+        The wrapper calls ``fun(*args, channel=channel, **kwargs)`` and returns ``(result, channel)``:
+        ``channel`` is the one given here, the default channel when none was, and after a reconnect the
+        new connection's default channel. A retried ``fun`` may run twice.
+        """
+        connection = self
+        current: list[Channel | None] = [channel]
+
+        class Revival:
             def revive(self, channel: Channel) -> None:
-                pass
+                current[0] = channel
 
-        return self.ensure(Revivable(), fun, **ensure_options)
+            async def __call__(self, *args: Any, **kwargs: Any) -> tuple[Any, Channel]:
+                used = current[0]
+                if used is None:
+                    used = current[0] = await connection.ensure_default_channel()
+                return await maybe_await(fun(*args, channel=used, **kwargs)), used
+
+        revival = Revival()
+        return self.ensure(revival, revival, **ensure_options)
 
     # --- conveniences -----------------------------------------------------------------------------------
 

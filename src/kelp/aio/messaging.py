@@ -204,9 +204,15 @@ class Producer:
             "delivery_mode": mode,
             "priority": priority,
         }
+        if priority is not None and (type(priority) is not int or not 0 <= priority <= 255):  # an AMQP octet
+            raise UsageError(f"priority must be an integer from 0 to 255, not {priority!r}")
         if expiration is not None:
-            if expiration < 0:
-                raise UsageError(f"expiration must be >= 0 seconds, not {expiration!r}")
+            if (
+                not isinstance(expiration, int | float)
+                or isinstance(expiration, bool)
+                or not 0 <= expiration < 2**53
+            ):
+                raise UsageError(f"expiration must be a number of seconds >= 0, not {expiration!r}")
             props["expiration"] = str(int(expiration * 1000))
         if reply_to is not None:
             props["reply_to"] = reply_to.name if isinstance(reply_to, Queue) else reply_to
@@ -216,7 +222,10 @@ class Producer:
                     props[_PROPERTY_ALIASES.get(key, key)] = value
             unknown = set(props) - _KNOWN_PROPERTIES
             if unknown:
-                raise UsageError(f"unknown message properties: {sorted(unknown)}")
+                # Kombu accepts any keyword and AMQP 0-9-1 has no place for it: RabbitMQ never sees it.
+                logger.warning("publish ignores properties AMQP does not have: %s", sorted(unknown))
+                for key in unknown:
+                    del props[key]
         return Envelope(
             payload,
             props,
@@ -375,9 +384,12 @@ class Consumer:
     """Receives messages from one or more queues and hands them to callbacks.
 
     ``callbacks`` are called as ``callback(body, message)`` with the decoded body; ``on_message(message)``
-    replaces them and receives the undecoded message. A body the ``accept`` list refuses (by default only
-    json and raw content are decoded) goes to ``on_decode_error(message, exc)``, or raises from
-    ``drain_events`` when there is none; the message then stays unacked, to be dealt with. Messages arrive
+    replaces them and receives the undecoded message. A body that cannot be decoded — refused by the
+    ``accept`` list (by default only json and raw content are decoded), not deserializable, or not
+    decompressible (an unknown or corrupt ``compression``; this one bypasses ``on_message`` too) — goes to
+    ``on_decode_error(message, exc)``, where the message can be acked or rejected. With no
+    ``on_decode_error`` the error raises from ``drain_events`` and the message stays unacked until its
+    channel closes; deliveries behind it are dispatched by the next ``drain_events``. Messages arrive
     only while the connection drains events (``drain_events``, ``iterate``, ``async for``).
 
     ``prefetch_count`` bounds the unacked messages delivered to each of this consumer's queues.
@@ -501,6 +513,16 @@ class Consumer:
             await self._channel_used.basic_cancel(tag)
         self.queues = [q for q in self.queues if q.name != queue]
 
+    def _cancelled_by_broker(self, consumer_tag: str) -> None:
+        """The broker cancelled one of our subscriptions (its queue was deleted): forget it, and forget
+        that the queue was declared, so that :meth:`consume` declares it again and resubscribes."""
+        for name, tag in list(self._tags.items()):
+            if tag == consumer_tag:
+                del self._tags[name]
+                for queue in self.queues:
+                    if queue.name == name:
+                        self.connection.declared_entities.discard(queue)
+
     def consuming_from(self, queue: str | Queue) -> bool:
         name = queue.name if isinstance(queue, Queue) else queue
         return name in self._tags
@@ -539,17 +561,23 @@ class Consumer:
         if self._buffer is not None:
             self._buffer.append(message)
             return
+        if message.errors:  # not decompressible: even on_message would get a body it cannot use
+            await self._decode_error(message, message.errors[0])
+            return
         if self.on_message is not None:
             await maybe_await(self.on_message(message))
             return
         try:
             body = message.decode()
         except Exception as exc:
-            if self.on_decode_error is None:
-                raise
-            await maybe_await(self.on_decode_error(message, exc))
+            await self._decode_error(message, exc)
             return
         await self.receive(body, message)
+
+    async def _decode_error(self, message: Message, exc: Exception) -> None:
+        if self.on_decode_error is None:
+            raise exc
+        await maybe_await(self.on_decode_error(message, exc))
 
     async def iterate(self, limit: int | None = None, timeout: float | None = None) -> AsyncIterator[Message]:
         """Yield messages as they arrive (starting to consume if needed), up to ``limit``.

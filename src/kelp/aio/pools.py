@@ -82,6 +82,16 @@ class Resource(Generic[R]):
     def limit(self) -> int:
         return self._limit
 
+    @limit.setter
+    def limit(self, limit: int | None) -> None:
+        """Assign a new limit, as Kombu allows (Celery sets it before first use). Idle resources past it
+        are closed as they are released; acquirers already waiting are not woken: use :meth:`resize` on
+        a pool in use."""
+        if isinstance(limit, bool) or not isinstance(limit, int | None):
+            raise TypeError(f"limit must be an int or None, not {type(limit).__name__}")
+        self._limit = limit or 0
+        self._to_preload = min(self.preload, self._limit)
+
     def _total(self) -> int:
         return len(self._in_use) + len(self._idle) + self._reserved
 

@@ -14,7 +14,8 @@ f/d  float32 / float64          float
 D    decimal (scale, int32)     Decimal
 S    long string                str (bytes when not valid UTF-8)
 x    byte array                 bytes
-T    timestamp (uint64 secs)    datetime (aware, UTC)
+T    timestamp (uint64 secs)    datetime (aware, UTC); int seconds past year 9999
+
 A    array                      list
 F    nested table               dict
 V    void                       None
@@ -23,6 +24,12 @@ V    void                       None
 Encoding picks ``I`` for ints that fit 32 bits and ``l`` otherwise, ``d`` for floats, ``S`` for str, ``x`` for
 bytes.  Decoding enforces every length against its enclosing bound, so a hostile table can never read past
 its frame, and nesting deeper than :data:`MAX_DEPTH` is refused.
+
+Text the broker relays from foreign publishers is decoded leniently, as RabbitMQ stores it without checking:
+a short string or a table key that is not valid UTF-8 becomes a ``str`` with each undecodable byte kept as a
+lone surrogate (Python's ``surrogateescape``), so ``value.encode("utf-8", "surrogateescape")`` gives back the
+exact bytes and the encoders here send them unchanged.  A malformed *frame* (lengths past their bound, an
+unknown type tag) is still a :class:`RemoteProtocolError`; an odd *value* never is.
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ __all__ = [
     "encode_longstr",
     "encode_shortstr",
     "encode_table",
+    "encode_text",
+    "lenient_text",
 ]
 
 FieldValue: TypeAlias = (
@@ -92,30 +101,53 @@ def _truncated(what: str) -> RemoteProtocolError:
 # -- short and long strings ---------------------------------------------------------------------------------
 
 
+def lenient_text(raw: bytes) -> str:
+    """``raw`` as text: UTF-8, with each byte that is not valid UTF-8 kept as a lone surrogate."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def encode_text(value: str) -> bytes:
+    """UTF-8 of ``value``; the lone surrogates :func:`lenient_text` made become their original bytes again.
+
+    Raises :class:`LocalProtocolError` for other lone surrogates, which have no UTF-8 encoding.
+    """
+    try:
+        return value.encode()
+    except UnicodeEncodeError:
+        try:
+            return value.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raise LocalProtocolError(f"{value[:40]!r} cannot be encoded as UTF-8") from None
+
+
 def encode_shortstr(value: str) -> bytes:
     """Encode a shortstr (one length octet + UTF-8); :class:`LocalProtocolError` if over 255 bytes."""
-    raw = value.encode()
+    raw = encode_text(value)
     if len(raw) > 255:
         raise LocalProtocolError(f"short string too long ({len(raw)} bytes, max 255): {value[:40]!r}...")
     return _U8.pack(len(raw)) + raw
 
 
 def decode_shortstr(buf: bytes, pos: int, stop: int) -> tuple[str, int]:
-    """Decode a shortstr at ``buf[pos:]`` that must end before ``stop``; return ``(value, new_pos)``."""
+    """Decode a shortstr at ``buf[pos:]`` that must end before ``stop``; return ``(value, new_pos)``.
+
+    Bytes that are not valid UTF-8 are kept as lone surrogates (see :func:`lenient_text`).
+    """
     if pos >= stop:
         raise _truncated("short string length")
     end = pos + 1 + buf[pos]
     if end > stop:
         raise _truncated("short string")
+    raw = buf[pos + 1 : end]
     try:
-        return buf[pos + 1 : end].decode(), end
+        return raw.decode(), end
     except UnicodeDecodeError:
-        raise RemoteProtocolError("short string is not valid UTF-8", ReplyCode.SYNTAX_ERROR) from None
+        return lenient_text(raw), end
 
 
 def encode_longstr(value: bytes | str) -> bytes:
     """Encode a longstr (uint32 length + raw bytes; str is UTF-8 encoded)."""
-    raw = value.encode() if isinstance(value, str) else bytes(value)
+    raw = encode_text(value) if isinstance(value, str) else bytes(value)
     return _U32.pack(len(raw)) + raw
 
 
@@ -160,7 +192,7 @@ def _table_body(table: FieldTable, depth: int) -> bytes:
 def _value(v: FieldValue, depth: int) -> bytes:
     t = type(v)
     if t is str:
-        raw = v.encode()  # type: ignore[union-attr]
+        raw = encode_text(v)  # type: ignore[arg-type]
         return _PACK_LEN(b"S", len(raw)) + raw
     if t is bool:
         return b"t\x01" if v else b"t\x00"
@@ -175,7 +207,7 @@ def _value(v: FieldValue, depth: int) -> bytes:
     if isinstance(v, int):
         return _int_value(int(v))
     if isinstance(v, str):
-        raw = v.encode()
+        raw = encode_text(v)
         return _PACK_LEN(b"S", len(raw)) + raw
     if isinstance(v, bytes | bytearray | memoryview):
         raw = bytes(v)
@@ -238,8 +270,8 @@ def _decimal_value(v: Decimal) -> bytes:
 def decode_table(buf: bytes, pos: int, stop: int) -> tuple[dict[str, FieldValue], int]:
     """Decode a length-prefixed field table at ``buf[pos:]`` bounded by ``stop``; return ``(table, new_pos)``.
 
-    Raises :class:`RemoteProtocolError` for unknown type tags, truncated data, lengths past the bound,
-    invalid UTF-8 keys or nesting deeper than :data:`MAX_DEPTH`.
+    Raises :class:`RemoteProtocolError` for unknown type tags, truncated data, lengths past the bound or
+    nesting deeper than :data:`MAX_DEPTH`.  Keys that are not valid UTF-8 are kept as lone surrogates.
     """
     if pos + 4 > stop:
         raise _truncated("table length")
@@ -248,10 +280,7 @@ def decode_table(buf: bytes, pos: int, stop: int) -> tuple[dict[str, FieldValue]
         raise _truncated("table")
     if end == pos + 4:
         return {}, end
-    try:
-        return _table(buf, pos + 4, end, 1), end
-    except UnicodeDecodeError:
-        raise RemoteProtocolError("field table key is not valid UTF-8", ReplyCode.SYNTAX_ERROR) from None
+    return _table(buf, pos + 4, end, 1), end
 
 
 def _table(buf: bytes, pos: int, stop: int, depth: int) -> dict[str, FieldValue]:
@@ -261,10 +290,14 @@ def _table(buf: bytes, pos: int, stop: int, depth: int) -> dict[str, FieldValue]
         )
     result: dict[str, FieldValue] = {}
     while pos < stop:
-        end = pos + 1 + buf[pos]  # key: a shortstr, inlined (UnicodeDecodeError is mapped by decode_table)
+        end = pos + 1 + buf[pos]  # key: a shortstr, inlined
         if end > stop:
             raise _truncated("field name")
-        key = buf[pos + 1 : end].decode()
+        raw = buf[pos + 1 : end]
+        try:
+            key = raw.decode()
+        except UnicodeDecodeError:
+            key = lenient_text(raw)
         result[key], pos = _decode_value(buf, end, stop, depth)
     return result
 
@@ -329,9 +362,7 @@ def _decode_value(buf: bytes, pos: int, stop: int, depth: int) -> tuple[FieldVal
         try:
             return _EPOCH + timedelta(seconds=seconds), pos + 8
         except OverflowError:
-            raise RemoteProtocolError(
-                f"timestamp {seconds} is out of range", ReplyCode.SYNTAX_ERROR
-            ) from None
+            return seconds, pos + 8  # past datetime's year 9999: RabbitMQ relays any uint64, so keep it
     if tag == 0x44:  # 'D'
         if pos + 5 > stop:
             raise _truncated("decimal value")

@@ -11,7 +11,7 @@ import struct
 from typing import NamedTuple
 
 from ._errors import LocalProtocolError, RemoteProtocolError, ReplyCode
-from ._fields import FieldTable, FieldValue, decode_table, encode_table
+from ._fields import FieldTable, FieldValue, decode_table, encode_table, encode_text, lenient_text
 
 __all__ = ["BasicProperties", "decode_content_header", "encode_content_header"]
 
@@ -22,6 +22,10 @@ class BasicProperties(NamedTuple):
     ``delivery_mode`` is 1 (transient) or 2 (persistent); ``priority`` 0-255; ``timestamp`` is whole seconds
     since the Unix epoch; ``expiration`` is a string of milliseconds, as RabbitMQ expects.  Values are checked
     when encoded: a string over 255 bytes or an out-of-range integer raises :class:`LocalProtocolError`.
+
+    Received strings are never refused: RabbitMQ relays whatever bytes a publisher sent, so a property that
+    is not valid UTF-8 arrives with each bad byte kept as a lone surrogate; ``value.encode("utf-8",
+    "surrogateescape")`` gives the exact bytes back, and encoding such a value sends those bytes unchanged.
 
     An immutable named tuple rather than a dataclass because one is built for every message received and a
     tuple is several times cheaper to construct; use ``props._replace(...)`` to derive a modified copy.
@@ -52,7 +56,7 @@ _new_tuple = tuple.__new__  # skips NamedTuple.__new__'s argument handling on th
 
 
 def _ss(value: str, name: str) -> bytes:
-    raw = value.encode()
+    raw = encode_text(value)
     if len(raw) > 255:
         raise LocalProtocolError(f"property {name} is longer than 255 bytes")
     return _U8.pack(len(raw)) + raw
@@ -139,14 +143,19 @@ def _str(payload: bytes, pos: int) -> tuple[str, int]:
     # Bounds are checked once at the end of decode_content_header: a slice past the end comes back short
     # and leaves ``pos`` beyond ``stop``.
     end = pos + 1 + payload[pos]
-    return payload[pos + 1 : end].decode(), end
+    raw = payload[pos + 1 : end]
+    try:
+        return raw.decode(), end
+    except UnicodeDecodeError:
+        return lenient_text(raw), end
 
 
 def decode_content_header(payload: bytes) -> tuple[int, int, BasicProperties]:
     """``(class_id, body_size, properties)`` from a content-header payload.
 
     Raises :class:`RemoteProtocolError` on truncation, trailing bytes or property-flag continuation (the
-    ``basic`` class has only 14 properties, so the continuation bit must be clear).
+    ``basic`` class has only 14 properties, so the continuation bit must be clear).  Property *values* are
+    never refused: text that is not UTF-8 keeps its bytes as lone surrogates (see :class:`BasicProperties`).
     """
     stop = len(payload)
     if stop < 14:
@@ -166,14 +175,16 @@ def decode_content_header(payload: bytes) -> tuple[int, int, BasicProperties]:
     headers: dict[str, FieldValue] | None = None
     delivery_mode = priority = timestamp = None
     try:
-        if flags & 0x8000:  # the two most common properties are decoded inline
+        if flags & 0x8000:  # the most common property is decoded inline
             end = 15 + payload[14]
-            content_type = payload[15:end].decode()
+            raw = payload[15:end]
+            try:
+                content_type = raw.decode()
+            except UnicodeDecodeError:
+                content_type = lenient_text(raw)
             pos = end
         if flags & 0x4000:
-            end = pos + 1 + payload[pos]
-            content_encoding = payload[pos + 1 : end].decode()
-            pos = end
+            content_encoding, pos = _str(payload, pos)
         if flags & 0x2000:
             headers, pos = decode_table(payload, pos, stop)
         if flags & 0x1000:
@@ -203,10 +214,6 @@ def decode_content_header(payload: bytes) -> tuple[int, int, BasicProperties]:
             cluster_id, pos = _str(payload, pos)
     except (IndexError, struct.error):
         raise RemoteProtocolError("content header is truncated", ReplyCode.FRAME_ERROR) from None
-    except UnicodeDecodeError:
-        raise RemoteProtocolError(
-            "content header property is not valid UTF-8", ReplyCode.FRAME_ERROR
-        ) from None
     if pos != stop:
         raise RemoteProtocolError(
             "content header length does not match its properties", ReplyCode.FRAME_ERROR

@@ -22,6 +22,8 @@ from ._fields import (
     encode_longstr,
     encode_shortstr,
     encode_table,
+    encode_text,
+    lenient_text,
 )
 
 __all__ = [
@@ -324,8 +326,8 @@ _BIT_OCTETS = (b"\x00", b"\x01", b"\x02", b"\x03")
 
 def encode_basic_publish(exchange: str, routing_key: str, mandatory: bool, immediate: bool) -> bytes:
     """``basic.publish`` method payload (hand-written equivalent of the generic encoder)."""
-    ex = exchange.encode()
-    rk = routing_key.encode()
+    ex = encode_text(exchange)
+    rk = encode_text(routing_key)
     if len(ex) > 255 or len(rk) > 255:
         raise LocalProtocolError("exchange and routing key must each be at most 255 bytes of UTF-8")
     bits = _BIT_OCTETS[(1 if mandatory else 0) | (2 if immediate else 0)]
@@ -349,19 +351,32 @@ def decode_basic_ack(payload: bytes) -> tuple[int, bool]:
 
 
 def decode_basic_deliver(payload: bytes) -> tuple[str, int, bool, str, str]:
-    """``(consumer_tag, delivery_tag, redelivered, exchange, routing_key)`` of a ``basic.deliver`` payload."""
+    """``(consumer_tag, delivery_tag, redelivered, exchange, routing_key)`` of a ``basic.deliver`` payload.
+
+    Names that are not valid UTF-8 keep their bytes as lone surrogates, as every shortstr does: RabbitMQ
+    does not check the routing key a foreign publisher sent.
+    """
     try:
         end = 5 + payload[4]
-        consumer_tag = payload[5:end].decode()
+        consumer_tag = payload[5:end]
         delivery_tag, bits = _TAG_BIT.unpack_from(payload, end)
         pos = end + 10
         end = pos + payload[pos - 1]
-        exchange = payload[pos:end].decode()
+        exchange = payload[pos:end]
         pos = end + 1
         end = pos + payload[end]
-        routing_key = payload[pos:end].decode()
-    except (IndexError, struct.error, UnicodeDecodeError):
+        routing_key = payload[pos:end]
+    except (IndexError, struct.error):
         raise RemoteProtocolError("basic.deliver: malformed method frame", ReplyCode.FRAME_ERROR) from None
     if end != len(payload):
         raise RemoteProtocolError("basic.deliver: bad method frame length", ReplyCode.FRAME_ERROR)
-    return consumer_tag, delivery_tag, bool(bits & 1), exchange, routing_key
+    try:
+        return consumer_tag.decode(), delivery_tag, bool(bits & 1), exchange.decode(), routing_key.decode()
+    except UnicodeDecodeError:
+        return (
+            lenient_text(consumer_tag),
+            delivery_tag,
+            bool(bits & 1),
+            lenient_text(exchange),
+            lenient_text(routing_key),
+        )

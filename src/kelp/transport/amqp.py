@@ -4,7 +4,8 @@
 ``amqp://user:password@host:port/vhost`` (``amqps://`` or ``ssl=True`` for TLS; ``ssl`` may also be an
 :class:`ssl.SSLContext`). The broker routes; this module maps the transport interface onto protocol commands
 (:mod:`kelp.amqp`) and a thin I/O driver (a reader thread in the sync API, an ``asyncio.Protocol`` in
-``kelp``). Transport options: ``confirm_publish`` (default True), ``heartbeat`` (seconds, 0 = off),
+``kelp``). Transport options, or URL query options of the same name (a transport option wins; a bad
+value raises InvalidURL): ``confirm_publish`` (default True), ``heartbeat`` (seconds, 0 = off),
 ``reply_timeout`` (seconds to wait for a synchronous reply, default 60), ``blocked_timeout`` (seconds a
 publish waits while the broker has blocked the connection, default 60), ``frame_max``, ``channel_max``.
 
@@ -51,9 +52,11 @@ from typing import Any, ClassVar
 from kelp import amqp
 from kelp._amqp_io import Driver
 from kelp._envelope import PROPERTY_NAMES, Delivery, Envelope, QueueInfo
+from kelp._options import integer_option, seconds_option
 from kelp.exceptions import (
     ChannelError,
     ConnectionError,
+    ConsumerCancelled,
     MessageNacked,
     OperationalError,
     UsageError,
@@ -466,27 +469,46 @@ class AmqpTransport(Transport):
     connection_errors: ClassVar[tuple[type[BaseException], ...]] = (OperationalError, OSError)
     channel_errors: ClassVar[tuple[type[BaseException], ...]] = (ChannelError,)
     native_routing: ClassVar[bool] = True
+    query_options: ClassVar[frozenset[str] | None] = frozenset(
+        {"confirm_publish", "heartbeat", "reply_timeout", "blocked_timeout", "frame_max", "channel_max"}
+    )
 
     def __init__(self, url: URL, options: Mapping[str, Any]) -> None:
         super().__init__(url, options)
         opts = self.options
-        self.confirm_publish = _flag(opts.get("confirm_publish", url.query.get("confirm_publish", True)))
-        self.reply_timeout: float | None = _seconds(opts.get("reply_timeout", 60.0))
-        self.blocked_timeout: float | None = _seconds(opts.get("blocked_timeout", 60.0))
-        heartbeat = opts.get("heartbeat") or url.query.get("heartbeat") or 0
+
+        def option(name: str, default: Any) -> Any:  # a transport option wins over the URL's query
+            return opts[name] if name in opts else url.query.get(name, default)
+
+        scheme = url.transport
+        self.confirm_publish = _flag(option("confirm_publish", True))
+        self.reply_timeout: float | None = _seconds(scheme, "reply_timeout", option("reply_timeout", 60.0))
+        self.blocked_timeout: float | None = _seconds(
+            scheme, "blocked_timeout", option("blocked_timeout", 60.0)
+        )
+        heartbeat = seconds_option(
+            scheme,
+            "heartbeat",
+            opts.get("heartbeat") or url.query.get("heartbeat") or 0,
+            zero=True,
+            maximum=65535,
+        )
         self._core = amqp.Connection(
             url.userid or "guest",
             url.password or "guest",
             url.virtual_host or "/",
-            heartbeat=max(1, round(float(heartbeat))) if float(heartbeat) > 0 else 0,
-            frame_max=int(opts.get("frame_max", 131072)),
-            channel_max=int(opts.get("channel_max", 2047)),
+            heartbeat=max(1, round(heartbeat)) if heartbeat > 0 else 0,
+            frame_max=integer_option(
+                scheme, "frame_max", option("frame_max", 131072), amqp.FRAME_MIN_SIZE, 2**32 - 1
+            ),
+            channel_max=integer_option(scheme, "channel_max", option("channel_max", 2047), 1, 65535),
             auth_mechanism="EXTERNAL" if opts.get("login_method") == "EXTERNAL" else "PLAIN",
         )
         self._driver = Driver(self._core, self._on_event, self._on_lost)
         self._channels: dict[int, AmqpChannel] = {}
         self._replies: dict[int, deque[_Reply]] = {}
         self._deliveries: deque[Delivery] = deque()
+        self._cancelled: deque[tuple[int, str, str]] = deque()  # (channel, tag, queue) from basic.cancel
         self._lost: OperationalError | None = None
         self._closing = False
         self.blocked: str | None = None
@@ -753,9 +775,9 @@ class AmqpTransport(Transport):
             return
         if isinstance(event, amqp.ConsumerCancelled):
             channel = self._channels.get(event.channel)
-            if channel is not None:
-                channel.consumers.pop(event.consumer_tag, None)
-            logger.warning("the broker cancelled consumer %s (queue deleted?)", event.consumer_tag)
+            queue = channel.consumers.pop(event.consumer_tag, None) if channel is not None else None
+            if queue is not None:  # reported by the next drain(), after the deliveries that came before it
+                self._cancelled.append((event.channel, event.consumer_tag, queue))
             return
         if isinstance(event, amqp.ConnectionOpened | amqp.Heartbeat | amqp.ChannelFlow):
             return
@@ -795,7 +817,7 @@ class AmqpTransport(Transport):
         if not deliveries:
             if self._lost is None and any(channel._acks for channel in list(self._channels.values())):
                 self._send(_nothing)  # let the broker refill the prefetch windows while we wait
-            self._driver.wait_for(lambda: deliveries or self._lost, timeout)
+            self._driver.wait_for(lambda: deliveries or self._cancelled or self._lost, timeout)
         out = []
         channels = self._channels
         while deliveries:
@@ -810,6 +832,13 @@ class AmqpTransport(Transport):
         if out:
             return out
         self._check()
+        while self._cancelled:
+            channel_id, tag, queue = self._cancelled.popleft()
+            channel = channels.get(channel_id)
+            if channel is not None and channel.is_open:
+                raise ConsumerCancelled(
+                    f"the broker cancelled consumer {tag} of queue '{queue}' (deleted?)", tag, channel_id
+                )
         raise TimeoutError("no message arrived within the timeout")
 
 
@@ -827,8 +856,8 @@ def _flag(value: Any) -> bool:
     return bool(value)
 
 
-def _seconds(value: Any) -> float | None:
-    return None if value is None else float(value)
+def _seconds(scheme: str, name: str, value: Any) -> float | None:
+    return None if value is None else seconds_option(scheme, name, value)
 
 
 def _basic_properties(envelope: Envelope) -> amqp.BasicProperties:

@@ -52,6 +52,7 @@ from redis import Redis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from kelp._backend import Lock, Signal, monotonic
+from kelp._broker.malformed import Malformed, malformed_tables, report_dropped
 from kelp._broker.queue_args import (
     QueueArgs,
     check_name,
@@ -72,6 +73,7 @@ from kelp._broker.redis.script import SHA, SOURCE
 from kelp._broker.redis.ticker import ThreadLinger as Linger
 from kelp._broker.redis.ticker import ThreadTicker as Ticker
 from kelp._envelope import Delivery, Envelope, QueueInfo
+from kelp._options import integer_option, seconds_option
 from kelp.exceptions import (
     AccessRefused,
     ChannelError,
@@ -83,7 +85,7 @@ from kelp.exceptions import (
     UsageError,
 )
 from kelp.routing import validate_exchange_type
-from kelp.transport.base import Transport, TransportChannel
+from kelp.transport.base import Transport, TransportChannel, queue_deleted
 
 __all__ = ["RedisChannel", "RedisTransport"]
 
@@ -164,6 +166,44 @@ class _Unacked:
         self.suffix = suffix
         self.entry_id = entry_id
         self.consumer = consumer
+
+
+def _dead_letter_args(entry: list[Any], now: float) -> tuple[Any, ...]:
+    """The publish arguments that route one outbox entry (a dead letter) with its rewritten headers; a
+    malformed message is dead-lettered as kelp._broker.malformed says."""
+    entry_id, queue, reason, exchange, has_key, key, body, meta = entry
+    try:
+        properties, headers, origin, routing_key = decode_meta(meta)
+    except Malformed as exc:
+        properties, headers = malformed_tables(str(exc), {"meta": meta})
+        origin = routing_key = ""
+    result = dead_letter(
+        headers,
+        properties,
+        queue=_text(queue),
+        reason=_text(reason),
+        exchange=origin,
+        routing_key=routing_key,
+        now=now,
+    )
+    if result is None:
+        # A dead-letter cycle: RabbitMQ drops the message; "x" removes it from the outbox only.
+        return ("", "", "", "x", 0, "", b"", b"", entry_id)
+    new_headers, new_properties = result
+    target = _text(exchange)
+    target_key = _text(key) if has_key else routing_key
+    priority = new_properties.get("priority")
+    return (
+        target,
+        target_key,
+        headers_canon(new_headers),
+        "",
+        priority if type(priority) is int else 0,
+        "",
+        body,
+        encode_meta(new_properties, new_headers, target, target_key),
+        entry_id,
+    )
 
 
 class RedisChannel(TransportChannel):
@@ -328,10 +368,19 @@ class RedisChannel(TransportChannel):
         result = transport.call("get", transport.connection_id, queue, _flag(no_ack))
         if result[0]:
             transport.flush_outbox()
-        if len(result) < 7:
-            return None
-        _, ready, suffix, entry_id, body, meta, deliveries = result
-        return self._deliver(None, queue, _text(suffix), entry_id, body, meta, deliveries, no_ack, int(ready))
+        while len(result) >= 7:
+            _, ready, suffix, entry_id, body, meta, deliveries = result
+            delivery = self._deliver(
+                None, queue, _text(suffix), entry_id, body, meta, deliveries, no_ack, int(ready)
+            )
+            if delivery is not None:
+                return delivery
+            # A malformed entry: it leaves the queue, and the next message is taken.
+            transport.quarantine()
+            result = transport.call("get", transport.connection_id, queue, _flag(no_ack))
+            if result[0]:
+                transport.flush_outbox()
+        return None
 
     def _deliver(
         self,
@@ -344,14 +393,19 @@ class RedisChannel(TransportChannel):
         deliveries: int,
         no_ack: bool,
         message_count: int | None = None,
-    ) -> Delivery:
+    ) -> Delivery | None:
+        """The delivery of a claimed entry, or None for a malformed one (kept for transport.quarantine)."""
+        try:
+            properties, headers, exchange, routing_key = decode_meta(meta)
+        except Malformed as exc:
+            self._transport.malformed.append((queue, suffix, entry_id, no_ack, str(exc)))
+            return None
         delivery_tag = self.next_tag
         self.next_tag += 1
         if not no_ack:
             self.unacked[delivery_tag] = _Unacked(queue, suffix, entry_id, consumer)
             if consumer is not None:
                 consumer.unacked += 1
-        properties, headers, exchange, routing_key = decode_meta(meta)
         return Delivery(
             self.channel_id,
             consumer.tag if consumer is not None else "",
@@ -417,6 +471,9 @@ class RedisChannel(TransportChannel):
 
 class RedisTransport(Transport):
     schemes: ClassVar[tuple[str, ...]] = ("redis", "rediss")
+    query_options: ClassVar[frozenset[str] | None] = frozenset(
+        {"prefix", "liveness", "socket_timeout", "confirm_publish"}
+    )
 
     def __init__(self, url: Any, options: Mapping[str, Any]) -> None:
         super().__init__(url, options)
@@ -427,12 +484,12 @@ class RedisTransport(Transport):
         self.prefix = prefix
         self._key = "{" + prefix + "}:"
         self._outbox_key = self._key + "outbox"
-        liveness = float(query.get("liveness", options.get("liveness", 10.0)))
-        if liveness <= 0:
-            raise UsageError(f"redis:// liveness must be > 0 seconds, not {liveness}")
+        scheme = url.transport
+        liveness = seconds_option(scheme, "liveness", query.get("liveness", options.get("liveness", 10.0)))
         self.liveness = liveness
         self._beat_interval = min(1.0, liveness / 4)
-        self._socket_timeout = float(query.get("socket_timeout", 30.0))
+        self._socket_timeout = seconds_option(scheme, "socket_timeout", query.get("socket_timeout", 30.0))
+        self._db = integer_option(scheme, "database (the URL's path)", url.path or "0", 0, 2**31 - 1)
         confirm = str(query.get("confirm_publish", "")).lower() in _TRUE
         self.confirm_publish = confirm or bool(options.get("confirm_publish"))
         #: Exchanges this connection saw exist: only publishes to these may be buffered (the first
@@ -446,6 +503,8 @@ class RedisTransport(Transport):
         self._send_lock = Lock()  # one pipeline at a time: nothing overtakes buffered publishes
         self._linger: Linger | None = None
         self.connection_id = secrets.token_hex(8)
+        #: Claimed entries whose meta kelp cannot read: (queue, suffix, id, no_ack, problem); see quarantine.
+        self.malformed: list[tuple[str, str, bytes, bool, str]] = []
         self._client: Any = None
         self._lost = False
         self._channels: dict[int, RedisChannel] = {}
@@ -454,6 +513,8 @@ class RedisTransport(Transport):
         self.pending_acks = 0
         self._signal = Signal()
         self._ticker: Ticker | None = None
+        # (channel id, consumer tag, queue) of consumers whose queue was deleted, not yet reported
+        self._cancelled: list[tuple[int, str, str]] = []
 
     # --- connection -------------------------------------------------------------------------------
 
@@ -488,7 +549,7 @@ class RedisTransport(Transport):
         client: Any = Redis(
             host=url.hostname or "localhost",
             port=url.port or 6379,
-            db=int(url.path or 0),
+            db=self._db,
             username=url.userid or None,
             password=url.password or None,
             socket_connect_timeout=timeout,
@@ -771,35 +832,13 @@ class RedisTransport(Transport):
             count = 0
             now = time.time()
             for i in range(0, len(raw), 8):
-                entry_id, queue, reason, exchange, has_key, key, body, meta = raw[i : i + 8]
-                properties, headers, origin, routing_key = decode_meta(meta)
-                result = dead_letter(
-                    headers,
-                    properties,
-                    queue=_text(queue),
-                    reason=_text(reason),
-                    exchange=origin,
-                    routing_key=routing_key,
-                    now=now,
-                )
-                if result is None:
-                    # A dead-letter cycle: RabbitMQ drops the message; "x" removes it from the outbox only.
-                    args += ("", "", "", "x", 0, "", b"", b"", entry_id)
-                else:
-                    new_headers, new_properties = result
-                    target = _text(exchange)
-                    target_key = _text(key) if has_key else routing_key
-                    args += (
-                        target,
-                        target_key,
-                        headers_canon(new_headers),
-                        "",
-                        int(new_properties.get("priority") or 0),
-                        "",
-                        body,
-                        encode_meta(new_properties, new_headers, target, target_key),
-                        entry_id,
-                    )
+                entry = raw[i : i + 8]
+                try:
+                    args += _dead_letter_args(entry, now)
+                except Exception:
+                    # Whatever is wrong with it, one entry never blocks the outbox: "x" removes it.
+                    logger.exception("kelp: dropped an unreadable dead letter %r from the outbox", entry[0])
+                    args += ("", "", "", "x", 0, "", b"", b"", entry[0])
                 count += 1
             self._call_unbuffered("publish", count, *args)
 
@@ -809,6 +848,8 @@ class RedisTransport(Transport):
         deadline = None if timeout is None else monotonic() + timeout
         while True:
             self._require()
+            if self._cancelled:
+                raise queue_deleted(*self._cancelled.pop(0))
             self._signal.clear()
             specs = self._claim_specs()
             watch: list[Any] = []
@@ -816,6 +857,8 @@ class RedisTransport(Transport):
                 deliveries, watch = self._claim(specs)
                 if deliveries:
                     return deliveries
+                if self._cancelled:
+                    continue
             elif self.pending_acks or self._buffer:
                 self.flush()
             remaining = None if deadline is None else deadline - monotonic()
@@ -843,8 +886,8 @@ class RedisTransport(Transport):
                 if budget is not None:
                     room = min(room, budget)
                     budget -= max(room, 0)
-                if room > 0:
-                    specs.append((channel, consumer, room))
+                # A full consumer is asked about too (room 0): the answer says whether its queue still exists.
+                specs.append((channel, consumer, max(room, 0)))
         return specs
 
     def _claim(self, specs: list[tuple[RedisChannel, _Consumer, int]]) -> tuple[list[Delivery], list[Any]]:
@@ -860,17 +903,47 @@ class RedisTransport(Transport):
             if item == b"watch":
                 watch = result[i + 1 :]
                 break
+            if item == b"gone":  # the queue was deleted: cancel the consumer, as RabbitMQ's basic.cancel
+                channel, consumer, _ = specs[int(result[i + 1])]
+                if channel.consumers.pop(consumer.tag, None) is not None:
+                    self._cancelled.append((channel.channel_id, consumer.tag, consumer.queue))
+                i += 2
+                continue
             channel, consumer, _ = specs[int(item)]
             _, suffix, entry_id, body, meta, count = result[i : i + 6]
-            deliveries.append(
-                channel._deliver(
-                    consumer, consumer.queue, _text(suffix), entry_id, body, meta, count, consumer.no_ack
-                )
+            delivery = channel._deliver(
+                consumer, consumer.queue, _text(suffix), entry_id, body, meta, count, consumer.no_ack
             )
+            if delivery is not None:
+                deliveries.append(delivery)
             i += 6
+        if self.malformed:
+            self.quarantine()
         if result[0]:
             self.flush_outbox()
         return deliveries, watch
+
+    def quarantine(self) -> None:
+        """Take the malformed entries this connection claimed out of their queues: rejected without
+        requeue, so the script dead-letters them when the queue has a dead-letter exchange (the outbox
+        then routes them as kelp._broker.malformed says); otherwise dropped with an ERROR log."""
+        items, self.malformed = self.malformed, []
+        client = self._require()
+        store = f"redis prefix {self.prefix!r}"
+        args: list[Any] = []
+        for queue, suffix, entry_id, no_ack, problem in items:
+            if no_ack:
+                report_dropped(store, queue, _text(entry_id), problem, "it was delivered with no_ack")
+                continue
+            with _mapped():
+                dlx = client.execute_command("HGET", f"{self._key}q:{queue}", "dlx")
+            if dlx is None:
+                report_dropped(store, queue, _text(entry_id), problem)
+            args += (queue, suffix, entry_id)
+        if args:
+            outbox = self.call("settle", self.connection_id, "0", len(args) // 3, *args)
+            if outbox:
+                self.flush_outbox()
 
     def _beat(self) -> None:
         """Heartbeat: stay alive, release one dead connection, expire what is due, route dead letters."""

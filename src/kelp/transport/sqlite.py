@@ -38,9 +38,10 @@ from typing import Any, ClassVar
 
 from kelp._backend import Signal, monotonic, run_blocking
 from kelp._broker.sqlite import SqliteStore, StoreOptions, store_for
+from kelp._broker.sqlite._schema import make_private
 from kelp._envelope import Delivery, Envelope, QueueInfo
-from kelp.exceptions import OperationalError
-from kelp.transport.base import Transport, TransportChannel
+from kelp.exceptions import OperationalError, UsageError
+from kelp.transport.base import Transport, TransportChannel, queue_deleted
 from kelp.url import URL
 
 __all__ = ["SqliteChannel", "SqliteTransport"]
@@ -156,11 +157,33 @@ def database_path(url: URL) -> str:
 
     if not url.path:
         return default_sqlite_path()
+    if url.path == ":memory:":
+        raise UsageError(
+            "sqlite:///:memory: is not supported: every connection and process shares one database file; "
+            "use memory:// for a broker that lives in this process"
+        )
     return os.path.abspath(url.path)
+
+
+def prepare_default_path(path: str) -> None:
+    """Make the default database private: its directory 0700 (created if missing; kelp's own ``kelp``
+    directory under the XDG data directory is tightened if it exists), the file and its -wal/-shm 0600,
+    whatever the umask. Other users on the machine cannot read the messages."""
+    directory = os.path.dirname(path)
+    existed = os.path.isdir(directory)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    # A KELP_HOME directory that existed is the user's own choice; everything else is kelp's.
+    ours = not existed or not os.environ.get("KELP_HOME")
+    if ours and os.stat(directory).st_uid == os.geteuid():
+        os.chmod(directory, 0o700)
+    make_private(path)
 
 
 class SqliteTransport(Transport):
     schemes: ClassVar[tuple[str, ...]] = ("sqlite",)
+    query_options: ClassVar[frozenset[str] | None] = frozenset(
+        {"confirm_publish", "synchronous", "busy_timeout", "heartbeat"}
+    )
 
     def __init__(self, url: URL, options: Mapping[str, Any]) -> None:
         super().__init__(url, options)
@@ -191,7 +214,7 @@ class SqliteTransport(Transport):
         from kelp.connection import default_sqlite_path
 
         if self.path == default_sqlite_path():
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            run_blocking(prepare_default_path, self.path)
         store = store_for(self.path, self.store_options)
         run_blocking(store.attach)
         try:
@@ -220,6 +243,9 @@ class SqliteTransport(Transport):
             while True:
                 # fill (in a worker thread) then take (here, with no suspension point between take and
                 # return): a drain cancelled during fill leaves its claims in the outbox for the next.
+                cancelled = store.take_cancelled(self._connection_id)
+                if cancelled is not None:
+                    raise queue_deleted(*cancelled)
                 deliveries = store.take(self._connection_id)
                 if not deliveries:
                     run_blocking(store.fill, self._connection_id)

@@ -22,6 +22,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from kelp._broker.malformed import Malformed
 from kelp.routing import X_MATCH_MODES
 
 __all__ = [
@@ -40,6 +41,7 @@ _DATETIME = "\x00t"
 _DATE = "\x00D"
 _DECIMAL = "\x00d"
 _SET = "\x00s"
+_ESCAPED = "\x00e"  # a user's own one-key table whose key starts with NUL: [key, value]
 
 
 def _default(value: Any) -> Any:
@@ -72,7 +74,31 @@ def _hook(obj: dict[str, Any]) -> Any:
                 return decimal.Decimal(value)
             if key == _SET:
                 return frozenset(value)
+            if key == _ESCAPED and isinstance(value, list) and len(value) == 2:
+                return {value[0]: value[1]}
     return obj
+
+
+def _escaped(value: Any) -> Any:
+    """``value`` with every one-key table whose key starts with NUL wrapped, so that decoding cannot
+    take a user's table for one of the tags above."""
+    if isinstance(value, Mapping):
+        items = {key: _escaped(each) for key, each in value.items()}
+        if len(items) == 1:
+            key, each = next(iter(items.items()))
+            if isinstance(key, str) and key[:1] == "\x00":
+                return {_ESCAPED: [key, each]}
+        return items
+    if isinstance(value, list | tuple):
+        return [_escaped(each) for each in value]
+    return value
+
+
+def _encode(encoder: json.JSONEncoder, value: Any) -> str:
+    text = encoder.encode(value)
+    # Rare: a NUL written as \u0000 comes from a tag or from a user's text; only then look for tables
+    # that could pass for a tag.
+    return encoder.encode(_escaped(value)) if "\\u0000" in text else text
 
 
 _encoder = json.JSONEncoder(default=_default, separators=(",", ":"), ensure_ascii=False)
@@ -87,16 +113,29 @@ def encode_meta(
     properties: Mapping[str, Any], headers: Mapping[str, Any], exchange: str, routing_key: str
 ) -> bytes:
     """The stored form of everything about a message except its body."""
-    return _encoder.encode([properties, headers, exchange, routing_key]).encode()
+    return _encode(_encoder, [properties, headers, exchange, routing_key]).encode()
 
 
 def decode_meta(raw: bytes) -> tuple[dict[str, Any], dict[str, Any], str, str]:
-    """``(properties, headers, exchange, routing_key)`` from :func:`encode_meta`'s output."""
-    text = raw.decode()
-    # Tagged values are objects whose key starts with NUL, which JSON writes as \u0000: without one, the
-    # plain (faster) decoder gives the same result.
-    decoded = _decoder.decode(text) if "\\u0000" in text else _plain_decoder.decode(text)
-    properties, headers, exchange, routing_key = decoded
+    """``(properties, headers, exchange, routing_key)`` from :func:`encode_meta`'s output; raises Malformed
+    for anything else (an entry written from outside kelp)."""
+    if not raw:
+        raise Malformed("the entry lacks its body or its meta (fields b, m)")
+    try:
+        text = raw.decode()
+        # Tagged values are objects whose key starts with NUL, which JSON writes as \u0000: without one,
+        # the plain (faster) decoder gives the same result.
+        decoded = _decoder.decode(text) if "\\u0000" in text else _plain_decoder.decode(text)
+        properties, headers, exchange, routing_key = decoded
+    except (ValueError, TypeError, AttributeError, ArithmeticError, RecursionError) as exc:
+        raise Malformed(f"stored meta is not kelp's: {exc}") from None
+    if (
+        type(properties) is not dict
+        or type(headers) is not dict
+        or type(exchange) is not str
+        or type(routing_key) is not str
+    ):
+        raise Malformed("stored meta is not [properties, headers, exchange, routing key]")
     return properties, headers, exchange, routing_key
 
 
@@ -104,7 +143,7 @@ def encode_arguments(arguments: Mapping[str, Any] | None) -> str:
     """Declaration arguments as canonical text: equal text means equal arguments (for redeclarations)."""
     if not arguments:
         return "{}"
-    return _sorted_encoder.encode(dict(arguments))
+    return _encode(_sorted_encoder, dict(arguments))
 
 
 def decode_arguments(text: str) -> dict[str, Any]:

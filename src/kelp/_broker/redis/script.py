@@ -26,7 +26,10 @@ SOURCE = r"""-- kelp's broker on Redis: one script, one operation per call:
 --   P x:<ex>          hash   exchange: type durable ad internal args alt
 --   P xb:<ex>         set    bindings of the exchange, one JSON member each (see codec.binding_member)
 --   P xk:<ex>         hash   routing key -> JSON {destination: count} (direct, topic, fanout)
+--   P xt:<ex>         hash   topic exchange: its bindings as a trie of words (see trie_change), as
+--                            many as the exchange hash's field 'trie' says (see ensure_trie)
 --   P rb:<q:|e:><n>   hash   reverse index: source exchange -> number of bindings to this destination
+--   P rbm:<q:|e:><n>  set    the bindings to this destination, JSON [source, xb member] each
 --   P exchanges, P queues   sets of names
 --   P refusing        set    queues whose x-overflow may refuse a publish (reject-publish[-dlx]); it
 --                            tells clients whether an unconfirmed publish may be buffered
@@ -58,6 +61,8 @@ local function kx(name) return P .. 'x:' .. name end
 local function kxb(name) return P .. 'xb:' .. name end
 local function kxk(name) return P .. 'xk:' .. name end
 local function krb(dest) return P .. 'rb:' .. dest end
+local function krbm(dest) return P .. 'rbm:' .. dest end
+local function kxt(name) return P .. 'xt:' .. name end
 local function kq(name) return P .. 'q:' .. name end
 local function kqc(name) return P .. 'qc:' .. name end
 local function kqss(name) return P .. 'qss:' .. name end
@@ -70,6 +75,14 @@ local K_QUEUES, K_EXCHANGES, K_REFUSING = P .. 'queues', P .. 'exchanges', P .. 
 local function fields(list)
   local f = {}
   for i = 1, #list, 2 do f[list[i]] = list[i + 1] end
+  return f
+end
+
+-- The fields of a queue entry. An entry added from outside kelp may lack its body or meta: it reads as an
+-- empty body with empty meta, so it moves like any other and the client finds it malformed (malformed.py).
+local function entry_fields(list)
+  local f = fields(list)
+  if not (f.b and f.m) then f.b, f.m = f.b or '', '' end
   return f
 end
 
@@ -146,6 +159,91 @@ local function add_dests(found, json)
   for dest in pairs(cjson.decode(json)) do found[#found + 1] = dest end
 end
 
+-- Topic bindings as a trie of words (kelp._topic_trie), in the hash P xt:<ex>. A node's path is
+-- "." .. word for each word of a normalised binding key ("#.#" is "#"): the root is "", one empty word is
+-- ".". Field 'n' .. path counts the bindings whose key passes through that node; 'd' .. path holds the
+-- JSON {destination: count} of those whose key ends there. A publish reads only the nodes its routing
+-- key's words can reach (the word, "*", and "#" at every place it can stop), never every binding.
+local function trie_paths(pattern)
+  local paths, path, last = {''}, '', nil
+  for _, w in ipairs(split(pattern)) do
+    if not (w == '#' and last == '#') then
+      path = path .. '.' .. w
+      paths[#paths + 1] = path
+      last = w
+    end
+  end
+  return paths
+end
+
+local function trie_change(source, pattern, dest, delta)
+  local t = kxt(source)
+  local paths = trie_paths(pattern)
+  for _, path in ipairs(paths) do
+    if redis.call('HINCRBY', t, 'n' .. path, delta) <= 0 then redis.call('HDEL', t, 'n' .. path) end
+  end
+  local field = 'd' .. paths[#paths]
+  local json = redis.call('HGET', t, field)
+  local dests = json and cjson.decode(json) or {}
+  local count = (dests[dest] or 0) + delta
+  if count > 0 then dests[dest] = count else dests[dest] = nil end
+  if next(dests) == nil then
+    redis.call('HDEL', t, field)
+  else
+    redis.call('HSET', t, field, cjson.encode(dests))
+  end
+end
+
+-- The exchange hash's field 'trie' is the number of bindings the trie holds. When it differs from the
+-- number of bindings (P xb:), they were changed by something that does not keep the trie (bindings
+-- stored before it existed, an older kelp during an upgrade): rebuild it from P xk:<ex>, once.
+local function ensure_trie(name, count)
+  local bindings = redis.call('SCARD', kxb(name))
+  if tonumber(count) == bindings then return end
+  redis.call('DEL', kxt(name))
+  local all = redis.call('HGETALL', kxk(name))
+  for i = 1, #all, 2 do
+    for dest, n in pairs(cjson.decode(all[i + 1])) do trie_change(name, all[i], dest, n) end
+  end
+  redis.call('HSET', kx(name), 'trie', bindings)
+end
+
+local TRIE_VISITS = 0  -- nodes the topic walks of this call read (ops.routecost)
+
+-- Add the destinations of every binding key in the trie t that matches words. Depth-first over (node
+-- path, index of the next word) with a stack rather than recursion, each pair once: patterns with several
+-- "#" reach a pair by many ways, and the walk must grow with nodes * words, not with the ways.
+local function trie_match(t, words, found)
+  local nw = #words
+  local pending, seen = {{'', 1}}, {}
+  while #pending > 0 do
+    local top = table.remove(pending)
+    local path, i = top[1], top[2]
+    local id = path .. '|' .. i  -- unique: the last "|" separates the number from the path
+    if not seen[id] then
+      seen[id] = true
+      TRIE_VISITS = TRIE_VISITS + 1
+      local word = words[i]
+      local fields = {'n' .. path .. '.*', 'n' .. path .. '.#'}
+      if i > nw then
+        fields[3] = 'd' .. path
+      elseif word ~= '*' and word ~= '#' then  -- a literal "*" or "#" is matched by the wildcard edges
+        fields[3] = 'n' .. path .. '.' .. word
+      end
+      local v = redis.call('HMGET', t, unpack(fields))
+      if i > nw then
+        if v[3] then add_dests(found, v[3]) end
+      else
+        if v[3] then pending[#pending + 1] = {path .. '.' .. word, i + 1} end
+        if v[1] then pending[#pending + 1] = {path .. '.*', i + 1} end
+      end
+      if v[2] then  -- "#" swallows zero or more words: try every place it can stop
+        for j = i, nw + 1 do pending[#pending + 1] = {path .. '.#', j} end
+      end
+    end
+  end
+end
+
 -- kelp.routing.route: the queues reached from exchange, following exchange-to-exchange bindings, each
 -- exchange visited once; the alternate exchange when nothing matched. Returns a list of queue names.
 local function route(exchange, key, hcanon)
@@ -155,7 +253,8 @@ local function route(exchange, key, hcanon)
   local headers = nil
   while #pending > 0 do
     local name = table.remove(pending)
-    local xtype = redis.call('HGET', kx(name), 'type')
+    local x = redis.call('HMGET', kx(name), 'type', 'trie')
+    local xtype = x[1]
     if xtype then
       local found = {}
       if xtype == 'direct' then
@@ -164,10 +263,8 @@ local function route(exchange, key, hcanon)
       elseif xtype == 'fanout' then
         for _, json in ipairs(redis.call('HVALS', kxk(name))) do add_dests(found, json) end
       elseif xtype == 'topic' then
-        local all = redis.call('HGETALL', kxk(name))
-        for i = 1, #all, 2 do
-          if topic_match(all[i], key) then add_dests(found, all[i + 1]) end
-        end
+        ensure_trie(name, x[2])
+        trie_match(kxt(name), split(key), found)
       else
         if headers == nil then
           headers = (hcanon ~= '' and cjson.decode(hcanon)) or {}
@@ -210,7 +307,17 @@ local function load_queue(name)
   }
 end
 
+-- Entries added from outside kelp (a raw XADD) are not counted: when a counter would go negative, count
+-- the ready entries again (every stream's length less its pending entries) and restart the byte count.
 local function save_counters(q)
+  if q.ready < 0 or q.bytes < 0 then
+    local ready = 0
+    for _, suffix in ipairs(redis.call('SMEMBERS', kqss(q.name))) do
+      local s = kqs(q.name, suffix)
+      ready = ready + redis.call('XLEN', s) - redis.call('XPENDING', s, G)[1]
+    end
+    q.ready, q.bytes = ready, math.max(q.bytes, 0)
+  end
   redis.call('HSET', kq(q.name), 'ready', q.ready, 'bytes', q.bytes)
 end
 
@@ -225,9 +332,17 @@ local function touch(q)
 end
 
 local function remove_binding_member(source, member)
+  local x = redis.call('HMGET', kx(source), 'type', 'trie')
+  local topic = x[1] == 'topic'
+  if topic then ensure_trie(source, x[2]) end
   if redis.call('SREM', kxb(source), member) == 0 then return false end
   local b = cjson.decode(member)
   local dest = b[1]:sub(1, 1) .. ':' .. b[2]
+  redis.call('SREM', krbm(dest), cjson.encode({source, member}))
+  if topic then
+    trie_change(source, b[3], dest, -1)
+    redis.call('HINCRBY', kx(source), 'trie', -1)
+  end
   local json = redis.call('HGET', kxk(source), b[3])
   if json then
     local dests = cjson.decode(json)
@@ -245,18 +360,26 @@ end
 
 local function maybe_auto_delete_exchange(name)
   if redis.call('HGET', kx(name), 'ad') == '1' and redis.call('SCARD', kxb(name)) == 0 then
-    redis.call('DEL', kx(name), kxb(name), kxk(name))
+    redis.call('DEL', kx(name), kxb(name), kxk(name), kxt(name))
     redis.call('SREM', K_EXCHANGES, name)
   end
 end
 
--- Remove every binding of source to dest ("q:name" / "e:name"); return how many.
+-- Remove every binding of source to dest ("q:name" / "e:name"); return how many. Found through the
+-- destination's own index (P rbm:), so it costs that destination's bindings, not the exchange's.
 local function remove_destination(source, dest)
+  local expected = tonumber(redis.call('HGET', krb(dest), source)) or 0
   local removed = 0
-  for _, member in ipairs(redis.call('SMEMBERS', kxb(source))) do
-    local b = cjson.decode(member)
-    if b[1]:sub(1, 1) .. ':' .. b[2] == dest and remove_binding_member(source, member) then
-      removed = removed + 1
+  for _, entry in ipairs(redis.call('SMEMBERS', krbm(dest))) do
+    local e = cjson.decode(entry)
+    if e[1] == source and remove_binding_member(source, e[2]) then removed = removed + 1 end
+  end
+  if removed < expected then  -- bindings made before that index existed: look through the exchange's
+    for _, member in ipairs(redis.call('SMEMBERS', kxb(source))) do
+      local b = cjson.decode(member)
+      if b[1]:sub(1, 1) .. ':' .. b[2] == dest and remove_binding_member(source, member) then
+        removed = removed + 1
+      end
     end
   end
   return removed
@@ -275,7 +398,7 @@ local function delete_queue(name)
   for _, source in ipairs(sources) do
     if remove_destination(source, dest) > 0 then maybe_auto_delete_exchange(source) end
   end
-  redis.call('DEL', krb(dest))
+  redis.call('DEL', krb(dest), krbm(dest))
   return q.ready
 end
 
@@ -364,7 +487,7 @@ local function drop_head(q, reason)
     local s = kqs(q.name, suffix)
     local entries = read(s, '~', 1)
     if entries and entries[1] then
-      local id, f = entries[1][1], fields(entries[1][2])
+      local id, f = entries[1][1], entry_fields(entries[1][2])
       ack_delete(s, {id})
       q.ready = q.ready - 1
       q.bytes = q.bytes - #f.b
@@ -427,7 +550,7 @@ local function sweep_queue(name)
         redis.call('ZREM', kqlv(name), suffix)
         break
       end
-      local f = fields(head[2])
+      local f = entry_fields(head[2])
       local x = tonumber(f.x)
       if x and x <= NOW then
         read(s, '~', 1)
@@ -465,7 +588,7 @@ local function take(q, conn, room, no_ack, tag, out)
       if not entries then entries = {} end
       local drop = {}
       for _, e in ipairs(entries) do
-        local f = fields(e[2])
+        local f = entry_fields(e[2])
         q.ready = q.ready - 1
         q.bytes = q.bytes - #f.b
         local x = tonumber(f.x)
@@ -509,7 +632,7 @@ local function requeue(name, suffix, ids, dirty)
       local e = redis.call('XRANGE', s, id, id)[1]
       redis.call('XDEL', s, id)
       if e and q then
-        local f = fields(e[2])
+        local f = entry_fields(e[2])
         local level = level_of(suffix)
         add_entry(q, level, true, f.b, f.m, tonumber(f.x), (tonumber(f.n) or 0) + 1)
       end
@@ -656,11 +779,11 @@ function ops.xdel(a)
     fail('PRECONDITION', "exchange '" .. name .. "' in use")
   end
   for _, member in ipairs(redis.call('SMEMBERS', kxb(name))) do remove_binding_member(name, member) end
-  redis.call('DEL', kx(name), kxb(name), kxk(name))
+  redis.call('DEL', kx(name), kxb(name), kxk(name), kxt(name))
   redis.call('SREM', K_EXCHANGES, name)
   local dest = 'e:' .. name
   for _, source in ipairs(redis.call('HKEYS', krb(dest))) do remove_destination(source, dest) end
-  redis.call('DEL', krb(dest))
+  redis.call('DEL', krb(dest), krbm(dest))
   return 1
 end
 
@@ -745,7 +868,8 @@ end
 -- bind conn kind dest source key member rule_error
 function ops.bind(a)
   local conn, kind, dest, source, key, member = a[1], a[2], a[3], a[4], a[5], a[6]
-  local xtype = redis.call('HGET', kx(source), 'type')
+  local x = redis.call('HMGET', kx(source), 'type', 'trie')
+  local xtype = x[1]
   if not xtype then fail('NOT_FOUND', "no exchange '" .. source .. "' in vhost '/'") end
   if kind == 'queue' then
     queue_for(dest, conn)
@@ -753,8 +877,14 @@ function ops.bind(a)
     fail('NOT_FOUND', "no exchange '" .. dest .. "' in vhost '/'")
   end
   if xtype == 'headers' and a[7] ~= '' then fail('VALUE', a[7]) end
+  if xtype == 'topic' then ensure_trie(source, x[2]) end
   if redis.call('SADD', kxb(source), member) == 0 then return 0 end
   local d = kind:sub(1, 1) .. ':' .. dest
+  redis.call('SADD', krbm(d), cjson.encode({source, member}))
+  if xtype == 'topic' then
+    trie_change(source, key, d, 1)
+    redis.call('HINCRBY', kx(source), 'trie', 1)
+  end
   if xtype ~= 'headers' then
     local json = redis.call('HGET', kxk(source), key)
     local dests = json and cjson.decode(json) or {}
@@ -842,7 +972,8 @@ function ops.publish(a) return publish(a, false) end
 function ops.bpublish(a) return publish(a, true) end
 
 -- claim conn n (queue room no_ack tag) * n: deliveries for the connection's consumers.
--- Returns {outbox length, tag, suffix, id, body, meta, deliveries, ...}; with nothing to deliver, the
+-- Returns {outbox length, tag, suffix, id, body, meta, deliveries, ...}; then 'gone', tag for each consumer
+-- whose queue no longer exists (deleted: the client cancels it); with nothing to deliver or cancel, the
 -- streams to watch for new entries follow a 'watch' marker as (key, last id) pairs.
 function ops.claim(a)
   local conn, n = a[1], tonumber(a[2])
@@ -860,6 +991,9 @@ function ops.claim(a)
     end
     if q and room > 0 and q.ready > 0 then
       take(q, conn, room, a[base + 2] == '1', a[base + 3], out)
+    elseif not q then
+      out[#out + 1] = 'gone'
+      out[#out + 1] = a[base + 3]
     end
   end
   save_all(cache)
@@ -918,7 +1052,7 @@ function ops.settle(a)
         redis.call('XDEL', s, id)
         local q = load_queue(name)
         if e and q then
-          local f = fields(e[2])
+          local f = entry_fields(e[2])
           dead_letter(q, f.b, f.m, 'rejected')
         end
       end
@@ -955,7 +1089,9 @@ function ops.outbox(a)
   local out = {}
   for _, e in ipairs(redis.call('XRANGE', K_OUTBOX, '-', '+', 'COUNT', tonumber(a[1]))) do
     local f = fields(e[2])
-    for _, v in ipairs({e[1], f.q, f.r, f.x, f.k and 1 or 0, f.k or '', f.b, f.m}) do out[#out + 1] = v end
+    -- Missing fields (an entry added from outside kelp) read as empty: nil would shift every later value.
+    local row = {e[1], f.q or '', f.r or '', f.x or '', f.k and 1 or 0, f.k or '', f.b or '', f.m or ''}
+    for _, v in ipairs(row) do out[#out + 1] = v end
   end
   return out
 end
@@ -994,6 +1130,12 @@ end
 
 -- route exchange key hcanon -> queue names (for tests: the Lua router on the stored bindings)
 function ops.route(a) return route(a[1], a[2], a[3]) end
+
+-- routecost exchange key hcanon -> {queues reached, topic trie nodes read} (for tests and bench/scale.py)
+function ops.routecost(a)
+  local names = route(a[1], a[2], a[3])
+  return {#names, TRIE_VISITS}
+end
 
 -- topic pattern key ... -> 1/0 per pair (for tests: the Lua topic matcher)
 function ops.topic(a)

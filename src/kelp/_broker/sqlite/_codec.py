@@ -14,6 +14,7 @@ import decimal
 import json
 from typing import Any
 
+from kelp._broker.malformed import Malformed
 from kelp.exceptions import EncodeError
 
 __all__ = ["decode", "encode"]
@@ -83,13 +84,19 @@ def encode(table: dict[str, Any]) -> str:
 
 
 def decode(text: str | None) -> dict[str, Any]:
-    """A fresh dict from the stored form (callers may mutate what they get)."""
+    """A fresh dict from the stored form (callers may mutate what they get); raises Malformed when the
+    text is not a table kelp wrote (a row written from outside kelp)."""
     if not text:
         return {}
     cached = _decode_memo.get(text)
     if cached is not None:
         return dict(cached)
-    value: dict[str, Any] = json.loads(text, object_hook=_hook) if _TAG_IN_TEXT in text else json.loads(text)
+    try:
+        value = json.loads(text, object_hook=_hook) if _TAG_IN_TEXT in text else json.loads(text)
+    except (ValueError, TypeError, ArithmeticError, RecursionError) as exc:
+        raise Malformed(f"stored properties/headers are not kelp's JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise Malformed(f"stored properties/headers are not a table: {type(value).__name__}")
     if len(text) < 512 and not any(isinstance(v, dict | list) for v in value.values()):
         if len(_decode_memo) >= _MEMO_SIZE:
             _decode_memo.clear()

@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from kelp._broker.malformed import Malformed, as_text, malformed_tables, report_dropped
 from kelp._broker.queue_args import (
     QueueArgs,
     binding_destination,
@@ -24,7 +25,7 @@ from kelp._broker.queue_args import (
     tag,
 )
 from kelp._broker.sqlite._codec import decode, encode
-from kelp._broker.sqlite._topology import QueueDef, Topology, binding_key, load_topology
+from kelp._broker.sqlite._topology import LOG_KEEP, QueueDef, Topology, binding_key, refresh_topology
 from kelp._envelope import Envelope, QueueInfo
 from kelp.exceptions import (
     AccessRefused,
@@ -66,6 +67,7 @@ _RETURNING = "RETURNING id, priority, body, properties, headers, exchange, routi
 _HEAD = "SELECT id FROM messages WHERE queue=? AND owner IS NULL ORDER BY priority DESC, id LIMIT ?"
 # Constant statements, built once: the sqlite3 statement cache is keyed by the SQL text.
 _CLAIM_NO_ACK = f"DELETE FROM messages WHERE id IN ({_HEAD}) {_RETURNING}"
+_UNCOUNT = "UPDATE queue_ready SET count = count - ?, bytes = bytes - ? WHERE queue = ?"
 _CLAIM = (
     "UPDATE messages SET owner=?, claimed_at=?, delivery_count=delivery_count+1 "
     f"WHERE id IN ({_HEAD}) {_RETURNING}"
@@ -130,7 +132,7 @@ class Tx:
 
     def _load(self, version: int) -> None:
         if version != self.topo.version:
-            self.topo = load_topology(self.db, version)
+            self.topo = refresh_topology(self.db, self.topo, version)
             self.reloaded = True
         self.dirty = False
 
@@ -139,8 +141,21 @@ class Tx:
             self.refresh()
         return self.topo
 
-    def bump(self) -> None:
-        self.db.execute("UPDATE meta SET value = value + 1 WHERE key='topology'")
+    def bump(
+        self, entity: str = "*", name: str = "", binding: tuple[str, str, str, str] | None = None
+    ) -> None:
+        """Record a topology change: a new version, and what changed at it (an ``entity`` of that
+        ``name``, or for a binding its source ``name`` and ``(kind, destination, routing_key,
+        arguments text)``) so that other snapshots catch up by re-reading only that."""
+        db = self.db
+        version = db.execute(
+            "UPDATE meta SET value = value + 1 WHERE key='topology' RETURNING value"
+        ).fetchone()[0]
+        db.execute(
+            "INSERT OR REPLACE INTO topology_log VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (version, entity, name, *(binding or (None, None, None, None))),
+        )
+        db.execute("DELETE FROM topology_log WHERE version <= ?", (version - LOG_KEEP,))
         self.dirty = True
 
     def add(self, shape: Shape, body: bytes | bytearray) -> None:
@@ -238,10 +253,8 @@ def _json(kind: str, arguments: Mapping[str, Any] | None) -> str:
 
 
 def ready_count(tx: Tx, name: str) -> int:
-    count: int = tx.db.execute(
-        "SELECT count(*) FROM messages WHERE queue=? AND owner IS NULL", (name,)
-    ).fetchone()[0]
-    return count
+    """Ready messages of the queue (see _ready_size): O(1)."""
+    return _ready_size(tx, name)[0]
 
 
 def consumer_count(tx: Tx, name: str) -> int:
@@ -251,7 +264,7 @@ def consumer_count(tx: Tx, name: str) -> int:
 
 def queue_stats(tx: Tx) -> list[tuple[str, int, int, int]]:
     db = tx.db
-    ready = dict(db.execute("SELECT queue, count(*) FROM messages WHERE owner IS NULL GROUP BY queue"))
+    ready = dict(db.execute("SELECT queue, count FROM queue_ready"))
     unacked = dict(db.execute("SELECT queue, count(*) FROM messages WHERE owner IS NOT NULL GROUP BY queue"))
     consumers = dict(db.execute("SELECT queue, count(*) FROM consumers GROUP BY queue"))
     return [
@@ -294,9 +307,7 @@ def tick(tx: Tx) -> None:
         for _, name, body, props, headers, exchange, routing_key in rows:
             queue = tx.current().queues.get(name)
             if queue is not None and queue.args.dead_letter_exchange is not None:
-                dead_letter_message(
-                    tx, queue, body, decode(props), decode(headers), exchange, routing_key, "expired"
-                )
+                dead_letter_row(tx, queue, body, props, headers, exchange, routing_key, "expired")
     if tx.current().has_expiring_queues:
         expired = db.execute(
             "SELECT name FROM queues WHERE expires_ms IS NOT NULL AND last_used + expires_ms / 1000.0 <= ? "
@@ -344,10 +355,9 @@ def _full(args: QueueArgs, count: int, size: int) -> bool:
 
 
 def _ready_size(tx: Tx, name: str) -> tuple[int, int]:
-    count, size = tx.db.execute(
-        "SELECT count(*), total(length(body)) FROM messages WHERE queue=? AND owner IS NULL", (name,)
-    ).fetchone()
-    return int(count), int(size)
+    """Ready messages of the queue and their bytes, as the schema's triggers keep them: O(1)."""
+    row = tx.db.execute("SELECT count, bytes FROM queue_ready WHERE queue=?", (name,)).fetchone()
+    return (0, 0) if row is None else (int(row[0]), int(row[1]))
 
 
 def enqueue(
@@ -425,7 +435,129 @@ def _drop_head(tx: Tx, queue: QueueDef) -> None:
             (queue.name,),
         ).fetchone()
         db.execute("DELETE FROM messages WHERE id=?", (row[0],))
-        dead_letter_message(tx, queue, row[1], decode(row[2]), decode(row[3]), row[4], row[5], "maxlen")
+        dead_letter_row(tx, queue, row[1], row[2], row[3], row[4], row[5], "maxlen")
+
+
+def read_row(body: Any, props: Any, headers: Any, exchange: Any, routing_key: Any) -> tuple[Any, ...]:
+    """``(body, properties, headers)`` of a stored message; raises Malformed for a row kelp did not write
+    (see :mod:`kelp._broker.malformed`)."""
+    if type(body) is not bytes:
+        if not isinstance(body, str):
+            raise Malformed(f"the body is a {type(body).__name__}, not a BLOB")
+        body = body.encode("utf-8", "surrogatepass")
+    if type(exchange) is not str or type(routing_key) is not str:
+        raise Malformed("the exchange or routing key is not text")
+    return body, decode(props), decode(headers) if headers else {}
+
+
+def dead_letter_row(
+    tx: Tx, queue: QueueDef, body: Any, props: Any, headers: Any, exchange: Any, routing_key: Any, reason: str
+) -> None:
+    """:func:`dead_letter_message` for a message as stored; a malformed one is dead-lettered as
+    :mod:`kelp._broker.malformed` describes."""
+    if queue.args.dead_letter_exchange is None:
+        return
+    try:
+        body, properties, header_table = read_row(body, props, headers, exchange, routing_key)
+    except Malformed as exc:
+        properties, header_table = malformed_tables(str(exc), {"properties": props, "headers": headers})
+        body = _blob_of(body)
+        exchange, routing_key = as_text(exchange), as_text(routing_key)
+    dead_letter_message(tx, queue, body, properties, header_table, exchange, routing_key, reason)
+
+
+def _blob_of(value: Any) -> bytes:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    return as_text(value).encode()
+
+
+def quarantine(tx: Tx, connection_id: int, items: Sequence[tuple[bool, str, Any, str]]) -> None:
+    """Take malformed messages out of their queues: ``(no_ack, queue, claimed row, problem)`` each.
+    Dead-lettered (reason ``rejected``) when the queue has a dead-letter exchange, else dropped with an
+    ERROR log; a row no longer held by the connection (released meanwhile) is left alone."""
+    for no_ack, name, row, problem in items:
+        message_id, _priority, body, props, headers, exchange, routing_key = row[:7]
+        if not no_ack:
+            deleted = tx.db.execute(
+                "DELETE FROM messages WHERE id=? AND owner=?", (message_id, connection_id)
+            ).rowcount
+            if not deleted:
+                continue
+        _drop_malformed(tx, name, message_id, body, problem, props, headers, exchange, routing_key)
+
+
+def _drop_malformed(
+    tx: Tx,
+    name: str,
+    message_id: int,
+    body: Any,
+    problem: str,
+    props: Any,
+    headers: Any,
+    exchange: Any,
+    routing_key: Any,
+) -> None:
+    queue = tx.current().queues.get(name)
+    if queue is None or queue.args.dead_letter_exchange is None:
+        path = tx.db.execute("PRAGMA database_list").fetchone()[2]  # the file, for the log line
+        report_dropped(path, name, message_id, problem)
+        return
+    properties, header_table = malformed_tables(problem, {"properties": props, "headers": headers})
+    dead_letter_message(
+        tx,
+        queue,
+        _blob_of(body),
+        properties,
+        header_table,
+        as_text(exchange),
+        as_text(routing_key),
+        "rejected",
+    )
+
+
+def is_undecodable_text(exc: sqlite3.Error) -> bool:
+    """True for the error sqlite3 raises reading a TEXT value that is not UTF-8."""
+    return "Could not decode to UTF-8" in str(exc)
+
+
+def repair_text(tx: Tx) -> None:
+    """Take every message whose TEXT columns are not UTF-8 (written from outside kelp) out of its queue,
+    as :func:`quarantine` does. A full scan: run only after reading such a row failed."""
+    db = tx.db
+    last = 0
+    while True:
+        db.text_factory = bytes
+        try:
+            rows = db.execute(
+                "SELECT id, queue, body, properties, headers, exchange, routing_key FROM messages "
+                "WHERE id > ? ORDER BY id LIMIT 1000",
+                (last,),
+            ).fetchall()
+        finally:
+            db.text_factory = str
+        if not rows:
+            return
+        last = rows[-1][0]
+        for message_id, name, body, props, headers, exchange, routing_key in rows:
+            texts = (name, props, headers, exchange, routing_key)
+            try:
+                for text in texts:
+                    if isinstance(text, bytes):
+                        text.decode()
+            except UnicodeDecodeError:
+                db.execute("DELETE FROM messages WHERE id=?", (message_id,))
+                _drop_malformed(
+                    tx,
+                    as_text(name),
+                    message_id,
+                    body,
+                    "stored text is not UTF-8",
+                    props,
+                    headers,
+                    exchange,
+                    routing_key,
+                )
 
 
 def dead_letter_message(
@@ -499,7 +631,7 @@ def declare_exchange(
         "INSERT INTO exchanges VALUES (?, ?, ?, ?, ?, ?)",
         (name, type_, int(durable), int(auto_delete), int(internal), _json("exchange", arguments)),
     )
-    tx.bump()
+    tx.bump("exchange", name)
 
 
 def delete_exchange(tx: Tx, name: str, if_unused: bool) -> None:
@@ -518,7 +650,7 @@ def _drop_exchange(tx: Tx, name: str) -> None:
     db.execute("DELETE FROM exchanges WHERE name=?", (name,))
     db.execute("DELETE FROM bindings WHERE source=?", (name,))
     db.execute("DELETE FROM bindings WHERE kind='exchange' AND destination=?", (name,))
-    tx.bump()
+    tx.bump("exchange", name)
 
 
 def _maybe_auto_delete_exchange(tx: Tx, name: str) -> None:
@@ -594,7 +726,7 @@ def declare_queue(
     )
     if args.expires is not None:
         tx.next_due = min(tx.next_due, tx.now + args.expires / 1000)
-    tx.bump()
+    tx.bump("queue", name)
     return QueueInfo(name, 0, 0)
 
 
@@ -626,7 +758,7 @@ def delete_queue(tx: Tx, name: str) -> int:
         ).fetchall()
     ]
     db.execute("DELETE FROM bindings WHERE kind='queue' AND destination=?", (name,))
-    tx.bump()
+    tx.bump("queue", name)
     tx.deleted_queues.add(name)
     for source in sources:
         _maybe_auto_delete_exchange(tx, source)
@@ -670,12 +802,13 @@ def bind(
         raise NotFound(f"no exchange '{destination}' in vhost '/'")
     # Validate as the routing table would (a bad x-match raises ValueError), before storing anything.
     BindingTable(exchange.type).add(target, routing_key, dict(arguments or {}))
+    stored = binding_key(arguments)
     added = tx.db.execute(
         "INSERT OR IGNORE INTO bindings VALUES (?, ?, ?, ?, ?)",
-        (source, kind, destination, routing_key, binding_key(arguments)),
+        (source, kind, destination, routing_key, stored),
     ).rowcount
     if added:
-        tx.bump()
+        tx.bump("binding", source, (kind, destination, routing_key, stored))
 
 
 def unbind(
@@ -694,12 +827,13 @@ def unbind(
         queue_for(tx, destination, connection_id)
     if source not in tx.current().exchanges:
         return
+    stored = binding_key(arguments)
     removed = tx.db.execute(
         "DELETE FROM bindings WHERE source=? AND kind=? AND destination=? AND routing_key=? AND arguments=?",
-        (source, kind, destination, routing_key, binding_key(arguments)),
+        (source, kind, destination, routing_key, stored),
     ).rowcount
     if removed:
-        tx.bump()
+        tx.bump("binding", source, (kind, destination, routing_key, stored))
         _maybe_auto_delete_exchange(tx, source)
 
 
@@ -734,7 +868,12 @@ def cancel_consumer(tx: Tx, connection_id: int, channel_id: int, consumer_tag: s
 def claim_rows(tx: Tx, connection_id: int, name: str, limit: int, no_ack: bool) -> list[Any]:
     if no_ack:
         return tx.db.execute(_CLAIM_NO_ACK, (name, limit)).fetchall()
-    return tx.db.execute(_CLAIM, (connection_id, tx.now, name, limit)).fetchall()
+    rows = tx.db.execute(_CLAIM, (connection_id, tx.now, name, limit)).fetchall()
+    if rows:
+        # The ready count of the queue (see _schema._READY_COUNTS), for the whole batch at once.
+        size = sum(len(row[2]) for row in rows)
+        tx.db.execute(_UNCOUNT, (len(rows), size, name))
+    return rows
 
 
 def claim(tx: Tx, connection_id: int, plan: list[Any], limit: int) -> list[tuple[Any, Any, list[Any]]]:
@@ -785,7 +924,7 @@ def reject(tx: Tx, connection_id: int, items: list[tuple[int, str]], requeue: bo
         ).fetchone()
         queue = tx.current().queues.get(name)
         if row is not None and queue is not None and queue.args.dead_letter_exchange is not None:
-            dead_letter_message(tx, queue, row[0], decode(row[1]), decode(row[2]), row[3], row[4], "rejected")
+            dead_letter_row(tx, queue, row[0], row[1], row[2], row[3], row[4], "rejected")
 
 
 def drop_connection(tx: Tx, connection_id: int) -> None:

@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 APPLICATION_ID = 0x6B656C70  # "kelp"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _DDL = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
@@ -77,6 +77,41 @@ CREATE TABLE consumers (
 CREATE INDEX consumers_queue ON consumers (queue);
 """
 
+# The ready messages of each queue, counted (with their bytes) so that get, queue_declare and length
+# limits never count a queue: O(1) in its depth. A queue's row comes and goes with the queue; triggers
+# count every insert, delete and release of its messages (rows written from outside kelp included); a
+# claim, which kelp alone makes, subtracts its whole batch in one statement (_ops.claim_rows).
+_READY_COUNTS = (
+    "CREATE TABLE queue_ready (queue TEXT PRIMARY KEY, count INTEGER NOT NULL, bytes INTEGER NOT NULL) "
+    "WITHOUT ROWID",
+    "CREATE TRIGGER ready_queue_added AFTER INSERT ON queues BEGIN "
+    "INSERT OR REPLACE INTO queue_ready VALUES (NEW.name, 0, 0); END",
+    "CREATE TRIGGER ready_queue_deleted AFTER DELETE ON queues BEGIN "
+    "DELETE FROM queue_ready WHERE queue = OLD.name; END",
+    "CREATE TRIGGER ready_insert AFTER INSERT ON messages WHEN NEW.owner IS NULL BEGIN "
+    "UPDATE queue_ready SET count = count + 1, bytes = bytes + length(NEW.body) WHERE queue = NEW.queue; END",
+    "CREATE TRIGGER ready_delete AFTER DELETE ON messages WHEN OLD.owner IS NULL BEGIN "
+    "UPDATE queue_ready SET count = count - 1, bytes = bytes - length(OLD.body) WHERE queue = OLD.queue; END",
+    "CREATE TRIGGER ready_release AFTER UPDATE OF owner ON messages "
+    "WHEN OLD.owner IS NOT NULL AND NEW.owner IS NULL BEGIN "
+    "UPDATE queue_ready SET count = count + 1, bytes = bytes + length(NEW.body) WHERE queue = NEW.queue; END",
+)
+
+# Created on opening when missing, without a schema version of their own (an older kelp reading the file
+# ignores them):
+# - what each topology version changed (see kelp._broker.sqlite._topology.refresh_topology): an entity
+#   ('exchange', 'queue', 'binding' or '*' for anything) and its key. A kelp that does not write it leaves
+#   gaps in it, and a gap makes a reader rebuild its snapshot from the tables;
+# - the queues with x-expires by when they expire, so finding the due ones does not read every queue.
+_ON_OPEN = (
+    """CREATE TABLE IF NOT EXISTS topology_log (
+    version INTEGER PRIMARY KEY, entity TEXT NOT NULL, name TEXT NOT NULL, kind TEXT, destination TEXT,
+    routing_key TEXT, arguments TEXT
+)""",
+    "CREATE INDEX IF NOT EXISTS queues_expiry ON queues (last_used + expires_ms / 1000.0) "
+    "WHERE expires_ms IS NOT NULL",
+)
+
 # Upgrades of an older kelp's file, run in the opening write transaction: version -> statements that
 # bring the previous version to it.
 _MIGRATIONS = {
@@ -85,6 +120,12 @@ _MIGRATIONS = {
     2: (
         "DROP INDEX messages_claim",
         "CREATE INDEX messages_ready ON messages (queue, priority DESC, id) WHERE owner IS NULL",
+    ),
+    3: (
+        *_READY_COUNTS,
+        "INSERT INTO queue_ready SELECT queues.name, count(messages.id), total(length(messages.body)) "
+        "FROM queues LEFT JOIN messages ON messages.queue = queues.name AND messages.owner IS NULL "
+        "GROUP BY queues.name",
     ),
 }
 
@@ -106,6 +147,7 @@ def connect(path: str, synchronous: str, busy_timeout: float) -> sqlite3.Connect
     parent = Path(path).parent
     if not parent.is_dir():
         raise OperationalError(f"cannot open the kelp database {path}: directory {parent} does not exist")
+    create_private(path)
     try:
         db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:
@@ -123,6 +165,30 @@ def connect(path: str, synchronous: str, busy_timeout: float) -> sqlite3.Connect
         db.close()
         raise
     return db
+
+
+def create_private(path: str) -> None:
+    """Create the database file, if it does not exist yet, readable and writable by its owner only (0600,
+    whatever the umask). SQLite gives the -wal and -shm files it creates beside it the same mode. An
+    existing file keeps its mode."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise OperationalError(f"cannot create the kelp database {path}: {exc}") from None
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+def make_private(path: str) -> None:
+    """Make an existing database file and its -wal/-shm files owner-only (0600) if this user owns them."""
+    for name in (path, path + "-wal", path + "-shm"):
+        with suppress(OSError):
+            if os.stat(name).st_uid == os.geteuid():
+                os.chmod(name, 0o600)
 
 
 def _open_error(path: str, exc: sqlite3.DatabaseError) -> Exception:
@@ -145,7 +211,11 @@ def ensure_schema(db: sqlite3.Connection, path: str, now: float) -> None:
             for statement in _DDL.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            for statement in _READY_COUNTS:
+                db.execute(statement)
             db.executemany("INSERT INTO exchanges VALUES (?, ?, 1, 0, 0, '{}')", _BUILTIN_EXCHANGES)
+            for statement in _ON_OPEN:
+                db.execute(statement)
             db.execute(f"PRAGMA application_id={APPLICATION_ID}")
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             return
@@ -154,6 +224,8 @@ def ensure_schema(db: sqlite3.Connection, path: str, now: float) -> None:
             for statement in _MIGRATIONS[target]:
                 db.execute(statement)
             db.execute(f"PRAGMA user_version={target}")
+        for statement in _ON_OPEN:
+            db.execute(statement)
     except sqlite3.DatabaseError as exc:
         raise _open_error(path, exc) from None
 

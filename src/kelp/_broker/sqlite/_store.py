@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any, TypeVar
 
+from kelp._broker.malformed import Malformed
 from kelp._broker.sqlite import _buffer, _checkpoint, _ops
 from kelp._broker.sqlite._buffer import PublishBuffer
 from kelp._broker.sqlite._codec import decode
@@ -40,13 +41,16 @@ from kelp._broker.sqlite._schema import (
     process_state,
 )
 from kelp._broker.sqlite._topology import EMPTY, Topology
+from kelp._broker.sqlite._watch import FileIdentity, full_error, is_full
 from kelp._envelope import Delivery, Envelope, QueueInfo
+from kelp._options import seconds_option
 from kelp.exceptions import (
     ChannelError,
     InconsistencyError,
     KelpError,
     MessageNacked,
     OperationalError,
+    ResourceError,
     UsageError,
 )
 
@@ -98,14 +102,11 @@ class StoreOptions:
 
     @classmethod
     def from_query(cls, query: Mapping[str, str]) -> StoreOptions:
-        try:
-            return cls(
-                query.get("synchronous", "normal").lower(),
-                float(query.get("busy_timeout", 10.0)),
-                float(query.get("heartbeat", 30.0)),
-            )
-        except ValueError as exc:
-            raise UsageError(f"invalid sqlite:// option: {exc}") from None
+        return cls(
+            query.get("synchronous", "normal").lower(),
+            seconds_option("sqlite", "busy_timeout", query.get("busy_timeout", 10.0)),
+            seconds_option("sqlite", "heartbeat", query.get("heartbeat", 30.0)),
+        )
 
 
 # --- in-process state of connections, channels and consumers -------------------------------------------
@@ -144,7 +145,7 @@ class _Channel:
 
 
 class _Connection:
-    __slots__ = ("channels", "id", "next_channel", "outbox", "rotation", "waiting", "waker")
+    __slots__ = ("cancelled", "channels", "id", "next_channel", "outbox", "rotation", "waiting", "waker")
 
     def __init__(self, connection_id: int, waker: _ops.Waker) -> None:
         self.id = connection_id
@@ -155,6 +156,8 @@ class _Connection:
         self.rotation = 0
         # Claimed deliveries not yet taken by the transport (see fill/take).
         self.outbox: list[Delivery] = []
+        # (channel id, consumer tag, queue) of consumers whose queue was deleted, not yet reported
+        self.cancelled: list[tuple[int, str, str]] = []
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -179,6 +182,8 @@ class SqliteStore:
         self._process_id: int | None = None
         self._namespace = namespace()
         self._lost: str | None = None
+        self._file = FileIdentity(path)
+        self._full = False  # the last commit failed for lack of space: publishes are not buffered
         self._topo: Topology = EMPTY
         self._connections: dict[int, _Connection] = {}
         self._pending = PublishBuffer()  # publishes awaiting the group commit
@@ -231,6 +236,7 @@ class SqliteStore:
         writer.execute(f"PRAGMA wal_autocheckpoint={4 * _checkpoint.WAL_LIMIT_PAGES}")
         self._writer, self._reader = writer, reader
         self._lost = None
+        self._file.remember()
         try:
             self._run(self._register, plain=True)
         except BaseException:
@@ -272,7 +278,12 @@ class SqliteStore:
             if self._refs > 0 or self._writer is None:
                 return
             try:
-                self.flush()
+                if self._lost is None:
+                    self.flush()
+                elif self._pending.count:
+                    logger.error(
+                        "kelp: %d buffered publishes were not stored: %s", self._pending.count, self._lost
+                    )
             except Exception:
                 logger.exception("kelp: could not flush %s while closing", self.path)
             self._flusher = None
@@ -325,10 +336,24 @@ class SqliteStore:
             db = self._check()
             give_up = time.monotonic() + self.options.busy_timeout
             delay = 0.0001
+            repaired = False
             while True:
                 try:
                     return self._attempt(db, op, plain)
                 except sqlite3.OperationalError as exc:
+                    self._check_file()  # a file replaced under us explains any error best
+                    if is_full(exc):
+                        self._full = True
+                        raise full_error(self.path) from None
+                    if _ops.is_undecodable_text(exc) and not repaired:
+                        # A message row written from outside kelp holds text that is not UTF-8: take
+                        # such rows out of their queues (once), then run the operation again.
+                        try:
+                            self._attempt(db, _ops.repair_text, False)
+                            repaired = True
+                            continue
+                        except sqlite3.OperationalError as again:
+                            exc = again  # busy: wait below like any busy attempt, then try again
                     if not _is_busy(exc):
                         raise OperationalError(f"sqlite error on {self.path}: {exc}") from None
                     if time.monotonic() >= give_up:
@@ -339,6 +364,7 @@ class SqliteStore:
                     time.sleep(delay)
                     delay = min(delay * 2, 0.005)
                 except sqlite3.DatabaseError as exc:
+                    self._check_file()
                     raise InconsistencyError(f"the kelp database {self.path} is damaged: {exc}") from None
 
     def _attempt(self, db: sqlite3.Connection, op: Callable[[_ops.Tx], T], plain: bool) -> T:
@@ -375,6 +401,7 @@ class SqliteStore:
                     tx.runs.clear()
                     db.execute("ROLLBACK TO op")
                     db.execute("RELEASE op")
+                    self._check_file()
                     db.execute("COMMIT")
                     committed = True
                     tx.topo, tx.reloaded, tx.touched, tx.deleted_queues, tx.next_due = before
@@ -382,8 +409,10 @@ class SqliteStore:
                     self._finish(tx)
                     raise
                 db.execute("RELEASE op")
+            self._check_file()
             db.execute("COMMIT")
             committed = True
+            self._full = False
         finally:
             if not committed:
                 if db.in_transaction:
@@ -400,6 +429,14 @@ class SqliteStore:
         self._finish(tx)
         return result
 
+    def _check_file(self) -> None:
+        """Refuse to commit into a file that is no longer the one at the path (see _watch.py)."""
+        problem = self._file.problem()
+        if problem is not None:
+            self._lost = problem
+            logger.error("kelp: %s", problem)
+            raise OperationalError(problem)
+
     def _finish(self, tx: _ops.Tx) -> None:
         now = time.monotonic()
         self._last_commit = now
@@ -407,16 +444,50 @@ class SqliteStore:
             self._wakeup.set()  # the flusher checkpoints the WAL
         if tx.reloaded:
             self._topo = tx.topo
-        if tx.deleted_queues:
-            with self._state:
-                for connection in self._connections.values():
-                    for channel in connection.channels.values():
-                        for tag in [t for t, c in channel.consumers.items() if c.queue in tx.deleted_queues]:
-                            del channel.consumers[tag]
+        if tx.deleted_queues or tx.reloaded:
+            self._cancel_consumers(tx.deleted_queues, tx.topo.queues)
         if tx.touched:
             self._wake_queues(tx.touched)
         if tx.next_due < self._next_due:
             self._next_due = tx.next_due
+
+    def _cancel_consumers(self, deleted: set[str], existing: Mapping[str, object]) -> None:
+        """Cancel the consumers of queues deleted here or (seen in a reloaded topology) by another
+        process, as RabbitMQ's basic.cancel: each connection learns it from :meth:`take_cancelled`."""
+        with self._state:
+            for connection in self._connections.values():
+                for channel in connection.channels.values():
+                    gone = [
+                        c for c in channel.consumers.values() if c.queue in deleted or c.queue not in existing
+                    ]
+                    for consumer in gone:
+                        del channel.consumers[consumer.tag]
+                        connection.cancelled.append((channel.id, consumer.tag, consumer.queue))
+                    if gone:
+                        self._wake_connection(connection)
+
+    def take_cancelled(self, connection_id: int) -> tuple[int, str, str] | None:
+        """``(channel id, consumer tag, queue)`` of one consumer cancelled because its queue was deleted
+        (each reported once), or None."""
+        with self._state:
+            connection = self._connection(connection_id)
+            while connection.cancelled:
+                entry = connection.cancelled.pop(0)
+                if entry[0] in connection.channels:  # a channel closed since has nothing left to report
+                    return entry
+            return None
+
+    def _topology_changed(self) -> bool:
+        """Whether another process changed the topology since this one last loaded it (a read)."""
+        reader = self._reader
+        if reader is None:
+            return False
+        with self._reader_lock:
+            try:
+                row = reader.execute("SELECT value FROM meta WHERE key='topology'").fetchone()
+            except sqlite3.Error:
+                return False
+        return row is not None and row[0] != self._topo.version
 
     def flush(self) -> None:
         """Commit everything buffered (publishes, acks) now."""
@@ -451,7 +522,8 @@ class SqliteStore:
             if connection_id not in self._connections:
                 return
         try:
-            self._run(lambda tx: _ops.drop_connection(tx, connection_id))
+            if self._lost is None:  # else nothing can be committed any more: forget the connection
+                self._run(lambda tx: _ops.drop_connection(tx, connection_id))
         finally:
             with self._state:
                 self._connections.pop(connection_id, None)
@@ -594,6 +666,8 @@ class SqliteStore:
         """
         if self._lost is not None or self._writer is None:
             self._check()
+        if self._full:
+            return False  # while the disk is full, each publish commits, so its failure is reported
         topo = self._topo
         staged = _buffer.stage(topo, envelopes, time.time())
         if staged is None:
@@ -654,11 +728,16 @@ class SqliteStore:
     def cancel(self, connection_id: int, channel_id: int, consumer_tag: str) -> None:
         with self._state:
             channel = self._channel(connection_id, channel_id)
-            if consumer_tag not in channel.consumers:
+            # Forgotten first: an auto-delete queue deleted by this very cancel is not a broker cancel.
+            consumer = channel.consumers.pop(consumer_tag, None)
+            if consumer is None:
                 return
-        self._run(lambda tx: _ops.cancel_consumer(tx, connection_id, channel_id, consumer_tag))
-        with self._state:
-            channel.consumers.pop(consumer_tag, None)
+        try:
+            self._run(lambda tx: _ops.cancel_consumer(tx, connection_id, channel_id, consumer_tag))
+        except BaseException:
+            with self._state:
+                channel.consumers.setdefault(consumer_tag, consumer)
+            raise
 
     def claim(self, connection_id: int) -> list[Delivery]:
         """Deliveries for the connection's consumers, up to each prefetch window."""
@@ -736,6 +815,7 @@ class SqliteStore:
     def _deliver(self, connection: _Connection, claimed: list[tuple[Any, Any, list[Any]]]) -> list[Delivery]:
         out: list[Delivery] = []
         lost: list[tuple[int, int]] = []
+        malformed: list[tuple[bool, str, Any, str]] = []
         append = out.append
         connection_id = connection.id
         with self._state:
@@ -751,30 +831,53 @@ class SqliteStore:
                     continue
                 channel_id, consumer_tag, queue = channel.id, consumer.tag, consumer.queue
                 tag = channel.next_tag
-                channel.next_tag = tag + len(rows)
-                if not consumer.no_ack:
-                    unacked = channel.unacked
-                    for offset, row in enumerate(rows):
-                        unacked[tag + offset] = _Unacked(row[0], queue, consumer)
-                    consumer.unacked += len(rows)
-                for _id, _priority, body, props, headers, exchange, routing_key, redelivered in rows:
+                unacked = None if consumer.no_ack else channel.unacked
+                for row in rows:
+                    message_id, _priority, body, props, headers, exchange, routing_key, redelivered = row
+                    try:
+                        if (
+                            type(body) is not bytes
+                            or type(exchange) is not str
+                            or type(routing_key) is not str
+                        ):
+                            body = _ops.read_row(body, props, headers, exchange, routing_key)[0]
+                        properties = decode(props)
+                        header_table = decode(headers) if headers else {}
+                    except Malformed as exc:
+                        # Written from outside kelp: it leaves the queue; the rest of the batch goes on.
+                        malformed.append((consumer.no_ack, queue, row, str(exc)))
+                        continue
+                    if unacked is not None:
+                        unacked[tag] = _Unacked(message_id, queue, consumer)
+                        consumer.unacked += 1
                     append(
                         Delivery(
                             channel_id,
                             consumer_tag,
                             tag,
                             body,
-                            decode(props),
-                            decode(headers) if headers else {},
+                            properties,
+                            header_table,
                             exchange,
                             routing_key,
                             bool(redelivered),
                         )
                     )
                     tag += 1
+                channel.next_tag = tag
         if lost:
             self._settle_later(self._releases, lost)
+        if malformed:
+            self._quarantine(connection_id, malformed)
         return out
+
+    def _quarantine(self, connection_id: int, items: list[tuple[bool, str, Any, str]]) -> None:
+        """Take malformed claimed messages out of their queues (see :mod:`kelp._broker.malformed`)."""
+        try:
+            self._run(lambda tx: _ops.quarantine(tx, connection_id, items))
+        except KelpError:
+            # They stay claimed by this connection and return to their queue when it closes.
+            logger.exception("kelp: could not take malformed messages out of %s", self.path)
 
     def _settle_later(self, into: list[tuple[int, int]], pairs: list[tuple[int, int]]) -> None:
         """Buffer acks or releases (``into``) of (message id, owner connection) for the next commit."""
@@ -786,10 +889,19 @@ class SqliteStore:
 
     def get(self, connection_id: int, channel_id: int, queue: str, no_ack: bool) -> Delivery | None:
         self._alive(connection_id)
-        found = self._run(lambda tx: _ops.get(tx, connection_id, queue, no_ack))
-        if found is None:
-            return None
-        (message_id, _p, body, props, headers, exchange, routing_key, redelivered), count = found
+        while True:
+            found = self._run(lambda tx: _ops.get(tx, connection_id, queue, no_ack))
+            if found is None:
+                return None
+            row, count = found
+            message_id, _p, body, props, headers, exchange, routing_key, redelivered = row
+            try:
+                body, properties, header_table = _ops.read_row(body, props, headers, exchange, routing_key)
+            except Malformed as exc:
+                # Written from outside kelp: it leaves the queue, and the next message is taken.
+                self._quarantine(connection_id, [(no_ack, queue, row, str(exc))])
+                continue
+            break
         with self._state:
             channel = self._connections[connection_id].channels.get(channel_id)
             if channel is None:
@@ -805,8 +917,8 @@ class SqliteStore:
             "",
             tag,
             body,
-            decode(props),
-            decode(headers),
+            properties,
+            header_table,
             exchange,
             routing_key,
             bool(redelivered),
@@ -882,7 +994,15 @@ class SqliteStore:
         """Mark the connection as waiting; return seconds until the next timed event (None: none), or 0
         when there is work already. Clear the waker before calling this and wait on it afterwards."""
         with self._state:
+            consuming = any(
+                channel.consumers for channel in self._connection(connection_id).channels.values()
+            )
+        if consuming and self._topology_changed():
+            self._run(_ops.nothing)  # reloads it: consumers of a queue deleted elsewhere are cancelled
+        with self._state:
             connection = self._connection(connection_id)
+            if connection.cancelled:
+                return 0.0
             plan = self._plan(connection)
             if not connection.waiting:
                 connection.waiting = True
@@ -988,11 +1108,15 @@ class SqliteStore:
             self._wakeup.clear()
 
     def _guard(self, function: Callable[[], None]) -> None:
+        if self._lost is not None:
+            return  # nothing can be done on the file any more; the user's next operation says why
         try:
             function()
         except Exception as exc:
             if self._writer is not None and not self._stopping:
-                logger.warning("kelp: sqlite background task %s failed: %s", function.__name__, exc)
+                # A full disk is an error to act on (buffered publishes wait for space); the rest is retried.
+                level = logging.ERROR if isinstance(exc, ResourceError) else logging.WARNING
+                logger.log(level, "kelp: sqlite background task %s failed: %s", function.__name__, exc)
 
     def _data_version(self) -> int | None:
         reader = self._reader

@@ -18,11 +18,26 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from kelp._envelope import PROPERTY_NAMES, Delivery, Envelope, QueueInfo
-from kelp.exceptions import ChannelError, OperationalError
+from kelp.exceptions import ChannelError, ConsumerCancelled, InvalidURL, OperationalError
 from kelp.url import URL
 
 # The plain data that crosses this interface is public here, for transports and hosts outside kelp.
-__all__ = ["PROPERTY_NAMES", "Delivery", "Envelope", "QueueInfo", "Transport", "TransportChannel"]
+__all__ = [
+    "PROPERTY_NAMES",
+    "Delivery",
+    "Envelope",
+    "QueueInfo",
+    "Transport",
+    "TransportChannel",
+    "queue_deleted",
+]
+
+
+def queue_deleted(channel_id: int, consumer_tag: str, queue: str) -> ConsumerCancelled:
+    """What ``drain`` raises for a consumer cancelled because its queue was deleted."""
+    return ConsumerCancelled(
+        f"queue '{queue}' was deleted: consumer {consumer_tag} cancelled", consumer_tag, channel_id
+    )
 
 
 class TransportChannel(abc.ABC):
@@ -143,8 +158,16 @@ class Transport(abc.ABC):
     channel_errors: ClassVar[tuple[type[BaseException], ...]] = (ChannelError,)
     #: True when the broker routes (RabbitMQ); False when kelp routes at publish time.
     native_routing: ClassVar[bool] = False
+    #: The URL query options this transport reads; any other raises InvalidURL rather than being ignored
+    #: (None: the transport checks its query itself).
+    query_options: ClassVar[frozenset[str] | None] = None
 
     def __init__(self, url: URL, options: Mapping[str, Any]) -> None:
+        known = self.query_options
+        if known is not None and not known.issuperset(url.query):
+            unknown = ", ".join(sorted(set(url.query) - known))
+            listed = ", ".join(sorted(known)) or "none"
+            raise InvalidURL(f"{url.transport}:// has no URL option {unknown} (its options: {listed})")
         self.url = url
         self.options = dict(options)
 
@@ -164,7 +187,11 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     async def drain(self, timeout: float | None) -> list[Delivery]:
-        """Wait up to ``timeout`` seconds (None: forever) for deliveries; raise ``socket.timeout`` if none."""
+        """Wait up to ``timeout`` seconds (None: forever) for deliveries; raise ``socket.timeout`` if none.
+
+        Raises :class:`~kelp.exceptions.ConsumerCancelled` (once per consumer) when the broker cancelled
+        one of this connection's consumers because its queue was deleted; the transport has already
+        forgotten that consumer."""
 
     async def flush(self, timeout: float | None) -> None:
         """The barrier: send whatever is buffered and wait until the broker has confirmed every earlier

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from kelp._broker.memory import MemoryBroker, broker_for
 from kelp._envelope import Delivery, Envelope, QueueInfo
 from kelp.aio._backend import Signal, monotonic
-from kelp.aio.transport.base import Transport, TransportChannel
+from kelp.aio.transport.base import Transport, TransportChannel, queue_deleted
 from kelp.exceptions import OperationalError
 
 __all__ = ["MemoryChannel", "MemoryTransport"]
@@ -103,6 +103,7 @@ class MemoryChannel(TransportChannel):
 
 class MemoryTransport(Transport):
     schemes: ClassVar[tuple[str, ...]] = ("memory",)
+    query_options: ClassVar[frozenset[str] | None] = frozenset()
 
     def __init__(self, url: Any, options: Mapping[str, Any]) -> None:
         super().__init__(url, options)
@@ -138,6 +139,9 @@ class MemoryTransport(Transport):
         broker = self.broker
         deadline = None if timeout is None else monotonic() + timeout
         while True:
+            cancelled = broker.take_cancelled(self._connection_id)
+            if cancelled is not None:
+                raise queue_deleted(*cancelled)
             deliveries = broker.claim(self._connection_id)
             if deliveries:
                 return deliveries

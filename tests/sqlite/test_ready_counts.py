@@ -1,0 +1,134 @@
+"""Ready messages are counted by the schema's triggers: ``get``, ``queue_declare`` and length limits cost
+the same on a queue 100 deep and 20,000 deep, and the counts stay exact through every operation (raw SQL
+included)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from kelp import Connection, Queue
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _ready(conn: Connection, name: str = "q") -> int:
+    return int(Queue(name)(conn.default_channel).queue_declare(passive=True).message_count)
+
+
+def _fill(conn: Connection, depth: int, name: str = "q") -> None:
+    Queue(name)(conn.default_channel).declare()
+    producer = conn.Producer()
+    for n in range(depth):
+        producer.publish(n, routing_key=name, delivery_mode=1)
+    conn.transport.store.flush()
+
+
+def _steps_of_a_get(conn: Connection, name: str) -> int:
+    """SQLite virtual-machine steps (in thousands) one ``get`` runs: a deterministic cost measure."""
+    store = conn.transport.store
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    with store._lock:
+        store._writer.set_progress_handler(count, 1000)
+    try:
+        message = Queue(name)(conn.default_channel).get()
+    finally:
+        with store._lock:
+            store._writer.set_progress_handler(None, 1000)
+    assert message is not None
+    message.ack()
+    return steps
+
+
+def test_get_costs_the_same_whatever_the_queue_depth(db_url: str) -> None:
+    with Connection(db_url) as conn:
+        _fill(conn, 100, "shallow")
+        _fill(conn, 20_000, "deep")
+        shallow = _steps_of_a_get(conn, "shallow")
+        deep = _steps_of_a_get(conn, "deep")
+        assert deep <= shallow + 2, (shallow, deep)
+        message = Queue("deep")(conn.default_channel).get()
+        assert message is not None
+        assert message.delivery_info["message_count"] == 19_998
+
+
+def test_counts_stay_exact_through_every_operation(db_url: str) -> None:
+    with Connection(db_url) as conn:
+        _fill(conn, 10)
+        assert _ready(conn) == 10
+        bound = Queue("q")(conn.default_channel)
+        first, second, third = bound.get(), bound.get(), bound.get()
+        assert first is not None
+        assert second is not None
+        assert third is not None
+        assert third.delivery_info["message_count"] == 7
+        first.ack()
+        second.reject(requeue=True)
+        assert _ready(conn) == 8
+        third.reject(requeue=False)
+        assert _ready(conn) == 8
+        got: list[int] = []
+        with conn.Consumer(
+            [Queue("q")], callbacks=[lambda body, message: got.append(body)], prefetch_count=3
+        ):
+            conn.drain_events(timeout=5)
+            assert _ready(conn) == 5
+    with Connection(db_url) as conn:
+        assert _ready(conn) == 8  # the consumer's unacked messages went back when its connection closed
+        db = sqlite3.connect(db_url[len("sqlite:///") :])
+        template = db.execute("SELECT properties, exchange, routing_key FROM messages LIMIT 1").fetchone()
+        db.execute(
+            "INSERT INTO messages (queue, priority, body, properties, headers, exchange, routing_key, "
+            "persistent) VALUES ('q', 0, x'31', ?, '', ?, ?, 1)",
+            template,
+        )
+        db.commit()
+        db.close()
+        assert _ready(conn) == 9  # a row written from outside is counted too
+        assert Queue("q")(conn.default_channel).purge() == 9
+        assert _ready(conn) == 0
+
+
+def test_length_limits_use_the_counts(db_url: str) -> None:
+    with Connection(db_url) as conn:
+        Queue("q", max_length=3, max_length_bytes=100)(conn.default_channel).declare()
+        producer = conn.Producer()
+        for n in range(10):
+            producer.publish(str(n), routing_key="q", serializer="json")
+        assert _ready(conn) == 3
+        bound = Queue("q")(conn.default_channel)
+        assert [bound.get(no_ack=True).payload for _ in range(3)] == ["7", "8", "9"]  # type: ignore[union-attr]
+
+
+def test_a_version_2_file_gets_its_counts(tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    url = f"sqlite:///{path}"
+    with Connection(url) as conn:
+        Queue("q", durable=True, auto_delete=False)(conn.default_channel).declare()
+        for n in range(5):
+            conn.Producer().publish(n, routing_key="q")
+    db = sqlite3.connect(path, isolation_level=None)  # make it the file schema 2 wrote
+    for trigger in (
+        "ready_queue_added",
+        "ready_queue_deleted",
+        "ready_insert",
+        "ready_delete",
+        "ready_release",
+    ):
+        db.execute(f"DROP TRIGGER {trigger}")
+    db.execute("DROP TABLE queue_ready")
+    db.execute("PRAGMA user_version=2")
+    db.close()
+    with Connection(url) as conn:
+        assert _ready(conn) == 5
+        message = Queue("q")(conn.default_channel).get()
+        assert message is not None
+        assert message.delivery_info["message_count"] == 4
