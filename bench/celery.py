@@ -10,11 +10,13 @@ the ``rpc://`` result backend (so each task crosses the broker twice: the task, 
 runs from the first send to the last result, after a warm-up of 200 tasks. Rows:
 
 - ``kombu-redis`` — Kombu's Redis transport (``redis://``); ``kelp-redis`` — ``kelp+redis://``
-- ``kombu-amqp``  — Kombu's py-amqp transport (``amqp://``); ``kelp-amqp``  — ``kelp+amqp://``
+- ``kombu-amqp``  — Kombu's py-amqp transport (``amqp://``); ``kelp-amqp``  — ``kelp+amqp://``, whose
+  publishes wait for RabbitMQ's confirm; ``kelp-amqp-noconfirm`` — ``?confirm_publish=false``, Kombu's
+  own default (no publisher confirms)
 - ``kelp-sqlite`` — ``kelp+sqlite:///`` on a file of its own (no server)
 
-Ratios: kelp-redis / kombu-redis, kelp-amqp / kombu-amqp, kelp-sqlite / kombu-redis. A row whose
-results do not all arrive fails instead of reporting a rate. Worker, client and brokers share the
+Ratios: kelp-redis / kombu-redis, kelp-amqp (and -noconfirm) / kombu-amqp, kelp-sqlite / kombu-redis.
+A row whose results do not all arrive fails instead of reporting a rate. Worker, client and brokers share the
 machine's cores: read the ratios, not the absolute numbers.
 """
 
@@ -65,11 +67,13 @@ def noop():
 
 def broker_urls(args: argparse.Namespace, tmp: str) -> dict[str, str]:
     sep = "&" if "?" in args.redis_url else "?"
+    amqp_sep = "&" if "?" in args.amqp_url else "?"
     return {
         "kombu-redis": args.redis_url,
         "kelp-redis": f"kelp+{args.redis_url}{sep}prefix=bench-{uuid.uuid4().hex[:6]}",
         "kombu-amqp": args.amqp_url,
         "kelp-amqp": f"kelp+{args.amqp_url}",
+        "kelp-amqp-noconfirm": f"kelp+{args.amqp_url}{amqp_sep}confirm_publish=false",
         "kelp-sqlite": f"kelp+sqlite:///{tmp}/bench-{uuid.uuid4().hex[:6]}.db",
     }
 
@@ -153,7 +157,9 @@ def main() -> None:
     )
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--pools", default="solo")
-    parser.add_argument("--brokers", default="kombu-redis,kelp-redis,kombu-amqp,kelp-amqp,kelp-sqlite")
+    parser.add_argument(
+        "--brokers", default="kombu-redis,kelp-redis,kombu-amqp,kelp-amqp,kelp-amqp-noconfirm,kelp-sqlite"
+    )
     parser.add_argument(
         "--amqp-url", default=os.environ.get("KELP_TEST_AMQP_URL", "amqp://guest:guest@localhost//")
     )
@@ -172,20 +178,21 @@ def main() -> None:
                 rate = run_row(urls[broker], pool, args.tasks, tmp)
                 rows.setdefault(pool, {})[broker] = rate
                 if not args.json:
-                    print(f"{pool:8} {broker:12} {rate:9.0f} tasks/s", flush=True)
+                    print(f"{pool:8} {broker:20} {rate:9.0f} tasks/s", flush=True)
     ratios = _ratios(rows)
     if args.json:
         print(json.dumps({"tasks": args.tasks, "rates": rows, "ratios": ratios}, indent=2))
         return
     for pool, pairs in ratios.items():
         for label, ratio in pairs.items():
-            print(f"{pool:8} {label:28} {ratio:5.2f}x")
+            print(f"{pool:8} {label:36} {ratio:5.2f}x")
 
 
 def _ratios(rows: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
     pairs = {
         "kelp-redis / kombu-redis": ("kelp-redis", "kombu-redis"),
         "kelp-amqp / kombu-amqp": ("kelp-amqp", "kombu-amqp"),
+        "kelp-amqp-noconfirm / kombu-amqp": ("kelp-amqp-noconfirm", "kombu-amqp"),
         "kelp-sqlite / kombu-redis": ("kelp-sqlite", "kombu-redis"),
     }
     out: dict[str, dict[str, Any]] = {}
