@@ -18,11 +18,20 @@ import importlib.metadata
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from kelp._envelope import Delivery, Envelope, QueueInfo
+from kelp._envelope import PROPERTY_NAMES, Delivery, Envelope, QueueInfo
 from kelp.exceptions import ChannelError, ConsumerCancelled, InvalidURL, OperationalError
 from kelp.url import URL
 
-__all__ = ["Transport", "TransportChannel", "queue_deleted"]
+# The plain data that crosses this interface is public here, for transports and hosts outside kelp.
+__all__ = [
+    "PROPERTY_NAMES",
+    "Delivery",
+    "Envelope",
+    "QueueInfo",
+    "Transport",
+    "TransportChannel",
+    "queue_deleted",
+]
 
 
 def queue_deleted(channel_id: int, consumer_tag: str, queue: str) -> ConsumerCancelled:

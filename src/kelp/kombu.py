@@ -1,0 +1,475 @@
+"""A Kombu transport over kelp's engines, so that Celery (or any Kombu program) runs on them by URL.
+
+::
+
+    import kelp.kombu                                   # registers the "kelp" transport with Kombu
+    app.conf.broker_url = "kelp+sqlite:///celery.db"    # or kelp+redis://..., kelp+amqp://..., kelp+memory://
+
+``broker_transport = "kelp.kombu:Transport"`` with a plain kelp URL (``sqlite:///celery.db``) works too, with
+no import. Everything after ``kelp+`` is a kelp URL; its query options and Kombu's
+``transport_options`` (Celery's ``broker_transport_options``) become the kelp transport's options.
+
+This is a *native* transport: it sits on kelp's transport interface (:mod:`kelp.transport.base`), not on
+Kombu's virtual transport. Routing, unacked tracking, prefetch and redelivery stay in kelp's engines: a
+message Celery has not acked belongs to the connection's channel, and returns to its queue flagged
+``redelivered`` when the channel closes or the worker process dies (within the engine's window; Kombu's
+own Redis transport waits ``visibility_timeout`` instead).
+
+Deliveries reach consumers through Kombu's blocking loop (``Connection.drain_events``): Celery's
+``synloop``. The event-loop (hub) path is not taken: ``implements.asynchronous`` is False.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+try:
+    import kombu.transport
+    from kombu.message import Message as _KombuMessage
+    from kombu.transport import base as _kombu_base
+except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
+    raise ImportError("kelp.kombu is a Kombu transport and needs Kombu: pip install 'kelp[kombu]'") from exc
+
+import kelp
+from kelp.connection import resolve_transport
+from kelp.exceptions import ChannelError, OperationalError, UsageError
+from kelp.transport.base import PROPERTY_NAMES, Delivery, Envelope, QueueInfo, TransportChannel
+from kelp.transport.base import Transport as KelpTransport
+from kelp.url import URL, parse_url
+
+__all__ = ["Channel", "Message", "Transport", "register"]
+
+logger = logging.getLogger("kelp.kombu")
+
+#: The alias Kombu resolves ``kelp+...://`` URLs (and ``transport="kelp"``) to.
+ALIAS = "kelp"
+
+# Per Kombu Connection: what a lost kelp connection had not had confirmed, published again by the next one
+# (at-least-once, as kelp's own Connection does). Kombu replaces its Transport object on reconnect; the
+# Connection (the key) stays.
+_OUTBOXES: weakref.WeakKeyDictionary[Any, list[Envelope]] = weakref.WeakKeyDictionary()
+
+# Options Kombu or Celery put in ``transport_options`` for themselves (retry policies), not for kelp.
+_KOMBU_ONLY_OPTIONS = frozenset({"max_retries", "interval_start", "interval_step", "interval_max", "errback"})
+
+
+class Message(_KombuMessage):
+    """A kelp delivery as a Kombu message: ``ack``/``reject``/``requeue`` settle it on its kelp channel."""
+
+    def __init__(self, delivery: Delivery, channel: Channel) -> None:
+        properties = dict(delivery.properties)
+        super().__init__(  # type: ignore[no-untyped-call]
+            body=delivery.body,
+            delivery_tag=delivery.delivery_tag,
+            content_type=properties.get("content_type"),
+            content_encoding=properties.get("content_encoding"),
+            delivery_info={
+                "exchange": delivery.exchange,
+                "routing_key": delivery.routing_key,
+                "consumer_tag": delivery.consumer_tag,
+                "delivery_tag": delivery.delivery_tag,
+                "redelivered": delivery.redelivered,
+                "priority": properties.get("priority"),
+            },
+            properties=properties,
+            headers=dict(delivery.headers),
+            channel=channel,
+        )
+
+
+class Channel(_kombu_base.StdChannel):
+    """One kelp channel seen through Kombu's channel methods (``queue_declare``, ``basic_publish``...)."""
+
+    def __init__(self, transport: Transport, kelp_channel: TransportChannel) -> None:
+        #: Kombu reaches its Connection as ``channel.connection.client``.
+        self.connection = transport
+        self.kelp_channel = kelp_channel
+        self.channel_id = kelp_channel.channel_id
+        self.is_open = True
+        self.no_ack_consumers: set[str] = set()  # type: ignore[assignment]
+        self.events: dict[str, set[Callable[..., Any]]] = {"basic_return": set()}
+        self._callbacks: dict[str, Callable[[Any], Any]] = {}
+
+    def __repr__(self) -> str:
+        return f"<kelp.kombu.Channel {self.channel_id}>"
+
+    # --- exchanges, queues, bindings --------------------------------------------------------------
+
+    def exchange_declare(
+        self,
+        exchange: str = "",
+        type: str = "direct",
+        passive: bool = False,
+        durable: bool = False,
+        auto_delete: bool = True,
+        arguments: Mapping[str, Any] | None = None,
+        nowait: bool = False,
+        internal: bool = False,
+    ) -> None:
+        self.kelp_channel.declare_exchange(exchange, type, durable, auto_delete, internal, arguments, passive)
+
+    def exchange_delete(self, exchange: str = "", if_unused: bool = False, nowait: bool = False) -> None:
+        self.kelp_channel.delete_exchange(exchange, if_unused)
+
+    def exchange_bind(
+        self,
+        destination: str,
+        source: str = "",
+        routing_key: str = "",
+        nowait: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.kelp_channel.bind("exchange", destination, source, routing_key, arguments)
+
+    def exchange_unbind(
+        self,
+        destination: str,
+        source: str = "",
+        routing_key: str = "",
+        nowait: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.kelp_channel.unbind("exchange", destination, source, routing_key, arguments)
+
+    def prepare_queue_arguments(self, arguments: Mapping[str, Any] | None, **kwargs: Any) -> dict[str, Any]:
+        """Kombu's queue shortcuts (``expires``, ``message_ttl``, ``max_length``...) as ``x-*`` arguments,
+        which kelp's engines act on."""
+        prepared: dict[str, Any] = _kombu_base.to_rabbitmq_queue_arguments(arguments, **kwargs)
+        return prepared
+
+    def queue_declare(
+        self,
+        queue: str = "",
+        passive: bool = False,
+        durable: bool = False,
+        exclusive: bool = False,
+        auto_delete: bool = True,
+        nowait: bool = False,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> QueueInfo:
+        return self.kelp_channel.declare_queue(queue, durable, exclusive, auto_delete, arguments, passive)
+
+    def queue_bind(
+        self,
+        queue: str,
+        exchange: str = "",
+        routing_key: str = "",
+        arguments: Mapping[str, Any] | None = None,
+        nowait: bool = False,
+    ) -> None:
+        self.kelp_channel.bind("queue", queue, exchange, routing_key, arguments)
+
+    def queue_unbind(
+        self,
+        queue: str,
+        exchange: str = "",
+        routing_key: str = "",
+        arguments: Mapping[str, Any] | None = None,
+        nowait: bool = False,
+    ) -> None:
+        self.kelp_channel.unbind("queue", queue, exchange, routing_key, arguments)
+
+    def queue_purge(self, queue: str = "", nowait: bool = False) -> int:
+        """Drop the queue's ready messages (not the unacked ones); return how many."""
+        return self.kelp_channel.purge_queue(queue)
+
+    def queue_delete(
+        self, queue: str = "", if_unused: bool = False, if_empty: bool = False, nowait: bool = False
+    ) -> int:
+        return self.kelp_channel.delete_queue(queue, if_unused, if_empty)
+
+    # --- publishing --------------------------------------------------------------------------------
+
+    def prepare_message(
+        self,
+        body: bytes | str,
+        priority: int | None = None,
+        content_type: str | None = None,
+        content_encoding: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        properties: Mapping[str, Any] | None = None,
+    ) -> Envelope:
+        """An envelope from Kombu's already-serialized body. Properties outside AMQP's basic set are not
+        carried (as on Kombu's AMQP transport): put extra data in ``headers``."""
+        props = {k: v for k, v in (properties or {}).items() if k in PROPERTY_NAMES and v is not None}
+        if priority is not None:
+            props["priority"] = priority
+        if content_type is not None:
+            props["content_type"] = content_type
+        if content_encoding is not None:
+            props["content_encoding"] = content_encoding
+        raw = body.encode(content_encoding or "utf-8") if isinstance(body, str) else body
+        return Envelope(raw, props, dict(headers or {}))
+
+    def basic_publish(
+        self,
+        message: Envelope,
+        exchange: str = "",
+        routing_key: str = "",
+        mandatory: bool = False,
+        immediate: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """Route and store the message under kelp's delivery model: a persistent message has left the
+        process when this returns; with ``confirm_publish`` the broker holds it. A mandatory message no
+        queue took goes to the ``basic_return`` handlers, or raises when there are none."""
+        message.exchange = exchange
+        message.routing_key = routing_key
+        message.mandatory = mandatory
+        returned = self.kelp_channel.publish((message,))
+        for envelope in returned:
+            error = ChannelError(f"message to {exchange!r}/{routing_key!r} was unroutable")
+            if not self.events["basic_return"]:
+                raise error
+            for handler in self.events["basic_return"]:
+                handler(error, exchange, routing_key, envelope)
+
+    # --- consuming ---------------------------------------------------------------------------------
+
+    def basic_qos(self, prefetch_size: int = 0, prefetch_count: int = 0, a_global: bool = False) -> None:
+        """Limit unacked deliveries per consumer, or per channel when ``a_global``; takes effect at once."""
+        self.kelp_channel.qos(prefetch_count, a_global)
+
+    def basic_consume(
+        self,
+        queue: str = "",
+        consumer_tag: str = "",
+        no_ack: bool = False,
+        exclusive: bool = False,
+        callback: Callable[[Any], Any] | None = None,
+        arguments: Mapping[str, Any] | None = None,
+        nowait: bool = False,
+        on_cancel: Callable[..., Any] | None = None,
+    ) -> str:
+        """Start a consumer; ``drain_events`` hands its deliveries to ``callback``."""
+        tag = self.kelp_channel.consume(queue, consumer_tag or "", no_ack, arguments)
+        if callback is not None:
+            self._callbacks[tag] = callback
+        if no_ack:
+            self.no_ack_consumers.add(tag)
+        return tag
+
+    def basic_cancel(self, consumer_tag: str, nowait: bool = False) -> None:
+        """Stop the consumer; its unacked deliveries stay unacked until settled or the channel closes."""
+        self._callbacks.pop(consumer_tag, None)
+        self.no_ack_consumers.discard(consumer_tag)
+        if self.is_open:
+            self.kelp_channel.cancel(consumer_tag)
+
+    def basic_get(self, queue: str = "", no_ack: bool = False, **kwargs: Any) -> Delivery | None:
+        """Take one ready message (Kombu turns it into a Message with :meth:`message_to_python`)."""
+        return self.kelp_channel.get(queue, no_ack)
+
+    def message_to_python(self, raw: Delivery | Message) -> Message:
+        return raw if isinstance(raw, Message) else Message(raw, self)
+
+    def basic_ack(self, delivery_tag: int, multiple: bool = False) -> None:
+        self.kelp_channel.ack(delivery_tag, multiple)
+
+    def basic_reject(self, delivery_tag: int, requeue: bool = True) -> None:
+        """Requeue (flagged redelivered) or drop / dead-letter the delivery."""
+        self.kelp_channel.reject(delivery_tag, requeue)
+
+    def basic_nack(self, delivery_tag: int, multiple: bool = False, requeue: bool = True) -> None:
+        self.kelp_channel.reject(delivery_tag, requeue, multiple)
+
+    def basic_recover(self, requeue: bool = True) -> None:
+        """Redeliver every unacked delivery of this channel."""
+        self.kelp_channel.recover(requeue)
+
+    def flow(self, active: bool) -> None:
+        raise UsageError("kelp.kombu does not implement channel.flow; use basic_qos or cancel consumers")
+
+    def dispatch(self, delivery: Delivery) -> None:
+        callback = self._callbacks.get(delivery.consumer_tag)
+        if callback is None:
+            # Cancelled after the engine handed this delivery over: give it back rather than hold it.
+            if delivery.consumer_tag not in self.no_ack_consumers and self.is_open:
+                self.kelp_channel.reject(delivery.delivery_tag, True)
+            return
+        callback(delivery)
+
+    def close(self) -> None:
+        """Close the channel: its consumers stop and its unacked messages return to their queues."""
+        if not self.is_open:
+            return
+        self.is_open = False
+        self._callbacks.clear()
+        self.connection.forget_channel(self)
+        try:
+            self.kelp_channel.close()
+        except OperationalError:
+            logger.debug("closing a channel of a lost connection", exc_info=True)
+
+
+class Management(_kombu_base.Management):
+    """What ``celery list bindings`` asks for."""
+
+    def get_bindings(self) -> list[dict[str, Any]]:
+        kelp_transport = self.transport.client.connection
+        return [
+            {"source": source, "destination": destination, "routing_key": routing_key, "kind": kind}
+            for source, kind, destination, routing_key, _ in kelp_transport.list_bindings()
+        ]
+
+
+# Transport.Channel (Kombu looks it up there) shadows the class name inside the class body.
+_Channel = Channel
+
+
+class Transport(_kombu_base.Transport):
+    """Kombu's transport for kelp URLs; the connection object Kombu holds is a kelp transport."""
+
+    Channel = Channel
+    Message = Message
+    Management = Management
+
+    #: Kombu hands over the URL text after ``kelp+`` unparsed.
+    can_parse_url = True
+    driver_type = "kelp"
+    driver_name = "kelp"
+    connection_errors = KelpTransport.connection_errors  # type: ignore[assignment]
+    channel_errors = KelpTransport.channel_errors  # type: ignore[assignment]
+    implements = _kombu_base.default_transport_capabilities.extend(  # type: ignore[no-untyped-call]
+        asynchronous=False,
+        exchange_type=frozenset(["direct", "topic", "fanout", "headers"]),
+        heartbeats=False,
+    )
+
+    def __init__(self, client: Any, **kwargs: Any) -> None:
+        super().__init__(client, **kwargs)  # type: ignore[no-untyped-call]
+        self.url = kelp_url(client.hostname)
+        self.kelp_transport_cls: type[KelpTransport] = resolve_transport(self.url.transport)
+        self._channels: dict[int, _Channel] = {}
+        self._pending: deque[Delivery] = deque()
+        self._pid = os.getpid()
+
+    def driver_version(self) -> str:
+        return kelp.__version__
+
+    def as_uri(self, uri: str, include_password: bool = False, mask: str = "**") -> str:
+        text = kelp_url(uri).as_uri(include_password=include_password)
+        return f"{ALIAS}+{text}"
+
+    def establish_connection(self) -> KelpTransport:
+        """Connect to the engine the kelp URL names."""
+        client: Any = self.client
+        options: dict[str, Any] = {
+            key: value
+            for key, value in (client.transport_options or {}).items()
+            if key not in _KOMBU_ONLY_OPTIONS
+        }
+        options.update(heartbeat=client.heartbeat or 0, ssl=client.ssl, login_method=client.login_method)
+        connection = self.kelp_transport_cls(self.url, options)
+        connection.connect(client.connect_timeout)
+        self._pid = os.getpid()
+        self._channels.clear()
+        self._pending.clear()
+        outbox = _OUTBOXES.pop(client, None)
+        if outbox:
+            channel = connection.open_channel()
+            try:
+                channel.publish(outbox)
+            finally:
+                channel.close()
+        return connection
+
+    def close_connection(self, connection: KelpTransport) -> None:
+        """Close the kelp connection: it first waits for the broker to confirm what it published (a lost
+        one keeps its unconfirmed messages for the next connection); unacked deliveries return to their
+        queues."""
+        self._channels.clear()
+        self._pending.clear()
+        if connection.is_connected:
+            timeout = float(self.client.transport_options.get("close_timeout", 30.0)) if self.client else 30.0
+            try:
+                connection.flush(timeout)
+            except TimeoutError:
+                logger.warning("closing with %d unconfirmed publishes", len(connection.unconfirmed()))
+            except KelpTransport.connection_errors:
+                pass  # lost while flushing: the outbox is kept below
+        if not connection.is_connected:
+            self._keep_outbox(connection)
+        connection.close()
+
+    def _collect(self, connection: KelpTransport | None) -> None:
+        """Kombu's clean-up of a connection it gave up on (after a connection error, or in a forked child)."""
+        self._channels.clear()
+        self._pending.clear()
+        if connection is None or os.getpid() != self._pid:
+            # A forked child must not close the parent's connection: that would hand the parent's
+            # unacked deliveries back to their queues. Drop the references only.
+            return
+        self._keep_outbox(connection)
+        try:
+            connection.close()  # its unacked deliveries return to their queues now
+        except Exception:
+            logger.debug("error while discarding a lost kelp connection", exc_info=True)
+
+    def _keep_outbox(self, connection: KelpTransport) -> None:
+        unconfirmed = connection.unconfirmed()
+        if unconfirmed and self.client is not None:
+            _OUTBOXES.setdefault(self.client, []).extend(unconfirmed)
+
+    def create_channel(self, connection: KelpTransport) -> _Channel:
+        channel = _Channel(self, connection.open_channel())
+        self._channels[channel.channel_id] = channel
+        return channel
+
+    def forget_channel(self, channel: _Channel) -> None:
+        if self._channels.get(channel.channel_id) is channel:
+            del self._channels[channel.channel_id]
+
+    def close_channel(self, channel: _Channel) -> None:
+        channel.close()
+
+    def drain_events(self, connection: KelpTransport, timeout: float | None = None, **kwargs: Any) -> None:
+        """Hand one arrived delivery to its consumer's callback, waiting up to ``timeout`` seconds (None:
+        forever); raise ``socket.timeout`` when none came.
+
+        One per call, as Kombu's contract says: callers drain until their own message arrives (Celery's
+        ``rpc://`` results) and buffer only so many others. The rest of a batch the engine handed over
+        waits here, still unacked, for the next calls, which return at once."""
+        pending = self._pending
+        while True:
+            if not pending:
+                pending.extend(connection.drain(timeout))
+            delivery = pending.popleft()
+            channel = self._channels.get(delivery.channel_id)
+            if channel is not None:
+                channel.dispatch(delivery)
+                return
+            logger.debug("delivery %r for a closed channel: the engine returns it", delivery)
+
+    def verify_connection(self, connection: KelpTransport) -> bool:
+        return connection.is_connected
+
+    def qos_semantics_matches_spec(self, connection: KelpTransport) -> bool:
+        # As on RabbitMQ >= 3.3: a per-consumer prefetch is the default, ``global`` means the channel;
+        # Celery then asks for a channel-wide window that it can change while consuming.
+        return False
+
+
+def kelp_url(text: str | None) -> URL:
+    """The kelp URL of a Kombu connection (the text after ``kelp+``, or the whole URL given with
+    ``transport="kelp.kombu:Transport"``)."""
+    if not text or "://" not in text:
+        raise UsageError(
+            f"kelp.kombu needs a kelp URL such as kelp+sqlite:///celery.db or kelp+memory://, got {text!r}"
+        )
+    if text.startswith(ALIAS + "+"):
+        text = text[len(ALIAS) + 1 :]
+    return parse_url(text)
+
+
+def register() -> None:
+    """Make ``kelp+<url>`` URLs and ``transport="kelp"`` select this transport in Kombu (and Celery)."""
+    kombu.transport.TRANSPORT_ALIASES[ALIAS] = f"{__name__}:Transport"
+
+
+register()
