@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 APPLICATION_ID = 0x6B656C70  # "kelp"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _DDL = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
@@ -78,9 +78,24 @@ CREATE INDEX consumers_queue ON consumers (queue);
 """
 
 # The ready messages of each queue, counted (with their bytes) so that get, queue_declare and length
-# limits never count a queue: O(1) in its depth. A queue's row comes and goes with the queue; triggers
-# count every insert, delete and release of its messages (rows written from outside kelp included); a
-# claim, which kelp alone makes, subtracts its whole batch in one statement (_ops.claim_rows).
+# limits never count a queue: O(1) in its depth. A queue's row comes and goes with the queue. Inserts are
+# counted in arrears, not per row: the rows above the *ready mark* (meta 'ready_mark', a message id) are
+# not counted yet, and every write transaction first folds them in (_ops.fold_ready: the rows above the
+# mark, read by id range, added to their queues' counts; the mark moved to the last id). So the one-row
+# INSERT of a persistent publish writes neither a counter nor a trigger's page, and rows written from
+# outside kelp are counted by the next transaction all the same. Ids only grow (AUTOINCREMENT), so a new
+# row is always above the mark. The triggers count deletes and releases of rows at or below the mark (a
+# row above it is not counted yet); a claim, which kelp alone makes, folds first and subtracts its whole
+# batch in one statement (_ops.claim_rows).
+_MARK = "(SELECT value FROM meta WHERE key='ready_mark')"
+_READY_TRIGGERS = (
+    "CREATE TRIGGER ready_delete AFTER DELETE ON messages "
+    f"WHEN OLD.owner IS NULL AND OLD.id <= {_MARK} BEGIN "
+    "UPDATE queue_ready SET count = count - 1, bytes = bytes - length(OLD.body) WHERE queue = OLD.queue; END",
+    "CREATE TRIGGER ready_release AFTER UPDATE OF owner ON messages "
+    f"WHEN OLD.owner IS NOT NULL AND NEW.owner IS NULL AND NEW.id <= {_MARK} BEGIN "
+    "UPDATE queue_ready SET count = count + 1, bytes = bytes + length(NEW.body) WHERE queue = NEW.queue; END",
+)
 _READY_COUNTS = (
     "CREATE TABLE queue_ready (queue TEXT PRIMARY KEY, count INTEGER NOT NULL, bytes INTEGER NOT NULL) "
     "WITHOUT ROWID",
@@ -88,13 +103,9 @@ _READY_COUNTS = (
     "INSERT OR REPLACE INTO queue_ready VALUES (NEW.name, 0, 0); END",
     "CREATE TRIGGER ready_queue_deleted AFTER DELETE ON queues BEGIN "
     "DELETE FROM queue_ready WHERE queue = OLD.name; END",
-    "CREATE TRIGGER ready_insert AFTER INSERT ON messages WHEN NEW.owner IS NULL BEGIN "
-    "UPDATE queue_ready SET count = count + 1, bytes = bytes + length(NEW.body) WHERE queue = NEW.queue; END",
-    "CREATE TRIGGER ready_delete AFTER DELETE ON messages WHEN OLD.owner IS NULL BEGIN "
-    "UPDATE queue_ready SET count = count - 1, bytes = bytes - length(OLD.body) WHERE queue = OLD.queue; END",
-    "CREATE TRIGGER ready_release AFTER UPDATE OF owner ON messages "
-    "WHEN OLD.owner IS NOT NULL AND NEW.owner IS NULL BEGIN "
-    "UPDATE queue_ready SET count = count + 1, bytes = bytes + length(NEW.body) WHERE queue = NEW.queue; END",
+    *_READY_TRIGGERS,
+    # Every row there is is counted (by the statement that fills queue_ready, when upgrading).
+    "INSERT OR REPLACE INTO meta VALUES ('ready_mark', coalesce((SELECT max(id) FROM messages), 0))",
 )
 
 # Created on opening when missing, without a schema version of their own (an older kelp reading the file
@@ -121,11 +132,35 @@ _MIGRATIONS = {
         "DROP INDEX messages_claim",
         "CREATE INDEX messages_ready ON messages (queue, priority DESC, id) WHERE owner IS NULL",
     ),
+    # Schema 3 counted each insert by a trigger (as it was then; schema 4 replaces it).
     3: (
-        *_READY_COUNTS,
+        "CREATE TABLE queue_ready (queue TEXT PRIMARY KEY, count INTEGER NOT NULL, bytes INTEGER NOT NULL) "
+        "WITHOUT ROWID",
+        "CREATE TRIGGER ready_queue_added AFTER INSERT ON queues BEGIN "
+        "INSERT OR REPLACE INTO queue_ready VALUES (NEW.name, 0, 0); END",
+        "CREATE TRIGGER ready_queue_deleted AFTER DELETE ON queues BEGIN "
+        "DELETE FROM queue_ready WHERE queue = OLD.name; END",
+        "CREATE TRIGGER ready_insert AFTER INSERT ON messages WHEN NEW.owner IS NULL BEGIN "
+        "UPDATE queue_ready SET count = count + 1, bytes = bytes + length(NEW.body) WHERE queue = NEW.queue; "
+        "END",
+        "CREATE TRIGGER ready_delete AFTER DELETE ON messages WHEN OLD.owner IS NULL BEGIN "
+        "UPDATE queue_ready SET count = count - 1, bytes = bytes - length(OLD.body) WHERE queue = OLD.queue; "
+        "END",
+        "CREATE TRIGGER ready_release AFTER UPDATE OF owner ON messages "
+        "WHEN OLD.owner IS NOT NULL AND NEW.owner IS NULL BEGIN "
+        "UPDATE queue_ready SET count = count + 1, bytes = bytes + length(NEW.body) WHERE queue = NEW.queue; "
+        "END",
         "INSERT INTO queue_ready SELECT queues.name, count(messages.id), total(length(messages.body)) "
         "FROM queues LEFT JOIN messages ON messages.queue = queues.name AND messages.owner IS NULL "
         "GROUP BY queues.name",
+    ),
+    # Inserts counted in arrears, by the ready mark (see _READY_COUNTS): the counts schema 3 kept are
+    # exact for every row there is, so the mark starts at the last id.
+    4: (
+        "DROP TRIGGER ready_insert",
+        "DROP TRIGGER ready_delete",
+        "DROP TRIGGER ready_release",
+        *_READY_COUNTS[3:],
     ),
 }
 

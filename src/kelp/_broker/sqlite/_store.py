@@ -93,6 +93,10 @@ REAP_IDLE = 0.5
 #: The asyncio face commits persistent publishes on the event loop's thread when that is quick: the
 #: writer free, no fsync (synchronous=normal), another process not writing, at most this many rows.
 INLINE_MAX = 64
+#: After this many one-row INSERTs (which leave the ready counts in arrears: see _schema._READY_COUNTS)
+#: a publisher brings the counts up to date itself, so that no transaction has more than a few thousand
+#: rows to count, however long this process publishes alone.
+FOLD_EVERY = 1024
 
 
 class _Busy(Exception):
@@ -217,6 +221,7 @@ class SqliteStore:
         self._checkpointer = _checkpoint.Checkpointer(path, options.synchronous)
         self._last_commit = 0.0
         self._checkpointed_at = 0.0
+        self._uncounted = 0  # rows this process inserted above the ready mark (see FOLD_EVERY)
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -422,6 +427,7 @@ class SqliteStore:
                     tx.runs.clear()
                     db.execute("ROLLBACK TO op")
                     db.execute("RELEASE op")
+                    tx.count_ready()
                     self._check_file()
                     db.execute("COMMIT")
                     committed = True
@@ -431,6 +437,7 @@ class SqliteStore:
                     self._finish(tx)
                     raise
                 db.execute("RELEASE op")
+            tx.count_ready()
             self._check_file()
             db.execute("COMMIT")
             committed = True
@@ -715,6 +722,8 @@ class SqliteStore:
                 with self._lock:
                     stored = not self._pending.count and self._insert_one(shape, body, topo.version)
                 if stored:
+                    if self._uncounted >= FOLD_EVERY:
+                        self._count_ready()
                     return 0
                 if stored is None:
                     return None  # the disk is full: publish() reports it, with nothing stored
@@ -773,7 +782,11 @@ class SqliteStore:
         if not self._lock.acquire(blocking):
             return False
         try:
-            if self._committed >= ticket or self._commit_one():
+            if self._committed >= ticket:
+                return True
+            if self._commit_one():
+                if self._uncounted >= FOLD_EVERY:
+                    self._count_ready()
                 return True
             if blocking:
                 self._run(_ops.nothing)
@@ -829,12 +842,22 @@ class SqliteStore:
                 self._full = True  # send() hands this publish to publish(), which reports it unstored
                 return None
             return False  # busy, or worse: the general path retries or reports it
+        self._uncounted += 1
         self._last_commit = now = time.monotonic()
         if now - self._checkpointed_at >= _checkpoint.EVERY:
             self._wakeup.set()  # the flusher checkpoints the WAL
         if self._waiting:
             self._wake_queues({shape[0]})
         return True
+
+    def _count_ready(self) -> None:
+        """Bring the ready counts up to date (any write transaction does, first thing). The publish that
+        calls this is committed already: a busy or failing file is left to the next operation."""
+        self._uncounted = 0
+        try:
+            self._run(_ops.nothing, once=True)
+        except (_Busy, KelpError):
+            pass
 
     def publish(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
         """Route and store the envelopes, committed before returning; return the unroutable mandatory
