@@ -25,6 +25,7 @@ from kelp._broker.queue_args import (
     tag,
 )
 from kelp._broker.sqlite._codec import decode, encode
+from kelp._broker.sqlite._schema import TOMBSTONE_OWNER
 from kelp._broker.sqlite._topology import LOG_KEEP, QueueDef, Topology, binding_key, refresh_topology
 from kelp._envelope import Envelope, QueueInfo
 from kelp.exceptions import (
@@ -94,6 +95,7 @@ _ABOVE_MARK = (
     "WHERE id > ? AND id <= ? AND owner IS NULL GROUP BY queue"
 )
 _COUNT = "UPDATE queue_ready SET count = count + ?, bytes = bytes + ? WHERE queue = ?"
+_DROP_TOMBSTONES = f"DELETE FROM messages WHERE owner = {TOMBSTONE_OWNER} AND id < ?"
 # Settling a set of ids in one statement: the ids travel as one JSON array.
 _ACK = "DELETE FROM messages WHERE id IN (SELECT value FROM json_each(?)) AND owner=?"
 _RELEASE = (
@@ -288,6 +290,7 @@ def fold_ready(db: sqlite3.Connection) -> None:
     counts = db.execute(_ABOVE_MARK, (mark, top)).fetchall()
     db.executemany(_COUNT, [(count, int(size), name) for name, count, size in counts])
     db.execute("UPDATE meta SET value=? WHERE key='ready_mark'", (top,))
+    db.execute(_DROP_TOMBSTONES, (top,))  # the row at the mark keeps the ids now
 
 
 def ready_count(tx: Tx, name: str) -> int:
@@ -1000,5 +1003,9 @@ def recover(tx: Tx) -> None:
     for (name,) in db.execute("SELECT name FROM exchanges WHERE durable=0").fetchall():
         _drop_exchange(tx, name)
     db.execute("DELETE FROM messages WHERE persistent=0")
-    db.execute("UPDATE messages SET owner=NULL, redelivered=1, claimed_at=NULL WHERE owner IS NOT NULL")
+    db.execute(
+        "UPDATE messages SET owner=NULL, redelivered=1, claimed_at=NULL "
+        "WHERE owner IS NOT NULL AND owner != ?",
+        (TOMBSTONE_OWNER,),
+    )
     tx.bump()
