@@ -49,6 +49,8 @@ new_tag = tag
 # int, float, bytearray: see blob()); no headers is ''.
 _SHAPE = "queue, priority, properties, headers, exchange, routing_key, persistent"
 Shape = tuple[str, int, str, str, str, str, int]
+# A shape, a body and the topology version the row was routed at: the parameters of INSERT_IF_CURRENT.
+Row = tuple[str, int, str, str, str, str, int, bytes | bytearray, int]
 # A run of rows of one shape is stored by one statement per chunk that binds the shape once and each
 # body once: one sqlite3_step, run without the GIL, inserting in the order of the VALUES rows, which keeps
 # message ids in publish order. Power-of-two chunk sizes: a run takes one statement per 1,024 rows and at

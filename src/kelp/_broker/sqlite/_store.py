@@ -709,6 +709,17 @@ class SqliteStore:
         if self._full:
             return None  # while the disk is full, each publish commits in publish(): a failure is raised
         topo = self._topo
+        if wait and len(envelopes) == 1 and not self._pending.count:
+            row = _buffer.lean_row(topo, envelopes[0], confirm)
+            if row is not None:
+                with self._lock:
+                    stored = not self._pending.count and self._insert_row(row)
+                if stored:
+                    if self._uncounted >= FOLD_EVERY:
+                        self._count_ready()
+                    return 0
+                if stored is None:
+                    return None  # the disk is full: publish() reports it, with nothing stored
         found = _buffer.stage(topo, envelopes, time.time())
         if found is None:
             return None
@@ -716,17 +727,6 @@ class SqliteStore:
         durable = durable or confirm
         if not staged:
             return 0  # unroutable and not mandatory: dropped, as a broker drops it
-        if durable and wait and len(staged) == 1 and not self._pending.count:
-            shape, body = staged[0]
-            if shape is not None:
-                with self._lock:
-                    stored = not self._pending.count and self._insert_one(shape, body, topo.version)
-                if stored:
-                    if self._uncounted >= FOLD_EVERY:
-                        self._count_ready()
-                    return 0
-                if stored is None:
-                    return None  # the disk is full: publish() reports it, with nothing stored
         with self._buffer_lock:
             if not durable:
                 self._last_buffer = now = time.monotonic()
@@ -817,7 +817,7 @@ class SqliteStore:
             staged = self._staged
         version, shape, entries = segments[0]
         assert shape is not None
-        if not self._insert_one(shape, entries[0], version):
+        if not self._insert_row((*shape, entries[0], version)):
             with self._buffer_lock:
                 pending.restore(segments)
                 if first is not None and self._first_pending is None:
@@ -826,16 +826,16 @@ class SqliteStore:
         self._committed = staged
         return True
 
-    def _insert_one(self, shape: _ops.Shape, body: bytes | bytearray, version: int) -> bool | None:
-        """Store one ready row routed at topology ``version`` by one autocommitted INSERT (see
-        :meth:`_commit_one`); False, having stored nothing, if that cannot be done now, and None when the
-        disk is full. Hold the writer lock, with nothing buffered before the row."""
+    def _insert_row(self, row: _ops.Row) -> bool | None:
+        """Store one ready row (its shape, body and the topology version it was routed at) by one
+        autocommitted INSERT (see :meth:`_commit_one`); False, having stored nothing, if that cannot be
+        done now, and None when the disk is full. Hold the writer lock, with nothing buffered before it."""
         db = self._writer
         if db is None or self._lost is not None:
             return False
         self._check_file()  # never commit into a file deleted or replaced under us
         try:
-            if db.execute(_ops.INSERT_IF_CURRENT, (*shape, body, version)).rowcount != 1:
+            if db.execute(_ops.INSERT_IF_CURRENT, row).rowcount != 1:
                 return False
         except sqlite3.Error as exc:
             if isinstance(exc, sqlite3.OperationalError) and is_full(exc):
@@ -847,7 +847,7 @@ class SqliteStore:
         if now - self._checkpointed_at >= _checkpoint.EVERY:
             self._wakeup.set()  # the flusher checkpoints the WAL
         if self._waiting:
-            self._wake_queues({shape[0]})
+            self._wake_queues({row[0]})
         return True
 
     def _count_ready(self) -> None:
