@@ -193,6 +193,8 @@ class SqliteStore:
         self._buffer_lock = threading.Lock()
         self._reader_lock = threading.Lock()
         self._writer: sqlite3.Connection | None = None
+        # The writer's cursor for one-row INSERTs, kept: Connection.execute makes a cursor per call.
+        self._inserter: sqlite3.Cursor | None = None
         self._reader: sqlite3.Connection | None = None
         self._refs = 0
         self._pid = os.getpid()
@@ -256,12 +258,13 @@ class SqliteStore:
         # Checkpoints are the flusher's (see _checkpoint.py); a writer runs one only as a backstop.
         writer.execute(f"PRAGMA wal_autocheckpoint={4 * _checkpoint.WAL_LIMIT_PAGES}")
         self._writer, self._reader = writer, reader
+        self._inserter = writer.cursor()
         self._lost = None
         self._file.remember()
         try:
             self._run(self._register, plain=True)
         except BaseException:
-            self._writer = self._reader = None
+            self._writer = self._reader = self._inserter = None
             writer.close()
             reader.close()
             raise
@@ -310,7 +313,7 @@ class SqliteStore:
             self._flusher = None
             self._checkpointer.close()
             writer, reader = self._writer, self._reader
-            self._writer = self._reader = None
+            self._writer = self._reader = self._inserter = None
             for db in (reader, writer):
                 if db is not None:
                     try:
@@ -830,12 +833,12 @@ class SqliteStore:
         """Store one ready row (its shape, body and the topology version it was routed at) by one
         autocommitted INSERT (see :meth:`_commit_one`); False, having stored nothing, if that cannot be
         done now, and None when the disk is full. Hold the writer lock, with nothing buffered before it."""
-        db = self._writer
-        if db is None or self._lost is not None:
+        cursor = self._inserter
+        if cursor is None or self._lost is not None:
             return False
         self._check_file()  # never commit into a file deleted or replaced under us
         try:
-            if db.execute(_ops.INSERT_IF_CURRENT, row).rowcount != 1:
+            if cursor.execute(_ops.INSERT_IF_CURRENT, row).rowcount != 1:
                 return False
         except sqlite3.Error as exc:
             if isinstance(exc, sqlite3.OperationalError) and is_full(exc):
