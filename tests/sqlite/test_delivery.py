@@ -186,22 +186,22 @@ async def test_aio_concurrent_publishes_share_commits(
     from kelp._broker.sqlite._store import SqliteStore
 
     commits = [0]
-    attempt, insert_one = SqliteStore._attempt, SqliteStore._insert_one
+    attempt, insert_row = SqliteStore._attempt, SqliteStore._insert_row
 
     def counted_attempt(self: SqliteStore, *args: Any) -> Any:
         commits[0] += 1
         return attempt(self, *args)
 
-    def counted_insert_one(self: SqliteStore, *args: Any) -> bool:
+    def counted_insert_row(self: SqliteStore, *args: Any) -> bool:
         commits[0] += 1
-        return insert_one(self, *args)
+        return insert_row(self, *args)
 
     async with aio.Connection(f"{db_url}?synchronous={synchronous}") as conn:
         producer = conn.Producer()
         queue = aio.Queue("work", durable=True, auto_delete=False)
         await producer.publish({"n": -1}, routing_key="work", declare=[queue])
         monkeypatch.setattr(SqliteStore, "_attempt", counted_attempt)
-        monkeypatch.setattr(SqliteStore, "_insert_one", counted_insert_one)
+        monkeypatch.setattr(SqliteStore, "_insert_row", counted_insert_row)
         for n in range(5):  # one at a time: each committed before its publish returns
             await producer.publish({"n": n}, routing_key="work")
             assert _stored(db_url, "work") == n + 2

@@ -218,15 +218,10 @@ def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
     db = sqlite3.connect(path, isolation_level=None)  # make it the file schema 1 wrote
     db.execute("DROP INDEX messages_ready")
     db.execute("CREATE INDEX messages_claim ON messages (queue, owner, priority DESC, id)")
-    for trigger in (
-        "ready_queue_added",
-        "ready_queue_deleted",
-        "ready_insert",
-        "ready_delete",
-        "ready_release",
-    ):
+    for trigger in ("ready_queue_added", "ready_queue_deleted", "ready_delete", "ready_release", "mark_kept"):
         db.execute(f"DROP TRIGGER {trigger}")
     db.execute("DROP TABLE queue_ready")
+    db.execute("DELETE FROM meta WHERE key='ready_mark'")
     db.execute("PRAGMA user_version=1")
     db.close()
     with Connection(url) as conn, conn.SimpleQueue(queue) as simple:

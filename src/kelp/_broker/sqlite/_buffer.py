@@ -25,7 +25,7 @@ from kelp._broker.sqlite._ops import Shape
 from kelp._broker.sqlite._topology import Topology
 from kelp._envelope import Envelope
 
-__all__ = ["PublishBuffer", "Segment", "queues", "stage", "store"]
+__all__ = ["PublishBuffer", "Segment", "lean_row", "queues", "stage", "store"]
 
 # A run of buffered publishes: (topology version, shape, entries). Entries are bodies of ready rows of
 # that shape, or, when the shape is None, items (envelope, properties text, headers text, persistent,
@@ -68,6 +68,37 @@ def stage(topo: Topology, envelopes: Sequence[Envelope], now: float) -> tuple[St
             ttl = expiration_ms(properties) if "expiration" in properties else None
             staged.append((None, (envelope, props, headers_text, persistent, ttl, now, targets)))
     return staged, durable
+
+
+def lean_row(topo: Topology, envelope: Envelope, confirm: bool) -> _ops.Row | None:
+    """The one row of a publish that :func:`stage` would make a single ready row to be committed now
+    (persistent, or ``confirm``), with the topology version: the usual persistent publish, without the
+    staging. None for anything else (:func:`stage` then takes it)."""
+    properties = envelope.properties
+    if envelope.mandatory or "expiration" in properties:
+        return None
+    persistent = properties.get("delivery_mode") == 2
+    if not (persistent or confirm):
+        return None
+    exchange = envelope.exchange
+    if exchange and exchange not in topo.exchanges:
+        return None
+    routing_key = envelope.routing_key
+    headers = envelope.headers
+    targets, plain = topo.routed(exchange, routing_key, headers)
+    if not plain or len(targets) != 1:
+        return None
+    return (
+        targets[0],
+        0,
+        encode(properties),
+        encode(headers) if headers else "",
+        exchange,
+        routing_key,
+        1 if persistent else 0,
+        _ops.blob(envelope.body),
+        topo.version,
+    )
 
 
 def queues(staged: Staged) -> set[str]:

@@ -25,6 +25,7 @@ from kelp._broker.queue_args import (
     tag,
 )
 from kelp._broker.sqlite._codec import decode, encode
+from kelp._broker.sqlite._schema import TOMBSTONE_OWNER
 from kelp._broker.sqlite._topology import LOG_KEEP, QueueDef, Topology, binding_key, refresh_topology
 from kelp._envelope import Envelope, QueueInfo
 from kelp.exceptions import (
@@ -48,6 +49,8 @@ new_tag = tag
 # int, float, bytearray: see blob()); no headers is ''.
 _SHAPE = "queue, priority, properties, headers, exchange, routing_key, persistent"
 Shape = tuple[str, int, str, str, str, str, int]
+# A shape, a body and the topology version the row was routed at: the parameters of INSERT_IF_CURRENT.
+Row = tuple[str, int, str, str, str, str, int, bytes | bytearray, int]
 # A run of rows of one shape is stored by one statement per chunk that binds the shape once and each
 # body once: one sqlite3_step, run without the GIL, inserting in the order of the VALUES rows, which keeps
 # message ids in publish order. Power-of-two chunk sizes: a run takes one statement per 1,024 rows and at
@@ -83,9 +86,18 @@ _CLAIM = (
 
 
 _BEGIN = (
-    "SELECT value, EXISTS (SELECT 1 FROM messages WHERE expires_at <= ? AND owner IS NULL) "
+    "SELECT value, EXISTS (SELECT 1 FROM messages WHERE expires_at <= ? AND owner IS NULL), "
+    "(SELECT max(id) FROM messages) > (SELECT value FROM meta WHERE key='ready_mark') "
     "FROM meta WHERE key='topology'"
 )
+# The ready counts in arrears (see _schema._READY_COUNTS): the rows above the mark, by id range.
+_MARK_TOP = "SELECT value, (SELECT max(id) FROM messages) FROM meta WHERE key='ready_mark'"
+_ABOVE_MARK = (
+    "SELECT queue, count(*), total(length(body)) FROM messages "
+    "WHERE id > ? AND id <= ? AND owner IS NULL GROUP BY queue"
+)
+_COUNT = "UPDATE queue_ready SET count = count + ?, bytes = bytes + ? WHERE queue = ?"
+_DROP_TOMBSTONES = f"DELETE FROM messages WHERE owner = {TOMBSTONE_OWNER} AND id < ?"
 # Settling a set of ids in one statement: the ids travel as one JSON array.
 _ACK = "DELETE FROM messages WHERE id IN (SELECT value FROM json_each(?)) AND owner=?"
 _RELEASE = (
@@ -106,6 +118,7 @@ class Tx:
         "db",
         "deleted_queues",
         "dirty",
+        "inserted",
         "next_due",
         "now",
         "reloaded",
@@ -120,6 +133,7 @@ class Tx:
         self.topo: Topology = store._topo
         self.dirty = False
         self.reloaded = False
+        self.inserted = False  # rows inserted since the ready counts were last brought up to date
         self.runs: list[tuple[Shape, list[bytes | bytearray]]] = []  # rows to insert, in order
         self.touched: set[str] = set()
         self.deleted_queues: set[str] = set()
@@ -133,7 +147,9 @@ class Tx:
     def begin(self) -> None:
         """First thing in a transaction: refresh the topology, expire what is due (one query when nothing
         is: each statement is a GIL round trip for a thread committing beside a busy one)."""
-        version, expired = self.db.execute(_BEGIN, (self.now,)).fetchone()
+        version, expired, uncounted = self.db.execute(_BEGIN, (self.now,)).fetchone()
+        if uncounted:
+            fold_ready(self.db)
         self._load(version)
         if expired or self.topo.has_expiring_queues:
             tick(self)
@@ -189,6 +205,13 @@ class Tx:
             for shape, bodies in self.runs:
                 insert_run(db, shape, bodies)
             self.runs.clear()
+            self.inserted = True
+
+    def count_ready(self) -> None:
+        """Bring the ready counts up to date with the rows this transaction inserted."""
+        if self.inserted:
+            fold_ready(self.db)
+            self.inserted = False
 
 
 def _by_owner(pairs: list[tuple[int, int]]) -> list[tuple[str, int]]:
@@ -258,6 +281,18 @@ def _json(kind: str, arguments: Mapping[str, Any] | None) -> str:
 
 
 # --- counting ------------------------------------------------------------------------------------------
+
+
+def fold_ready(db: sqlite3.Connection) -> None:
+    """Count the ready rows above the ready mark into their queues' counts and move the mark to the last
+    id (see _schema._READY_COUNTS): a range of ids, so O(rows inserted since), not O(queue depth)."""
+    mark, top = db.execute(_MARK_TOP).fetchone()
+    if top is None or top <= mark:
+        return
+    counts = db.execute(_ABOVE_MARK, (mark, top)).fetchall()
+    db.executemany(_COUNT, [(count, int(size), name) for name, count, size in counts])
+    db.execute("UPDATE meta SET value=? WHERE key='ready_mark'", (top,))
+    db.execute(_DROP_TOMBSTONES, (top,))  # the row at the mark keeps the ids now
 
 
 def ready_count(tx: Tx, name: str) -> int:
@@ -363,7 +398,8 @@ def _full(args: QueueArgs, count: int, size: int) -> bool:
 
 
 def _ready_size(tx: Tx, name: str) -> tuple[int, int]:
-    """Ready messages of the queue and their bytes, as the schema's triggers keep them: O(1)."""
+    """Ready messages of the queue and their bytes, as the schema keeps them: O(1)."""
+    tx.count_ready()
     row = tx.db.execute("SELECT count, bytes FROM queue_ready WHERE queue=?", (name,)).fetchone()
     return (0, 0) if row is None else (int(row[0]), int(row[1]))
 
@@ -401,6 +437,7 @@ def enqueue(
     tx.flush_rows()
     if not args.bounded:
         tx.db.execute(_INSERT_TIMED, (*shape, body, expires))
+        tx.inserted = True
         return True
     count, size = _ready_size(tx, name)
     if _full(args, count + 1, size + len(envelope.body)):
@@ -425,6 +462,7 @@ def enqueue(
 
 
 def _insert_one(tx: Tx, shape: Shape, body: bytes | bytearray, expires: float | None) -> None:
+    tx.inserted = True
     if expires is None:
         tx.db.execute(_INSERT_RUN[1], (*shape, body))
     else:
@@ -876,6 +914,7 @@ def cancel_consumer(tx: Tx, connection_id: int, channel_id: int, consumer_tag: s
 def claim_rows(tx: Tx, connection_id: int, name: str, limit: int, no_ack: bool) -> list[Any]:
     if no_ack:
         return tx.db.execute(_CLAIM_NO_ACK, (name, limit)).fetchall()
+    tx.count_ready()  # the batch is subtracted from the counts: every row of it must be in them
     rows = tx.db.execute(_CLAIM, (connection_id, tx.now, name, limit)).fetchall()
     if rows:
         # The ready count of the queue (see _schema._READY_COUNTS), for the whole batch at once.
@@ -966,5 +1005,9 @@ def recover(tx: Tx) -> None:
     for (name,) in db.execute("SELECT name FROM exchanges WHERE durable=0").fetchall():
         _drop_exchange(tx, name)
     db.execute("DELETE FROM messages WHERE persistent=0")
-    db.execute("UPDATE messages SET owner=NULL, redelivered=1, claimed_at=NULL WHERE owner IS NOT NULL")
+    db.execute(
+        "UPDATE messages SET owner=NULL, redelivered=1, claimed_at=NULL "
+        "WHERE owner IS NOT NULL AND owner != ?",
+        (TOMBSTONE_OWNER,),
+    )
     tx.bump()

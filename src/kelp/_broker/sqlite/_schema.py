@@ -18,6 +18,7 @@ from kelp.exceptions import InconsistencyError, OperationalError, UsageError, Ve
 __all__ = [
     "APPLICATION_ID",
     "SCHEMA_VERSION",
+    "TOMBSTONE_OWNER",
     "connect",
     "ensure_schema",
     "namespace",
@@ -26,9 +27,34 @@ __all__ = [
 ]
 
 APPLICATION_ID = 0x6B656C70  # "kelp"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
-_DDL = """
+# A message's id is its rowid: SQLite gives a new row the last id + 1 (no AUTOINCREMENT, whose counter
+# would be one more page written by every commit). No id at or below the ready mark is ever given again:
+# see _READY_COUNTS.
+_MESSAGES_TABLE = """CREATE TABLE {name} (
+    id INTEGER PRIMARY KEY,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    properties TEXT NOT NULL,
+    headers TEXT,
+    exchange TEXT NOT NULL,
+    routing_key TEXT NOT NULL,
+    redelivered INTEGER NOT NULL DEFAULT 0,
+    delivery_count INTEGER NOT NULL DEFAULT 0,
+    expires_at REAL,
+    persistent INTEGER NOT NULL,
+    owner INTEGER,
+    claimed_at REAL
+)"""
+_MESSAGES_INDEXES = (
+    "CREATE INDEX messages_ready ON messages (queue, priority DESC, id) WHERE owner IS NULL",
+    "CREATE INDEX messages_owner ON messages (owner) WHERE owner IS NOT NULL",
+    "CREATE INDEX messages_expiry ON messages (expires_at) WHERE expires_at IS NOT NULL",
+)
+
+_DDL_TEMPLATE = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 INSERT INTO meta VALUES ('topology', 1);
 CREATE TABLE exchanges (
@@ -46,26 +72,7 @@ CREATE TABLE bindings (
     PRIMARY KEY (source, kind, destination, routing_key, arguments)
 ) WITHOUT ROWID;
 CREATE INDEX bindings_destination ON bindings (kind, destination);
-CREATE TABLE messages (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    queue TEXT NOT NULL,
-    priority INTEGER NOT NULL,
-    body BLOB NOT NULL,
-    properties TEXT NOT NULL,
-    headers TEXT,
-    exchange TEXT NOT NULL,
-    routing_key TEXT NOT NULL,
-    redelivered INTEGER NOT NULL DEFAULT 0,
-    delivery_count INTEGER NOT NULL DEFAULT 0,
-    expires_at REAL,
-    persistent INTEGER NOT NULL,
-    owner INTEGER,
-    claimed_at REAL
-);
-CREATE INDEX messages_ready ON messages (queue, priority DESC, id) WHERE owner IS NULL;
-CREATE INDEX messages_owner ON messages (owner) WHERE owner IS NOT NULL;
-CREATE INDEX messages_expiry ON messages (expires_at) WHERE expires_at IS NOT NULL;
-CREATE TABLE processes (
+{messages}CREATE TABLE processes (
     id INTEGER PRIMARY KEY AUTOINCREMENT, pid INTEGER NOT NULL, start_time TEXT, namespace TEXT NOT NULL,
     heartbeat_at REAL NOT NULL
 );
@@ -76,11 +83,33 @@ CREATE TABLE consumers (
 ) WITHOUT ROWID;
 CREATE INDEX consumers_queue ON consumers (queue);
 """
+_DDL = _DDL_TEMPLATE.format(
+    messages=";\n".join((_MESSAGES_TABLE.format(name="messages"), *_MESSAGES_INDEXES, ""))
+)
 
 # The ready messages of each queue, counted (with their bytes) so that get, queue_declare and length
-# limits never count a queue: O(1) in its depth. A queue's row comes and goes with the queue; triggers
-# count every insert, delete and release of its messages (rows written from outside kelp included); a
-# claim, which kelp alone makes, subtracts its whole batch in one statement (_ops.claim_rows).
+# limits never count a queue: O(1) in its depth. A queue's row comes and goes with the queue.
+#
+# Inserts are counted in arrears, not per row: the rows above the *ready mark* (meta 'ready_mark', a
+# message id) are not counted yet. Every write transaction folds them in first (_ops.fold_ready: the rows
+# above the mark, read by id range, added to their queues' counts, the mark moved to the last id), and
+# kelp's own transactions fold what they inserted before they commit. So the one-row INSERT of a
+# persistent publish writes no counter, and rows written from outside kelp are counted by the next
+# transaction all the same. The triggers count deletes and releases of rows at or below the mark (a row
+# above it is not counted yet); a claim, which kelp alone makes, folds first and subtracts its whole batch
+# in one statement (_ops.claim_rows).
+#
+# A row with the mark's id always exists: when that message is deleted, a *tombstone* takes its id (queue
+# '', owner 0: never ready, in no queue) until the mark moves past it. So the last id never drops below
+# the mark, every new row gets an id above it (counted by the next fold, never mistaken for a counted
+# one), and an id at or below it - every claimed message's: claims fold first - is never given to another
+# message: a late ack or reject of a message of a deleted queue cannot reach a new one.
+_MARK = "(SELECT value FROM meta WHERE key='ready_mark')"
+TOMBSTONE_OWNER = 0
+_TOMBSTONE = (
+    "INSERT INTO messages (id, queue, priority, body, properties, headers, exchange, routing_key, "
+    f"persistent, owner) VALUES ({{id}}, '', 0, x'', '{{{{}}}}', '', '', '', 1, {TOMBSTONE_OWNER})"
+)
 _READY_COUNTS = (
     "CREATE TABLE queue_ready (queue TEXT PRIMARY KEY, count INTEGER NOT NULL, bytes INTEGER NOT NULL) "
     "WITHOUT ROWID",
@@ -88,13 +117,26 @@ _READY_COUNTS = (
     "INSERT OR REPLACE INTO queue_ready VALUES (NEW.name, 0, 0); END",
     "CREATE TRIGGER ready_queue_deleted AFTER DELETE ON queues BEGIN "
     "DELETE FROM queue_ready WHERE queue = OLD.name; END",
-    "CREATE TRIGGER ready_insert AFTER INSERT ON messages WHEN NEW.owner IS NULL BEGIN "
-    "UPDATE queue_ready SET count = count + 1, bytes = bytes + length(NEW.body) WHERE queue = NEW.queue; END",
-    "CREATE TRIGGER ready_delete AFTER DELETE ON messages WHEN OLD.owner IS NULL BEGIN "
+    "CREATE TRIGGER ready_delete AFTER DELETE ON messages "
+    f"WHEN OLD.owner IS NULL AND OLD.id <= {_MARK} BEGIN "
     "UPDATE queue_ready SET count = count - 1, bytes = bytes - length(OLD.body) WHERE queue = OLD.queue; END",
     "CREATE TRIGGER ready_release AFTER UPDATE OF owner ON messages "
-    "WHEN OLD.owner IS NOT NULL AND NEW.owner IS NULL BEGIN "
+    f"WHEN OLD.owner IS NOT NULL AND NEW.owner IS NULL AND NEW.id <= {_MARK} BEGIN "
     "UPDATE queue_ready SET count = count + 1, bytes = bytes + length(NEW.body) WHERE queue = NEW.queue; END",
+    f"CREATE TRIGGER mark_kept AFTER DELETE ON messages WHEN OLD.id = {_MARK} BEGIN "
+    + _TOMBSTONE.format(id="OLD.id")
+    + "; END",
+)
+# Every row there is is counted (new file: none; upgrade: by schema 3's counts), and no id used before is
+# given again (the last one AUTOINCREMENT gave, kept as a tombstone if its message is gone).
+_MARK_START = (
+    "INSERT OR REPLACE INTO meta VALUES ('ready_mark', max(coalesce((SELECT max(id) FROM messages), 0), "
+    "coalesce((SELECT seq FROM sqlite_sequence WHERE name='messages'), 0)))"
+)
+_MARK_KEPT = (
+    "INSERT INTO messages (id, queue, priority, body, properties, headers, exchange, routing_key, "
+    f"persistent, owner) SELECT value, '', 0, x'', '{{}}', '', '', '', 1, {TOMBSTONE_OWNER} FROM meta "
+    "WHERE key='ready_mark' AND value > 0 ON CONFLICT DO NOTHING"
 )
 
 # Created on opening when missing, without a schema version of their own (an older kelp reading the file
@@ -121,11 +163,44 @@ _MIGRATIONS = {
         "DROP INDEX messages_claim",
         "CREATE INDEX messages_ready ON messages (queue, priority DESC, id) WHERE owner IS NULL",
     ),
+    # Schema 3 counted each insert by a trigger (as it was then; schema 4 replaces it).
     3: (
-        *_READY_COUNTS,
+        "CREATE TABLE queue_ready (queue TEXT PRIMARY KEY, count INTEGER NOT NULL, bytes INTEGER NOT NULL) "
+        "WITHOUT ROWID",
+        "CREATE TRIGGER ready_queue_added AFTER INSERT ON queues BEGIN "
+        "INSERT OR REPLACE INTO queue_ready VALUES (NEW.name, 0, 0); END",
+        "CREATE TRIGGER ready_queue_deleted AFTER DELETE ON queues BEGIN "
+        "DELETE FROM queue_ready WHERE queue = OLD.name; END",
+        "CREATE TRIGGER ready_insert AFTER INSERT ON messages WHEN NEW.owner IS NULL BEGIN "
+        "UPDATE queue_ready SET count = count + 1, bytes = bytes + length(NEW.body) WHERE queue = NEW.queue; "
+        "END",
+        "CREATE TRIGGER ready_delete AFTER DELETE ON messages WHEN OLD.owner IS NULL BEGIN "
+        "UPDATE queue_ready SET count = count - 1, bytes = bytes - length(OLD.body) WHERE queue = OLD.queue; "
+        "END",
+        "CREATE TRIGGER ready_release AFTER UPDATE OF owner ON messages "
+        "WHEN OLD.owner IS NOT NULL AND NEW.owner IS NULL BEGIN "
+        "UPDATE queue_ready SET count = count + 1, bytes = bytes + length(NEW.body) WHERE queue = NEW.queue; "
+        "END",
         "INSERT INTO queue_ready SELECT queues.name, count(messages.id), total(length(messages.body)) "
         "FROM queues LEFT JOIN messages ON messages.queue = queues.name AND messages.owner IS NULL "
         "GROUP BY queues.name",
+    ),
+    # Inserts counted in arrears, by the ready mark, and ids without AUTOINCREMENT (see _READY_COUNTS):
+    # the table copied into one without it (SQLite cannot drop it in place). The counts schema 3 kept
+    # are exact for every row there is.
+    4: (
+        "DROP TRIGGER ready_insert",
+        "DROP TRIGGER ready_delete",
+        "DROP TRIGGER ready_release",
+        _MARK_START,
+        _MESSAGES_TABLE.format(name="messages_4"),
+        "INSERT INTO messages_4 SELECT * FROM messages",
+        "DROP TABLE messages",
+        "ALTER TABLE messages_4 RENAME TO messages",
+        "DELETE FROM sqlite_sequence WHERE name='messages'",
+        *_MESSAGES_INDEXES,
+        _MARK_KEPT,
+        *_READY_COUNTS[3:],
     ),
 }
 
@@ -211,7 +286,7 @@ def ensure_schema(db: sqlite3.Connection, path: str, now: float) -> None:
             for statement in _DDL.split(";"):
                 if statement.strip():
                     db.execute(statement)
-            for statement in _READY_COUNTS:
+            for statement in (*_READY_COUNTS, _MARK_START):
                 db.execute(statement)
             db.executemany("INSERT INTO exchanges VALUES (?, ?, 1, 0, 0, '{}')", _BUILTIN_EXCHANGES)
             for statement in _ON_OPEN:

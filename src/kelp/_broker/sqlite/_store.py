@@ -94,6 +94,10 @@ REAP_IDLE = 0.5
 #: The asyncio face commits persistent publishes on the event loop's thread when that is quick: the
 #: writer free, no fsync (synchronous=normal), another process not writing, at most this many rows.
 INLINE_MAX = 64
+#: After this many one-row INSERTs (which leave the ready counts in arrears: see _schema._READY_COUNTS)
+#: a publisher brings the counts up to date itself, so that no transaction has more than a few thousand
+#: rows to count, however long this process publishes alone.
+FOLD_EVERY = 1024
 
 
 class _Busy(Exception):
@@ -190,6 +194,8 @@ class SqliteStore:
         self._buffer_lock = threading.Lock()
         self._reader_lock = threading.Lock()
         self._writer: sqlite3.Connection | None = None
+        # The writer's cursor for one-row INSERTs, kept: Connection.execute makes a cursor per call.
+        self._inserter: sqlite3.Cursor | None = None
         self._reader: sqlite3.Connection | None = None
         self._refs = 0
         self._pid = os.getpid()
@@ -218,6 +224,7 @@ class SqliteStore:
         self._checkpointer = _checkpoint.Checkpointer(path, options.synchronous)
         self._last_commit = 0.0
         self._checkpointed_at = 0.0
+        self._uncounted = 0  # rows this process inserted above the ready mark (see FOLD_EVERY)
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -252,12 +259,13 @@ class SqliteStore:
         # Checkpoints are the flusher's (see _checkpoint.py); a writer runs one only as a backstop.
         writer.execute(f"PRAGMA wal_autocheckpoint={4 * _checkpoint.WAL_LIMIT_PAGES}")
         self._writer, self._reader = writer, reader
+        self._inserter = writer.cursor()
         self._lost = None
         self._file.remember()
         try:
             self._run(self._register, plain=True)
         except BaseException:
-            self._writer = self._reader = None
+            self._writer = self._reader = self._inserter = None
             writer.close()
             reader.close()
             raise
@@ -306,7 +314,7 @@ class SqliteStore:
             self._flusher = None
             self._checkpointer.close()
             writer, reader = self._writer, self._reader
-            self._writer = self._reader = None
+            self._writer = self._reader = self._inserter = None
             for db in (reader, writer):
                 if db is not None:
                     try:
@@ -423,6 +431,7 @@ class SqliteStore:
                     tx.runs.clear()
                     db.execute("ROLLBACK TO op")
                     db.execute("RELEASE op")
+                    tx.count_ready()
                     self._check_file()
                     db.execute("COMMIT")
                     committed = True
@@ -432,6 +441,7 @@ class SqliteStore:
                     self._finish(tx)
                     raise
                 db.execute("RELEASE op")
+            tx.count_ready()
             self._check_file()
             db.execute("COMMIT")
             committed = True
@@ -703,6 +713,17 @@ class SqliteStore:
         if self._full:
             return None  # while the disk is full, each publish commits in publish(): a failure is raised
         topo = self._topo
+        if wait and len(envelopes) == 1 and not self._pending.count:
+            row = _buffer.lean_row(topo, envelopes[0], confirm)
+            if row is not None:
+                with self._lock:
+                    stored = not self._pending.count and self._insert_row(row)
+                if stored:
+                    if self._uncounted >= FOLD_EVERY:
+                        self._count_ready()
+                    return 0
+                if stored is None:
+                    return None  # the disk is full: publish() reports it, with nothing stored
         found = _buffer.stage(topo, envelopes, time.time())
         if found is None:
             return None
@@ -710,15 +731,6 @@ class SqliteStore:
         durable = durable or confirm
         if not staged:
             return 0  # unroutable and not mandatory: dropped, as a broker drops it
-        if durable and wait and len(staged) == 1 and not self._pending.count:
-            shape, body = staged[0]
-            if shape is not None:
-                with self._lock:
-                    stored = not self._pending.count and self._insert_one(shape, body, topo.version)
-                if stored:
-                    return 0
-                if stored is None:
-                    return None  # the disk is full: publish() reports it, with nothing stored
         with self._buffer_lock:
             if not durable:
                 self._last_buffer = now = time.monotonic()
@@ -774,7 +786,11 @@ class SqliteStore:
         if not self._lock.acquire(blocking):
             return False
         try:
-            if self._committed >= ticket or self._commit_one():
+            if self._committed >= ticket:
+                return True
+            if self._commit_one():
+                if self._uncounted >= FOLD_EVERY:
+                    self._count_ready()
                 return True
             if blocking:
                 self._run(_ops.nothing)
@@ -805,7 +821,7 @@ class SqliteStore:
             staged = self._staged
         version, shape, entries = segments[0]
         assert shape is not None
-        if not self._insert_one(shape, entries[0], version):
+        if not self._insert_row((*shape, entries[0], version)):
             with self._buffer_lock:
                 pending.restore(segments)
                 if first is not None and self._first_pending is None:
@@ -814,28 +830,38 @@ class SqliteStore:
         self._committed = staged
         return True
 
-    def _insert_one(self, shape: _ops.Shape, body: bytes | bytearray, version: int) -> bool | None:
-        """Store one ready row routed at topology ``version`` by one autocommitted INSERT (see
-        :meth:`_commit_one`); False, having stored nothing, if that cannot be done now, and None when the
-        disk is full. Hold the writer lock, with nothing buffered before the row."""
-        db = self._writer
-        if db is None or self._lost is not None:
+    def _insert_row(self, row: _ops.Row) -> bool | None:
+        """Store one ready row (its shape, body and the topology version it was routed at) by one
+        autocommitted INSERT (see :meth:`_commit_one`); False, having stored nothing, if that cannot be
+        done now, and None when the disk is full. Hold the writer lock, with nothing buffered before it."""
+        cursor = self._inserter
+        if cursor is None or self._lost is not None:
             return False
         self._check_file()  # never commit into a file deleted or replaced under us
         try:
-            if db.execute(_ops.INSERT_IF_CURRENT, (*shape, body, version)).rowcount != 1:
+            if cursor.execute(_ops.INSERT_IF_CURRENT, row).rowcount != 1:
                 return False
         except sqlite3.Error as exc:
             if isinstance(exc, sqlite3.OperationalError) and is_full(exc):
                 self._full = True  # send() hands this publish to publish(), which reports it unstored
                 return None
             return False  # busy, or worse: the general path retries or reports it
+        self._uncounted += 1
         self._last_commit = now = time.monotonic()
         if now - self._checkpointed_at >= _checkpoint.EVERY:
             self._wakeup.set()  # the flusher checkpoints the WAL
         if self._waiting:
-            self._wake_queues({shape[0]})
+            self._wake_queues({row[0]})
         return True
+
+    def _count_ready(self) -> None:
+        """Bring the ready counts up to date (any write transaction does, first thing). The publish that
+        calls this is committed already: a busy or failing file is left to the next operation."""
+        self._uncounted = 0
+        try:
+            self._run(_ops.nothing, once=True)
+        except (_Busy, KelpError):
+            pass
 
     def publish(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
         """Route and store the envelopes, committed before returning; return the unroutable mandatory
