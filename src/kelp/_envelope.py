@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 __all__ = ["PROPERTY_NAMES", "Delivery", "Envelope", "QueueInfo"]
@@ -52,6 +53,28 @@ class Envelope:
 
     def __repr__(self) -> str:
         return f"<Envelope {self.exchange!r}/{self.routing_key!r} {len(self.body)} bytes>"
+
+    @classmethod
+    def from_encoded(
+        cls,
+        body: bytes | str,
+        priority: int | None = None,
+        content_type: str | None = None,
+        content_encoding: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        properties: Mapping[str, Any] | None = None,
+    ) -> Envelope:
+        """An unaddressed envelope from an already-encoded body (Kombu's ``prepare_message``). Properties
+        outside AMQP's basic set are not carried, as on RabbitMQ: put extra data in ``headers``."""
+        props = {k: v for k, v in (properties or {}).items() if k in PROPERTY_NAMES and v is not None}
+        if priority is not None:
+            props["priority"] = priority
+        if content_type is not None:
+            props["content_type"] = content_type
+        if content_encoding is not None:
+            props["content_encoding"] = content_encoding
+        raw = body.encode(content_encoding or "utf-8") if isinstance(body, str) else body
+        return cls(raw, props, dict(headers or {}))
 
 
 class Delivery:

@@ -38,7 +38,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
 import kelp
 from kelp.connection import resolve_transport
 from kelp.exceptions import ChannelError, OperationalError, UsageError
-from kelp.transport.base import PROPERTY_NAMES, Delivery, Envelope, QueueInfo, TransportChannel
+from kelp.transport.base import Delivery, Envelope, QueueInfo, TransportChannel
 from kelp.transport.base import Transport as KelpTransport
 from kelp.url import URL, parse_url
 
@@ -196,15 +196,7 @@ class Channel(_kombu_base.StdChannel):
     ) -> Envelope:
         """An envelope from Kombu's already-serialized body. Properties outside AMQP's basic set are not
         carried (as on Kombu's AMQP transport): put extra data in ``headers``."""
-        props = {k: v for k, v in (properties or {}).items() if k in PROPERTY_NAMES and v is not None}
-        if priority is not None:
-            props["priority"] = priority
-        if content_type is not None:
-            props["content_type"] = content_type
-        if content_encoding is not None:
-            props["content_encoding"] = content_encoding
-        raw = body.encode(content_encoding or "utf-8") if isinstance(body, str) else body
-        return Envelope(raw, props, dict(headers or {}))
+        return Envelope.from_encoded(body, priority, content_type, content_encoding, headers, properties)
 
     def basic_publish(
         self,

@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import quote
 
-from kelp._envelope import PROPERTY_NAMES, Delivery, Envelope, QueueInfo
+from kelp._envelope import Delivery, Envelope, QueueInfo
 from kelp.aio._backend import maybe_await, monotonic, sleep
 from kelp.aio.message import Message
 from kelp.aio.transport.base import Transport, TransportChannel
@@ -320,15 +320,7 @@ class Channel:
         properties: Mapping[str, Any] | None = None,
     ) -> Envelope:
         """An envelope for :meth:`basic_publish` from an already-encoded body."""
-        props = {k: v for k, v in (properties or {}).items() if k in PROPERTY_NAMES and v is not None}
-        if priority is not None:
-            props["priority"] = priority
-        if content_type is not None:
-            props["content_type"] = content_type
-        if content_encoding is not None:
-            props["content_encoding"] = content_encoding
-        raw = body.encode(content_encoding or "utf-8") if isinstance(body, str) else body
-        return Envelope(raw, props, dict(headers or {}))
+        return Envelope.from_encoded(body, priority, content_type, content_encoding, headers, properties)
 
     async def basic_publish(
         self,
