@@ -11,8 +11,8 @@ runs from the first send to the last result, after a warm-up of 200 tasks. Rows:
 
 - ``kombu-redis`` — Kombu's Redis transport (``redis://``); ``kelp-redis`` — ``kelp+redis://``
 - ``kombu-amqp``  — Kombu's py-amqp transport (``amqp://``); ``kelp-amqp``  — ``kelp+amqp://``, whose
-  publishes wait for RabbitMQ's confirm; ``kelp-amqp-noconfirm`` — ``?confirm_publish=false``, Kombu's
-  own default (no publisher confirms)
+  publishes are confirmed, pipelined (kelp's delivery model); ``kelp-amqp-noconfirm`` — ``?confirms=false``,
+  Kombu's own default (no publisher confirms)
 - ``kelp-sqlite`` — ``kelp+sqlite:///`` on a file of its own (no server)
 
 Ratios: kelp-redis / kombu-redis, kelp-amqp (and -noconfirm) / kombu-amqp, kelp-sqlite / kombu-redis.
@@ -73,7 +73,7 @@ def broker_urls(args: argparse.Namespace, tmp: str) -> dict[str, str]:
         "kelp-redis": f"kelp+{args.redis_url}{sep}prefix=bench-{uuid.uuid4().hex[:6]}",
         "kombu-amqp": args.amqp_url,
         "kelp-amqp": f"kelp+{args.amqp_url}",
-        "kelp-amqp-noconfirm": f"kelp+{args.amqp_url}{amqp_sep}confirm_publish=false",
+        "kelp-amqp-noconfirm": f"kelp+{args.amqp_url}{amqp_sep}confirms=false",
         "kelp-sqlite": f"kelp+sqlite:///{tmp}/bench-{uuid.uuid4().hex[:6]}.db",
     }
 
