@@ -30,10 +30,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from opentelemetry import context, propagate, trace
-from opentelemetry.metrics import MeterProvider, get_meter
-from opentelemetry.propagators.textmap import Getter
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode, TracerProvider
+try:
+    from opentelemetry import context, propagate, trace
+    from opentelemetry.metrics import MeterProvider, get_meter
+    from opentelemetry.propagators.textmap import Getter
+    from opentelemetry.trace import Link, SpanKind, Status, StatusCode, TracerProvider
+except ImportError as exc:  # pragma: no cover - only without the extra
+    raise ImportError("kelp.otel needs OpenTelemetry: pip install 'kelp[otel]'") from exc
 
 from kelp import _observe
 from kelp._envelope import Envelope
