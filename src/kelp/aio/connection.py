@@ -652,8 +652,6 @@ class Connection:
         """
         if self.connected:
             return self
-        if self._transport is not None:  # lost: keep what it had not had confirmed, then let it go
-            await self._discard_transport()
         deadline = None if timeout is None else monotonic() + timeout
         for attempt, interval in enumerate(_intervals(interval_start, interval_step, interval_max)):
             try:

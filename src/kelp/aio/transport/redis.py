@@ -168,14 +168,7 @@ def _mapped() -> Iterator[None]:
 
 
 def _positive(query: Mapping[str, Any], options: Mapping[str, Any], name: str, default: int) -> int:
-    raw = query.get(name, options.get(name, default))
-    try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        value = 0
-    if value <= 0:
-        raise UsageError(f"redis:// {name} must be a positive integer, not {raw!r}")
-    return value
+    return integer_option("redis", name, query.get(name, options.get(name, default)), 1, 2**62)
 
 
 def _flag(value: bool) -> str:
