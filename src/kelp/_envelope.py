@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-__all__ = ["PROPERTY_NAMES", "Delivery", "Envelope", "QueueInfo"]
+__all__ = ["PROPERTY_NAMES", "Delivery", "Envelope", "QueueInfo", "QueueStats"]
 
 #: The AMQP 0-9-1 basic properties a message carries besides its headers, in wire order.
 PROPERTY_NAMES = (
@@ -29,11 +29,14 @@ class Envelope:
     """A message on its way to an exchange: the encoded body, its properties and its address.
 
     ``properties`` holds the AMQP basic properties (never ``headers``); ``expiration`` is a string of
-    milliseconds as in AMQP. Envelopes are treated as immutable once published: brokers kelp runs itself
-    share one envelope among the queues a message was routed to.
+    milliseconds as in AMQP. ``due`` is the wall-clock time (seconds since the epoch) before which the
+    message must not become ready in any queue (a delayed message), or None to deliver it at once; a
+    delayed message always has a ``message_id``, the id that cancels it. Envelopes are treated as
+    immutable once published: brokers kelp runs itself share one envelope among the queues a message was
+    routed to.
     """
 
-    __slots__ = ("body", "exchange", "headers", "mandatory", "properties", "routing_key")
+    __slots__ = ("body", "due", "exchange", "headers", "mandatory", "properties", "routing_key")
 
     def __init__(
         self,
@@ -43,8 +46,10 @@ class Envelope:
         exchange: str = "",
         routing_key: str = "",
         mandatory: bool = False,
+        due: float | None = None,
     ) -> None:
         self.body = body
+        self.due = due
         self.properties = properties
         self.headers = headers
         self.exchange = exchange
@@ -127,3 +132,34 @@ class QueueInfo(NamedTuple):
     queue: str
     message_count: int
     consumer_count: int
+
+
+class QueueStats(tuple[str, int, int, int]):
+    """One queue's counts for ``Transport.queue_stats``: unpacks as ``(queue, ready, unacked, consumers)``
+    (the shape older callers read) and carries ``delayed``, the messages held until their due time."""
+
+    delayed: int
+
+    def __new__(cls, queue: str, ready: int, unacked: int, consumers: int, delayed: int = 0) -> QueueStats:
+        self = super().__new__(cls, (queue, ready, unacked, consumers))
+        self.delayed = delayed
+        return self
+
+    def __repr__(self) -> str:
+        return f"QueueStats{(*self, self.delayed)!r}"
+
+    @property
+    def queue(self) -> str:
+        return self[0]
+
+    @property
+    def ready(self) -> int:
+        return self[1]
+
+    @property
+    def unacked(self) -> int:
+        return self[2]
+
+    @property
+    def consumers(self) -> int:
+        return self[3]

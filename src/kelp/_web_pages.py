@@ -27,6 +27,7 @@ async function poll() {
       const row = document.querySelector(`tr[data-queue="${CSS.escape(q.name)}"]`);
       if (!row) { location.reload(); return; }
       for (const key of ['ready', 'unacked', 'consumers']) row.querySelector(`.${key}`).textContent = q[key];
+      row.querySelector('.delayed').textContent = q.delayed ?? '-';
       const before = last && last.queues.find(p => p.name === q.name);
       if (before) {
         const dt = data.time - last.time;
@@ -65,13 +66,15 @@ def render_index(
         f"<tr data-queue='{_e(q['name'])}'><td><a href='/queues/{_e(quote(q['name'], safe=''))}'>"
         f"{_e(q['name'])}</a></td><td class='n ready'>{q['ready']}</td>"
         f"<td class='n unacked'>{q['unacked']}</td>"
-        f"<td class='n consumers'>{q['consumers']}</td><td class='n ready-rate'></td>"
+        f"<td class='n consumers'>{q['consumers']}</td>"
+        f"<td class='n delayed'>{'-' if q.get('delayed') is None else q['delayed']}</td>"
+        "<td class='n ready-rate'></td>"
         f"<td class='n unacked-rate'></td></tr>"
         for q in queues
     )
     parts.append(
         "<h2>Queues</h2><table id='queues'><tr><th>queue</th><th>ready</th><th>unacked</th>"
-        f"<th>consumers</th><th>ready Δ/s</th><th>unacked Δ/s</th></tr>{rows}</table>"
+        f"<th>consumers</th><th>delayed</th><th>ready Δ/s</th><th>unacked Δ/s</th></tr>{rows}</table>"
         "<p class='note'>updated <span id='updated'>when rendered</span>; Δ/s is the net change per "
         "second of each count. Open a queue to browse its messages and dead letters.</p>"
     )
@@ -138,9 +141,13 @@ def render_metrics(queues: Sequence[dict[str, Any]]) -> str:
         ("ready", "kelp_queue_messages_ready", "Messages ready in the queue"),
         ("unacked", "kelp_queue_messages_unacked", "Messages delivered and not yet settled"),
         ("consumers", "kelp_queue_consumers", "Consumers of the queue"),
+        ("delayed", "kelp_queue_messages_delayed", "Messages held until their due time"),
     ):
+        known = [q for q in queues if q.get(key) is not None]
+        if key == "delayed" and not known:  # a broker that cannot count them (RabbitMQ)
+            continue
         lines += [f"# HELP {metric} {text}", f"# TYPE {metric} gauge"]
-        lines += [f'{metric}{{queue="{_label(q["name"])}"}} {q[key]}' for q in queues]
+        lines += [f'{metric}{{queue="{_label(q["name"])}"}} {q[key]}' for q in known]
     return "\n".join(lines) + "\n"
 
 

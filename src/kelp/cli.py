@@ -143,7 +143,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
             auto_declare=False,
             on_return=lambda exc, exchange, key, message: returned.append(str(exc)),
         )
-        producer.publish(
+        message_id = producer.publish(
             body,
             exchange=args.exchange,
             routing_key=args.routing_key,
@@ -152,11 +152,14 @@ def cmd_publish(args: argparse.Namespace) -> int:
             content_type=args.content_type,
             serializer=args.serializer,
             mandatory=True,
+            countdown=args.delay,
         )
     for reason in returned:
         print(f"kelp: warning: {reason}; it was dropped", file=sys.stderr)
     where = f"exchange {args.exchange!r}" if args.exchange else "the default exchange"
     print(f"published to {where} with routing key {args.routing_key!r} ({args.delivery_mode})")
+    if args.delay:
+        print(f"  delayed {args.delay:g} s; message id {message_id} (cancels it)")
     return 0
 
 
@@ -228,7 +231,8 @@ def cmd_queues(args: argparse.Namespace) -> int:
             if not transport.native_routing:
                 raise CommandError(str(exc)) from None
             stats = [tuple(q.values()) for q in _management(args).queues()]
-    _table(sorted(stats), ("name", "ready", "unacked", "consumers"))
+    rows = [(*row[:4], getattr(row, "delayed", "-")) for row in sorted(stats)]
+    _table(rows, ("name", "ready", "unacked", "consumers", "delayed"))
     return 0
 
 
@@ -389,6 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--exchange", default="", help="exchange name (default: the default exchange)")
     sub.add_argument("--routing-key", default="", help="routing key (for the default exchange: the queue)")
     sub.add_argument("--header", action="append", type=_key_value, default=[], metavar="KEY=VALUE")
+    sub.add_argument(
+        "--delay", type=float, metavar="SECONDS", help="hold the message in the broker this long first"
+    )
     _mode_options(sub)
     encoding = sub.add_mutually_exclusive_group()
     encoding.add_argument("--content-type", help="send BODY as is, with this content type")

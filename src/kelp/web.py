@@ -85,15 +85,22 @@ class Inspector:
     # --- reading ---------------------------------------------------------------------------------------
 
     def queues(self) -> list[dict[str, Any]]:
-        """Every queue: name, ready, unacked, consumers (sorted by name)."""
+        """Every queue: name, ready, unacked, consumers, delayed (sorted by name; delayed is None where the
+        broker cannot say, as RabbitMQ)."""
         if self.native:
             return self._management_queues()
         with self._connected() as connection:
             assert connection.transport is not None
             rows = connection.transport.queue_stats()
         return [
-            {"name": name, "ready": ready, "unacked": unacked, "consumers": consumers}
-            for name, ready, unacked, consumers in sorted(rows)
+            {
+                "name": row[0],
+                "ready": row[1],
+                "unacked": row[2],
+                "consumers": row[3],
+                "delayed": getattr(row, "delayed", None),
+            }
+            for row in sorted(rows)
         ]
 
     def bindings(self) -> list[dict[str, Any]]:
@@ -173,6 +180,7 @@ class Inspector:
                 "ready": int(row.get("messages_ready") or 0),
                 "unacked": int(row.get("messages_unacknowledged") or 0),
                 "consumers": int(row.get("consumers") or 0),
+                "delayed": None,
             }
             for row in sorted(self._management("queues"), key=lambda row: str(row.get("name", "")))
         ]

@@ -8,14 +8,22 @@ broker's answer unless ``confirm_publish`` is set; ``Producer.flush`` is the bar
 earlier publish and raises ``MessageNacked`` for refused ones; a lost connection's unconfirmed messages are
 published again after the reconnect (at-least-once).
 
+A message published with ``countdown`` or ``eta`` is delayed: routed at once (the bindings of that moment
+choose its queues), held by the broker and made ready in each queue at its due time, never earlier; until
+then no consumer or ``get`` sees it and it takes no prefetch slot. ``publish`` returns its message id, which
+:meth:`Producer.cancel_delayed` takes to withdraw it before it is due (docs/concepts.md).
+
 ``Consumer`` subscribes to queues and runs callbacks for each message as the connection drains events; the
 callback decides: ``ack``, ``reject`` or ``requeue``.
 """
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import logging
+import math
+import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -176,9 +184,15 @@ class Producer:
         exchange: Exchange | str | None = None,
         expiration: float | None = None,
         reply_to: str | Queue | None = None,
+        countdown: float | None = None,
+        eta: datetime.datetime | None = None,
         **properties: Any,
     ) -> Envelope:
-        """Encode and address one message without sending it (what :meth:`publish` sends)."""
+        """Encode and address one message without sending it (what :meth:`publish` sends).
+
+        ``countdown`` (seconds) or ``eta`` (an aware datetime) makes it a delayed message: the due time
+        is fixed here, on this machine's wall clock, and a message id is generated if none was given."""
+        due = due_time(countdown, eta)
         if content_type is None:
             content_type, content_encoding, payload = dumps(body, serializer or self.serializer)
         elif isinstance(body, str):
@@ -227,6 +241,8 @@ class Producer:
                 logger.warning("publish ignores properties AMQP does not have: %s", sorted(unknown))
                 for key in unknown:
                     del props[key]
+        if due is not None and not props.get("message_id"):
+            props["message_id"] = uuid.uuid4().hex
         return Envelope(
             payload,
             props,
@@ -234,6 +250,7 @@ class Producer:
             exchange_name,
             self.routing_key if routing_key is None else routing_key,
             mandatory,
+            due,
         )
 
     async def publish(
@@ -256,9 +273,11 @@ class Producer:
         expiration: float | None = None,
         timeout: float | None = None,
         confirm_timeout: float | None = None,
+        countdown: float | None = None,
+        eta: datetime.datetime | None = None,
         **properties: Any,
-    ) -> None:
-        """Publish one message.
+    ) -> str | None:
+        """Publish one message; return its message id (None for an immediate message given none).
 
         ``body`` is serialized with ``serializer`` (default json; bytes and str pass through raw unless
         ``content_type`` is given, which means "already encoded"). ``delivery_mode`` is ``'persistent'``
@@ -272,6 +291,14 @@ class Producer:
         the message is ``mandatory``): call :meth:`flush` for that. Raises MessageNacked if the broker
         refused this message or an earlier one of the connection and that is known by now; waits when the
         connection's outbox of unconfirmed messages is full.
+
+        ``countdown`` (seconds from now, >= 0) or ``eta`` (an aware datetime; not both) delays the message:
+        it is routed now and becomes ready in each of its queues no earlier than its due time (a due time
+        already past means now). Until then it is invisible to consumers and ``get``, takes no prefetch
+        slot, and its TTL (``expiration`` or the queue's) has not started. A persistent delayed message
+        survives what a ready one survives. The returned id (``message_id``, generated when not given)
+        cancels it with :meth:`cancel_delayed`. A transport that cannot delay raises UsageError rather
+        than deliver early.
         """
         envelope = self.prepare(
             body,
@@ -286,18 +313,33 @@ class Producer:
             compression,
             exchange,
             expiration,
+            countdown=countdown,
+            eta=eta,
             **properties,
         )
         if retry:
             await self.connection.ensure(self, self._publish, **dict(retry_policy or {}))(envelope, declare)
         else:
             await self._publish_batch((envelope,), declare)
+        message_id: str | None = envelope.properties.get("message_id")
+        return message_id
 
     async def publish_many(
         self, envelopes: Iterable[Envelope], declare: Sequence[Exchange | Queue] | None = None
     ) -> None:
-        """Publish envelopes made by :meth:`prepare` in one batch (one round trip where possible)."""
+        """Publish envelopes made by :meth:`prepare` in one batch (one round trip where possible); delayed
+        ones (made with ``countdown`` or ``eta``) are held as :meth:`publish` holds them."""
         await self._publish_batch(list(envelopes), declare)
+
+    async def cancel_delayed(self, message_id: str) -> int:
+        """Withdraw the delayed message ``message_id`` (what :meth:`publish` returned) from every queue
+        that still holds it undelivered; return how many queues did (0: it was already due, cancelled, or
+        never delayed). A message already ready is not touched. Raises UsageError on a transport that
+        cannot cancel (amqp: RabbitMQ keeps no index of held messages)."""
+        if not isinstance(message_id, str) or not message_id:
+            raise UsageError(f"cancel_delayed needs the message id publish returned, not {message_id!r}")
+        channel = await self._source.get()
+        return await channel.transport_channel.cancel_delayed(message_id)
 
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until every message published on this producer's connection is confirmed by the broker;
@@ -313,6 +355,9 @@ class Producer:
         channel = await self._source.get()
         if not self._declared:
             await self._maybe_declare_exchange()
+        transport = channel.connection.transport
+        if not transport.implements.get("delayed_delivery") and any(e.due is not None for e in envelopes):
+            raise UsageError(f"the {transport.url.transport}:// transport cannot hold delayed messages")
         if declare:
             declared = channel.connection.declared_entities
             for entity in declare:
@@ -367,6 +412,31 @@ class Producer:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+
+def due_time(countdown: float | None, eta: datetime.datetime | None) -> float | None:
+    """The wall-clock due time of a message published with ``countdown`` or ``eta`` (None when neither is
+    given or the time is already past: deliver now); UsageError for a bad value."""
+    if countdown is None and eta is None:
+        return None
+    if countdown is not None and eta is not None:
+        raise UsageError("give countdown or eta, not both")
+    now = time.time()
+    if countdown is None:
+        if eta is None:
+            return None
+        if not isinstance(eta, datetime.datetime):
+            raise UsageError(f"eta must be a datetime, not {eta!r}")
+        if eta.utcoffset() is None:
+            raise UsageError(f"eta must be an aware datetime (with a timezone), not the naive {eta!r}")
+        due = eta.timestamp()
+    else:
+        if not isinstance(countdown, int | float) or isinstance(countdown, bool):
+            raise UsageError(f"countdown must be a number of seconds, not {countdown!r}")
+        if not countdown >= 0 or not math.isfinite(countdown):
+            raise UsageError(f"countdown must be >= 0 seconds, not {countdown!r}")
+        due = now + countdown
+    return due if due > now else None
 
 
 _PROPERTY_ALIASES = {"type_": "type"}

@@ -19,8 +19,8 @@ import importlib.metadata
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from kelp._envelope import PROPERTY_NAMES, Delivery, Envelope, QueueInfo
-from kelp.exceptions import ChannelError, ConsumerCancelled, InvalidURL, OperationalError
+from kelp._envelope import PROPERTY_NAMES, Delivery, Envelope, QueueInfo, QueueStats
+from kelp.exceptions import ChannelError, ConsumerCancelled, InvalidURL, OperationalError, UsageError
 from kelp.url import URL
 
 # The plain data that crosses this interface is public here, for transports and hosts outside kelp.
@@ -29,6 +29,7 @@ __all__ = [
     "Delivery",
     "Envelope",
     "QueueInfo",
+    "QueueStats",
     "Transport",
     "TransportChannel",
     "queue_deleted",
@@ -113,6 +114,11 @@ class TransportChannel(abc.ABC):
         Returns the mandatory envelopes that no queue took. Raises MessageNacked when the broker refused a
         message of this batch (a full queue with ``reject-publish``, a negative confirm) or of an earlier
         pipelined one.
+
+        An envelope with a ``due`` time is delayed: routed now, and made ready in each queue no earlier
+        than ``due`` (wall clock), in due-time then publish order; its TTL starts at ``due``. Only a
+        transport whose ``implements.delayed_delivery`` is true receives one (the library refuses the
+        publish otherwise); it must never deliver such a message early.
         """
 
     @abc.abstractmethod
@@ -148,10 +154,16 @@ class TransportChannel(abc.ABC):
     def close(self) -> None:
         """Close the channel; its unacked deliveries return to their queues, flagged redelivered."""
 
+    def cancel_delayed(self, message_id: str) -> int:
+        """Drop the delayed message ``message_id`` from every queue still holding it (not yet due);
+        return how many copies were dropped. Transports that cannot find a held message refuse."""
+        raise UsageError(f"{type(self).__name__} cannot cancel delayed messages")
+
 
 class Implements(dict[str, Any]):
     """What a transport supports, readable as attributes (Kombu's ``transport.implements``):
-    ``exchange_type`` (the exchange types it routes), ``heartbeats``, ``asynchronous``, ``batch_publish``."""
+    ``exchange_type`` (the exchange types it routes), ``heartbeats``, ``asynchronous``, ``batch_publish``,
+    ``delayed_delivery`` (it holds messages published with a due time)."""
 
     def __getattr__(self, key: str) -> Any:
         try:
@@ -181,6 +193,7 @@ DEFAULT_IMPLEMENTS = Implements(
     batch_publish=True,
     exchange_type=frozenset({"direct", "topic", "fanout", "headers"}),
     heartbeats=False,
+    delayed_delivery=False,
 )
 
 
@@ -265,7 +278,8 @@ class Transport(abc.ABC):
         return {"transport": self.url.transport, "url": self.url.as_uri()}
 
     def queue_stats(self) -> list[tuple[str, int, int, int]]:
-        """``(queue, ready, unacked, consumers)`` for every queue the transport can see (for the CLI)."""
+        """``(queue, ready, unacked, consumers)`` for every queue the transport can see (for the CLI), each
+        a :class:`QueueStats` that also carries ``delayed`` (messages held until their due time)."""
         raise NotImplementedError(f"{type(self).__name__} cannot list queues")
 
     def list_bindings(self) -> list[tuple[str, str, str, str, dict[str, Any]]]:
