@@ -71,18 +71,38 @@ class Capabilities:
 
     ``shared_server``: every test talks to one long-lived broker, so the entities a test named through
     ``names`` are deleted (best effort) when it ends.
+
+    Delayed messages: ``delay_slack`` is how late (seconds) one may become ready under test load;
+    ``delay_step`` the smallest gap between due times whose order the transport keeps;
+    ``cancels_delayed``, ``counts_delayed`` (in ``queue_stats``) and ``delayed_expiration`` (a
+    per-message ``expiration`` on a delayed message) say what it supports.
     """
 
     name: str
     refusal_raises: bool = True
     shared_server: bool = False
+    delay_slack: float = 0.5
+    delay_step: float = 0.3
+    cancels_delayed: bool = True
+    counts_delayed: bool = True
+    delayed_expiration: bool = True
 
 
 CAPABILITIES: dict[str, Capabilities] = {
     "memory": Capabilities("memory"),
     "sqlite": Capabilities("sqlite"),
     "redis": Capabilities("redis", refusal_raises=False),  # pipelined: the next publish/flush raises
-    "amqp": Capabilities("amqp", refusal_raises=False, shared_server=True),
+    # amqp: TTL tiers of 1/8 s steps (docs/concepts.md); RabbitMQ keeps no index to cancel or count.
+    "amqp": Capabilities(
+        "amqp",
+        refusal_raises=False,
+        shared_server=True,
+        delay_slack=1.0,
+        delay_step=0.5,
+        cancels_delayed=False,
+        counts_delayed=False,
+        delayed_expiration=False,
+    ),
 }
 
 

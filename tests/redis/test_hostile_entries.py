@@ -200,7 +200,22 @@ def test_non_json_meta_sent_to_the_script_is_dead_lettered(redis_url: str, raw: 
     _setup(redis_url, dlx=True)
     # A foreign client calls the script's publish itself: exchange '', key 'work', meta not kelp's.
     raw.evalsha(
-        SHA, 1, f"{{{_prefix(redis_url)}}}:", "publish", 1, "", "work", "", "", 0, "", b"bad", b"{", ""
+        SHA,
+        1,
+        f"{{{_prefix(redis_url)}}}:",
+        "publish",
+        1,
+        "",
+        "work",
+        "",
+        "",
+        0,
+        "",
+        b"bad",
+        b"{",
+        "",
+        "",
+        "",
     )
     _publish(redis_url, "after")
     with Connection(redis_url) as conn:

@@ -41,7 +41,12 @@ What happens to a message:
   not block the event loop that long.
 * **prefetch** is honoured exactly: a claim never reads more than the consumers' free windows.
 * **drain** waits with a bounded ``XREAD BLOCK`` on the consumed streams (never more than half a second
-  per call), so timeouts are respected and the async API never blocks its event loop.
+  per call, and never past the next time something becomes due), so timeouts are respected and the async
+  API never blocks its event loop.
+* **delayed** messages (``countdown``/``eta``) are routed at publish and held per queue in a sorted set by
+  due time; the script moves them to the queue's streams when a claim, get or heartbeat finds them due
+  (a draining connection wakes for the next due time), so they are never delivered early and cost no
+  prefetch slot. ``cancel_delayed`` removes them by message id. They persist as the rest of the data.
 """
 
 from __future__ import annotations
@@ -81,7 +86,7 @@ from kelp._broker.redis.script import FUNCTION, LIBRARY, SHA, SOURCE
 from kelp._broker.redis.ticker import ThreadLinger as Linger
 from kelp._broker.redis.ticker import ThreadTicker as Ticker
 from kelp._broker.redis.wire import ThreadWire as Wire
-from kelp._envelope import Delivery, Envelope, QueueInfo
+from kelp._envelope import Delivery, Envelope, QueueInfo, QueueStats
 from kelp._options import integer_option, seconds_option
 from kelp.exceptions import (
     AccessRefused,
@@ -116,6 +121,8 @@ WAIT_CAP = 0.5
 ACK_BATCH = 512
 #: Envelopes per script call in a published batch (all calls of a batch share one round trip).
 PUBLISH_CHUNK = 500
+#: The script arguments of one published envelope (see lua_ops: publish).
+PUBLISH_ARGS = 11
 #: Transient publishes buffered before the publisher writes them itself.
 PUBLISH_BATCH = 256
 #: Seconds a transient publish waits in the buffer at most when the publisher pauses.
@@ -216,7 +223,7 @@ def _dead_letter_args(entry: list[Any], now: float) -> tuple[Any, ...]:
     )
     if result is None:
         # A dead-letter cycle: RabbitMQ drops the message; "x" removes it from the outbox only.
-        return ("", "", "", "x", 0, "", b"", b"", entry_id)
+        return ("", "", "", "x", 0, "", b"", b"", entry_id, "", "")
     new_headers, new_properties = result
     target = _text(exchange)
     target_key = _text(key) if has_key else routing_key
@@ -231,6 +238,8 @@ def _dead_letter_args(entry: list[Any], now: float) -> tuple[Any, ...]:
         body,
         encode_meta(new_properties, new_headers, target, target_key),
         entry_id,
+        "",
+        "",
     )
 
 
@@ -487,6 +496,10 @@ class RedisChannel(TransportChannel):
             raise PreconditionFailed(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}")
         return [item]
 
+    def cancel_delayed(self, message_id: str) -> int:
+        # Sent after this connection's earlier publishes on the same pipe, so it finds them.
+        return int(self._transport.call("dcancel", message_id))
+
     def close(self) -> None:
         transport = self._transport
         if transport.forget_channel(self) and transport.is_connected:
@@ -510,7 +523,7 @@ class RedisTransport(Transport):
 
     driver_type: ClassVar[str] = "redis"
     driver_name: ClassVar[str] = "redis"
-    implements: ClassVar[Implements] = DEFAULT_IMPLEMENTS.extend(heartbeats=True)
+    implements: ClassVar[Implements] = DEFAULT_IMPLEMENTS.extend(heartbeats=True, delayed_delivery=True)
 
     def driver_version(self) -> str:
         return package_version("redis")
@@ -558,6 +571,8 @@ class RedisTransport(Transport):
         self._acks: dict[str, list[bytes]] = {}
         self.pending_acks = 0
         self._signal = Signal()
+        #: When the script last said something becomes due (monotonic), for drain's wait.
+        self._next_sweep: float | None = None
         self._ticker: Ticker | None = None
         # (channel id, consumer tag, queue) of consumers whose queue was deleted, not yet reported
         self._cancelled: list[tuple[int, str, str]] = []
@@ -794,7 +809,7 @@ class RedisTransport(Transport):
                 "opub",
                 self.connection_id,
                 len(chunk),
-                *args[i * 9 : (i + len(chunk)) * 9],
+                *args[i * PUBLISH_ARGS : (i + len(chunk)) * PUBLISH_ARGS],
             )
             commands.append((packed, slot))
         return commands
@@ -923,6 +938,8 @@ class RedisTransport(Transport):
                 envelope.body,
                 encode_meta(properties, envelope.headers, envelope.exchange, envelope.routing_key),
                 "",
+                "" if envelope.due is None else int(envelope.due * 1000),
+                "" if envelope.due is None else properties.get("message_id") or "",
             )
         if transient and not wait:
             with self._buffer_lock:
@@ -953,7 +970,12 @@ class RedisTransport(Transport):
         own = [
             (
                 pipe.wire.pack(
-                    *self._script, 1, self._key, "publish", len(chunk), *args[i * 9 : (i + len(chunk)) * 9]
+                    *self._script,
+                    1,
+                    self._key,
+                    "publish",
+                    len(chunk),
+                    *args[i * PUBLISH_ARGS : (i + len(chunk)) * PUBLISH_ARGS],
                 ),
                 Slot(CALL, chunk),
             )
@@ -1008,7 +1030,7 @@ class RedisTransport(Transport):
                 except Exception:
                     # Whatever is wrong with it, one entry never blocks the outbox: "x" removes it.
                     logger.exception("kelp: dropped an unreadable dead letter %r from the outbox", entry[0])
-                    args += ("", "", "", "x", 0, "", b"", b"", entry[0])
+                    args += ("", "", "", "x", 0, "", b"", b"", entry[0], "", "")
                 count += 1
             self._call_unbuffered("publish", count, *args)
 
@@ -1035,6 +1057,10 @@ class RedisTransport(Transport):
             if remaining is not None and remaining <= 0:
                 raise TimeoutError("no message arrived within the timeout")
             wait = WAIT_CAP if remaining is None else min(remaining, WAIT_CAP)
+            if self._next_sweep is not None:
+                # Something becomes due (a delayed message, an expiry): claim again then, not later.
+                wait = max(0.0, min(wait, self._next_sweep - monotonic()))
+                self._next_sweep = None
             if watch:
                 streams = dict(zip(watch[0::2], watch[1::2]))  # a queue consumed twice is watched once
                 keys, ids = list(streams), list(streams.values())
@@ -1071,7 +1097,10 @@ class RedisTransport(Transport):
         while i < end:
             item = result[i]
             if item == b"watch":
-                watch = result[i + 1 :]
+                next_ms = int(result[i + 1])
+                if next_ms >= 0:
+                    self._next_sweep = monotonic() + next_ms / 1000
+                watch = result[i + 2 :]
                 break
             if item == b"gone":  # the queue was deleted: cancel the consumer, as RabbitMQ's basic.cancel
                 channel, consumer, _ = specs[int(result[i + 1])]
@@ -1161,7 +1190,8 @@ class RedisTransport(Transport):
     def queue_stats(self) -> list[tuple[str, int, int, int]]:
         raw = self.call("stats")
         return [
-            (_text(raw[i]), int(raw[i + 1]), int(raw[i + 2]), int(raw[i + 3])) for i in range(0, len(raw), 4)
+            QueueStats(_text(raw[i]), int(raw[i + 1]), int(raw[i + 2]), int(raw[i + 3]), int(raw[i + 4]))
+            for i in range(0, len(raw), 5)
         ]
 
     def list_bindings(self) -> list[tuple[str, str, str, str, dict[str, Any]]]:
