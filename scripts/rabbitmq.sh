@@ -12,7 +12,8 @@
 #   scripts/rabbitmq.sh restart [DIR] stop, then start the same node on the same ports with the same data
 #                                     (durable queues and persistent messages survive)
 #
-# The node listens on 127.0.0.1 only (AMQP and Erlang distribution), with no plugins; the guest user may
+# The node listens on 127.0.0.1 only (AMQP and Erlang distribution), with no plugins but the delayed-message
+# exchange when the installation ships it; the guest user may
 # connect from loopback. A second `start` with the same DIR reuses the node's ports and data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -87,7 +88,14 @@ start() {
 listeners.tcp.default = 127.0.0.1:$port
 loopback_users.guest = true
 EOF
-        echo '[].' >"$DIR/enabled_plugins"
+        # Delayed delivery uses rabbitmq_delayed_message_exchange when the installed RabbitMQ ships it
+        # (Debian's does not: kelp's TTL tiers are what its tests then exercise).
+        if compgen -G "/usr/lib/rabbitmq/lib/rabbitmq_server-*/plugins/rabbitmq_delayed_message_exchange*" \
+            >/dev/null; then
+            echo '[rabbitmq_delayed_message_exchange].' >"$DIR/enabled_plugins"
+        else
+            echo '[].' >"$DIR/enabled_plugins"
+        fi
         chown -R rabbitmq:rabbitmq "$DIR" 2>/dev/null || true
         if ! epmd_running; then
             epmd -address 127.0.0.1 -daemon

@@ -14,6 +14,10 @@ connection, default 60), ``frame_max``, ``channel_max``.
 
 What happens to a message:
 
+* **delayed** (``countdown``/``eta``): RabbitMQ holds it, with the delayed-message plugin when the node has
+  it, otherwise in kelp's TTL tier queues (:mod:`kelp.transport._amqp_delay`); it is routed when due,
+  never early, late by at most about 1/8 s on the tiers. It cannot be cancelled or counted per queue.
+
 * **publish** writes a whole batch in one write and, by default, returns without waiting for the broker's
   confirms (they are pipelined). A persistent message has left the process when it returns: the kernel has
   sent its bytes (not merely queued them) and the confirms that had arrived were read (a process killed
@@ -80,6 +84,7 @@ from kelp.exceptions import (
     UsageError,
     channel_error_for,
 )
+from kelp.transport._amqp_delay import Delays
 from kelp.transport.base import DEFAULT_IMPLEMENTS, Implements, Transport, TransportChannel, kelp_version
 from kelp.url import URL
 
@@ -254,6 +259,8 @@ class AmqpChannel(TransportChannel):
         """
         transport = self._transport
         self._ready()
+        if any(envelope.due is not None for envelope in envelopes):
+            envelopes = transport.delays.readdress(self, envelopes)
         if not transport.confirms:
             transport._await_broker(transport._unblocked, None)
             transport._send(lambda core: self._encode(core, envelopes, None, None))
@@ -287,6 +294,12 @@ class AmqpChannel(TransportChannel):
             raise
         transport._raise_refused(waiter.nacked if waiter is not None else ())
         return returned
+
+    def cancel_delayed(self, message_id: str) -> int:
+        raise UsageError(
+            "amqp:// cannot cancel a delayed message: RabbitMQ (TTL tiers or the delayed-message plugin) "
+            "keeps no index of the messages it holds"
+        )
 
     def _encode(
         self,
@@ -505,7 +518,7 @@ class AmqpTransport(Transport):
 
     driver_type: ClassVar[str] = "amqp"
     driver_name: ClassVar[str] = "kelp.amqp"
-    implements: ClassVar[Implements] = DEFAULT_IMPLEMENTS.extend(heartbeats=True)
+    implements: ClassVar[Implements] = DEFAULT_IMPLEMENTS.extend(heartbeats=True, delayed_delivery=True)
 
     def driver_version(self) -> str:
         return kelp_version()
@@ -569,6 +582,8 @@ class AmqpTransport(Transport):
         self._closing = False
         self._outbox: amqp.Outbox[Envelope] = amqp.Outbox()
         self.blocked: str | None = None
+        #: How this connection has RabbitMQ hold delayed messages (the plugin or TTL tiers).
+        self.delays = Delays(self)
 
     # -- connection -----------------------------------------------------------------------------------------
 
