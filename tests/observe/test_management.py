@@ -73,15 +73,17 @@ def test_web_view_reads_the_management_api(management: str) -> None:
     served = Served("amqp://guest:guest@127.0.0.1:1/", management_url=management)
     try:
         assert served.api("/api/queues")["queues"] == [
-            {"name": "a-queue", "ready": 0, "unacked": 0, "consumers": 0},
-            {"name": "b-queue", "ready": 7, "unacked": 2, "consumers": 1},
+            {"name": "a-queue", "ready": 0, "unacked": 0, "consumers": 0, "delayed": None},
+            {"name": "b-queue", "ready": 7, "unacked": 2, "consumers": 1, "delayed": None},
         ]
         assert [b["source"] for b in served.api("/api/bindings")["bindings"]] == ["", "logs"]
         status, _, page = served.get("/")
         assert status == 200
         assert "<td class='n ready'>7</td>" in page
+        assert "<td class='n delayed'>-</td>" in page  # RabbitMQ cannot count them
         status, _, text = served.get("/metrics")
         assert 'kelp_queue_messages_unacked{queue="b-queue"} 2' in text.splitlines()
+        assert "kelp_queue_messages_delayed" not in text
     finally:
         served.close()
 

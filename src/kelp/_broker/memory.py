@@ -7,13 +7,16 @@ non-blocking critical section, so the sync and asyncio transports call it direct
 it. A claimed message is held by its delivery (the session's unacked record points at it) and returns to
 its queue, flagged redelivered, when rejected with requeue or when its channel or connection closes.
 
-Time-based rules (message TTL, queue expiry) are applied lazily, the way RabbitMQ expires messages: at the
-head of a queue, whenever the queue is touched, and by waiting connections whose wait is bounded by the
-store's next deadline.
+Time-based rules (message TTL, queue expiry, delayed messages) are applied lazily, the way RabbitMQ
+expires messages: at the head of a queue, whenever the queue is touched, and by waiting connections whose
+wait is bounded by the store's next deadline. A delayed message (an envelope with a ``due`` time) is routed
+at publish and held in a heap per queue, ordered by due time then publish order, until a tick finds it due
+and queues it like a fresh publish (its TTL counting from the due time).
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import threading
 import time
@@ -34,7 +37,7 @@ from kelp._broker.queue_args import (
     expiration_ms,
     generated_queue_name,
 )
-from kelp._envelope import Envelope, QueueInfo
+from kelp._envelope import Envelope, QueueInfo, QueueStats
 from kelp.exceptions import (
     AccessRefused,
     MessageNacked,
@@ -76,6 +79,20 @@ class _Entry:
         )
 
 
+class _Held:
+    """A delayed message held for one queue until ``due`` (the store's clock)."""
+
+    __slots__ = ("due", "envelope", "live", "priority", "queue", "ttl")
+
+    def __init__(self, queue: _Queue, envelope: Envelope, due: float, ttl: int | None, priority: int) -> None:
+        self.queue = queue
+        self.envelope = envelope
+        self.due = due
+        self.ttl = ttl
+        self.priority = priority
+        self.live = True  # False once cancelled, or moved to the queue
+
+
 class _Queue:
     __slots__ = (
         "args",
@@ -87,6 +104,8 @@ class _Queue:
         "durable",
         "exclusive_owner",
         "had_consumer",
+        "held",
+        "held_count",
         "last_used",
         "levels",
         "name",
@@ -120,6 +139,9 @@ class _Queue:
         self.last_used = now
         self.rr = 0
         self.next_seq = 0
+        # Delayed messages: a heap of (due, publish sequence, held); cancelled ones stay until popped.
+        self.held: list[tuple[float, int, _Held]] = []
+        self.held_count = 0
 
     def push(self, entry: _Entry, front: bool = False) -> None:
         """Queue ``entry`` at the tail, or (``front``: a requeue) back at its original place among the
@@ -186,6 +208,9 @@ class MemoryStore:
         # when the clock passes _next_due (the earliest deadline known, or earlier).
         self._timed: set[str] = set()
         self._next_due = math.inf
+        # Delayed messages: publish order among equal due times, and message id -> the copies held.
+        self._held_seq = 0
+        self._held_ids: dict[str, list[_Held]] = {}
         for name_, type_ in (
             ("amq.direct", "direct"),
             ("amq.fanout", "fanout"),
@@ -344,7 +369,8 @@ class MemoryStore:
         with self._lock:
             self._tick(self._clock())
             return [
-                (q.name, q.count, unacked.get(q.name, 0), len(q.consumers)) for q in self._queues.values()
+                QueueStats(q.name, q.count, unacked.get(q.name, 0), len(q.consumers), q.held_count)
+                for q in self._queues.values()
             ]
 
     def _queue(self, name: str, owner: int | None = None) -> _Queue:
@@ -365,6 +391,10 @@ class MemoryStore:
 
     def _delete_queue(self, queue: _Queue) -> int:
         count = queue.clear()
+        for _, _, held in queue.held:
+            self._unhold(held)
+        queue.held.clear()
+        queue.held_count = 0
         self._queues.pop(queue.name, None)
         self._timed.discard(queue.name)
         destination = Destination.queue(queue.name)
@@ -486,6 +516,9 @@ class MemoryStore:
                     continue
                 ttl = expiration_ms(envelope.properties)
                 priority = envelope.properties.get("priority") or 0
+                if envelope.due is not None:
+                    self._hold(queues, envelope, ttl, priority, now)
+                    continue
                 for queue in queues:
                     if not self._enqueue(queue, envelope, ttl, priority, now):
                         refused.append(queue.name)
@@ -509,6 +542,57 @@ class MemoryStore:
         queues = self._queues
         return [queues[name] for name in names if name in queues]
 
+    def _hold(
+        self, queues: list[_Queue], envelope: Envelope, ttl: int | None, priority: int, now: float
+    ) -> None:
+        """Hold a delayed message in each queue until its due time (wall clock, mapped to the store's)."""
+        assert envelope.due is not None
+        due = now + (envelope.due - self._wall_clock())
+        message_id = envelope.properties.get("message_id")
+        copies = self._held_ids.setdefault(message_id, []) if message_id else None
+        for queue in queues:
+            held = _Held(queue, envelope, due, ttl, priority)
+            self._held_seq += 1
+            heapq.heappush(queue.held, (due, self._held_seq, held))
+            queue.held_count += 1
+            if copies is not None:
+                copies.append(held)
+            self._timed.add(queue.name)
+        if due < self._next_due:
+            self._next_due = due
+
+    def _unhold(self, held: _Held) -> None:
+        """Forget a held copy: cancelled, deleted with its queue, or moved to its queue."""
+        if not held.live:
+            return
+        held.live = False
+        message_id: str | None = held.envelope.properties.get("message_id")
+        copies = self._held_ids.get(message_id) if message_id else None
+        if message_id and copies is not None:
+            copies.remove(held)
+            if not copies:
+                del self._held_ids[message_id]
+
+    def cancel_delayed(self, message_id: str) -> int:
+        """Drop every copy of the delayed message still held; return how many."""
+        with self._lock:
+            copies = self._held_ids.pop(message_id, [])
+            for held in copies:  # left in their heaps, skipped when popped
+                held.live = False
+                held.queue.held_count -= 1
+            return len(copies)
+
+    def _promote(self, queue: _Queue, now: float) -> None:
+        """Queue the held messages that are due, in due then publish order; TTL counts from the due time."""
+        held_heap = queue.held
+        while held_heap and held_heap[0][0] <= now:
+            due, _, held = heapq.heappop(held_heap)
+            if not held.live:
+                continue
+            queue.held_count -= 1
+            self._unhold(held)
+            self._enqueue(queue, held.envelope, held.ttl, held.priority, now, since=due)
+
     def _lookup(self, name: str) -> BindingTable | None:
         exchange = self._exchanges.get(name)
         return exchange.table if exchange is not None else None
@@ -521,11 +605,13 @@ class MemoryStore:
         priority: int,
         now: float,
         redelivered: bool = False,
+        since: float | None = None,
     ) -> bool:
         args = queue.args
         if args.message_ttl is not None:
             ttl = args.message_ttl if ttl is None else min(ttl, args.message_ttl)
-        entry = _Entry(envelope, None if ttl is None else now + ttl / 1000, priority, redelivered)
+        start = now if since is None else since
+        entry = _Entry(envelope, None if ttl is None else start + ttl / 1000, priority, redelivered)
         if args.bounded and self._full(queue, entry.size):
             if args.overflow != "drop-head":
                 if args.overflow == "reject-publish-dlx":
@@ -722,6 +808,8 @@ class MemoryStore:
                 found.append(level[0].deadline)
         if queue.args.expires is not None and not queue.consumers:
             found.append(queue.last_used + queue.args.expires / 1000)
+        if queue.held:
+            found.append(queue.held[0][0])
         return found
 
     def _due(self, queue: _Queue, now: float) -> None:
@@ -752,6 +840,8 @@ class MemoryStore:
         if args.expires is not None and not queue.consumers and queue.last_used + args.expires / 1000 <= now:
             self._delete_queue(queue)
             return
+        if queue.held:
+            self._promote(queue, now)
         for level in queue.levels:
             while level and level[0].deadline is not None and level[0].deadline <= now:
                 entry = level.popleft()
@@ -761,6 +851,7 @@ class MemoryStore:
         if (
             args.expires is None
             and args.message_ttl is None
+            and not queue.held
             and not any(level and level[0].deadline is not None for level in queue.levels)
         ):
             self._timed.discard(queue.name)

@@ -16,7 +16,14 @@ from kelp._backend import Signal, monotonic
 from kelp._broker.memory import MemoryBroker, broker_for
 from kelp._envelope import Delivery, Envelope, QueueInfo
 from kelp.exceptions import OperationalError
-from kelp.transport.base import Transport, TransportChannel, kelp_version, queue_deleted
+from kelp.transport.base import (
+    DEFAULT_IMPLEMENTS,
+    Implements,
+    Transport,
+    TransportChannel,
+    kelp_version,
+    queue_deleted,
+)
 
 __all__ = ["MemoryChannel", "MemoryTransport"]
 
@@ -101,9 +108,13 @@ class MemoryChannel(TransportChannel):
     def close(self) -> None:
         self._broker.close_channel(self._connection_id, self.channel_id)
 
+    def cancel_delayed(self, message_id: str) -> int:
+        return self._broker.store.cancel_delayed(message_id)
+
 
 class MemoryTransport(Transport):
     schemes: ClassVar[tuple[str, ...]] = ("memory",)
+    implements: ClassVar[Implements] = DEFAULT_IMPLEMENTS.extend(delayed_delivery=True)
     query_options: ClassVar[frozenset[str] | None] = frozenset()
 
     driver_type: ClassVar[str] = "memory"
