@@ -50,7 +50,7 @@ def test_delayed_messages_survive_a_redis_crash_with_aof(private_redis):
         assert conn.transport.queue_stats()[0].delayed == 0
 
 
-def test_held_messages_of_a_deleted_queue_leave_no_cancel_index(redis_url):
+def test_held_messages_of_a_deleted_queue_leave_nothing_behind(redis_url):
     import redis as redis_client
 
     with Connection(redis_url) as conn:
@@ -62,8 +62,8 @@ def test_held_messages_of_a_deleted_queue_leave_no_cancel_index(redis_url):
         prefix = conn.transport._key
     raw = redis_client.Redis.from_url(redis_url.split("?")[0])
     try:
-        assert raw.hlen(prefix + "did") == 0
-        assert not raw.exists(prefix + "qd:doomed", prefix + "qdm:doomed")
+        assert not raw.exists(prefix + "qd:doomed", prefix + "qdm:doomed", prefix + "qdi:doomed")
+        assert not raw.sismember(prefix + "dq", "doomed")
     finally:
         raw.close()
 
@@ -76,3 +76,26 @@ def test_due_messages_move_without_a_consumer_of_their_queue(redis_url):
         time.sleep(0.5)
         row = next(r for r in conn.transport.queue_stats() if r[0] == "idle")
         assert (row.ready, row.delayed) == (1, 0)
+
+
+def test_the_cancel_index_is_emptied_as_messages_become_due(redis_url):
+    import redis as redis_client
+
+    with Connection(redis_url) as conn:
+        bound = Queue("soon")(conn.default_channel)
+        bound.declare()
+        producer = conn.Producer()
+        first = producer.publish("a", routing_key="soon", countdown=0.1, message_id="twice")
+        producer.publish("b", routing_key="soon", countdown=60, message_id="twice")
+        assert first == "twice"
+        time.sleep(0.2)
+        assert bound.get().payload == "a"
+        prefix = conn.transport._key
+        raw = redis_client.Redis.from_url(redis_url.split("?")[0])
+        try:
+            assert raw.hkeys(prefix + "qdi:soon") == [b"twice"]  # one member left under the id
+            assert producer.cancel_delayed("twice") == 1
+            assert raw.hlen(prefix + "qdi:soon") == 0
+            assert not raw.sismember(prefix + "dq", "soon") or raw.zcard(prefix + "qd:soon") == 0
+        finally:
+            raw.close()

@@ -547,7 +547,10 @@ class MemoryStore:
     ) -> None:
         """Hold a delayed message in each queue until its due time (wall clock, mapped to the store's)."""
         assert envelope.due is not None
-        due = now + (envelope.due - self._wall_clock())
+        # The wall clock read before the store's: a pause between the two reads makes the due time
+        # later, never earlier.
+        wall = self._wall_clock()
+        due = self._clock() + (envelope.due - wall)
         message_id = envelope.properties.get("message_id")
         copies = self._held_ids.setdefault(message_id, []) if message_id else None
         for queue in queues:

@@ -333,8 +333,9 @@ class Producer:
 
     async def cancel_delayed(self, message_id: str) -> int:
         """Withdraw the delayed message ``message_id`` (what :meth:`publish` returned) from every queue
-        that still holds it undelivered; return how many queues did (0: it was already due, cancelled, or
-        never delayed). A message already ready is not touched. Raises UsageError on a transport that
+        that still holds it undelivered; return how many copies were withdrawn, one per such queue (0: it
+        was already due, cancelled, or never delayed). A message already ready is not touched. Messages
+        published with the same ``message_id`` are all withdrawn. Raises UsageError on a transport that
         cannot cancel (amqp: RabbitMQ keeps no index of held messages)."""
         if not isinstance(message_id, str) or not message_id:
             raise UsageError(f"cancel_delayed needs the message id publish returned, not {message_id!r}")

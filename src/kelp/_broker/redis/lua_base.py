@@ -36,7 +36,7 @@ LUA = r"""-- kelp's broker on Redis: one script, one operation per call:
 --   P outbox          stream dead letters waiting for a client to rewrite their headers and route them
 --   P c:q:<conn>, P c:x:<conn>   sets: queues the connection read with acks, exclusive queues it owns
 --   P c:cons:<conn>   hash   <channel>:<tag> -> queue
---   P qd:<q>, P qdm:<q>, P dseq, P did   delayed messages held until due (see lua_delayed)
+--   P qd:<q>, P qdm:<q>, P qdi:<q>, P dq, P dseq   delayed messages held until due (lua_delayed)
 local P = KEYS[1]
 local G = 'g'
 local unpack = unpack or table.unpack

@@ -9,8 +9,9 @@ Keys (P is the prefix):
   order), score the due time in ms; among equal due times the lower member (earlier publish) goes first.
 - ``P qdm:<q>`` hash: member -> the held entry, msgpack ``[body, meta, ttl ms or false, priority,
   message id]``.
-- ``P dseq`` counter of publish sequence numbers; ``P did`` hash: message id -> msgpack list of
-  ``[queue, member]`` pairs, what :func:`cancel` removes.
+- ``P qdi:<q>`` hash: message id -> msgpack list of its members in the queue (what cancel removes).
+- ``P dseq`` counter of publish sequence numbers; ``P dq`` set of the queues holding delayed messages
+  (cancel looks in each). Deleting a queue deletes its three keys whole, whatever their size.
 
 The queue's entry in ``P timed`` (the sweep schedule) is never later than its first due time, so every
 claim, get, heartbeat and stats call that sweeps due queues moves what is due; a client's blocking wait
@@ -22,41 +23,37 @@ LUA = r"""
 
 local function kqd(name) return P .. 'qd:' .. name end
 local function kqdm(name) return P .. 'qdm:' .. name end
+local function kqdi(name) return P .. 'qdi:' .. name end
 
--- Remove one (queue, member) pair from the message id's cancel index.
-local function unindex(id, name, member)
+-- Remove one member from the message id's entry in the queue's cancel index.
+local function unindex(name, id, member)
   if not id or id == '' then return end
-  local raw = redis.call('HGET', P .. 'did', id)
+  local raw = redis.call('HGET', kqdi(name), id)
   if not raw then return end
-  local pairs_ = cmsgpack.unpack(raw)
   local keep = {}
-  for _, pair in ipairs(pairs_) do
-    if not (pair[1] == name and pair[2] == member) then keep[#keep + 1] = pair end
+  for _, m in ipairs(cmsgpack.unpack(raw)) do
+    if m ~= member then keep[#keep + 1] = m end
   end
   if #keep == 0 then
-    redis.call('HDEL', P .. 'did', id)
+    redis.call('HDEL', kqdi(name), id)
   else
-    redis.call('HSET', P .. 'did', id, cmsgpack.pack(keep))
+    redis.call('HSET', kqdi(name), id, cmsgpack.pack(keep))
   end
 end
 
--- Hold a routed message in queue q until due (ms); ids[name] collects the pairs for the cancel index.
-local function hold(q, body, meta, ttl, priority, due, id, pairs_)
+-- Hold a routed message in queue q until due (ms), under its message id for cancel.
+local function hold(q, body, meta, ttl, priority, due, id)
   local member = string.format('%016x', redis.call('INCR', P .. 'dseq'))
   redis.call('ZADD', kqd(q.name), due, member)
   redis.call('HSET', kqdm(q.name), member, cmsgpack.pack({body, meta, ttl or false, priority, id}))
-  schedule(q.name, due)
-  if id ~= '' then pairs_[#pairs_ + 1] = {q.name, member} end
-end
-
--- Record the queues a delayed message was held in, under its message id (appended: ids may repeat).
-local function index_held(id, pairs_)
-  if id == '' or #pairs_ == 0 then return end
-  local raw = redis.call('HGET', P .. 'did', id)
-  if raw then
-    for _, pair in ipairs(cmsgpack.unpack(raw)) do pairs_[#pairs_ + 1] = pair end
+  redis.call('SADD', P .. 'dq', q.name)
+  if id ~= '' then
+    local raw = redis.call('HGET', kqdi(q.name), id)
+    local members = raw and cmsgpack.unpack(raw) or {}
+    members[#members + 1] = member
+    redis.call('HSET', kqdi(q.name), id, cmsgpack.pack(members))
   end
-  redis.call('HSET', P .. 'did', id, cmsgpack.pack(pairs_))
+  schedule(q.name, due)
 end
 
 -- Move up to limit due entries of q to its ready streams, in due then publish order; the TTL of each
@@ -73,7 +70,7 @@ local function promote(q, limit)
       if raw then
         local e = cmsgpack.unpack(raw)
         enqueue(q, e[1], e[2], e[3] or nil, e[4], tonumber(due[2 * i]))
-        unindex(e[5], q.name, member)
+        unindex(q.name, e[5], member)
       end
     end
     redis.call('ZREMRANGEBYRANK', key, 0, #members - 1)
@@ -81,37 +78,36 @@ local function promote(q, limit)
   end
   local head = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
   if head[2] then return tonumber(head[2]) end
+  redis.call('SREM', P .. 'dq', q.name)
   return nil
 end
 
--- Drop every held entry of a deleted queue, and its pairs in the cancel index.
+-- Drop every held entry of a deleted queue.
 drop_held = function(name)
-  local entries = redis.call('HGETALL', kqdm(name))
-  for i = 1, #entries, 2 do
-    local e = cmsgpack.unpack(entries[i + 1])
-    unindex(e[5], name, entries[i])
-  end
-  redis.call('DEL', kqd(name), kqdm(name))
+  redis.call('DEL', kqd(name), kqdm(name), kqdi(name))
+  redis.call('SREM', P .. 'dq', name)
 end
 
 local function held_count(name) return redis.call('ZCARD', kqd(name)) end
 """
 
 OPS = r"""
--- dcancel id -> the number of queues that still held the delayed message and no longer do
+-- dcancel id -> the number of held copies of the message removed (one per queue it was routed to)
 function ops.dcancel(a)
   local id = a[1]
-  local raw = redis.call('HGET', P .. 'did', id)
-  if not raw then return 0 end
   local count = 0
-  for _, pair in ipairs(cmsgpack.unpack(raw)) do
-    local name, member = pair[1], pair[2]
-    if redis.call('ZREM', kqd(name), member) == 1 then
-      redis.call('HDEL', kqdm(name), member)
-      count = count + 1
+  for _, name in ipairs(redis.call('SMEMBERS', P .. 'dq')) do
+    local raw = redis.call('HGET', kqdi(name), id)
+    if raw then
+      for _, member in ipairs(cmsgpack.unpack(raw)) do
+        if redis.call('ZREM', kqd(name), member) == 1 then
+          redis.call('HDEL', kqdm(name), member)
+          count = count + 1
+        end
+      end
+      redis.call('HDEL', kqdi(name), id)
     end
   end
-  redis.call('HDEL', P .. 'did', id)
   return count
 end
 """

@@ -234,7 +234,6 @@ local function publish(a, lenient, o)
       a[base + 6], a[base + 7], a[base + 8]
     local due = tonumber(a[base + 9])
     if due and due <= NOW then due = nil end
-    local held = {}
     local go = not skip[i]
     if outbox ~= '' then
       go = redis.call('XDEL', K_OUTBOX, outbox) == 1 and mandatory ~= 'x'
@@ -262,14 +261,13 @@ local function publish(a, lenient, o)
         if q then
           stored = stored + 1
           if due then
-            hold(q, body, meta, ttl, priority, due, a[base + 10], held)
+            hold(q, body, meta, ttl, priority, due, a[base + 10])
           elseif not enqueue(q, body, meta, ttl, priority) then
             refused[#refused + 1] = name
             refusal = true
           end
         end
       end
-      if due then index_held(a[base + 10], held) end
       if refusal then nacked[#nacked + 1] = i end
       if stored == 0 and mandatory == '1' then returned[#returned + 1] = i end
     end

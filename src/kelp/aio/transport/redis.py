@@ -53,6 +53,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import re
 import secrets
 import threading
@@ -122,6 +123,8 @@ MAX_CLAIM = 1000
 #: The longest single blocking wait in drain: local events (a new consumer, a freed window) are noticed
 #: within this time even while a wait is in progress.
 WAIT_CAP = 0.5
+#: How late Redis may end a blocking command's timeout: it checks them at its server tick (hz 10).
+SERVER_TICK = 0.1
 #: Acks buffered before they are sent without waiting for the connection's next operation.
 ACK_BATCH = 512
 #: Envelopes per script call in a published batch (all calls of a batch share one round trip).
@@ -945,7 +948,7 @@ class RedisTransport(Transport):
                 envelope.body,
                 encode_meta(properties, envelope.headers, envelope.exchange, envelope.routing_key),
                 "",
-                "" if envelope.due is None else int(envelope.due * 1000),
+                "" if envelope.due is None else math.ceil(envelope.due * 1000),  # never early
                 "" if envelope.due is None else properties.get("message_id") or "",
             )
         if transient and not wait:
@@ -1066,8 +1069,14 @@ class RedisTransport(Transport):
             wait = WAIT_CAP if remaining is None else min(remaining, WAIT_CAP)
             if self._next_sweep is not None:
                 # Something becomes due (a delayed message, an expiry): claim again then, not later.
-                wait = max(0.0, min(wait, self._next_sweep - monotonic()))
-                self._next_sweep = None
+                # Redis ends a BLOCK only at its next server tick after the timeout (up to 100 ms
+                # late), so the last stretch before the due time is slept here instead.
+                until, self._next_sweep = self._next_sweep - monotonic(), None
+                if until < wait:
+                    if until <= SERVER_TICK:
+                        await self._signal.wait(max(0.0, until))
+                        continue
+                    wait = until - SERVER_TICK
             if watch:
                 streams = dict(zip(watch[0::2], watch[1::2]))  # a queue consumed twice is watched once
                 keys, ids = list(streams), list(streams.values())
