@@ -911,6 +911,14 @@ def cancel_consumer(tx: Tx, connection_id: int, channel_id: int, consumer_tag: s
         tx.next_due = min(tx.next_due, tx.now + queue.args.expires / 1000)
 
 
+def close_channel(tx: Tx, connection_id: int, channel_id: int) -> None:
+    """Remove the consumers of one channel of the connection (which may auto-delete their queues)."""
+    for (consumer_tag,) in tx.db.execute(
+        "SELECT tag FROM consumers WHERE connection=? AND channel=?", (connection_id, channel_id)
+    ).fetchall():
+        cancel_consumer(tx, connection_id, channel_id, consumer_tag)
+
+
 def claim_rows(tx: Tx, connection_id: int, name: str, limit: int, no_ack: bool) -> list[Any]:
     if no_ack:
         return tx.db.execute(_CLAIM_NO_ACK, (name, limit)).fetchall()
@@ -923,7 +931,7 @@ def claim_rows(tx: Tx, connection_id: int, name: str, limit: int, no_ack: bool) 
     return rows
 
 
-def claim(tx: Tx, connection_id: int, plan: list[Any], limit: int) -> list[tuple[Any, Any, list[Any]]]:
+def claim(tx: Tx, connection_id: int, plan: Sequence[Any], limit: int) -> list[tuple[Any, Any, list[Any]]]:
     """Claim rows for each consumer of the plan ``(channel, [(consumer, room)], channel_room)``."""
     out: list[tuple[Any, Any, list[Any]]] = []
     total = 0

@@ -28,10 +28,12 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any, TypeVar
 
+from kelp._broker.core.session import Session
+from kelp._broker.core.store import Claimer, Item, Listener, Unacked
 from kelp._broker.malformed import Malformed
 from kelp._broker.sqlite import _buffer, _checkpoint, _ops
 from kelp._broker.sqlite._buffer import PublishBuffer
@@ -45,7 +47,7 @@ from kelp._broker.sqlite._schema import (
 )
 from kelp._broker.sqlite._topology import EMPTY, Topology
 from kelp._broker.sqlite._watch import FileIdentity, full_error, is_full
-from kelp._envelope import Delivery, Envelope, QueueInfo
+from kelp._envelope import Envelope, QueueInfo
 from kelp._options import seconds_option
 from kelp.exceptions import (
     ChannelError,
@@ -53,7 +55,6 @@ from kelp.exceptions import (
     KelpError,
     MessageNacked,
     OperationalError,
-    PreconditionFailed,
     ResourceError,
     UsageError,
 )
@@ -63,9 +64,9 @@ __all__ = ["SqliteStore", "StoreOptions", "store_for"]
 logger = logging.getLogger("kelp.transport.sqlite")
 
 T = TypeVar("T")
+C = TypeVar("C", bound=Claimer)
+K = TypeVar("K")
 
-#: Claims per drain are capped so that an unlimited prefetch does not move a whole queue at once.
-MAX_CLAIM = 1000
 #: Buffered publishes are committed by the flusher thread this many seconds after the first one...
 LINGER = 0.001
 #: ...or as soon as this many wait. The flusher's inserts run in SQLite without the GIL, overlapping the
@@ -127,60 +128,22 @@ class StoreOptions:
         )
 
 
-# --- in-process state of connections, channels and consumers -------------------------------------------
-
-
-class _Consumer:
-    __slots__ = ("no_ack", "prefetch", "queue", "tag", "unacked")
-
-    def __init__(self, tag: str, queue: str, no_ack: bool, prefetch: int) -> None:
-        self.tag = tag
-        self.queue = queue
-        self.no_ack = no_ack
-        self.prefetch = prefetch
-        self.unacked = 0
-
-
-class _Unacked:
-    __slots__ = ("consumer", "message_id", "queue")
-
-    def __init__(self, message_id: int, queue: str, consumer: _Consumer | None) -> None:
-        self.message_id = message_id
-        self.queue = queue
-        self.consumer = consumer
-
-
-class _Channel:
-    __slots__ = ("consumers", "id", "next_tag", "prefetch", "prefetch_global", "unacked")
-
-    def __init__(self, channel_id: int) -> None:
-        self.id = channel_id
-        self.next_tag = 1
-        self.unacked: dict[int, _Unacked] = {}
-        self.consumers: dict[str, _Consumer] = {}
-        self.prefetch = 0
-        self.prefetch_global = 0
-
-
-class _Connection:
-    __slots__ = ("cancelled", "channels", "id", "next_channel", "outbox", "rotation", "waiting", "waker")
-
-    def __init__(self, connection_id: int, waker: _ops.Waker) -> None:
-        self.id = connection_id
-        self.waker = waker
-        self.channels: dict[int, _Channel] = {}
-        self.next_channel = 1
-        self.waiting = False
-        self.rotation = 0
-        # Claimed deliveries not yet taken by the transport (see fill/take).
-        self.outbox: list[Delivery] = []
-        # (channel id, consumer tag, queue) of consumers whose queue was deleted, not yet reported
-        self.cancelled: list[tuple[int, str, str]] = []
-
-
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     text = str(exc)
     return "locked" in text or "busy" in text
+
+
+class _Gone:
+    """The queues a transaction deleted, or that are missing from the topology it reloaded."""
+
+    __slots__ = ("deleted", "existing")
+
+    def __init__(self, deleted: set[str], existing: Mapping[str, object]) -> None:
+        self.deleted = deleted
+        self.existing = existing
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.deleted or name not in self.existing
 
 
 class SqliteStore:
@@ -190,7 +153,6 @@ class SqliteStore:
         self.path = path
         self.options = options
         self._lock = threading.RLock()  # the writer connection; held across a whole transaction
-        self._state = threading.Lock()  # in-process connection/channel state; never held across I/O
         self._buffer_lock = threading.Lock()
         self._reader_lock = threading.Lock()
         self._writer: sqlite3.Connection | None = None
@@ -205,7 +167,8 @@ class SqliteStore:
         self._file = FileIdentity(path)
         self._full = False  # the last commit failed for lack of space: publishes are not buffered
         self._topo: Topology = EMPTY
-        self._connections: dict[int, _Connection] = {}
+        self._owners: set[int] = set()  # the connections of this process (their ids)
+        self.listener: Listener | None = None
         self._pending = PublishBuffer()  # publishes awaiting the group commit
         self._staged = 0  # pushes into the buffer so far: a publish's ticket is the count after its own
         self._committed = 0  # ...and how many of them are committed
@@ -220,11 +183,11 @@ class SqliteStore:
         self._wakeup = threading.Event()
         self._flusher: threading.Thread | None = None
         self._stopping = False
-        self._waiting = 0
         self._checkpointer = _checkpoint.Checkpointer(path, options.synchronous)
         self._last_commit = 0.0
         self._checkpointed_at = 0.0
         self._uncounted = 0  # rows this process inserted above the ready mark (see FOLD_EVERY)
+        self.session: Session[SqliteStore] = Session(self)
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -335,11 +298,11 @@ class SqliteStore:
         self._close()
 
     def _unregister(self, tx: _ops.Tx) -> None:
-        for connection_id in list(self._connections):
+        for connection_id in list(self._owners):
             _ops.drop_connection(tx, connection_id)
         if self._process_id is not None:
             tx.db.execute("DELETE FROM processes WHERE id=?", (self._process_id,))
-        self._connections.clear()
+        self._owners.clear()
 
     # --- transactions ------------------------------------------------------------------------------
 
@@ -481,38 +444,14 @@ class SqliteStore:
             self._wakeup.set()  # the flusher checkpoints the WAL
         if tx.reloaded:
             self._topo = tx.topo
-        if tx.deleted_queues or tx.reloaded:
-            self._cancel_consumers(tx.deleted_queues, tx.topo.queues)
+        listener = self.listener
+        if listener is not None and (tx.deleted_queues or tx.reloaded):
+            # Queues deleted here or (seen in a reloaded topology) by another process.
+            listener.queues_deleted(_Gone(tx.deleted_queues, tx.topo.queues))
         if tx.touched:
-            self._wake_queues(tx.touched)
+            self._wake(tx.touched)
         if tx.next_due < self._next_due:
             self._next_due = tx.next_due
-
-    def _cancel_consumers(self, deleted: set[str], existing: Mapping[str, object]) -> None:
-        """Cancel the consumers of queues deleted here or (seen in a reloaded topology) by another
-        process, as RabbitMQ's basic.cancel: each connection learns it from :meth:`take_cancelled`."""
-        with self._state:
-            for connection in self._connections.values():
-                for channel in connection.channels.values():
-                    gone = [
-                        c for c in channel.consumers.values() if c.queue in deleted or c.queue not in existing
-                    ]
-                    for consumer in gone:
-                        del channel.consumers[consumer.tag]
-                        connection.cancelled.append((channel.id, consumer.tag, consumer.queue))
-                    if gone:
-                        self._wake_connection(connection)
-
-    def take_cancelled(self, connection_id: int) -> tuple[int, str, str] | None:
-        """``(channel id, consumer tag, queue)`` of one consumer cancelled because its queue was deleted
-        (each reported once), or None."""
-        with self._state:
-            connection = self._connection(connection_id)
-            while connection.cancelled:
-                entry = connection.cancelled.pop(0)
-                if entry[0] in connection.channels:  # a channel closed since has nothing left to report
-                    return entry
-            return None
 
     def _topology_changed(self) -> bool:
         """Whether another process changed the topology since this one last loaded it (a read)."""
@@ -539,12 +478,11 @@ class SqliteStore:
         first = self._first_pending
         return self._pending.count >= BATCH or (first is not None and time.monotonic() - first >= MAX_LINGER)
 
-    # --- connections and channels ----------------------------------------------------------------------
+    # --- owners -------------------------------------------------------------------------------------------
 
-    def connect(self, waker: _ops.Waker) -> int:
+    def connect(self) -> int:
         connection_id = self._run(self._insert_connection)
-        with self._state:
-            self._connections[connection_id] = _Connection(connection_id, waker)
+        self._owners.add(connection_id)
         return connection_id
 
     def _insert_connection(self, tx: _ops.Tx) -> int:
@@ -552,61 +490,27 @@ class SqliteStore:
         assert row_id is not None
         return row_id
 
-    def disconnect(self, connection_id: int) -> None:
-        """Release every unacked message of the connection (flagged redelivered), drop its consumers and
+    def disconnect(self, owner: int, unacked: Sequence[Unacked]) -> None:
+        """Release every message the connection holds (flagged redelivered), drop its consumers and
         exclusive queues."""
-        with self._state:
-            if connection_id not in self._connections:
-                return
+        if owner not in self._owners:
+            return
         try:
             if self._lost is None:  # else nothing can be committed any more: forget the connection
-                self._run(lambda tx: _ops.drop_connection(tx, connection_id))
+                self._run(lambda tx: _ops.drop_connection(tx, owner))
         finally:
-            with self._state:
-                self._connections.pop(connection_id, None)
+            self._owners.discard(owner)
 
-    def open_channel(self, connection_id: int) -> int:
-        with self._state:
-            connection = self._connection(connection_id)
-            channel = _Channel(connection.next_channel)
-            connection.next_channel += 1
-            connection.channels[channel.id] = channel
-            return channel.id
-
-    def close_channel(self, connection_id: int, channel_id: int) -> None:
-        with self._state:
-            connection = self._connections.get(connection_id)
-            channel = connection.channels.get(channel_id) if connection is not None else None
-            if channel is None:
-                return
-            ids = [(item.message_id, connection_id) for item in channel.unacked.values()]
-            tags = list(channel.consumers)
+    def close_channel(self, owner: int, channel: int, unacked: Sequence[Unacked]) -> None:
+        ids = [(item.ref, owner) for item in unacked]
 
         def op(tx: _ops.Tx) -> None:
-            for tag in tags:
-                _ops.cancel_consumer(tx, connection_id, channel_id, tag)
+            _ops.close_channel(tx, owner, channel)
             if ids:
                 _ops.release_rows(tx.db, ids)
-                tx.touched.update(item.queue for item in channel.unacked.values())
+                tx.touched.update(item.queue for item in unacked)
 
-        try:
-            self._run(op)
-        finally:
-            with self._state:
-                assert connection is not None
-                connection.channels.pop(channel_id, None)
-
-    def _connection(self, connection_id: int) -> _Connection:
-        try:
-            return self._connections[connection_id]
-        except KeyError:
-            raise UsageError("the connection is closed") from None
-
-    def _channel(self, connection_id: int, channel_id: int) -> _Channel:
-        try:
-            return self._connection(connection_id).channels[channel_id]
-        except KeyError:
-            raise UsageError(f"channel {channel_id} is closed") from None
+        self._run(op)
 
     # --- declarations ----------------------------------------------------------------------------------
 
@@ -641,7 +545,6 @@ class SqliteStore:
         arguments: Mapping[str, Any] | None,
         passive: bool,
     ) -> QueueInfo:
-        self._alive(connection_id)
         return self._run(
             lambda tx: _ops.declare_queue(
                 tx, connection_id, name, durable, exclusive, auto_delete, arguments, passive
@@ -649,11 +552,9 @@ class SqliteStore:
         )
 
     def delete_queue(self, connection_id: int, name: str, if_unused: bool, if_empty: bool) -> int:
-        self._alive(connection_id)
         return self._run(lambda tx: _ops.delete_queue_checked(tx, connection_id, name, if_unused, if_empty))
 
     def purge_queue(self, connection_id: int, name: str) -> int:
-        self._alive(connection_id)
         return self._run(lambda tx: _ops.purge_queue(tx, connection_id, name))
 
     def bind(
@@ -665,7 +566,6 @@ class SqliteStore:
         routing_key: str,
         arguments: Mapping[str, Any] | None,
     ) -> None:
-        self._alive(connection_id)
         self._run(lambda tx: _ops.bind(tx, connection_id, kind, destination, source, routing_key, arguments))
 
     def unbind(
@@ -677,16 +577,12 @@ class SqliteStore:
         routing_key: str,
         arguments: Mapping[str, Any] | None,
     ) -> None:
-        self._alive(connection_id)
         self._run(
             lambda tx: _ops.unbind(tx, connection_id, kind, destination, source, routing_key, arguments)
         )
 
-    def _alive(self, connection_id: int) -> None:
-        with self._state:
-            self._connection(connection_id)
-
-    def queue_stats(self) -> list[tuple[str, int, int, int]]:
+    def queue_stats(self, unacked: Mapping[str, int] | None = None) -> list[tuple[str, int, int, int]]:
+        """Counts from the file: the unacked copies of every process (``unacked`` is not needed)."""
         return self._run(_ops.queue_stats)
 
     def bindings(self) -> list[tuple[str, str, str, str, dict[str, Any]]]:
@@ -747,7 +643,7 @@ class SqliteStore:
                 return 0
             return ticket
         if self._waiting:
-            self._wake_queues(_buffer.queues(staged))
+            self._wake(_buffer.queues(staged))
         if self.should_flush():
             if wait:
                 self.flush()
@@ -851,7 +747,7 @@ class SqliteStore:
         if now - self._checkpointed_at >= _checkpoint.EVERY:
             self._wakeup.set()  # the flusher checkpoints the WAL
         if self._waiting:
-            self._wake_queues({row[0]})
+            self._wake({row[0]})
         return True
 
     def _count_ready(self) -> None:
@@ -879,104 +775,48 @@ class SqliteStore:
 
     # --- consuming ---------------------------------------------------------------------------------------
 
-    def qos(self, connection_id: int, channel_id: int, prefetch_count: int, global_: bool) -> None:
-        with self._state:
-            channel = self._channel(connection_id, channel_id)
-            if global_:
-                channel.prefetch_global = prefetch_count
-            else:
-                channel.prefetch = prefetch_count
-                for consumer in channel.consumers.values():
-                    consumer.prefetch = prefetch_count
-            self._wake_connection(self._connections[connection_id])
+    def consume(self, owner: int, channel: int, queue: str, tag: str) -> None:
+        self._run(lambda tx: _ops.consume(tx, owner, channel, queue, tag))
 
-    def consume(
-        self, connection_id: int, channel_id: int, queue: str, consumer_tag: str, no_ack: bool
-    ) -> str:
-        with self._state:
-            channel = self._channel(connection_id, channel_id)
-            tag = consumer_tag or _ops.new_tag("amq.ctag-")
-            if tag in channel.consumers:
-                raise UsageError(f"consumer tag {tag!r} is already in use on this channel")
-        self._run(lambda tx: _ops.consume(tx, connection_id, channel_id, queue, tag))
-        with self._state:
-            channel = self._channel(connection_id, channel_id)
-            channel.consumers[tag] = _Consumer(tag, queue, no_ack, channel.prefetch)
-            self._wake_connection(self._connections[connection_id])
-        return tag
+    def cancel(self, owner: int, channel: int, tag: str) -> None:
+        self._run(lambda tx: _ops.cancel_consumer(tx, owner, channel, tag))
 
-    def cancel(self, connection_id: int, channel_id: int, consumer_tag: str) -> None:
-        with self._state:
-            channel = self._channel(connection_id, channel_id)
-            # Forgotten first: an auto-delete queue deleted by this very cancel is not a broker cancel.
-            consumer = channel.consumers.pop(consumer_tag, None)
-            if consumer is None:
-                return
-        try:
-            self._run(lambda tx: _ops.cancel_consumer(tx, connection_id, channel_id, consumer_tag))
-        except BaseException:
-            with self._state:
-                channel.consumers.setdefault(consumer_tag, consumer)
-            raise
-
-    def claim(self, connection_id: int) -> list[Delivery]:
-        """Deliveries for the connection's consumers, up to each prefetch window."""
-        self.fill(connection_id)
-        return self.take(connection_id)
-
-    def fill(self, connection_id: int) -> None:
-        """Claim deliveries into the connection's outbox, for :meth:`take`.
-
-        Two steps so that an asyncio drain cancelled while this runs in a worker thread loses nothing:
-        the claimed deliveries wait in the outbox for the next drain instead of vanishing with the result.
-        """
-        with self._state:
-            connection = self._connection(connection_id)
-            if connection.outbox:
-                return
-            plan = self._plan(connection)
-        if not plan:
-            return
+    def claim(
+        self, owner: int, plan: Sequence[tuple[K, Sequence[tuple[C, int]], int]], limit: int
+    ) -> list[tuple[K, C, list[Item]]]:
         idle = not (self._pending.count or self._acks or self._releases) and time.time() < self._next_due
-        if idle and not self._ready(plan):
-            return
-        claimed = self._run(lambda tx: _ops.claim(tx, connection_id, plan, MAX_CLAIM))
-        deliveries = self._deliver(connection, claimed)
-        with self._state:
-            connection.outbox.extend(deliveries)
+        if idle and not self._ready({consumer.queue for _, rooms, _ in plan for consumer, _ in rooms}):
+            return []  # nothing to claim: no write transaction
+        claimed = self._run(lambda tx: _ops.claim(tx, owner, plan, limit))
+        out: list[tuple[K, C, list[Item]]] = []
+        malformed: list[tuple[bool, str, Any, str]] = []
+        for channel, consumer, rows in claimed:
+            if len(rows) > 1:
+                # Highest priority first, then oldest: two stable C-keyed sorts.
+                rows.sort(key=_by_id)
+                rows.sort(key=_by_priority, reverse=True)
+            items: list[Item] = []
+            append = items.append
+            for row in rows:
+                message_id, _priority, body, props, headers, exchange, routing_key, redelivered = row
+                try:
+                    if type(body) is not bytes or type(exchange) is not str or type(routing_key) is not str:
+                        body = _ops.read_row(body, props, headers, exchange, routing_key)[0]
+                    properties = decode(props)
+                    header_table = decode(headers) if headers else {}
+                except Malformed as exc:
+                    # Written from outside kelp: it leaves the queue; the rest of the batch goes on.
+                    malformed.append((consumer.no_ack, consumer.queue, row, str(exc)))
+                    continue
+                append((message_id, body, properties, header_table, exchange, routing_key, bool(redelivered)))
+            if items:
+                out.append((channel, consumer, items))
+        if malformed:
+            self._quarantine(owner, malformed)
+        return out
 
-    def take(self, connection_id: int) -> list[Delivery]:
-        """The deliveries :meth:`fill` claimed, handed over once (a cheap in-memory call)."""
-        with self._state:
-            connection = self._connections.get(connection_id)
-            if connection is None or not connection.outbox:
-                return []
-            deliveries, connection.outbox = connection.outbox, []
-            return deliveries
-
-    def _plan(self, connection: _Connection) -> list[tuple[_Channel, list[tuple[_Consumer, int]], int]]:
-        plan = []
-        channels = [c for c in connection.channels.values() if c.consumers]
-        if not channels:
-            return []
-        connection.rotation += 1
-        for channel in channels:
-            consumers = list(channel.consumers.values())
-            shift = connection.rotation % len(consumers)
-            rooms = []
-            for consumer in consumers[shift:] + consumers[:shift]:
-                room = consumer.prefetch - consumer.unacked if consumer.prefetch else MAX_CLAIM
-                if room > 0:
-                    rooms.append((consumer, room))
-            global_room = (
-                channel.prefetch_global - len(channel.unacked) if channel.prefetch_global else MAX_CLAIM
-            )
-            if rooms and global_room > 0:
-                plan.append((channel, rooms, global_room))
-        return plan
-
-    def _ready(self, plan: Iterable[tuple[_Channel, list[tuple[_Consumer, int]], int]]) -> bool:
-        names = {consumer.queue for _, rooms, _ in plan for consumer, _ in rooms}
+    def _ready(self, names: Iterable[str]) -> bool:
+        """Whether one of the queues has a ready message (a read: no write lock)."""
         reader = self._reader
         if reader is None:
             return True
@@ -991,65 +831,6 @@ class SqliteStore:
             except sqlite3.Error:
                 return True  # let the write transaction report it
         return False
-
-    def _deliver(self, connection: _Connection, claimed: list[tuple[Any, Any, list[Any]]]) -> list[Delivery]:
-        out: list[Delivery] = []
-        lost: list[tuple[int, int]] = []
-        malformed: list[tuple[bool, str, Any, str]] = []
-        append = out.append
-        connection_id = connection.id
-        with self._state:
-            for channel, consumer, rows in claimed:
-                alive = connection.channels.get(channel.id) is channel
-                if len(rows) > 1:
-                    # Highest priority first, then oldest: two stable C-keyed sorts.
-                    rows.sort(key=_by_id)
-                    rows.sort(key=_by_priority, reverse=True)
-                if not alive:
-                    if not consumer.no_ack:
-                        lost.extend((row[0], connection_id) for row in rows)
-                    continue
-                channel_id, consumer_tag, queue = channel.id, consumer.tag, consumer.queue
-                tag = channel.next_tag
-                unacked = None if consumer.no_ack else channel.unacked
-                for row in rows:
-                    message_id, _priority, body, props, headers, exchange, routing_key, redelivered = row
-                    try:
-                        if (
-                            type(body) is not bytes
-                            or type(exchange) is not str
-                            or type(routing_key) is not str
-                        ):
-                            body = _ops.read_row(body, props, headers, exchange, routing_key)[0]
-                        properties = decode(props)
-                        header_table = decode(headers) if headers else {}
-                    except Malformed as exc:
-                        # Written from outside kelp: it leaves the queue; the rest of the batch goes on.
-                        malformed.append((consumer.no_ack, queue, row, str(exc)))
-                        continue
-                    if unacked is not None:
-                        unacked[tag] = _Unacked(message_id, queue, consumer)
-                        consumer.unacked += 1
-                    append(
-                        Delivery(
-                            channel_id,
-                            consumer_tag,
-                            tag,
-                            body,
-                            properties,
-                            header_table,
-                            exchange,
-                            routing_key,
-                            bool(redelivered),
-                        )
-                    )
-                    tag += 1
-                channel.next_tag = tag
-        if lost:
-            self._settle_later(self._releases, lost)
-        if malformed:
-            self._quarantine(connection_id, malformed)
-        return out
 
     def _quarantine(self, connection_id: int, items: list[tuple[bool, str, Any, str]]) -> None:
         """Take malformed claimed messages out of their queues (see :mod:`kelp._broker.malformed`)."""
@@ -1067,10 +848,9 @@ class SqliteStore:
                 self._wakeup.set()
             into += pairs
 
-    def get(self, connection_id: int, channel_id: int, queue: str, no_ack: bool) -> Delivery | None:
-        self._alive(connection_id)
+    def get(self, owner: int, queue: str, no_ack: bool) -> tuple[Item, int] | None:
         while True:
-            found = self._run(lambda tx: _ops.get(tx, connection_id, queue, no_ack))
+            found = self._run(lambda tx: _ops.get(tx, owner, queue, no_ack))
             if found is None:
                 return None
             row, count = found
@@ -1079,131 +859,37 @@ class SqliteStore:
                 body, properties, header_table = _ops.read_row(body, props, headers, exchange, routing_key)
             except Malformed as exc:
                 # Written from outside kelp: it leaves the queue, and the next message is taken.
-                self._quarantine(connection_id, [(no_ack, queue, row, str(exc))])
+                self._quarantine(owner, [(no_ack, queue, row, str(exc))])
                 continue
-            break
-        with self._state:
-            channel = self._connections[connection_id].channels.get(channel_id)
-            if channel is None:
-                if not no_ack:
-                    self._settle_later(self._releases, [(message_id, connection_id)])
-                raise UsageError(f"channel {channel_id} is closed")
-            tag = channel.next_tag
-            channel.next_tag += 1
-            if not no_ack:
-                channel.unacked[tag] = _Unacked(message_id, queue, None)
-        return Delivery(
-            channel_id,
-            "",
-            tag,
-            body,
-            properties,
-            header_table,
-            exchange,
-            routing_key,
-            bool(redelivered),
-            count,
-        )
+            item = (message_id, body, properties, header_table, exchange, routing_key, bool(redelivered))
+            return item, count
 
     # --- settling ----------------------------------------------------------------------------------------
 
-    def ack(self, connection_id: int, channel_id: int, delivery_tag: int, multiple: bool) -> None:
-        """Settle now in process memory; the DELETE commits with the next transaction (group commit)."""
-        with self._state:
-            channel = self._channel(connection_id, channel_id)
-            if multiple:
-                acks = []
-                for item in self._settle(channel, delivery_tag, multiple):
-                    if item.consumer is not None:
-                        item.consumer.unacked -= 1
-                    acks.append((item.message_id, connection_id))
-            else:
-                found = channel.unacked.pop(delivery_tag, None)
-                if found is None:
-                    raise PreconditionFailed(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}")
-                item = found
-                if item.consumer is not None:
-                    item.consumer.unacked -= 1
-                acks = [(item.message_id, connection_id)]
-            connection = self._connections[connection_id]
-            if connection.waiting:
-                self._wake_connection(connection)
-        self._settle_later(self._acks, acks)
+    def ack(self, owner: int, unacked: Sequence[Unacked]) -> None:
+        """The DELETE commits with the next transaction of this process (group commit)."""
+        self._settle_later(self._acks, [(item.ref, owner) for item in unacked])
 
-    def reject(
-        self, connection_id: int, channel_id: int, delivery_tag: int, requeue: bool, multiple: bool = False
-    ) -> None:
-        with self._state:
-            channel = self._channel(connection_id, channel_id)
-            items = self._settle(channel, delivery_tag, multiple)
-            for item in items:
-                if item.consumer is not None:
-                    item.consumer.unacked -= 1
-            self._wake_connection(self._connections[connection_id])
-        pairs = [(item.message_id, item.queue) for item in items]
-        self._run(lambda tx: _ops.reject(tx, connection_id, pairs, requeue))
-
-    def recover(self, connection_id: int, channel_id: int, requeue: bool) -> None:
-        """Requeue every unacked delivery of the channel (AMQP basic.recover; kelp always requeues)."""
-        with self._state:
-            channel = self._channel(connection_id, channel_id)
-            items = [channel.unacked.pop(t) for t in sorted(channel.unacked)]
-            for item in items:
-                if item.consumer is not None:
-                    item.consumer.unacked -= 1
-        pairs = [(item.message_id, item.queue) for item in items]
-        self._run(lambda tx: _ops.reject(tx, connection_id, pairs, True))
-
-    @staticmethod
-    def _settle(channel: _Channel, delivery_tag: int, multiple: bool) -> list[_Unacked]:
-        if multiple:
-            tags = (
-                sorted(t for t in channel.unacked if t <= delivery_tag)
-                if delivery_tag
-                else sorted(channel.unacked)
-            )
-            return [channel.unacked.pop(t) for t in tags]
-        item = channel.unacked.pop(delivery_tag, None)
-        if item is None:
-            raise PreconditionFailed(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}")
-        return [item]
+    def reject(self, owner: int, unacked: Sequence[Unacked], requeue: bool) -> None:
+        pairs = [(item.ref, item.queue) for item in unacked]
+        self._run(lambda tx: _ops.reject(tx, owner, pairs, requeue))
 
     # --- waiting -----------------------------------------------------------------------------------------
 
-    def prepare_wait(self, connection_id: int) -> float | None:
-        """Mark the connection as waiting; return seconds until the next timed event (None: none), or 0
-        when there is work already. Clear the waker before calling this and wait on it afterwards."""
-        with self._state:
-            consuming = any(
-                channel.consumers for channel in self._connection(connection_id).channels.values()
-            )
+    def prepare_wait(self, queues: Collection[str], consuming: bool = True) -> float | None:
+        """0 when there is work already, else seconds until the next timed event (None: none)."""
         if consuming and self._topology_changed():
             self._run(_ops.nothing)  # reloads it: consumers of a queue deleted elsewhere are cancelled
-        with self._state:
-            connection = self._connection(connection_id)
-            if connection.cancelled:
-                return 0.0
-            plan = self._plan(connection)
-            if not connection.waiting:
-                connection.waiting = True
-                self._waiting += 1
-        self._wakeup.set()  # the flusher starts polling data_version for us
+        self._wakeup.set()  # the flusher starts polling data_version for the waiting connection
         if self._pending.count or self._acks or self._releases:
             return 0.0
-        if plan and self._ready(plan):
+        if queues and self._ready(queues):
             return 0.0
         due = self._deadline()
         self._next_due = due
         if due == float("inf"):
             return None
         return max(0.0, due - time.time()) + 0.0005
-
-    def end_wait(self, connection_id: int) -> None:
-        with self._state:
-            connection = self._connections.get(connection_id)
-            if connection is not None and connection.waiting:
-                connection.waiting = False
-                self._waiting -= 1
 
     def _deadline(self) -> float:
         reader = self._reader
@@ -1215,26 +901,19 @@ class SqliteStore:
             except sqlite3.Error:
                 return time.time()
 
-    def _wake_connection(self, connection: _Connection) -> None:
-        if connection.waiting:
-            connection.waiting = False
-            self._waiting -= 1
-            connection.waker.set()
+    @property
+    def _waiting(self) -> int:
+        listener = self.listener
+        return listener.waiting if listener is not None else 0
 
-    def _wake_queues(self, names: set[str]) -> None:
-        with self._state:
-            for connection in self._connections.values():
-                if connection.waiting and any(
-                    consumer.queue in names
-                    for channel in connection.channels.values()
-                    for consumer in channel.consumers.values()
-                ):
-                    self._wake_connection(connection)
+    def _wake(self, names: set[str]) -> None:
+        listener = self.listener
+        if listener is not None and listener.waiting:
+            listener.wake(names)
 
-    def _wake_all(self) -> None:
-        with self._state:
-            for connection in self._connections.values():
-                self._wake_connection(connection)
+    def _wake_everyone(self) -> None:
+        if self.listener is not None:
+            self.listener.wake_all()
 
     # --- the flusher thread --------------------------------------------------------------------------
 
@@ -1265,7 +944,7 @@ class SqliteStore:
                 if version != last_version:
                     last_version = version
                     interval = POLL_MIN
-                    self._wake_all()
+                    self._wake_everyone()
                 else:
                     interval = min(interval * 1.5, POLL_MAX)
                 timeout = min(timeout, interval)
