@@ -52,7 +52,7 @@ def test_index_is_server_rendered(served: Served) -> None:
 
 def test_api_and_metrics_follow_traffic(served: Served, url: str) -> None:
     queues = {q["name"]: q for q in served.api("/api/queues")["queues"]}
-    assert queues["jobs"] == {"name": "jobs", "ready": 3, "unacked": 0, "consumers": 0, "delayed": None}
+    assert queues["jobs"] == {"name": "jobs", "ready": 3, "unacked": 0, "consumers": 0, "delayed": 0}
     assert queues["jobs.dead"]["ready"] == 1
     bindings = served.api("/api/bindings")["bindings"]
     assert {

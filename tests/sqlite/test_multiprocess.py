@@ -222,6 +222,7 @@ def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
         db.execute(f"DROP TRIGGER {trigger}")
     db.execute("DROP TABLE queue_ready")
     db.execute("DELETE FROM meta WHERE key='ready_mark'")
+    db.execute("DROP TABLE delayed")  # schema 5 added it
     db.execute("PRAGMA user_version=1")
     db.close()
     with Connection(url) as conn, conn.SimpleQueue(queue) as simple:

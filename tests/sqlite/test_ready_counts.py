@@ -122,6 +122,7 @@ def test_a_version_2_file_gets_its_counts(tmp_path: Path) -> None:
         db.execute(f"DROP TRIGGER {trigger}")
     db.execute("DROP TABLE queue_ready")
     db.execute("DELETE FROM meta WHERE key='ready_mark'")
+    db.execute("DROP TABLE delayed")  # schema 5 added it
     db.execute("PRAGMA user_version=2")
     db.close()
     with Connection(url) as conn:
@@ -193,6 +194,7 @@ def test_a_version_3_file_is_upgraded(tmp_path: Path) -> None:
         db.execute(statement)
     for statement in _schema._MIGRATIONS[3]:  # inserts counted by a trigger
         db.execute(statement)
+    db.execute("DROP TABLE delayed")  # schema 5 added it
     db.execute("PRAGMA user_version=3")
     template = db.execute("SELECT properties, exchange, routing_key FROM messages LIMIT 1").fetchone()
     db.execute(  # counted by schema 3's insert trigger
@@ -211,7 +213,7 @@ def test_a_version_3_file_is_upgraded(tmp_path: Path) -> None:
     with Connection(url) as conn:
         assert _ready(conn) == 5
         db = sqlite3.connect(path)
-        assert db.execute("PRAGMA user_version").fetchone()[0] == _schema.SCHEMA_VERSION == 4
+        assert db.execute("PRAGMA user_version").fetchone()[0] == _schema.SCHEMA_VERSION == 5
         triggers = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='trigger'")}
         assert "ready_insert" not in triggers
         table = db.execute("SELECT sql FROM sqlite_master WHERE name='messages'").fetchone()[0]

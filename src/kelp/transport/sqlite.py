@@ -52,7 +52,13 @@ from kelp._broker.sqlite import SqliteStore, StoreOptions, store_for
 from kelp._broker.sqlite._schema import make_private
 from kelp._envelope import Delivery, Envelope, QueueInfo
 from kelp.exceptions import OperationalError, UsageError
-from kelp.transport.base import Transport, TransportChannel, queue_deleted
+from kelp.transport.base import (
+    DEFAULT_IMPLEMENTS,
+    Implements,
+    Transport,
+    TransportChannel,
+    queue_deleted,
+)
 from kelp.url import URL
 
 __all__ = ["SqliteChannel", "SqliteTransport"]
@@ -169,6 +175,10 @@ class SqliteChannel(TransportChannel):
     def close(self) -> None:
         run_blocking(self._broker.close_channel, self._connection_id, self.channel_id)
 
+    def cancel_delayed(self, message_id: str) -> int:
+        # The store commits this process's buffered publishes first, so it finds them.
+        return run_blocking(self._store.cancel_delayed, message_id)
+
 
 def database_path(url: URL) -> str:
     """The database file a ``sqlite://`` URL names (the default file when it names none)."""
@@ -200,6 +210,7 @@ def prepare_default_path(path: str) -> None:
 
 class SqliteTransport(Transport):
     schemes: ClassVar[tuple[str, ...]] = ("sqlite",)
+    implements: ClassVar[Implements] = DEFAULT_IMPLEMENTS.extend(delayed_delivery=True)
     query_options: ClassVar[frozenset[str] | None] = frozenset(
         {"confirm_publish", "synchronous", "busy_timeout", "heartbeat"}
     )

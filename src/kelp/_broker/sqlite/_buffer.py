@@ -59,7 +59,7 @@ def stage(topo: Topology, envelopes: Sequence[Envelope], now: float) -> tuple[St
         headers_text = encode(headers) if headers else ""
         persistent = properties.get("delivery_mode") == 2
         durable = durable or persistent
-        if plain and "expiration" not in properties:
+        if plain and "expiration" not in properties and envelope.due is None:
             body = _ops.blob(envelope.body)
             flag = 1 if persistent else 0
             for name in targets:
@@ -75,7 +75,7 @@ def lean_row(topo: Topology, envelope: Envelope, confirm: bool) -> _ops.Row | No
     (persistent, or ``confirm``), with the topology version: the usual persistent publish, without the
     staging. None for anything else (:func:`stage` then takes it)."""
     properties = envelope.properties
-    if envelope.mandatory or "expiration" in properties:
+    if envelope.mandatory or "expiration" in properties or envelope.due is not None:
         return None
     persistent = properties.get("delivery_mode") == 2
     if not (persistent or confirm):
@@ -187,6 +187,10 @@ def _store_stale_row(
 
 def _store_item(tx: _ops.Tx, item: Item, refused: list[tuple[Envelope, str]]) -> None:
     envelope, props, headers, persistent, ttl, published, targets = item
+    if envelope.due is not None:
+        for name in targets:
+            _ops.hold(tx, name, envelope, props, headers, persistent, ttl)
+        return
     for name in targets:
         if not _ops.enqueue(tx, name, envelope, props, headers, persistent, ttl, published):
             refused.append((envelope, name))

@@ -27,7 +27,7 @@ from kelp._broker.queue_args import (
 from kelp._broker.sqlite._codec import decode, encode
 from kelp._broker.sqlite._schema import TOMBSTONE_OWNER
 from kelp._broker.sqlite._topology import LOG_KEEP, QueueDef, Topology, binding_key, refresh_topology
-from kelp._envelope import Envelope, QueueInfo
+from kelp._envelope import Envelope, QueueInfo, QueueStats
 from kelp.exceptions import (
     AccessRefused,
     NotFound,
@@ -86,7 +86,8 @@ _CLAIM = (
 
 
 _BEGIN = (
-    "SELECT value, EXISTS (SELECT 1 FROM messages WHERE expires_at <= ? AND owner IS NULL), "
+    "SELECT value, EXISTS (SELECT 1 FROM messages WHERE expires_at <= ?1 AND owner IS NULL) "
+    "OR EXISTS (SELECT 1 FROM delayed WHERE due <= ?1), "
     "(SELECT max(id) FROM messages) > (SELECT value FROM meta WHERE key='ready_mark') "
     "FROM meta WHERE key='topology'"
 )
@@ -310,8 +311,11 @@ def queue_stats(tx: Tx) -> list[tuple[str, int, int, int]]:
     ready = dict(db.execute("SELECT queue, count FROM queue_ready"))
     unacked = dict(db.execute("SELECT queue, count(*) FROM messages WHERE owner IS NOT NULL GROUP BY queue"))
     consumers = dict(db.execute("SELECT queue, count(*) FROM consumers GROUP BY queue"))
+    delayed = dict(db.execute("SELECT queue, count(*) FROM delayed GROUP BY queue"))
     return [
-        (name, ready.get(name, 0), unacked.get(name, 0), consumers.get(name, 0))
+        QueueStats(
+            name, ready.get(name, 0), unacked.get(name, 0), consumers.get(name, 0), delayed.get(name, 0)
+        )
         for name in tx.current().queues
     ]
 
@@ -331,6 +335,9 @@ def next_deadline(db: sqlite3.Connection) -> float:
     ).fetchone()
     if row is not None and row[0] is not None:
         due = min(due, row[0])
+    row = db.execute("SELECT due FROM delayed ORDER BY due LIMIT 1").fetchone()
+    if row is not None:
+        due = min(due, row[0])
     return float(due)
 
 
@@ -338,8 +345,10 @@ def next_deadline(db: sqlite3.Connection) -> float:
 
 
 def tick(tx: Tx) -> None:
-    """Expire what is due: ready messages past their TTL (dead-lettered) and unused queues past x-expires."""
+    """Expire what is due: ready messages past their TTL (dead-lettered) and unused queues past x-expires;
+    move the delayed messages that are due into their queues."""
     db = tx.db
+    promote(tx)
     rows = db.execute(
         "SELECT id, queue, body, properties, headers, exchange, routing_key FROM messages "
         "WHERE expires_at <= ? AND owner IS NULL ORDER BY queue, priority DESC, id",
@@ -359,6 +368,72 @@ def tick(tx: Tx) -> None:
         ).fetchall()
         for (name,) in expired:
             delete_queue(tx, name)
+
+
+# --- delayed messages ----------------------------------------------------------------------------------
+
+_HOLD = (
+    "INSERT INTO delayed (due, queue, message_id, body, properties, headers, exchange, routing_key, ttl_ms, "
+    "persistent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_DUE = (
+    "SELECT id, due, queue, body, properties, headers, exchange, routing_key, ttl_ms, persistent "
+    "FROM delayed WHERE due <= ? ORDER BY due, id LIMIT ?"
+)
+#: Delayed messages one transaction moves at most (the rest go in the next, scheduled at once).
+PROMOTE_MAX = 1000
+
+
+def hold(
+    tx: Tx, name: str, envelope: Envelope, props: str, headers: str, persistent: bool, ttl: int | None
+) -> None:
+    """Hold one copy of a delayed message for queue ``name`` until its due time."""
+    due = envelope.due
+    assert due is not None
+    if name not in tx.current().queues:
+        return  # deleted since the message was routed
+    tx.db.execute(
+        _HOLD,
+        (
+            due,
+            name,
+            envelope.properties.get("message_id"),
+            blob(envelope.body),
+            props,
+            headers,
+            envelope.exchange,
+            envelope.routing_key,
+            ttl,
+            1 if persistent else 0,
+        ),
+    )
+    if due < tx.next_due:
+        tx.next_due = due
+
+
+def promote(tx: Tx) -> None:
+    """Move the delayed messages that are due into their queues, in due then publish order, each as a fresh
+    publish whose TTL counts from its due time (length limits apply now, as to any publish)."""
+    rows = tx.db.execute(_DUE, (tx.now, PROMOTE_MAX)).fetchall()
+    if not rows:
+        return
+    tx.db.executemany("DELETE FROM delayed WHERE id=?", [(row[0],) for row in rows])
+    for row_id, due, name, body, props, headers, exchange, routing_key, ttl, persistent in rows:
+        try:
+            body, properties, header_table = read_row(body, props, headers, exchange, routing_key)
+        except Malformed as exc:  # written from outside kelp
+            report_dropped("the sqlite delayed table", name, row_id, str(exc), "it was a delayed message")
+            continue
+        envelope = Envelope(body, properties, header_table, exchange, routing_key)
+        enqueue(tx, name, envelope, props, headers or "", bool(persistent), ttl, due)
+    if len(rows) == PROMOTE_MAX:
+        tx.next_due = tx.now  # more are due: the next transaction moves them
+
+
+def cancel_delayed(tx: Tx, message_id: str) -> int:
+    """Drop the held copies of a delayed message; return how many."""
+    count: int = tx.db.execute("DELETE FROM delayed WHERE message_id=?", (message_id,)).rowcount
+    return count
 
 
 def _touch(tx: Tx, queue: QueueDef) -> None:
@@ -385,6 +460,10 @@ def publish(tx: Tx, envelopes: Sequence[Envelope]) -> tuple[list[Envelope], list
         props = encode(properties)
         headers = encode(envelope.headers) if envelope.headers else ""
         persistent = properties.get("delivery_mode") == 2
+        if envelope.due is not None:
+            for name in targets:
+                hold(tx, name, envelope, props, headers, persistent, ttl)
+            continue
         for name in targets:
             if not enqueue(tx, name, envelope, props, headers, persistent, ttl, tx.now):
                 refused.append((envelope, name))
@@ -795,6 +874,7 @@ def delete_queue(tx: Tx, name: str) -> int:
     # Ready messages through the claim index, claimed ones through the owner index.
     db.execute("DELETE FROM messages WHERE queue=? AND owner IS NULL", (name,))
     db.execute("DELETE FROM messages WHERE owner IS NOT NULL AND queue=?", (name,))
+    db.execute("DELETE FROM delayed WHERE queue=?", (name,))
     db.execute("DELETE FROM queues WHERE name=?", (name,))
     db.execute("DELETE FROM consumers WHERE queue=?", (name,))
     sources = [
@@ -1013,6 +1093,7 @@ def recover(tx: Tx) -> None:
     for (name,) in db.execute("SELECT name FROM exchanges WHERE durable=0").fetchall():
         _drop_exchange(tx, name)
     db.execute("DELETE FROM messages WHERE persistent=0")
+    db.execute("DELETE FROM delayed WHERE persistent=0")
     db.execute(
         "UPDATE messages SET owner=NULL, redelivered=1, claimed_at=NULL "
         "WHERE owner IS NOT NULL AND owner != ?",

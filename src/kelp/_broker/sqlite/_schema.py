@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 APPLICATION_ID = 0x6B656C70  # "kelp"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # A message's id is its rowid: SQLite gives a new row the last id + 1 (no AUTOINCREMENT, whose counter
 # would be one more page written by every commit). No id at or below the ready mark is ever given again:
@@ -52,6 +52,28 @@ _MESSAGES_INDEXES = (
     "CREATE INDEX messages_ready ON messages (queue, priority DESC, id) WHERE owner IS NULL",
     "CREATE INDEX messages_owner ON messages (owner) WHERE owner IS NOT NULL",
     "CREATE INDEX messages_expiry ON messages (expires_at) WHERE expires_at IS NOT NULL",
+)
+
+# Delayed messages (schema 5): routed at publish, one row per queue, held here until ``due`` (wall clock)
+# and then moved into ``messages`` by the transaction that finds them due (_ops.promote), in due then
+# publish (id) order; their TTL (``ttl_ms``) counts from then. Cancelled by ``message_id``.
+_DELAYED = (
+    """CREATE TABLE delayed (
+    id INTEGER PRIMARY KEY,
+    due REAL NOT NULL,
+    queue TEXT NOT NULL,
+    message_id TEXT,
+    body BLOB NOT NULL,
+    properties TEXT NOT NULL,
+    headers TEXT,
+    exchange TEXT NOT NULL,
+    routing_key TEXT NOT NULL,
+    ttl_ms INTEGER,
+    persistent INTEGER NOT NULL
+)""",
+    "CREATE INDEX delayed_due ON delayed (due, id)",
+    "CREATE INDEX delayed_queue ON delayed (queue)",
+    "CREATE INDEX delayed_message ON delayed (message_id) WHERE message_id IS NOT NULL",
 )
 
 _DDL_TEMPLATE = """
@@ -202,6 +224,8 @@ _MIGRATIONS = {
         _MARK_KEPT,
         *_READY_COUNTS[3:],
     ),
+    # Delayed messages.
+    5: _DELAYED,
 }
 
 _BUILTIN_EXCHANGES = (
@@ -286,7 +310,7 @@ def ensure_schema(db: sqlite3.Connection, path: str, now: float) -> None:
             for statement in _DDL.split(";"):
                 if statement.strip():
                     db.execute(statement)
-            for statement in (*_READY_COUNTS, _MARK_START):
+            for statement in (*_READY_COUNTS, _MARK_START, *_DELAYED):
                 db.execute(statement)
             db.executemany("INSERT INTO exchanges VALUES (?, ?, 1, 0, 0, '{}')", _BUILTIN_EXCHANGES)
             for statement in _ON_OPEN:

@@ -588,6 +588,10 @@ class SqliteStore:
     def bindings(self) -> list[tuple[str, str, str, str, dict[str, Any]]]:
         return self._run(lambda tx: tx.topo.bindings())
 
+    def cancel_delayed(self, message_id: str) -> int:
+        """Drop the held copies of the delayed message ``message_id`` (committed); return how many."""
+        return self._run(lambda tx: _ops.cancel_delayed(tx, message_id))
+
     # --- publishing --------------------------------------------------------------------------------------
 
     def send(self, envelopes: Sequence[Envelope], wait: bool, confirm: bool = False) -> int | None:

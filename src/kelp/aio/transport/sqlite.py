@@ -50,7 +50,13 @@ from kelp._broker.sqlite import SqliteStore, StoreOptions, store_for
 from kelp._broker.sqlite._schema import make_private
 from kelp._envelope import Delivery, Envelope, QueueInfo
 from kelp.aio._backend import Lock, Signal, monotonic, run_blocking, sleep
-from kelp.aio.transport.base import Transport, TransportChannel, queue_deleted
+from kelp.aio.transport.base import (
+    DEFAULT_IMPLEMENTS,
+    Implements,
+    Transport,
+    TransportChannel,
+    queue_deleted,
+)
 from kelp.exceptions import OperationalError, UsageError
 from kelp.url import URL
 
@@ -169,6 +175,10 @@ class SqliteChannel(TransportChannel):
     async def close(self) -> None:
         await run_blocking(self._broker.close_channel, self._connection_id, self.channel_id)
 
+    async def cancel_delayed(self, message_id: str) -> int:
+        # The store commits this process's buffered publishes first, so it finds them.
+        return await run_blocking(self._store.cancel_delayed, message_id)
+
 
 def database_path(url: URL) -> str:
     """The database file a ``sqlite://`` URL names (the default file when it names none)."""
@@ -200,6 +210,7 @@ def prepare_default_path(path: str) -> None:
 
 class SqliteTransport(Transport):
     schemes: ClassVar[tuple[str, ...]] = ("sqlite",)
+    implements: ClassVar[Implements] = DEFAULT_IMPLEMENTS.extend(delayed_delivery=True)
     query_options: ClassVar[frozenset[str] | None] = frozenset(
         {"confirm_publish", "synchronous", "busy_timeout", "heartbeat"}
     )
