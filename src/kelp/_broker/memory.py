@@ -563,6 +563,10 @@ class MemoryStore:
             self._timed.add(queue.name)
         if due < self._next_due:
             self._next_due = due
+            # Connections waiting now computed their wait without this earlier due time.
+            listener = self.listener
+            if listener is not None and listener.waiting:
+                listener.wake_all()
 
     def _unhold(self, held: _Held) -> None:
         """Forget a held copy: cancelled, deleted with its queue, or moved to its queue."""

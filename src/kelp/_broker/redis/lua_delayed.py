@@ -11,7 +11,9 @@ Keys (P is the prefix):
   message id]``.
 - ``P qdi:<q>`` hash: message id -> msgpack list of its members in the queue (what cancel removes).
 - ``P dseq`` counter of publish sequence numbers; ``P dq`` set of the queues holding delayed messages
-  (cancel looks in each). Deleting a queue deletes its three keys whole, whatever their size.
+  (cancel looks in each); ``P wake`` a one-entry stream every blocked client watches, added to when a
+  message is held with a due time earlier than anything scheduled. Deleting a queue deletes its three
+  keys whole, whatever their size.
 
 The queue's entry in ``P timed`` (the sweep schedule) is never later than its first due time, so every
 claim, get, heartbeat and stats call that sweeps due queues moves what is due; a client's blocking wait
@@ -53,7 +55,13 @@ local function hold(q, body, meta, ttl, priority, due, id)
     members[#members + 1] = member
     redis.call('HSET', kqdi(q.name), id, cmsgpack.pack(members))
   end
+  local first = redis.call('ZRANGE', K_TIMED, 0, 0, 'WITHSCORES')[2]
   schedule(q.name, due)
+  -- Due before anything scheduled so far: the clients blocked in XREAD (they watch P wake) computed
+  -- their waits without it, so wake them to claim again and learn it.
+  if not first or due < tonumber(first) then
+    redis.call('XADD', P .. 'wake', 'MAXLEN', '1', '*', 'd', due)
+  end
 end
 
 -- Move up to limit due entries of q to its ready streams, in due then publish order; the TTL of each

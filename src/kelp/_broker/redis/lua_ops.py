@@ -352,6 +352,12 @@ function ops.claim(a)
         end
       end
     end
+    -- A delayed message held due sooner than this client's wait ends adds to P wake (lua_delayed).
+    if #out > 3 then
+      local wake = redis.call('XREVRANGE', P .. 'wake', '+', '-', 'COUNT', 1)[1]
+      out[#out + 1] = P .. 'wake'
+      out[#out + 1] = wake and wake[1] or '0-0'
+    end
   end
   out[1] = redis.call('XLEN', K_OUTBOX)
   return out

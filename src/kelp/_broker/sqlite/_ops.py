@@ -119,6 +119,7 @@ class Tx:
         "db",
         "deleted_queues",
         "dirty",
+        "held",
         "inserted",
         "next_due",
         "now",
@@ -139,6 +140,7 @@ class Tx:
         self.touched: set[str] = set()
         self.deleted_queues: set[str] = set()
         self.next_due = float("inf")
+        self.held = False  # a delayed message was stored
 
     def refresh(self) -> None:
         """Reload the topology if any process changed it since the snapshot."""
@@ -407,6 +409,7 @@ def hold(
             1 if persistent else 0,
         ),
     )
+    tx.held = True
     if due < tx.next_due:
         tx.next_due = due
 

@@ -452,6 +452,8 @@ class SqliteStore:
             self._wake(tx.touched)
         if tx.next_due < self._next_due:
             self._next_due = tx.next_due
+            if tx.held:  # a delayed message due before the waits in progress end: they recompute
+                self._wake_everyone()
 
     def _topology_changed(self) -> bool:
         """Whether another process changed the topology since this one last loaded it (a read)."""
