@@ -24,6 +24,7 @@ import datetime
 import itertools
 import logging
 import math
+import secrets
 import time
 import uuid
 from collections import deque
@@ -243,7 +244,7 @@ class Producer:
                 for key in unknown:
                     del props[key]
         if due is not None and not props.get("message_id"):
-            props["message_id"] = uuid.uuid4().hex
+            props["message_id"] = delayed_message_id(due)
         return Envelope(
             payload,
             props,
@@ -439,6 +440,12 @@ def due_time(countdown: float | None, eta: datetime.datetime | None) -> float | 
             raise UsageError(f"countdown must be >= 0 seconds, not {countdown!r}")
         due = now + countdown
     return due if due > now else None
+
+
+def delayed_message_id(due: float) -> str:
+    """A generated id for a delayed message: ``kd-<due time in ms, hex>-<16 random hex digits>``. It
+    carries the due time so that a store can find the message by its due-time index (sqlite://)."""
+    return f"kd-{int(due * 1000):x}-{secrets.token_hex(8)}"
 
 
 _PROPERTY_ALIASES = {"type_": "type"}

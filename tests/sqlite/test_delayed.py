@@ -111,5 +111,19 @@ def test_a_schema_4_file_is_upgraded_with_the_delayed_table(db_url: str, tmp_pat
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     indexes = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
-    assert {"delayed_due", "delayed_queue", "delayed_message"} <= indexes
+    assert {"delayed_due", "delayed_message"} <= indexes
     db.close()
+
+
+def test_cancel_finds_generated_and_given_ids(db_url: str) -> None:
+    with Connection(db_url) as conn:
+        Queue("q")(conn.default_channel).declare()
+        producer = conn.Producer()
+        generated = producer.publish("a", routing_key="q", countdown=60)
+        assert generated is not None
+        assert generated.startswith("kd-")  # carries its due time: found through the due-time index
+        producer.publish("b", routing_key="q", countdown=60, message_id="order-17")
+        producer.publish("c", routing_key="q", countdown=60, message_id="order-17")
+        assert producer.cancel_delayed("order-17") == 2
+        assert producer.cancel_delayed(generated) == 1
+        assert conn.transport.queue_stats()[0].delayed == 0

@@ -70,6 +70,35 @@ def stage(topo: Topology, envelopes: Sequence[Envelope], now: float) -> tuple[St
     return staged, durable
 
 
+def lean_held_row(topo: Topology, envelope: Envelope, confirm: bool) -> _ops.HeldRow | None:
+    """The one ``delayed`` row of a delayed publish to a single queue, to be committed now (persistent,
+    or ``confirm``), with the topology version; None for anything else (the general path takes it)."""
+    properties = envelope.properties
+    persistent = properties.get("delivery_mode") == 2
+    if envelope.mandatory or envelope.due is None or not (persistent or confirm):
+        return None
+    exchange = envelope.exchange
+    if exchange and exchange not in topo.exchanges:
+        return None
+    headers = envelope.headers
+    targets, plain = topo.routed(exchange, envelope.routing_key, headers)
+    if plain is None or len(targets) != 1:  # a queue that may refuse: the general path reports it
+        return None
+    return (
+        envelope.due,
+        targets[0],
+        properties.get("message_id"),
+        _ops.blob(envelope.body),
+        encode(properties),
+        encode(headers) if headers else "",
+        exchange,
+        envelope.routing_key,
+        expiration_ms(properties) if "expiration" in properties else None,
+        1 if persistent else 0,
+        topo.version,
+    )
+
+
 def lean_row(topo: Topology, envelope: Envelope, confirm: bool) -> _ops.Row | None:
     """The one row of a publish that :func:`stage` would make a single ready row to be committed now
     (persistent, or ``confirm``), with the topology version: the usual persistent publish, without the

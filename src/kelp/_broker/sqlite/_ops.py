@@ -8,6 +8,7 @@ exclusive and auto-delete queues. They keep no state of their own; the store dec
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -382,6 +383,15 @@ _DUE = (
     "SELECT id, due, queue, body, properties, headers, exchange, routing_key, ttl_ms, persistent "
     "FROM delayed WHERE due <= ? ORDER BY due, id LIMIT ?"
 )
+# The lean path of a persistent delayed publish to one queue: one autocommitted statement, stored only if
+# the topology is still at the version it was routed against (the last parameter), as INSERT_IF_CURRENT.
+HOLD_IF_CURRENT = (
+    "INSERT INTO delayed (due, queue, message_id, body, properties, headers, exchange, routing_key, ttl_ms, "
+    "persistent) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10 "
+    "WHERE (SELECT value FROM meta WHERE key='topology') = ?11"
+)
+#: The parameters of HOLD_IF_CURRENT.
+HeldRow = tuple[float, str, Any, bytes | bytearray, str, str, str, str, Any, int, int]
 #: Delayed messages one transaction moves at most (the rest go in the next, scheduled at once).
 PROMOTE_MAX = 1000
 
@@ -433,9 +443,20 @@ def promote(tx: Tx) -> None:
         tx.next_due = tx.now  # more are due: the next transaction moves them
 
 
+_GENERATED_ID = re.compile(r"kd-([0-9a-f]{1,16})-[0-9a-f]+")
+
+
 def cancel_delayed(tx: Tx, message_id: str) -> int:
-    """Drop the held copies of a delayed message; return how many."""
-    count: int = tx.db.execute("DELETE FROM delayed WHERE message_id=?", (message_id,)).rowcount
+    """Drop the held copies of a delayed message; return how many. An id kelp generated carries the due
+    time (messaging.delayed_message_id): found through the due-time index; a user's through its own."""
+    generated = _GENERATED_ID.fullmatch(message_id)
+    if generated:
+        due = int(generated[1], 16) / 1000
+        sql = "DELETE FROM delayed WHERE due >= ? AND due < ? AND message_id = ?"
+        count: int = tx.db.execute(sql, (due - 0.001, due + 0.002, message_id)).rowcount
+        return count
+    sql = "DELETE FROM delayed WHERE message_id = ? AND message_id NOT GLOB 'kd-*'"
+    count = tx.db.execute(sql, (message_id,)).rowcount
     return count
 
 
@@ -877,7 +898,11 @@ def delete_queue(tx: Tx, name: str) -> int:
     # Ready messages through the claim index, claimed ones through the owner index.
     db.execute("DELETE FROM messages WHERE queue=? AND owner IS NULL", (name,))
     db.execute("DELETE FROM messages WHERE owner IS NOT NULL AND queue=?", (name,))
-    db.execute("DELETE FROM delayed WHERE queue=?", (name,))
+    # Found through the due-time index, which covers the queue: the bodies are not read.
+    db.execute(
+        "DELETE FROM delayed WHERE id IN (SELECT id FROM delayed INDEXED BY delayed_due WHERE queue=?)",
+        (name,),
+    )
     db.execute("DELETE FROM queues WHERE name=?", (name,))
     db.execute("DELETE FROM consumers WHERE queue=?", (name,))
     sources = [

@@ -615,6 +615,16 @@ class SqliteStore:
         if self._full:
             return None  # while the disk is full, each publish commits in publish(): a failure is raised
         topo = self._topo
+        if wait and len(envelopes) == 1 and not self._pending.count and envelopes[0].due is not None:
+            held = _buffer.lean_held_row(topo, envelopes[0], confirm)
+            if held is not None:
+                with self._lock:
+                    stored = not self._pending.count and self._insert_row(held, _ops.HOLD_IF_CURRENT)
+                if stored:
+                    self._held(held[0])
+                    return 0
+                if stored is None:
+                    return None
         if wait and len(envelopes) == 1 and not self._pending.count:
             row = _buffer.lean_row(topo, envelopes[0], confirm)
             if row is not None:
@@ -732,28 +742,37 @@ class SqliteStore:
         self._committed = staged
         return True
 
-    def _insert_row(self, row: _ops.Row) -> bool | None:
+    def _held(self, due: float) -> None:
+        """A delayed message due at ``due`` was stored by the lean path (as _finish does for a Tx)."""
+        if due < self._next_due:
+            self._next_due = due
+            if self._waiting:
+                self._wake_everyone()
+
+    def _insert_row(self, row: _ops.Row | _ops.HeldRow, sql: str = _ops.INSERT_IF_CURRENT) -> bool | None:
         """Store one ready row (its shape, body and the topology version it was routed at) by one
-        autocommitted INSERT (see :meth:`_commit_one`); False, having stored nothing, if that cannot be
-        done now, and None when the disk is full. Hold the writer lock, with nothing buffered before it."""
+        autocommitted INSERT (see :meth:`_commit_one`) - or, with ``sql`` HOLD_IF_CURRENT, one delayed
+        row; False, having stored nothing, if that cannot be done now, and None when the disk is full.
+        Hold the writer lock, with nothing buffered before it."""
         cursor = self._inserter
         if cursor is None or self._lost is not None:
             return False
         self._check_file()  # never commit into a file deleted or replaced under us
         try:
-            if cursor.execute(_ops.INSERT_IF_CURRENT, row).rowcount != 1:
+            if cursor.execute(sql, row).rowcount != 1:
                 return False
         except sqlite3.Error as exc:
             if isinstance(exc, sqlite3.OperationalError) and is_full(exc):
                 self._full = True  # send() hands this publish to publish(), which reports it unstored
                 return None
             return False  # busy, or worse: the general path retries or reports it
-        self._uncounted += 1
         self._last_commit = now = time.monotonic()
         if now - self._checkpointed_at >= _checkpoint.EVERY:
             self._wakeup.set()  # the flusher checkpoints the WAL
-        if self._waiting:
-            self._wake({row[0]})
+        if sql is _ops.INSERT_IF_CURRENT:  # a ready row: counted in arrears, its consumers woken
+            self._uncounted += 1
+            if self._waiting:
+                self._wake({str(row[0])})
         return True
 
     def _count_ready(self) -> None:
