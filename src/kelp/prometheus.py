@@ -18,7 +18,8 @@ A processed message's ``status`` is how its handler settled it: ``acked``, ``nac
 ``rejected``, ``skipped`` (left unsettled) or ``error`` (the handler raised).
 
 :meth:`KelpMetrics.watch_queues` adds the gauges ``{prefix}_queue_messages_ready``,
-``{prefix}_queue_messages_unacked`` and ``{prefix}_queue_consumers`` (label ``queue``), read from the
+``{prefix}_queue_messages_unacked``, ``{prefix}_queue_consumers`` and, where the broker counts them,
+``{prefix}_queue_messages_delayed`` (label ``queue``), read from the
 transport's queue statistics by a connection of their own each time Prometheus scrapes.
 
 Metrics observe and never change what happens to a message.
@@ -232,7 +233,20 @@ class QueueStatsCollector(Collector):
             GaugeMetricFamily(f"{self.prefix}_{name}", text, labels=["app_name", "queue"])
             for name, text in zip(names, helps)
         ]
-        for queue, *values in sorted(rows):
+        delayed = GaugeMetricFamily(
+            f"{self.prefix}_queue_messages_delayed",
+            "Messages held until their due time",
+            labels=["app_name", "queue"],
+        )
+        counted = False
+        for row in sorted(rows):
+            queue, *values = row
             for family, value in zip(families, values):
                 family.add_metric([self.app_name, queue], value)
+            held = getattr(row, "delayed", None)  # QueueStats rows; RabbitMQ cannot count them
+            if held is not None:
+                delayed.add_metric([self.app_name, queue], held)
+                counted = True
         yield from families
+        if counted:
+            yield delayed

@@ -68,6 +68,10 @@ def test_counters_follow_traffic(tmp_path: Any, metrics: KelpMetrics) -> None:
             == 4
         )
         assert value(after_publish, "kelp_queue_messages_ready", queue="jobs") == 4
+        assert value(after_publish, "kelp_queue_messages_delayed", queue="jobs") == 0
+        held = producer.publish({"n": "later"}, routing_key="new", countdown=60)
+        assert value(scrape(metrics.registry), "kelp_queue_messages_delayed", queue="jobs") == 1
+        assert producer.cancel_delayed(held) == 1
 
         outcomes = iter(["ack", "reject", "requeue-then-ack", "raise"])
         seen: list[int] = []
