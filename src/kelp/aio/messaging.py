@@ -357,9 +357,14 @@ class Producer:
         channel = await self._source.get()
         if not self._declared:
             await self._maybe_declare_exchange()
-        transport = channel.connection.transport
-        if not transport.implements.get("delayed_delivery") and any(e.due is not None for e in envelopes):
-            raise UsageError(f"the {transport.url.transport}:// transport cannot hold delayed messages")
+        for envelope in envelopes:
+            if envelope.due is not None:
+                transport = channel.connection.transport
+                if not transport.implements.get("delayed_delivery"):
+                    raise UsageError(
+                        f"the {transport.url.transport}:// transport cannot hold delayed messages"
+                    )
+                break
         if declare:
             declared = channel.connection.declared_entities
             for entity in declare:
