@@ -1,7 +1,8 @@
 # Generated from src/kelp/aio/transport/_amqp_delay.py by scripts/unasync.py; do not edit.
 """Delayed messages on RabbitMQ: held by the broker, in one of two ways chosen once per connection.
 
-* **The plugin**: when the node has ``rabbitmq_delayed_message_exchange``, a delayed message is published
+* **The plugin**: when the node has ``rabbitmq_delayed_message_exchange`` (checked once per node by each
+  process, on a short-lived connection), a delayed message is published
   to the durable exchange ``kelp.delayed`` (type ``x-delayed-message``, routing like ``headers``) with an
   ``x-delay`` header; the plugin holds it and routes it when due.
 * **TTL tiers** otherwise: a fixed set of durable queues ``kelp.delay.<k>`` (k = 0..27), each holding its
@@ -70,6 +71,11 @@ def _target(envelope: Envelope) -> tuple[str, str]:
     return "queue", envelope.routing_key
 
 
+#: Whether each node (host, port, vhost) has the plugin, as this process found out: the check opens a
+#: connection, so it is made once per node (a plugin enabled later is used by the next process).
+_plugin_known: dict[tuple[str | None, int | None, str | None], bool] = {}
+
+
 class Delays:
     """One connection's way to hold delayed messages (checked on its first delayed publish)."""
 
@@ -87,9 +93,14 @@ class Delays:
         """The batch with each delayed envelope addressed to the broker's holding place (its target bound
         there first); the others unchanged."""
         if self._plugin is None:
-            self._plugin = self._check_plugin()
-            if not self._plugin:
+            url = self._transport.url
+            node = (url.hostname, url.port, url.virtual_host)
+            plugin = _plugin_known.get(node)
+            if plugin is None:
+                plugin = _plugin_known[node] = self._check_plugin()
+            if not plugin:
                 self._declare_tiers()
+            self._plugin = plugin
         source = PLUGIN_EXCHANGE if self._plugin else DELIVER_EXCHANGE
         out = []
         now = time.time()
@@ -122,6 +133,7 @@ class Delays:
         """Whether the node has the delayed-message plugin: declare its exchange on a connection of our
         own, since an unknown exchange type makes RabbitMQ close the whole connection."""
         probe = type(self._transport)(self._transport.url, self._transport.options)
+        probe.probing = True  # type: ignore[attr-defined]
         try:
             probe.connect(10.0)
             channel = probe.open_channel()

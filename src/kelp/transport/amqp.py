@@ -584,6 +584,8 @@ class AmqpTransport(Transport):
         self.blocked: str | None = None
         #: How this connection has RabbitMQ hold delayed messages (the plugin or TTL tiers).
         self.delays = Delays(self)
+        #: A connection that asks the broker something which may close it (see Delays): no warning then.
+        self.probing = False
 
     # -- connection -----------------------------------------------------------------------------------------
 
@@ -852,7 +854,7 @@ class AmqpTransport(Transport):
         else:
             error = ConnectionError(f"AMQP connection to {self.url.as_uri()} lost: {exc}")
         self._lost = error
-        if not self._closing:
+        if not self._closing and not self.probing:
             logger.warning("%s", error)
         self._fail_waiters(error)
 
