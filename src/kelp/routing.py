@@ -32,7 +32,7 @@ from kelp._patterns import (
     topic_match,
 )
 from kelp._topic_trie import TopicTrie
-from kelp.exceptions import UsageError
+from kelp.exceptions import PreconditionFailed, UsageError
 
 __all__ = [
     "EXCHANGE_TYPES",
@@ -42,6 +42,7 @@ __all__ = [
     "Binding",
     "BindingTable",
     "Destination",
+    "InvalidBindingArguments",
     "InvalidXMatch",
     "Lookup",
     "Matcher",
@@ -73,6 +74,11 @@ class Destination(NamedTuple):
         return cls("exchange", name)
 
 
+class InvalidBindingArguments(PreconditionFailed, TypeError):
+    """Binding arguments that are not an AMQP table (a key that is not a str, a value that cannot be
+    compared): refused with PRECONDITION_FAILED; also a TypeError, for code that validates arguments."""
+
+
 def _freeze(value: Any) -> Any:
     if isinstance(value, Arguments):
         return value
@@ -85,7 +91,9 @@ def _freeze(value: Any) -> Any:
     if isinstance(value, set | frozenset):
         return frozenset(_freeze(item) for item in value)
     if not isinstance(value, Hashable):
-        raise TypeError(f"binding argument value of type {type(value).__name__} cannot be frozen")
+        raise InvalidBindingArguments(
+            f"binding argument value of type {type(value).__name__} cannot be frozen"
+        )
     return value
 
 
@@ -101,7 +109,7 @@ class Arguments(Mapping[str, Any]):
         frozen: dict[str, Any] = {}
         for key, value in (data or {}).items():
             if not isinstance(key, str):
-                raise TypeError(f"binding argument names must be str, not {type(key).__name__}")
+                raise InvalidBindingArguments(f"binding argument names must be str, not {type(key).__name__}")
             frozen[key] = _freeze(value)
         self._data = frozen
         self._hash = hash(frozenset(frozen.items()))

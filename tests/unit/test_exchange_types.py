@@ -8,7 +8,7 @@ import kelp
 from kelp.aio.transport.amqp import AmqpTransport
 from kelp.aio.transport.memory import MemoryTransport
 from kelp.aio.transport.sqlite import SqliteTransport
-from kelp.exceptions import UsageError
+from kelp.exceptions import PreconditionFailed, UsageError
 from kelp.routing import (
     EXCHANGE_TYPES,
     MATCHERS,
@@ -79,3 +79,18 @@ def test_a_brokered_transport_refuses_a_plugin_type_when_declared() -> None:
         with pytest.raises(UsageError, match="unknown exchange type 'x-delayed-message'"):
             kelp.Exchange("later", "x-delayed-message")(conn.default_channel).declare()
         kelp.Exchange("now", "topic")(conn.default_channel).declare()  # the channel is still usable
+
+
+def test_bad_binding_arguments_are_refused_as_the_broker_would() -> None:
+    with kelp.Connection("memory://exchange-types-args") as conn:
+        channel = conn.default_channel
+        channel.exchange_declare("args", "headers")
+        channel.queue_declare("args-q")
+        with pytest.raises(PreconditionFailed, match="names must be str"):
+            channel.queue_bind("args-q", "args", "", arguments={1: "x"})
+        with pytest.raises(PreconditionFailed, match="cannot be frozen"):
+            conn.channel().queue_bind("args-q", "args", "", arguments={"k": object.__new__(_Unhashable)})
+
+
+class _Unhashable:
+    __hash__ = None  # type: ignore[assignment]
