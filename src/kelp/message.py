@@ -59,6 +59,9 @@ class Message:
         "properties",
     )
 
+    #: What settling a message twice raises (Kombu's alias).
+    MessageStateError = MessageStateError
+
     def __init__(
         self,
         channel: Channel | None,
