@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import importlib
+import logging
 import uuid
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -157,3 +158,23 @@ def reference(url: str, scenario: Scenario, args: tuple[Any, ...]) -> Any:
         helpers = importlib.import_module(f"{module.__package__}.helpers")
         _REFERENCE[key] = helpers.run(KOMBU, url, twin, *args)
     return _REFERENCE[key]
+
+
+class Records(logging.Handler):
+    """A logger's records, as ``(level name, logger name)``: what a program's log shows, not its wording."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.append((record.levelname, "exc_info" if record.exc_info else "no exc_info"))
+
+
+def private_logger() -> tuple[logging.Logger, Records]:
+    """A logger of its own whose records are kept (and not propagated to the test run's handlers)."""
+    logger = logging.getLogger(f"kelp.differential.{uuid.uuid4().hex[:8]}")
+    logger.propagate = False
+    records = Records()
+    logger.addHandler(records)
+    return logger, records
