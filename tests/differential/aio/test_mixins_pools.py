@@ -164,3 +164,58 @@ async def simple_buffer(lib, conn, names):
 
 async def test_simple_buffer(reference_url, subject_url):
     await same(reference_url, subject_url, simple_buffer)
+
+
+async def consumer_producer_mixin(lib, conn, names):
+    requests = await declared(lib, conn, names)
+    replies = await declared(lib, conn, names)
+    for n in range(2):
+        await lib.Producer(conn).publish({"n": n}, routing_key=requests.name)
+
+    class Echo(lib.mixins.ConsumerProducerMixin):
+        def __init__(self, connection: Any) -> None:
+            self.connection = connection
+            self.handled = 0
+
+        def get_consumers(self, Consumer: Any, channel: Any) -> list[Any]:
+            return [Consumer(queues=[requests], on_message=self.on_request, accept=["json"])]
+
+        async def on_request(self, message: Any) -> None:
+            await self.producer.publish({"echo": message.payload}, routing_key=replies.name)
+            await message.ack()
+            self.handled += 1
+            self.should_stop = self.handled == 2
+
+    await Echo(conn).run()
+    await count(replies, 2)
+    return [m.payload for m in await take_all(replies)], await count(requests, 0)
+
+
+async def test_consumer_producer_mixin(reference_url, subject_url):
+    await same(reference_url, subject_url, consumer_producer_mixin)
+
+
+async def pool_groups(lib, conn, names):
+    queue = await declared(lib, conn, names)
+    producers = lib.pools.producers[conn]
+    connections = lib.pools.connections[conn]
+    try:
+        producer = await producers.acquire(block=True)
+        async with producer:
+            await producer.publish("from the producers group", routing_key=queue.name)
+        pooled = await connections.acquire(block=True)
+        async with pooled:
+            await lib.Producer(pooled).publish("from the connections group", routing_key=queue.name)
+        await count(queue, 2)
+        return {
+            "same pool per connection": lib.pools.producers[conn] is producers,
+            "limit": producers.limit == lib.pools.get_limit(),
+            "got": [m.payload for m in await take_all(queue)],
+        }
+    finally:
+        await producers.force_close_all()
+        await connections.force_close_all()
+
+
+async def test_pool_groups(reference_url, subject_url):
+    await same(reference_url, subject_url, pool_groups)

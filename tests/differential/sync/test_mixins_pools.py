@@ -163,3 +163,58 @@ def simple_buffer(lib, conn, names):
 
 def test_simple_buffer(reference_url, subject_url):
     same(reference_url, subject_url, simple_buffer)
+
+
+def consumer_producer_mixin(lib, conn, names):
+    requests = declared(lib, conn, names)
+    replies = declared(lib, conn, names)
+    for n in range(2):
+        lib.Producer(conn).publish({"n": n}, routing_key=requests.name)
+
+    class Echo(lib.mixins.ConsumerProducerMixin):
+        def __init__(self, connection: Any) -> None:
+            self.connection = connection
+            self.handled = 0
+
+        def get_consumers(self, Consumer: Any, channel: Any) -> list[Any]:
+            return [Consumer(queues=[requests], on_message=self.on_request, accept=["json"])]
+
+        def on_request(self, message: Any) -> None:
+            self.producer.publish({"echo": message.payload}, routing_key=replies.name)
+            message.ack()
+            self.handled += 1
+            self.should_stop = self.handled == 2
+
+    Echo(conn).run()
+    count(replies, 2)
+    return [m.payload for m in take_all(replies)], count(requests, 0)
+
+
+def test_consumer_producer_mixin(reference_url, subject_url):
+    same(reference_url, subject_url, consumer_producer_mixin)
+
+
+def pool_groups(lib, conn, names):
+    queue = declared(lib, conn, names)
+    producers = lib.pools.producers[conn]
+    connections = lib.pools.connections[conn]
+    try:
+        producer = producers.acquire(block=True)
+        with producer:
+            producer.publish("from the producers group", routing_key=queue.name)
+        pooled = connections.acquire(block=True)
+        with pooled:
+            lib.Producer(pooled).publish("from the connections group", routing_key=queue.name)
+        count(queue, 2)
+        return {
+            "same pool per connection": lib.pools.producers[conn] is producers,
+            "limit": producers.limit == lib.pools.get_limit(),
+            "got": [m.payload for m in take_all(queue)],
+        }
+    finally:
+        producers.force_close_all()
+        connections.force_close_all()
+
+
+def test_pool_groups(reference_url, subject_url):
+    same(reference_url, subject_url, pool_groups)

@@ -2,6 +2,10 @@
 """Hypothesis-generated programs of broker operations, run under Kombu on RabbitMQ (the sync twin) and under
 kelp on both faces: every step's outcome (messages got, counts, errors) must be the same.
 
+Every step runs on one channel: RabbitMQ applies a channel's publishes, acks and requeues to a queue in the
+order they were sent, before that channel's next get or purge of the queue, so no step needs to wait; only
+counts are read until two reads agree.
+
 The world is small on purpose: two queues (one with priorities), a direct and a topic exchange, a few
 routing keys; both queues exist, bound, when a program starts. A step that names a deleted queue is skipped in
 both runs alike, so that a program never closes its channel with an error and later steps still mean
@@ -129,17 +133,13 @@ def execute(lib: Any, url: str, program: list[tuple[Any, ...]]) -> list[Any]:
                         outcome = attempt(
                             message.ack if op == "ack" else partial(message.reject, requeue=args[1])
                         )
-                        if op == "reject" and args[1]:
-                            sleep(0.05)  # RabbitMQ requeues asynchronously
                 elif op == "requeue all":
                     # Every held message back, newest first when args[0] (as a consumer's shutdown might).
                     for _, message in reversed(held) if args[0] else list(held):
                         message.requeue()
                     outcome = len(held)
                     held = []
-                    sleep(0.05)
                 elif op == "purge":
-                    sleep(0.05)
                     outcome = queues[args[0]](channel).purge()
                 elif op == "count":
                     outcome = settled_count(queues[args[0]](channel))
