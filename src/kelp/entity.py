@@ -240,10 +240,10 @@ class Exchange(_Bindable):
         properties: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> Any:
-        mode = maybe_delivery_mode(delivery_mode, self.delivery_mode)
+        # Persistent unless the call or the exchange says otherwise, as in Kombu.
+        mode = maybe_delivery_mode(delivery_mode, maybe_delivery_mode(self.delivery_mode))
         props = dict(properties or {})
-        if mode is not None:
-            props["delivery_mode"] = mode
+        props["delivery_mode"] = mode
         return self.channel.prepare_message(body, properties=props, **kwargs)
 
     def binding(
