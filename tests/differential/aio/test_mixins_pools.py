@@ -219,3 +219,39 @@ async def pool_groups(lib, conn, names):
 
 async def test_pool_groups(reference_url, subject_url):
     await same(reference_url, subject_url, pool_groups)
+
+
+async def simple_queue_options(lib, conn, names):
+    exchange = lib.Exchange(names("x"), "direct", durable=False)
+    named = lib.Queue(names("q"), exchange, routing_key="rk", durable=False)
+    simple = lib.simple.SimpleQueue(
+        conn.default_channel, named, serializer="json", compression="zlib", accept=["json", "yaml"]
+    )
+    await simple.put({"n": 1})
+    await simple.put({"n": 2}, serializer="yaml", headers={"h": 1})
+    await simple.put({"n": 3}, compression=None, priority=4)
+    sized = await count(simple.queue(simple.channel), 3)
+    got = []
+    for _ in range(3):
+        message = await simple.get(block=True, timeout=2)
+        got.append((message, message.headers.get("compression")))
+        await message.ack()
+    nothing = await attempt(lambda: simple.get(block=False))
+    await simple.close()
+    with_options = conn.SimpleQueue(
+        names("opts"),
+        queue_opts={"durable": False},
+        queue_args={"x-max-length": 1},
+        exchange_opts={"durable": False},
+    )
+    await with_options.put("first")
+    await with_options.put("second")
+    kept = await count(with_options.queue(with_options.channel), 1)
+    last = await with_options.get(timeout=2)
+    await last.ack()
+    await with_options.close()
+    return sized, got, nothing, kept, last.payload
+
+
+async def test_simple_queue_options(reference_url, subject_url):
+    await same(reference_url, subject_url, simple_queue_options)

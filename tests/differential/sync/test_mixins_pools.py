@@ -218,3 +218,39 @@ def pool_groups(lib, conn, names):
 
 def test_pool_groups(reference_url, subject_url):
     same(reference_url, subject_url, pool_groups)
+
+
+def simple_queue_options(lib, conn, names):
+    exchange = lib.Exchange(names("x"), "direct", durable=False)
+    named = lib.Queue(names("q"), exchange, routing_key="rk", durable=False)
+    simple = lib.simple.SimpleQueue(
+        conn.default_channel, named, serializer="json", compression="zlib", accept=["json", "yaml"]
+    )
+    simple.put({"n": 1})
+    simple.put({"n": 2}, serializer="yaml", headers={"h": 1})
+    simple.put({"n": 3}, compression=None, priority=4)
+    sized = count(simple.queue(simple.channel), 3)
+    got = []
+    for _ in range(3):
+        message = simple.get(block=True, timeout=2)
+        got.append((message, message.headers.get("compression")))
+        message.ack()
+    nothing = attempt(lambda: simple.get(block=False))
+    simple.close()
+    with_options = conn.SimpleQueue(
+        names("opts"),
+        queue_opts={"durable": False},
+        queue_args={"x-max-length": 1},
+        exchange_opts={"durable": False},
+    )
+    with_options.put("first")
+    with_options.put("second")
+    kept = count(with_options.queue(with_options.channel), 1)
+    last = with_options.get(timeout=2)
+    last.ack()
+    with_options.close()
+    return sized, got, nothing, kept, last.payload
+
+
+def test_simple_queue_options(reference_url, subject_url):
+    same(reference_url, subject_url, simple_queue_options)
