@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ..harness import KOMBU, Names, observe, plain
-from .helpers import KELP, attempt, sleep
+from .helpers import KELP, attempt, drain_until, sleep
 
 QUEUES = (0, 1)
 EXCHANGES = ("direct", "topic")
@@ -42,6 +42,8 @@ STEPS = {
     "ack": st.tuples(st.just("ack"), st.booleans()),
     "reject": st.tuples(st.just("reject"), st.booleans(), st.booleans()),
     "requeue all": st.tuples(st.just("requeue all"), st.booleans()),
+    "recover": st.tuples(st.just("recover")),
+    "consume": st.tuples(st.just("consume"), queue_ix, st.integers(1, 3)),
     "declare": st.tuples(st.just("declare"), queue_ix),
     "bind": st.tuples(st.just("bind"), queue_ix, st.sampled_from(EXCHANGES), patterns),
     "unbind": st.tuples(st.just("unbind"), queue_ix, st.sampled_from(EXCHANGES), patterns),
@@ -99,7 +101,10 @@ async def execute(lib: Any, url: str, program: list[tuple[Any, ...]]) -> list[An
                     await queues[args[0]](channel).declare()
                     declared.add(args[0])
                     outcome: Any = "declared"
-                elif op in ("bind", "unbind", "get", "purge", "count", "delete") and args[0] not in declared:
+                elif (
+                    op in ("bind", "unbind", "get", "consume", "purge", "count", "delete")
+                    and args[0] not in declared
+                ):
                     outcome = "skipped"
                 elif op in ("bind", "unbind"):
                     method = getattr(channel, f"queue_{op}")
@@ -140,6 +145,17 @@ async def execute(lib: Any, url: str, program: list[tuple[Any, ...]]) -> list[An
                         await message.requeue()
                     outcome = len(held)
                     held = []
+                elif op == "consume":
+                    # A consumer with a prefetch window of args[1] takes what the window allows, then is
+                    # cancelled; what it got stays unacked, held like a get's messages.
+                    got = await consume_some(lib, conn, queues[args[0]](channel), args[1])
+                    held.extend((args[0], message) for message in got)
+                    outcome = [observe(message) for message in got]
+                elif op == "recover":
+                    # basic.recover(requeue=True): every unacked message of the channel back to its queue.
+                    await channel.basic_recover(requeue=True)
+                    outcome = len(held)
+                    held = []
                 elif op == "purge":
                     outcome = await queues[args[0]](channel).purge()
                 elif op == "count":
@@ -152,6 +168,21 @@ async def execute(lib: Any, url: str, program: list[tuple[Any, ...]]) -> list[An
     finally:
         await _cleanup(lib, url, queue_names, list(exchange_names.values()))
     return plain(outcomes, names)
+
+
+async def consume_some(lib: Any, conn: Any, queue: Any, window: int) -> list[Any]:
+    """Consume from ``queue`` with a prefetch window of ``window`` until the window is full or the queue
+    has nothing more ready, then cancel; the messages stay unacked."""
+    want = min(await settled_count(queue), window)
+    got: list[Any] = []
+    consumer = lib.Consumer(
+        queue.channel, [queue], callbacks=[lambda body, message: got.append(message)], auto_declare=False
+    )
+    await consumer.qos(prefetch_count=window)
+    await consumer.consume()
+    await drain_until(conn, lambda: len(got) >= want)
+    await consumer.cancel()
+    return got
 
 
 async def settled_count(queue: Any) -> int:
