@@ -20,6 +20,7 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
+import amqp.exceptions
 import kombu
 import kombu.common
 import kombu.compression
@@ -43,6 +44,8 @@ KOMBU = SimpleNamespace(
     binding=kombu.binding,
     common=kombu.common,
     exceptions=kombu.exceptions,
+    # Where a Kombu program finds the broker's refusals (PreconditionFailed, NotFound...): py-amqp's classes.
+    broker_errors=amqp.exceptions,
     messaging=kombu.messaging,
     message=kombu.message,
     mixins=kombu.mixins,
@@ -88,7 +91,12 @@ class Failed:
     """An exception a step raised, compared by class name."""
 
     def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
         self.name = type(exc).__name__
+
+    def isinstance(self, cls: type[BaseException]) -> bool:
+        """Whether what was raised is a ``cls`` (for kelp classes that refine Kombu's)."""
+        return isinstance(self.exc, cls)
 
     def __repr__(self) -> str:
         return f"<raised {self.name}>"

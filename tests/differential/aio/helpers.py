@@ -46,6 +46,7 @@ KELP = SimpleNamespace(
     binding=kelp.aio.binding,
     common=kelp.aio.common,
     exceptions=kelp.exceptions,
+    broker_errors=kelp.exceptions,
     messaging=kelp.aio.messaging,
     message=kelp.aio.message,
     mixins=kelp.aio.mixins,

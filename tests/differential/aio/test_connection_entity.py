@@ -139,3 +139,39 @@ async def no_declare_and_broker_refusals(lib, conn, names):
 
 async def test_no_declare_and_broker_refusals(reference_url, subject_url):
     await same(reference_url, subject_url, no_declare_and_broker_refusals)
+
+
+async def ack_unknown_tag(conn: Any, queue_name: str) -> None:
+    # RabbitMQ answers a bad ack by closing the channel, which the next synchronous call sees.
+    channel = await conn.channel()
+    await channel.basic_ack(999)
+    await channel.queue_declare(queue_name, passive=True)
+
+
+async def issue_examples(lib, conn, names):
+    queue = await declared(lib, conn, names)
+    headers_exchange = lib.Exchange(names("hdr"), "headers", durable=False)
+    await headers_exchange(conn.default_channel).declare()
+    loose = lib.Exchange(None)
+    unknown_keywords = await attempt(lambda: lib.Queue(names("q"), durable=False, not_a_kombu_option=1).name)
+    await lib.Producer(conn).publish({"p": 1}, routing_key=queue.name, cluster_id="cluster-7", priority=2)
+    [message] = await take(queue, 1)
+    bad_match = await attempt(
+        lambda: on_new_channel(
+            conn, "queue_bind", queue.name, headers_exchange.name, "", arguments={"x-match": "bogus"}
+        )
+    )
+    return {
+        "Exchange(None)": (loose.name, loose.type),
+        "unknown keywords": unknown_keywords.startswith("diff-q-")
+        if isinstance(unknown_keywords, str)
+        else unknown_keywords,
+        "extra property": message.properties.get("cluster_id"),
+        # kelp raises InvalidXMatch, a PreconditionFailed (docs/migrating-from-kombu.md).
+        "bad x-match": bad_match.isinstance(lib.broker_errors.PreconditionFailed),
+        "unknown delivery tag": await attempt(lambda: ack_unknown_tag(conn, queue.name)),
+    }
+
+
+async def test_issue_examples(reference_url, subject_url):
+    await same(reference_url, subject_url, issue_examples)

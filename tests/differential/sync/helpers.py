@@ -44,6 +44,7 @@ KELP = SimpleNamespace(
     binding=kelp.binding,
     common=kelp.common,
     exceptions=kelp.exceptions,
+    broker_errors=kelp.exceptions,
     messaging=kelp.messaging,
     message=kelp.message,
     mixins=kelp.mixins,

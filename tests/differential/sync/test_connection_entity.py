@@ -138,3 +138,39 @@ def no_declare_and_broker_refusals(lib, conn, names):
 
 def test_no_declare_and_broker_refusals(reference_url, subject_url):
     same(reference_url, subject_url, no_declare_and_broker_refusals)
+
+
+def ack_unknown_tag(conn: Any, queue_name: str) -> None:
+    # RabbitMQ answers a bad ack by closing the channel, which the next synchronous call sees.
+    channel = conn.channel()
+    channel.basic_ack(999)
+    channel.queue_declare(queue_name, passive=True)
+
+
+def issue_examples(lib, conn, names):
+    queue = declared(lib, conn, names)
+    headers_exchange = lib.Exchange(names("hdr"), "headers", durable=False)
+    headers_exchange(conn.default_channel).declare()
+    loose = lib.Exchange(None)
+    unknown_keywords = attempt(lambda: lib.Queue(names("q"), durable=False, not_a_kombu_option=1).name)
+    lib.Producer(conn).publish({"p": 1}, routing_key=queue.name, cluster_id="cluster-7", priority=2)
+    [message] = take(queue, 1)
+    bad_match = attempt(
+        lambda: on_new_channel(
+            conn, "queue_bind", queue.name, headers_exchange.name, "", arguments={"x-match": "bogus"}
+        )
+    )
+    return {
+        "Exchange(None)": (loose.name, loose.type),
+        "unknown keywords": unknown_keywords.startswith("diff-q-")
+        if isinstance(unknown_keywords, str)
+        else unknown_keywords,
+        "extra property": message.properties.get("cluster_id"),
+        # kelp raises InvalidXMatch, a PreconditionFailed (docs/migrating-from-kombu.md).
+        "bad x-match": bad_match.isinstance(lib.broker_errors.PreconditionFailed),
+        "unknown delivery tag": attempt(lambda: ack_unknown_tag(conn, queue.name)),
+    }
+
+
+def test_issue_examples(reference_url, subject_url):
+    same(reference_url, subject_url, issue_examples)
