@@ -2,9 +2,8 @@
 
 kelp has one source for both faces: ``src/kelp/aio/`` is the truth, and this script rewrites each of its
 modules into the sync twin beside ``src/kelp/`` (``aio/connection.py`` -> ``connection.py``,
-``aio/transport/memory.py`` -> ``transport/memory.py``). The conformance and differential tests are written
-once the same way (``tests/conformance/aio`` -> ``tests/conformance/sync``, ``tests/differential/aio`` ->
-``tests/differential/sync``).
+``aio/transport/memory.py`` -> ``transport/memory.py``). The conformance tests are written once the same
+way (``tests/conformance/aio`` -> ``tests/conformance/sync``).
 
 The rewrite is token-level and deliberately dumb: ``async def`` -> ``def``, ``await x`` -> ``x``, async
 dunders and types -> their sync names, ``kelp.aio`` -> ``kelp``. Where the two faces must differ, the source
@@ -33,10 +32,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 # (source directory, target directory); every *.py below source except EXCLUDED is rewritten.
+# The differential tests (Kombu vs kelp vs kelp.aio) are written once the same way.
 TREES = [
+    (ROOT / "tests/differential/aio", ROOT / "tests/differential/sync"),
     (ROOT / "src/kelp/aio", ROOT / "src/kelp"),
     (ROOT / "tests/conformance/aio", ROOT / "tests/conformance/sync"),
-    (ROOT / "tests/differential/aio", ROOT / "tests/differential/sync"),
 ]
 EXCLUDED = {"__init__.py", "_backend.py", "_amqp_io.py"}
 
