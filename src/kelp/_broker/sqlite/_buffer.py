@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from kelp._broker.queue_args import expiration_ms
-from kelp._broker.sqlite import _ops
+from kelp._broker.sqlite import _delayed, _ops
 from kelp._broker.sqlite._codec import decode, encode
 from kelp._broker.sqlite._ops import Shape
 from kelp._broker.sqlite._topology import Topology
@@ -70,7 +70,7 @@ def stage(topo: Topology, envelopes: Sequence[Envelope], now: float) -> tuple[St
     return staged, durable
 
 
-def lean_held_row(topo: Topology, envelope: Envelope, confirm: bool) -> _ops.HeldRow | None:
+def lean_held_row(topo: Topology, envelope: Envelope, confirm: bool) -> _delayed.HeldRow | None:
     """The one ``delayed`` row of a delayed publish to a single queue, to be committed now (persistent,
     or ``confirm``), with the topology version; None for anything else (the general path takes it)."""
     properties = envelope.properties
@@ -218,7 +218,7 @@ def _store_item(tx: _ops.Tx, item: Item, refused: list[tuple[Envelope, str]]) ->
     envelope, props, headers, persistent, ttl, published, targets = item
     if envelope.due is not None:
         for name in targets:
-            _ops.hold(tx, name, envelope, props, headers, persistent, ttl)
+            _delayed.hold(tx, name, envelope, props, headers, persistent, ttl)
         return
     for name in targets:
         if not _ops.enqueue(tx, name, envelope, props, headers, persistent, ttl, published):
