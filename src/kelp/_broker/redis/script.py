@@ -19,6 +19,7 @@ from kelp._broker.redis import (
     lua_delayed,
     lua_delivery,
     lua_entries,
+    lua_inspect,
     lua_ops,
     lua_queues,
     lua_routing,
@@ -47,6 +48,7 @@ SOURCE = "".join(
         lua_delayed.LUA,
         lua_delivery.LUA,
         lua_ops.LUA,
+        lua_inspect.LUA,
         lua_delayed.OPS,
         DISPATCH,
     )
