@@ -67,7 +67,7 @@ class _Recorder:
         elif report.skipped:
             longrepr = report.longrepr
             reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
-            self.result.skipped[report.nodeid] = reason
+            self.result.skipped[report.nodeid] = reason.removeprefix("Skipped: ")
         elif report.when == "call":
             self.result.passed.append(report.nodeid)
 
@@ -115,18 +115,10 @@ def check_transport(
     result = CheckResult()
     target = Target(capabilities.name, factory, capabilities)
     args = [str(KIT_DIR / face) for face in faces]
-    # Our own settings, whatever project this runs in: no ini file, no cache, the kit's plugin.
-    args += [
-        "-c",
-        os.devnull,
-        "--rootdir",
-        str(KIT_DIR),
-        "-p",
-        "no:cacheprovider",
-        "-p",
-        "kelp.testing.plugin",
-    ]
-    args.append("-q")
+    # Our own settings, whatever project this runs in: no ini file, no cache, the kit's plugin, which
+    # runs the coroutine tests itself (so pytest-asyncio, if installed, stays out).
+    args += ["-c", os.devnull, "--rootdir", str(KIT_DIR), "-q", "-p", "no:cacheprovider"]
+    args += ["-p", "no:asyncio", "-p", "kelp.testing.plugin"]
     if select:
         args += ["-k", select]
     args += list(pytest_args)
