@@ -17,6 +17,7 @@ A transport that does not do something (an exchange type, TTL, several processes
 
 from kelp.testing._capabilities import ALL_FEATURES, EXCHANGE_TYPES, Capabilities
 from kelp.testing._check import CheckResult, TransportCheckFailed, check_transport
+from kelp.testing._collect import add_kit_tests
 
 __all__ = [
     "ALL_FEATURES",
@@ -24,5 +25,6 @@ __all__ = [
     "Capabilities",
     "CheckResult",
     "TransportCheckFailed",
+    "add_kit_tests",
     "check_transport",
 ]
