@@ -5,11 +5,15 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import kelp._addressing
+from kelp._envelope import Delivery
 from kelp.exceptions import UsageError
 from kelp.testing import ALL_FEATURES, Capabilities, TransportCheckFailed, check_transport
+from kelp.transport.memory import MemoryTransport
 
 BROKEN = "sqlite:////proc/kelp-no-such-dir/{unique}.db"
 
@@ -118,3 +122,46 @@ def test_the_kit_refuses_to_run_without_a_transport(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode != 0
     assert "--kelp-url" in done.stdout + done.stderr
+
+
+class _ForgetfulChannel:
+    """A memory channel whose ``get`` never flags a redelivery."""
+
+    def __init__(self, channel: Any) -> None:
+        self._channel = channel
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._channel, name)
+
+    def get(self, queue: str, no_ack: bool) -> Delivery | None:
+        delivery: Delivery | None = self._channel.get(queue, no_ack)
+        if delivery is not None:
+            delivery.redelivered = False
+        return delivery
+
+
+class ForgetfulTransport(MemoryTransport):
+    """memory://, except that it never flags a redelivery: a bug the kit must catch."""
+
+    def open_channel(self) -> Any:
+        return _ForgetfulChannel(super().open_channel())
+
+    def drain(self, timeout: float | None) -> list[Delivery]:
+        deliveries = super().drain(timeout)
+        for delivery in deliveries:
+            delivery.redelivered = False
+        return deliveries
+
+
+def test_a_transport_that_forgets_redelivered_flags_fails_the_redelivery_tests(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(kelp._addressing.TRANSPORTS, "forgetful", (__name__, "ForgetfulTransport"))
+    result = check_transport(
+        "forgetful://{unique}", faces=["sync"], select="redeliver or requeue", raise_on_failure=False
+    )
+    assert not result.ok
+    assert any("test_reject_with_requeue_redelivers_flagged" in node for node in result.failed)
+    assert "redelivered" in "".join(result.failed.values())
+    control = check_transport("memory://{unique}", faces=["sync"], select="redeliver or requeue")
+    assert control.ok
