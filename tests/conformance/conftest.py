@@ -80,8 +80,8 @@ NOT_CLAIMED: dict[str, tuple[str, ...]] = {
 
 
 def _restart_sqlite() -> None:
-    """Restarting the embedded broker is closing every connection to its file, which the survival tests
-    have done when they call this: nothing else runs it."""
+    """Restarting the embedded broker is every process closing the file: the survival test has closed
+    its connections when it calls this, and reads what survived from a fresh process."""
 
 
 #: Transports whose restart the kit may run here (the shared RabbitMQ must never be restarted).

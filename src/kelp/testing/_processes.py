@@ -12,7 +12,7 @@ import time
 from types import TracebackType
 from typing import IO, Self
 
-__all__ = ["HOLDING_CONSUMER", "PUBLISHER", "Child"]
+__all__ = ["HOLDING_CONSUMER", "PUBLISHER", "READER", "Child"]
 
 #: argv: url queue count. Consumes ``count`` messages of an existing queue without acking them, says
 #: ``held <n>``, then waits to be killed.
@@ -50,6 +50,21 @@ with kelp.Connection(url) as conn:
         producer.publish(n, routing_key=queue, delivery_mode=2)
     conn.flush(timeout=30)
 print("published", count, flush=True)
+"""
+
+#: argv: url queue. Takes (and acks) every message of an existing queue that is ready now, says
+#: ``read <json list of payloads>`` and exits.
+READER = """
+import json, sys
+import kelp
+url, queue = sys.argv[1], sys.argv[2]
+payloads = []
+with kelp.Connection(url) as conn:
+    bound = kelp.Queue(queue, no_declare=True)(conn.default_channel)
+    while (message := bound.get()) is not None:
+        message.ack()
+        payloads.append(message.payload)
+print("read", json.dumps(payloads), flush=True)
 """
 
 
