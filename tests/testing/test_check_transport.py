@@ -165,3 +165,13 @@ def test_a_transport_that_forgets_redelivered_flags_fails_the_redelivery_tests(
     assert "redelivered" in "".join(result.failed.values())
     control = check_transport("memory://{unique}", faces=["sync"], select="redeliver or requeue")
     assert control.ok
+
+
+def test_an_unknown_feature_on_the_command_line_is_a_usage_error(tmp_path: Path) -> None:
+    command = [
+        sys.executable, "-m", "pytest", "-p", "kelp.testing.plugin", "--pyargs", "kelp.testing.sync",
+        "--kelp-url", "memory://{unique}", "--kelp-without", "teleport", "-q", "-p", "no:cacheprovider",
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 4  # pytest's usage error
+    assert "unknown capabilities ['teleport']" in done.stderr

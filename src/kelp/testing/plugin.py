@@ -35,6 +35,7 @@ from typing import Any
 
 import pytest
 
+from kelp.exceptions import KelpError
 from kelp.testing._capabilities import ALL_FEATURES, EXCHANGE_TYPES, Capabilities
 
 __all__ = ["Target", "url_factory", "use_targets"]
@@ -109,7 +110,10 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     template = config.getoption("kelp_url", None)
     if template and _TARGETS not in config.stash:
-        config.stash[_TARGETS] = [_target_from_options(config, template)]
+        try:
+            config.stash[_TARGETS] = [_target_from_options(config, template)]
+        except KelpError as exc:  # an unknown feature or exchange type: say so as pytest does
+            raise pytest.UsageError(f"kelp.testing: {exc}") from exc
 
 
 def _target_from_options(config: pytest.Config, template: str) -> Target:
