@@ -2,8 +2,8 @@
 
 kelp has one source for both faces: ``src/kelp/aio/`` is the truth, and this script rewrites each of its
 modules into the sync twin beside ``src/kelp/`` (``aio/connection.py`` -> ``connection.py``,
-``aio/transport/memory.py`` -> ``transport/memory.py``). The conformance tests are written once the same
-way (``tests/conformance/aio`` -> ``tests/conformance/sync``).
+``aio/transport/memory.py`` -> ``transport/memory.py``). The conformance kit's tests are written once the same
+way (``src/kelp/testing/aio`` -> ``src/kelp/testing/sync``).
 
 The rewrite is token-level and deliberately dumb: ``async def`` -> ``def``, ``await x`` -> ``x``, async
 dunders and types -> their sync names, ``kelp.aio`` -> ``kelp``. Where the two faces must differ, the source
@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TREES = [
     (ROOT / "tests/differential/aio", ROOT / "tests/differential/sync"),
     (ROOT / "src/kelp/aio", ROOT / "src/kelp"),
-    (ROOT / "tests/conformance/aio", ROOT / "tests/conformance/sync"),
+    (ROOT / "src/kelp/testing/aio", ROOT / "src/kelp/testing/sync"),
 ]
 EXCLUDED = {"__init__.py", "_backend.py", "_amqp_io.py"}
 

@@ -10,3 +10,6 @@ import tempfile
 # by the test modules, since the default URL is computed at import.
 os.environ.setdefault("KELP_HOME", tempfile.mkdtemp(prefix="kelp-test-home-"))
 os.environ.pop("KELP_URL", None)
+
+# The conformance kit's fixtures and options (kelp.testing); tests/conformance picks the transports.
+pytest_plugins = ["kelp.testing.plugin"]

@@ -1,23 +1,27 @@
-"""Fixtures shared by both faces of the conformance suite (``aio/`` is the source, ``sync/`` is generated).
+"""kelp's own transports under the conformance kit (``kelp.testing``, whose tests ``test_aio.py`` and
+``test_sync.py`` bring in here).
 
-Every test asks for ``broker_url``: a URL of a fresh, isolated broker on one transport under test. The
+Every kit test asks for ``broker_url``: a URL of a fresh, isolated broker on one transport under test. The
 transports come from ``KELP_TEST_TRANSPORTS`` (comma-separated; default ``memory``), so the same tests run
 on every transport by changing that variable. A transport that needs a server names it in an env var; when
 the variable is missing its tests are skipped with the reason, never silently passed.
 
-To plug in a new transport: add a factory to ``URL_FACTORIES`` (and a line to ``CAPABILITIES`` if it is a
-native broker rather than one kelp brokers itself). The tests do not change.
+To plug in a new transport: add a factory to ``URL_FACTORIES`` and a line to ``CAPABILITIES`` (plus
+``NOT_CLAIMED`` for kit features it does not do). The tests do not change.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from kelp.testing import Capabilities
+from kelp.testing.plugin import Target, use_targets
 
 
 def _hex() -> str:
@@ -60,50 +64,31 @@ URL_FACTORIES: dict[str, Callable[[Path], str]] = {
 }
 
 
-@dataclass(frozen=True)
-class Capabilities:
-    """What a test may assert beyond the shared semantics.
-
-    ``refusal_raises``: a publish that a queue refuses (``x-overflow: reject-publish``) raises
-    ``MessageNacked`` from ``publish``. True for the transports kelp brokers itself, where routing happens
-    inside ``publish``; a native broker reports it through publisher confirms, which are pipelined: the
-    refusal comes from a later publish or, at the latest, ``flush``.
-
-    ``shared_server``: every test talks to one long-lived broker, so the entities a test named through
-    ``names`` are deleted (best effort) when it ends.
-
-    Delayed messages: ``delay_slack`` is how late (seconds) one may become ready under test load;
-    ``delay_step`` the smallest gap between due times whose order the transport keeps;
-    ``cancels_delayed``, ``counts_delayed`` (in ``queue_stats``) and ``delayed_expiration`` (a
-    per-message ``expiration`` on a delayed message) say what it supports.
-    """
-
-    name: str
-    refusal_raises: bool = True
-    shared_server: bool = False
-    delay_slack: float = 0.5
-    delay_step: float = 0.3
-    cancels_delayed: bool = True
-    counts_delayed: bool = True
-    delayed_expiration: bool = True
-
-
 CAPABILITIES: dict[str, Capabilities] = {
     "memory": Capabilities("memory"),
     "sqlite": Capabilities("sqlite"),
     "redis": Capabilities("redis", refusal_raises=False),  # pipelined: the next publish/flush raises
-    # amqp: TTL tiers of 1/8 s steps (docs/concepts.md); RabbitMQ keeps no index to cancel or count.
-    "amqp": Capabilities(
-        "amqp",
-        refusal_raises=False,
-        shared_server=True,
-        delay_slack=1.0,
-        delay_step=0.5,
-        cancels_delayed=False,
-        counts_delayed=False,
-        delayed_expiration=False,
-    ),
+    # amqp: TTL tiers of 1/8 s steps (docs/concepts.md), coarser than the brokers kelp runs itself.
+    "amqp": Capabilities("amqp", refusal_raises=False, shared_server=True, delay_slack=1.0, delay_step=0.5),
 }
+
+
+#: What kelp's own transports leave out of the kit's features (see ``kelp.testing.ALL_FEATURES``).
+NOT_CLAIMED: dict[str, tuple[str, ...]] = {
+    "memory": ("multiprocess", "dead_consumer"),  # one process's memory
+    # RabbitMQ refuses or rewrites a malformed x-death itself; it keeps no index of the delayed messages
+    # it holds (no cancel, no count), and a message's own TTL would cut short its wait in a TTL tier.
+    "amqp": ("x_death_kept_aside", "cancel_delayed", "count_delayed", "delayed_expiration"),
+}
+
+
+def _restart_sqlite() -> None:
+    """Restarting the embedded broker is every process closing the file: the survival test has closed
+    its connections when it calls this, and reads what survived from a fresh process."""
+
+
+#: Transports whose restart the kit may run here (the shared RabbitMQ must never be restarted).
+RESTARTS: dict[str, Callable[[], None]] = {"sqlite": _restart_sqlite}
 
 
 def _transports() -> list[str]:
@@ -111,51 +96,21 @@ def _transports() -> list[str]:
     return [name.strip() for name in raw.split(",") if name.strip()]
 
 
-@pytest.fixture(params=_transports())
-def transport(request: pytest.FixtureRequest) -> str:
-    name: str = request.param
-    if name not in URL_FACTORIES:
+def _unknown(name: str) -> Callable[[Path], str]:
+    def fail(tmp_path: Path) -> str:
         pytest.fail(f"KELP_TEST_TRANSPORTS names unknown transport {name!r}; known: {sorted(URL_FACTORIES)}")
-    return name
+
+    return fail
 
 
-@pytest.fixture
-def broker_url(transport: str, tmp_path: Path) -> str:
-    """The URL of a fresh broker, isolated from every other test's."""
-    return URL_FACTORIES[transport](tmp_path)
+def _target(name: str) -> Target:
+    if name not in URL_FACTORIES:
+        return Target(name, _unknown(name), Capabilities(name))
+    capabilities = CAPABILITIES[name].without(*NOT_CLAIMED.get(name, ()))
+    if name in RESTARTS:
+        capabilities = dataclasses.replace(capabilities, restart=RESTARTS[name])
+    return Target(name, URL_FACTORIES[name], capabilities)
 
 
-@pytest.fixture
-def capabilities(transport: str) -> Capabilities:
-    return CAPABILITIES[transport]
-
-
-@pytest.fixture
-def names(request: pytest.FixtureRequest, transport: str) -> Iterator[Callable[[str], str]]:
-    """``names("q") -> "q-<hex>"``: entity names unique across tests sharing one broker."""
-    made: list[str] = []
-
-    def make(prefix: str) -> str:
-        name = f"{prefix}-{_hex()}"
-        made.append(name)
-        return name
-
-    yield make
-    if made and CAPABILITIES[transport].shared_server:
-        _delete_entities(request.getfixturevalue("broker_url"), made)
-
-
-def _delete_entities(url: str, entity_names: list[str]) -> None:
-    """Best-effort cleanup on a shared broker: each name may be a queue, an exchange, both or neither."""
-    import kelp
-
-    try:
-        with kelp.Connection(url) as conn:
-            for name in entity_names:
-                for entity in (kelp.Queue(name), kelp.Exchange(name)):
-                    try:
-                        entity(conn.channel()).delete()
-                    except Exception:  # cleanup must never fail a test
-                        pass
-    except Exception:
-        pass
+def pytest_configure(config: pytest.Config) -> None:
+    use_targets(config, [_target(name) for name in _transports()])

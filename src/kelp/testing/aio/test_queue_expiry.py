@@ -1,0 +1,44 @@
+"""Queue expiry (``expires``, seconds): a queue unused that long is deleted, with its messages.
+
+Checking that a queue exists (a passive declare) counts as using it on RabbitMQ, so the checks here are
+spaced further apart than the expiry."""
+
+from __future__ import annotations
+
+import pytest
+
+from kelp.aio import Connection, Queue
+
+from .helpers import Names, consuming, declared, drain_for, queue_exists, queue_gone
+
+pytestmark = pytest.mark.kelp_needs("queue_expiry")
+
+
+async def test_unused_queue_expires(broker_url: str, names: Names) -> None:
+    async with Connection(broker_url) as conn:
+        q = Queue(names("q"), expires=0.2)
+        await declared(conn, q)
+        assert await queue_exists(conn, q.name)
+        assert await queue_gone(conn, q.name, timeout=5.0, interval=0.5)
+
+
+async def test_messages_do_not_keep_a_queue_alive(broker_url: str, names: Names) -> None:
+    async with Connection(broker_url) as conn:
+        q = Queue(names("q"), expires=0.2)
+        await declared(conn, q)
+        await conn.Producer().publish("forgotten", routing_key=q.name)
+        assert await queue_gone(conn, q.name, timeout=5.0, interval=0.5)
+
+
+async def test_queue_with_a_consumer_does_not_expire(broker_url: str, names: Names) -> None:
+    async with Connection(broker_url) as conn:
+        q = Queue(names("q"), expires=0.2)
+        async with consuming(conn, [q]) as inbox:
+            await drain_for(conn, 0.5)
+            assert await queue_exists(conn, q.name)
+            await conn.Producer().publish("still here", routing_key=q.name)
+            assert await inbox.wait(conn, 1)
+            assert inbox.bodies == ["still here"]
+            await inbox.messages[0].ack()
+        # Unused again once the consumer is gone.
+        assert await queue_gone(conn, q.name, timeout=5.0, interval=0.5)

@@ -1,0 +1,36 @@
+# Generated from src/kelp/testing/aio/test_requeue_order.py by scripts/unasync.py; do not edit.
+"""Requeued messages go back to their place in the queue, as on RabbitMQ: ahead of the messages published
+after them and, among themselves, in their original order, whatever order they were requeued in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kelp import Connection, Queue
+
+from .helpers import Names, count_becomes, declared, fetch
+
+
+@pytest.mark.parametrize("max_priority", [None, 5])
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 1, 0), (1, 0, 2)])
+def test_requeued_messages_return_to_their_place(
+    broker_url: str, names: Names, max_priority: Any, order: Any
+) -> None:
+    with Connection(broker_url) as conn:
+        bq = declared(conn, Queue(names("q"), max_priority=max_priority))
+        producer = conn.Producer()
+        for n in range(4):
+            producer.publish(n, routing_key=bq.name, priority=2)
+        taken = fetch(bq, 3, ack=False)
+        for index in order:
+            taken[index].requeue()
+        assert count_becomes(bq, 4)
+        again = fetch(bq, 4)
+        assert [(m.payload, m.delivery_info["redelivered"]) for m in again] == [
+            (0, True),
+            (1, True),
+            (2, True),
+            (3, False),
+        ]

@@ -1,0 +1,175 @@
+# Generated from src/kelp/testing/aio/test_serialization.py by scripts/unasync.py; do not edit.
+"""Serialization: JSON by default, raw bytes, compression, and an accept list that keeps pickle out.
+A refused payload is never deserialized: a pickle that would create a directory proves it."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+
+from kelp import Connection, Queue
+from kelp.exceptions import ContentDisallowed
+
+from .helpers import Names, consuming, declared, drain_for, drain_until, fetch
+
+UNICODE = {"greeting": "héllo wörld", "cjk": "世界", "emoji": "🎉🐍", "escapes": 'tab\tnl\n"q"\\'}
+
+
+class _Trap:
+    """Pickles as a call to ``os.mkdir(path)``: unpickling it has a visible side effect."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> Any:
+        return (os.mkdir, (self.path,))
+
+
+def test_json_is_the_default(broker_url: str, names: Names) -> None:
+    payload = {"int": 1, "float": 2.5, "list": [1, "a", None, True], "nested": {"deep": {"er": []}}}
+    with Connection(broker_url) as conn:
+        bq = declared(conn, Queue(names("q")))
+        conn.Producer().publish(payload, routing_key=bq.name)
+        [message] = fetch(bq, 1)
+        assert message.content_type == "application/json"
+        assert message.properties["content_type"] == "application/json"
+        assert message.properties["content_encoding"] == "utf-8"
+        assert isinstance(message.body, bytes)
+        assert json.loads(message.body) == payload
+        assert message.payload == payload
+        assert message.decode() == payload
+
+
+def test_unicode_round_trips(broker_url: str, names: Names) -> None:
+    with Connection(broker_url) as conn:
+        bq = declared(conn, Queue(names("q")))
+        producer = conn.Producer()
+        producer.publish(UNICODE, routing_key=bq.name)
+        producer.publish("just a str: ünïcödé ✓", routing_key=bq.name)
+        messages = fetch(bq, 2)
+        assert messages[0].payload == UNICODE
+        assert messages[1].payload == "just a str: ünïcödé ✓"
+
+
+def test_raw_bytes_pass_through_unchanged(broker_url: str, names: Names) -> None:
+    raw = bytes(range(256)) + b"\x00\xff not utf-8 \xc3"
+    with Connection(broker_url) as conn:
+        q = Queue(names("q"))
+        with consuming(conn, [q]) as inbox:
+            conn.Producer().publish(
+                raw, routing_key=q.name, content_type="application/data", content_encoding="binary"
+            )
+            assert inbox.wait(conn, 1)
+            message = inbox.messages[0]
+            assert message.body == raw
+            assert inbox.bodies == [raw]
+            assert message.content_type == "application/data"
+            message.ack()
+
+
+@pytest.mark.parametrize("compression", ["zlib", "bzip2"])
+def test_compression_round_trips(broker_url: str, names: Names, compression: Any) -> None:
+    payload = {"text": "compress me " * 200, "unicode": UNICODE}
+    with Connection(broker_url) as conn:
+        q = Queue(names("q"))
+        with consuming(conn, [q]) as inbox:
+            conn.Producer().publish(payload, routing_key=q.name, compression=compression)
+            assert inbox.wait(conn, 1)
+            message = inbox.messages[0]
+            assert inbox.bodies == [payload]
+            assert message.payload == payload
+            assert json.loads(message.body) == payload  # .body is after decompression
+            message.ack()
+
+
+def test_producer_level_compression_and_serializer(broker_url: str, names: Names) -> None:
+    with Connection(broker_url) as conn:
+        bq = declared(conn, Queue(names("q")))
+        producer = conn.Producer(serializer="json", compression="zlib")
+        producer.publish(["a", "b"] * 100, routing_key=bq.name)
+        [message] = fetch(bq, 1)
+        assert message.payload == ["a", "b"] * 100
+
+
+def test_pickle_refused_by_default_reaches_on_decode_error_without_running(
+    broker_url: str, names: Names, tmp_path: Any
+) -> None:
+    marker = tmp_path / "pickle-ran"
+    errors = []
+    called = []
+    with Connection(broker_url) as conn:
+        q = Queue(names("q"))
+        consumer = conn.Consumer(
+            [q],
+            callbacks=[lambda body, message: called.append(body)],
+            on_decode_error=lambda message, exc: errors.append((message, exc)),
+        )
+        with consumer:
+            conn.Producer().publish(_Trap(str(marker)), routing_key=q.name, serializer="pickle")
+            assert drain_until(conn, lambda: bool(errors or called))
+            drain_for(conn, 0.05)
+        assert not marker.exists(), "a refused pickle payload was deserialized"
+        assert called == []
+        assert len(errors) == 1
+        message, exc = errors[0]
+        assert isinstance(exc, ContentDisallowed)
+        assert message.content_type == "application/x-python-serialize"
+
+
+def test_pickle_not_in_accept_raises_from_payload_without_running(
+    broker_url: str, names: Names, tmp_path: Any
+) -> None:
+    marker = tmp_path / "pickle-ran"
+    seen: list[Any] = []
+    with Connection(broker_url) as conn:
+        q = Queue(names("q"))
+        consumer = conn.Consumer([q], on_message=seen.append, accept=["json"])
+        with consumer:
+            conn.Producer().publish(_Trap(str(marker)), routing_key=q.name, serializer="pickle")
+            assert drain_until(conn, lambda: bool(seen))
+            message = seen[0]
+            with pytest.raises(ContentDisallowed):
+                message.decode()
+            with pytest.raises(ContentDisallowed):
+                message.payload  # noqa: B018 - the property access is the test
+            assert isinstance(message.body, bytes)  # the raw body is still there to inspect
+            message.reject(requeue=False)
+        assert not marker.exists(), "a refused pickle payload was deserialized"
+
+
+def test_pickle_refused_on_get_without_running(broker_url: str, names: Names, tmp_path: Any) -> None:
+    marker = tmp_path / "pickle-ran"
+    with Connection(broker_url) as conn:
+        bq = declared(conn, Queue(names("q")))
+        conn.Producer().publish(_Trap(str(marker)), routing_key=bq.name, serializer="pickle")
+        [message] = fetch(bq, 1)
+        with pytest.raises(ContentDisallowed):
+            message.payload  # noqa: B018 - the property access is the test
+        assert not marker.exists(), "a refused pickle payload was deserialized"
+
+
+def test_pickle_accepted_when_listed(broker_url: str, names: Names) -> None:
+    payload = {"set": {1, 2, 3}, "tuple": (1, "two"), "bytes": b"\x00\x01"}
+    with Connection(broker_url) as conn:
+        q = Queue(names("q"))
+        with consuming(conn, [q], accept=["pickle", "json"]) as inbox:
+            conn.Producer().publish(payload, routing_key=q.name, serializer="pickle")
+            conn.Producer().publish({"plain": "json"}, routing_key=q.name)
+            assert inbox.wait(conn, 2)
+            assert inbox.bodies == [payload, {"plain": "json"}]
+            assert inbox.messages[0].content_type == "application/x-python-serialize"
+            for message in inbox.messages:
+                message.ack()
+
+
+def test_json_consumer_with_explicit_accept(broker_url: str, names: Names) -> None:
+    with Connection(broker_url) as conn:
+        q = Queue(names("q"))
+        with consuming(conn, [q], accept=["application/json"]) as inbox:
+            conn.Producer().publish({"ok": True}, routing_key=q.name)
+            assert inbox.wait(conn, 1)
+            assert inbox.bodies == [{"ok": True}]
+            inbox.messages[0].ack()
