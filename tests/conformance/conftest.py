@@ -52,11 +52,19 @@ def _redis(tmp_path: Path) -> str:
     return f"{url}{separator}prefix={_hex()}"
 
 
+def _postgres(tmp_path: Path) -> str:
+    # One shared cluster; each test gets a schema of its own (an isolated broker).
+    url = _from_env("KELP_TEST_POSTGRES_URL")
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}schema=kelp_{_hex()}"
+
+
 URL_FACTORIES: dict[str, Callable[[Path], str]] = {
     "memory": _memory,
     "sqlite": _sqlite,
     "amqp": _amqp,
     "redis": _redis,
+    "postgres": _postgres,
 }
 
 
@@ -83,6 +91,7 @@ CAPABILITIES: dict[str, Capabilities] = {
     "sqlite": Capabilities("sqlite"),
     "redis": Capabilities("redis", refusal_raises=False),  # pipelined: the next publish/flush raises
     "amqp": Capabilities("amqp", refusal_raises=False, shared_server=True),
+    "postgres": Capabilities("postgres"),
 }
 
 
