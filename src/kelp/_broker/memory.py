@@ -1,14 +1,15 @@
-"""The in-process broker behind ``memory://``: exact AMQP semantics, thread-safe, no I/O.
+"""The in-process store behind ``memory://``: exact AMQP semantics, thread-safe, no I/O.
 
-One :class:`MemoryBroker` per namespace (``memory://`` or ``memory://name``) lives for the process. Every
-operation takes the broker's lock for a short, non-blocking critical section, so the sync and asyncio
-transports call it directly and threads may share it. Consumers pull: a connection claims deliveries for
-its consumers (within their prefetch windows) when it drains, and the broker wakes a waiting connection
-through its :class:`Signal` when a message arrives on a queue it consumes from.
+One :class:`MemoryBroker` per namespace (``memory://`` or ``memory://name``) lives for the process: the
+broker core's session layer (:mod:`kelp._broker.core.session`) over a :class:`MemoryStore`, which holds
+the exchanges, queues and messages. Every store operation takes the store's lock for a short,
+non-blocking critical section, so the sync and asyncio transports call it directly and threads may share
+it. A claimed message is held by its delivery (the session's unacked record points at it) and returns to
+its queue, flagged redelivered, when rejected with requeue or when its channel or connection closes.
 
 Time-based rules (message TTL, queue expiry) are applied lazily, the way RabbitMQ expires messages: at the
 head of a queue, whenever the queue is touched, and by waiting connections whose wait is bounded by the
-broker's next deadline.
+store's next deadline.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
+from kelp._broker.core.session import Session
+from kelp._broker.core.store import Claimer, Item, Listener, Unacked
 from kelp._broker.queue_args import (
     ExchangeDef,
     QueueArgs,
@@ -30,29 +33,21 @@ from kelp._broker.queue_args import (
     dead_letter,
     expiration_ms,
     generated_queue_name,
-    tag,
 )
-from kelp._envelope import Delivery, Envelope, QueueInfo
+from kelp._envelope import Envelope, QueueInfo
 from kelp.exceptions import (
     AccessRefused,
     MessageNacked,
     NotFound,
     PreconditionFailed,
     ResourceLocked,
-    UsageError,
 )
 from kelp.routing import BindingTable, Destination, route
 
-__all__ = ["MemoryBroker", "broker_for"]
+__all__ = ["MemoryBroker", "MemoryStore", "broker_for"]
 
-# Claims per drain are capped so that an unlimited prefetch does not move a whole queue at once.
-MAX_CLAIM = 1000
-
-
-class Waker(Protocol):
-    def set(self) -> None: ...
-
-    def clear(self) -> None: ...
+C = TypeVar("C", bound=Claimer)
+K = TypeVar("K")
 
 
 class _Entry:
@@ -67,6 +62,18 @@ class _Entry:
         self.priority = priority
         self.redelivered = redelivered
         self.size = len(envelope.body)
+
+    def item(self) -> Item:
+        envelope = self.envelope
+        return (
+            self,
+            envelope.body,
+            envelope.properties,
+            envelope.headers,
+            envelope.exchange,
+            envelope.routing_key,
+            self.redelivered,
+        )
 
 
 class _Queue:
@@ -91,7 +98,7 @@ class _Queue:
         self,
         name: str,
         durable: bool,
-        exclusive_owner: _Connection | None,
+        exclusive_owner: int | None,
         auto_delete: bool,
         arguments: dict[str, Any],
         args: QueueArgs,
@@ -107,7 +114,8 @@ class _Queue:
         self.levels: list[deque[_Entry]] = [deque() for _ in range((args.max_priority or 0) + 1)]
         self.count = 0
         self.bytes = 0
-        self.consumers: list[_Consumer] = []
+        # (owner, channel, tag) of the consumers registered on the queue
+        self.consumers: set[tuple[int, int, str]] = set()
         self.had_consumer = False
         self.last_used = now
         self.rr = 0
@@ -154,55 +162,9 @@ class _Queue:
         return count
 
 
-class _Consumer:
-    __slots__ = ("channel", "no_ack", "prefetch", "queue", "tag", "unacked")
-
-    def __init__(self, tag: str, queue: _Queue, channel: _Channel, no_ack: bool, prefetch: int) -> None:
-        self.tag = tag
-        self.queue = queue
-        self.channel = channel
-        self.no_ack = no_ack
-        self.prefetch = prefetch
-        self.unacked = 0
-
-
-class _Unacked:
-    __slots__ = ("consumer", "entry", "queue_name")
-
-    def __init__(self, queue_name: str, entry: _Entry, consumer: _Consumer | None) -> None:
-        self.queue_name = queue_name
-        self.entry = entry
-        self.consumer = consumer
-
-
-class _Channel:
-    __slots__ = ("connection", "consumers", "id", "next_tag", "prefetch", "prefetch_global", "unacked")
-
-    def __init__(self, connection: _Connection, channel_id: int) -> None:
-        self.connection = connection
-        self.id = channel_id
-        self.next_tag = 1
-        self.unacked: dict[int, _Unacked] = {}
-        self.consumers: dict[str, _Consumer] = {}
-        self.prefetch = 0  # for consumers started after basic.qos(global=False)
-        self.prefetch_global = 0  # 0 = unlimited
-
-
-class _Connection:
-    __slots__ = ("cancelled", "channels", "id", "next_channel", "waiting", "waker")
-
-    def __init__(self, connection_id: int, waker: Waker) -> None:
-        self.id = connection_id
-        self.waker = waker
-        self.channels: dict[int, _Channel] = {}
-        self.next_channel = 1
-        self.waiting = False
-        # (channel id, consumer tag, queue name) of consumers whose queue was deleted, not yet reported
-        self.cancelled: list[tuple[int, str, str]] = []
-
-
-class MemoryBroker:
-    """All exchanges, queues and messages of one ``memory://`` namespace."""
+class MemoryStore:
+    """All exchanges, queues and messages of one ``memory://`` namespace (see :mod:`kelp._broker.core.store`
+    for the contract)."""
 
     def __init__(
         self,
@@ -211,13 +173,15 @@ class MemoryBroker:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.name = name
+        self.listener: Listener | None = None
         self._clock = clock
         self._wall_clock = wall_clock
         self._lock = threading.RLock()
         self._exchanges: dict[str, ExchangeDef] = {}
         self._queues: dict[str, _Queue] = {}
-        self._connections: dict[int, _Connection] = {}
-        self._next_connection = 1
+        self._next_owner = 1
+        # owner -> (channel, tag) -> queue of every registered consumer
+        self._consumers: dict[int, dict[tuple[int, str], _Queue]] = {}
         # Queues whose head may expire, or that may expire themselves: checked by sweeps, which run
         # when the clock passes _next_due (the earliest deadline known, or earlier).
         self._timed: set[str] = set()
@@ -231,59 +195,28 @@ class MemoryBroker:
         ):
             self._exchanges[name_] = ExchangeDef(name_, type_, True, False, False, {})
 
-    # --- connections and channels ----------------------------------------------------------------------
+    # --- owners ----------------------------------------------------------------------------------------
 
-    def connect(self, waker: Waker) -> int:
+    def connect(self) -> int:
         with self._lock:
-            connection = _Connection(self._next_connection, waker)
-            self._next_connection += 1
-            self._connections[connection.id] = connection
-            return connection.id
+            owner = self._next_owner
+            self._next_owner += 1
+            return owner
 
-    def disconnect(self, connection_id: int) -> None:
-        """Close every channel (unacked messages go back, flagged redelivered) and drop exclusive queues."""
+    def disconnect(self, owner: int, unacked: Sequence[Unacked]) -> None:
         with self._lock:
-            connection = self._connections.pop(connection_id, None)
-            if connection is None:
-                return
-            for channel_id in list(connection.channels):
-                self._close_channel(connection, channel_id)
-            for queue in [q for q in self._queues.values() if q.exclusive_owner is connection]:
+            for key in list(self._consumers.get(owner, ())):
+                self._cancel(owner, key)
+            self._consumers.pop(owner, None)
+            self._requeue_all(unacked)
+            for queue in [q for q in self._queues.values() if q.exclusive_owner == owner]:
                 self._delete_queue(queue)
 
-    def open_channel(self, connection_id: int) -> int:
+    def close_channel(self, owner: int, channel: int, unacked: Sequence[Unacked]) -> None:
         with self._lock:
-            connection = self._connection(connection_id)
-            channel = _Channel(connection, connection.next_channel)
-            connection.next_channel += 1
-            connection.channels[channel.id] = channel
-            return channel.id
-
-    def close_channel(self, connection_id: int, channel_id: int) -> None:
-        with self._lock:
-            connection = self._connections.get(connection_id)
-            if connection is not None:
-                self._close_channel(connection, channel_id)
-
-    def _close_channel(self, connection: _Connection, channel_id: int) -> None:
-        channel = connection.channels.pop(channel_id, None)
-        if channel is None:
-            return
-        for consumer_tag in list(channel.consumers):
-            self._cancel(channel, consumer_tag)
-        self._requeue_unacked(channel, sorted(channel.unacked))
-
-    def _connection(self, connection_id: int) -> _Connection:
-        try:
-            return self._connections[connection_id]
-        except KeyError:
-            raise UsageError("the connection is closed") from None
-
-    def _channel(self, connection_id: int, channel_id: int) -> _Channel:
-        try:
-            return self._connection(connection_id).channels[channel_id]
-        except KeyError:
-            raise UsageError(f"channel {channel_id} is closed") from None
+            for key in [k for k in self._consumers.get(owner, ()) if k[0] == channel]:
+                self._cancel(owner, key)
+            self._requeue_all(unacked)
 
     # --- exchanges ---------------------------------------------------------------------------------------
 
@@ -298,8 +231,6 @@ class MemoryBroker:
         passive: bool,
     ) -> None:
         with self._lock:
-            if not name:
-                return  # the default exchange always exists
             existing = self._exchanges.get(name)
             if passive:
                 if existing is None:
@@ -346,7 +277,7 @@ class MemoryBroker:
 
     def declare_queue(
         self,
-        connection_id: int,
+        owner: int,
         name: str,
         durable: bool,
         exclusive: bool,
@@ -355,17 +286,16 @@ class MemoryBroker:
         passive: bool,
     ) -> QueueInfo:
         with self._lock:
-            connection = self._connection(connection_id)
             now = self._clock()
             self._tick(now)
             if passive:
-                queue = self._queue(name, connection)
+                queue = self._queue(name, owner)
                 return QueueInfo(queue.name, queue.count, len(queue.consumers))
             if name:
                 check_name("queue", name, passive)
             existing = self._queues.get(name) if name else None
             if existing is not None:
-                self._check_exclusive(existing, connection)
+                self._check_exclusive(existing, owner)
                 check_queue_redeclare(
                     name,
                     (
@@ -384,7 +314,7 @@ class MemoryBroker:
             queue = _Queue(
                 name,
                 durable,
-                connection if exclusive else None,
+                owner if exclusive else None,
                 auto_delete,
                 dict(arguments or {}),
                 args,
@@ -394,48 +324,40 @@ class MemoryBroker:
             self._due(queue, now)
             return QueueInfo(name, 0, 0)
 
-    def delete_queue(self, connection_id: int, name: str, if_unused: bool, if_empty: bool) -> int:
+    def delete_queue(self, owner: int, name: str, if_unused: bool, if_empty: bool) -> int:
         with self._lock:
-            connection = self._connection(connection_id)
             queue = self._queues.get(name)
             if queue is None:
                 return 0
-            self._check_exclusive(queue, connection)
+            self._check_exclusive(queue, owner)
             if if_unused and queue.consumers:
                 raise PreconditionFailed(f"queue '{name}' in use")
             if if_empty and queue.count:
                 raise PreconditionFailed(f"queue '{name}' not empty")
             return self._delete_queue(queue)
 
-    def purge_queue(self, connection_id: int, name: str) -> int:
+    def purge_queue(self, owner: int, name: str) -> int:
         with self._lock:
-            queue = self._queue(name, self._connection(connection_id))
-            return queue.clear()
+            return self._queue(name, owner).clear()
 
-    def queue_stats(self) -> list[tuple[str, int, int, int]]:
-        """``(name, ready, unacked, consumers)`` for every queue."""
+    def queue_stats(self, unacked: Mapping[str, int]) -> list[tuple[str, int, int, int]]:
         with self._lock:
             self._tick(self._clock())
-            unacked: dict[str, int] = {}
-            for connection in self._connections.values():
-                for channel in connection.channels.values():
-                    for item in channel.unacked.values():
-                        unacked[item.queue_name] = unacked.get(item.queue_name, 0) + 1
             return [
                 (q.name, q.count, unacked.get(q.name, 0), len(q.consumers)) for q in self._queues.values()
             ]
 
-    def _queue(self, name: str, connection: _Connection | None = None) -> _Queue:
+    def _queue(self, name: str, owner: int | None = None) -> _Queue:
         queue = self._queues.get(name)
         if queue is None:
             raise NotFound(f"no queue '{name}' in vhost '{self.name or '/'}'")
-        if connection is not None:
-            self._check_exclusive(queue, connection)
+        if owner is not None:
+            self._check_exclusive(queue, owner)
         return queue
 
     @staticmethod
-    def _check_exclusive(queue: _Queue, connection: _Connection) -> None:
-        if queue.exclusive_owner is not None and queue.exclusive_owner is not connection:
+    def _check_exclusive(queue: _Queue, owner: int) -> None:
+        if queue.exclusive_owner is not None and queue.exclusive_owner != owner:
             raise ResourceLocked(
                 f"cannot obtain exclusive access to locked queue '{queue.name}': "
                 "it belongs to another connection"
@@ -449,13 +371,13 @@ class MemoryBroker:
         for exchange in list(self._exchanges.values()):
             if exchange.table.remove_destination(destination):
                 self._maybe_auto_delete_exchange(exchange)
-        for consumer in list(queue.consumers):
-            channel = consumer.channel
-            if channel.consumers.pop(consumer.tag, None) is not None:
-                # As RabbitMQ's basic.cancel: the consumer's connection learns it from its next drain.
-                channel.connection.cancelled.append((channel.id, consumer.tag, queue.name))
-                self._wake_connection(channel.connection)
-        queue.consumers.clear()
+        if queue.consumers:
+            for owner, channel, tag in queue.consumers:
+                self._consumers.get(owner, {}).pop((channel, tag), None)
+            queue.consumers.clear()
+            # As RabbitMQ's basic.cancel: the consumers' connections learn it from their next drain.
+            if self.listener is not None:
+                self.listener.queues_deleted((queue.name,))
         return count
 
     def _maybe_auto_delete_exchange(self, exchange: ExchangeDef) -> None:
@@ -470,7 +392,7 @@ class MemoryBroker:
 
     def bind(
         self,
-        connection_id: int,
+        owner: int,
         kind: str,
         destination: str,
         source: str,
@@ -478,19 +400,18 @@ class MemoryBroker:
         arguments: Mapping[str, Any] | None,
     ) -> None:
         with self._lock:
-            connection = self._connection(connection_id)
             if not source:
                 raise AccessRefused("operation not permitted on the default exchange")
             exchange = self._exchange(source)
             if kind == "queue":
-                self._queue(destination, connection)
+                self._queue(destination, owner)
             else:
                 self._exchange(destination)
             exchange.table.add(binding_destination(kind, destination), routing_key, dict(arguments or {}))
 
     def unbind(
         self,
-        connection_id: int,
+        owner: int,
         kind: str,
         destination: str,
         source: str,
@@ -498,12 +419,11 @@ class MemoryBroker:
         arguments: Mapping[str, Any] | None,
     ) -> None:
         with self._lock:
-            connection = self._connection(connection_id)
             if not source:
                 raise AccessRefused("operation not permitted on the default exchange")
             exchange = self._exchanges.get(source)
             if kind == "queue":
-                self._queue(destination, connection)
+                self._queue(destination, owner)
             if exchange is None:
                 return
             target = binding_destination(kind, destination)
@@ -511,13 +431,39 @@ class MemoryBroker:
                 self._maybe_auto_delete_exchange(exchange)
 
     def bindings(self) -> list[tuple[str, str, str, str, dict[str, Any]]]:
-        """``(source, kind, destination, routing_key, arguments)`` for every binding."""
         with self._lock:
             return [
                 (name, b.destination.kind, b.destination.name, b.routing_key, dict(b.arguments))
                 for name, exchange in self._exchanges.items()
                 for b in exchange.table
             ]
+
+    # --- consumers ------------------------------------------------------------------------------------
+
+    def consume(self, owner: int, channel: int, queue_name: str, tag: str) -> None:
+        with self._lock:
+            queue = self._queue(queue_name, owner)
+            key = (owner, channel, tag)
+            queue.consumers.add(key)
+            self._consumers.setdefault(owner, {})[(channel, tag)] = queue
+            queue.had_consumer = True
+            queue.last_used = self._clock()
+
+    def cancel(self, owner: int, channel: int, tag: str) -> None:
+        with self._lock:
+            self._cancel(owner, (channel, tag))
+
+    def _cancel(self, owner: int, key: tuple[int, str]) -> None:
+        queue = self._consumers.get(owner, {}).pop(key, None)
+        if queue is None:
+            return
+        queue.consumers.discard((owner, *key))
+        now = self._clock()
+        queue.last_used = now
+        if queue.auto_delete and queue.had_consumer and not queue.consumers and queue.name in self._queues:
+            self._delete_queue(queue)
+        elif not queue.consumers:
+            self._due(queue, now)
 
     # --- publishing ------------------------------------------------------------------------------------
 
@@ -615,11 +561,9 @@ class MemoryBroker:
         )
 
     def _wake(self, queue: _Queue) -> None:
-        for consumer in queue.consumers:
-            connection = consumer.channel.connection
-            if connection.waiting:
-                connection.waiting = False
-                connection.waker.set()
+        listener = self.listener
+        if listener is not None and listener.waiting:
+            listener.wake((queue.name,))
 
     def _dead_letter(self, queue: _Queue, entry: _Entry, reason: str, now: float) -> None:
         exchange = queue.args.dead_letter_exchange
@@ -645,110 +589,59 @@ class MemoryBroker:
         for target in self._route(exchange, routing_key, headers):
             self._enqueue(target, copy, None, entry.priority, now)
 
-    # --- consuming --------------------------------------------------------------------------------------
+    # --- claiming -------------------------------------------------------------------------------------
 
-    def qos(self, connection_id: int, channel_id: int, prefetch_count: int, global_: bool) -> None:
+    def claim(
+        self, owner: int, plan: Sequence[tuple[K, Sequence[tuple[C, int]], int]], limit: int
+    ) -> list[tuple[K, C, list[Item]]]:
+        out: list[tuple[K, C, list[Item]]] = []
+        total = 0
         with self._lock:
-            channel = self._channel(connection_id, channel_id)
-            if global_:
-                channel.prefetch_global = prefetch_count
-            else:
-                channel.prefetch = prefetch_count
-                for consumer in channel.consumers.values():
-                    consumer.prefetch = prefetch_count
-            self._wake_connection(channel.connection)
-
-    def consume(
-        self, connection_id: int, channel_id: int, queue_name: str, consumer_tag: str, no_ack: bool
-    ) -> str:
-        with self._lock:
-            channel = self._channel(connection_id, channel_id)
-            queue = self._queue(queue_name, channel.connection)
-            consumer_tag = consumer_tag or tag("amq.ctag-")
-            if consumer_tag in channel.consumers:
-                raise UsageError(f"consumer tag {consumer_tag!r} is already in use on this channel")
-            consumer = _Consumer(consumer_tag, queue, channel, no_ack, channel.prefetch)
-            channel.consumers[consumer_tag] = consumer
-            queue.consumers.append(consumer)
-            queue.had_consumer = True
-            queue.last_used = self._clock()
-            if queue.count:
-                self._wake_connection(channel.connection)
-            return consumer_tag
-
-    def cancel(self, connection_id: int, channel_id: int, consumer_tag: str) -> None:
-        with self._lock:
-            self._cancel(self._channel(connection_id, channel_id), consumer_tag)
-
-    def _cancel(self, channel: _Channel, consumer_tag: str) -> None:
-        consumer = channel.consumers.pop(consumer_tag, None)
-        if consumer is None:
-            return
-        queue = consumer.queue
-        if consumer in queue.consumers:
-            queue.consumers.remove(consumer)
-        now = self._clock()
-        queue.last_used = now
-        if queue.auto_delete and queue.had_consumer and not queue.consumers and queue.name in self._queues:
-            self._delete_queue(queue)
-        elif not queue.consumers:
-            self._due(queue, now)
-
-    def _wake_connection(self, connection: _Connection) -> None:
-        if connection.waiting:
-            connection.waiting = False
-            connection.waker.set()
-
-    def take_cancelled(self, connection_id: int) -> tuple[int, str, str] | None:
-        """``(channel id, consumer tag, queue)`` of one consumer cancelled because its queue was deleted
-        (each reported once), or None."""
-        with self._lock:
-            cancelled = self._connection(connection_id).cancelled
-            channels = self._connection(connection_id).channels
-            while cancelled:
-                entry = cancelled.pop(0)
-                if entry[0] in channels:  # a channel closed since has nothing left to report
-                    return entry
-            return None
-
-    def claim(self, connection_id: int) -> list[Delivery]:
-        """Deliveries for the connection's consumers, up to each prefetch window (round robin)."""
-        with self._lock:
-            connection = self._connection(connection_id)
             now = self._clock()
             self._tick(now)
-            out: list[Delivery] = []
-            for channel in connection.channels.values():
-                if channel.consumers:
-                    self._claim_channel(channel, out, now)
-            return out
-
-    def _claim_channel(self, channel: _Channel, out: list[Delivery], now: float) -> None:
-        consumers = list(channel.consumers.values())
-        progress = True
-        while progress and len(out) < MAX_CLAIM:
-            progress = False
-            for consumer in consumers:
-                if channel.prefetch_global and len(channel.unacked) >= channel.prefetch_global:
-                    return
-                room = consumer.prefetch - consumer.unacked if consumer.prefetch else MAX_CLAIM - len(out)
-                if room <= 0:
-                    continue
-                queue = consumer.queue
-                taken = 0
-                # Several consumers on one queue take turns: at most a fair share per round.
-                share = (
-                    room if len(queue.consumers) == 1 else min(room, 1 + queue.count // len(queue.consumers))
-                )
-                while taken < share and queue.count:
-                    entry = self._pop_live(queue, now)
-                    if entry is None:
-                        break
-                    out.append(self._deliver(channel, consumer, queue, entry))
-                    taken += 1
-                if taken:
-                    progress = True
-                    queue.last_used = now
+            queues = self._queues
+            for channel, rooms, channel_room in plan:
+                # [consumer, room left, its queue, what it got]
+                slots: list[list[Any]] = [
+                    [consumer, room, queues.get(consumer.queue), []] for consumer, room in rooms
+                ]
+                progress = True
+                while progress and total < limit and channel_room > 0:
+                    progress = False
+                    for slot in slots:
+                        _, room, queue, items = slot
+                        n = min(room, channel_room, limit - total)
+                        if n <= 0 or queue is None or not queue.count:
+                            continue
+                        # Several consumers on one queue take turns: at most a fair share per round.
+                        if len(queue.consumers) > 1:
+                            n = min(n, 1 + queue.count // len(queue.consumers))
+                        taken = 0
+                        while taken < n and queue.count:
+                            entry = self._pop_live(queue, now)
+                            if entry is None:
+                                break
+                            envelope = entry.envelope
+                            items.append(
+                                (
+                                    entry,
+                                    envelope.body,
+                                    envelope.properties,
+                                    envelope.headers,
+                                    envelope.exchange,
+                                    envelope.routing_key,
+                                    entry.redelivered,
+                                )
+                            )
+                            taken += 1
+                        if taken:
+                            progress = True
+                            slot[1] = room - taken
+                            channel_room -= taken
+                            total += taken
+                            queue.last_used = now
+                out.extend((channel, slot[0], slot[3]) for slot in slots if slot[3])
+        return out
 
     def _pop_live(self, queue: _Queue, now: float) -> _Entry | None:
         while True:
@@ -760,41 +653,9 @@ class MemoryBroker:
                 continue
             return entry
 
-    def _deliver(
-        self,
-        channel: _Channel,
-        consumer: _Consumer | None,
-        queue: _Queue,
-        entry: _Entry,
-        no_ack: bool = False,
-        message_count: int | None = None,
-    ) -> Delivery:
-        delivery_tag = channel.next_tag
-        channel.next_tag += 1
-        if consumer is not None:
-            no_ack = consumer.no_ack
-        if not no_ack:
-            channel.unacked[delivery_tag] = _Unacked(queue.name, entry, consumer)
-            if consumer is not None:
-                consumer.unacked += 1
-        envelope = entry.envelope
-        return Delivery(
-            channel.id,
-            consumer.tag if consumer is not None else "",
-            delivery_tag,
-            envelope.body,
-            envelope.properties,
-            envelope.headers,
-            envelope.exchange,
-            envelope.routing_key,
-            entry.redelivered,
-            message_count,
-        )
-
-    def get(self, connection_id: int, channel_id: int, queue_name: str, no_ack: bool) -> Delivery | None:
+    def get(self, owner: int, queue_name: str, no_ack: bool) -> tuple[Item, int] | None:
         with self._lock:
-            channel = self._channel(connection_id, channel_id)
-            queue = self._queue(queue_name, channel.connection)
+            queue = self._queue(queue_name, owner)
             now = self._clock()
             self._tick(now)
             queue.last_used = now
@@ -802,109 +663,46 @@ class MemoryBroker:
             entry = self._pop_live(queue, now)
             if entry is None:
                 return None
-            return self._deliver(channel, None, queue, entry, no_ack=no_ack, message_count=queue.count)
+            return entry.item(), queue.count
 
     # --- settling ----------------------------------------------------------------------------------------
 
-    def ack(self, connection_id: int, channel_id: int, delivery_tag: int, multiple: bool) -> None:
-        with self._lock:
-            channel = self._channel(connection_id, channel_id)
-            if multiple:
-                for settled in self._settle(channel, delivery_tag, multiple):
-                    if settled.consumer is not None:
-                        settled.consumer.unacked -= 1
-            else:  # the common case, kept short
-                item = channel.unacked.pop(delivery_tag, None)
-                if item is None:
-                    raise PreconditionFailed(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}")
-                if item.consumer is not None:
-                    item.consumer.unacked -= 1
-            connection = channel.connection
-            if connection.waiting:
-                connection.waiting = False
-                connection.waker.set()
+    def ack(self, owner: int, unacked: Sequence[Unacked]) -> None:
+        """Nothing to do: a claimed entry lives only in its delivery."""
 
-    def reject(
-        self, connection_id: int, channel_id: int, delivery_tag: int, requeue: bool, multiple: bool = False
-    ) -> None:
+    def reject(self, owner: int, unacked: Sequence[Unacked], requeue: bool) -> None:
         with self._lock:
-            channel = self._channel(connection_id, channel_id)
-            items = self._settle(channel, delivery_tag, multiple)
+            if requeue:
+                self._requeue_all(unacked)
+                return
             now = self._clock()
-            for item in reversed(items):
-                if item.consumer is not None:
-                    item.consumer.unacked -= 1
-                queue = self._queues.get(item.queue_name)
-                if queue is None:
-                    continue
-                if requeue:
-                    self._requeue(queue, item.entry)
-                else:
-                    self._dead_letter(queue, item.entry, "rejected", now)
-            self._wake_connection(channel.connection)
+            for item in reversed(unacked):
+                queue = self._queues.get(item.queue)
+                if queue is not None:
+                    self._dead_letter(queue, item.ref, "rejected", now)
 
-    def recover(self, connection_id: int, channel_id: int, requeue: bool) -> None:
-        """Requeue every unacked delivery of the channel (AMQP basic.recover; kelp always requeues)."""
-        with self._lock:
-            channel = self._channel(connection_id, channel_id)
-            self._requeue_unacked(channel, sorted(channel.unacked))
-
-    def _settle(self, channel: _Channel, delivery_tag: int, multiple: bool) -> list[_Unacked]:
-        if multiple:
-            tags = (
-                sorted(t for t in channel.unacked if t <= delivery_tag)
-                if delivery_tag
-                else sorted(channel.unacked)
-            )
-            return [channel.unacked.pop(t) for t in tags]
-        item = channel.unacked.pop(delivery_tag, None)
-        if item is None:
-            raise PreconditionFailed(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}")
-        return [item]
-
-    def _requeue_unacked(self, channel: _Channel, tags: list[int]) -> None:
+    def _requeue_all(self, unacked: Sequence[Unacked]) -> None:
         # Newest first with push-front, so the requeued messages keep their original order at the head.
-        for delivery_tag in reversed(tags):
-            item = channel.unacked.pop(delivery_tag)
-            if item.consumer is not None:
-                item.consumer.unacked -= 1
-            queue = self._queues.get(item.queue_name)
+        for item in reversed(unacked):
+            queue = self._queues.get(item.queue)
             if queue is not None:
-                self._requeue(queue, item.entry)
-
-    def _requeue(self, queue: _Queue, entry: _Entry) -> None:
-        entry.redelivered = True
-        queue.push(entry, front=True)
-        if queue.consumers:
-            self._wake(queue)
+                entry: _Entry = item.ref
+                entry.redelivered = True
+                queue.push(entry, front=True)
+                if queue.consumers:
+                    self._wake(queue)
 
     # --- time ---------------------------------------------------------------------------------------------
 
-    def prepare_wait(self, connection_id: int) -> float | None:
-        """Mark the connection as waiting and return seconds until the next timed event (None: no timer).
-
-        The caller must clear its waker before calling this and wait on it afterwards: a publish between
-        the two sets the waker, so no wake-up is lost.
-        """
+    def prepare_wait(self, queues: Collection[str]) -> float | None:
         with self._lock:
-            connection = self._connection(connection_id)
             now = self._clock()
             self._tick(now)
-            if connection.cancelled or self._has_work(connection):
-                return 0.0
-            connection.waiting = True
+            for name in queues:
+                queue = self._queues.get(name)
+                if queue is not None and queue.count:
+                    return 0.0
             return None if self._next_due == math.inf else max(0.0, self._next_due - now)
-
-    def _has_work(self, connection: _Connection) -> bool:
-        for channel in connection.channels.values():
-            for consumer in channel.consumers.values():
-                if (
-                    consumer.queue.count
-                    and (not consumer.prefetch or consumer.unacked < consumer.prefetch)
-                    and (not channel.prefetch_global or len(channel.unacked) < channel.prefetch_global)
-                ):
-                    return True
-        return False
 
     def _next_deadline(self) -> float | None:
         deadline: float | None = None
@@ -966,6 +764,19 @@ class MemoryBroker:
             and not any(level and level[0].deadline is not None for level in queue.levels)
         ):
             self._timed.discard(queue.name)
+
+
+class MemoryBroker(Session[MemoryStore]):
+    """The session layer over one :class:`MemoryStore`: what a ``memory://`` connection talks to."""
+
+    def __init__(
+        self,
+        name: str = "",
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(MemoryStore(name, clock, wall_clock))
+        self.name = name
 
 
 _brokers: dict[str, MemoryBroker] = {}
