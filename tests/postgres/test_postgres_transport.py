@@ -154,12 +154,14 @@ def test_server_restart_keeps_persistent_messages_on_durable_queues_only(pg_url:
         producer.publish("dropped", exchange=durable.exchange, routing_key="durable", delivery_mode=1)
         producer.publish("gone", exchange=transient_queue.exchange, routing_key="transient", delivery_mode=2)
         unacked = durable(conn.channel()).get()  # claimed when the server goes down: comes back
-        assert unacked is not None and unacked.payload == "kept"
+        assert unacked is not None
+        assert unacked.payload == "kept"
     subprocess.run([str(ROOT / "scripts/postgres.sh"), "restart", directory], check=True, capture_output=True)
     with kelp.Connection(pg_url) as conn:
         bound = durable(conn.channel())
         message = bound.get()
-        assert message is not None and message.payload == "kept"
+        assert message is not None
+        assert message.payload == "kept"
         message.ack()
         assert bound.get() is None
         with pytest.raises(kelp.exceptions.NotFound):
