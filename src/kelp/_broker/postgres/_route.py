@@ -3,9 +3,10 @@ stores one row per routed copy (with the length limits, TTLs and dead-lettering 
 
 Each process keeps a snapshot of the topology (exchanges with their bindings, queues with their
 arguments) tagged with the ``topology`` counter of ``meta``. Every topology change bumps the counter
-under an exclusive advisory lock; every publish takes that lock shared, in the transaction that stores its
-copies, and stores them only if the counter still equals its snapshot's (else it reloads and routes
-again). So no copy reaches a queue deleted, or misses a binding added, before the publish.
+holding ``messages`` locked against writers (SHARE ROW EXCLUSIVE, a moment); every publish stores its
+copies only if the counter, read after its own lock on ``messages`` (ROW EXCLUSIVE), still equals its
+snapshot's - else it reloads and routes again. So no copy reaches a queue deleted, or misses a binding
+added, before the publish.
 """
 
 from __future__ import annotations
@@ -159,22 +160,50 @@ def copies_of(topo: Topology, envelope: Envelope) -> list[Copy]:
 
 _INSERT = """INSERT INTO {s}.messages
     (queue, priority, body, properties, headers, exchange, routing_key, expires_at, persistent, size)
-SELECT q, p, b, pr, h, e, rk, CASE WHEN ttl IS NULL THEN NULL ELSE {now} + ttl / 1000.0 END, per, length(b)
+SELECT q, p, b, pr, h, e, rk, {now} + ttl / 1000.0, per, octet_length(b)
 FROM unnest(%s::text[], %s::int[], %s::bytea[], %s::text[], %s::text[], %s::text[], %s::text[], %s::int8[],
     %s::bool[]) AS u(q, p, b, pr, h, e, rk, ttl, per)"""
 # Wake-ups go to the queues some process consumes from.
 _NOTIFY = """, notified AS (SELECT pg_notify({channel}, 'r:' || d.queue)
     FROM (SELECT DISTINCT queue FROM ins) d
     WHERE EXISTS (SELECT 1 FROM {s}.consumers c WHERE c.queue = d.queue))"""
+_VERSION = "(SELECT value FROM {s}.meta WHERE key = 'topology')"
 
 
-def insert_statement(schema: sql.Identifier, channel: str, checked: bool) -> sql.Composed:
-    """Insert a batch of copies (arrays, see ``_columns``) and wake their consumers; with ``checked``
-    only if the topology counter equals the last parameter. Returns one row: (the counter, wake-ups)."""
-    insert = _INSERT + (" WHERE (SELECT value FROM {s}.meta WHERE key = 'topology') = %s" if checked else "")
-    text = "WITH ins AS (" + insert + " RETURNING queue)" + _NOTIFY
-    text += " SELECT (SELECT value FROM {s}.meta WHERE key = 'topology'), (SELECT count(*) FROM notified)"
-    return sql.SQL(text.replace("{now}", NOW)).format(s=schema, channel=sql.Literal(channel))
+_ONE = """INSERT INTO {s}.messages
+    (queue, priority, body, properties, headers, exchange, routing_key, expires_at, persistent, size)
+SELECT %s, %s, %s, %s, %s, %s, %s, {now} + %s::int8 / 1000.0, %s, %s"""
+
+
+def insert_statement(schema: sql.Identifier, channel: str, checked: bool, one: bool = False) -> str:
+    """Store a batch of copies (arrays, see ``columns``; ``one``: a single copy, see ``values``) and wake
+    their consumers, in one statement; with ``checked``, only if the topology counter equals the last
+    parameter. Returns one row: (the counter, wake-ups).
+
+    Checked, it is safe without a transaction of its own: the INSERT takes its lock on ``messages``
+    before it takes its snapshot, and a topology change holds a lock on ``messages`` that excludes it
+    until the change commits; so the counter it reads is the one of the topology it stores under."""
+    insert = (_ONE if one else _INSERT) + (f" WHERE {_VERSION} = %s" if checked else "")
+    text = (
+        f"WITH ins AS ({insert} RETURNING queue){_NOTIFY} SELECT {_VERSION}, (SELECT count(*) FROM notified)"
+    )
+    composed = sql.SQL(text.replace("{now}", NOW)).format(s=schema, channel=sql.Literal(channel))
+    return composed.as_string(None)
+
+
+def values(copy: Copy) -> list[Any]:
+    return [
+        copy.queue.name,
+        copy.priority,
+        copy.body,
+        encode(copy.properties),
+        encode(copy.headers) if copy.headers else "",
+        copy.exchange,
+        copy.routing_key,
+        copy.ttl,
+        copy.persistent,
+        len(copy.body),
+    ]
 
 
 def columns(copies: Sequence[Copy]) -> list[list[Any]]:

@@ -38,8 +38,9 @@ from kelp._broker.postgres._route import (
     insert_statement,
     load_topology,
     store_copies,
+    values,
 )
-from kelp._broker.postgres._schema import ensure_schema, lock_key
+from kelp._broker.postgres._schema import ensure_schema
 from kelp._broker.postgres._topology import TopologyOps
 from kelp._broker.sqlite._codec import decode
 from kelp._envelope import Envelope
@@ -50,6 +51,9 @@ __all__ = ["PostgresStore", "store_for"]
 T = TypeVar("T")
 #: How often (seconds) a process looks for owners whose database session ended.
 REAP_INTERVAL = 1.0
+#: Acks are committed in batches: with the connection's next claim, at ACK_BATCH, or ACK_DELAY seconds later.
+ACK_BATCH = 500
+ACK_DELAY = 0.05
 _READY = "owner IS NULL AND (expires_at IS NULL OR expires_at > " + NOW + ")"
 
 
@@ -65,12 +69,12 @@ def mapped() -> Iterator[None]:
 class PostgresStore(TopologyOps):
     listener: Listener | None
 
-    def __init__(self, conninfo: str, schema: str) -> None:
+    def __init__(self, conninfo: str, schema: str, flush_publishes: bool = False) -> None:
         self.conninfo = conninfo
+        self.flush_publishes = flush_publishes
         self.name = schema
         self.schema = sql.Identifier(schema)
         self.channel = f"kelp.{schema}"
-        self.lock = lock_key(schema)
         self.listener = None
         self._topology: Topology | None = None
         self._owners: dict[int, tuple[Connection[Any], threading.Lock]] = {}
@@ -81,9 +85,15 @@ class PostgresStore(TopologyOps):
         self._listening = threading.Event()
         self._statements: dict[str, sql.Composed] = {}
         self.session: Session[PostgresStore] = Session(self)
+        self.insert_one = insert_statement(self.schema, self.channel, True, one=True)
+        self.insert_many = insert_statement(self.schema, self.channel, True)
         # When this process next looks for expired messages and queues (time.time()): lowered by its
         # own TTL publishes and queue declarations, re-read from the database at most a second later.
         self.next_due = 0.0
+        # Acks waiting to be committed with the next claim, or by a timer (ACK_DELAY) when none comes.
+        self._acks: list[Any] = []
+        self._ack_lock = threading.Lock()
+        self._ack_timer: threading.Timer | None = None
 
     def q(self, text: str) -> sql.Composed:
         """``text`` with ``{s}`` the schema, composed once."""
@@ -124,14 +134,11 @@ class PostgresStore(TopologyOps):
         """A transaction holding the topology lock (shared, or exclusive to change the topology), with
         a current topology snapshot."""
         with self.cursor() as cur, cur.connection.transaction():
-            cur.execute("SET LOCAL synchronous_commit = on")
-            lock = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
-            cur.execute(
-                sql.SQL("SELECT {}(%s), (SELECT value FROM {}.meta WHERE key = 'topology')").format(
-                    sql.Identifier(lock), self.schema
-                ),
-                (self.lock,),
-            )
+            if exclusive or self.flush_publishes:
+                cur.execute("SET LOCAL synchronous_commit = on")
+            mode = "SHARE ROW EXCLUSIVE" if exclusive else "ROW EXCLUSIVE"
+            cur.execute(self.q("LOCK TABLE {s}.messages IN " + mode + " MODE"))
+            cur.execute(self.q("SELECT 0, value FROM {s}.meta WHERE key = 'topology'"))
             row = cur.fetchone()
             topo = self._topology
             if topo is None or row is None or topo.version != row[1]:
@@ -187,6 +194,7 @@ class PostgresStore(TopologyOps):
 
     def disconnect(self, owner: int, unacked: Sequence[Unacked]) -> None:
         try:
+            self.flush_acks()
             self.drop_owners([owner])
         finally:
             with self._guard:
@@ -228,6 +236,7 @@ class PostgresStore(TopologyOps):
         self.delete_queues(set(empty))
 
     def close_channel(self, owner: int, channel: int, unacked: Sequence[Unacked]) -> None:
+        self.flush_acks()
         with self.cursor() as cur, cur.connection.transaction():
             cur.execute(
                 self.q("DELETE FROM {s}.consumers WHERE connection = %s AND channel = %s RETURNING queue"),
@@ -292,18 +301,19 @@ class PostgresStore(TopologyOps):
 
     def _insert_checked(self, topo: Topology, copies: list[Any]) -> bool:
         """Store unbounded copies in one round trip, if ``topo`` is still current (else store nothing)."""
-        persistent = any(c.persistent for c in copies)
+        persistent = self.flush_publishes and any(c.persistent for c in copies)
+        if len(copies) == 1:
+            statement, params = self.insert_one, [*values(copies[0]), topo.version]
+        else:
+            statement, params = self.insert_many, [*columns(copies), topo.version]
         with self.cursor() as cur:
-            conn = cur.connection
-            insert = conn.cursor()
-            with conn.pipeline(), conn.transaction():
-                if persistent:
+            if persistent:
+                with cur.connection.transaction():
                     cur.execute("SET LOCAL synchronous_commit = on")
-                cur.execute("SELECT pg_advisory_xact_lock_shared(%s)", (self.lock,))
-                insert.execute(
-                    insert_statement(self.schema, self.channel, True), [*columns(copies), topo.version]
-                )
-            row = insert.fetchone()
+                    cur.execute(statement, params)
+            else:
+                cur.execute(statement, params)
+            row = cur.fetchone()
         return row is not None and row[0] == topo.version
 
     def claim(
@@ -313,6 +323,7 @@ class PostgresStore(TopologyOps):
         self.tick()
 
         def work(cur: Cursor[Any]) -> None:
+            self.flush_acks(cur)
             left = limit
             for channel, rooms, channel_room in plan:
                 for consumer, room in rooms:
@@ -359,10 +370,36 @@ class PostgresStore(TopologyOps):
         return self._owner(owner, work)
 
     def ack(self, owner: int, unacked: Sequence[Unacked]) -> None:
-        with self.cursor() as cur:
-            cur.execute(self.q("DELETE FROM {s}.messages WHERE id = ANY(%s)"), ([u.ref for u in unacked],))
+        with self._ack_lock:
+            self._acks.extend(u.ref for u in unacked)
+            if len(self._acks) < ACK_BATCH:
+                if self._ack_timer is None:
+                    self._ack_timer = threading.Timer(ACK_DELAY, self.flush_acks)
+                    self._ack_timer.daemon = True
+                    self._ack_timer.start()
+                return
+        self.flush_acks()
+
+    def flush_acks(self, cur: Cursor[Any] | None = None) -> None:
+        """Delete the acked rows (with ``cur`` when given: the caller's session, before its own work)."""
+        with self._ack_lock:
+            ids, self._acks = self._acks, []
+            timer, self._ack_timer = self._ack_timer, None
+        if timer is not None:
+            timer.cancel()
+        if not ids:
+            return
+        try:
+            if cur is not None:
+                cur.execute(self.q("DELETE FROM {s}.messages WHERE id = ANY(%s)"), (ids,))
+                return
+            with self.cursor() as own:
+                own.execute(self.q("DELETE FROM {s}.messages WHERE id = ANY(%s)"), (ids,))
+        except OperationalError:
+            pass  # the session is gone: those copies come back redelivered (at-least-once), never lost
 
     def reject(self, owner: int, unacked: Sequence[Unacked], requeue: bool) -> None:
+        self.flush_acks()
         if not unacked:
             return
         if requeue:
@@ -422,6 +459,7 @@ class PostgresStore(TopologyOps):
     def _deadline(self, queues: Collection[str]) -> tuple[bool, float | None]:
         """Expire what is due; whether ``queues`` have ready copies, and the seconds to the next deadline."""
         with self.cursor() as cur:
+            self.flush_acks(cur)
             cur.execute(
                 self.q(
                     "SELECT EXISTS (SELECT 1 FROM {s}.messages WHERE queue = ANY(%s) AND "
@@ -498,14 +536,15 @@ class PostgresStore(TopologyOps):
             self.drop_owners(dead)
 
 
-_stores: dict[tuple[str, str], PostgresStore] = {}
+_stores: dict[tuple[str, str, bool], PostgresStore] = {}
 _stores_lock = threading.Lock()
 
 
-def store_for(conninfo: str, schema: str) -> PostgresStore:
+def store_for(conninfo: str, schema: str, flush_publishes: bool = False) -> PostgresStore:
     """The process's store for one database schema (created on first use)."""
+    key = (conninfo, schema, flush_publishes)
     with _stores_lock:
-        store = _stores.get((conninfo, schema))
+        store = _stores.get(key)
         if store is None:
-            store = _stores[(conninfo, schema)] = PostgresStore(conninfo, schema)
+            store = _stores[key] = PostgresStore(conninfo, schema, flush_publishes)
         return store

@@ -57,6 +57,9 @@ class TopologyOps(abc.ABC):
     @abc.abstractmethod
     def tick(self) -> None: ...
 
+    @abc.abstractmethod
+    def flush_acks(self, cur: Cursor[Any] | None = None) -> None: ...
+
     @contextlib.contextmanager
     def changing(self) -> Iterator[tuple[Cursor[Any], Topology]]:
         """A topology change: exclusive lock, current snapshot; the counter is bumped on success."""
@@ -403,6 +406,7 @@ class TopologyOps(abc.ABC):
         return [name for name, unused in cur.fetchall() if unused]
 
     def queue_stats(self, unacked: Mapping[str, int]) -> list[tuple[str, int, int, int]]:
+        self.flush_acks()
         with self.cursor() as cur:
             cur.execute(
                 self.q(

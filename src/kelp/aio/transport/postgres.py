@@ -3,13 +3,19 @@
 Every process connected to the same database and schema shares its exchanges, queues and messages; kelp
 routes at publish time (RabbitMQ's semantics, as on ``memory://`` and ``sqlite://``) and stores one row
 per routed copy. Query options: ``schema`` (the broker's schema, default ``kelp``: one database can hold
-several brokers), ``connect_timeout`` (seconds), ``sslmode`` (libpq's) and ``confirm_publish`` (accepted;
-every publish is committed before it returns anyway).
+several brokers), ``synchronous_commit=off|on`` (see below), ``connect_timeout`` (seconds), ``sslmode``
+(libpq's) and ``confirm_publish`` (accepted; every publish is committed before it returns anyway).
 
-What ``publish`` guarantees on return: the message is committed. A persistent one (``delivery_mode`` 2,
-the default) waits for the WAL flush, so it survives a crash of the server; a transient one does not wait
-for it (``synchronous_commit`` off), and a restart of the server drops it, as RabbitMQ's does. Unroutable
+What ``publish`` guarantees on return: the message is committed - other processes see it, and it
+survives ``kill -9`` of every kelp process and a clean restart of the server (if persistent:
+``delivery_mode`` 2, the default; a restart drops transient ones, as RabbitMQ's does). By default the
+commit does not wait for the WAL flush (PostgreSQL's ``synchronous_commit = off``, as ``sqlite://``'s
+``synchronous=normal``): a crash of the server or of the machine may lose the publishes of its last
+fraction of a second. With ``synchronous_commit=on`` a persistent publish returns after the flush (crash
+and power-loss safe, at the cost of one disk flush per publish, shared by concurrent ones). Unroutable
 ``mandatory`` messages are returned and ``reject-publish`` refusals raise MessageNacked from ``publish``.
+Acks are committed in batches, with the next claim or within 50 ms: an ack lost to a crash means a
+redelivery (flagged), never a loss.
 
 Consumers claim rows with ``FOR UPDATE SKIP LOCKED`` and are woken by LISTEN/NOTIFY. Unacked messages
 return to their queue, flagged ``redelivered``, when their channel or connection closes, or when the
@@ -170,7 +176,7 @@ def conninfo(url: URL) -> tuple[str, str]:
 class PostgresTransport(Transport):
     schemes: ClassVar[tuple[str, ...]] = ("postgresql", "postgres")
     query_options: ClassVar[frozenset[str] | None] = frozenset(
-        {"schema", "connect_timeout", "sslmode", "confirm_publish"}
+        {"schema", "synchronous_commit", "connect_timeout", "sslmode", "confirm_publish"}
     )
 
     driver_type: ClassVar[str] = "postgresql"
@@ -188,6 +194,10 @@ class PostgresTransport(Transport):
                 "the postgresql:// transport needs psycopg 3: pip install 'kelp[postgres]'"
             ) from None
         self.conninfo, self.schema = conninfo(url)
+        flush = url.query.get("synchronous_commit", "off")
+        if flush not in ("on", "off"):
+            raise InvalidURL(f"postgresql:// option synchronous_commit={flush!r} must be on or off")
+        self.flush_publishes = flush == "on"
         self._session: Session[PostgresStore] | None = None
         self._connection_id = 0
         self._signal = Signal()
@@ -203,12 +213,12 @@ class PostgresTransport(Transport):
         return self._session
 
     def info(self) -> dict[str, Any]:
-        return {**super().info(), "schema": self.schema}
+        return {**super().info(), "schema": self.schema, "synchronous_commit": self.flush_publishes}
 
     async def connect(self, timeout: float | None) -> None:
         if self._session is not None:
             return
-        session = store_for(self.conninfo, self.schema).session
+        session = store_for(self.conninfo, self.schema, self.flush_publishes).session
         self._connection_id = await run_blocking(session.connect, self._signal)
         self._session = session
 
