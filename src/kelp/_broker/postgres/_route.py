@@ -164,8 +164,8 @@ SELECT q, p, b, pr, h, e, rk, {now} + ttl / 1000.0, per, octet_length(b)
 FROM unnest(%s::text[], %s::int[], %s::bytea[], %s::text[], %s::text[], %s::text[], %s::text[], %s::int8[],
     %s::bool[]) AS u(q, p, b, pr, h, e, rk, ttl, per)"""
 # Wake-ups go to the queues some process consumes from.
-_NOTIFY = """, notified AS (SELECT pg_notify({channel}, 'r:' || d.queue)
-    FROM (SELECT DISTINCT queue FROM ins) d
+_NOTIFY = """, notified AS (SELECT pg_notify({channel}, 'r:' || d.low || ':' || d.queue)
+    FROM (SELECT queue, min(id) AS low FROM ins GROUP BY queue) d
     WHERE EXISTS (SELECT 1 FROM {s}.consumers c WHERE c.queue = d.queue))"""
 _VERSION = "(SELECT value FROM {s}.meta WHERE key = 'topology')"
 
@@ -184,9 +184,8 @@ def insert_statement(schema: sql.Identifier, channel: str, checked: bool, one: b
     before it takes its snapshot, and a topology change holds a lock on ``messages`` that excludes it
     until the change commits; so the counter it reads is the one of the topology it stores under."""
     insert = (_ONE if one else _INSERT) + (f" WHERE {_VERSION} = %s" if checked else "")
-    text = (
-        f"WITH ins AS ({insert} RETURNING queue){_NOTIFY} SELECT {_VERSION}, (SELECT count(*) FROM notified)"
-    )
+    text = f"WITH ins AS ({insert} RETURNING queue, id){_NOTIFY}"
+    text += f" SELECT {_VERSION}, (SELECT count(*) FROM notified)"
     composed = sql.SQL(text.replace("{now}", NOW)).format(s=schema, channel=sql.Literal(channel))
     return composed.as_string(None)
 
