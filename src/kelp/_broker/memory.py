@@ -694,7 +694,7 @@ class MemoryStore:
 
     # --- time ---------------------------------------------------------------------------------------------
 
-    def prepare_wait(self, queues: Collection[str]) -> float | None:
+    def prepare_wait(self, queues: Collection[str], consuming: bool) -> float | None:
         with self._lock:
             now = self._clock()
             self._tick(now)

@@ -482,7 +482,8 @@ class Session(Generic[S]):
                 connection.waiting = True
                 self.waiting += 1
             queues = {consumer.queue for _, rooms, _ in self._plan(connection) for consumer, _ in rooms}
-        return self.store.prepare_wait(queues)
+            consuming = any(channel.consumers for channel in connection.channels.values())
+        return self.store.prepare_wait(queues, consuming)
 
     def end_wait(self, connection_id: int) -> None:
         with self._lock:

@@ -213,7 +213,9 @@ class Store(Protocol):
         """``requeue``: the copies become ready again at their original places, flagged redelivered.
         Otherwise they are removed and dead-lettered when their queue has a dead-letter exchange."""
 
-    def prepare_wait(self, queues: Collection[str]) -> float | None:
-        """A connection consuming ``queues`` (those with room in a prefetch window) is about to wait: 0
-        when one of them has ready messages (or the store has work to do first), else the seconds until
-        the store's next deadline, None for none. Applies the deadlines that are due."""
+    def prepare_wait(self, queues: Collection[str], consuming: bool) -> float | None:
+        """A connection is about to wait for messages on ``queues`` (those of its consumers with room in
+        their prefetch windows; ``consuming``: it has consumers, with room or not). Returns 0 when one of
+        the queues has ready messages (or the store has work to do first), else the seconds until the
+        store's next deadline, None for none. Applies the deadlines that are due, and notices queues
+        deleted by others (``listener.queues_deleted``)."""
