@@ -1,7 +1,7 @@
 """Declarations on ``postgresql://``: exchanges, queues, bindings and consumers, with RabbitMQ's checks.
 
-Each change runs in one transaction holding the topology lock exclusively (so it is ordered against
-every publish, see ``_route``) and bumps the topology counter; the checks read the current snapshot.
+Each change runs in one transaction ordered against every publish (``Database.locked``, exclusive) and
+bumps the topology counter; the checks read the current snapshot.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import contextlib
 from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
-from psycopg import Cursor, sql
+from psycopg import Cursor
 
+from kelp._broker.postgres._db import Database
 from kelp._broker.postgres._route import QueueDef, Topology
 from kelp._broker.queue_args import (
     ExchangeDef,
@@ -29,27 +30,24 @@ from kelp.exceptions import AccessRefused, NotFound, PreconditionFailed, Resourc
 
 __all__ = ["TopologyOps"]
 
+_READY = (
+    "SELECT count(*) FROM {s}.messages WHERE queue = %s AND owner IS NULL "
+    "AND (expires_at IS NULL OR expires_at > {now})"
+)
 
-class TopologyOps(abc.ABC):
-    """The topology half of the store (PostgresStore provides the sessions)."""
 
-    name: str
-    channel: str
+def _declared(exchange: ExchangeDef) -> tuple[str, bool, bool, bool, dict[str, Any]]:
+    return exchange.type, exchange.durable, exchange.auto_delete, exchange.internal, exchange.arguments
+
+
+def _queue_declared(queue: QueueDef) -> tuple[bool, bool, bool, dict[str, Any]]:
+    return queue.durable, queue.exclusive_owner is not None, queue.auto_delete, queue.arguments
+
+
+class TopologyOps(Database, abc.ABC):
+    """The topology half of the store."""
+
     listener: Any
-
-    @abc.abstractmethod
-    def q(self, text: str) -> sql.Composed: ...
-
-    @abc.abstractmethod
-    def locked(
-        self, exclusive: bool = False
-    ) -> contextlib.AbstractContextManager[tuple[Cursor[Any], Topology]]: ...
-
-    @abc.abstractmethod
-    def cursor(self) -> contextlib.AbstractContextManager[Cursor[Any]]: ...
-
-    @abc.abstractmethod
-    def forget_topology(self) -> None: ...
 
     @abc.abstractmethod
     def due(self, seconds: float | None) -> None: ...
@@ -62,7 +60,7 @@ class TopologyOps(abc.ABC):
 
     @contextlib.contextmanager
     def changing(self) -> Iterator[tuple[Cursor[Any], Topology]]:
-        """A topology change: exclusive lock, current snapshot; the counter is bumped on success."""
+        """A topology change: exclusive, on the current snapshot; bumps the counter when it succeeds."""
         try:
             with self.locked(exclusive=True) as (cur, topo):
                 yield cur, topo
@@ -70,34 +68,19 @@ class TopologyOps(abc.ABC):
         finally:
             self.forget_topology()
 
-    def _missing(self, kind: str, name: str) -> NotFound:
-        return NotFound(f"no {kind} '{name}' in vhost '/'")
-
     def _queue(self, topo: Topology, owner: int | None, name: str) -> QueueDef:
         queue = topo.queues.get(name)
         if queue is None:
-            raise self._missing("queue", name)
-        if owner is not None and queue.exclusive_owner is not None and queue.exclusive_owner != owner:
+            raise NotFound(f"no queue '{name}' in vhost '/'")
+        if owner is not None and queue.exclusive_owner not in (None, owner):
             raise ResourceLocked(
                 f"cannot obtain exclusive access to locked queue '{name}': it belongs to another connection"
             )
         return queue
 
-    def _count(self, cur: Cursor[Any], text: str, *params: Any) -> int:
-        cur.execute(self.q(text), params)
-        row = cur.fetchone()
-        return int(row[0]) if row else 0
-
-    def _ready(self, cur: Cursor[Any], name: str) -> int:
-        return self._count(
-            cur,
-            "SELECT count(*) FROM {s}.messages WHERE queue = %s AND owner IS NULL "
-            "AND (expires_at IS NULL OR expires_at > {now})",
-            name,
-        )
-
-    def _consumers(self, cur: Cursor[Any], name: str) -> int:
-        return self._count(cur, "SELECT count(*) FROM {s}.consumers WHERE queue = %s", name)
+    def _info(self, cur: Cursor[Any], name: str) -> QueueInfo:
+        consumers = self.one(cur, "SELECT count(*) FROM {s}.consumers WHERE queue = %s", name)
+        return QueueInfo(name, self.one(cur, _READY, name), consumers)
 
     # --- exchanges ---------------------------------------------------------------------------------
 
@@ -111,47 +94,31 @@ class TopologyOps(abc.ABC):
         arguments: Mapping[str, Any] | None,
         passive: bool,
     ) -> None:
-        with self.locked() as (_, topo):
-            existing = topo.exchanges.get(name)
+        existing = self.topology().exchanges.get(name)
+        if passive or existing is None:
+            with self.locked() as (_, topo):  # a current answer
+                existing = topo.exchanges.get(name)
         if passive:
             if existing is None:
-                raise self._missing("exchange", name)
+                raise NotFound(f"no exchange '{name}' in vhost '/'")
             return
         check_name("exchange", name, passive)
         requested = (type_, durable, auto_delete, internal, arguments)
-        if existing is not None:
-            check_exchange_redeclare(
-                name,
-                (
-                    existing.type,
-                    existing.durable,
-                    existing.auto_delete,
-                    existing.internal,
-                    existing.arguments,
-                ),
-                requested,
-            )
-            return
-        ExchangeDef(name, type_, durable, auto_delete, internal, {})  # refuses an unknown type
-        with self.changing() as (cur, topo):
-            existing = topo.exchanges.get(name)
-            if existing is not None:  # declared meanwhile by another process
-                check_exchange_redeclare(
-                    name,
-                    (
-                        existing.type,
-                        existing.durable,
-                        existing.auto_delete,
-                        existing.internal,
-                        existing.arguments,
-                    ),
-                    requested,
-                )
-                return
-            cur.execute(
-                self.q("INSERT INTO {s}.exchanges VALUES (%s, %s, %s, %s, %s, %s)"),
-                (name, type_, durable, auto_delete, internal, encode(dict(arguments or {}))),
-            )
+        if existing is None:
+            ExchangeDef(name, type_, durable, auto_delete, internal, {})  # refuses an unknown type
+            with self.changing() as (cur, topo):
+                existing = topo.exchanges.get(name)  # declared meanwhile by another process?
+                if existing is None:
+                    args = encode(dict(arguments or {}))
+                    self.rows(
+                        cur,
+                        "INSERT INTO {s}.exchanges VALUES (%s, %s, %s, %s, %s, %s)",
+                        name,
+                        *requested[:4],
+                        args,
+                    )
+                    return
+        check_exchange_redeclare(name, _declared(existing), requested)
 
     def delete_exchange(self, name: str, if_unused: bool) -> None:
         if not name or name.startswith("amq."):
@@ -165,20 +132,19 @@ class TopologyOps(abc.ABC):
             self._drop_exchange(cur, name)
 
     def _drop_exchange(self, cur: Cursor[Any], name: str) -> None:
-        cur.execute(self.q("DELETE FROM {s}.exchanges WHERE name = %s"), (name,))
-        cur.execute(
-            self.q("DELETE FROM {s}.bindings WHERE source = %s OR (kind = 'exchange' AND destination = %s)"),
-            (name, name),
+        self.rows(cur, "DELETE FROM {s}.exchanges WHERE name = %s", name)
+        self.rows(
+            cur,
+            "DELETE FROM {s}.bindings WHERE source = %s OR (kind = 'exchange' AND destination = %s)",
+            name,
+            name,
         )
 
     def _auto_delete_exchanges(self, cur: Cursor[Any], topo: Topology, sources: Collection[str]) -> None:
         for source in sources:
             exchange = topo.exchanges.get(source)
-            if (
-                exchange is not None
-                and exchange.auto_delete
-                and not self._count(cur, "SELECT count(*) FROM {s}.bindings WHERE source = %s", source)
-            ):
+            used = exchange is None or not exchange.auto_delete
+            if not used and not self.one(cur, "SELECT count(*) FROM {s}.bindings WHERE source = %s", source):
                 self._drop_exchange(cur, source)
 
     # --- queues --------------------------------------------------------------------------------------
@@ -194,61 +160,32 @@ class TopologyOps(abc.ABC):
         passive: bool,
     ) -> QueueInfo:
         self.tick()
-        if passive:
-            with self.locked() as (cur, topo):
-                queue = self._queue(topo, owner, name)
-                return QueueInfo(queue.name, self._ready(cur, name), self._consumers(cur, name))
-        if name:
+        if not passive and name:
             check_name("queue", name, passive)
         requested = (durable, exclusive, auto_delete, arguments)
         with self.locked() as (cur, topo):
+            if passive:
+                return self._info(cur, self._queue(topo, owner, name).name)
             existing = topo.queues.get(name) if name else None
             if existing is not None:
                 self._queue(topo, owner, name)
-                check_queue_redeclare(
-                    name,
-                    (
-                        existing.durable,
-                        existing.exclusive_owner is not None,
-                        existing.auto_delete,
-                        existing.arguments,
-                    ),
-                    requested,
-                )
-                cur.execute(self.q("UPDATE {s}.queues SET last_used = {now} WHERE name = %s"), (name,))
-                return QueueInfo(name, self._ready(cur, name), self._consumers(cur, name))
+                check_queue_redeclare(name, _queue_declared(existing), requested)
+                self.rows(cur, "UPDATE {s}.queues SET last_used = {now} WHERE name = %s", name)
+                return self._info(cur, name)
         args = QueueArgs.parse(arguments)
         name = name or generated_queue_name()
         self.due(None if args.expires is None else args.expires / 1000)
         with self.changing() as (cur, topo):
             if name in topo.queues:  # declared meanwhile by another process
-                existing = self._queue(topo, owner, name)
-                check_queue_redeclare(
-                    name,
-                    (
-                        existing.durable,
-                        existing.exclusive_owner is not None,
-                        existing.auto_delete,
-                        existing.arguments,
-                    ),
-                    requested,
-                )
-                return QueueInfo(name, self._ready(cur, name), self._consumers(cur, name))
-            cur.execute(
-                self.q(
-                    "INSERT INTO {s}.queues "
-                    "(name, durable, exclusive_owner, auto_delete, arguments, expires_ms) "
-                    "VALUES (%s, %s, %s, %s, %s, %s)"
-                ),
-                (
-                    name,
-                    durable,
-                    owner if exclusive else None,
-                    auto_delete,
-                    encode(dict(arguments or {})),
-                    args.expires,
-                ),
-            )
+                check_queue_redeclare(name, _queue_declared(self._queue(topo, owner, name)), requested)
+                return self._info(cur, name)
+            self.rows(
+                cur,
+                "INSERT INTO {s}.queues (name, durable, exclusive_owner, auto_delete, arguments, expires_ms) "
+                "VALUES (%s, %s, %s, %s, %s, %s)",
+                name, durable, owner if exclusive else None, auto_delete, encode(dict(arguments or {})),
+                args.expires,
+            )  # fmt: skip
         return QueueInfo(name, 0, 0)
 
     def delete_queue(self, owner: int, name: str, if_unused: bool, if_empty: bool) -> int:
@@ -256,52 +193,48 @@ class TopologyOps(abc.ABC):
             if name not in topo.queues:
                 return 0
             self._queue(topo, owner, name)
-            if if_unused and self._consumers(cur, name):
+            info = self._info(cur, name)
+            if if_unused and info.consumer_count:
                 raise PreconditionFailed(f"queue '{name}' in use")
-            count = self._ready(cur, name)
-            if if_empty and count:
+            if if_empty and info.message_count:
                 raise PreconditionFailed(f"queue '{name}' not empty")
             self._drop_queues(cur, topo, [name])
-        return count
+        return int(info.message_count)
 
     def delete_queues(self, names: Collection[str]) -> None:
-        if not names:
-            return
-        with self.changing() as (cur, topo):
-            self._drop_queues(cur, topo, [n for n in names if n in topo.queues])
+        if names:
+            with self.changing() as (cur, topo):
+                self._drop_queues(cur, topo, [n for n in names if n in topo.queues])
 
     def _drop_queues(self, cur: Cursor[Any], topo: Topology, names: list[str]) -> None:
         """Delete queues with every copy in them (claimed ones too: a late ack finds nothing); their
         consumers are cancelled in every process."""
         if not names:
             return
-        cur.execute(self.q("DELETE FROM {s}.queues WHERE name = ANY(%s)"), (names,))
-        cur.execute(self.q("DELETE FROM {s}.messages WHERE queue = ANY(%s)"), (names,))
-        cur.execute(self.q("DELETE FROM {s}.consumers WHERE queue = ANY(%s)"), (names,))
-        cur.execute(
-            self.q(
-                "DELETE FROM {s}.bindings WHERE kind = 'queue' AND destination = ANY(%s) RETURNING source"
-            ),
-            (names,),
+        for table in ("queues WHERE name", "messages WHERE queue", "consumers WHERE queue"):
+            self.rows(cur, f"DELETE FROM {{s}}.{table} = ANY(%s)", names)
+        sources = self.rows(
+            cur,
+            "DELETE FROM {s}.bindings WHERE kind = 'queue' AND destination = ANY(%s) RETURNING source",
+            names,
         )
-        sources = {row[0] for row in cur.fetchall()}
         for name in names:
             cur.execute("SELECT pg_notify(%s, %s)", (self.channel, "d:" + name))
-        self._auto_delete_exchanges(cur, topo, sources)
+        self._auto_delete_exchanges(cur, topo, {row[0] for row in sources})
         if self.listener is not None:
             self.listener.queues_deleted(set(names))
 
     def purge_queue(self, owner: int, name: str) -> int:
         with self.locked() as (cur, topo):
             self._queue(topo, owner, name)
-            cur.execute(self.q("DELETE FROM {s}.messages WHERE queue = %s AND owner IS NULL"), (name,))
+            self.rows(cur, "DELETE FROM {s}.messages WHERE queue = %s AND owner IS NULL", name)
             return cur.rowcount
 
-    def check_queue(self, owner: int, name: str, touch: bool = False) -> None:
+    def check_queue(self, owner: int, name: str) -> None:
+        """Raise unless the queue exists and ``owner`` may use it; renews its x-expires lease."""
         with self.locked() as (cur, topo):
             self._queue(topo, owner, name)
-            if touch:
-                cur.execute(self.q("UPDATE {s}.queues SET last_used = {now} WHERE name = %s"), (name,))
+            self.rows(cur, "UPDATE {s}.queues SET last_used = {now} WHERE name = %s", name)
 
     # --- bindings ------------------------------------------------------------------------------------
 
@@ -319,17 +252,18 @@ class TopologyOps(abc.ABC):
         with self.changing() as (cur, topo):
             exchange = topo.exchanges.get(source)
             if exchange is None:
-                raise self._missing("exchange", source)
+                raise NotFound(f"no exchange '{source}' in vhost '/'")
             if kind == "queue":
                 self._queue(topo, owner, destination)
             elif destination not in topo.exchanges:
-                raise self._missing("exchange", destination)
+                raise NotFound(f"no exchange '{destination}' in vhost '/'")
             args = dict(arguments or {})
-            exchange.table.add(binding_destination(kind, destination), routing_key, args)  # validates x-match
-            cur.execute(
-                self.q("INSERT INTO {s}.bindings VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"),
-                (source, kind, destination, routing_key, encode(args)),
-            )
+            exchange.table.add(binding_destination(kind, destination), routing_key, args)  # checks x-match
+            self.rows(
+                cur,
+                "INSERT INTO {s}.bindings VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                source, kind, destination, routing_key, encode(args),
+            )  # fmt: skip
 
     def unbind(
         self,
@@ -347,13 +281,12 @@ class TopologyOps(abc.ABC):
                 self._queue(topo, owner, destination)
             if source not in topo.exchanges:
                 return
-            cur.execute(
-                self.q(
-                    "DELETE FROM {s}.bindings WHERE source = %s AND kind = %s AND destination = %s "
-                    "AND routing_key = %s AND arguments = %s"
-                ),
-                (source, kind, destination, routing_key, encode(dict(arguments or {}))),
-            )
+            self.rows(
+                cur,
+                "DELETE FROM {s}.bindings WHERE source = %s AND kind = %s AND destination = %s "
+                "AND routing_key = %s AND arguments = %s",
+                source, kind, destination, routing_key, encode(dict(arguments or {})),
+            )  # fmt: skip
             if cur.rowcount:
                 self._auto_delete_exchanges(cur, topo, [source])
 
@@ -370,24 +303,20 @@ class TopologyOps(abc.ABC):
     def consume(self, owner: int, channel: int, queue: str, tag: str) -> None:
         with self.locked() as (cur, topo):
             self._queue(topo, owner, queue)
-            cur.execute(
-                self.q("INSERT INTO {s}.consumers VALUES (%s, %s, %s, %s)"), (owner, channel, tag, queue)
-            )
-            cur.execute(
-                self.q("UPDATE {s}.queues SET had_consumer = true, last_used = {now} WHERE name = %s"),
-                (queue,),
+            self.rows(cur, "INSERT INTO {s}.consumers VALUES (%s, %s, %s, %s)", owner, channel, tag, queue)
+            self.rows(
+                cur, "UPDATE {s}.queues SET had_consumer = true, last_used = {now} WHERE name = %s", queue
             )
 
     def cancel(self, owner: int, channel: int, tag: str) -> None:
         with self.cursor() as cur, cur.connection.transaction():
-            cur.execute(
-                self.q(
-                    "DELETE FROM {s}.consumers WHERE connection = %s AND channel = %s AND tag = %s "
-                    "RETURNING queue"
-                ),
-                (owner, channel, tag),
-            )
-            empty = self.consumers_left(cur, {row[0] for row in cur.fetchall()})
+            left = self.rows(
+                cur,
+                "DELETE FROM {s}.consumers WHERE connection = %s AND channel = %s AND tag = %s "
+                "RETURNING queue",
+                owner, channel, tag,
+            )  # fmt: skip
+            empty = self.consumers_left(cur, {row[0] for row in left})
         self.delete_queues(empty)
 
     def consumers_left(self, cur: Cursor[Any], queues: Collection[str]) -> list[str]:
@@ -395,26 +324,26 @@ class TopologyOps(abc.ABC):
         none (they had one), for the caller to delete once its transaction is committed."""
         if not queues:
             return []
-        cur.execute(
-            self.q(
-                "UPDATE {s}.queues q SET last_used = {now} WHERE name = ANY(%s) "
-                "RETURNING name, auto_delete AND "
-                "had_consumer AND NOT EXISTS (SELECT 1 FROM {s}.consumers c WHERE c.queue = q.name)"
-            ),
-            (list(queues),),
+        for name in queues:
+            queue = self.topology().queues.get(name)
+            self.due(None if queue is None or queue.args.expires is None else queue.args.expires / 1000)
+        found = self.rows(
+            cur,
+            "UPDATE {s}.queues q SET last_used = {now} WHERE name = ANY(%s) RETURNING name, auto_delete "
+            "AND had_consumer AND NOT EXISTS (SELECT 1 FROM {s}.consumers c WHERE c.queue = q.name)",
+            list(queues),
         )
-        return [name for name, unused in cur.fetchall() if unused]
+        return [name for name, unused in found if unused]
 
     def queue_stats(self, unacked: Mapping[str, int]) -> list[tuple[str, int, int, int]]:
+        """Every queue's ready and unacked copies (of every process) and consumers."""
         self.flush_acks()
         with self.cursor() as cur:
-            cur.execute(
-                self.q(
-                    "SELECT q.name, "
-                    "(SELECT count(*) FROM {s}.messages m WHERE m.queue = q.name AND m.owner IS NULL), "
-                    "(SELECT count(*) FROM {s}.messages m WHERE m.queue = q.name AND m.owner IS NOT NULL), "
-                    "(SELECT count(*) FROM {s}.consumers c WHERE c.queue = q.name) "
-                    "FROM {s}.queues q ORDER BY q.name"
-                )
+            found = self.rows(
+                cur,
+                "SELECT q.name, count(m.id) FILTER (WHERE m.owner IS NULL), count(m.id) FILTER "
+                "(WHERE m.owner IS NOT NULL), (SELECT count(*) FROM {s}.consumers c WHERE c.queue = q.name) "
+                "FROM {s}.queues q LEFT JOIN {s}.messages m ON m.queue = q.name "
+                "GROUP BY q.name ORDER BY q.name",
             )
-            return [(name, int(r), int(u), int(c)) for name, r, u, c in cur.fetchall()]
+        return [(name, int(r), int(u), int(c)) for name, r, u, c in found]
