@@ -180,16 +180,41 @@ def _latency(library: str, url: str, n: int) -> tuple[float, float]:
     return statistics.median(delays), delays[int(len(delays) * 0.99) - 1]
 
 
+def child_drain(url: str, name: str, idle: float) -> tuple[int, float]:
+    """Consume until ``idle`` seconds pass without a message (after the first); (acked, time of the last)."""
+    _, queue = _entities("kelp", name)
+    got, last = 0, 0.0
+
+    def on_message(body: Any, message: Any) -> None:
+        nonlocal got, last
+        message.ack()
+        got, last = got + 1, time.time()
+
+    with _connection("kelp", url) as conn, conn.Consumer(queue, callbacks=[on_message], prefetch_count=100):
+        print("ready", flush=True)
+        while True:
+            try:
+                conn.drain_events(timeout=idle if got else 30)
+            except TimeoutError:
+                return got, last
+
+
 def _two_by_two(url: str, n: int) -> float:
+    """2 producer and 2 consumer processes, n messages in all: start to the last ack."""
     name = f"e2e_{uuid.uuid4().hex[:8]}"
     _result(_run("child_publish", "kelp", url, name, 1))
     _result(_run("child_consume", "kelp", url, name, 1))
-    start = time.perf_counter()
-    jobs = [_run("child_consume", "kelp", url, name, n // 2) for _ in range(2)]
-    jobs += [_run("child_publish", "kelp", url, name, n // 2) for _ in range(2)]
-    for job in jobs:
-        _result(job)
-    return n / (time.perf_counter() - start)
+    consumers = [_run("child_drain", url, name, 2.0) for _ in range(2)]
+    for consumer in consumers:
+        assert consumer.stdout is not None
+        consumer.stdout.readline()
+    start = time.time()
+    for producer in [_run("child_publish", "kelp", url, name, n // 2) for _ in range(2)]:
+        _result(producer)
+    counts = [_result(consumer) for consumer in consumers]
+    if sum(got for got, _ in counts) != n // 2 * 2:
+        raise RuntimeError(f"2x2: {sum(got for got, _ in counts)} of {n // 2 * 2} messages arrived")
+    return n / (max(last for _, last in counts) - start)
 
 
 def child_stream_publish(url: str, name: str, seconds: float) -> int:
