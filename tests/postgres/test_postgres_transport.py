@@ -61,6 +61,16 @@ def test_a_foreign_schema_is_refused(pg_base: str) -> None:
         c.connect()
 
 
+def test_a_value_postgresql_cannot_store_is_a_kelp_error(pg_url: str) -> None:
+    with kelp.Connection(pg_url) as conn:
+        fanout = kelp.Exchange("all", "fanout")
+        kelp.Queue("work", fanout)(conn.channel()).declare()
+        with pytest.raises(kelp.exceptions.PreconditionFailed, match="cannot store"):
+            conn.Producer().publish("x", exchange=fanout, routing_key="a\x00b")  # a NUL: not in text
+        with pytest.raises(kelp.exceptions.PreconditionFailed, match="cannot store"):
+            kelp.Queue("bad\x00name")(conn.channel()).declare()
+
+
 _HOLDER = """
 import sys, time, kelp
 with kelp.Connection(sys.argv[1]) as conn:

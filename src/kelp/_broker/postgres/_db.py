@@ -12,18 +12,24 @@ import psycopg
 from psycopg import Connection, Cursor, sql
 
 from kelp._broker.postgres._route import NOW, Topology, load_topology
-from kelp.exceptions import OperationalError
+from kelp.exceptions import InconsistencyError, OperationalError, PreconditionFailed
 
 __all__ = ["Database", "mapped"]
 
 
 @contextlib.contextmanager
 def mapped() -> Iterator[None]:
-    """psycopg's failures as kelp's: a lost or refused connection is an OperationalError."""
+    """psycopg's failures as kelp's, in one place: a lost or refused connection is an OperationalError
+    (reconnecting may help), a value PostgreSQL cannot store (a NUL character in a name) a
+    PreconditionFailed, anything else an InconsistencyError."""
     try:
         yield
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
         raise OperationalError(f"postgresql: {exc}".strip()) from exc
+    except psycopg.DataError as exc:
+        raise PreconditionFailed(f"postgresql cannot store this value: {exc}".strip()) from exc
+    except psycopg.Error as exc:
+        raise InconsistencyError(f"postgresql: {exc}".strip()) from exc
 
 
 class Database:
