@@ -69,6 +69,9 @@ class Database:
             # Committed, not waited for: a server crash may lose an ack (a redelivery) or a claim (the
             # copy stays ready); publishes and topology changes wait when they must (see _store).
             conn.execute("SET synchronous_commit = off")
+            # Plans for the values at hand: a generic plan (psycopg prepares repeated statements) cannot
+            # tell one queue or floor from another, and picked whole-table scans for claims.
+            conn.execute("SET plan_cache_mode = force_custom_plan")
         return conn
 
     @contextlib.contextmanager

@@ -209,16 +209,18 @@ class PostgresStore(Listening):
         params = [queue] if known is None else [queue, known[0]]
         pick = f"SELECT id FROM {{s}}.messages WHERE {where}{READY} ORDER BY priority DESC, id LIMIT %s"
         pick += " FOR UPDATE SKIP LOCKED"
+        # id = ANY(ARRAY(...)): the rows picked are updated by their primary key (a join back to the table
+        # can be planned as a scan of it).
         if no_ack:
-            text = f"DELETE FROM {{s}}.messages m USING ({pick}) c WHERE m.id = c.id RETURNING m.*"
+            text = f"DELETE FROM {{s}}.messages WHERE id = ANY(ARRAY({pick})) RETURNING *"
             rows = self.rows(cur, text, *params, n)
         else:
-            text = f"UPDATE {{s}}.messages m SET owner = %s FROM ({pick}) c WHERE m.id = c.id RETURNING m.*"
+            text = f"UPDATE {{s}}.messages SET owner = %s WHERE id = ANY(ARRAY({pick})) RETURNING *"
             rows = self.rows(cur, text, owner, *params, n)
         rows.sort(key=lambda r: (-r[2], r[0]))
         if known is not None and rows:
             self.raise_floor(queue, known, rows[-1][0])
-        # m.*: id, queue, priority, body, properties, headers, exchange, routing_key, redelivered, ...
+        # *: id, queue, priority, body, properties, headers, exchange, routing_key, redelivered, ...
         return [(r[0], r[3], decode(r[4]), decode(r[5]), r[6], r[7], r[8]) for r in rows]
 
     def get(self, owner: int, queue: str, no_ack: bool) -> tuple[Item, int] | None:
