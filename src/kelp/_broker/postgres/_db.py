@@ -53,14 +53,16 @@ class Database:
             found = self._statements[text] = sql.SQL(text.replace("{now}", NOW)).format(s=self.schema)
         return found
 
-    def rows(self, cur: Cursor[Any], text: str, *params: Any) -> list[Any]:
-        """Run ``text`` (see :meth:`q`); its rows, if it returns any."""
-        cur.execute(self.q(text), params)
+    def rows(self, cur: Cursor[Any], text: str, *params: Any, plan: bool = False) -> list[Any]:
+        """Run ``text`` (see :meth:`q`); its rows, if it returns any. ``plan``: planned for these values
+        each time, never prepared (a generic plan cannot tell one queue or floor from another: for
+        claims it picked whole-table scans)."""
+        cur.execute(self.q(text), params, prepare=False if plan else None)
         return cur.fetchall() if cur.description else []
 
-    def one(self, cur: Cursor[Any], text: str, *params: Any) -> Any:
+    def one(self, cur: Cursor[Any], text: str, *params: Any, plan: bool = False) -> Any:
         """The first value of the first row (None without one)."""
-        found = self.rows(cur, text, *params)
+        found = self.rows(cur, text, *params, plan=plan)
         return found[0][0] if found else None
 
     def open(self) -> Connection[Any]:
@@ -69,9 +71,6 @@ class Database:
             # Committed, not waited for: a server crash may lose an ack (a redelivery) or a claim (the
             # copy stays ready); publishes and topology changes wait when they must (see _store).
             conn.execute("SET synchronous_commit = off")
-            # Plans for the values at hand: a generic plan (psycopg prepares repeated statements) cannot
-            # tell one queue or floor from another, and picked whole-table scans for claims.
-            conn.execute("SET plan_cache_mode = force_custom_plan")
         return conn
 
     @contextlib.contextmanager

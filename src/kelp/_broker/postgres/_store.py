@@ -213,10 +213,10 @@ class PostgresStore(Listening):
         # can be planned as a scan of it).
         if no_ack:
             text = f"DELETE FROM {{s}}.messages WHERE id = ANY(ARRAY({pick})) RETURNING *"
-            rows = self.rows(cur, text, *params, n)
+            rows = self.rows(cur, text, *params, n, plan=True)
         else:
             text = f"UPDATE {{s}}.messages SET owner = %s WHERE id = ANY(ARRAY({pick})) RETURNING *"
-            rows = self.rows(cur, text, owner, *params, n)
+            rows = self.rows(cur, text, owner, *params, n, plan=True)
         rows.sort(key=lambda r: (-r[2], r[0]))
         if known is not None and rows:
             self.raise_floor(queue, known, rows[-1][0])
@@ -322,14 +322,10 @@ class PostgresStore(Listening):
     def _has_ready(self, cur: Cursor[Any], queue: str) -> bool:
         known = self.floor(queue)
         if known is None:
-            return bool(
-                self.one(
-                    cur, f"SELECT EXISTS (SELECT 1 FROM {{s}}.messages WHERE queue = %s AND {READY})", queue
-                )
-            )
+            text = f"SELECT EXISTS (SELECT 1 FROM {{s}}.messages WHERE queue = %s AND {READY})"
+            return bool(self.one(cur, text, queue, plan=True))
         text = "SELECT EXISTS (SELECT 1 FROM {s}.messages WHERE queue = %s AND priority = 0 AND id >= %s AND "
-        text += READY + ")"
-        return bool(self.one(cur, text, queue, known[0]))
+        return bool(self.one(cur, text + READY + ")", queue, known[0], plan=True))
 
     def _deadline(self, queues: Collection[str]) -> tuple[bool, float | None]:
         """Expire what is due; whether ``queues`` have ready copies, and the seconds to the next deadline."""
