@@ -32,7 +32,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 # (source directory, target directory); every *.py below source except EXCLUDED is rewritten.
+# The differential tests (Kombu vs kelp vs kelp.aio) are written once the same way.
 TREES = [
+    (ROOT / "tests/differential/aio", ROOT / "tests/differential/sync"),
     (ROOT / "src/kelp/aio", ROOT / "src/kelp"),
     (ROOT / "tests/conformance/aio", ROOT / "tests/conformance/sync"),
 ]

@@ -83,6 +83,8 @@ class Broadcast(Queue):
         elif isinstance(exchange, str):
             exchange = Exchange(exchange, type="fanout")
         super().__init__(queue_name, exchange, alias=alias or name, auto_delete=auto_delete, **kwargs)
+        #: The queue's name, generated or given (Kombu's attribute).
+        self.queue = queue_name
 
 
 def declaration_cached(entity: Exchange | Queue, channel: Channel | Connection) -> bool:

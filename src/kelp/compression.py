@@ -94,7 +94,12 @@ def register(
 
 
 def encoders() -> list[str]:
-    """The names of the compression methods that can be used here (whose libraries are installed)."""
+    """The content types of the compression methods that can be used here (whose libraries are installed),
+    as Kombu's ``encoders()`` lists them; each also works as the method's name in :func:`compress`."""
+    return [_codecs[name].content_type for name in _installed()]
+
+
+def _installed() -> list[str]:
     return [name for name in _names if _codecs[name].missing is None]
 
 
@@ -103,7 +108,7 @@ def _find(method: str, error: type[KelpError]) -> _Codec:
         raise error(f"compression method must be a string, got {type(method).__name__} {method!r:.40}")
     codec = _codecs.get(method) or _codecs.get(method.lower())
     if codec is None:
-        raise error(f"unknown compression method {method!r}; available: {', '.join(encoders())}")
+        raise error(f"unknown compression method {method!r}; available: {', '.join(_installed())}")
     if codec.missing is not None:
         raise SerializerNotInstalled(f"compression {codec.name!r} is not available: {codec.missing}")
     return codec

@@ -13,8 +13,8 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, Self
 
-from kelp.exceptions import NotBoundError, UsageError
-from kelp.routing import EXCHANGE_TYPES
+from kelp.exceptions import ContentDisallowed, NotBoundError, UsageError
+from kelp.routing import EXCHANGE_TYPES, is_plugin_type
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ class _Bindable:
         """A copy of this entity bound to ``channel`` (a channel, or a connection's default channel)."""
         bound = copy.copy(self)
         bound._channel = _as_channel(channel)
+        bound.when_bound()
         return bound
 
     def __call__(self, channel: Any) -> Self:
@@ -86,11 +87,16 @@ class _Bindable:
         """Bind in place if not bound yet; return self (Kombu's semantics)."""
         if self._channel is None:
             self._channel = _as_channel(channel)
+            self.when_bound()
         return self
 
     def revive(self, channel: Any) -> None:
         """Rebind in place to a new channel (after a reconnect)."""
         self._channel = _as_channel(channel)
+        self.when_bound()
+
+    def when_bound(self) -> None:
+        """Called each time the entity is bound to a channel; a subclass overrides it (Kombu's hook)."""
 
     def _chan(self, channel: Any | None) -> Any:
         return _as_channel(channel) if channel is not None else self.channel
@@ -137,8 +143,11 @@ class Exchange(_Bindable):
         _ignore_unknown("Exchange", unknown)
         self.name = name
         self.type = type or "direct"
-        if self.type not in EXCHANGE_TYPES:
-            raise UsageError(f"unknown exchange type {self.type!r}; expected one of {sorted(EXCHANGE_TYPES)}")
+        if self.type not in EXCHANGE_TYPES and not is_plugin_type(self.type):
+            raise UsageError(
+                f"unknown exchange type {self.type!r}; expected one of {sorted(EXCHANGE_TYPES)} or a broker "
+                "plugin's x-... type (amqp:// only)"
+            )
         self.durable = durable
         self.auto_delete = auto_delete
         self.passive = passive
@@ -234,10 +243,10 @@ class Exchange(_Bindable):
         properties: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> Any:
-        mode = maybe_delivery_mode(delivery_mode, self.delivery_mode)
+        # Persistent unless the call or the exchange says otherwise, as in Kombu.
+        mode = maybe_delivery_mode(delivery_mode, maybe_delivery_mode(self.delivery_mode))
         props = dict(properties or {})
-        if mode is not None:
-            props["delivery_mode"] = mode
+        props["delivery_mode"] = mode
         return self.channel.prepare_message(body, properties=props, **kwargs)
 
     def binding(
@@ -329,6 +338,9 @@ class Queue(_Bindable):
     ``max_length``, ``max_length_bytes``, ``max_priority``, ``dead_letter_exchange``,
     ``dead_letter_routing_key``; ``queue_arguments`` may set any other (``x-overflow``...).
     """
+
+    #: What ``get(accept=...)`` raises, through the message, for a refused content type (Kombu's alias).
+    ContentDisallowed = ContentDisallowed
 
     def __init__(
         self,

@@ -63,6 +63,11 @@ class KelpError(Exception):
     #: True when reconnecting (or reopening the channel) and retrying may succeed.
     recoverable: bool = False
 
+    @property
+    def code(self) -> int:
+        """The AMQP reply code the broker gave (``reply_code``; py-amqp's name), 0 when there is none."""
+        return int(getattr(self, "reply_code", 0))
+
 
 #: Kombu's name for the base class, so ``except kombu.exceptions.KombuError`` ports unchanged.
 KombuError = KelpError

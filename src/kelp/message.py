@@ -59,6 +59,9 @@ class Message:
         "properties",
     )
 
+    #: What settling a message twice raises (Kombu's alias).
+    MessageStateError = MessageStateError
+
     def __init__(
         self,
         channel: Channel | None,
@@ -177,7 +180,7 @@ class Message:
         try:
             self.ack(multiple=multiple)
         except errors as exc:
-            logger.critical("Couldn't ack %r, reason:%r", self.delivery_tag, exc, exc_info=True)
+            logger.critical("acknowledging message %r failed: %r", self.delivery_tag, exc, exc_info=True)
 
     def reject_log_error(
         self, logger: logging.Logger, errors: tuple[type[BaseException], ...], requeue: bool = False
@@ -185,7 +188,7 @@ class Message:
         try:
             self.reject(requeue=requeue)
         except errors as exc:
-            logger.critical("Couldn't reject %r, reason: %r", self.delivery_tag, exc, exc_info=True)
+            logger.critical("rejecting message %r failed: %r", self.delivery_tag, exc, exc_info=True)
 
     def __repr__(self) -> str:
         return (

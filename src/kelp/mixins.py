@@ -96,7 +96,9 @@ class ConsumerMixin:
         """A body could not be decoded (or its content type is not accepted): log it and ack it, so that
         it is not redelivered forever. Override to dead-letter it instead (``message.reject()``)."""
         logger.error(
-            "can't decode message body: %r (type: %r encoding: %r raw: %r)",
+            "message %s acked without processing: its body does not decode (%r; content type %r, "
+            "content encoding %r, first bytes %r)",
+            message.delivery_tag,
             exc,
             message.content_type,
             message.content_encoding,
@@ -199,7 +201,7 @@ class ConsumerMixin:
                 elapsed = 0.0
                 done += 1
                 yield None
-        logger.debug("consume exiting")
+        logger.debug("ConsumerMixin: consumers stopped after %d batches", done)
 
     @contextmanager
     def consumer_context(self, **kwargs: Any) -> Iterator[ConsumerContext]:
@@ -249,7 +251,7 @@ class ConsumerMixin:
         ``(connection, channel, consumers)``; cancel them and close the connection on exit."""
         with self.establish_connection() as conn:
             _hook(self.on_connection_revived)
-            logger.info("connected to %s", conn.as_uri())
+            logger.info("ConsumerMixin: consuming from %s", conn.as_uri())
             channel = conn.ensure_default_channel()
             factory = partial(MessageConsumer, channel, on_decode_error=self.on_decode_error)
             consumers = list(maybe_await(self.get_consumers(factory, channel)))
@@ -262,7 +264,7 @@ class ConsumerMixin:
             finally:
                 for consumer in reversed(started):
                     ignore_errors(conn, consumer.cancel)
-            logger.debug("consumers cancelled")
+            logger.debug("ConsumerMixin: %d consumers cancelled", len(started))
             _hook(self.on_consume_end, conn, channel)
 
     def maybe_conn_error(self, fun: Callable[[], Any]) -> Any:

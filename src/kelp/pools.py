@@ -402,6 +402,10 @@ class ProducerPool(Resource[PooledProducer]):
         producer._pooled_connection = connection
         return producer
 
+    def create_producer(self) -> PooledProducer:
+        """A new producer holding a connection from ``connections`` (Kombu's name for :meth:`new`)."""
+        return self.new()
+
     def prepare(self, resource: PooledProducer) -> PooledProducer:
         if resource._pooled_connection is None:
             connection = self._connection()

@@ -178,7 +178,8 @@ class SerializerRegistry:
 
         With no ``serializer``, ``bytes`` (and other buffers) pass through as ``application/data`` /
         ``binary`` and ``str`` as ``text/plain`` / ``utf-8``; anything else uses the default serializer.
-        ``serializer="raw"`` does the same pass-through for bytes and str and refuses other values.
+        ``serializer="raw"`` does the same pass-through for bytes and str (both as ``application/data``, str
+        in ``utf-8``) and refuses other values.
         Raises :class:`EncodeError` if the encoder fails, :class:`SerializerNotInstalled` for an unknown
         name or a serializer whose library is missing.
         """
@@ -188,7 +189,9 @@ class SerializerRegistry:
             if isinstance(data, bytearray | memoryview):
                 return "application/data", "binary", bytes(data)
             if isinstance(data, str):
-                return "text/plain", "utf-8", _encode_text(data, "utf-8")
+                # Kombu's raw serializer labels text application/data too; only the default says text/plain.
+                content_type = "application/data" if serializer == "raw" else "text/plain"
+                return content_type, "utf-8", _encode_text(data, "utf-8")
             if serializer == "raw":
                 raise EncodeError(f"the raw serializer takes bytes or str, not {type(data).__name__}")
             serializer = self._default
@@ -222,20 +225,20 @@ class SerializerRegistry:
 
         ``accept`` is a collection of serializer names and/or content types; None means the registry's
         default list (JSON unless widened). A payload whose type is not accepted raises
-        :class:`ContentDisallowed` without any decoder running. ``force=True`` skips the check (only for
-        payloads you produced yourself). A missing content type means raw bytes. With no decoder for the
-        type (or an empty payload) the bytes are returned as they are, or as ``str`` if
-        ``content_encoding`` names a text encoding or the type is ``text/*``. A failing decoder raises
-        :class:`DecodeError` with the original error chained.
+        :class:`ContentDisallowed` without any decoder running. ``force=True`` skips the default list (only
+        for payloads you produced yourself); an explicit ``accept`` is always enforced, as in Kombu. A
+        missing content type means raw bytes. With no decoder for the type (or an empty payload) the bytes
+        are returned as they are, or as ``str`` if ``content_encoding`` names a text encoding or the type
+        is ``text/*``. A failing decoder raises :class:`DecodeError` with the original error chained.
         """
         ctype = content_type or "application/data"
         decoder = self._decoders.get(ctype)
         if decoder is None and ctype not in TRUSTED_CONTENT:
             ctype = _canonical_type(ctype)
             decoder = self._decoders.get(ctype)
-        if not force and ctype not in TRUSTED_CONTENT:
+        if ctype not in TRUSTED_CONTENT:
             if accept is None:
-                if ctype not in self._allowed:
+                if not force and ctype not in self._allowed:
                     raise self._disallowed(ctype, "is not accepted by default")
             elif ctype not in accept and self.type_to_name.get(ctype, ctype) not in accept:
                 raise self._disallowed(ctype, "is not in the accept list")

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+# `same()` asserts in the helpers modules: rewrite them so that a failure shows the differing data.
+pytest.register_assert_rewrite(f"{__package__}.aio.helpers", f"{__package__}.sync.helpers")
+
 AMQP_URL = os.environ.get("KELP_TEST_AMQP_URL")
 
 

@@ -1,29 +1,38 @@
-"""Running one scenario under a library (Kombu or kelp) and reducing what it observed to plain data.
+"""The face-independent half of the differential harness: Kombu's namespace, reducing what a scenario
+observed to plain data, and the reference results (Kombu on RabbitMQ), computed once per scenario.
 
-A scenario is ``scenario(lib, conn, names) -> result``: ``lib`` is the library's namespace (Kombu's or
-kelp's names: ``Exchange``, ``Queue``, ``Producer``, ``Consumer``, ``common``, ``exceptions``...), ``conn``
-a connected ``Connection``, ``names("q")`` a unique entity name. The result is made comparable by
-:func:`plain`: entity names go back to their logical prefix, messages become :func:`observe` dicts, and
-exceptions their class name.
+A scenario is ``scenario(lib, conn, names, *args) -> result``, written once as a coroutine function in
+``aio/`` and generated into ``sync/`` by ``scripts/unasync.py``. ``lib`` is a library's namespace (Kombu's or
+kelp's names: ``Exchange``, ``Queue``, ``Producer``, ``Consumer``, ``common``, ``exceptions``...), ``conn`` a
+``Connection`` in its ``with`` block, ``names("q")`` a unique entity name. The sync twin runs under Kombu (the
+reference) and kelp, the async source under ``kelp.aio``; the three results must be equal. A result is made
+comparable by :func:`plain`: entity names go back to their logical prefix, messages become :func:`observe`
+dicts, and exceptions their class name.
 """
 
 from __future__ import annotations
 
 import datetime
+import importlib
+import logging
 import uuid
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
+import amqp.exceptions
 import kombu
 import kombu.common
+import kombu.compression
 import kombu.exceptions
+import kombu.message
+import kombu.messaging
+import kombu.mixins
+import kombu.pools
+import kombu.serialization
+import kombu.simple
 
-import kelp
-import kelp.common
-import kelp.exceptions
-
-Scenario = Callable[[Any, Any, "Names"], Any]
+Scenario = Callable[..., Any]
 
 KOMBU = SimpleNamespace(
     name="kombu",
@@ -35,17 +44,15 @@ KOMBU = SimpleNamespace(
     binding=kombu.binding,
     common=kombu.common,
     exceptions=kombu.exceptions,
-)
-KELP = SimpleNamespace(
-    name="kelp",
-    Connection=kelp.Connection,
-    Exchange=kelp.Exchange,
-    Queue=kelp.Queue,
-    Producer=kelp.Producer,
-    Consumer=kelp.Consumer,
-    binding=kelp.binding,
-    common=kelp.common,
-    exceptions=kelp.exceptions,
+    # Where a Kombu program finds the broker's refusals (PreconditionFailed, NotFound...): py-amqp's classes.
+    broker_errors=amqp.exceptions,
+    messaging=kombu.messaging,
+    message=kombu.message,
+    mixins=kombu.mixins,
+    pools=kombu.pools,
+    simple=kombu.simple,
+    serialization=kombu.serialization,
+    compression=kombu.compression,
 )
 
 #: Message properties compared (the ones an application sets or reads).
@@ -84,16 +91,20 @@ class Failed:
     """An exception a step raised, compared by class name."""
 
     def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
         self.name = type(exc).__name__
+
+    def isinstance(self, cls: type[BaseException]) -> bool:
+        """Whether what was raised is a ``cls`` (for kelp classes that refine Kombu's)."""
+        return isinstance(self.exc, cls)
 
     def __repr__(self) -> str:
         return f"<raised {self.name}>"
 
 
-def attempt(step: Callable[[], Any]) -> Any:
-    """The step's result, or :class:`Failed` with the class of what it raised."""
+def _payload(message: Any) -> Any:
     try:
-        return step()
+        return message.payload
     except Exception as exc:
         return Failed(exc)
 
@@ -104,7 +115,7 @@ def observe(message: Any) -> dict[str, Any] | None:
         return None
     properties = message.properties or {}
     return {
-        "body": attempt(lambda: message.payload),
+        "body": _payload(message),
         "content_type": message.content_type,
         "content_encoding": message.content_encoding,
         "headers": dict(message.headers or {}),
@@ -138,28 +149,40 @@ def plain(value: Any, names: Names) -> Any:
     return value
 
 
-def run(lib: Any, url: str, scenario: Scenario) -> Any:
-    """Run ``scenario`` under ``lib`` on ``url``; its result as plain data. Entities it named are
-    deleted afterwards (the reference broker is shared)."""
-    names = Names()
-    try:
-        with lib.Connection(url) as conn:
-            result = scenario(lib, conn, names)
-            return plain(result, names)
-    finally:
-        _cleanup(lib, url, names)
+_REFERENCE: dict[tuple[str, str, str, str], Any] = {}
 
 
-def _cleanup(lib: Any, url: str, names: Names) -> None:
-    if not names.made:
-        return
-    try:
-        with lib.Connection(url) as conn:
-            for real in names.made:
-                for delete in ("queue_delete", "exchange_delete"):
-                    try:
-                        getattr(conn.channel(), delete)(real)
-                    except Exception:  # cleanup must never fail a test
-                        pass
-    except Exception:
-        pass
+def reference(url: str, scenario: Scenario, args: tuple[Any, ...]) -> Any:
+    """What ``scenario(*args)`` observes under Kombu on RabbitMQ, as plain data.
+
+    ``scenario`` may be either face's function: the reference always runs its sync twin (the same name in
+    the ``sync`` package). Kombu's result does not depend on the transport or the face under test, so it is
+    computed once per scenario and arguments and shared by every test that compares against it.
+    """
+    module = importlib.import_module(scenario.__module__.replace(".aio.", ".sync."))
+    twin = getattr(module, scenario.__name__)
+    key = (url, module.__name__, twin.__name__, repr(args))
+    if key not in _REFERENCE:
+        helpers = importlib.import_module(f"{module.__package__}.helpers")
+        _REFERENCE[key] = helpers.run(KOMBU, url, twin, *args)
+    return _REFERENCE[key]
+
+
+class Records(logging.Handler):
+    """A logger's records, as ``(level name, logger name)``: what a program's log shows, not its wording."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.append((record.levelname, "exc_info" if record.exc_info else "no exc_info"))
+
+
+def private_logger() -> tuple[logging.Logger, Records]:
+    """A logger of its own whose records are kept (and not propagated to the test run's handlers)."""
+    logger = logging.getLogger(f"kelp.differential.{uuid.uuid4().hex[:8]}")
+    logger.propagate = False
+    records = Records()
+    logger.addHandler(records)
+    return logger, records

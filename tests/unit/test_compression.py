@@ -38,7 +38,8 @@ def _restore_registry() -> Iterator[None]:
 
 
 def test_encoders_lists_installed_methods() -> None:
-    assert encoders() == list(METHODS)
+    # Content types, as Kombu's encoders() returns them.
+    assert encoders() == list(METHODS.values())
 
 
 @pytest.mark.parametrize(("method", "content_type"), METHODS.items())
@@ -127,7 +128,7 @@ def test_register_custom_method() -> None:
         return body[::-1]
 
     compression.register("reverse", reverse, reverse, "application/x-reverse", aliases=("rev",))
-    assert "reverse" in encoders()
+    assert "application/x-reverse" in encoders()
     assert compress(b"abc", "rev") == (b"cba", "application/x-reverse")
     assert decompress(b"cba", "application/x-reverse") == b"abc"
     with pytest.raises(DecodeError, match="exceeds the limit"):  # checked after the fact
@@ -160,7 +161,7 @@ def test_missing_library_gives_install_hint(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(builtins, "__import__", fake_import)
     compression._register_brotli()
     compression._register_zstd()
-    assert encoders() == ["zlib", "bz2", "lzma"]
+    assert encoders() == ["application/x-gzip", "application/x-bz2", "application/x-lzma"]
     with pytest.raises(SerializerNotInstalled, match=r"pip install kelp\[brotli\]"):
         compress(b"x", "brotli")
     with pytest.raises(SerializerNotInstalled, match=r"pip install kelp\[zstd\]"):

@@ -11,12 +11,13 @@ while the store runs (the store may call back into the session holding its own l
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Container, Mapping, Sequence
-from typing import Any, Generic, Protocol, TypeVar
+from collections.abc import Collection, Container, Sequence
+from typing import Protocol, TypeVar
 
 from kelp._broker.core.store import Item, Store, Unacked
+from kelp._broker.core.topology import TopologyCalls
 from kelp._broker.queue_args import tag as new_tag
-from kelp._envelope import Delivery, Envelope, QueueInfo
+from kelp._envelope import Delivery
 from kelp.exceptions import PreconditionFailed, UsageError
 
 __all__ = ["MAX_CLAIM", "Session", "Waker"]
@@ -75,7 +76,7 @@ class _Connection:
 _Plan = list[tuple[_Channel, list[tuple[_Consumer, int]], int]]
 
 
-class Session(Generic[S]):
+class Session(TopologyCalls[S]):
     """The connections of this process to one store. Connection ids are the store's owner ids."""
 
     def __init__(self, store: S) -> None:
@@ -153,70 +154,7 @@ class Session(Generic[S]):
         with self._lock:
             self._connection(connection_id)
 
-    # --- topology (the store's, checked against the connection) --------------------------------------
-
-    def declare_exchange(
-        self,
-        name: str,
-        type_: str,
-        durable: bool,
-        auto_delete: bool,
-        internal: bool,
-        arguments: Mapping[str, Any] | None,
-        passive: bool,
-    ) -> None:
-        if name:  # the default exchange always exists
-            self.store.declare_exchange(name, type_, durable, auto_delete, internal, arguments, passive)
-
-    def delete_exchange(self, name: str, if_unused: bool) -> None:
-        self.store.delete_exchange(name, if_unused)
-
-    def declare_queue(
-        self,
-        connection_id: int,
-        name: str,
-        durable: bool,
-        exclusive: bool,
-        auto_delete: bool,
-        arguments: Mapping[str, Any] | None,
-        passive: bool,
-    ) -> QueueInfo:
-        self.alive(connection_id)
-        return self.store.declare_queue(
-            connection_id, name, durable, exclusive, auto_delete, arguments, passive
-        )
-
-    def delete_queue(self, connection_id: int, name: str, if_unused: bool, if_empty: bool) -> int:
-        self.alive(connection_id)
-        return self.store.delete_queue(connection_id, name, if_unused, if_empty)
-
-    def purge_queue(self, connection_id: int, name: str) -> int:
-        self.alive(connection_id)
-        return self.store.purge_queue(connection_id, name)
-
-    def bind(
-        self,
-        connection_id: int,
-        kind: str,
-        destination: str,
-        source: str,
-        routing_key: str,
-        arguments: Mapping[str, Any] | None,
-    ) -> None:
-        self.alive(connection_id)
-        self.store.bind(connection_id, kind, destination, source, routing_key, arguments)
-
-    def unbind(
-        self,
-        connection_id: int,
-        kind: str,
-        destination: str,
-        source: str,
-        routing_key: str,
-        arguments: Mapping[str, Any] | None,
-    ) -> None:
-        self.alive(connection_id)
-        self.store.unbind(connection_id, kind, destination, source, routing_key, arguments)
+    # --- stats ----------------------------------------------------------------------------------------
 
     def queue_stats(self) -> list[tuple[str, int, int, int]]:
         """``(name, ready, unacked, consumers)`` for every queue."""
@@ -227,15 +165,6 @@ class Session(Generic[S]):
                     for item in channel.unacked.values():
                         unacked[item.queue] = unacked.get(item.queue, 0) + 1
         return self.store.queue_stats(unacked)
-
-    def bindings(self) -> list[tuple[str, str, str, str, dict[str, Any]]]:
-        """``(source, kind, destination, routing_key, arguments)`` for every binding."""
-        return self.store.bindings()
-
-    def publish(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
-        """Route and store each envelope; return the mandatory ones no queue took (to be returned).
-        Raises MessageNacked after storing the rest when a full ``reject-publish`` queue refused one."""
-        return self.store.publish(envelopes)
 
     # --- consumers ----------------------------------------------------------------------------------
 

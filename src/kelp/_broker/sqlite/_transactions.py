@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from kelp._broker.core.errors import ErrorMap
 from kelp._broker.core.store import Claimer
 from kelp._broker.sqlite import _buffer, _checkpoint, _ops, _repair
 from kelp._broker.sqlite._state import StoreState, _Busy, _Gone, _is_busy
@@ -29,6 +30,28 @@ logger = logging.getLogger("kelp.transport.sqlite")
 T = TypeVar("T")
 C = TypeVar("C", bound=Claimer)
 K = TypeVar("K")
+
+
+#: SQLite's failures as kelp exceptions (busy is retried before it comes to this; see Transactions._run).
+ERRORS = ErrorMap(
+    (
+        sqlite3.OperationalError,
+        lambda e: isinstance(e, sqlite3.Error) and is_full(e),
+        lambda e, path: full_error(path),
+    ),
+    (sqlite3.OperationalError, None, lambda exc, path: OperationalError(f"sqlite error on {path}: {exc}")),
+    (
+        sqlite3.DatabaseError,
+        None,
+        lambda exc, path: InconsistencyError(f"the kelp database {path} is damaged: {exc}"),
+    ),
+)
+
+
+def _failure(exc: sqlite3.Error, path: str) -> KelpError:
+    mapped = ERRORS.translate(exc, path)
+    assert mapped is not None  # the table names DatabaseError, which every error caught here is
+    return mapped
 
 
 class Transactions(StoreState):
@@ -63,7 +86,7 @@ class Transactions(StoreState):
                     self._check_file()  # a file replaced under us explains any error best
                     if is_full(exc):
                         self._full = True
-                        raise full_error(self.path) from None
+                        raise _failure(exc, self.path) from None
                     if _repair.is_undecodable_text(exc) and not repaired:
                         # A message row written from outside kelp holds text that is not UTF-8: take
                         # such rows out of their queues (once), then run the operation again.
@@ -74,7 +97,7 @@ class Transactions(StoreState):
                         except sqlite3.OperationalError as again:
                             exc = again  # busy: wait below like any busy attempt, then try again
                     if not _is_busy(exc):
-                        raise OperationalError(f"sqlite error on {self.path}: {exc}") from None
+                        raise _failure(exc, self.path) from None
                     if once:
                         raise _Busy from None
                     if time.monotonic() >= give_up:
@@ -86,7 +109,7 @@ class Transactions(StoreState):
                     delay = min(delay * 2, 0.005)
                 except sqlite3.DatabaseError as exc:
                     self._check_file()
-                    raise InconsistencyError(f"the kelp database {self.path} is damaged: {exc}") from None
+                    raise _failure(exc, self.path) from None
 
     def _attempt(self, db: sqlite3.Connection, op: Callable[[_ops.Tx], T], plain: bool) -> T:
         with self._buffer_lock:
