@@ -10,26 +10,33 @@ from typing import Any
 
 import psycopg
 from psycopg import Connection, Cursor, sql
+from psycopg.conninfo import conninfo_to_dict
 
+from kelp._broker.core.errors import ErrorMap
 from kelp._broker.postgres._route import NOW, Topology, load_topology
 from kelp.exceptions import InconsistencyError, OperationalError, PreconditionFailed
 
-__all__ = ["Database", "mapped"]
+__all__ = ["ERRORS", "Database"]
 
 
-@contextlib.contextmanager
-def mapped() -> Iterator[None]:
-    """psycopg's failures as kelp's, in one place: a lost or refused connection is an OperationalError
-    (reconnecting may help), a value PostgreSQL cannot store (a NUL character in a name) a
-    PreconditionFailed, anything else an InconsistencyError."""
-    try:
-        yield
-    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-        raise OperationalError(f"postgresql: {exc}".strip()) from exc
-    except psycopg.DataError as exc:
-        raise PreconditionFailed(f"postgresql cannot store this value: {exc}".strip()) from exc
-    except psycopg.Error as exc:
-        raise InconsistencyError(f"postgresql: {exc}".strip()) from exc
+#: psycopg's failures as kelp's, in one table (see kelp._broker.core.errors): a lost or refused connection
+#: is an OperationalError (reconnecting may help); a value PostgreSQL cannot store (a NUL character in a
+#: name) is refused with PreconditionFailed; a schema dropped under a running broker is an
+#: InconsistencyError. Anything else is a bug and propagates as it is.
+ERRORS = ErrorMap(
+    (psycopg.OperationalError, None, lambda exc, where: OperationalError(f"postgresql {where}: {exc}")),
+    (psycopg.InterfaceError, None, lambda exc, where: OperationalError(f"postgresql {where}: {exc}")),
+    (
+        psycopg.DataError,
+        None,
+        lambda exc, where: PreconditionFailed(f"postgresql {where} cannot store this value: {exc}"),
+    ),
+    (
+        psycopg.errors.UndefinedTable,
+        None,
+        lambda exc, where: InconsistencyError(f"the kelp schema in postgresql {where} was dropped: {exc}"),
+    ),
+)
 
 
 class Database:
@@ -45,6 +52,13 @@ class Database:
         self._pool: list[Connection[Any]] = []
         self._guard = threading.Lock()
         self._statements: dict[str, sql.Composed] = {}
+        parts = conninfo_to_dict(conninfo)
+        server = f"{parts.get('host', 'localhost')}:{parts.get('port', 5432)}/{parts.get('dbname', '')}"
+        self.where = f"{server} (schema {schema})"  # for messages: no password
+
+    def mapped(self) -> contextlib.AbstractContextManager[None]:
+        """The boundary: psycopg's failures inside become kelp's (ERRORS)."""
+        return ERRORS.boundary(self.where)
 
     def q(self, text: str) -> sql.Composed:
         """``text`` with ``{s}`` the schema and ``{now}`` the server's clock, composed once."""
@@ -66,7 +80,7 @@ class Database:
         return found[0][0] if found else None
 
     def open(self) -> Connection[Any]:
-        with mapped():
+        with self.mapped():
             conn = psycopg.connect(self.conninfo, autocommit=True)
             # Committed, not waited for: a server crash may lose an ack (a redelivery) or a claim (the
             # copy stays ready); publishes and topology changes wait when they must (see _store).
@@ -81,7 +95,7 @@ class Database:
         if conn is None:
             conn = self.open()
         try:
-            with mapped(), conn.cursor() as cur:
+            with self.mapped(), conn.cursor() as cur:
                 yield cur
         finally:
             if not (conn.closed or conn.broken):

@@ -23,7 +23,6 @@ from psycopg import Connection, Cursor
 
 from kelp._broker.core import Session
 from kelp._broker.core.store import Item, Unacked
-from kelp._broker.postgres._db import mapped
 from kelp._broker.postgres._listen import READY, REAP_INTERVAL, Listening
 from kelp._broker.postgres._route import (
     ROW,
@@ -68,7 +67,7 @@ class PostgresStore(Listening):
             conn, lock = self._owners[owner]
         except KeyError:
             raise OperationalError("the postgresql:// connection is closed") from None
-        with lock, mapped(), conn.cursor() as cur:
+        with lock, self.mapped(), conn.cursor() as cur:
             return work(cur)
 
     # --- owners -------------------------------------------------------------------------------------
@@ -76,7 +75,7 @@ class PostgresStore(Listening):
     def connect(self) -> int:
         conn = self.open()
         try:
-            with mapped():
+            with self.mapped():
                 ensure_schema(conn, self.name)
                 with conn.cursor() as cur:
                     owner = self.one(
@@ -315,7 +314,7 @@ class PostgresStore(Listening):
         if seconds is not None:
             self.next_due = min(self.next_due, time.time() + seconds)
 
-    def prepare_wait(self, queues: Collection[str], consuming: bool = True) -> float | None:
+    def prepare_wait(self, queues: Collection[str], consuming: bool) -> float | None:
         ready, wait = self._deadline(queues)
         return 0.0 if ready else wait
 
