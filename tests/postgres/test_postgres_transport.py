@@ -166,7 +166,10 @@ def test_server_restart_keeps_persistent_messages_on_durable_queues_only(pg_url:
         unacked = durable(conn.channel()).get()  # claimed when the server goes down: comes back
         assert unacked is not None
         assert unacked.payload == "kept"
+    stale = kelp.Connection(pg_url)
+    stale.connect()
     subprocess.run([str(ROOT / "scripts/postgres.sh"), "restart", directory], check=True, capture_output=True)
+    stale.close()  # its session died with the server: closing it is quiet
     with kelp.Connection(pg_url) as conn:
         bound = durable(conn.channel())
         message = bound.get()

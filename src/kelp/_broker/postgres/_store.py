@@ -95,6 +95,8 @@ class PostgresStore(Listening):
         try:
             self.flush_acks()
             self.drop_owners([owner])
+        except OperationalError:
+            pass  # the server is gone: its session with it; other processes (or its restart) let go
         finally:
             with self._guard:
                 conn, _ = self._owners.pop(owner, (None, None))
@@ -104,6 +106,10 @@ class PostgresStore(Listening):
             if last:
                 self.stop_listening()
                 self.close_pool()
+                with self._guard:
+                    again = bool(self._owners)  # a connection opened meanwhile needs the listener
+                if again:
+                    self.start_listening()
 
     def close_channel(self, owner: int, channel: int, unacked: Sequence[Unacked]) -> None:
         self.flush_acks()
