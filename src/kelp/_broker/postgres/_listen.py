@@ -23,7 +23,7 @@ import psycopg
 from psycopg import Connection, sql
 
 from kelp._broker.postgres._topology import TopologyOps
-from kelp.exceptions import OperationalError
+from kelp.exceptions import KelpError, OperationalError
 
 __all__ = ["READY", "REAP_INTERVAL", "Listening"]
 
@@ -85,7 +85,7 @@ class Listening(TopologyOps):
                     next_tick = time.monotonic() + REAP_INTERVAL
                     self.reap()
                     self._check_floors()
-            except (psycopg.Error, OperationalError):
+            except (psycopg.Error, KelpError):  # the server went away, or the schema: try again
                 self._forget_floors()
                 if conn is not None:
                     conn.close()

@@ -37,7 +37,7 @@ from kelp._broker.postgres._route import (
 from kelp._broker.postgres._schema import ensure_schema
 from kelp._broker.sqlite._codec import decode
 from kelp._envelope import Envelope
-from kelp.exceptions import MessageNacked, OperationalError
+from kelp.exceptions import KelpError, MessageNacked, OperationalError
 
 __all__ = ["PostgresStore", "store_for"]
 
@@ -268,8 +268,8 @@ class PostgresStore(Listening):
                 return
             with self.cursor() as own:
                 self.rows(own, "DELETE FROM {s}.messages WHERE id = ANY(%s)", ids)
-        except OperationalError:
-            pass  # the session is gone: those copies come back redelivered (at-least-once), never lost
+        except KelpError:
+            pass  # the session or the schema is gone: those copies come back redelivered, never lost
 
     def reject(self, owner: int, unacked: Sequence[Unacked], requeue: bool) -> None:
         self.flush_acks()
