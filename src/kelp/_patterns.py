@@ -1,6 +1,7 @@
-"""How one binding matches a message: topic patterns and headers rules (RabbitMQ's semantics).
+"""How bindings match a message (RabbitMQ's semantics): topic patterns, headers rules, and the
+:class:`Matcher` of each exchange type, which indexes an exchange's bindings so that matching is cheap.
 
-Pure functions, no state; :mod:`kelp.routing` indexes bindings with them and re-exports the public names.
+:mod:`kelp.routing` holds the table of exchange types (``MATCHERS``) and re-exports the public names.
 """
 
 from __future__ import annotations
@@ -8,11 +9,25 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Mapping
-from typing import Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, cast
 
+from kelp._topic_trie import TopicTrie
 from kelp.exceptions import PreconditionFailed
 
-__all__ = ["X_MATCH_MODES", "InvalidXMatch", "headers_match", "topic_match"]
+if TYPE_CHECKING:
+    from kelp.routing import Binding, Destination
+
+__all__ = [
+    "X_MATCH_MODES",
+    "DirectMatcher",
+    "FanoutMatcher",
+    "HeadersMatcher",
+    "InvalidXMatch",
+    "Matcher",
+    "TopicMatcher",
+    "headers_match",
+    "topic_match",
+]
 
 
 class InvalidXMatch(PreconditionFailed, ValueError):
@@ -156,3 +171,161 @@ def headers_match(binding_arguments: Mapping[str, Any], headers: Mapping[str, An
     numbers. An invalid ``x-match`` raises :class:`InvalidXMatch` (PreconditionFailed and ValueError).
     """
     return _rule_matches(_headers_rule(binding_arguments), headers or {})
+
+
+# --- matchers: one per exchange type -------------------------------------------------------------------
+
+
+def _count(index: dict[Destination, int], destination: Destination, delta: int) -> None:
+    count = index.get(destination, 0) + delta
+    if count:
+        index[destination] = count
+    else:
+        del index[destination]
+
+
+def inner_for_write(index: dict[Any, dict[Any, Any]], owned: set[Any], key: Any) -> dict[Any, Any]:
+    """``index[key]``, created, or copied first if its owner may not change it in place (copy on write)."""
+    inner = index.get(key)
+    if inner is None or key not in owned:
+        inner = index[key] = dict(inner or {})
+        owned.add(key)
+    return inner
+
+
+# --- exchange types: how the bindings of an exchange match ---------------------------------------------
+
+
+class Matcher:
+    """The index one exchange type keeps of an exchange's bindings, and how it matches a message. Each
+    type's matcher is one class in :data:`MATCHERS`; :class:`BindingTable` keeps the bindings themselves.
+
+    ``add`` raises (changing nothing) for a binding the type refuses; ``copy`` is cheap (copy on write)."""
+
+    __slots__ = ()
+
+    def add(self, binding: Binding) -> None: ...
+
+    def discard(self, binding: Binding) -> None: ...
+
+    def match(
+        self, routing_key: str, headers: Mapping[str, Any] | None, every: Mapping[Destination, Any]
+    ) -> set[Destination]:
+        """The destinations reached (``every``: the table's destinations, for types that match all)."""
+        raise NotImplementedError
+
+    def copy(self) -> Matcher:
+        raise NotImplementedError
+
+
+class DirectMatcher(Matcher):
+    """``direct``: the binding key equals the routing key (a dict lookup)."""
+
+    __slots__ = ("by_key", "owned")
+
+    def __init__(self) -> None:
+        self.by_key: dict[str, dict[Destination, int]] = {}  # key -> destination -> bindings
+        self.owned: set[str] = set()  # keys whose inner dict this matcher may change in place
+
+    def add(self, binding: Binding) -> None:
+        _count(inner_for_write(self.by_key, self.owned, binding.routing_key), binding.destination, 1)
+
+    def discard(self, binding: Binding) -> None:
+        dests = inner_for_write(self.by_key, self.owned, binding.routing_key)
+        _count(dests, binding.destination, -1)
+        if not dests:
+            del self.by_key[binding.routing_key]
+
+    def match(
+        self, routing_key: str, headers: Mapping[str, Any] | None, every: Mapping[Destination, Any]
+    ) -> set[Destination]:
+        dests = self.by_key.get(routing_key)
+        return set(dests) if dests else set()
+
+    def copy(self) -> DirectMatcher:
+        other = DirectMatcher()
+        other.by_key = dict(self.by_key)
+        self.owned = set()  # the inner dicts are now shared by both
+        return other
+
+
+class FanoutMatcher(Matcher):
+    """``fanout``: every binding matches; keys are ignored."""
+
+    __slots__ = ()
+
+    def match(
+        self, routing_key: str, headers: Mapping[str, Any] | None, every: Mapping[Destination, Any]
+    ) -> set[Destination]:
+        return set(every)
+
+    def copy(self) -> FanoutMatcher:
+        return self
+
+
+class TopicMatcher(Matcher):
+    """``topic``: a trie of binding-key words (see :mod:`kelp._topic_trie`: the cost grows with the routing
+    key's words, not with the number of bindings); answers are remembered per routing key until the table
+    changes."""
+
+    __slots__ = ("memo", "memo_size", "trie")
+
+    def __init__(self, trie: TopicTrie | None = None, memo_size: int = 1024) -> None:
+        self.trie = TopicTrie() if trie is None else trie
+        self.memo: dict[str, frozenset[Destination]] = {}
+        #: How many routing keys are remembered with their answers; the memo is dropped on any change.
+        self.memo_size = memo_size
+
+    def add(self, binding: Binding) -> None:
+        self.trie.add(binding.routing_key, binding.destination)
+        self.memo.clear()
+
+    def discard(self, binding: Binding) -> None:
+        self.trie.remove(binding.routing_key, binding.destination)
+        self.memo.clear()
+
+    def match(
+        self, routing_key: str, headers: Mapping[str, Any] | None, every: Mapping[Destination, Any]
+    ) -> set[Destination]:
+        memo = self.memo.get(routing_key)
+        self.trie.visits = 0
+        if memo is None:
+            memo = cast("frozenset[Destination]", frozenset(self.trie.match(routing_key)))
+            if self.memo_size > 0:
+                if len(self.memo) >= self.memo_size:
+                    del self.memo[next(iter(self.memo))]  # the oldest answer
+                self.memo[routing_key] = memo
+        return set(memo)
+
+    def copy(self) -> TopicMatcher:
+        return TopicMatcher(self.trie.copy(), self.memo_size)
+
+
+class HeadersMatcher(Matcher):
+    """``headers``: the binding arguments against the message headers (see :func:`headers_match`), a scan."""
+
+    __slots__ = ("rules",)
+
+    def __init__(self) -> None:
+        self.rules: list[tuple[_HeadersRule, Destination]] = []
+
+    def add(self, binding: Binding) -> None:
+        self.rules.append((_headers_rule(binding.arguments), binding.destination))
+
+    def discard(self, binding: Binding) -> None:
+        self.rules.remove((_headers_rule(binding.arguments), binding.destination))
+
+    def match(
+        self, routing_key: str, headers: Mapping[str, Any] | None, every: Mapping[Destination, Any]
+    ) -> set[Destination]:
+        table = headers or {}
+        result: set[Destination] = set()
+        for rule, destination in self.rules:
+            if destination not in result and _rule_matches(rule, table):
+                result.add(destination)
+        return result
+
+    def copy(self) -> HeadersMatcher:
+        other = HeadersMatcher()
+        other.rules = list(self.rules)
+        return other

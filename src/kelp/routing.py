@@ -24,14 +24,16 @@ from typing import Any, Final, Literal, NamedTuple, TypeAlias, cast
 
 from kelp._patterns import (
     X_MATCH_MODES,
+    DirectMatcher,
+    FanoutMatcher,
+    HeadersMatcher,
     InvalidXMatch,
-    _headers_rule,
-    _HeadersRule,
-    _rule_matches,
+    Matcher,
+    TopicMatcher,
     headers_match,
+    inner_for_write,
     topic_match,
 )
-from kelp._topic_trie import TopicTrie
 from kelp.exceptions import PreconditionFailed, UsageError
 
 __all__ = [
@@ -165,161 +167,6 @@ class Binding:
         arguments = cast("Mapping[str, Any] | None", self.arguments)  # callers may pass a plain dict
         if not isinstance(arguments, Arguments):
             object.__setattr__(self, "arguments", _arguments(arguments))
-
-
-def _count(index: dict[Destination, int], destination: Destination, delta: int) -> None:
-    count = index.get(destination, 0) + delta
-    if count:
-        index[destination] = count
-    else:
-        del index[destination]
-
-
-def _inner(index: dict[Any, dict[Any, Any]], owned: set[Any], key: Any) -> dict[Any, Any]:
-    """``index[key]``, created, or copied first if its owner may not change it in place (copy on write)."""
-    inner = index.get(key)
-    if inner is None or key not in owned:
-        inner = index[key] = dict(inner or {})
-        owned.add(key)
-    return inner
-
-
-# --- exchange types: how the bindings of an exchange match ---------------------------------------------
-
-
-class Matcher:
-    """The index one exchange type keeps of an exchange's bindings, and how it matches a message. Each
-    type's matcher is one class in :data:`MATCHERS`; :class:`BindingTable` keeps the bindings themselves.
-
-    ``add`` raises (changing nothing) for a binding the type refuses; ``copy`` is cheap (copy on write)."""
-
-    __slots__ = ()
-
-    def add(self, binding: Binding) -> None: ...
-
-    def discard(self, binding: Binding) -> None: ...
-
-    def match(
-        self, routing_key: str, headers: Mapping[str, Any] | None, every: Mapping[Destination, Any]
-    ) -> set[Destination]:
-        """The destinations reached (``every``: the table's destinations, for types that match all)."""
-        raise NotImplementedError
-
-    def copy(self) -> Matcher:
-        raise NotImplementedError
-
-
-class DirectMatcher(Matcher):
-    """``direct``: the binding key equals the routing key (a dict lookup)."""
-
-    __slots__ = ("by_key", "owned")
-
-    def __init__(self) -> None:
-        self.by_key: dict[str, dict[Destination, int]] = {}  # key -> destination -> bindings
-        self.owned: set[str] = set()  # keys whose inner dict this matcher may change in place
-
-    def add(self, binding: Binding) -> None:
-        _count(_inner(self.by_key, self.owned, binding.routing_key), binding.destination, 1)
-
-    def discard(self, binding: Binding) -> None:
-        dests = _inner(self.by_key, self.owned, binding.routing_key)
-        _count(dests, binding.destination, -1)
-        if not dests:
-            del self.by_key[binding.routing_key]
-
-    def match(
-        self, routing_key: str, headers: Mapping[str, Any] | None, every: Mapping[Destination, Any]
-    ) -> set[Destination]:
-        dests = self.by_key.get(routing_key)
-        return set(dests) if dests else set()
-
-    def copy(self) -> DirectMatcher:
-        other = DirectMatcher()
-        other.by_key = dict(self.by_key)
-        self.owned = set()  # the inner dicts are now shared by both
-        return other
-
-
-class FanoutMatcher(Matcher):
-    """``fanout``: every binding matches; keys are ignored."""
-
-    __slots__ = ()
-
-    def match(
-        self, routing_key: str, headers: Mapping[str, Any] | None, every: Mapping[Destination, Any]
-    ) -> set[Destination]:
-        return set(every)
-
-    def copy(self) -> FanoutMatcher:
-        return self
-
-
-class TopicMatcher(Matcher):
-    """``topic``: a trie of binding-key words (see :mod:`kelp._topic_trie`: the cost grows with the routing
-    key's words, not with the number of bindings); answers are remembered per routing key until the table
-    changes."""
-
-    __slots__ = ("memo", "memo_size", "trie")
-
-    def __init__(self, trie: TopicTrie | None = None, memo_size: int = 1024) -> None:
-        self.trie = TopicTrie() if trie is None else trie
-        self.memo: dict[str, frozenset[Destination]] = {}
-        #: How many routing keys are remembered with their answers; the memo is dropped on any change.
-        self.memo_size = memo_size
-
-    def add(self, binding: Binding) -> None:
-        self.trie.add(binding.routing_key, binding.destination)
-        self.memo.clear()
-
-    def discard(self, binding: Binding) -> None:
-        self.trie.remove(binding.routing_key, binding.destination)
-        self.memo.clear()
-
-    def match(
-        self, routing_key: str, headers: Mapping[str, Any] | None, every: Mapping[Destination, Any]
-    ) -> set[Destination]:
-        memo = self.memo.get(routing_key)
-        self.trie.visits = 0
-        if memo is None:
-            memo = cast("frozenset[Destination]", frozenset(self.trie.match(routing_key)))
-            if self.memo_size > 0:
-                if len(self.memo) >= self.memo_size:
-                    del self.memo[next(iter(self.memo))]  # the oldest answer
-                self.memo[routing_key] = memo
-        return set(memo)
-
-    def copy(self) -> TopicMatcher:
-        return TopicMatcher(self.trie.copy(), self.memo_size)
-
-
-class HeadersMatcher(Matcher):
-    """``headers``: the binding arguments against the message headers (see :func:`headers_match`), a scan."""
-
-    __slots__ = ("rules",)
-
-    def __init__(self) -> None:
-        self.rules: list[tuple[_HeadersRule, Destination]] = []
-
-    def add(self, binding: Binding) -> None:
-        self.rules.append((_headers_rule(binding.arguments), binding.destination))
-
-    def discard(self, binding: Binding) -> None:
-        self.rules.remove((_headers_rule(binding.arguments), binding.destination))
-
-    def match(
-        self, routing_key: str, headers: Mapping[str, Any] | None, every: Mapping[Destination, Any]
-    ) -> set[Destination]:
-        table = headers or {}
-        result: set[Destination] = set()
-        for rule, destination in self.rules:
-            if destination not in result and _rule_matches(rule, table):
-                result.add(destination)
-        return result
-
-    def copy(self) -> HeadersMatcher:
-        other = HeadersMatcher()
-        other.rules = list(self.rules)
-        return other
 
 
 #: The exchange types kelp routes itself, each with how its bindings match. A transport that routes at
@@ -456,7 +303,7 @@ class BindingTable:
         if binding in self:
             return False
         self._matcher.add(binding)  # first: it may refuse the binding
-        bindings = _inner(self._by_destination, self._owned_dest, destination)
+        bindings = inner_for_write(self._by_destination, self._owned_dest, destination)
         bindings[binding] = None
         self._count += 1
         if destination.kind == "exchange" and len(bindings) == 1:
@@ -483,7 +330,7 @@ class BindingTable:
     def _discard(self, binding: Binding) -> None:
         self._count -= 1
         destination = binding.destination
-        bindings = _inner(self._by_destination, self._owned_dest, destination)
+        bindings = inner_for_write(self._by_destination, self._owned_dest, destination)
         del bindings[binding]
         if not bindings:
             del self._by_destination[destination]
