@@ -169,7 +169,14 @@ def test_server_restart_keeps_persistent_messages_on_durable_queues_only(pg_url:
     stale = kelp.Connection(pg_url)
     stale.connect()
     subprocess.run([str(ROOT / "scripts/postgres.sh"), "restart", directory], check=True, capture_output=True)
-    stale.close()  # its session died with the server: closing it is quiet
+    # A connection open across the restart: its next operation fails (its session died with the server),
+    # then it knows it is disconnected and ensure_connection opens a new session.
+    with pytest.raises(kelp.exceptions.OperationalError):
+        durable(stale.channel()).get()  # claims run on the connection's own session
+    assert not stale.connected
+    stale.ensure_connection()
+    assert durable(stale.channel()).queue_declare(passive=True).message_count == 1
+    stale.close()
     with kelp.Connection(pg_url) as conn:
         bound = durable(conn.channel())
         message = bound.get()

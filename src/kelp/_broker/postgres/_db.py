@@ -101,6 +101,8 @@ class Database:
             if not (conn.closed or conn.broken):
                 with self._guard:
                     self._pool.append(conn)
+            else:  # the server went away (a restart): the idle sessions went with it
+                self.close_pool()
 
     def close_pool(self) -> None:
         with self._guard:

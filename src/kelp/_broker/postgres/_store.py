@@ -72,6 +72,11 @@ class PostgresStore(Listening):
 
     # --- owners -------------------------------------------------------------------------------------
 
+    def owner_alive(self, owner: int) -> bool:
+        """False once the owner's database session is known to be lost (its claims are let go)."""
+        found = self._owners.get(owner)
+        return found is not None and not (found[0].closed or found[0].broken)
+
     def connect(self) -> int:
         conn = self.open()
         try:

@@ -204,7 +204,9 @@ class PostgresTransport(Transport):
 
     @property
     def is_connected(self) -> bool:
-        return self._session is not None
+        # False once its database session is lost (a server restart): the library then reconnects.
+        session = self._session
+        return session is not None and session.store.owner_alive(self._connection_id)
 
     @property
     def session(self) -> Session[PostgresStore]:
