@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, Self
 
 from kelp.exceptions import ContentDisallowed, NotBoundError, UsageError
-from kelp.routing import EXCHANGE_TYPES
+from kelp.routing import EXCHANGE_TYPES, is_plugin_type
 
 logger = logging.getLogger(__name__)
 
@@ -143,8 +143,11 @@ class Exchange(_Bindable):
         _ignore_unknown("Exchange", unknown)
         self.name = name
         self.type = type or "direct"
-        if self.type not in EXCHANGE_TYPES:
-            raise UsageError(f"unknown exchange type {self.type!r}; expected one of {sorted(EXCHANGE_TYPES)}")
+        if self.type not in EXCHANGE_TYPES and not is_plugin_type(self.type):
+            raise UsageError(
+                f"unknown exchange type {self.type!r}; expected one of {sorted(EXCHANGE_TYPES)} or a broker "
+                "plugin's x-... type (amqp:// only)"
+            )
         self.durable = durable
         self.auto_delete = auto_delete
         self.passive = passive

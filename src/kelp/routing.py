@@ -18,183 +18,44 @@ Pure code: no I/O, no clocks, no threads. A table is not locked; the broker that
 
 from __future__ import annotations
 
-import functools
-import re
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, NamedTuple, TypeAlias, cast
 
-from kelp._topic_trie import TopicTrie
-from kelp.exceptions import PreconditionFailed
+from kelp._patterns import (
+    X_MATCH_MODES,
+    DirectMatcher,
+    FanoutMatcher,
+    HeadersMatcher,
+    InvalidXMatch,
+    Matcher,
+    TopicMatcher,
+    headers_match,
+    inner_for_write,
+    topic_match,
+)
+from kelp.exceptions import PreconditionFailed, UsageError
 
 __all__ = [
     "EXCHANGE_TYPES",
+    "MATCHERS",
     "X_MATCH_MODES",
     "Arguments",
     "Binding",
     "BindingTable",
     "Destination",
+    "InvalidBindingArguments",
     "InvalidXMatch",
     "Lookup",
+    "Matcher",
+    "PassThroughTypes",
+    "UnknownExchangeType",
     "headers_match",
+    "is_plugin_type",
     "route",
     "topic_match",
     "validate_exchange_type",
 ]
-
-
-class InvalidXMatch(PreconditionFailed, ValueError):
-    """A headers binding's ``x-match`` is not a mode RabbitMQ knows: the broker refuses the binding with
-    PRECONDITION_FAILED (406), as RabbitMQ does. Also a ValueError, for code that validates arguments."""
-
-
-#: The exchange types every kelp transport supports.
-EXCHANGE_TYPES: Final = frozenset({"direct", "fanout", "topic", "headers"})
-
-#: The ``x-match`` modes of a headers binding (the ``-with-x`` forms are RabbitMQ 3.10+).
-X_MATCH_MODES: Final = frozenset({"all", "any", "all-with-x", "any-with-x"})
-
-
-def validate_exchange_type(exchange_type: str) -> str:
-    """Return ``exchange_type`` if kelp can route for it; raise :class:`ValueError` naming the known types."""
-    if exchange_type not in EXCHANGE_TYPES:
-        known = ", ".join(sorted(EXCHANGE_TYPES))
-        raise ValueError(f"unknown exchange type {exchange_type!r}; expected one of: {known}")
-    return exchange_type
-
-
-# --- topic patterns ------------------------------------------------------------------------------------
-
-# A routing key is a sequence of words; the empty key has no words, and an empty word ("a..b") is a word.
-# The regex form matches the key with a "." put in front of every word ("a.b" -> ".a.b", "" -> ""), so a
-# word is always r"\.[^.]*" and "#" becomes a repetition of that unit.
-_WORD: Final = r"\.[^.]*"
-
-
-def _words(key: str) -> list[str]:
-    return key.split(".") if key else []
-
-
-def _match_words(pattern: list[str], words: list[str]) -> bool:
-    """Glob matching over words with backtracking to the last ``#`` only: O(len(pattern) * len(words))."""
-    p = w = 0
-    star = -1  # index in pattern of the last "#" seen
-    resume = 0  # index in words where that "#" currently stops
-    while w < len(words):
-        if p < len(pattern) and pattern[p] == "#":
-            star, resume = p, w
-            p += 1
-        elif p < len(pattern) and (pattern[p] == "*" or pattern[p] == words[w]):
-            p += 1
-            w += 1
-        elif star >= 0:
-            resume += 1  # let the last "#" swallow one more word and retry
-            p, w = star + 1, resume
-        else:
-            return False
-    while p < len(pattern) and pattern[p] == "#":
-        p += 1
-    return p == len(pattern)
-
-
-@functools.lru_cache(maxsize=4096)
-def _compile_topic(pattern: str) -> Callable[[str], bool]:
-    """A predicate over routing keys for one binding pattern, built once per distinct pattern."""
-    words: list[str] = []
-    for word in _words(pattern):
-        if not (word == "#" and words and words[-1] == "#"):  # "#.#" matches exactly what "#" matches
-            words.append(word)
-    hashes = words.count("#")
-    if hashes == 0 and "*" not in words:
-        return pattern.__eq__
-    if hashes > 1:
-        # A regex with several "#" can backtrack polynomially in the key length; the word matcher cannot.
-        return lambda key: _match_words(words, _words(key))
-    source = "".join(
-        f"(?:{_WORD})*" if word == "#" else _WORD if word == "*" else r"\." + re.escape(word)
-        for word in words
-    )
-    fullmatch = re.compile(source).fullmatch
-    return lambda key: fullmatch("." + key if key else "") is not None
-
-
-def topic_match(pattern: str, routing_key: str) -> bool:
-    """True if the topic binding key ``pattern`` matches ``routing_key``, exactly as RabbitMQ decides.
-
-    Both are split on ``.`` into words; the empty string has no words and an empty word (``a..b``) is a
-    word. ``*`` matches exactly one word and ``#`` zero or more, so ``stock.#`` matches ``stock``, ``#.x``
-    matches ``x``, ``#`` matches everything including ``""``, and ``a.*.c`` does not match ``a.c``. Only a
-    whole word is a wildcard: ``a*`` is literal. Patterns are compiled once and cached.
-    """
-    return _compile_topic(pattern)(routing_key)
-
-
-# --- headers -------------------------------------------------------------------------------------------
-
-
-def _same_value(expected: Any, actual: Any) -> bool:
-    # AMQP tables are typed: a boolean never equals a number, although Python says True == 1.
-    if isinstance(expected, bool) != isinstance(actual, bool):
-        return False
-    if isinstance(expected, tuple) and isinstance(actual, list):  # bound arrays are frozen into tuples
-        actual = tuple(actual)
-    return bool(expected == actual)
-
-
-class _HeadersRule(NamedTuple):
-    any: bool
-    items: tuple[tuple[str, Any], ...]
-
-
-def _headers_rule(arguments: Mapping[str, Any]) -> _HeadersRule:
-    mode = arguments.get("x-match", "all")
-    if isinstance(mode, bytes):
-        mode = mode.decode("utf-8", "replace")
-    if mode not in X_MATCH_MODES:
-        known = ", ".join(sorted(X_MATCH_MODES))
-        raise InvalidXMatch(
-            f"PRECONDITION_FAILED - invalid x-match value {mode!r} in a headers binding; "
-            f"expected one of: {known}"
-        )
-    with_x = mode.endswith("-with-x")
-    items = tuple(
-        (key, value)
-        for key, value in arguments.items()
-        if key != "x-match" and (with_x or not key.startswith("x-"))
-    )
-    return _HeadersRule(mode.startswith("any"), items)
-
-
-def _rule_matches(rule: _HeadersRule, headers: Mapping[str, Any]) -> bool:
-    missing = object()
-    if rule.any:
-        for key, expected in rule.items:
-            actual = headers.get(key, missing)
-            if actual is not missing and (expected is None or _same_value(expected, actual)):
-                return True
-        return False
-    for key, expected in rule.items:
-        actual = headers.get(key, missing)
-        if actual is missing or (expected is not None and not _same_value(expected, actual)):
-            return False
-    return True
-
-
-def headers_match(binding_arguments: Mapping[str, Any], headers: Mapping[str, Any] | None) -> bool:
-    """True if a headers-exchange binding with ``binding_arguments`` matches a message's ``headers``.
-
-    ``x-match`` chooses the rule (RabbitMQ semantics):
-
-    * ``all`` (the default) - every binding argument is present in the headers with an equal value;
-    * ``any`` - at least one is;
-    * ``all-with-x`` / ``any-with-x`` - the same, but arguments whose names start with ``x-`` take part;
-      plain ``all`` and ``any`` ignore them. ``x-match`` itself never takes part.
-
-    A binding value of ``None`` (AMQP void) matches on the key's presence alone. ``all`` with no arguments
-    left to compare matches every message; ``any`` with none matches no message. Booleans never equal
-    numbers. An invalid ``x-match`` raises :class:`InvalidXMatch` (PreconditionFailed and ValueError).
-    """
-    return _rule_matches(_headers_rule(binding_arguments), headers or {})
 
 
 # --- bindings ------------------------------------------------------------------------------------------
@@ -215,6 +76,11 @@ class Destination(NamedTuple):
         return cls("exchange", name)
 
 
+class InvalidBindingArguments(PreconditionFailed, TypeError):
+    """Binding arguments that are not an AMQP table (a key that is not a str, a value that cannot be
+    compared): refused with PRECONDITION_FAILED; also a TypeError, for code that validates arguments."""
+
+
 def _freeze(value: Any) -> Any:
     if isinstance(value, Arguments):
         return value
@@ -227,7 +93,9 @@ def _freeze(value: Any) -> Any:
     if isinstance(value, set | frozenset):
         return frozenset(_freeze(item) for item in value)
     if not isinstance(value, Hashable):
-        raise TypeError(f"binding argument value of type {type(value).__name__} cannot be frozen")
+        raise InvalidBindingArguments(
+            f"binding argument value of type {type(value).__name__} cannot be frozen"
+        )
     return value
 
 
@@ -243,7 +111,7 @@ class Arguments(Mapping[str, Any]):
         frozen: dict[str, Any] = {}
         for key, value in (data or {}).items():
             if not isinstance(key, str):
-                raise TypeError(f"binding argument names must be str, not {type(key).__name__}")
+                raise InvalidBindingArguments(f"binding argument names must be str, not {type(key).__name__}")
             frozen[key] = _freeze(value)
         self._data = frozen
         self._hash = hash(frozenset(frozen.items()))
@@ -301,50 +169,87 @@ class Binding:
             object.__setattr__(self, "arguments", _arguments(arguments))
 
 
-def _count(index: dict[Destination, int], destination: Destination, delta: int) -> None:
-    count = index.get(destination, 0) + delta
-    if count:
-        index[destination] = count
-    else:
-        del index[destination]
+#: The exchange types kelp routes itself, each with how its bindings match. A transport that routes at
+#: publish time supports exactly these; one whose broker routes (``amqp://``) passes any other type
+#: through to the broker (RabbitMQ plugins: ``x-delayed-message``, ``x-consistent-hash``...).
+MATCHERS: Final[Mapping[str, Callable[[], Matcher]]] = {
+    "direct": DirectMatcher,
+    "fanout": FanoutMatcher,
+    "topic": TopicMatcher,
+    "headers": HeadersMatcher,
+}
+
+#: The exchange types every kelp transport supports.
+EXCHANGE_TYPES: Final = frozenset(MATCHERS)
+
+
+class UnknownExchangeType(UsageError, ValueError):
+    """An exchange type kelp does not route (a UsageError, and a ValueError for code that validates)."""
+
+
+def validate_exchange_type(exchange_type: str) -> str:
+    """Return ``exchange_type`` if kelp can route for it; raise :class:`UnknownExchangeType` naming the
+    known types."""
+    if exchange_type not in MATCHERS:
+        known = ", ".join(sorted(EXCHANGE_TYPES))
+        hint = " (a broker plugin's type: use amqp://)" if is_plugin_type(exchange_type) else ""
+        raise UnknownExchangeType(f"unknown exchange type {exchange_type!r}; expected one of: {known}{hint}")
+    return exchange_type
+
+
+def is_plugin_type(exchange_type: str) -> bool:
+    """Whether ``exchange_type`` is named like a broker plugin's (``x-...``): accepted by :class:`Exchange`
+    for brokers that route themselves, refused at declare time by the transports kelp routes for."""
+    return exchange_type.startswith("x-") and len(exchange_type) > 2
+
+
+class PassThroughTypes(frozenset[str]):
+    """The exchange types of a transport whose broker routes: kelp's own, plus any plugin type."""
+
+    def __contains__(self, exchange_type: object) -> bool:
+        return super().__contains__(exchange_type) or (
+            isinstance(exchange_type, str) and is_plugin_type(exchange_type)
+        )
 
 
 class BindingTable:
-    """The bindings of one exchange, indexed for its type so that :meth:`match` is cheap.
+    """The bindings of one exchange, indexed by its type's :class:`Matcher` so that :meth:`match` is cheap.
 
-    ``direct`` looks the routing key up in a dict; ``fanout`` returns every destination; ``topic`` walks a
-    trie of binding-key words (see :mod:`kelp._topic_trie`: the cost grows with the routing key's words,
-    not with the number of bindings) and remembers the answer per routing key until the table changes;
-    ``headers`` scans the bindings. :meth:`copy` is cheap: a topology snapshot derived from the previous
-    one copies what it changes, not every binding.
+    :meth:`copy` is cheap: a topology snapshot derived from the previous one copies what it changes, not
+    every binding.
     """
-
-    #: How many routing keys a topic table remembers answers for; the memo is dropped on any change.
-    topic_memo_size: int = 1024
 
     def __init__(self, exchange_type: str) -> None:
         self._type = validate_exchange_type(exchange_type)
+        self._matcher = MATCHERS[exchange_type]()
         self._count = 0  # bindings
         # destination -> its bindings (an insertion-ordered set): the table's bindings, grouped
         self._by_destination: dict[Destination, dict[Binding, None]] = {}
-        self._by_key: dict[str, dict[Destination, int]] = {}  # direct: key -> destination -> count
-        # Keys of the inner dicts above that this table may change in place (the others it shares with a
-        # copy, and copies before changing).
-        self._owned_dest: set[Destination] = set()
-        self._owned_key: set[str] = set()
+        self._owned_dest: set[Destination] = set()  # destinations whose inner dict is this table's own
         self._exchange_dests = 0  # destinations that are exchanges
-        self._trie = TopicTrie() if self._type == "topic" else None
-        self._memo: dict[str, frozenset[Destination]] = {}
-        self._headers: list[tuple[_HeadersRule, Destination]] = []
 
     @property
     def exchange_type(self) -> str:
         return self._type
 
     @property
+    def topic_memo_size(self) -> int:
+        """How many routing keys a topic table remembers answers for (0: none; other types: 0)."""
+        matcher = self._matcher
+        return matcher.memo_size if isinstance(matcher, TopicMatcher) else 0
+
+    @topic_memo_size.setter
+    def topic_memo_size(self, size: int) -> None:
+        matcher = self._matcher
+        if isinstance(matcher, TopicMatcher):
+            matcher.memo_size = size
+            matcher.memo.clear()
+
+    @property
     def topic_visits(self) -> int:
         """Trie nodes the last topic :meth:`match` visited (0 when answered from the memo or not topic)."""
-        return self._trie.visits if self._trie is not None else 0
+        matcher = self._matcher
+        return matcher.trie.visits if isinstance(matcher, TopicMatcher) else 0
 
     def __len__(self) -> int:
         return self._count
@@ -365,25 +270,13 @@ class BindingTable:
         """
         other = BindingTable.__new__(BindingTable)
         other._type = self._type
+        other._matcher = self._matcher.copy()
         other._count = self._count
         other._by_destination = dict(self._by_destination)
-        other._by_key = dict(self._by_key)
-        other._owned_dest, other._owned_key = set(), set()
-        self._owned_dest, self._owned_key = set(), set()  # the inner dicts are now shared by both
+        other._owned_dest = set()
+        self._owned_dest = set()  # the inner dicts are now shared by both
         other._exchange_dests = self._exchange_dests
-        other._trie = self._trie.copy() if self._trie is not None else None
-        other._memo = {}
-        other._headers = list(self._headers)
         return other
-
-    @staticmethod
-    def _inner(index: dict[Any, dict[Any, Any]], owned: set[Any], key: Any) -> dict[Any, Any]:
-        """``index[key]``, created, or copied first if this table may not change it in place."""
-        inner = index.get(key)
-        if inner is None or key not in owned:
-            inner = index[key] = dict(inner or {})
-            owned.add(key)
-        return inner
 
     def destinations(self) -> set[Destination]:
         """Every destination with at least one binding in this table."""
@@ -409,19 +302,12 @@ class BindingTable:
         binding = Binding(destination, routing_key, _arguments(arguments))
         if binding in self:
             return False
-        rule = _headers_rule(binding.arguments) if self._type == "headers" else None
-        bindings = self._inner(self._by_destination, self._owned_dest, destination)
+        self._matcher.add(binding)  # first: it may refuse the binding
+        bindings = inner_for_write(self._by_destination, self._owned_dest, destination)
         bindings[binding] = None
         self._count += 1
         if destination.kind == "exchange" and len(bindings) == 1:
             self._exchange_dests += 1
-        if rule is not None:
-            self._headers.append((rule, destination))
-        elif self._trie is not None:
-            self._trie.add(routing_key, destination)
-        elif self._type == "direct":
-            _count(self._inner(self._by_key, self._owned_key, routing_key), destination, 1)
-        self._memo.clear()
         return True
 
     def remove(
@@ -444,48 +330,17 @@ class BindingTable:
     def _discard(self, binding: Binding) -> None:
         self._count -= 1
         destination = binding.destination
-        bindings = self._inner(self._by_destination, self._owned_dest, destination)
+        bindings = inner_for_write(self._by_destination, self._owned_dest, destination)
         del bindings[binding]
         if not bindings:
             del self._by_destination[destination]
             if destination.kind == "exchange":
                 self._exchange_dests -= 1
-        if self._type == "headers":
-            rule = _headers_rule(binding.arguments)
-            self._headers.remove((rule, destination))
-        elif self._trie is not None:
-            self._trie.remove(binding.routing_key, destination)
-        elif self._type == "direct":
-            dests = self._inner(self._by_key, self._owned_key, binding.routing_key)
-            _count(dests, destination, -1)
-            if not dests:
-                del self._by_key[binding.routing_key]
-        self._memo.clear()
+        self._matcher.discard(binding)
 
     def match(self, routing_key: str, headers: Mapping[str, Any] | None = None) -> set[Destination]:
         """The destinations a message with this routing key and these headers reaches (a new set)."""
-        kind = self._type
-        if kind == "direct":
-            dests = self._by_key.get(routing_key)
-            return set(dests) if dests else set()
-        if self._trie is not None:
-            memo = self._memo.get(routing_key)
-            self._trie.visits = 0
-            if memo is None:
-                memo = cast("frozenset[Destination]", frozenset(self._trie.match(routing_key)))
-                if self.topic_memo_size > 0:
-                    if len(self._memo) >= self.topic_memo_size:
-                        del self._memo[next(iter(self._memo))]  # the oldest answer
-                    self._memo[routing_key] = memo
-            return set(memo)
-        if kind == "fanout":
-            return set(self._by_destination)
-        table = headers or {}
-        result: set[Destination] = set()
-        for rule, destination in self._headers:
-            if destination not in result and _rule_matches(rule, table):
-                result.add(destination)
-        return result
+        return self._matcher.match(routing_key, headers, self._by_destination)
 
 
 # --- following exchange-to-exchange bindings -----------------------------------------------------------

@@ -150,9 +150,9 @@ def test_transient_publishes_refused_at_their_commit_are_reported(
 ) -> None:
     """A queue redeclared with ``x-overflow: reject-publish`` by another process while transient messages
     routed to it wait in the buffer: the refusal reaches the publisher by its next flush, naming them."""
-    from kelp._broker.sqlite import _store
+    from kelp._broker.sqlite import _tuning
 
-    monkeypatch.setattr(_store, "LINGER", 60.0)  # keep the publishes in the buffer until flush()
+    monkeypatch.setattr(_tuning, "LINGER", 60.0)  # keep the publishes in the buffer until flush()
     with Connection(db_url) as conn:
         Queue("bounded", durable=True, auto_delete=False)(conn.default_channel).declare()
         producer = conn.Producer()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kelp import Connection, Queue
-from kelp._broker.sqlite import _store
+from kelp._broker.sqlite import _tuning
 from kelp._broker.sqlite._schema import SCHEMA_VERSION
 
 from .conftest import Worker
@@ -259,7 +259,7 @@ def test_a_publisher_commits_its_own_batches_while_another_process_shares_the_fi
         assert store._shared
         pending = store._pending
         with store._buffer_lock:  # the flusher cannot take the buffer meanwhile
-            saved, pending.count = pending.count, _store.BATCH
+            saved, pending.count = pending.count, _tuning.BATCH
             try:
                 assert store.should_flush()  # a full batch: the publishing thread commits it
                 store._shared = False

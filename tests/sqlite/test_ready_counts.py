@@ -11,7 +11,7 @@ import pytest
 
 from kelp import Connection, Queue
 from kelp._broker.sqlite import _schema
-from kelp._broker.sqlite._store import FOLD_EVERY
+from kelp._broker.sqlite._tuning import FOLD_EVERY
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -198,9 +198,9 @@ def test_buffered_rows_meet_the_queue_rules_in_force_at_commit(
 ) -> None:
     """Another process redeclares a queue with a bound, and deletes another, while this one still holds
     buffered (transient) publishes routed to them: the bound applies and the deleted queue gets nothing."""
-    from kelp._broker.sqlite import _store
+    from kelp._broker.sqlite import _tuning
 
-    monkeypatch.setattr(_store, "LINGER", 60.0)  # keep the publishes in the buffer until flush()
+    monkeypatch.setattr(_tuning, "LINGER", 60.0)  # keep the publishes in the buffer until flush()
     with Connection(db_url) as conn:
         kept = Queue("kept", durable=True, auto_delete=False)
         gone = Queue("gone", durable=True, auto_delete=False)

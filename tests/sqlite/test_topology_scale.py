@@ -67,7 +67,7 @@ def test_the_other_process_derives_every_change(
     two_stores: Any, monkeypatch: pytest.MonkeyPatch, seed: int
 ) -> None:
     path, writer, reader = two_stores
-    conn = writer.connect(_Waker())
+    conn = writer.session.connect(_Waker())
     reader.bindings()  # the reader's first snapshot is read from the tables
     full_loads = 0
     load = _topology.load_topology
@@ -121,14 +121,14 @@ def test_the_other_process_derives_every_change(
         assert _routes(reader._topo, keys) == _routes(fresh, keys)
         assert _shape(writer._topo) == _shape(fresh)
     assert full_loads == 0
-    writer.disconnect(conn)
+    writer.session.disconnect(conn)
 
 
 def test_a_gap_in_the_log_or_a_snapshot_too_old_reads_the_tables(
     two_stores: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path, writer, reader = two_stores
-    conn = writer.connect(_Waker())
+    conn = writer.session.connect(_Waker())
     writer.declare_queue(conn, "q", True, False, False, None, False)
     reader.bindings()
     calls: list[int] = []
@@ -153,4 +153,4 @@ def test_a_gap_in_the_log_or_a_snapshot_too_old_reads_the_tables(
     assert calls
     assert _shape(reader._topo) == _shape(_fresh(path))
     assert LOG_KEEP >= 1000  # the real log covers a burst of declarations
-    writer.disconnect(conn)
+    writer.session.disconnect(conn)

@@ -245,11 +245,11 @@ def test_topic_memo_is_bounded() -> None:
     table.add(Q("q"), "a.*")
     for i in range(20):
         assert table.match(f"a.{i}") == {Q("q")}
-    assert len(table._memo) <= 4
+    assert len(table._matcher.memo) <= 4
     table.topic_memo_size = 0
     table.add(Q("r"), "#")
     assert table.match("a.1") == {Q("q"), Q("r")}
-    assert table._memo == {}
+    assert table._matcher.memo == {}
 
 
 def test_headers_table() -> None:

@@ -65,7 +65,8 @@ class SqliteChannel(TransportChannel):
         self._transport = transport
         self._store = store
         self._connection_id = connection_id
-        self.channel_id = store.open_channel(connection_id)
+        self._broker = store.session
+        self.channel_id = self._broker.open_channel(connection_id)
 
     def declare_exchange(
         self,
@@ -78,11 +79,11 @@ class SqliteChannel(TransportChannel):
         passive: bool,
     ) -> None:
         run_blocking(
-            self._store.declare_exchange, name, type, durable, auto_delete, internal, arguments, passive
+            self._broker.declare_exchange, name, type, durable, auto_delete, internal, arguments, passive
         )
 
     def delete_exchange(self, name: str, if_unused: bool) -> None:
-        run_blocking(self._store.delete_exchange, name, if_unused)
+        run_blocking(self._broker.delete_exchange, name, if_unused)
 
     def declare_queue(
         self,
@@ -94,7 +95,7 @@ class SqliteChannel(TransportChannel):
         passive: bool,
     ) -> QueueInfo:
         return run_blocking(
-            self._store.declare_queue,
+            self._broker.declare_queue,
             self._connection_id,
             name,
             durable,
@@ -105,21 +106,23 @@ class SqliteChannel(TransportChannel):
         )
 
     def delete_queue(self, name: str, if_unused: bool, if_empty: bool) -> int:
-        return run_blocking(self._store.delete_queue, self._connection_id, name, if_unused, if_empty)
+        return run_blocking(self._broker.delete_queue, self._connection_id, name, if_unused, if_empty)
 
     def purge_queue(self, name: str) -> int:
-        return run_blocking(self._store.purge_queue, self._connection_id, name)
+        return run_blocking(self._broker.purge_queue, self._connection_id, name)
 
     def bind(
         self, kind: str, destination: str, source: str, routing_key: str, arguments: Mapping[str, Any] | None
     ) -> None:
-        run_blocking(self._store.bind, self._connection_id, kind, destination, source, routing_key, arguments)
+        run_blocking(
+            self._broker.bind, self._connection_id, kind, destination, source, routing_key, arguments
+        )
 
     def unbind(
         self, kind: str, destination: str, source: str, routing_key: str, arguments: Mapping[str, Any] | None
     ) -> None:
         run_blocking(
-            self._store.unbind, self._connection_id, kind, destination, source, routing_key, arguments
+            self._broker.unbind, self._connection_id, kind, destination, source, routing_key, arguments
         )
 
     def publish(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
@@ -136,35 +139,35 @@ class SqliteChannel(TransportChannel):
         return []
 
     def qos(self, prefetch_count: int, global_: bool) -> None:
-        self._store.qos(self._connection_id, self.channel_id, prefetch_count, global_)
+        self._broker.qos(self._connection_id, self.channel_id, prefetch_count, global_)
 
     def consume(
         self, queue: str, consumer_tag: str, no_ack: bool, arguments: Mapping[str, Any] | None
     ) -> str:
         return run_blocking(
-            self._store.consume, self._connection_id, self.channel_id, queue, consumer_tag, no_ack
+            self._broker.consume, self._connection_id, self.channel_id, queue, consumer_tag, no_ack
         )
 
     def cancel(self, consumer_tag: str) -> None:
-        run_blocking(self._store.cancel, self._connection_id, self.channel_id, consumer_tag)
+        run_blocking(self._broker.cancel, self._connection_id, self.channel_id, consumer_tag)
 
     def get(self, queue: str, no_ack: bool) -> Delivery | None:
-        return run_blocking(self._store.get, self._connection_id, self.channel_id, queue, no_ack)
+        return run_blocking(self._broker.get, self._connection_id, self.channel_id, queue, no_ack)
 
     def ack(self, delivery_tag: int, multiple: bool) -> None:
         # In memory only: the DELETE is group-committed with this process's next transaction.
-        self._store.ack(self._connection_id, self.channel_id, delivery_tag, multiple)
+        self._broker.ack(self._connection_id, self.channel_id, delivery_tag, multiple)
 
     def reject(self, delivery_tag: int, requeue: bool, multiple: bool = False) -> None:
         run_blocking(
-            self._store.reject, self._connection_id, self.channel_id, delivery_tag, requeue, multiple
+            self._broker.reject, self._connection_id, self.channel_id, delivery_tag, requeue, multiple
         )
 
     def recover(self, requeue: bool) -> None:
-        run_blocking(self._store.recover, self._connection_id, self.channel_id, requeue)
+        run_blocking(self._broker.recover, self._connection_id, self.channel_id, requeue)
 
     def close(self) -> None:
-        run_blocking(self._store.close_channel, self._connection_id, self.channel_id)
+        run_blocking(self._broker.close_channel, self._connection_id, self.channel_id)
 
 
 def database_path(url: URL) -> str:
@@ -241,7 +244,7 @@ class SqliteTransport(Transport):
         store = store_for(self.path, self.store_options)
         run_blocking(store.attach)
         try:
-            self._connection_id = run_blocking(store.connect, self._signal)
+            self._connection_id = run_blocking(store.session.connect, self._signal)
         except BaseException:
             run_blocking(store.detach)
             raise
@@ -252,7 +255,7 @@ class SqliteTransport(Transport):
         if store is None:
             return
         try:
-            run_blocking(store.disconnect, self._connection_id)
+            run_blocking(store.session.disconnect, self._connection_id)
         finally:
             run_blocking(store.detach)
 
@@ -266,17 +269,17 @@ class SqliteTransport(Transport):
             while True:
                 # fill (in a worker thread) then take (here, with no suspension point between take and
                 # return): a drain cancelled during fill leaves its claims in the outbox for the next.
-                cancelled = store.take_cancelled(self._connection_id)
+                cancelled = store.session.take_cancelled(self._connection_id)
                 if cancelled is not None:
                     raise queue_deleted(*cancelled)
-                deliveries = store.take(self._connection_id)
+                deliveries = store.session.take(self._connection_id)
                 if not deliveries:
-                    run_blocking(store.fill, self._connection_id)
-                    deliveries = store.take(self._connection_id)
+                    run_blocking(store.session.fill, self._connection_id)
+                    deliveries = store.session.take(self._connection_id)
                 if deliveries:
                     return deliveries
                 self._signal.clear()
-                wait = run_blocking(store.prepare_wait, self._connection_id)
+                wait = run_blocking(store.session.prepare_wait, self._connection_id)
                 remaining = None if deadline is None else deadline - monotonic()
                 if remaining is not None and remaining <= 0 and wait != 0.0:
                     raise TimeoutError("no message arrived within the timeout")
@@ -287,7 +290,7 @@ class SqliteTransport(Transport):
                 if self._store is None:
                     raise OperationalError("the sqlite:// connection was closed while draining")
         finally:
-            store.end_wait(self._connection_id)
+            store.session.end_wait(self._connection_id)
 
     def commit(self, ticket: int) -> None:
         """Return once the publishes up to ``ticket`` (see ``SqliteStore.send``) are committed.
@@ -316,7 +319,7 @@ class SqliteTransport(Transport):
         store.raise_refused()
 
     def queue_stats(self) -> list[tuple[str, int, int, int]]:
-        return run_blocking(self.store.queue_stats)
+        return run_blocking(self.store.session.queue_stats)
 
     def list_bindings(self) -> list[tuple[str, str, str, str, dict[str, Any]]]:
-        return run_blocking(self.store.bindings)
+        return run_blocking(self.store.session.bindings)

@@ -1,46 +1,33 @@
-"""The operations of the sqlite store, each run inside one write transaction (:class:`Tx`).
+"""The message operations of the sqlite store, each run inside one write transaction (:class:`Tx`).
 
-These functions hold the broker rules as they apply to rows: routing (through the topology snapshot and
-:mod:`kelp.routing`), queue limits, TTL, dead-lettering (through :func:`kelp._broker.queue_args.dead_letter`),
-exclusive and auto-delete queues. They keep no state of their own; the store decides when they run.
+:class:`Tx` itself (the topology snapshot it sees, the rows it inserts, the ready counts), storing rows,
+publishing (routing through the topology snapshot and :mod:`kelp.routing`, queue limits, TTL), claiming,
+getting and rejecting. Declarations live in :mod:`._declare`, dead-lettering in :mod:`._dead_letter`,
+rows written from outside kelp in :mod:`._repair`. They keep no state of their own; the store decides
+when they run.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from kelp._broker.malformed import Malformed, as_text, malformed_tables, report_dropped
 from kelp._broker.queue_args import (
     QueueArgs,
-    binding_destination,
-    check_exchange_redeclare,
-    check_name,
-    check_queue_redeclare,
-    dead_letter,
     expiration_ms,
-    generated_queue_name,
     tag,
 )
-from kelp._broker.sqlite._codec import decode, encode
+from kelp._broker.sqlite import _dead_letter, _declare
+from kelp._broker.sqlite._codec import encode
 from kelp._broker.sqlite._schema import TOMBSTONE_OWNER
-from kelp._broker.sqlite._topology import LOG_KEEP, QueueDef, Topology, binding_key, refresh_topology
-from kelp._envelope import Envelope, QueueInfo
-from kelp.exceptions import (
-    AccessRefused,
-    NotFound,
-    PreconditionFailed,
-    ResourceLocked,
-    UsageError,
-)
-from kelp.routing import BindingTable, validate_exchange_type
+from kelp._broker.sqlite._topology import LOG_KEEP, QueueDef, Topology, refresh_topology
+from kelp._envelope import Envelope
 
 if TYPE_CHECKING:
-    from kelp._broker.sqlite._store import SqliteStore
+    from kelp._broker.sqlite._state import StoreState
 
-__all__ = ["Tx", "Waker"]
+__all__ = ["Tx"]
 
 new_tag = tag
 
@@ -105,12 +92,6 @@ _RELEASE = (
 )
 
 
-class Waker(Protocol):
-    def set(self) -> None: ...
-
-    def clear(self) -> None: ...
-
-
 class Tx:
     """One write transaction: the connection, its clock, the topology it sees and what it changed."""
 
@@ -127,7 +108,7 @@ class Tx:
         "touched",
     )
 
-    def __init__(self, store: SqliteStore, db: sqlite3.Connection, now: float) -> None:
+    def __init__(self, store: StoreState, db: sqlite3.Connection, now: float) -> None:
         self.db = db
         self.now = now
         self.topo: Topology = store._topo
@@ -152,7 +133,7 @@ class Tx:
             fold_ready(self.db)
         self._load(version)
         if expired or self.topo.has_expiring_queues:
-            tick(self)
+            _declare.tick(self)
 
     def _load(self, version: int) -> None:
         if version != self.topo.version:
@@ -273,13 +254,6 @@ def nothing(tx: Tx) -> None:
     return None
 
 
-def _json(kind: str, arguments: Mapping[str, Any] | None) -> str:
-    try:
-        return json.dumps(dict(arguments or {}), separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"{kind} arguments cannot be stored: {exc}") from None
-
-
 # --- counting ------------------------------------------------------------------------------------------
 
 
@@ -295,73 +269,10 @@ def fold_ready(db: sqlite3.Connection) -> None:
     db.execute(_DROP_TOMBSTONES, (top,))  # the row at the mark keeps the ids now
 
 
-def ready_count(tx: Tx, name: str) -> int:
-    """Ready messages of the queue (see _ready_size): O(1)."""
-    return _ready_size(tx, name)[0]
-
-
-def consumer_count(tx: Tx, name: str) -> int:
-    count: int = tx.db.execute("SELECT count(*) FROM consumers WHERE queue=?", (name,)).fetchone()[0]
-    return count
-
-
-def queue_stats(tx: Tx) -> list[tuple[str, int, int, int]]:
-    db = tx.db
-    ready = dict(db.execute("SELECT queue, count FROM queue_ready"))
-    unacked = dict(db.execute("SELECT queue, count(*) FROM messages WHERE owner IS NOT NULL GROUP BY queue"))
-    consumers = dict(db.execute("SELECT queue, count(*) FROM consumers GROUP BY queue"))
-    return [
-        (name, ready.get(name, 0), unacked.get(name, 0), consumers.get(name, 0))
-        for name in tx.current().queues
-    ]
-
-
-def next_deadline(db: sqlite3.Connection) -> float:
-    """Wall-clock time of the next message expiry or queue expiry (inf: none)."""
-    due = float("inf")
-    row = db.execute(
-        "SELECT expires_at FROM messages WHERE expires_at IS NOT NULL AND owner IS NULL "
-        "ORDER BY expires_at LIMIT 1"
-    ).fetchone()
-    if row is not None:
-        due = row[0]
-    row = db.execute(
-        "SELECT min(last_used + expires_ms / 1000.0) FROM queues WHERE expires_ms IS NOT NULL "
-        "AND NOT EXISTS (SELECT 1 FROM consumers WHERE consumers.queue = queues.name)"
-    ).fetchone()
-    if row is not None and row[0] is not None:
-        due = min(due, row[0])
-    return float(due)
-
-
 # --- time ----------------------------------------------------------------------------------------------
 
 
-def tick(tx: Tx) -> None:
-    """Expire what is due: ready messages past their TTL (dead-lettered) and unused queues past x-expires."""
-    db = tx.db
-    rows = db.execute(
-        "SELECT id, queue, body, properties, headers, exchange, routing_key FROM messages "
-        "WHERE expires_at <= ? AND owner IS NULL ORDER BY queue, priority DESC, id",
-        (tx.now,),
-    ).fetchall()
-    if rows:
-        db.executemany("DELETE FROM messages WHERE id=?", [(row[0],) for row in rows])
-        for _, name, body, props, headers, exchange, routing_key in rows:
-            queue = tx.current().queues.get(name)
-            if queue is not None and queue.args.dead_letter_exchange is not None:
-                dead_letter_row(tx, queue, body, props, headers, exchange, routing_key, "expired")
-    if tx.current().has_expiring_queues:
-        expired = db.execute(
-            "SELECT name FROM queues WHERE expires_ms IS NOT NULL AND last_used + expires_ms / 1000.0 <= ? "
-            "AND NOT EXISTS (SELECT 1 FROM consumers WHERE consumers.queue = queues.name)",
-            (tx.now,),
-        ).fetchall()
-        for (name,) in expired:
-            delete_queue(tx, name)
-
-
-def _touch(tx: Tx, queue: QueueDef) -> None:
+def touch(tx: Tx, queue: QueueDef) -> None:
     if queue.args.expires is not None:
         tx.db.execute("UPDATE queues SET last_used=? WHERE name=?", (tx.now, queue.name))
         tx.next_due = min(tx.next_due, tx.now + queue.args.expires / 1000)
@@ -397,7 +308,7 @@ def _full(args: QueueArgs, count: int, size: int) -> bool:
     )
 
 
-def _ready_size(tx: Tx, name: str) -> tuple[int, int]:
+def ready_size(tx: Tx, name: str) -> tuple[int, int]:
     """Ready messages of the queue and their bytes, as the schema keeps them: O(1)."""
     tx.count_ready()
     row = tx.db.execute("SELECT count, bytes FROM queue_ready WHERE queue=?", (name,)).fetchone()
@@ -439,11 +350,11 @@ def enqueue(
         tx.db.execute(_INSERT_TIMED, (*shape, body, expires))
         tx.inserted = True
         return True
-    count, size = _ready_size(tx, name)
+    count, size = ready_size(tx, name)
     if _full(args, count + 1, size + len(envelope.body)):
         if args.overflow != "drop-head":
             if args.overflow == "reject-publish-dlx":
-                dead_letter_message(
+                _dead_letter.dead_letter_message(
                     tx,
                     queue,
                     envelope.body,
@@ -472,7 +383,7 @@ def _insert_one(tx: Tx, shape: Shape, body: bytes | bytearray, expires: float | 
 def _drop_head(tx: Tx, queue: QueueDef) -> None:
     db = tx.db
     while True:
-        count, size = _ready_size(tx, queue.name)
+        count, size = ready_size(tx, queue.name)
         if not count or not _full(queue.args, count, size):
             return
         row = db.execute(
@@ -481,434 +392,19 @@ def _drop_head(tx: Tx, queue: QueueDef) -> None:
             (queue.name,),
         ).fetchone()
         db.execute("DELETE FROM messages WHERE id=?", (row[0],))
-        dead_letter_row(tx, queue, row[1], row[2], row[3], row[4], row[5], "maxlen")
-
-
-def read_row(body: Any, props: Any, headers: Any, exchange: Any, routing_key: Any) -> tuple[Any, ...]:
-    """``(body, properties, headers)`` of a stored message; raises Malformed for a row kelp did not write
-    (see :mod:`kelp._broker.malformed`)."""
-    if type(body) is not bytes:
-        if not isinstance(body, str):
-            raise Malformed(f"the body is a {type(body).__name__}, not a BLOB")
-        body = body.encode("utf-8", "surrogatepass")
-    if type(exchange) is not str or type(routing_key) is not str:
-        raise Malformed("the exchange or routing key is not text")
-    return body, decode(props), decode(headers) if headers else {}
-
-
-def dead_letter_row(
-    tx: Tx, queue: QueueDef, body: Any, props: Any, headers: Any, exchange: Any, routing_key: Any, reason: str
-) -> None:
-    """:func:`dead_letter_message` for a message as stored; a malformed one is dead-lettered as
-    :mod:`kelp._broker.malformed` describes."""
-    if queue.args.dead_letter_exchange is None:
-        return
-    try:
-        body, properties, header_table = read_row(body, props, headers, exchange, routing_key)
-    except Malformed as exc:
-        properties, header_table = malformed_tables(str(exc), {"properties": props, "headers": headers})
-        body = _blob_of(body)
-        exchange, routing_key = as_text(exchange), as_text(routing_key)
-    dead_letter_message(tx, queue, body, properties, header_table, exchange, routing_key, reason)
-
-
-def _blob_of(value: Any) -> bytes:
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value)
-    return as_text(value).encode()
-
-
-def quarantine(tx: Tx, connection_id: int, items: Sequence[tuple[bool, str, Any, str]]) -> None:
-    """Take malformed messages out of their queues: ``(no_ack, queue, claimed row, problem)`` each.
-    Dead-lettered (reason ``rejected``) when the queue has a dead-letter exchange, else dropped with an
-    ERROR log; a row no longer held by the connection (released meanwhile) is left alone."""
-    for no_ack, name, row, problem in items:
-        message_id, _priority, body, props, headers, exchange, routing_key = row[:7]
-        if not no_ack:
-            deleted = tx.db.execute(
-                "DELETE FROM messages WHERE id=? AND owner=?", (message_id, connection_id)
-            ).rowcount
-            if not deleted:
-                continue
-        _drop_malformed(tx, name, message_id, body, problem, props, headers, exchange, routing_key)
-
-
-def _drop_malformed(
-    tx: Tx,
-    name: str,
-    message_id: int,
-    body: Any,
-    problem: str,
-    props: Any,
-    headers: Any,
-    exchange: Any,
-    routing_key: Any,
-) -> None:
-    queue = tx.current().queues.get(name)
-    if queue is None or queue.args.dead_letter_exchange is None:
-        path = tx.db.execute("PRAGMA database_list").fetchone()[2]  # the file, for the log line
-        report_dropped(path, name, message_id, problem)
-        return
-    properties, header_table = malformed_tables(problem, {"properties": props, "headers": headers})
-    dead_letter_message(
-        tx,
-        queue,
-        _blob_of(body),
-        properties,
-        header_table,
-        as_text(exchange),
-        as_text(routing_key),
-        "rejected",
-    )
-
-
-def is_undecodable_text(exc: sqlite3.Error) -> bool:
-    """True for the error sqlite3 raises reading a TEXT value that is not UTF-8."""
-    return "Could not decode to UTF-8" in str(exc)
-
-
-def repair_text(tx: Tx) -> None:
-    """Take every message whose TEXT columns are not UTF-8 (written from outside kelp) out of its queue,
-    as :func:`quarantine` does. A full scan: run only after reading such a row failed."""
-    db = tx.db
-    last = 0
-    while True:
-        db.text_factory = bytes
-        try:
-            rows = db.execute(
-                "SELECT id, queue, body, properties, headers, exchange, routing_key FROM messages "
-                "WHERE id > ? ORDER BY id LIMIT 1000",
-                (last,),
-            ).fetchall()
-        finally:
-            db.text_factory = str
-        if not rows:
-            return
-        last = rows[-1][0]
-        for message_id, name, body, props, headers, exchange, routing_key in rows:
-            texts = (name, props, headers, exchange, routing_key)
-            try:
-                for text in texts:
-                    if isinstance(text, bytes):
-                        text.decode()
-            except UnicodeDecodeError:
-                db.execute("DELETE FROM messages WHERE id=?", (message_id,))
-                _drop_malformed(
-                    tx,
-                    as_text(name),
-                    message_id,
-                    body,
-                    "stored text is not UTF-8",
-                    props,
-                    headers,
-                    exchange,
-                    routing_key,
-                )
-
-
-def dead_letter_message(
-    tx: Tx,
-    queue: QueueDef,
-    body: bytes,
-    properties: Mapping[str, Any],
-    headers: Mapping[str, Any],
-    exchange: str,
-    routing_key: str,
-    reason: str,
-) -> None:
-    """Republish a message that left ``queue`` for ``reason`` to the queue's dead-letter exchange."""
-    dlx = queue.args.dead_letter_exchange
-    if dlx is None:
-        return
-    result = dead_letter(
-        headers,
-        properties,
-        queue=queue.name,
-        reason=reason,
-        exchange=exchange,
-        routing_key=routing_key,
-        now=tx.now,
-    )
-    if result is None:
-        return  # a dead-letter cycle: RabbitMQ drops the message too
-    new_headers, new_properties = result
-    target_key = queue.args.dead_letter_routing_key or routing_key
-    topo = tx.current()
-    if dlx and dlx not in topo.exchanges:
-        return  # a missing dead-letter exchange drops the message, as in RabbitMQ
-    targets = topo.route(dlx, target_key, new_headers)
-    if not targets:
-        return
-    copy = Envelope(body, new_properties, new_headers, dlx, target_key)
-    props, head = encode(new_properties), encode(new_headers)
-    persistent = new_properties.get("delivery_mode") == 2
-    for name in targets:
-        enqueue(tx, name, copy, props, head, persistent, None, tx.now)
+        _dead_letter.dead_letter_row(tx, queue, row[1], row[2], row[3], row[4], row[5], "maxlen")
 
 
 # --- exchanges -----------------------------------------------------------------------------------------
 
 
-def declare_exchange(
-    tx: Tx,
-    name: str,
-    type_: str,
-    durable: bool,
-    auto_delete: bool,
-    internal: bool,
-    arguments: Mapping[str, Any] | None,
-    passive: bool,
-) -> None:
-    existing = tx.current().exchanges.get(name)
-    if passive:
-        if existing is None:
-            raise NotFound(f"no exchange '{name}' in vhost '/'")
-        return
-    check_name("exchange", name, passive)
-    if existing is not None:
-        check_exchange_redeclare(
-            name,
-            (existing.type, existing.durable, existing.auto_delete, existing.internal, existing.arguments),
-            (type_, durable, auto_delete, internal, arguments),
-        )
-        return
-    validate_exchange_type(type_)
-    tx.db.execute(
-        "INSERT INTO exchanges VALUES (?, ?, ?, ?, ?, ?)",
-        (name, type_, int(durable), int(auto_delete), int(internal), _json("exchange", arguments)),
-    )
-    tx.bump("exchange", name)
-
-
-def delete_exchange(tx: Tx, name: str, if_unused: bool) -> None:
-    if not name or name.startswith("amq."):
-        raise AccessRefused(f"operation not permitted on the default or 'amq.*' exchange '{name}'")
-    exchange = tx.current().exchanges.get(name)
-    if exchange is None:
-        return
-    if if_unused and len(exchange.table):
-        raise PreconditionFailed(f"exchange '{name}' in use")
-    _drop_exchange(tx, name)
-
-
-def _drop_exchange(tx: Tx, name: str) -> None:
-    db = tx.db
-    db.execute("DELETE FROM exchanges WHERE name=?", (name,))
-    db.execute("DELETE FROM bindings WHERE source=?", (name,))
-    db.execute("DELETE FROM bindings WHERE kind='exchange' AND destination=?", (name,))
-    tx.bump("exchange", name)
-
-
-def _maybe_auto_delete_exchange(tx: Tx, name: str) -> None:
-    row = tx.db.execute("SELECT auto_delete FROM exchanges WHERE name=?", (name,)).fetchone()
-    if row is None or not row[0]:
-        return
-    if tx.db.execute("SELECT 1 FROM bindings WHERE source=? LIMIT 1", (name,)).fetchone() is None:
-        _drop_exchange(tx, name)
-
-
 # --- queues --------------------------------------------------------------------------------------------
-
-
-def queue_for(tx: Tx, name: str, connection_id: int) -> QueueDef:
-    queue = tx.current().queues.get(name)
-    if queue is None:
-        raise NotFound(f"no queue '{name}' in vhost '/'")
-    _check_exclusive(queue, connection_id)
-    return queue
-
-
-def _check_exclusive(queue: QueueDef, connection_id: int) -> None:
-    if queue.exclusive_owner is not None and queue.exclusive_owner != connection_id:
-        raise ResourceLocked(
-            f"cannot obtain exclusive access to locked queue '{queue.name}': it belongs to another connection"
-        )
-
-
-def declare_queue(
-    tx: Tx,
-    connection_id: int,
-    name: str,
-    durable: bool,
-    exclusive: bool,
-    auto_delete: bool,
-    arguments: Mapping[str, Any] | None,
-    passive: bool,
-) -> QueueInfo:
-    if passive:
-        queue = queue_for(tx, name, connection_id)
-        return QueueInfo(queue.name, ready_count(tx, name), consumer_count(tx, name))
-    if name:
-        check_name("queue", name, passive)
-    existing = tx.current().queues.get(name) if name else None
-    if existing is not None:
-        _check_exclusive(existing, connection_id)
-        check_queue_redeclare(
-            name,
-            (
-                existing.durable,
-                existing.exclusive_owner is not None,
-                existing.auto_delete,
-                existing.arguments,
-            ),
-            (durable, exclusive, auto_delete, arguments),
-        )
-        _touch(tx, existing)
-        return QueueInfo(name, ready_count(tx, name), consumer_count(tx, name))
-    args = QueueArgs.parse(arguments)
-    name = name or generated_queue_name()
-    tx.db.execute(
-        "INSERT INTO queues (name, durable, exclusive_owner, auto_delete, arguments, expires_ms, last_used) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (
-            name,
-            int(durable),
-            connection_id if exclusive else None,
-            int(auto_delete),
-            _json("queue", arguments),
-            args.expires,
-            tx.now,
-        ),
-    )
-    if args.expires is not None:
-        tx.next_due = min(tx.next_due, tx.now + args.expires / 1000)
-    tx.bump("queue", name)
-    return QueueInfo(name, 0, 0)
-
-
-def delete_queue_checked(tx: Tx, connection_id: int, name: str, if_unused: bool, if_empty: bool) -> int:
-    queue = tx.current().queues.get(name)
-    if queue is None:
-        return 0
-    _check_exclusive(queue, connection_id)
-    if if_unused and consumer_count(tx, name):
-        raise PreconditionFailed(f"queue '{name}' in use")
-    if if_empty and ready_count(tx, name):
-        raise PreconditionFailed(f"queue '{name}' not empty")
-    return delete_queue(tx, name)
-
-
-def delete_queue(tx: Tx, name: str) -> int:
-    """Delete the queue, its messages (ready and unacked), bindings and consumers; return the ready count."""
-    db = tx.db
-    count = ready_count(tx, name)
-    # Ready messages through the claim index, claimed ones through the owner index.
-    db.execute("DELETE FROM messages WHERE queue=? AND owner IS NULL", (name,))
-    db.execute("DELETE FROM messages WHERE owner IS NOT NULL AND queue=?", (name,))
-    db.execute("DELETE FROM queues WHERE name=?", (name,))
-    db.execute("DELETE FROM consumers WHERE queue=?", (name,))
-    sources = [
-        source
-        for (source,) in db.execute(
-            "SELECT DISTINCT source FROM bindings WHERE kind='queue' AND destination=?", (name,)
-        ).fetchall()
-    ]
-    db.execute("DELETE FROM bindings WHERE kind='queue' AND destination=?", (name,))
-    tx.bump("queue", name)
-    tx.deleted_queues.add(name)
-    for source in sources:
-        _maybe_auto_delete_exchange(tx, source)
-    return count
-
-
-def purge_queue(tx: Tx, connection_id: int, name: str) -> int:
-    queue_for(tx, name, connection_id)
-    count: int = tx.db.execute("DELETE FROM messages WHERE queue=? AND owner IS NULL", (name,)).rowcount
-    return count
-
-
-def _maybe_auto_delete_queue(tx: Tx, name: str) -> None:
-    row = tx.db.execute("SELECT auto_delete, had_consumer FROM queues WHERE name=?", (name,)).fetchone()
-    if row is not None and row[0] and row[1] and not consumer_count(tx, name):
-        delete_queue(tx, name)
 
 
 # --- bindings ------------------------------------------------------------------------------------------
 
 
-def bind(
-    tx: Tx,
-    connection_id: int,
-    kind: str,
-    destination: str,
-    source: str,
-    routing_key: str,
-    arguments: Mapping[str, Any] | None,
-) -> None:
-    if not source:
-        raise AccessRefused("operation not permitted on the default exchange")
-    topo = tx.current()
-    exchange = topo.exchanges.get(source)
-    if exchange is None:
-        raise NotFound(f"no exchange '{source}' in vhost '/'")
-    target = binding_destination(kind, destination)
-    if kind == "queue":
-        queue_for(tx, destination, connection_id)
-    elif destination not in topo.exchanges:
-        raise NotFound(f"no exchange '{destination}' in vhost '/'")
-    # Validate as the routing table would (a bad x-match raises ValueError), before storing anything.
-    BindingTable(exchange.type).add(target, routing_key, dict(arguments or {}))
-    stored = binding_key(arguments)
-    added = tx.db.execute(
-        "INSERT OR IGNORE INTO bindings VALUES (?, ?, ?, ?, ?)",
-        (source, kind, destination, routing_key, stored),
-    ).rowcount
-    if added:
-        tx.bump("binding", source, (kind, destination, routing_key, stored))
-
-
-def unbind(
-    tx: Tx,
-    connection_id: int,
-    kind: str,
-    destination: str,
-    source: str,
-    routing_key: str,
-    arguments: Mapping[str, Any] | None,
-) -> None:
-    if not source:
-        raise AccessRefused("operation not permitted on the default exchange")
-    binding_destination(kind, destination)
-    if kind == "queue":
-        queue_for(tx, destination, connection_id)
-    if source not in tx.current().exchanges:
-        return
-    stored = binding_key(arguments)
-    removed = tx.db.execute(
-        "DELETE FROM bindings WHERE source=? AND kind=? AND destination=? AND routing_key=? AND arguments=?",
-        (source, kind, destination, routing_key, stored),
-    ).rowcount
-    if removed:
-        tx.bump("binding", source, (kind, destination, routing_key, stored))
-        _maybe_auto_delete_exchange(tx, source)
-
-
 # --- consumers and deliveries --------------------------------------------------------------------------
-
-
-def consume(tx: Tx, connection_id: int, channel_id: int, name: str, consumer_tag: str) -> None:
-    queue = queue_for(tx, name, connection_id)
-    tx.db.execute(
-        "INSERT OR REPLACE INTO consumers VALUES (?, ?, ?, ?)",
-        (connection_id, channel_id, consumer_tag, name),
-    )
-    tx.db.execute("UPDATE queues SET had_consumer=1, last_used=? WHERE name=?", (tx.now, name))
-    tx.touched.add(queue.name)
-
-
-def cancel_consumer(tx: Tx, connection_id: int, channel_id: int, consumer_tag: str) -> None:
-    row = tx.db.execute(
-        "DELETE FROM consumers WHERE connection=? AND channel=? AND tag=? RETURNING queue",
-        (connection_id, channel_id, consumer_tag),
-    ).fetchone()
-    if row is None:
-        return
-    name = row[0]
-    tx.db.execute("UPDATE queues SET last_used=? WHERE name=?", (tx.now, name))
-    _maybe_auto_delete_queue(tx, name)
-    queue = tx.current().queues.get(name)
-    if queue is not None and queue.args.expires is not None:
-        tx.next_due = min(tx.next_due, tx.now + queue.args.expires / 1000)
 
 
 def claim_rows(tx: Tx, connection_id: int, name: str, limit: int, no_ack: bool) -> list[Any]:
@@ -923,7 +419,7 @@ def claim_rows(tx: Tx, connection_id: int, name: str, limit: int, no_ack: bool) 
     return rows
 
 
-def claim(tx: Tx, connection_id: int, plan: list[Any], limit: int) -> list[tuple[Any, Any, list[Any]]]:
+def claim(tx: Tx, connection_id: int, plan: Sequence[Any], limit: int) -> list[tuple[Any, Any, list[Any]]]:
     """Claim rows for each consumer of the plan ``(channel, [(consumer, room)], channel_room)``."""
     out: list[tuple[Any, Any, list[Any]]] = []
     total = 0
@@ -941,17 +437,17 @@ def claim(tx: Tx, connection_id: int, plan: list[Any], limit: int) -> list[tuple
                 out.append((channel, consumer, rows))
                 total += len(rows)
                 channel_room -= len(rows)
-                _touch(tx, queue)
+                touch(tx, queue)
     return out
 
 
 def get(tx: Tx, connection_id: int, name: str, no_ack: bool) -> tuple[Any, int] | None:
-    queue = queue_for(tx, name, connection_id)
-    _touch(tx, queue)
+    queue = _declare.queue_for(tx, name, connection_id)
+    touch(tx, queue)
     rows = claim_rows(tx, connection_id, name, 1, no_ack)
     if not rows:
         return None
-    return rows[0], ready_count(tx, name)
+    return rows[0], _declare.ready_count(tx, name)
 
 
 def reject(tx: Tx, connection_id: int, items: list[tuple[int, str]], requeue: bool) -> None:
@@ -971,43 +467,4 @@ def reject(tx: Tx, connection_id: int, items: list[tuple[int, str]], requeue: bo
         ).fetchone()
         queue = tx.current().queues.get(name)
         if row is not None and queue is not None and queue.args.dead_letter_exchange is not None:
-            dead_letter_row(tx, queue, row[0], row[1], row[2], row[3], row[4], "rejected")
-
-
-def drop_connection(tx: Tx, connection_id: int) -> None:
-    """A connection ends (closed, or its process died): release its messages, cancel its consumers,
-    delete its exclusive queues."""
-    db = tx.db
-    released = db.execute(
-        "UPDATE messages SET owner=NULL, redelivered=1 WHERE owner=? RETURNING queue", (connection_id,)
-    ).fetchall()
-    tx.touched.update(name for (name,) in released)
-    for channel_id, consumer_tag in db.execute(
-        "SELECT channel, tag FROM consumers WHERE connection=?", (connection_id,)
-    ).fetchall():
-        cancel_consumer(tx, connection_id, channel_id, consumer_tag)
-    for (name,) in db.execute("SELECT name FROM queues WHERE exclusive_owner=?", (connection_id,)).fetchall():
-        delete_queue(tx, name)
-    db.execute("DELETE FROM connections WHERE id=?", (connection_id,))
-
-
-def recover(tx: Tx) -> None:
-    """Broker restart: nobody else has the file open. Non-durable and exclusive queues, non-durable
-    exchanges and transient messages go; every claimed message is released, flagged redelivered."""
-    db = tx.db
-    db.execute("DELETE FROM consumers")
-    db.execute("DELETE FROM connections")
-    db.execute("DELETE FROM processes")
-    for (name,) in db.execute(
-        "SELECT name FROM queues WHERE durable=0 OR exclusive_owner IS NOT NULL"
-    ).fetchall():
-        delete_queue(tx, name)
-    for (name,) in db.execute("SELECT name FROM exchanges WHERE durable=0").fetchall():
-        _drop_exchange(tx, name)
-    db.execute("DELETE FROM messages WHERE persistent=0")
-    db.execute(
-        "UPDATE messages SET owner=NULL, redelivered=1, claimed_at=NULL "
-        "WHERE owner IS NOT NULL AND owner != ?",
-        (TOMBSTONE_OWNER,),
-    )
-    tx.bump()
+            _dead_letter.dead_letter_row(tx, queue, row[0], row[1], row[2], row[3], row[4], "rejected")

@@ -80,6 +80,7 @@ from kelp.exceptions import (
     UsageError,
     channel_error_for,
 )
+from kelp.routing import EXCHANGE_TYPES, PassThroughTypes
 from kelp.url import URL
 
 __all__ = ["AmqpChannel", "AmqpTransport"]
@@ -514,7 +515,10 @@ class AmqpTransport(Transport):
 
     driver_type: ClassVar[str] = "amqp"
     driver_name: ClassVar[str] = "kelp.amqp"
-    implements: ClassVar[Implements] = DEFAULT_IMPLEMENTS.extend(heartbeats=True)
+    # RabbitMQ routes: a type kelp does not know (a plugin's x-...) is passed through for the node to judge.
+    implements: ClassVar[Implements] = DEFAULT_IMPLEMENTS.extend(
+        heartbeats=True, exchange_type=PassThroughTypes(EXCHANGE_TYPES)
+    )
 
     def driver_version(self) -> str:
         return kelp_version()

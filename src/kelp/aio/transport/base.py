@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 from kelp._envelope import PROPERTY_NAMES, Delivery, Envelope, QueueInfo
 from kelp.exceptions import ChannelError, ConsumerCancelled, InvalidURL, OperationalError
+from kelp.routing import EXCHANGE_TYPES
 from kelp.url import URL
 
 # The plain data that crosses this interface is public here, for transports and hosts outside kelp.
@@ -178,7 +179,7 @@ def kelp_version() -> str:
 DEFAULT_IMPLEMENTS = Implements(
     asynchronous=True,
     batch_publish=True,
-    exchange_type=frozenset({"direct", "topic", "fanout", "headers"}),
+    exchange_type=EXCHANGE_TYPES,  # kelp routes these itself (kelp.routing.MATCHERS)
     heartbeats=False,
 )
 

@@ -64,7 +64,8 @@ class SqliteChannel(TransportChannel):
         self._transport = transport
         self._store = store
         self._connection_id = connection_id
-        self.channel_id = store.open_channel(connection_id)
+        self._broker = store.session
+        self.channel_id = self._broker.open_channel(connection_id)
 
     async def declare_exchange(
         self,
@@ -77,11 +78,11 @@ class SqliteChannel(TransportChannel):
         passive: bool,
     ) -> None:
         await run_blocking(
-            self._store.declare_exchange, name, type, durable, auto_delete, internal, arguments, passive
+            self._broker.declare_exchange, name, type, durable, auto_delete, internal, arguments, passive
         )
 
     async def delete_exchange(self, name: str, if_unused: bool) -> None:
-        await run_blocking(self._store.delete_exchange, name, if_unused)
+        await run_blocking(self._broker.delete_exchange, name, if_unused)
 
     async def declare_queue(
         self,
@@ -93,7 +94,7 @@ class SqliteChannel(TransportChannel):
         passive: bool,
     ) -> QueueInfo:
         return await run_blocking(
-            self._store.declare_queue,
+            self._broker.declare_queue,
             self._connection_id,
             name,
             durable,
@@ -104,23 +105,23 @@ class SqliteChannel(TransportChannel):
         )
 
     async def delete_queue(self, name: str, if_unused: bool, if_empty: bool) -> int:
-        return await run_blocking(self._store.delete_queue, self._connection_id, name, if_unused, if_empty)
+        return await run_blocking(self._broker.delete_queue, self._connection_id, name, if_unused, if_empty)
 
     async def purge_queue(self, name: str) -> int:
-        return await run_blocking(self._store.purge_queue, self._connection_id, name)
+        return await run_blocking(self._broker.purge_queue, self._connection_id, name)
 
     async def bind(
         self, kind: str, destination: str, source: str, routing_key: str, arguments: Mapping[str, Any] | None
     ) -> None:
         await run_blocking(
-            self._store.bind, self._connection_id, kind, destination, source, routing_key, arguments
+            self._broker.bind, self._connection_id, kind, destination, source, routing_key, arguments
         )
 
     async def unbind(
         self, kind: str, destination: str, source: str, routing_key: str, arguments: Mapping[str, Any] | None
     ) -> None:
         await run_blocking(
-            self._store.unbind, self._connection_id, kind, destination, source, routing_key, arguments
+            self._broker.unbind, self._connection_id, kind, destination, source, routing_key, arguments
         )
 
     async def publish(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
@@ -138,35 +139,35 @@ class SqliteChannel(TransportChannel):
         return []
 
     async def qos(self, prefetch_count: int, global_: bool) -> None:
-        self._store.qos(self._connection_id, self.channel_id, prefetch_count, global_)
+        self._broker.qos(self._connection_id, self.channel_id, prefetch_count, global_)
 
     async def consume(
         self, queue: str, consumer_tag: str, no_ack: bool, arguments: Mapping[str, Any] | None
     ) -> str:
         return await run_blocking(
-            self._store.consume, self._connection_id, self.channel_id, queue, consumer_tag, no_ack
+            self._broker.consume, self._connection_id, self.channel_id, queue, consumer_tag, no_ack
         )
 
     async def cancel(self, consumer_tag: str) -> None:
-        await run_blocking(self._store.cancel, self._connection_id, self.channel_id, consumer_tag)
+        await run_blocking(self._broker.cancel, self._connection_id, self.channel_id, consumer_tag)
 
     async def get(self, queue: str, no_ack: bool) -> Delivery | None:
-        return await run_blocking(self._store.get, self._connection_id, self.channel_id, queue, no_ack)
+        return await run_blocking(self._broker.get, self._connection_id, self.channel_id, queue, no_ack)
 
     async def ack(self, delivery_tag: int, multiple: bool) -> None:
         # In memory only: the DELETE is group-committed with this process's next transaction.
-        self._store.ack(self._connection_id, self.channel_id, delivery_tag, multiple)
+        self._broker.ack(self._connection_id, self.channel_id, delivery_tag, multiple)
 
     async def reject(self, delivery_tag: int, requeue: bool, multiple: bool = False) -> None:
         await run_blocking(
-            self._store.reject, self._connection_id, self.channel_id, delivery_tag, requeue, multiple
+            self._broker.reject, self._connection_id, self.channel_id, delivery_tag, requeue, multiple
         )
 
     async def recover(self, requeue: bool) -> None:
-        await run_blocking(self._store.recover, self._connection_id, self.channel_id, requeue)
+        await run_blocking(self._broker.recover, self._connection_id, self.channel_id, requeue)
 
     async def close(self) -> None:
-        await run_blocking(self._store.close_channel, self._connection_id, self.channel_id)
+        await run_blocking(self._broker.close_channel, self._connection_id, self.channel_id)
 
 
 def database_path(url: URL) -> str:
@@ -243,7 +244,7 @@ class SqliteTransport(Transport):
         store = store_for(self.path, self.store_options)
         await run_blocking(store.attach)
         try:
-            self._connection_id = await run_blocking(store.connect, self._signal)
+            self._connection_id = await run_blocking(store.session.connect, self._signal)
         except BaseException:
             await run_blocking(store.detach)
             raise
@@ -254,7 +255,7 @@ class SqliteTransport(Transport):
         if store is None:
             return
         try:
-            await run_blocking(store.disconnect, self._connection_id)
+            await run_blocking(store.session.disconnect, self._connection_id)
         finally:
             await run_blocking(store.detach)
 
@@ -268,17 +269,17 @@ class SqliteTransport(Transport):
             while True:
                 # fill (in a worker thread) then take (here, with no suspension point between take and
                 # return): a drain cancelled during fill leaves its claims in the outbox for the next.
-                cancelled = store.take_cancelled(self._connection_id)
+                cancelled = store.session.take_cancelled(self._connection_id)
                 if cancelled is not None:
                     raise queue_deleted(*cancelled)
-                deliveries = store.take(self._connection_id)
+                deliveries = store.session.take(self._connection_id)
                 if not deliveries:
-                    await run_blocking(store.fill, self._connection_id)
-                    deliveries = store.take(self._connection_id)
+                    await run_blocking(store.session.fill, self._connection_id)
+                    deliveries = store.session.take(self._connection_id)
                 if deliveries:
                     return deliveries
                 self._signal.clear()
-                wait = await run_blocking(store.prepare_wait, self._connection_id)
+                wait = await run_blocking(store.session.prepare_wait, self._connection_id)
                 remaining = None if deadline is None else deadline - monotonic()
                 if remaining is not None and remaining <= 0 and wait != 0.0:
                     raise TimeoutError("no message arrived within the timeout")
@@ -289,7 +290,7 @@ class SqliteTransport(Transport):
                 if self._store is None:
                     raise OperationalError("the sqlite:// connection was closed while draining")
         finally:
-            store.end_wait(self._connection_id)
+            store.session.end_wait(self._connection_id)
 
     async def commit(self, ticket: int) -> None:
         """Return once the publishes up to ``ticket`` (see ``SqliteStore.send``) are committed.
@@ -318,7 +319,7 @@ class SqliteTransport(Transport):
         store.raise_refused()
 
     async def queue_stats(self) -> list[tuple[str, int, int, int]]:
-        return await run_blocking(self.store.queue_stats)
+        return await run_blocking(self.store.session.queue_stats)
 
     async def list_bindings(self) -> list[tuple[str, str, str, str, dict[str, Any]]]:
-        return await run_blocking(self.store.bindings)
+        return await run_blocking(self.store.session.bindings)
