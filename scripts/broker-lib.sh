@@ -1,4 +1,4 @@
-# Helpers shared by scripts/rabbitmq.sh and scripts/redis.sh (sourced; each defines log() first).
+# Helpers shared by scripts/rabbitmq.sh, scripts/redis.sh and scripts/postgres.sh (sourced; each defines log() first).
 
 # A TCP port free on 127.0.0.1 right now.
 free_port() {
@@ -18,8 +18,15 @@ ensure_installed() {
     if command -v "$command" >/dev/null 2>&1; then
         return
     fi
+    apt_install "$hint" "$@"
+}
+
+# apt_install HINT PACKAGE...: install the Debian packages; without apt-get, say HINT and exit.
+apt_install() {
+    local hint=$1
+    shift
     if ! command -v apt-get >/dev/null 2>&1; then
-        log "$command is not installed and apt-get is not available: $hint"
+        log "$* not installed and apt-get is not available: $hint"
         exit 1
     fi
     log "installing $* (apt-get)"

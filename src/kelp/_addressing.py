@@ -40,6 +40,8 @@ TRANSPORTS: Mapping[str, tuple[str, str]] = {
     "amqps": ("kelp.transport.amqp", "AmqpTransport"),
     "redis": ("kelp.transport.redis", "RedisTransport"),
     "rediss": ("kelp.transport.redis", "RedisTransport"),
+    "postgresql": ("kelp.transport.postgres", "PostgresTransport"),
+    "postgres": ("kelp.transport.postgres", "PostgresTransport"),
 }
 #: Schemes kelp knows but whose transport is not in this build yet.
 PLANNED: frozenset[str] = frozenset()

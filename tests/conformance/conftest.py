@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -56,11 +57,19 @@ def _redis(tmp_path: Path) -> str:
     return f"{url}{separator}prefix={_hex()}"
 
 
+def _postgres(tmp_path: Path) -> str:
+    # One shared cluster; each test gets a schema of its own (an isolated broker).
+    url = _from_env("KELP_TEST_POSTGRES_URL")
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}schema=kelp_{_hex()}"
+
+
 URL_FACTORIES: dict[str, Callable[[Path], str]] = {
     "memory": _memory,
     "sqlite": _sqlite,
     "amqp": _amqp,
     "redis": _redis,
+    "postgres": _postgres,
 }
 
 
@@ -70,6 +79,7 @@ CAPABILITIES: dict[str, Capabilities] = {
     "redis": Capabilities("redis", refusal_raises=False),  # pipelined: the next publish/flush raises
     # amqp: TTL tiers of 1/8 s steps (docs/concepts.md), coarser than the brokers kelp runs itself.
     "amqp": Capabilities("amqp", refusal_raises=False, shared_server=True, delay_slack=1.0, delay_step=0.5),
+    "postgres": Capabilities("postgres"),
 }
 
 
@@ -79,6 +89,8 @@ NOT_CLAIMED: dict[str, tuple[str, ...]] = {
     # RabbitMQ refuses or rewrites a malformed x-death itself; it keeps no index of the delayed messages
     # it holds (no cancel, no count), and a message's own TTL would cut short its wait in a TTL tier.
     "amqp": ("x_death_kept_aside", "cancel_delayed", "count_delayed", "delayed_expiration"),
+    # postgresql:// does not hold delayed messages yet (it refuses them with UsageError).
+    "postgres": ("delayed", "cancel_delayed", "count_delayed", "delayed_expiration"),
 }
 
 
@@ -87,8 +99,17 @@ def _restart_sqlite() -> None:
     its connections when it calls this, and reads what survived from a fresh process."""
 
 
+def _restart_postgres() -> None:
+    """A clean restart of the private cluster scripts/postgres.sh started for this run."""
+    directory = os.environ.get("KELP_TEST_POSTGRES_DIR")
+    if not directory:
+        pytest.skip("KELP_TEST_POSTGRES_DIR is not set: the cluster is not this run's to restart")
+    script = Path(__file__).resolve().parents[2] / "scripts" / "postgres.sh"
+    subprocess.run([str(script), "restart", directory], check=True, stdout=subprocess.DEVNULL, timeout=120)
+
+
 #: Transports whose restart the kit may run here (the shared RabbitMQ must never be restarted).
-RESTARTS: dict[str, Callable[[], None]] = {"sqlite": _restart_sqlite}
+RESTARTS: dict[str, Callable[[], None]] = {"sqlite": _restart_sqlite, "postgres": _restart_postgres}
 
 
 def _transports() -> list[str]:

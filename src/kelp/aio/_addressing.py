@@ -39,6 +39,8 @@ TRANSPORTS: Mapping[str, tuple[str, str]] = {
     "amqps": ("kelp.aio.transport.amqp", "AmqpTransport"),
     "redis": ("kelp.aio.transport.redis", "RedisTransport"),
     "rediss": ("kelp.aio.transport.redis", "RedisTransport"),
+    "postgresql": ("kelp.aio.transport.postgres", "PostgresTransport"),
+    "postgres": ("kelp.aio.transport.postgres", "PostgresTransport"),
 }
 #: Schemes kelp knows but whose transport is not in this build yet.
 PLANNED: frozenset[str] = frozenset()

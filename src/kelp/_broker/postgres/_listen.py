@@ -1,0 +1,190 @@
+"""The listening half of a ``postgresql://`` store: one thread per store per process that turns NOTIFYs
+into wake-ups, lets go of dead owners, and keeps the claim floors.
+
+Announcements on the store's channel: ``r:<id>:<queue>`` (copies became ready in the queue, the lowest
+id ``<id>``), ``d:<queue>`` (the queue was deleted), ``s`` (stop listening: this process is done).
+
+Floors. Per queue without priorities the process keeps an id below which it knows no ready copy; a claim
+starts there rather than at the queue's head. At the head, the index holds the entries of copies already
+taken, which VACUUM cannot remove while some session's transaction is open: every claim would step over
+them. Every copy that becomes ready is announced with its id, which lowers the floor; while not listening
+there are no floors. The one copy an announcement misses - published by a statement that began before the
+queue's first consumer registered, and committed after a claim passed its id - is found by a check each
+second.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import psycopg
+from psycopg import Connection, sql
+
+from kelp._broker.postgres._topology import TopologyOps
+from kelp.exceptions import KelpError, OperationalError
+
+__all__ = ["READY", "REAP_INTERVAL", "Listening"]
+
+#: How often (seconds) a process looks for owners whose database session ended.
+REAP_INTERVAL = 1.0
+READY = "owner IS NULL AND (expires_at IS NULL OR expires_at > {now})"
+
+
+class Listening(TopologyOps):
+    def __init__(self, conninfo: str, schema: str, flush_publishes: bool) -> None:
+        super().__init__(conninfo, schema, flush_publishes)
+        self.listener: Any = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._listening = threading.Event()
+        self._floors: dict[str, list[int]] = {}  # queue -> [floor, times lowered]
+        self._heard = False
+
+    def start_listening(self) -> None:
+        with self._guard:
+            if self._thread is not None:
+                return
+            self._stop.clear()
+            self._listening.clear()
+            self._thread = threading.Thread(target=self._listen, name=f"kelp-pg-{self.name}", daemon=True)
+            self._thread.start()
+        self._listening.wait(10)
+
+    def stop_listening(self) -> None:
+        with self._guard:
+            thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._stop.set()
+        try:
+            with self.cursor() as cur:
+                cur.execute("SELECT pg_notify(%s, 's')", (self.channel,))
+        except OperationalError:
+            pass  # the thread stops within REAP_INTERVAL anyway
+        thread.join(5)
+
+    def _listen(self) -> None:
+        conn: Connection[Any] | None = None
+        next_tick = 0.0
+        while not self._stop.is_set():
+            try:
+                if conn is None:
+                    conn = psycopg.connect(self.conninfo, autocommit=True)
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+                    self._heard = True
+                    self._listening.set()
+                    if self.listener is not None:
+                        self.listener.wake_all()  # what was announced while not listening
+                for note in conn.notifies(timeout=REAP_INTERVAL):
+                    self._notified(note.payload)
+                    if self._stop.is_set():
+                        break
+                if time.monotonic() >= next_tick and not self._stop.is_set():
+                    next_tick = time.monotonic() + REAP_INTERVAL
+                    self.reap()
+                    self._check_floors()
+            except (psycopg.Error, KelpError):  # the server went away, or the schema: try again
+                self._forget_floors()
+                if conn is not None:
+                    conn.close()
+                conn = None
+                self._stop.wait(0.2)
+        self._forget_floors()
+        if conn is not None:
+            conn.close()
+        self._listening.set()
+
+    def _notified(self, payload: str) -> None:
+        kind, _, rest = payload.partition(":")
+        if kind == "r":
+            row_id, _, queue = rest.partition(":")
+            self.lower_floor(queue, int(row_id))
+            if self.listener is not None:
+                self.listener.wake((queue,))
+        elif kind == "d":
+            with self._guard:
+                self._floors.pop(rest, None)
+            if self.listener is not None:
+                self.listener.queues_deleted({rest})
+
+    # --- owners ---------------------------------------------------------------------------------------
+
+    def reap(self) -> None:
+        """Let go of the owners whose database session ended (killed, crashed, cut off)."""
+        with self.cursor() as cur:
+            dead = self.rows(
+                cur,
+                "SELECT id FROM {s}.connections c WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a "
+                "WHERE a.pid = c.pid AND a.backend_start = c.started)",
+            )
+        if dead:
+            self.drop_owners([row[0] for row in dead])
+
+    def drop_owners(self, owners: list[int]) -> None:
+        """The owners are gone: their copies go back (redelivered), their consumers and exclusive queues
+        go away, their rows too."""
+        with self.cursor() as cur, cur.connection.transaction():
+            # Each owner once: another process may be dropping it too.
+            found = self.rows(cur, "DELETE FROM {s}.connections WHERE id = ANY(%s) RETURNING id", owners)
+            owners = [row[0] for row in found]
+            released = self.rows(
+                cur,
+                "UPDATE {s}.messages SET owner = NULL, redelivered = true WHERE owner = ANY(%s) "
+                "RETURNING queue, id",
+                owners,
+            )
+            self.notify_ready(cur, released)
+            left = self.rows(
+                cur, "DELETE FROM {s}.consumers WHERE connection = ANY(%s) RETURNING queue", owners
+            )
+            empty = self.consumers_left(cur, {row[0] for row in left})
+            exclusive = self.rows(cur, "SELECT name FROM {s}.queues WHERE exclusive_owner = ANY(%s)", owners)
+        self.delete_queues({*empty, *(row[0] for row in exclusive)})
+
+    # --- floors ---------------------------------------------------------------------------------------
+
+    def floor(self, queue: str) -> tuple[int, int] | None:
+        """``(floor, times lowered)`` of the queue, or None to claim from its head."""
+        queue_def = self.topology().queues.get(queue)
+        if not self._heard or queue_def is None or queue_def.args.max_priority:
+            return None
+        with self._guard:
+            floor = self._floors.setdefault(queue, [0, 0])
+            return floor[0], floor[1]
+
+    def raise_floor(self, queue: str, seen: tuple[int, int], row_id: int) -> None:
+        """A claim that started at ``seen`` took copies up to ``row_id``."""
+        with self._guard:
+            floor = self._floors.get(queue)
+            if floor is not None and floor[1] == seen[1]:  # not lowered meanwhile
+                floor[0] = max(floor[0], row_id + 1)
+
+    def lower_floor(self, queue: str, row_id: int) -> None:
+        with self._guard:
+            floor = self._floors.get(queue)
+            if floor is not None:
+                floor[0] = min(floor[0], row_id)
+                floor[1] += 1
+
+    def _check_floors(self) -> None:
+        with self._guard:
+            floors = [(queue, floor[0]) for queue, floor in self._floors.items() if floor[0]]
+        for queue, low in floors:
+            with self.cursor() as cur:
+                found = self.one(
+                    cur,
+                    f"SELECT min(id) FROM {{s}}.messages WHERE queue = %s AND id < %s AND {READY}",
+                    queue,
+                    low,
+                )
+            if found is not None:
+                self.lower_floor(queue, found)
+                if self.listener is not None:
+                    self.listener.wake((queue,))
+
+    def _forget_floors(self) -> None:
+        with self._guard:
+            self._heard = False
+            self._floors.clear()

@@ -1,0 +1,330 @@
+"""Routing and storing copies on ``postgresql://``: the topology a process routes with, and the SQL that
+stores one row per routed copy (with the length limits, TTLs and dead-lettering of RabbitMQ).
+
+Each process keeps a snapshot of the topology (exchanges with their bindings, queues with their
+arguments) tagged with the ``topology`` counter of ``meta``. Every topology change bumps the counter
+holding ``messages`` locked against writers (SHARE ROW EXCLUSIVE, a moment); every publish stores its
+copies only if the counter, read after its own lock on ``messages`` (ROW EXCLUSIVE), still equals its
+snapshot's - else it reloads and routes again. So no copy reaches a queue deleted, or misses a binding
+added, before the publish.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from psycopg import Cursor, sql
+
+from kelp._broker.queue_args import ExchangeDef, QueueArgs, binding_destination, dead_letter, expiration_ms
+from kelp._broker.sqlite._codec import decode, encode
+from kelp._envelope import Envelope
+from kelp.exceptions import NotFound
+from kelp.routing import BindingTable, route
+
+__all__ = ["Copy", "QueueDef", "Topology", "dead_letter_rows", "load_topology", "store_copies"]
+
+NOW = "extract(epoch FROM clock_timestamp())::float8"
+#: A row's columns as read for delivery or dead-lettering.
+ROW = "id, queue, priority, body, properties, headers, exchange, routing_key, redelivered"
+
+
+class QueueDef:
+    __slots__ = ("args", "arguments", "auto_delete", "durable", "exclusive_owner", "name")
+
+    def __init__(
+        self, name: str, durable: bool, owner: int | None, auto_delete: bool, arguments: dict[str, Any]
+    ) -> None:
+        self.name = name
+        self.durable = durable
+        self.exclusive_owner = owner
+        self.auto_delete = auto_delete
+        self.arguments = arguments
+        self.args = QueueArgs.parse(arguments)
+
+
+class Topology:
+    """One consistent snapshot of exchanges, bindings and queues, at counter ``version``."""
+
+    def __init__(self, version: int) -> None:
+        self.version = version
+        self.exchanges: dict[str, ExchangeDef] = {}
+        self.queues: dict[str, QueueDef] = {}
+
+    def lookup(self, name: str) -> BindingTable | None:
+        exchange = self.exchanges.get(name)
+        return exchange.table if exchange is not None else None
+
+    def route(self, exchange_name: str, routing_key: str, headers: dict[str, Any] | None) -> list[QueueDef]:
+        """The queues a message reaches; NotFound for an exchange this snapshot does not have."""
+        if not exchange_name:
+            queue = self.queues.get(routing_key)
+            return [queue] if queue is not None else []
+        exchange = self.exchanges.get(exchange_name)
+        if exchange is None:
+            raise NotFound(f"no exchange '{exchange_name}' in vhost '/'")
+        names = route(self.lookup, exchange_name, routing_key, headers)
+        if not names:
+            alternate = exchange.arguments.get("alternate-exchange")
+            if isinstance(alternate, str) and alternate in self.exchanges:
+                names = route(self.lookup, alternate, routing_key, headers)
+        return [self.queues[name] for name in names if name in self.queues]
+
+
+def load_topology(cur: Cursor[Any], schema: sql.Identifier) -> Topology:
+    """Read the whole topology (the caller runs this in one snapshot: a REPEATABLE READ transaction)."""
+    cur.execute(sql.SQL("SELECT value FROM {}.meta WHERE key = 'topology'").format(schema))
+    row = cur.fetchone()
+    topo = Topology(row[0] if row else 0)
+    cur.execute(
+        sql.SQL("SELECT name, type, durable, auto_delete, internal, arguments FROM {}.exchanges").format(
+            schema
+        )
+    )
+    for name, type_, durable, auto_delete, internal, arguments in cur.fetchall():
+        topo.exchanges[name] = ExchangeDef(name, type_, durable, auto_delete, internal, decode(arguments))
+    cur.execute(
+        sql.SQL("SELECT name, durable, exclusive_owner, auto_delete, arguments FROM {}.queues").format(schema)
+    )
+    for name, durable, owner, auto_delete, arguments in cur.fetchall():
+        topo.queues[name] = QueueDef(name, durable, owner, auto_delete, decode(arguments))
+    cur.execute(
+        sql.SQL("SELECT source, kind, destination, routing_key, arguments FROM {}.bindings").format(schema)
+    )
+    for source, kind, destination, routing_key, arguments in cur.fetchall():
+        exchange = topo.exchanges.get(source)
+        if exchange is not None:
+            exchange.table.add(binding_destination(kind, destination), routing_key, decode(arguments))
+    return topo
+
+
+class Copy:
+    """One copy of a message on its way into one queue."""
+
+    __slots__ = (
+        "body",
+        "exchange",
+        "headers",
+        "persistent",
+        "priority",
+        "properties",
+        "queue",
+        "routing_key",
+        "ttl",
+    )
+
+    def __init__(
+        self,
+        queue: QueueDef,
+        body: bytes,
+        properties: dict[str, Any],
+        headers: dict[str, Any],
+        exchange: str,
+        routing_key: str,
+        ttl: int | None,
+    ) -> None:
+        self.queue = queue
+        self.body = body
+        self.properties = properties
+        self.headers = headers
+        self.exchange = exchange
+        self.routing_key = routing_key
+        args = queue.args
+        if args.message_ttl is not None:
+            ttl = args.message_ttl if ttl is None else min(ttl, args.message_ttl)
+        self.ttl = ttl
+        priority = properties.get("priority") or 0
+        self.priority = min(priority, args.max_priority or 0) if isinstance(priority, int) else 0
+        self.persistent = properties.get("delivery_mode", 2) == 2
+
+
+def copies_of(topo: Topology, envelope: Envelope) -> list[Copy]:
+    queues = topo.route(envelope.exchange, envelope.routing_key, envelope.headers)
+    if not queues:
+        return []
+    ttl = expiration_ms(envelope.properties)
+    return [
+        Copy(
+            q,
+            envelope.body,
+            envelope.properties,
+            envelope.headers,
+            envelope.exchange,
+            envelope.routing_key,
+            ttl,
+        )
+        for q in queues
+    ]
+
+
+_INSERT = """INSERT INTO {s}.messages
+    (queue, priority, body, properties, headers, exchange, routing_key, expires_at, persistent, size)
+SELECT q, p, b, pr, h, e, rk, {now} + ttl / 1000.0, per, octet_length(b)
+FROM unnest(%s::text[], %s::int[], %s::bytea[], %s::text[], %s::text[], %s::text[], %s::text[], %s::int8[],
+    %s::bool[]) AS u(q, p, b, pr, h, e, rk, ttl, per)"""
+# Wake-ups go to the queues some process consumes from.
+_NOTIFY = """, notified AS (SELECT pg_notify({channel}, 'r:' || d.low || ':' || d.queue)
+    FROM (SELECT queue, min(id) AS low FROM ins GROUP BY queue) d
+    WHERE EXISTS (SELECT 1 FROM {s}.consumers c WHERE c.queue = d.queue))"""
+_VERSION = "(SELECT value FROM {s}.meta WHERE key = 'topology')"
+
+
+_ONE = """INSERT INTO {s}.messages
+    (queue, priority, body, properties, headers, exchange, routing_key, expires_at, persistent, size)
+SELECT %s, %s, %s, %s, %s, %s, %s, {now} + %s::int8 / 1000.0, %s, %s"""
+
+
+def insert_statement(schema: sql.Identifier, channel: str, checked: bool, one: bool = False) -> str:
+    """Store a batch of copies (arrays, see ``columns``; ``one``: a single copy, see ``values``) and wake
+    their consumers, in one statement; with ``checked``, only if the topology counter equals the last
+    parameter. Returns one row: (the counter, wake-ups).
+
+    Checked, it is safe without a transaction of its own: the INSERT takes its lock on ``messages``
+    before it takes its snapshot, and a topology change holds a lock on ``messages`` that excludes it
+    until the change commits; so the counter it reads is the one of the topology it stores under."""
+    insert = (_ONE if one else _INSERT) + (f" WHERE {_VERSION} = %s" if checked else "")
+    text = f"WITH ins AS ({insert} RETURNING queue, id){_NOTIFY}"
+    text += f" SELECT {_VERSION}, (SELECT count(*) FROM notified)"
+    composed = sql.SQL(text.replace("{now}", NOW)).format(s=schema, channel=sql.Literal(channel))
+    return composed.as_string(None)
+
+
+def values(copy: Copy) -> list[Any]:
+    return [
+        copy.queue.name,
+        copy.priority,
+        copy.body,
+        encode(copy.properties),
+        encode(copy.headers) if copy.headers else "",
+        copy.exchange,
+        copy.routing_key,
+        copy.ttl,
+        copy.persistent,
+        len(copy.body),
+    ]
+
+
+def columns(copies: Sequence[Copy]) -> list[list[Any]]:
+    return [
+        [c.queue.name for c in copies],
+        [c.priority for c in copies],
+        [c.body for c in copies],
+        [encode(c.properties) for c in copies],
+        [encode(c.headers) if c.headers else "" for c in copies],
+        [c.exchange for c in copies],
+        [c.routing_key for c in copies],
+        [c.ttl for c in copies],
+        [c.persistent for c in copies],
+    ]
+
+
+def store_copies(
+    cur: Cursor[Any], schema: sql.Identifier, channel: str, topo: Topology, copies: Iterable[Copy]
+) -> list[str]:
+    """Store the copies inside the caller's transaction (which holds the topology lock, shared, and has
+    ``topo`` current), applying each queue's length limit; return the queues that refused one."""
+    refused: list[str] = []
+    plain: list[Copy] = []
+    for copy in copies:
+        if copy.queue.args.bounded:
+            if not _store_bounded(cur, schema, channel, topo, copy):
+                refused.append(copy.queue.name)
+        else:
+            plain.append(copy)
+    if plain:
+        cur.execute(insert_statement(schema, channel, False), columns(plain))
+    return refused
+
+
+def _store_bounded(
+    cur: Cursor[Any], schema: sql.Identifier, channel: str, topo: Topology, copy: Copy
+) -> bool:
+    """A copy into a queue with x-max-length(-bytes): refused, or stored dropping from the head."""
+    queue = copy.queue
+    args = queue.args
+    # Publishers to one bounded queue take turns: its row lock orders their counts.
+    cur.execute(sql.SQL("SELECT 1 FROM {}.queues WHERE name = %s FOR UPDATE").format(schema), (queue.name,))
+    cur.execute(
+        sql.SQL(
+            "SELECT count(*), coalesce(sum(size), 0) FROM {}.messages WHERE queue = %s AND owner IS NULL"
+        ).format(schema),
+        (queue.name,),
+    )
+    count, size = cur.fetchone() or (0, 0)
+    size_of = len(copy.body)
+    full = (args.max_length is not None and count + 1 > args.max_length) or (
+        args.max_length_bytes is not None and size + size_of > args.max_length_bytes
+    )
+    if full and args.overflow != "drop-head":
+        if args.overflow == "reject-publish-dlx":
+            row = (
+                0,
+                queue.name,
+                copy.priority,
+                copy.body,
+                copy.properties,
+                copy.headers,
+                copy.exchange,
+                copy.routing_key,
+            )
+            dead_letter_rows(cur, schema, channel, topo, [row], "maxlen")
+        return False
+    cur.execute(insert_statement(schema, channel, False), columns([copy]))
+    count, size = count + 1, size + size_of
+    if not full:
+        return True
+    cur.execute(
+        sql.SQL(
+            "SELECT id, size FROM {}.messages WHERE queue = %s AND owner IS NULL ORDER BY priority DESC, id"
+        ).format(schema),
+        (queue.name,),
+    )
+    drop: list[int] = []
+    for row_id, row_size in cur.fetchall():
+        over = (args.max_length is not None and count > args.max_length) or (
+            args.max_length_bytes is not None and size > args.max_length_bytes
+        )
+        if not over:
+            break
+        drop.append(row_id)
+        count, size = count - 1, size - row_size
+    if drop:
+        cur.execute(
+            sql.SQL(f"DELETE FROM {{}}.messages WHERE id = ANY(%s) RETURNING {ROW}").format(schema), (drop,)
+        )
+        rows = sorted(cur.fetchall(), key=lambda r: (-r[2], r[0]))
+        dead_letter_rows(cur, schema, channel, topo, rows, "maxlen")
+    return True
+
+
+def dead_letter_rows(
+    cur: Cursor[Any],
+    schema: sql.Identifier,
+    channel: str,
+    topo: Topology,
+    rows: Iterable[Sequence[Any]],
+    reason: str,
+) -> None:
+    """Dead-letter removed rows ``(id, queue, priority, body, properties, headers, exchange, routing_key,
+    ...)`` through their queue's dead-letter exchange, if it has one (inside the caller's transaction)."""
+    copies: list[Copy] = []
+    now = time.time()
+    for _id, queue_name, _priority, body, properties, headers, exchange, routing_key, *_ in rows:
+        queue = topo.queues.get(queue_name)
+        dlx = queue.args.dead_letter_exchange if queue is not None else None
+        if queue is None or dlx is None or (dlx and dlx not in topo.exchanges):
+            continue  # no dead-letter exchange (or a missing one): the message is dropped, as in RabbitMQ
+        props = properties if isinstance(properties, dict) else decode(properties)
+        heads = headers if isinstance(headers, dict) else decode(headers)
+        result = dead_letter(
+            heads, props, queue=queue_name, reason=reason, exchange=exchange, routing_key=routing_key, now=now
+        )
+        if result is None:
+            continue  # a dead-letter cycle: dropped
+        new_headers, new_properties = result
+        key = queue.args.dead_letter_routing_key or routing_key
+        for target in topo.route(dlx, key, new_headers):
+            copies.append(Copy(target, bytes(body), new_properties, new_headers, dlx, key, None))
+    if copies:
+        store_copies(cur, schema, channel, topo, copies)

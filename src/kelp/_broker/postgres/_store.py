@@ -1,0 +1,370 @@
+"""The ``postgresql://`` store: kelp's storage protocol (:mod:`kelp._broker.core.store`) on PostgreSQL.
+
+One store per (server, database, schema) per process, shared by its connections. Each kelp connection
+is an *owner* with a database session of its own, registered in ``connections`` with its backend pid and
+start time; its claims carry its id. When that session ends - the process closed it, was killed, or lost
+the server - the owner is gone: every process with a kelp connection checks ``pg_stat_activity`` once a
+second (``_listen``) and puts the dead owners' claimed copies back, flagged redelivered.
+
+Messages: one row per routed copy (``_route``); a claim is one ``UPDATE ... FOR UPDATE SKIP LOCKED``
+ordered by priority then id, so consumers in many processes never take the same row; an ack deletes the
+row. Acks and claims do not wait for the WAL flush (``synchronous_commit`` off: losing one to a server
+crash means a redelivery, never a loss); nor do publishes unless ``flush_publishes``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, TypeVar
+
+from psycopg import Connection, Cursor
+
+from kelp._broker.core import Session
+from kelp._broker.core.store import Item, Unacked
+from kelp._broker.postgres._listen import READY, REAP_INTERVAL, Listening
+from kelp._broker.postgres._route import (
+    ROW,
+    Topology,
+    columns,
+    copies_of,
+    dead_letter_rows,
+    insert_statement,
+    store_copies,
+    values,
+)
+from kelp._broker.postgres._schema import ensure_schema
+from kelp._broker.sqlite._codec import decode
+from kelp._envelope import Envelope
+from kelp.exceptions import KelpError, MessageNacked, OperationalError
+
+__all__ = ["PostgresStore", "store_for"]
+
+T = TypeVar("T")
+#: Acks are committed in batches: with the process's next claim, at ACK_BATCH, or ACK_DELAY seconds later.
+ACK_BATCH = 500
+ACK_DELAY = 0.05
+
+
+class PostgresStore(Listening):
+    def __init__(self, conninfo: str, schema: str, flush_publishes: bool = False) -> None:
+        super().__init__(conninfo, schema, flush_publishes)
+        self._owners: dict[int, tuple[Connection[Any], threading.Lock]] = {}
+        self.session: Session[PostgresStore] = Session(self)
+        self.insert_one = insert_statement(self.schema, self.channel, True, one=True)
+        self.insert_many = insert_statement(self.schema, self.channel, True)
+        # When this process next looks for expired messages and queues (time.time()): lowered by its
+        # own TTL publishes and queue declarations, re-read from the database at most a second later.
+        self.next_due = 0.0
+        self._acks: list[Any] = []
+        self._ack_lock = threading.Lock()
+        self._ack_timer: threading.Timer | None = None
+
+    def _owner(self, owner: int, work: Callable[[Cursor[Any]], T]) -> T:
+        """Run ``work`` on the owner's own session (its claims are tied to it)."""
+        try:
+            conn, lock = self._owners[owner]
+        except KeyError:
+            raise OperationalError("the postgresql:// connection is closed") from None
+        with lock, self.mapped(), conn.cursor() as cur:
+            return work(cur)
+
+    # --- owners -------------------------------------------------------------------------------------
+
+    def owner_alive(self, owner: int) -> bool:
+        """False once the owner's database session is known to be lost (its claims are let go)."""
+        found = self._owners.get(owner)
+        return found is not None and not (found[0].closed or found[0].broken)
+
+    def connect(self) -> int:
+        conn = self.open()
+        try:
+            with self.mapped():
+                ensure_schema(conn, self.name)
+                with conn.cursor() as cur:
+                    owner = self.one(
+                        cur,
+                        "INSERT INTO {s}.connections (pid, started) SELECT pid, backend_start "
+                        "FROM pg_stat_activity WHERE pid = pg_backend_pid() RETURNING id",
+                    )
+        except BaseException:
+            conn.close()
+            raise
+        with self._guard:
+            self._owners[owner] = (conn, threading.Lock())
+        self.start_listening()
+        return int(owner)
+
+    def disconnect(self, owner: int, unacked: Sequence[Unacked]) -> None:
+        try:
+            self.flush_acks()
+            self.drop_owners([owner])
+        except OperationalError:
+            pass  # the server is gone: its session with it; other processes (or its restart) let go
+        finally:
+            with self._guard:
+                conn, _ = self._owners.pop(owner, (None, None))
+                last = not self._owners
+            if conn is not None:
+                conn.close()
+            if last:
+                self.stop_listening()
+                self.close_pool()
+                with self._guard:
+                    again = bool(self._owners)  # a connection opened meanwhile needs the listener
+                if again:
+                    self.start_listening()
+
+    def close_channel(self, owner: int, channel: int, unacked: Sequence[Unacked]) -> None:
+        self.flush_acks()
+        with self.cursor() as cur, cur.connection.transaction():
+            left = self.rows(
+                cur,
+                "DELETE FROM {s}.consumers WHERE connection = %s AND channel = %s RETURNING queue",
+                owner,
+                channel,
+            )
+            empty = self.consumers_left(cur, {row[0] for row in left})
+            self.release(cur, unacked)
+        self.delete_queues(empty)
+
+    def release(self, cur: Cursor[Any], unacked: Sequence[Unacked]) -> None:
+        """The copies are ready again, flagged redelivered, at their places (their ids)."""
+        if unacked:
+            released = self.rows(
+                cur,
+                "UPDATE {s}.messages SET owner = NULL, redelivered = true WHERE id = ANY(%s) "
+                "RETURNING queue, id",
+                [u.ref for u in unacked],
+            )
+            self.notify_ready(cur, released)
+
+    # --- messages -----------------------------------------------------------------------------------
+
+    def publish(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
+        refused: list[str] = []
+        while True:
+            topo = self.topology()
+            try:
+                routed = [(e, copies_of(topo, e)) for e in envelopes]
+            except Exception:
+                self.forget_topology()
+                if self.topology().version != topo.version:
+                    continue  # routed on an old snapshot: route again on the current one
+                raise
+            copies = [c for _, cs in routed for c in cs]
+            for copy in copies:
+                self.due(None if copy.ttl is None else copy.ttl / 1000)
+            if any(c.queue.args.bounded for c in copies):
+                with self.locked() as (cur, current):
+                    if current is not topo:
+                        continue
+                    refused = store_copies(cur, self.schema, self.channel, topo, copies)
+            elif (copies or any(e.mandatory for e in envelopes)) and not self._insert_checked(topo, copies):
+                self.forget_topology()
+                continue
+            break
+        if refused:
+            queues = sorted(set(refused))
+            raise MessageNacked(
+                f"queue(s) {queues} full (x-overflow reject-publish): message not enqueued there"
+            )
+        return [e for e, cs in routed if not cs and e.mandatory]
+
+    def _insert_checked(self, topo: Topology, copies: list[Any]) -> bool:
+        """Store unbounded copies in one statement, if ``topo`` is still current (else store nothing)."""
+        if len(copies) == 1:
+            statement, params = self.insert_one, [*values(copies[0]), topo.version]
+        else:
+            statement, params = self.insert_many, [*columns(copies), topo.version]
+        with self.cursor() as cur:
+            if self.flush_publishes and any(c.persistent for c in copies):
+                with cur.connection.transaction():
+                    cur.execute("SET LOCAL synchronous_commit = on")
+                    cur.execute(statement, params)
+            else:
+                cur.execute(statement, params)
+            row = cur.fetchone()
+        return row is not None and row[0] == topo.version
+
+    def claim(
+        self, owner: int, plan: Sequence[tuple[Any, Sequence[tuple[Any, int]], int]], limit: int
+    ) -> list[Any]:
+        out: list[Any] = []
+        self.tick()
+
+        def work(cur: Cursor[Any]) -> None:
+            self.flush_acks(cur)
+            left = limit
+            for channel, rooms, channel_room in plan:
+                for consumer, room in rooms:
+                    n = min(room, channel_room, left)
+                    if n <= 0:
+                        break
+                    items = self._claim_rows(cur, owner, consumer.queue, n, consumer.no_ack, True)
+                    if items:
+                        out.append((channel, consumer, items))
+                        channel_room -= len(items)
+                        left -= len(items)
+
+        self._owner(owner, work)
+        return out
+
+    def _claim_rows(
+        self, cur: Cursor[Any], owner: int, queue: str, n: int, no_ack: bool, floor: bool = False
+    ) -> list[Item]:
+        known = self.floor(queue) if floor else None
+        where = "queue = %s AND " if known is None else "queue = %s AND priority = 0 AND id >= %s AND "
+        params = [queue] if known is None else [queue, known[0]]
+        pick = f"SELECT id FROM {{s}}.messages WHERE {where}{READY} ORDER BY priority DESC, id LIMIT %s"
+        pick += " FOR UPDATE SKIP LOCKED"
+        # id = ANY(ARRAY(...)): the rows picked are updated by their primary key (a join back to the table
+        # can be planned as a scan of it).
+        if no_ack:
+            text = f"DELETE FROM {{s}}.messages WHERE id = ANY(ARRAY({pick})) RETURNING *"
+            rows = self.rows(cur, text, *params, n, plan=True)
+        else:
+            text = f"UPDATE {{s}}.messages SET owner = %s WHERE id = ANY(ARRAY({pick})) RETURNING *"
+            rows = self.rows(cur, text, owner, *params, n, plan=True)
+        rows.sort(key=lambda r: (-r[2], r[0]))
+        if known is not None and rows:
+            self.raise_floor(queue, known, rows[-1][0])
+        # *: id, queue, priority, body, properties, headers, exchange, routing_key, redelivered, ...
+        return [(r[0], r[3], decode(r[4]), decode(r[5]), r[6], r[7], r[8]) for r in rows]
+
+    def get(self, owner: int, queue: str, no_ack: bool) -> tuple[Item, int] | None:
+        self.tick()
+        self.check_queue(owner, queue)
+
+        def work(cur: Cursor[Any]) -> tuple[Item, int] | None:
+            items = self._claim_rows(cur, owner, queue, 1, no_ack)
+            if not items:
+                return None
+            return items[0], int(
+                self.one(cur, f"SELECT count(*) FROM {{s}}.messages WHERE queue = %s AND {READY}", queue)
+            )
+
+        return self._owner(owner, work)
+
+    def ack(self, owner: int, unacked: Sequence[Unacked]) -> None:
+        with self._ack_lock:
+            self._acks.extend(u.ref for u in unacked)
+            if len(self._acks) < ACK_BATCH:
+                if self._ack_timer is None:
+                    self._ack_timer = threading.Timer(ACK_DELAY, self.flush_acks)
+                    self._ack_timer.daemon = True
+                    self._ack_timer.start()
+                return
+        self.flush_acks()
+
+    def flush_acks(self, cur: Cursor[Any] | None = None) -> None:
+        """Delete the acked rows (with ``cur`` when given: the caller's session, before its own work)."""
+        with self._ack_lock:
+            ids, self._acks = self._acks, []
+            timer, self._ack_timer = self._ack_timer, None
+        if timer is not None:
+            timer.cancel()
+        if not ids:
+            return
+        try:
+            if cur is not None:
+                self.rows(cur, "DELETE FROM {s}.messages WHERE id = ANY(%s)", ids)
+                return
+            with self.cursor() as own:
+                self.rows(own, "DELETE FROM {s}.messages WHERE id = ANY(%s)", ids)
+        except KelpError:
+            pass  # the session or the schema is gone: those copies come back redelivered, never lost
+
+    def reject(self, owner: int, unacked: Sequence[Unacked], requeue: bool) -> None:
+        self.flush_acks()
+        if not unacked:
+            return
+        if requeue:
+            with self.cursor() as cur, cur.connection.transaction():
+                self.release(cur, unacked)
+            return
+        with self.locked() as (cur, topo):
+            found = self.rows(
+                cur,
+                f"DELETE FROM {{s}}.messages WHERE id = ANY(%s) RETURNING {ROW}",
+                [u.ref for u in unacked],
+            )
+            order = {u.ref: i for i, u in enumerate(unacked)}
+            found.sort(key=lambda r: order.get(r[0], 0))
+            dead_letter_rows(cur, self.schema, self.channel, topo, found, "rejected")
+
+    # --- time and waiting ---------------------------------------------------------------------------
+
+    def expire(self) -> None:
+        """Dead-letter the ready copies past their TTL; delete the queues unused past x-expires."""
+        with self.locked() as (cur, topo):
+            found = self.rows(
+                cur,
+                "DELETE FROM {s}.messages WHERE id IN (SELECT id FROM {s}.messages WHERE expires_at <= {now} "
+                f"AND owner IS NULL FOR UPDATE SKIP LOCKED) RETURNING {ROW}",
+            )
+            found.sort(key=lambda r: (r[1], -r[2], r[0]))
+            dead_letter_rows(cur, self.schema, self.channel, topo, found, "expired")
+        with self.cursor() as cur:
+            unused = self.rows(
+                cur,
+                "SELECT name FROM {s}.queues q WHERE last_used + expires_ms / 1000.0 <= {now} "
+                "AND NOT EXISTS (SELECT 1 FROM {s}.consumers c WHERE c.queue = q.name)",
+            )
+        self.delete_queues([row[0] for row in unused])
+
+    def tick(self) -> None:
+        """Expire what is due (see ``next_due``)."""
+        now = time.time()
+        if now >= self.next_due:
+            wait = self._deadline(())[1]
+            self.next_due = now + min(REAP_INTERVAL, wait if wait is not None else REAP_INTERVAL)
+
+    def due(self, seconds: float | None) -> None:
+        if seconds is not None:
+            self.next_due = min(self.next_due, time.time() + seconds)
+
+    def prepare_wait(self, queues: Collection[str], consuming: bool) -> float | None:
+        ready, wait = self._deadline(queues)
+        return 0.0 if ready else wait
+
+    def _has_ready(self, cur: Cursor[Any], queue: str) -> bool:
+        known = self.floor(queue)
+        if known is None:
+            text = f"SELECT EXISTS (SELECT 1 FROM {{s}}.messages WHERE queue = %s AND {READY})"
+            return bool(self.one(cur, text, queue, plan=True))
+        text = "SELECT EXISTS (SELECT 1 FROM {s}.messages WHERE queue = %s AND priority = 0 AND id >= %s AND "
+        return bool(self.one(cur, text + READY + ")", queue, known[0], plan=True))
+
+    def _deadline(self, queues: Collection[str]) -> tuple[bool, float | None]:
+        """Expire what is due; whether ``queues`` have ready copies, and the seconds to the next deadline."""
+        with self.cursor() as cur:
+            self.flush_acks(cur)
+            now, *deadlines = self.rows(
+                cur,
+                "SELECT {now}, (SELECT min(expires_at) FROM {s}.messages "
+                "WHERE expires_at IS NOT NULL AND owner IS NULL), "
+                "(SELECT min(last_used + expires_ms / 1000.0) FROM {s}.queues q "
+                "WHERE NOT EXISTS (SELECT 1 FROM {s}.consumers c WHERE c.queue = q.name))",
+            )[0]
+            ready = any(self._has_ready(cur, queue) for queue in queues)
+        due = min((d for d in deadlines if d is not None), default=None)
+        if due is not None and due <= now:
+            self.expire()
+            return True, 0.0
+        return ready, None if due is None else max(0.0, due - now)
+
+
+_stores: dict[tuple[str, str, bool], PostgresStore] = {}
+_stores_lock = threading.Lock()
+
+
+def store_for(conninfo: str, schema: str, flush_publishes: bool = False) -> PostgresStore:
+    """The process's store for one database schema (created on first use)."""
+    key = (conninfo, schema, flush_publishes)
+    with _stores_lock:
+        store = _stores.get(key)
+        if store is None:
+            store = _stores[key] = PostgresStore(conninfo, schema, flush_publishes)
+        return store

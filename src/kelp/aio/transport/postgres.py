@@ -1,0 +1,270 @@
+"""``postgresql://user:pass@host:5432/db``: a broker kept in a PostgreSQL database (also ``postgres://``).
+
+Every process connected to the same database and schema shares its exchanges, queues and messages; kelp
+routes at publish time (RabbitMQ's semantics, as on ``memory://`` and ``sqlite://``) and stores one row
+per routed copy. Query options: ``schema`` (the broker's schema, default ``kelp``: one database can hold
+several brokers), ``synchronous_commit=off|on`` (see below), ``connect_timeout`` (seconds), ``sslmode``
+(libpq's) and ``confirm_publish`` (accepted; every publish is committed before it returns anyway).
+
+What ``publish`` guarantees on return: the message is committed - other processes see it, and it
+survives ``kill -9`` of every kelp process and a clean restart of the server (if persistent:
+``delivery_mode`` 2, the default; a restart drops transient ones, as RabbitMQ's does). By default the
+commit does not wait for the WAL flush (PostgreSQL's ``synchronous_commit = off``, as ``sqlite://``'s
+``synchronous=normal``): a crash of the server or of the machine may lose the publishes of its last
+fraction of a second. With ``synchronous_commit=on`` a persistent publish returns after the flush (crash
+and power-loss safe, at the cost of one disk flush per publish, shared by concurrent ones). Unroutable
+``mandatory`` messages are returned and ``reject-publish`` refusals raise MessageNacked from ``publish``.
+Acks are committed in batches, with the next claim or within 50 ms: an ack lost to a crash means a
+redelivery (flagged), never a loss.
+
+Consumers claim rows with ``FOR UPDATE SKIP LOCKED`` and are woken by LISTEN/NOTIFY. Unacked messages
+return to their queue, flagged ``redelivered``, when their channel or connection closes, or when the
+connection's database session ends (process killed, network cut): another process connected to the
+broker notices within about a second. After a restart of PostgreSQL the first connection restarts the
+broker: non-durable queues and exchanges and transient messages are gone; persistent messages on durable
+queues stay.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from kelp._broker.core import Session
+from kelp._broker.postgres import PostgresStore, store_for
+from kelp._envelope import Delivery, Envelope, QueueInfo
+from kelp._options import seconds_option
+from kelp.aio._backend import Signal, monotonic, run_blocking
+from kelp.aio.transport.base import Transport, TransportChannel, package_version, queue_deleted
+from kelp.exceptions import InvalidURL, OperationalError
+from kelp.url import URL
+
+__all__ = ["PostgresChannel", "PostgresTransport", "conninfo"]
+
+_SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+_SSLMODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
+
+
+class PostgresChannel(TransportChannel):
+    def __init__(self, session: Session[PostgresStore], connection_id: int) -> None:
+        self._session = session
+        self._connection_id = connection_id
+        self.channel_id = session.open_channel(connection_id)
+
+    async def declare_exchange(
+        self,
+        name: str,
+        type: str,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: Mapping[str, Any] | None,
+        passive: bool,
+    ) -> None:
+        await run_blocking(
+            self._session.declare_exchange, name, type, durable, auto_delete, internal, arguments, passive
+        )
+
+    async def delete_exchange(self, name: str, if_unused: bool) -> None:
+        await run_blocking(self._session.delete_exchange, name, if_unused)
+
+    async def declare_queue(
+        self,
+        name: str,
+        durable: bool,
+        exclusive: bool,
+        auto_delete: bool,
+        arguments: Mapping[str, Any] | None,
+        passive: bool,
+    ) -> QueueInfo:
+        return await run_blocking(
+            self._session.declare_queue,
+            self._connection_id,
+            name,
+            durable,
+            exclusive,
+            auto_delete,
+            arguments,
+            passive,
+        )
+
+    async def delete_queue(self, name: str, if_unused: bool, if_empty: bool) -> int:
+        return await run_blocking(self._session.delete_queue, self._connection_id, name, if_unused, if_empty)
+
+    async def purge_queue(self, name: str) -> int:
+        return await run_blocking(self._session.purge_queue, self._connection_id, name)
+
+    async def bind(
+        self, kind: str, destination: str, source: str, routing_key: str, arguments: Mapping[str, Any] | None
+    ) -> None:
+        await run_blocking(
+            self._session.bind, self._connection_id, kind, destination, source, routing_key, arguments
+        )
+
+    async def unbind(
+        self, kind: str, destination: str, source: str, routing_key: str, arguments: Mapping[str, Any] | None
+    ) -> None:
+        await run_blocking(
+            self._session.unbind, self._connection_id, kind, destination, source, routing_key, arguments
+        )
+
+    async def publish(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
+        return await run_blocking(self._session.publish, envelopes)
+
+    async def qos(self, prefetch_count: int, global_: bool) -> None:
+        self._session.qos(self._connection_id, self.channel_id, prefetch_count, global_)
+
+    async def consume(
+        self, queue: str, consumer_tag: str, no_ack: bool, arguments: Mapping[str, Any] | None
+    ) -> str:
+        return await run_blocking(
+            self._session.consume, self._connection_id, self.channel_id, queue, consumer_tag, no_ack
+        )
+
+    async def cancel(self, consumer_tag: str) -> None:
+        await run_blocking(self._session.cancel, self._connection_id, self.channel_id, consumer_tag)
+
+    async def get(self, queue: str, no_ack: bool) -> Delivery | None:
+        return await run_blocking(self._session.get, self._connection_id, self.channel_id, queue, no_ack)
+
+    async def ack(self, delivery_tag: int, multiple: bool) -> None:
+        await run_blocking(self._session.ack, self._connection_id, self.channel_id, delivery_tag, multiple)
+
+    async def reject(self, delivery_tag: int, requeue: bool, multiple: bool = False) -> None:
+        await run_blocking(
+            self._session.reject, self._connection_id, self.channel_id, delivery_tag, requeue, multiple
+        )
+
+    async def recover(self, requeue: bool) -> None:
+        await run_blocking(self._session.recover, self._connection_id, self.channel_id, requeue)
+
+    async def close(self) -> None:
+        await run_blocking(self._session.close_channel, self._connection_id, self.channel_id)
+
+
+def conninfo(url: URL) -> tuple[str, str]:
+    """The libpq connection string and the broker's schema a ``postgresql://`` URL names."""
+    from psycopg.conninfo import make_conninfo
+
+    query = url.query
+    schema = query.get("schema", "kelp")
+    if not _SCHEMA.fullmatch(schema):
+        raise InvalidURL(
+            f"postgresql:// option schema={schema!r} must be a lower-case SQL name (a-z, 0-9, _; at most 63)"
+        )
+    options: dict[str, Any] = {}
+    if "connect_timeout" in query:
+        timeout = seconds_option("postgresql", "connect_timeout", query["connect_timeout"], maximum=3600)
+        options["connect_timeout"] = max(1, round(timeout))
+    if "sslmode" in query:
+        if query["sslmode"] not in _SSLMODES:
+            raise InvalidURL(f"postgresql:// option sslmode={query['sslmode']!r}: one of {sorted(_SSLMODES)}")
+        options["sslmode"] = query["sslmode"]
+    for key, value in (
+        ("host", url.hostname),
+        ("port", url.port),
+        ("user", url.userid),
+        ("password", url.password),
+        ("dbname", url.virtual_host if url.virtual_host not in (None, "", "/") else None),
+    ):
+        if value is not None:
+            options[key] = value
+    return make_conninfo("", **options), schema
+
+
+class PostgresTransport(Transport):
+    schemes: ClassVar[tuple[str, ...]] = ("postgresql", "postgres")
+    query_options: ClassVar[frozenset[str] | None] = frozenset(
+        {"schema", "synchronous_commit", "connect_timeout", "sslmode", "confirm_publish"}
+    )
+
+    driver_type: ClassVar[str] = "postgresql"
+    driver_name: ClassVar[str] = "psycopg"
+
+    def driver_version(self) -> str:
+        return package_version("psycopg")
+
+    def __init__(self, url: URL, options: Mapping[str, Any]) -> None:
+        super().__init__(url, options)
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            raise ImportError(
+                "the postgresql:// transport needs psycopg 3: pip install 'kelp[postgres]'"
+            ) from None
+        self.conninfo, self.schema = conninfo(url)
+        flush = url.query.get("synchronous_commit", "off")
+        if flush not in ("on", "off"):
+            raise InvalidURL(f"postgresql:// option synchronous_commit={flush!r} must be on or off")
+        self.flush_publishes = flush == "on"
+        self._session: Session[PostgresStore] | None = None
+        self._connection_id = 0
+        self._signal = Signal()
+
+    @property
+    def is_connected(self) -> bool:
+        # False once its database session is lost (a server restart): the library then reconnects.
+        session = self._session
+        return session is not None and session.store.owner_alive(self._connection_id)
+
+    @property
+    def session(self) -> Session[PostgresStore]:
+        if self._session is None:
+            raise OperationalError("the postgresql:// connection is closed")
+        return self._session
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "schema": self.schema, "synchronous_commit": self.flush_publishes}
+
+    async def connect(self, timeout: float | None) -> None:
+        if self._session is not None:
+            return
+        session = store_for(self.conninfo, self.schema, self.flush_publishes).session
+        self._connection_id = await run_blocking(session.connect, self._signal)
+        self._session = session
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await run_blocking(session.disconnect, self._connection_id)
+
+    async def open_channel(self) -> PostgresChannel:
+        return PostgresChannel(self.session, self._connection_id)
+
+    async def drain(self, timeout: float | None) -> list[Delivery]:
+        session = self.session
+        connection_id = self._connection_id
+        deadline = None if timeout is None else monotonic() + timeout
+        try:
+            while True:
+                # fill (in a worker thread) then take (here): a drain cancelled during fill leaves its
+                # claims in the session's outbox for the next one.
+                cancelled = session.take_cancelled(connection_id)
+                if cancelled is not None:
+                    raise queue_deleted(*cancelled)
+                deliveries = session.take(connection_id)
+                if not deliveries:
+                    await run_blocking(session.fill, connection_id)
+                    deliveries = session.take(connection_id)
+                if deliveries:
+                    return deliveries
+                self._signal.clear()
+                wait = await run_blocking(session.prepare_wait, connection_id)
+                remaining = None if deadline is None else deadline - monotonic()
+                if remaining is not None and remaining <= 0 and wait != 0.0:
+                    raise TimeoutError("no message arrived within the timeout")
+                if wait is None or (remaining is not None and remaining < wait):
+                    wait = remaining
+                if wait is None or wait > 0:
+                    await self._signal.wait(wait)
+                if self._session is None:
+                    raise OperationalError("the postgresql:// connection was closed while draining")
+        finally:
+            session.end_wait(connection_id)
+
+    async def queue_stats(self) -> list[tuple[str, int, int, int]]:
+        return await run_blocking(self.session.queue_stats)
+
+    async def list_bindings(self) -> list[tuple[str, str, str, str, dict[str, Any]]]:
+        return await run_blocking(self.session.bindings)

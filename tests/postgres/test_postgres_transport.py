@@ -1,0 +1,188 @@
+"""postgresql:// specifics: URL options, the schema version, a dead consumer's messages, other processes,
+and a server restart."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+import kelp
+from kelp.exceptions import InvalidURL, VersionMismatch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _queue(conn: kelp.Connection, name: str = "work", durable: bool = True) -> kelp.Queue:
+    queue = kelp.Queue(name, kelp.Exchange(name, "direct", durable=durable), name, durable=durable)
+    queue(conn.channel()).declare()
+    return queue
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("schema=Bad-Name", "schema"),
+        ("connect_timeout=abc", "connect_timeout"),
+        ("sslmode=sometimes", "sslmode"),
+        ("prefetch=3", "no URL option prefetch"),
+    ],
+)
+def test_bad_url_options_raise_invalid_url(pg_base: str, option: str, message: str) -> None:
+    with pytest.raises(InvalidURL, match=message):
+        kelp.Connection(f"{pg_base}?{option}").connect()
+
+
+def test_a_newer_schema_version_is_refused_clearly(pg_url: str) -> None:
+    with kelp.Connection(pg_url) as conn:
+        _queue(conn)
+    schema = pg_url.rsplit("schema=", 1)[1]
+    with psycopg.connect(pg_url.split("?")[0], autocommit=True) as db:
+        db.execute(f"UPDATE {schema}.meta SET value = 99 WHERE key = 'version'")
+    with pytest.raises(VersionMismatch, match="version 99"), kelp.Connection(pg_url) as conn:
+        conn.connect()
+
+
+def test_a_foreign_schema_is_refused(pg_base: str) -> None:
+    schema = f"kelp_f{os.getpid()}"
+    with psycopg.connect(pg_base, autocommit=True) as db:
+        db.execute(
+            f"DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}; CREATE TABLE {schema}.t (x int)"
+        )
+    with (
+        pytest.raises(VersionMismatch, match="did not write"),
+        kelp.Connection(f"{pg_base}?schema={schema}") as c,
+    ):
+        c.connect()
+
+
+def test_a_value_postgresql_cannot_store_is_a_kelp_error(pg_url: str) -> None:
+    with kelp.Connection(pg_url) as conn:
+        fanout = kelp.Exchange("all", "fanout")
+        kelp.Queue("work", fanout)(conn.channel()).declare()
+        with pytest.raises(kelp.exceptions.PreconditionFailed, match="cannot store"):
+            conn.Producer().publish("x", exchange=fanout, routing_key="a\x00b")  # a NUL: not in text
+        with pytest.raises(kelp.exceptions.PreconditionFailed, match="cannot store"):
+            kelp.Queue("bad\x00name")(conn.channel()).declare()
+
+
+_HOLDER = """
+import sys, time, kelp
+with kelp.Connection(sys.argv[1]) as conn:
+    queue = kelp.Queue("work", kelp.Exchange("work", "direct"), "work")
+    got = []
+    with conn.Consumer(queue, callbacks=[lambda body, message: got.append(message)], prefetch_count=10):
+        while len(got) < 3:
+            conn.drain_events(timeout=10)
+        print("holding", flush=True)
+        time.sleep(60)
+"""
+
+
+def test_a_killed_consumers_messages_come_back_redelivered_within_2s(pg_url: str) -> None:
+    with kelp.Connection(pg_url) as conn:
+        queue = _queue(conn)
+        producer = conn.Producer()
+        for i in range(3):
+            producer.publish(i, exchange=queue.exchange, routing_key="work")
+        holder = subprocess.Popen([sys.executable, "-c", _HOLDER, pg_url], stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline().strip() == "holding"
+            assert queue(conn.channel()).get() is None  # all three are claimed by the holder
+            holder.kill()
+            holder.wait()
+            killed = time.monotonic()
+            got: list[kelp.Message] = []
+            with conn.Consumer(queue, callbacks=[lambda body, message: got.append(message)]):
+                while len(got) < 3 and time.monotonic() - killed < 5:
+                    try:
+                        conn.drain_events(timeout=0.2)
+                    except TimeoutError:
+                        pass
+                elapsed = time.monotonic() - killed
+                assert sorted(m.payload for m in got) == [0, 1, 2]
+                assert all(m.delivery_info["redelivered"] for m in got)
+                assert elapsed < 2.0
+                for message in got:
+                    message.ack()
+        finally:
+            holder.kill()
+            holder.wait()
+            if holder.stdout is not None:
+                holder.stdout.close()
+
+
+_PRODUCER = """
+import sys, kelp
+with kelp.Connection(sys.argv[1]) as conn:
+    exchange = kelp.Exchange("work", "direct")
+    producer = conn.Producer()
+    for i in range(200):
+        producer.publish({"p": sys.argv[2], "i": i}, exchange=exchange, routing_key="work")
+"""
+
+
+def test_two_producer_processes_and_a_consumer_lose_nothing(pg_url: str) -> None:
+    with kelp.Connection(pg_url) as conn:
+        queue = _queue(conn)
+        producers = [subprocess.Popen([sys.executable, "-c", _PRODUCER, pg_url, name]) for name in ("a", "b")]
+        got: list[tuple[str, int]] = []
+
+        def on_message(body: dict[str, object], message: kelp.Message) -> None:
+            got.append((str(body["p"]), int(body["i"])))  # type: ignore[call-overload]
+            message.ack()
+
+        with conn.Consumer(queue, callbacks=[on_message], prefetch_count=50):
+            deadline = time.monotonic() + 30
+            while len(got) < 400 and time.monotonic() < deadline:
+                try:
+                    conn.drain_events(timeout=1)
+                except TimeoutError:
+                    pass
+        for process in producers:
+            assert process.wait(30) == 0
+        assert sorted(got) == sorted((p, i) for p in "ab" for i in range(200))
+        for name in "ab":  # per-producer FIFO through one queue
+            assert [i for p, i in got if p == name] == list(range(200))
+
+
+def test_server_restart_keeps_persistent_messages_on_durable_queues_only(pg_url: str) -> None:
+    directory = os.environ.get("KELP_TEST_POSTGRES_DIR")
+    if not directory:
+        pytest.skip("KELP_TEST_POSTGRES_DIR is not set: no cluster this test may restart")
+    with kelp.Connection(pg_url) as conn:
+        durable = _queue(conn, "durable")
+        transient_queue = _queue(conn, "transient", durable=False)
+        producer = conn.Producer()
+        producer.publish("kept", exchange=durable.exchange, routing_key="durable", delivery_mode=2)
+        producer.publish("dropped", exchange=durable.exchange, routing_key="durable", delivery_mode=1)
+        producer.publish("gone", exchange=transient_queue.exchange, routing_key="transient", delivery_mode=2)
+        unacked = durable(conn.channel()).get()  # claimed when the server goes down: comes back
+        assert unacked is not None
+        assert unacked.payload == "kept"
+    stale = kelp.Connection(pg_url)
+    stale.connect()
+    subprocess.run([str(ROOT / "scripts/postgres.sh"), "restart", directory], check=True, capture_output=True)
+    # A connection open across the restart: its next operation fails (its session died with the server),
+    # then it knows it is disconnected and ensure_connection opens a new session.
+    with pytest.raises(kelp.exceptions.OperationalError):
+        durable(stale.channel()).get()  # claims run on the connection's own session
+    assert not stale.connected
+    stale.ensure_connection()
+    assert durable(stale.channel()).queue_declare(passive=True).message_count == 1
+    stale.close()
+    with kelp.Connection(pg_url) as conn:
+        bound = durable(conn.channel())
+        message = bound.get()
+        assert message is not None
+        assert message.payload == "kept"
+        message.ack()
+        assert bound.get() is None
+        with pytest.raises(kelp.exceptions.NotFound):
+            transient_queue(conn.channel()).queue_declare(passive=True)
