@@ -52,7 +52,19 @@ def test_index_is_server_rendered(served: Served) -> None:
 
 def test_api_and_metrics_follow_traffic(served: Served, url: str) -> None:
     queues = {q["name"]: q for q in served.api("/api/queues")["queues"]}
-    assert queues["jobs"] == {"name": "jobs", "ready": 3, "unacked": 0, "consumers": 0, "delayed": 0}
+    counts = {k: v for k, v in queues["jobs"].items() if not k.endswith("_rate")}
+    # fill() published 4 messages to jobs and took 7 deliveries from it (4 of them requeued), acking none.
+    assert counts == {
+        "name": "jobs",
+        "ready": 3,
+        "unacked": 0,
+        "consumers": 0,
+        "delayed": 0,
+        "published": 4,
+        "delivered": 7,
+        "acked": 0,
+    }
+    assert queues["jobs"]["publish_rate"] is None  # one sample: no rate yet
     assert queues["jobs.dead"]["ready"] == 1
     bindings = served.api("/api/bindings")["bindings"]
     assert {

@@ -213,7 +213,7 @@ def test_a_version_3_file_is_upgraded(tmp_path: Path) -> None:
     with Connection(url) as conn:
         assert _ready(conn) == 5
         db = sqlite3.connect(path)
-        assert db.execute("PRAGMA user_version").fetchone()[0] == _schema.SCHEMA_VERSION == 5
+        assert db.execute("PRAGMA user_version").fetchone()[0] == _schema.SCHEMA_VERSION == 6
         triggers = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='trigger'")}
         assert "ready_insert" not in triggers
         table = db.execute("SELECT sql FROM sqlite_master WHERE name='messages'").fetchone()[0]
