@@ -249,13 +249,16 @@ class Rates:
 
 
 def _management_rates(stats: Any) -> dict[str, Any]:
-    """Counters and rates from a RabbitMQ queue's ``message_stats`` (absent until it has traffic)."""
-    stats = stats if isinstance(stats, dict) else {}
+    """Counters and rates from a RabbitMQ queue's ``message_stats``: absent until the queue has traffic
+    (all 0 then); a rate is None where RabbitMQ keeps no rates (``rates_mode = none``)."""
     out: dict[str, Any] = {}
     for (counter, rate), key in zip(COUNTERS, ("publish", "deliver_get", "ack"), strict=True):
+        if not isinstance(stats, dict):
+            out[counter], out[rate] = 0, 0.0
+            continue
         details = stats.get(f"{key}_details")
         out[counter] = int(stats.get(key) or 0)
-        out[rate] = float(details.get("rate") or 0.0) if isinstance(details, dict) else 0.0
+        out[rate] = float(details.get("rate") or 0.0) if isinstance(details, dict) else None
     return out
 
 
