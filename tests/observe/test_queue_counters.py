@@ -125,3 +125,18 @@ def test_a_queue_declared_again_counts_from_zero(url: str) -> None:
         bound.delete()
         bound.declare()
         assert counters(stats(url)["again"]) == (0, 0, 0)
+
+
+def test_messages_taken_as_soon_as_published_count(url: str) -> None:
+    # Buffered transient publishes stored by the same transaction that takes them (sqlite), then purged.
+    queue = kelp.Queue("quick")
+    with kelp.Connection(url) as connection:
+        channel = connection.default_channel
+        queue(channel).declare()
+        producer = connection.Producer()
+        producer.publish("a", routing_key="quick", delivery_mode=1)
+        assert channel.basic_get("quick", no_ack=True) is not None
+        producer.publish("b", routing_key="quick", delivery_mode=1)
+        producer.publish("c", routing_key="quick", delivery_mode=1)
+        assert queue(channel).purge() == 2
+    assert counters(stats(url)["quick"]) == (3, 1, 0)

@@ -287,6 +287,7 @@ def delete_queue(tx: _ops.Tx, name: str) -> int:
 
 def purge_queue(tx: _ops.Tx, connection_id: int, name: str) -> int:
     queue_for(tx, name, connection_id)
+    tx.count_ready()  # what this transaction stored entered the queue (published) before it goes
     count: int = tx.db.execute("DELETE FROM messages WHERE queue=? AND owner IS NULL", (name,)).rowcount
     return count
 

@@ -428,12 +428,14 @@ def _drop_head(tx: Tx, queue: QueueDef) -> None:
 
 
 def claim_rows(tx: Tx, connection_id: int, name: str, limit: int, no_ack: bool) -> list[Any]:
+    # Every row taken must be counted first: a claimed batch is subtracted from the ready count, and
+    # a row this transaction inserted must count as published before a no_ack claim deletes it.
+    tx.count_ready()
     if no_ack:
         taken = tx.db.execute(_CLAIM_NO_ACK, (name, limit)).fetchall()
         if taken:
             tx.db.execute(_DELIVERED, (len(taken), name))
         return taken
-    tx.count_ready()  # the batch is subtracted from the counts: every row of it must be in them
     rows = tx.db.execute(_CLAIM, (connection_id, tx.now, name, limit)).fetchall()
     if rows:
         # The ready count of the queue (see _schema._READY_COUNTS), for the whole batch at once.
