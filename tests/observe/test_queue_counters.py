@@ -140,3 +140,20 @@ def test_messages_taken_as_soon_as_published_count(url: str) -> None:
         producer.publish("c", routing_key="quick", delivery_mode=1)
         assert queue(channel).purge() == 2
     assert counters(stats(url)["quick"]) == (3, 1, 0)
+
+
+def test_a_delayed_message_counts_when_it_comes_due(url: str) -> None:
+    queue = kelp.Queue("later")
+    with kelp.Connection(url) as connection:
+        queue(connection.default_channel).declare()
+        connection.Producer().publish("soon", routing_key="later", countdown=0.3)
+        held = stats(url)["later"]
+        assert (held.delayed, held.published) == (1, 0)
+        message = None
+        deadline = time.monotonic() + 5
+        while message is None and time.monotonic() < deadline:
+            message = connection.default_channel.basic_get("later")
+            time.sleep(0.05)
+        assert message is not None
+        message.ack()
+    assert counters(stats(url)["later"]) == (1, 1, 1)
