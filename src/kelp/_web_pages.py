@@ -19,28 +19,23 @@ td.n{text-align:right;font-variant-numeric:tabular-nums}th{background:#eee}
 pre{background:#f6f6f6;padding:6px;max-width:60em;overflow:auto}.note{color:#666}"""
 
 _POLL = """<script>
-let last = null;
+const COLUMNS = ['ready', 'unacked', 'consumers', 'delayed', 'publish_rate', 'deliver_rate', 'ack_rate'];
 async function poll() {
   try {
     const data = await (await fetch('/api/queues')).json();
     for (const q of data.queues) {
       const row = document.querySelector(`tr[data-queue="${CSS.escape(q.name)}"]`);
       if (!row) { location.reload(); return; }
-      for (const key of ['ready', 'unacked', 'consumers']) row.querySelector(`.${key}`).textContent = q[key];
-      row.querySelector('.delayed').textContent = q.delayed ?? '-';
-      const before = last && last.queues.find(p => p.name === q.name);
-      if (before) {
-        const dt = data.time - last.time;
-        row.querySelector('.ready-rate').textContent = ((q.ready - before.ready) / dt).toFixed(1);
-        row.querySelector('.unacked-rate').textContent = ((q.unacked - before.unacked) / dt).toFixed(1);
-      }
+      for (const key of COLUMNS) row.querySelector(`.${key}`).textContent = q[key] ?? '-';
     }
-    last = data;
     document.getElementById('updated').textContent = new Date().toLocaleTimeString();
   } catch (e) { document.getElementById('updated').textContent = 'not updating: ' + e; }
 }
 setInterval(poll, 1000); poll();
 </script>"""
+
+#: The rate columns: key in /api/queues, heading.
+RATES = (("publish_rate", "publish/s"), ("deliver_rate", "deliver/s"), ("ack_rate", "ack/s"))
 
 
 def page(title: str, body: str, script: str = "") -> str:
@@ -67,16 +62,19 @@ def render_index(
         f"{_e(q['name'])}</a></td><td class='n ready'>{q['ready']}</td>"
         f"<td class='n unacked'>{q['unacked']}</td>"
         f"<td class='n consumers'>{q['consumers']}</td>"
-        f"<td class='n delayed'>{'-' if q.get('delayed') is None else q['delayed']}</td>"
-        "<td class='n ready-rate'></td>"
-        f"<td class='n unacked-rate'></td></tr>"
+        f"<td class='n delayed'>{_shown(q.get('delayed'))}</td>"
+        + "".join(f"<td class='n {key}'>{_shown(q.get(key))}</td>" for key, _ in RATES)
+        + "</tr>"
         for q in queues
     )
     parts.append(
         "<h2>Queues</h2><table id='queues'><tr><th>queue</th><th>ready</th><th>unacked</th>"
-        f"<th>consumers</th><th>delayed</th><th>ready Δ/s</th><th>unacked Δ/s</th></tr>{rows}</table>"
-        "<p class='note'>updated <span id='updated'>when rendered</span>; Δ/s is the net change per "
-        "second of each count. Open a queue to browse its messages and dead letters.</p>"
+        "<th>consumers</th><th>delayed</th>"
+        + "".join(f"<th>{heading}</th>" for _, heading in RATES)
+        + f"</tr>{rows}</table>"
+        "<p class='note'>updated <span id='updated'>when rendered</span>; publish/s counts messages "
+        "entering the queue, deliver/s deliveries and gets, ack/s acks, per second over the last few "
+        "seconds (- until known). Open a queue to browse its messages and dead letters.</p>"
     )
     exchanges = sorted({b["source"] for b in bindings if b["source"]})
     parts.append("<h2>Exchanges</h2><p>" + (", ".join(_e(x) for x in exchanges) or "none bound") + "</p>")
@@ -95,6 +93,10 @@ def render_index(
         f"<p class='note'>{mode} · <a href='/metrics'>/metrics</a> · <a href='/api/queues'>/api/</a></p>"
     )
     return page("kelp", "".join(parts), _POLL)
+
+
+def _shown(value: Any) -> str:
+    return "-" if value is None else _e(str(value))
 
 
 def render_queue(name: str, messages: Sequence[dict[str, Any]], allow_write: bool) -> str:
@@ -148,6 +150,15 @@ def render_metrics(queues: Sequence[dict[str, Any]]) -> str:
             continue
         lines += [f"# HELP {metric} {text}", f"# TYPE {metric} gauge"]
         lines += [f'{metric}{{queue="{_label(q["name"])}"}} {q[key]}' for q in known]
+    for key, metric, text in (
+        ("published", "kelp_queue_messages_published_total", "Messages that entered the queue"),
+        ("delivered", "kelp_queue_messages_delivered_total", "Deliveries and gets, redeliveries included"),
+        ("acked", "kelp_queue_messages_acked_total", "Deliveries acknowledged"),
+    ):
+        known = [q for q in queues if q.get(key) is not None]
+        if known:  # a transport that cannot count them leaves them out
+            lines += [f"# HELP {metric} {text}", f"# TYPE {metric} counter"]
+            lines += [f'{metric}{{queue="{_label(q["name"])}"}} {q[key]}' for q in known]
     return "\n".join(lines) + "\n"
 
 

@@ -19,8 +19,12 @@ A processed message's ``status`` is how its handler settled it: ``acked``, ``nac
 
 :meth:`KelpMetrics.watch_queues` adds the gauges ``{prefix}_queue_messages_ready``,
 ``{prefix}_queue_messages_unacked``, ``{prefix}_queue_consumers`` and, where the broker counts them,
-``{prefix}_queue_messages_delayed`` (label ``queue``), read from the
-transport's queue statistics by a connection of their own each time Prometheus scrapes.
+``{prefix}_queue_messages_delayed`` (label ``queue``), and the counters the broker keeps per queue
+``{prefix}_queue_messages_published_total`` (copies that entered the queue),
+``{prefix}_queue_messages_delivered_total`` (deliveries and gets, redeliveries included) and
+``{prefix}_queue_messages_acked_total`` (on sqlite, redis and memory; a transport that cannot count them
+leaves them out), read from the transport's queue statistics by a connection of their own each time
+Prometheus scrapes. ``rate()`` over the counters gives the publish, deliver and ack rates.
 
 Metrics observe and never change what happens to a message.
 """
@@ -34,7 +38,7 @@ from typing import Any
 
 try:
     from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
-    from prometheus_client.core import GaugeMetricFamily
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     from prometheus_client.registry import Collector
 except ImportError as exc:  # pragma: no cover - only without the extra
     raise ImportError("kelp.prometheus needs prometheus-client: pip install 'kelp[prometheus]'") from exc
@@ -222,7 +226,7 @@ class QueueStatsCollector(Collector):
         if connection is not None:
             connection.close()
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         try:
             rows: Iterable[tuple[str, int, int, int]] = self.read()
         except Exception:  # a broker that is down: the gauges are absent from this scrape
@@ -238,7 +242,11 @@ class QueueStatsCollector(Collector):
             "Messages held until their due time",
             labels=["app_name", "queue"],
         )
-        counted = False
+        counters = [
+            CounterMetricFamily(f"{self.prefix}_queue_messages_{name}", text, labels=["app_name", "queue"])
+            for name, text in _COUNTERS
+        ]
+        counted = traffic = False
         for row in sorted(rows):
             queue, *values = row
             for family, value in zip(families, values):
@@ -247,6 +255,21 @@ class QueueStatsCollector(Collector):
             if held is not None:
                 delayed.add_metric([self.app_name, queue], held)
                 counted = True
+            for counter, (name, _) in zip(counters, _COUNTERS, strict=True):
+                total = getattr(row, name, None)  # None: the transport cannot count it
+                if total is not None:
+                    counter.add_metric([self.app_name, queue], total)
+                    traffic = True
         yield from families
         if counted:
             yield delayed
+        if traffic:
+            yield from counters
+
+
+#: QueueStats counters -> help text of the Prometheus counter of that name.
+_COUNTERS = (
+    ("published", "Messages that entered the queue (routed, dead-lettered or come due)"),
+    ("delivered", "Messages delivered to consumers or taken by get, redeliveries included"),
+    ("acked", "Deliveries acknowledged"),
+)

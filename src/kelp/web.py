@@ -1,8 +1,14 @@
 """``kelp serve``: a small web view of a broker's queues, bindings and dead letters (stdlib only).
 
 Pages are rendered on the server (the queue table is in the HTML, so the page works without JavaScript and
-from curl); a few lines of JavaScript poll ``/api/queues`` to update the counts and show how fast ready and
-unacked counts change. ``/metrics`` exports queue gauges for Prometheus; ``/api/`` answers JSON.
+from curl); a few lines of JavaScript poll ``/api/queues`` to update the counts and rates.
+``/metrics`` exports queue gauges and traffic counters for Prometheus; ``/api/`` answers JSON.
+
+Rates: the broker counts, per queue, the messages that entered it, the deliveries and the acks (see
+:class:`kelp.transport.base.QueueStats`), so the view sees the traffic of every process. The server keeps
+the samples of the last :data:`RATE_WINDOW` seconds (each page or API request takes one) and reports each
+rate as the counter's increase over that span, per second: None until two samples exist, or where the
+transport cannot count. On ``amqp://`` the rates are RabbitMQ's own (``message_stats``).
 
 What the view does to messages: browsing a queue takes up to ``limit`` messages with ``basic_get`` and
 releases them unacked when the page is built, so they stay in the queue, in order, flagged ``redelivered``.
@@ -45,6 +51,10 @@ __all__ = ["Inspector", "make_server", "serve"]
 
 BROWSE_LIMIT = 20
 _MAX_BODY_SHOWN = 4096
+#: Seconds of counter samples a rate is computed over.
+RATE_WINDOW = 5.0
+#: The counters of a queue (QueueStats attributes) and the rate each one gives.
+COUNTERS = (("published", "publish_rate"), ("delivered", "deliver_rate"), ("acked", "ack_rate"))
 
 
 class ManagementUnavailable(KelpError):
@@ -65,6 +75,7 @@ class Inspector:
             u = self._connection.url
             management_url = f"http://{u.hostname or 'localhost'}:15672"
         self.management_url = management_url
+        self._rates = Rates()
 
     @contextmanager
     def _connected(self) -> Iterator[Connection]:
@@ -92,16 +103,19 @@ class Inspector:
         with self._connected() as connection:
             assert connection.transport is not None
             rows = connection.transport.queue_stats()
-        return [
+        queues = [
             {
                 "name": row[0],
                 "ready": row[1],
                 "unacked": row[2],
                 "consumers": row[3],
                 "delayed": getattr(row, "delayed", None),
+                **{counter: getattr(row, counter, None) for counter, _ in COUNTERS},
             }
             for row in sorted(rows)
         ]
+        self._rates.add(time.monotonic(), queues)
+        return queues
 
     def bindings(self) -> list[dict[str, Any]]:
         """Every binding: source exchange, kind of destination, destination, routing key, arguments."""
@@ -181,6 +195,7 @@ class Inspector:
                 "unacked": int(row.get("messages_unacknowledged") or 0),
                 "consumers": int(row.get("consumers") or 0),
                 "delayed": None,
+                **_management_rates(row.get("message_stats")),
             }
             for row in sorted(self._management("queues"), key=lambda row: str(row.get("name", "")))
         ]
@@ -197,6 +212,54 @@ class Inspector:
             for row in self._management("bindings")
         ]
         return sorted(rows, key=lambda b: (b["source"], b["kind"], b["destination"], b["routing_key"]))
+
+
+class Rates:
+    """Recent samples of each queue's counters, and the rates they give (thread-safe)."""
+
+    def __init__(self, window: float = RATE_WINDOW) -> None:
+        self.window = window
+        self._lock = threading.Lock()
+        # queue -> [(monotonic time, (published, delivered, acked))], oldest first
+        self._samples: dict[str, list[tuple[float, tuple[int | None, ...]]]] = {}
+
+    def add(self, now: float, queues: list[dict[str, Any]]) -> None:
+        """Record a sample of each queue's counters and set its ``*_rate`` keys (None: not known yet)."""
+        with self._lock:
+            seen = {}
+            for q in queues:
+                counts = tuple(q[counter] for counter, _ in COUNTERS)
+                samples = self._samples.get(q["name"], [])
+                if samples and any(
+                    c is None or b is None or c < b for c, b in zip(counts, samples[-1][1], strict=True)
+                ):
+                    samples = []  # a queue deleted and declared again counts from 0
+                samples.append((now, counts))
+                # Drop what is older than the window, keeping one sample at least a window old (the
+                # rates span the whole window once it has passed).
+                while len(samples) > 2 and samples[1][0] <= now - self.window:
+                    del samples[0]
+                seen[q["name"]] = samples
+                start, first = samples[0]
+                span = now - start
+                for (_, rate), old, new in zip(COUNTERS, first, counts, strict=True):
+                    known = span > 0 and old is not None and new is not None
+                    q[rate] = round((new - old) / span, 2) if known else None
+            self._samples = seen
+
+
+def _management_rates(stats: Any) -> dict[str, Any]:
+    """Counters and rates from a RabbitMQ queue's ``message_stats``: absent until the queue has traffic
+    (all 0 then); a rate is None where RabbitMQ keeps no rates (``rates_mode = none``)."""
+    out: dict[str, Any] = {}
+    for (counter, rate), key in zip(COUNTERS, ("publish", "deliver_get", "ack"), strict=True):
+        if not isinstance(stats, dict):
+            out[counter], out[rate] = 0, 0.0
+            continue
+        details = stats.get(f"{key}_details")
+        out[counter] = int(stats.get(key) or 0)
+        out[rate] = float(details.get("rate") or 0.0) if isinstance(details, dict) else None
+    return out
 
 
 def _take(channel: Any, queue: str, limit: int) -> list[Message]:

@@ -18,8 +18,27 @@ from .web_kit import Served
 
 # What RabbitMQ's management API answers (trimmed to the fields kelp reads, plus some it ignores).
 QUEUES = [
-    {"name": "b-queue", "vhost": "/", "messages_ready": 7, "messages_unacknowledged": 2, "consumers": 1},
+    {
+        "name": "b-queue",
+        "vhost": "/",
+        "messages_ready": 7,
+        "messages_unacknowledged": 2,
+        "consumers": 1,
+        "message_stats": {
+            "publish": 120,
+            "publish_details": {"rate": 4.2},
+            "deliver_get": 100,
+            "deliver_get_details": {"rate": 3.0},
+            "ack": 90,
+            "ack_details": {"rate": 2.5},
+            "redeliver": 1,
+            "redeliver_details": {"rate": 0.0},
+        },
+    },
+    # no traffic yet: RabbitMQ leaves message_stats out
     {"name": "a-queue", "vhost": "/", "messages_ready": 0, "messages_unacknowledged": 0, "consumers": 0},
+    # rates_mode = none: counts without rates
+    {"name": "c-queue", "messages_ready": 0, "messages_unacknowledged": 0, "message_stats": {"publish": 5}},
 ]
 BINDINGS = [
     {
@@ -72,18 +91,28 @@ def management() -> Iterator[str]:
 def test_web_view_reads_the_management_api(management: str) -> None:
     served = Served("amqp://guest:guest@127.0.0.1:1/", management_url=management)
     try:
-        assert served.api("/api/queues")["queues"] == [
-            {"name": "a-queue", "ready": 0, "unacked": 0, "consumers": 0, "delayed": None},
-            {"name": "b-queue", "ready": 7, "unacked": 2, "consumers": 1, "delayed": None},
+        queues = served.api("/api/queues")["queues"]
+        assert queues == [
+            {"name": "a-queue", "ready": 0, "unacked": 0, "consumers": 0, "delayed": None}
+            | {"published": 0, "delivered": 0, "acked": 0}
+            | {"publish_rate": 0.0, "deliver_rate": 0.0, "ack_rate": 0.0},
+            {"name": "b-queue", "ready": 7, "unacked": 2, "consumers": 1, "delayed": None}
+            | {"published": 120, "delivered": 100, "acked": 90}
+            | {"publish_rate": 4.2, "deliver_rate": 3.0, "ack_rate": 2.5},  # RabbitMQ's own rates
+            {"name": "c-queue", "ready": 0, "unacked": 0, "consumers": 0, "delayed": None}
+            | {"published": 5, "delivered": 0, "acked": 0}
+            | {"publish_rate": None, "deliver_rate": None, "ack_rate": None},
         ]
         assert [b["source"] for b in served.api("/api/bindings")["bindings"]] == ["", "logs"]
         status, _, page = served.get("/")
         assert status == 200
         assert "<td class='n ready'>7</td>" in page
         assert "<td class='n delayed'>-</td>" in page  # RabbitMQ cannot count them
+        assert "<td class='n publish_rate'>4.2</td>" in page
         status, _, text = served.get("/metrics")
         assert 'kelp_queue_messages_unacked{queue="b-queue"} 2' in text.splitlines()
         assert "kelp_queue_messages_delayed" not in text
+        assert 'kelp_queue_messages_acked_total{queue="b-queue"} 90' in text.splitlines()
     finally:
         served.close()
 
@@ -100,6 +129,7 @@ def test_cli_lists_amqp_queues_and_bindings(
     assert lines[0].split()[-1] == "delayed"
     assert lines[1].split() == ["a-queue", "0", "0", "0", "-"]  # RabbitMQ cannot count delayed messages
     assert lines[2].split() == ["b-queue", "7", "2", "1", "-"]
+    assert lines[3].split() == ["c-queue", "0", "0", "0", "-"]
     assert main(["--url", url, "bindings"]) == 0
     assert "logs" in capsys.readouterr().out
     monkeypatch.setenv("KELP_MANAGEMENT_URL", "http://127.0.0.1:1")

@@ -13,6 +13,7 @@ import kelp
 import kelp.aio
 from kelp import _observe
 from kelp.prometheus import KelpMetrics
+from kelp.transport.base import QueueStats
 
 
 def scrape(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -68,6 +69,9 @@ def test_counters_follow_traffic(tmp_path: Any, metrics: KelpMetrics) -> None:
             == 4
         )
         assert value(after_publish, "kelp_queue_messages_ready", queue="jobs") == 4
+        # The broker's own counters of the queue, read from the transport at each scrape.
+        assert value(after_publish, "kelp_queue_messages_published_total", queue="jobs") == 4
+        assert value(after_publish, "kelp_queue_messages_delivered_total", queue="jobs") == 0
         assert value(after_publish, "kelp_queue_messages_delayed", queue="jobs") == 0
         held = producer.publish({"n": "later"}, routing_key="new", countdown=60)
         assert value(scrape(metrics.registry), "kelp_queue_messages_delayed", queue="jobs") == 1
@@ -114,6 +118,10 @@ def test_counters_follow_traffic(tmp_path: Any, metrics: KelpMetrics) -> None:
     assert value(samples, "kelp_received_messages_in_process", **handler) == 0
     # the requeued message and the one whose handler raised are back in the queue
     assert value(samples, "kelp_queue_messages_ready", queue="jobs") == 2
+    # four deliveries (the requeued message twice), one ack; the cancelled delayed message never entered
+    assert value(samples, "kelp_queue_messages_published_total", queue="jobs") == 4
+    assert value(samples, "kelp_queue_messages_delivered_total", queue="jobs") == 4
+    assert value(samples, "kelp_queue_messages_acked_total", queue="jobs") == 1
 
 
 async def test_aio_face_and_faststream_prefix() -> None:
@@ -142,3 +150,19 @@ def test_queue_gauges_from_a_function() -> None:
     assert value(samples, "kelp_queue_messages_ready", queue="a") == 3
     assert value(samples, "kelp_queue_messages_unacked", queue="a") == 2
     assert value(samples, "kelp_queue_consumers", queue="a") == 1
+
+
+def test_queue_counters_only_where_the_transport_counts() -> None:
+    rows = [QueueStats("a", 3, 2, 1, 0, 10, 7, 5), QueueStats("b", 0, 0, 0)]
+    metrics = KelpMetrics(CollectorRegistry(), app_name="shop")
+    metrics.watch_queues(stats=lambda: rows)
+    samples = scrape(metrics.registry)
+    assert value(samples, "kelp_queue_messages_published_total", queue="a") == 10
+    assert value(samples, "kelp_queue_messages_delivered_total", queue="a") == 7
+    assert value(samples, "kelp_queue_messages_acked_total", queue="a") == 5
+    names = {name for name, _ in samples}
+    assert ("kelp_queue_messages_acked_total", (("app_name", "shop"), ("queue", "b"))) not in samples
+    only_gauges = KelpMetrics(CollectorRegistry(), app_name="shop")
+    only_gauges.watch_queues(stats=lambda: [("a", 3, 2, 1)])
+    assert "kelp_queue_messages_published_total" in names
+    assert not any(name.endswith("_total") for name, _ in scrape(only_gauges.registry))

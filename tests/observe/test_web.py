@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 import kelp
 from kelp import web
@@ -52,7 +55,19 @@ def test_index_is_server_rendered(served: Served) -> None:
 
 def test_api_and_metrics_follow_traffic(served: Served, url: str) -> None:
     queues = {q["name"]: q for q in served.api("/api/queues")["queues"]}
-    assert queues["jobs"] == {"name": "jobs", "ready": 3, "unacked": 0, "consumers": 0, "delayed": 0}
+    counts = {k: v for k, v in queues["jobs"].items() if not k.endswith("_rate")}
+    # fill() published 4 messages to jobs and took 7 deliveries from it (4 of them requeued), acking none.
+    assert counts == {
+        "name": "jobs",
+        "ready": 3,
+        "unacked": 0,
+        "consumers": 0,
+        "delayed": 0,
+        "published": 4,
+        "delivered": 7,
+        "acked": 0,
+    }
+    assert queues["jobs"]["publish_rate"] is None  # one sample: no rate yet
     assert queues["jobs.dead"]["ready"] == 1
     bindings = served.api("/api/bindings")["bindings"]
     assert {
@@ -73,6 +88,78 @@ def test_api_and_metrics_follow_traffic(served: Served, url: str) -> None:
         assert kind.startswith("text/plain")
         assert 'kelp_queue_messages_ready{queue="jobs"} 3' in text.splitlines()
         assert 'kelp_queue_messages_unacked{queue="jobs"} 1' in text.splitlines()
+
+
+def _metric(text: str, name: str, queue: str) -> float:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels.get("queue") == queue:
+                return float(sample.value)
+    raise AssertionError(f"no {name} for {queue} in /metrics")
+
+
+def test_rates_while_messages_flow(served: Served, url: str) -> None:
+    stop = threading.Event()
+
+    def traffic() -> None:
+        # Another connection (on sqlite and redis it could be another process): publish, take, ack.
+        with kelp.Connection(url) as connection:
+            producer = connection.Producer(exchange=ORDERS)
+            while not stop.is_set():
+                for n in range(5):
+                    producer.publish({"n": n}, routing_key="new")
+                for _ in range(5):
+                    message = connection.default_channel.basic_get("jobs")
+                    if message is not None:
+                        message.ack()
+                time.sleep(0.05)
+
+    first = served.api("/api/queues")["queues"]
+    assert {q["name"]: q["publish_rate"] for q in first} == {"jobs": None, "jobs.dead": None}
+    scraped = served.get("/metrics")[2]
+    published = _metric(scraped, "kelp_queue_messages_published_total", "jobs")
+    acked = _metric(scraped, "kelp_queue_messages_acked_total", "jobs")
+    worker = threading.Thread(target=traffic, daemon=True)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            time.sleep(0.3)
+            jobs = {q["name"]: q for q in served.api("/api/queues")["queues"]}["jobs"]
+            if all(jobs[key] for key in ("publish_rate", "deliver_rate", "ack_rate")):
+                break
+            assert time.monotonic() < deadline, jobs
+        assert min(jobs["publish_rate"], jobs["deliver_rate"], jobs["ack_rate"]) > 0
+        # The page renders the rates itself (no JavaScript needed).
+        page = served.get("/")[2]
+        cell = page.split("<tr data-queue='jobs'>", 1)[1].split("</tr>", 1)[0]
+        rate = float(cell.split("<td class='n publish_rate'>", 1)[1].split("<", 1)[0])
+        assert rate > 0
+        scraped = served.get("/metrics")[2]
+        assert _metric(scraped, "kelp_queue_messages_published_total", "jobs") > published
+        assert _metric(scraped, "kelp_queue_messages_acked_total", "jobs") > acked
+        assert "# TYPE kelp_queue_messages_published_total counter" in scraped
+    finally:
+        stop.set()
+        worker.join(10)
+
+
+def test_rates_over_the_window() -> None:
+    rates = web.Rates(window=5.0)
+
+    def sample(at: float, published: int | None, delivered: int = 0) -> dict[str, Any]:
+        queue = {"name": "q", "published": published, "delivered": delivered, "acked": 0}
+        rates.add(at, [queue])
+        return queue
+
+    assert sample(100.0, 10)["publish_rate"] is None  # one sample: nothing to compare with
+    assert sample(101.0, 20, 4)["publish_rate"] == 10.0
+    assert sample(102.0, 40, 8)["deliver_rate"] == 4.0  # over the 2 s since the first sample
+    for at in range(103, 110):
+        last = sample(float(at), 40, 8)
+    assert last["publish_rate"] == 0.0  # the burst left the 5 s window
+    assert sample(110.0, 3)["publish_rate"] is None  # counters went back: the queue was declared again
+    assert sample(111.0, None)["publish_rate"] is None  # a transport that cannot count
 
 
 def test_browse_decodes_safely_and_leaves_messages(served: Served) -> None:

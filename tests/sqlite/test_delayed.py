@@ -102,6 +102,13 @@ def test_a_schema_4_file_is_upgraded_with_the_delayed_table(db_url: str, tmp_pat
         conn.Producer().publish("ready", routing_key="q")
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("DROP TABLE delayed")
+    for column in ("published", "delivered", "acked"):  # schema 6 added them
+        db.execute(f"ALTER TABLE queue_ready DROP COLUMN {column}")
+    db.execute("DROP TRIGGER ready_queue_added")
+    db.execute(
+        "CREATE TRIGGER ready_queue_added AFTER INSERT ON queues BEGIN "
+        "INSERT OR REPLACE INTO queue_ready VALUES (NEW.name, 0, 0); END"
+    )
     db.execute("PRAGMA user_version=4")
     db.close()
     with Connection(db_url) as conn:
@@ -109,7 +116,7 @@ def test_a_schema_4_file_is_upgraded_with_the_delayed_table(db_url: str, tmp_pat
         got = _take(conn, "q", 2, timeout=5)
     assert [body for body, _ in got] == ["ready", "later"]
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
     indexes = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     assert {"delayed_due", "delayed_message"} <= indexes
     db.close()

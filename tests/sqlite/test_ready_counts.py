@@ -213,7 +213,7 @@ def test_a_version_3_file_is_upgraded(tmp_path: Path) -> None:
     with Connection(url) as conn:
         assert _ready(conn) == 5
         db = sqlite3.connect(path)
-        assert db.execute("PRAGMA user_version").fetchone()[0] == _schema.SCHEMA_VERSION == 5
+        assert db.execute("PRAGMA user_version").fetchone()[0] == _schema.SCHEMA_VERSION == 6
         triggers = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='trigger'")}
         assert "ready_insert" not in triggers
         table = db.execute("SELECT sql FROM sqlite_master WHERE name='messages'").fetchone()[0]
@@ -259,4 +259,39 @@ def test_a_late_ack_of_a_deleted_queues_message_never_reaches_a_new_one(tmp_path
         assert _ready(conn, "new") == 0
     db = sqlite3.connect(tmp_path / "ids.db")
     assert db.execute("SELECT queue, owner FROM messages").fetchall() == [("", 0)]  # still no message
+    db.close()
+
+
+def test_a_version_5_file_gets_traffic_counters(tmp_path: Path) -> None:
+    path = tmp_path / "v5.db"
+    url = f"sqlite:///{path}"
+    with Connection(url) as conn:
+        Queue("q", durable=True, auto_delete=False)(conn.default_channel).declare()
+        for n in range(3):
+            conn.Producer().publish(n, routing_key="q")
+    db = sqlite3.connect(path, isolation_level=None)  # make it the file schema 5 wrote
+    for column in ("published", "delivered", "acked"):
+        db.execute(f"ALTER TABLE queue_ready DROP COLUMN {column}")
+    db.execute("DROP TRIGGER ready_queue_added")
+    db.execute(
+        "CREATE TRIGGER ready_queue_added AFTER INSERT ON queues BEGIN "
+        "INSERT OR REPLACE INTO queue_ready VALUES (NEW.name, 0, 0); END"
+    )
+    db.execute("PRAGMA user_version=5")
+    db.close()
+    with Connection(url) as conn:
+        assert _ready(conn) == 3
+        conn.Producer().publish("four", routing_key="q")  # one INSERT; counted by the next fold
+        message = Queue("q")(conn.default_channel).get()
+        assert message is not None
+        message.ack()
+        Queue("new")(conn.default_channel).declare()  # the trigger of schema 6 adds its row
+        conn.transport.store.flush()
+        stats = {row.queue: row for row in conn.transport.queue_stats()}
+        # Counted from the upgrade on: the message published before it is not.
+        q = stats["q"]
+        assert (q.ready, q.published, q.delivered, q.acked) == (3, 1, 1, 1)
+        assert (stats["new"].published, stats["new"].delivered, stats["new"].acked) == (0, 0, 0)
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == _schema.SCHEMA_VERSION == 6
     db.close()

@@ -56,12 +56,14 @@ class Held:
 
 class QueueState:
     __slots__ = (
+        "acked",
         "args",
         "arguments",
         "auto_delete",
         "bytes",
         "consumers",
         "count",
+        "delivered",
         "durable",
         "exclusive_owner",
         "had_consumer",
@@ -71,6 +73,7 @@ class QueueState:
         "levels",
         "name",
         "next_seq",
+        "published",
         "rr",
     )
 
@@ -103,6 +106,8 @@ class QueueState:
         # Delayed messages: a heap of (due, publish sequence, held); cancelled ones stay until popped.
         self.held: list[tuple[float, int, Held]] = []
         self.held_count = 0
+        # What the web view and Prometheus turn into rates: copies queued, deliveries made, acks taken.
+        self.published = self.delivered = self.acked = 0
 
     def push(self, entry: Entry, front: bool = False) -> None:
         """Queue ``entry`` at the tail, or (``front``: a requeue) back at its original place among the

@@ -176,6 +176,7 @@ class MemoryState:
                     self._dead_letter(queue, dropped, "maxlen", now)
         else:
             queue.push(entry)
+        queue.published += 1
         if entry.deadline is not None:
             self._timed.add(queue.name)
             if entry.deadline < self._next_due:

@@ -192,7 +192,16 @@ class MemoryStore(MemoryState):
         with self._lock:
             self._tick(self._clock())
             return [
-                QueueStats(q.name, q.count, unacked.get(q.name, 0), len(q.consumers), q.held_count)
+                QueueStats(
+                    q.name,
+                    q.count,
+                    unacked.get(q.name, 0),
+                    len(q.consumers),
+                    q.held_count,
+                    q.published,
+                    q.delivered,
+                    q.acked,
+                )
                 for q in self._queues.values()
             ]
 
@@ -345,6 +354,7 @@ class MemoryStore(MemoryState):
                             slot[1] = room - taken
                             channel_room -= taken
                             total += taken
+                            queue.delivered += taken
                             queue.last_used = now
                 out.extend((channel, slot[0], slot[3]) for slot in slots if slot[3])
         return out
@@ -369,12 +379,19 @@ class MemoryStore(MemoryState):
             entry = self._pop_live(queue, now)
             if entry is None:
                 return None
+            queue.delivered += 1
             return entry.item(), queue.count
 
     # --- settling -----------------------------------------------------------------------------------------
 
     def ack(self, owner: int, unacked: Sequence[Unacked]) -> None:
-        """Nothing to do: a claimed entry lives only in its delivery."""
+        """A claimed entry lives only in its delivery: only its queue's count of acks moves."""
+        queues = self._queues
+        with self._lock:
+            for item in unacked:
+                queue = queues.get(item.queue)
+                if queue is not None:
+                    queue.acked += 1
 
     def reject(self, owner: int, unacked: Sequence[Unacked], requeue: bool) -> None:
         with self._lock:

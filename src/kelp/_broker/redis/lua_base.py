@@ -21,7 +21,8 @@ LUA = r"""-- kelp's broker on Redis: one script, one operation per call:
 --   P exchanges, P queues   sets of names
 --   P refusing        set    queues whose x-overflow may refuse a publish (reject-publish[-dlx]); it
 --                            tells clients whether an unconfirmed publish may be buffered
---   P q:<q>           hash   queue: declaration, parsed x-arguments, counters (ready, bytes), used (ms)
+--   P q:<q>           hash   queue: declaration, parsed x-arguments, counters (ready, bytes), used (ms),
+--                            traffic since declared: pub (entries added), dlv (delivered), ack (acked)
 --   P qc:<q>          hash   consumers: <conn>:<channel>:<tag> -> 1
 --   P qss:<q>         set    stream suffixes created for the queue: "<level>" and "r<level>"
 --   P qlv:<q>         zset   suffixes that may hold ready entries, best first (requeued before fresh,

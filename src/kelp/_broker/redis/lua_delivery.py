@@ -103,6 +103,7 @@ local function take(q, conn, room, no_ack, tag, out)
     end
     if taken >= room then break end
   end
+  q.dlv = q.dlv + taken
   if taken > 0 and not no_ack then redis.call('SADD', kc('q', conn), q.name) end
   return taken
 end

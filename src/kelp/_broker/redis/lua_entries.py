@@ -91,12 +91,14 @@ local function enqueue(q, body, meta, ttl, priority, since)
       return false
     end
     add_entry(q, level, false, body, meta, expires, 0)
+    q.pub = q.pub + 1
     while ((q.ml and q.ready > q.ml) or (q.mlb and q.bytes > q.mlb)) and q.ready > 0 do
       if not drop_head(q, 'maxlen') then break end
     end
     return true
   end
   add_entry(q, level, false, body, meta, expires, 0)
+  q.pub = q.pub + 1
   return true
 end
 

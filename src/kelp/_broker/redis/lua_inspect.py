@@ -4,7 +4,7 @@ exposed for tests and bench/scale.py.
 A part of :data:`kelp._broker.redis.script.SOURCE`, which joins the parts in order; see that module."""
 
 LUA = r"""
--- stats -> {name, ready, unacked, consumers, delayed, ...}
+-- stats -> {name, ready, unacked, consumers, delayed, published, delivered, acked, ...}
 function ops.stats(a)
   sweep_due(16)
   local out = {}
@@ -20,6 +20,9 @@ function ops.stats(a)
       out[#out + 1] = unacked
       out[#out + 1] = consumers(name)
       out[#out + 1] = held_count(name)
+      out[#out + 1] = q.pub
+      out[#out + 1] = q.dlv
+      out[#out + 1] = tonumber(redis.call('HGET', kq(name), 'ack')) or 0
     end
   end
   return out

@@ -406,6 +406,26 @@ function ops.settle(a)
   return redis.call('XLEN', K_OUTBOX)
 end
 
+-- ack (queue suffix k id * k) ...: the acked entries leave their stream (XACK + XDEL); each queue counts
+-- the acks it took ('ack' in its hash: an entry no longer pending, as after a reap, is not counted).
+function ops.ack(a)
+  local i = 1
+  while i < #a do
+    local name, suffix, last = a[i], a[i + 1], i + 2 + tonumber(a[i + 2])
+    local s = kqs(name, suffix)
+    local acked = 0
+    for j = i + 3, last, 500 do  -- in chunks: Lua's unpack has a limit
+      local chunk = {unpack(a, j, math.min(j + 499, last))}
+      acked = acked + redis.call('XACK', s, G, unpack(chunk))
+      redis.call('XDEL', s, unpack(chunk))
+    end
+    -- Pending entries mean the queue exists: its streams go with it.
+    if acked > 0 then redis.call('HINCRBY', kq(name), 'ack', acked) end
+    i = last + 1
+  end
+  return 0
+end
+
 -- consume conn queue channel:tag
 function ops.consume(a)
   local conn, name, ct = a[1], a[2], a[3]

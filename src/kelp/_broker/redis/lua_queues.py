@@ -6,7 +6,7 @@ LUA = r"""
 ------------------------------------------------------------------------------------------------- queues
 
 local QFIELDS = {'dur', 'excl', 'ad', 'args', 'ttl', 'exp', 'ml', 'mlb', 'ovf', 'mp', 'dlx', 'dlk',
-                 'ready', 'bytes', 'used', 'hc', 'tx'}
+                 'ready', 'bytes', 'used', 'hc', 'tx', 'pub', 'dlv'}
 
 local function load_queue(name)
   local v = redis.call('HMGET', kq(name), unpack(QFIELDS))
@@ -16,6 +16,7 @@ local function load_queue(name)
     ttl = tonumber(v[5]), exp = tonumber(v[6]), ml = tonumber(v[7]), mlb = tonumber(v[8]),
     ovf = v[9], mp = tonumber(v[10]) or 0, dlx = v[11], dlk = v[12],
     ready = tonumber(v[13]), bytes = tonumber(v[14]), used = tonumber(v[15]), hc = v[16], tx = v[17],
+    pub = tonumber(v[18]) or 0, dlv = tonumber(v[19]) or 0,
   }
 end
 
@@ -30,7 +31,7 @@ local function save_counters(q)
     end
     q.ready, q.bytes = ready, math.max(q.bytes, 0)
   end
-  redis.call('HSET', kq(q.name), 'ready', q.ready, 'bytes', q.bytes)
+  redis.call('HSET', kq(q.name), 'ready', q.ready, 'bytes', q.bytes, 'pub', q.pub, 'dlv', q.dlv)
 end
 
 local function consumers(name) return redis.call('HLEN', kqc(name)) end

@@ -55,16 +55,25 @@ def consumer_count(tx: _ops.Tx, name: str) -> int:
 
 def queue_stats(tx: _ops.Tx) -> list[tuple[str, int, int, int]]:
     db = tx.db
-    ready = dict(db.execute("SELECT queue, count FROM queue_ready"))
+    counts = {row[0]: row[1:] for row in db.execute(_COUNTERS)}
     unacked = dict(db.execute("SELECT queue, count(*) FROM messages WHERE owner IS NOT NULL GROUP BY queue"))
     consumers = dict(db.execute("SELECT queue, count(*) FROM consumers GROUP BY queue"))
     delayed = dict(db.execute("SELECT queue, count(*) FROM delayed GROUP BY queue"))
     return [
         QueueStats(
-            name, ready.get(name, 0), unacked.get(name, 0), consumers.get(name, 0), delayed.get(name, 0)
+            name,
+            counts.get(name, _NONE)[0],
+            unacked.get(name, 0),
+            consumers.get(name, 0),
+            delayed.get(name, 0),
+            *counts.get(name, _NONE)[1:],
         )
         for name in tx.current().queues
     ]
+
+
+_COUNTERS = "SELECT queue, count, published, delivered, acked FROM queue_ready"
+_NONE = (0, 0, 0, 0)
 
 
 def next_deadline(db: sqlite3.Connection) -> float:
@@ -278,6 +287,7 @@ def delete_queue(tx: _ops.Tx, name: str) -> int:
 
 def purge_queue(tx: _ops.Tx, connection_id: int, name: str) -> int:
     queue_for(tx, name, connection_id)
+    tx.count_ready()  # what this transaction stored entered the queue (published) before it goes
     count: int = tx.db.execute("DELETE FROM messages WHERE queue=? AND owner IS NULL", (name,)).rowcount
     return count
 

@@ -65,7 +65,12 @@ _RETURNING = "RETURNING id, priority, body, properties, headers, exchange, routi
 _HEAD = "SELECT id FROM messages WHERE queue=? AND owner IS NULL ORDER BY priority DESC, id LIMIT ?"
 # Constant statements, built once: the sqlite3 statement cache is keyed by the SQL text.
 _CLAIM_NO_ACK = f"DELETE FROM messages WHERE id IN ({_HEAD}) {_RETURNING}"
-_UNCOUNT = "UPDATE queue_ready SET count = count - ?, bytes = bytes - ? WHERE queue = ?"
+_UNCOUNT = (
+    "UPDATE queue_ready SET count = count - ?1, bytes = bytes - ?2, delivered = delivered + ?1 "
+    "WHERE queue = ?3"
+)
+# A no_ack claim deletes its rows (their trigger uncounts them): only the deliveries are added.
+_DELIVERED = "UPDATE queue_ready SET delivered = delivered + ? WHERE queue = ?"
 _CLAIM = (
     "UPDATE messages SET owner=?, claimed_at=?, delivery_count=delivery_count+1 "
     f"WHERE id IN ({_HEAD}) {_RETURNING}"
@@ -84,10 +89,14 @@ _ABOVE_MARK = (
     "SELECT queue, count(*), total(length(body)) FROM messages "
     "WHERE id > ? AND id <= ? AND owner IS NULL GROUP BY queue"
 )
-_COUNT = "UPDATE queue_ready SET count = count + ?, bytes = bytes + ? WHERE queue = ?"
+_COUNT = (
+    "UPDATE queue_ready SET count = count + ?1, bytes = bytes + ?2, published = published + ?1 "
+    "WHERE queue = ?3"
+)
 _DROP_TOMBSTONES = f"DELETE FROM messages WHERE owner = {TOMBSTONE_OWNER} AND id < ?"
 # Settling a set of ids in one statement: the ids travel as one JSON array.
-_ACK = "DELETE FROM messages WHERE id IN (SELECT value FROM json_each(?)) AND owner=?"
+_ACK = "DELETE FROM messages WHERE id IN (SELECT value FROM json_each(?)) AND owner=? RETURNING queue"
+_ACKED = "UPDATE queue_ready SET acked = acked + ? WHERE queue = ?"
 _RELEASE = (
     "UPDATE messages SET owner=NULL, redelivered=1 WHERE id IN (SELECT value FROM json_each(?)) AND owner=?"
 )
@@ -206,9 +215,13 @@ def _by_owner(pairs: list[tuple[int, int]]) -> list[tuple[str, int]]:
 
 
 def ack_rows(db: sqlite3.Connection, pairs: list[tuple[int, int]]) -> None:
-    """Delete acked messages, given as (message id, owner connection): one statement per owner."""
+    """Delete acked messages, given as (message id, owner connection): one statement per owner, and one
+    per queue that counts its acks."""
+    acked: dict[str, int] = {}
     for ids, owner in _by_owner(pairs):
-        db.execute(_ACK, (ids, owner))
+        for (queue,) in db.execute(_ACK, (ids, owner)):
+            acked[queue] = acked.get(queue, 0) + 1
+    db.executemany(_ACKED, [(count, queue) for queue, count in acked.items()])
 
 
 def release_rows(db: sqlite3.Connection, pairs: list[tuple[int, int]]) -> None:
@@ -415,9 +428,14 @@ def _drop_head(tx: Tx, queue: QueueDef) -> None:
 
 
 def claim_rows(tx: Tx, connection_id: int, name: str, limit: int, no_ack: bool) -> list[Any]:
+    # Every row taken must be counted first: a claimed batch is subtracted from the ready count, and
+    # a row this transaction inserted must count as published before a no_ack claim deletes it.
+    tx.count_ready()
     if no_ack:
-        return tx.db.execute(_CLAIM_NO_ACK, (name, limit)).fetchall()
-    tx.count_ready()  # the batch is subtracted from the counts: every row of it must be in them
+        taken = tx.db.execute(_CLAIM_NO_ACK, (name, limit)).fetchall()
+        if taken:
+            tx.db.execute(_DELIVERED, (len(taken), name))
+        return taken
     rows = tx.db.execute(_CLAIM, (connection_id, tx.now, name, limit)).fetchall()
     if rows:
         # The ready count of the queue (see _schema._READY_COUNTS), for the whole batch at once.

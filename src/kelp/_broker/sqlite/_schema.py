@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 APPLICATION_ID = 0x6B656C70  # "kelp"
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # A message's id is its rowid: SQLite gives a new row the last id + 1 (no AUTOINCREMENT, whose counter
 # would be one more page written by every commit). No id at or below the ready mark is ever given again:
@@ -151,6 +151,19 @@ _READY_COUNTS = (
     + _TOMBSTONE.format(id="OLD.id")
     + "; END",
 )
+# Traffic counters (schema 6), per queue, for the rates of ``kelp serve`` and Prometheus: ``published``
+# (copies that entered the queue), ``delivered`` (claimed or taken by get) and ``acked``. None of them
+# costs a write of its own: publishes are added by the fold that counts new rows (_ops.fold_ready), so
+# a persistent publish stays one INSERT; deliveries by the statement that already subtracts a claimed
+# batch from the ready count; acks by one UPDATE per queue per group-committed batch of acks.
+_RATES = (
+    "ALTER TABLE queue_ready ADD COLUMN published INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE queue_ready ADD COLUMN delivered INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE queue_ready ADD COLUMN acked INTEGER NOT NULL DEFAULT 0",
+    "DROP TRIGGER ready_queue_added",
+    "CREATE TRIGGER ready_queue_added AFTER INSERT ON queues BEGIN "
+    "INSERT OR REPLACE INTO queue_ready (queue, count, bytes) VALUES (NEW.name, 0, 0); END",
+)
 # Every row there is is counted (new file: none; upgrade: by schema 3's counts), and no id used before is
 # given again (the last one AUTOINCREMENT gave, kept as a tombstone if its message is gone).
 _MARK_START = (
@@ -228,6 +241,8 @@ _MIGRATIONS = {
     ),
     # Delayed messages.
     5: _DELAYED,
+    # Traffic counters, starting at 0 for the queues there are.
+    6: _RATES,
 }
 
 _BUILTIN_EXCHANGES = (
@@ -312,7 +327,7 @@ def ensure_schema(db: sqlite3.Connection, path: str, now: float) -> None:
             for statement in _DDL.split(";"):
                 if statement.strip():
                     db.execute(statement)
-            for statement in (*_READY_COUNTS, _MARK_START, *_DELAYED):
+            for statement in (*_READY_COUNTS, _MARK_START, *_DELAYED, *_RATES):
                 db.execute(statement)
             db.executemany("INSERT INTO exchanges VALUES (?, ?, 1, 0, 0, '{}')", _BUILTIN_EXCHANGES)
             for statement in _ON_OPEN:

@@ -578,7 +578,7 @@ class RedisTransport(Transport):
         self._lost = False
         self._channels: dict[int, RedisChannel] = {}
         self._next_channel = 1
-        self._acks: dict[str, list[bytes]] = {}
+        self._acks: dict[tuple[str, str], list[bytes]] = {}  # (queue, stream suffix) -> entry ids
         self.pending_acks = 0
         self._signal = Signal()
         #: When the script last said something becomes due (monotonic), for drain's wait.
@@ -898,7 +898,7 @@ class RedisTransport(Transport):
     # --- acks ---------------------------------------------------------------------------------------
 
     def queue_ack(self, queue: str, suffix: str, entry_id: bytes) -> None:
-        key = f"{self._key}qs:{suffix}:{queue}"
+        key = (queue, suffix)
         ids = self._acks.get(key)
         if ids is None:
             self._acks[key] = [entry_id]
@@ -909,11 +909,11 @@ class RedisTransport(Transport):
     def _ack_commands(self, pipe: Pipe) -> list[tuple[list[bytes], Slot | None]]:
         acks, self._acks = self._acks, {}
         self.pending_acks = 0
-        commands: list[tuple[list[bytes], Slot | None]] = []
-        for key, ids in acks.items():
-            commands.append((pipe.wire.pack("XACK", key, "g", *ids), None))
-            commands.append((pipe.wire.pack("XDEL", key, *ids), None))
-        return commands
+        # One script call (XACK + XDEL per stream, and each queue's count of acks), its reply unread.
+        args: list[Any] = []
+        for (queue, suffix), ids in acks.items():
+            args += (queue, suffix, len(ids), *ids)
+        return [(pipe.wire.pack(*self._script, 1, self._key, "ack", *args), None)]
 
     # --- publishing and dead letters ---------------------------------------------------------------
 
@@ -1208,8 +1208,8 @@ class RedisTransport(Transport):
     async def queue_stats(self) -> list[tuple[str, int, int, int]]:
         raw = await self.call("stats")
         return [
-            QueueStats(_text(raw[i]), int(raw[i + 1]), int(raw[i + 2]), int(raw[i + 3]), int(raw[i + 4]))
-            for i in range(0, len(raw), 5)
+            QueueStats(_text(raw[i]), *(int(value) for value in raw[i + 1 : i + 8]))
+            for i in range(0, len(raw), 8)
         ]
 
     async def list_bindings(self) -> list[tuple[str, str, str, str, dict[str, Any]]]:
