@@ -103,8 +103,11 @@ def tick(tx: _ops.Tx) -> None:
     db = tx.db
     _delayed.promote(tx)
     rows = db.execute(
+        # INDEXED BY: left to itself the planner may walk messages_ready for the ORDER BY, reading every
+        # ready message of every queue on each tick (12 ms per tick behind 50,000 messages).
         "SELECT id, queue, body, properties, headers, exchange, routing_key FROM messages "
-        "WHERE expires_at <= ? AND owner IS NULL ORDER BY queue, priority DESC, id",
+        "INDEXED BY messages_expiry WHERE expires_at IS NOT NULL AND expires_at <= ? AND owner IS NULL "
+        "ORDER BY queue, priority DESC, id",
         (tx.now,),
     ).fetchall()
     if rows:
