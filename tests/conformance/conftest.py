@@ -6,8 +6,9 @@ transports come from ``KELP_TEST_TRANSPORTS`` (comma-separated; default ``memory
 on every transport by changing that variable. A transport that needs a server names it in an env var; when
 the variable is missing its tests are skipped with the reason, never silently passed.
 
-To plug in a new transport: add a factory to ``URL_FACTORIES`` and a line to ``CAPABILITIES`` (plus
-``NOT_CLAIMED`` for kit features it does not do). The tests do not change.
+To plug in a new transport: add a factory to ``URL_FACTORIES`` (tests/transport_urls.py, shared by every
+test that runs on several transports) and a line to ``CAPABILITIES`` (plus ``NOT_CLAIMED`` for kit
+features it does not do). The tests do not change.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,55 +23,7 @@ import pytest
 
 from kelp.testing import Capabilities
 from kelp.testing.plugin import Target, use_targets
-
-
-def _hex() -> str:
-    return uuid.uuid4().hex[:12]
-
-
-def _memory(tmp_path: Path) -> str:
-    # A host part names a separate in-process broker: nothing leaks between tests.
-    return f"memory://{_hex()}"
-
-
-def _sqlite(tmp_path: Path) -> str:
-    # tmp_path is absolute, so this is sqlite:////abs/path/broker.db.
-    return f"sqlite:///{tmp_path}/broker.db"
-
-
-def _from_env(var: str) -> str:
-    url = os.environ.get(var)
-    if not url:
-        pytest.skip(f"{var} is not set: no server to run this transport's conformance tests against")
-    return url
-
-
-def _amqp(tmp_path: Path) -> str:
-    # One shared broker; tests isolate themselves by giving every exchange and queue a unique name.
-    return _from_env("KELP_TEST_AMQP_URL")
-
-
-def _redis(tmp_path: Path) -> str:
-    url = _from_env("KELP_TEST_REDIS_URL")
-    separator = "&" if "?" in url else "?"
-    return f"{url}{separator}prefix={_hex()}"
-
-
-def _postgres(tmp_path: Path) -> str:
-    # One shared cluster; each test gets a schema of its own (an isolated broker).
-    url = _from_env("KELP_TEST_POSTGRES_URL")
-    separator = "&" if "?" in url else "?"
-    return f"{url}{separator}schema=kelp_{_hex()}"
-
-
-URL_FACTORIES: dict[str, Callable[[Path], str]] = {
-    "memory": _memory,
-    "sqlite": _sqlite,
-    "amqp": _amqp,
-    "redis": _redis,
-    "postgres": _postgres,
-}
-
+from transport_urls import URL_FACTORIES, selected
 
 CAPABILITIES: dict[str, Capabilities] = {
     "memory": Capabilities("memory"),
@@ -112,21 +64,7 @@ def _restart_postgres() -> None:
 RESTARTS: dict[str, Callable[[], None]] = {"sqlite": _restart_sqlite, "postgres": _restart_postgres}
 
 
-def _transports() -> list[str]:
-    raw = os.environ.get("KELP_TEST_TRANSPORTS", "memory")
-    return [name.strip() for name in raw.split(",") if name.strip()]
-
-
-def _unknown(name: str) -> Callable[[Path], str]:
-    def fail(tmp_path: Path) -> str:
-        pytest.fail(f"KELP_TEST_TRANSPORTS names unknown transport {name!r}; known: {sorted(URL_FACTORIES)}")
-
-    return fail
-
-
 def _target(name: str) -> Target:
-    if name not in URL_FACTORIES:
-        return Target(name, _unknown(name), Capabilities(name))
     capabilities = CAPABILITIES[name].without(*NOT_CLAIMED.get(name, ()))
     if name in RESTARTS:
         capabilities = dataclasses.replace(capabilities, restart=RESTARTS[name])
@@ -134,4 +72,4 @@ def _target(name: str) -> Target:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    use_targets(config, [_target(name) for name in _transports()])
+    use_targets(config, [_target(name) for name in selected()])

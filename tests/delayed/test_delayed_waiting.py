@@ -4,32 +4,19 @@ KELP_TEST_TRANSPORTS (default memory) that kelp brokers itself."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
 import kelp
+from transport_urls import selected, url_for
 
 
-def _transports() -> list[str]:
-    names = [n.strip() for n in os.environ.get("KELP_TEST_TRANSPORTS", "memory").split(",") if n.strip()]
-    return [n for n in names if n in ("memory", "sqlite", "redis")] or ["memory"]
-
-
-@pytest.fixture(params=_transports())
+@pytest.fixture(params=selected(("memory", "sqlite", "redis")))
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "memory":
-        return f"memory://{uuid.uuid4().hex}"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/broker.db"
-    base = os.environ.get("KELP_TEST_REDIS_URL")
-    if not base:
-        pytest.skip("KELP_TEST_REDIS_URL is not set")
-    return f"{base}{'&' if '?' in base else '?'}prefix={uuid.uuid4().hex[:12]}"
+    return url_for(request.param, tmp_path)
 
 
 def test_a_waiting_consumer_gets_a_message_delayed_after_it_began_waiting(url: str) -> None:

@@ -8,20 +8,16 @@ reason. Differences kelp keeps on purpose are not asserted here: docs/migrating-
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import pytest
+
+from transport_urls import selected, url_for
 
 # `same()` asserts in the helpers modules: rewrite them so that a failure shows the differing data.
 pytest.register_assert_rewrite(f"{__package__}.aio.helpers", f"{__package__}.sync.helpers")
 
 AMQP_URL = os.environ.get("KELP_TEST_AMQP_URL")
-
-
-def _transports() -> list[str]:
-    raw = os.environ.get("KELP_TEST_TRANSPORTS", "memory")
-    return [name.strip() for name in raw.split(",") if name.strip()]
 
 
 @pytest.fixture
@@ -32,21 +28,7 @@ def reference_url() -> str:
     return "py" + AMQP_URL if AMQP_URL.startswith("amqp://") else AMQP_URL
 
 
-@pytest.fixture(params=_transports())
+@pytest.fixture(params=selected())
 def subject_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """kelp's URL of a fresh broker on one transport under test."""
-    name = request.param
-    if name == "memory":
-        return f"memory://{uuid.uuid4().hex[:12]}"
-    if name == "sqlite":
-        return f"sqlite:///{tmp_path}/broker.db"
-    if name == "amqp":
-        if not AMQP_URL:
-            pytest.skip("KELP_TEST_AMQP_URL is not set")
-        return AMQP_URL
-    if name == "redis":
-        url = os.environ.get("KELP_TEST_REDIS_URL")
-        if not url:
-            pytest.skip("KELP_TEST_REDIS_URL is not set")
-        return f"{url}{'&' if '?' in url else '?'}prefix=diff{uuid.uuid4().hex[:8]}"
-    pytest.fail(f"KELP_TEST_TRANSPORTS names unknown transport {name!r}")
+    return url_for(request.param, tmp_path)

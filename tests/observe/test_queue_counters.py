@@ -4,35 +4,22 @@ kelp brokers itself (RabbitMQ's come from its management API: see test_managemen
 
 from __future__ import annotations
 
-import os
 import time
-import uuid
 from typing import Any
 
 import pytest
 
 import kelp
 from kelp.transport.base import QueueStats
+from transport_urls import selected, url_for
 
-BROKERED = ("memory", "sqlite", "redis")
-
-
-def _transports() -> list[str]:
-    chosen = os.environ.get("KELP_TEST_TRANSPORTS", "memory").split(",")
-    return [name for name in chosen if name in BROKERED] or ["memory"]
+#: The transports whose broker keeps these counters.
+COUNTING = ("memory", "sqlite", "redis")
 
 
-@pytest.fixture(params=_transports())
+@pytest.fixture(params=selected(COUNTING))
 def url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
-    name = request.param
-    if name == "memory":
-        return f"memory://{uuid.uuid4().hex[:12]}"
-    if name == "sqlite":
-        return f"sqlite:///{tmp_path}/counters.db"
-    redis_url = os.environ.get("KELP_TEST_REDIS_URL")
-    if not redis_url:
-        pytest.skip("KELP_TEST_REDIS_URL is not set")
-    return f"{redis_url}{'&' if '?' in redis_url else '?'}prefix={uuid.uuid4().hex[:12]}"
+    return url_for(request.param, tmp_path)
 
 
 def stats(url: str) -> dict[str, QueueStats]:
