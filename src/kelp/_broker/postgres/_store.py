@@ -23,10 +23,10 @@ from psycopg import Connection, Cursor
 
 from kelp._broker.core import Session
 from kelp._broker.core.store import Item, Unacked
+from kelp._broker.postgres import _delayed
 from kelp._broker.postgres._listen import READY, REAP_INTERVAL, Listening
 from kelp._broker.postgres._route import (
     ROW,
-    Topology,
     columns,
     copies_of,
     dead_letter_rows,
@@ -54,9 +54,8 @@ class PostgresStore(Listening):
         self.session: Session[PostgresStore] = Session(self)
         self.insert_one = insert_statement(self.schema, self.channel, True, one=True)
         self.insert_many = insert_statement(self.schema, self.channel, True)
-        # When this process next looks for expired messages and queues (time.time()): lowered by its
-        # own TTL publishes and queue declarations, re-read from the database at most a second later.
-        self.next_due = 0.0
+        self.hold_checked = _delayed.hold_statement(self.schema, self.channel, True)
+        self.hold = _delayed.hold_statement(self.schema, self.channel, False)
         self._acks: list[Any] = []
         self._ack_lock = threading.Lock()
         self._ack_timer: threading.Timer | None = None
@@ -153,17 +152,34 @@ class PostgresStore(Listening):
                 if self.topology().version != topo.version:
                     continue  # routed on an old snapshot: route again on the current one
                 raise
-            copies = [c for _, cs in routed for c in cs]
+            copies = [c for e, cs in routed if e.due is None for c in cs]
+            held = [
+                (e.due, c, e.properties["message_id"]) for e, cs in routed if e.due is not None for c in cs
+            ]
             for copy in copies:
                 self.due(None if copy.ttl is None else copy.ttl / 1000)
-            if any(c.queue.args.bounded for c in copies):
+            if held:
+                self.due(max(0.0, min(due for due, _, _ in held) - time.time()))
+            if any(c.queue.args.bounded for c in copies) or (held and copies):
                 with self.locked() as (cur, current):
                     if current is not topo:
                         continue
                     refused = store_copies(cur, self.schema, self.channel, topo, copies)
-            elif (copies or any(e.mandatory for e in envelopes)) and not self._insert_checked(topo, copies):
-                self.forget_topology()
-                continue
+                    if held:
+                        cur.execute(self.hold, _delayed.held_columns(held))
+            elif held:
+                params = [*_delayed.held_columns(held), topo.version]
+                if not self._checked(self.hold_checked, params, any(c.persistent for _, c, _ in held)):
+                    self.forget_topology()
+                    continue
+            elif copies or any(e.mandatory for e in envelopes):
+                if len(copies) == 1:
+                    statement, params = self.insert_one, [*values(copies[0]), topo.version]
+                else:
+                    statement, params = self.insert_many, [*columns(copies), topo.version]
+                if not self._checked(statement, params, any(c.persistent for c in copies)):
+                    self.forget_topology()
+                    continue
             break
         if refused:
             queues = sorted(set(refused))
@@ -172,21 +188,23 @@ class PostgresStore(Listening):
             )
         return [e for e, cs in routed if not cs and e.mandatory]
 
-    def _insert_checked(self, topo: Topology, copies: list[Any]) -> bool:
-        """Store unbounded copies in one statement, if ``topo`` is still current (else store nothing)."""
-        if len(copies) == 1:
-            statement, params = self.insert_one, [*values(copies[0]), topo.version]
-        else:
-            statement, params = self.insert_many, [*columns(copies), topo.version]
+    def _checked(self, statement: str, params: list[Any], persistent: bool) -> bool:
+        """Run a statement stored only if the topology counter is still its last parameter; whether it
+        was (see ``insert_statement``)."""
         with self.cursor() as cur:
-            if self.flush_publishes and any(c.persistent for c in copies):
+            if self.flush_publishes and persistent:
                 with cur.connection.transaction():
                     cur.execute("SET LOCAL synchronous_commit = on")
                     cur.execute(statement, params)
             else:
                 cur.execute(statement, params)
             row = cur.fetchone()
-        return row is not None and row[0] == topo.version
+        return row is not None and row[0] == params[-1]
+
+    def cancel_delayed(self, message_id: str) -> int:
+        """Drop the held copies of the delayed message ``message_id`` (committed); return how many."""
+        with self.cursor() as cur:
+            return _delayed.cancel_delayed(cur, self.schema, message_id)
 
     def claim(
         self, owner: int, plan: Sequence[tuple[Any, Sequence[tuple[Any, int]], int]], limit: int
@@ -297,8 +315,11 @@ class PostgresStore(Listening):
     # --- time and waiting ---------------------------------------------------------------------------
 
     def expire(self) -> None:
-        """Dead-letter the ready copies past their TTL; delete the queues unused past x-expires."""
+        """Move the delayed copies that are due into their queues; dead-letter the ready copies past their
+        TTL; delete the queues unused past x-expires."""
         with self.locked() as (cur, topo):
+            if _delayed.promote(cur, self.schema, self.channel, topo) == _delayed.PROMOTE_MAX:
+                self.next_due = 0.0  # more are due: the next tick moves them
             found = self.rows(
                 cur,
                 "DELETE FROM {s}.messages WHERE id IN (SELECT id FROM {s}.messages WHERE expires_at <= {now} "
@@ -346,7 +367,8 @@ class PostgresStore(Listening):
                 "SELECT {now}, (SELECT min(expires_at) FROM {s}.messages "
                 "WHERE expires_at IS NOT NULL AND owner IS NULL), "
                 "(SELECT min(last_used + expires_ms / 1000.0) FROM {s}.queues q "
-                "WHERE NOT EXISTS (SELECT 1 FROM {s}.consumers c WHERE c.queue = q.name))",
+                "WHERE NOT EXISTS (SELECT 1 FROM {s}.consumers c WHERE c.queue = q.name)), "
+                "(SELECT min(due) FROM {s}.delayed)",
             )[0]
             ready = any(self._has_ready(cur, queue) for queue in queues)
         due = min((d for d in deadlines if d is not None), default=None)

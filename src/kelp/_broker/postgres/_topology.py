@@ -25,7 +25,7 @@ from kelp._broker.queue_args import (
     generated_queue_name,
 )
 from kelp._broker.sqlite._codec import encode
-from kelp._envelope import QueueInfo
+from kelp._envelope import QueueInfo, QueueStats
 from kelp.exceptions import AccessRefused, NotFound, PreconditionFailed, ResourceLocked
 
 __all__ = ["TopologyOps"]
@@ -211,7 +211,8 @@ class TopologyOps(Database, abc.ABC):
         consumers are cancelled in every process."""
         if not names:
             return
-        for table in ("queues WHERE name", "messages WHERE queue", "consumers WHERE queue"):
+        tables = ("queues WHERE name", "messages WHERE queue", "delayed WHERE queue", "consumers WHERE queue")
+        for table in tables:
             self.rows(cur, f"DELETE FROM {{s}}.{table} = ANY(%s)", names)
         sources = self.rows(
             cur,
@@ -336,14 +337,15 @@ class TopologyOps(Database, abc.ABC):
         return [name for name, unused in found if unused]
 
     def queue_stats(self, unacked: Mapping[str, int]) -> list[tuple[str, int, int, int]]:
-        """Every queue's ready and unacked copies (of every process) and consumers."""
+        """Every queue's ready and unacked copies (of every process), consumers and delayed copies."""
         self.flush_acks()
         with self.cursor() as cur:
             found = self.rows(
                 cur,
                 "SELECT q.name, count(m.id) FILTER (WHERE m.owner IS NULL), count(m.id) FILTER "
-                "(WHERE m.owner IS NOT NULL), (SELECT count(*) FROM {s}.consumers c WHERE c.queue = q.name) "
+                "(WHERE m.owner IS NOT NULL), (SELECT count(*) FROM {s}.consumers c WHERE c.queue = q.name), "
+                "(SELECT count(*) FROM {s}.delayed d WHERE d.queue = q.name) "
                 "FROM {s}.queues q LEFT JOIN {s}.messages m ON m.queue = q.name "
                 "GROUP BY q.name ORDER BY q.name",
             )
-        return [(name, int(r), int(u), int(c)) for name, r, u, c in found]
+        return [QueueStats(name, int(r), int(u), int(c), int(d)) for name, r, u, c, d in found]
