@@ -136,17 +136,38 @@ class QueueInfo(NamedTuple):
 
 class QueueStats(tuple[str, int, int, int]):
     """One queue's counts for ``Transport.queue_stats``: unpacks as ``(queue, ready, unacked, consumers)``
-    (the shape older callers read) and carries ``delayed``, the messages held until their due time."""
+    (the shape older callers read) and carries ``delayed``, the messages held until their due time, and
+    three counters the broker keeps for the queue since it was declared (None where a transport cannot
+    count them): ``published``, copies of messages that entered the queue (routed to it, dead-lettered
+    to it, or a delayed message come due); ``delivered``, messages handed to a consumer or taken by
+    ``get`` (redeliveries included); ``acked``, deliveries acknowledged. Rates are differences of these
+    over time (see :mod:`kelp.web`)."""
 
     delayed: int
+    published: int | None
+    delivered: int | None
+    acked: int | None
 
-    def __new__(cls, queue: str, ready: int, unacked: int, consumers: int, delayed: int = 0) -> QueueStats:
+    def __new__(
+        cls,
+        queue: str,
+        ready: int,
+        unacked: int,
+        consumers: int,
+        delayed: int = 0,
+        published: int | None = None,
+        delivered: int | None = None,
+        acked: int | None = None,
+    ) -> QueueStats:
         self = super().__new__(cls, (queue, ready, unacked, consumers))
         self.delayed = delayed
+        self.published = published
+        self.delivered = delivered
+        self.acked = acked
         return self
 
     def __repr__(self) -> str:
-        return f"QueueStats{(*self, self.delayed)!r}"
+        return f"QueueStats{(*self, self.delayed, self.published, self.delivered, self.acked)!r}"
 
     @property
     def queue(self) -> str:

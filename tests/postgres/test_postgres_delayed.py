@@ -1,6 +1,6 @@
 """postgresql:// delayed messages beyond the kit: a consumer waiting with nothing else due is woken on
 time by a delayed publish of another process, the held messages survive a server restart, and a
-version 1 schema is upgraded in place."""
+version 1 schema is upgraded in place (the delayed and counters tables)."""
 
 from __future__ import annotations
 
@@ -98,7 +98,8 @@ def test_a_version_1_schema_is_upgraded(pg_url: str) -> None:
         conn.Producer().publish("ready", exchange="work", routing_key="work")
     schema = pg_url.rsplit("schema=", 1)[1]
     with psycopg.connect(pg_url.split("?")[0], autocommit=True) as db:  # what kelp with schema 1 wrote
-        db.execute(f"DROP TABLE {schema}.delayed; UPDATE {schema}.meta SET value = 1 WHERE key = 'version'")
+        db.execute(f"DROP TABLE {schema}.delayed, {schema}.counters")
+        db.execute(f"UPDATE {schema}.meta SET value = 1 WHERE key = 'version'")
     with kelp.Connection(pg_url) as conn:
         conn.Producer().publish("later", exchange="work", routing_key="work", countdown=0.2)
         bound = kelp.Queue("work")(conn.channel())

@@ -10,6 +10,7 @@ waiting consumers of every process shorten their wait; later ones need no announ
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -66,9 +67,12 @@ def held_columns(held: Sequence[HeldCopy]) -> list[list[Any]]:
     ]
 
 
-def promote(cur: Cursor[Any], schema: sql.Identifier, channel: str, topo: Topology) -> int:
+def promote(
+    cur: Cursor[Any], schema: sql.Identifier, channel: str, topo: Topology, stored: Counter[str]
+) -> int:
     """Move the held copies that are due into their queues (inside the caller's transaction, which has
-    ``topo`` current); return how many were taken (PROMOTE_MAX: more may be due)."""
+    ``topo`` current; ``stored`` counts them, see ``store_copies``); return how many were taken
+    (PROMOTE_MAX: more may be due)."""
     cur.execute(sql.SQL(_PROMOTE.replace("{now}", NOW)).format(s=schema), (PROMOTE_MAX,), prepare=False)
     rows = cur.fetchall()
     rows.sort(key=lambda r: (r[1], r[0]))
@@ -82,7 +86,7 @@ def promote(cur: Cursor[Any], schema: sql.Identifier, channel: str, topo: Topolo
         heads = decode(headers) if headers else {}
         copies.append(Copy(queue, bytes(body), decode(properties), heads, exchange, routing_key, ttl))
     if copies:
-        store_copies(cur, schema, channel, topo, copies)
+        store_copies(cur, schema, channel, topo, copies, stored)
     return len(rows)
 
 

@@ -2,10 +2,10 @@
 
 Every broker lives in one schema (``kelp`` unless the URL says ``?schema=``). Its ``meta`` table records
 the schema version; a schema written by a newer kelp, or a schema of that name that kelp did not write,
-fails with a clear error before anything is touched. ``meta`` also records the server's start time: the
-first connection after a restart of PostgreSQL restarts the broker as RabbitMQ would (non-durable queues
-and exchanges and transient messages are dropped; persistent messages on durable queues stay, and the
-ones that were unacked come back flagged ``redelivered``).
+fails with a clear error before anything is touched; an older kelp's schema is upgraded in place. ``meta``
+also records the server's start time: the first connection after a restart of PostgreSQL restarts the
+broker as RabbitMQ would (non-durable queues and exchanges and transient messages are dropped; persistent
+messages on durable queues stay, and the ones that were unacked come back flagged ``redelivered``).
 """
 
 from __future__ import annotations
@@ -61,9 +61,10 @@ INSERT INTO {s}.exchanges VALUES ('amq.direct', 'direct', true, false, false, '{
     ('amq.match', 'headers', true, false, false, '{{}}');
 """
 
-# Delayed messages (version 2): one row per routed copy, held until its due time (the publisher's wall
-# clock, seconds since the epoch), then moved into messages (see _delayed).
-_DELAYED = """
+# Version 2. Delayed messages: one row per routed copy, held until its due time (the publisher's wall
+# clock, seconds since the epoch), then moved into messages (see _delayed). Traffic counters: one row per
+# queue that has had traffic, added to by each process in batches (see _counters).
+_VERSION_2 = """
 CREATE TABLE {s}.delayed (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, due float8 NOT NULL, queue text NOT NULL,
     message_id text NOT NULL, body bytea NOT NULL, properties text NOT NULL, headers text NOT NULL,
@@ -72,10 +73,13 @@ CREATE TABLE {s}.delayed (
 CREATE INDEX delayed_due ON {s}.delayed (due, id);
 CREATE INDEX delayed_queue ON {s}.delayed (queue);
 CREATE INDEX delayed_message ON {s}.delayed (message_id);
+CREATE TABLE {s}.counters (
+    queue text PRIMARY KEY, published bigint NOT NULL, delivered bigint NOT NULL, acked bigint NOT NULL
+);
 """
-_DDL = _DDL.replace("{delayed}", _DELAYED)
+_DDL = _DDL.replace("{delayed}", _VERSION_2)
 #: What upgrades a schema of each older version to the next one.
-_MIGRATIONS = {1: _DELAYED}
+_MIGRATIONS = {1: _VERSION_2}
 
 # A server restart: what RabbitMQ's restart keeps, kept; everything of the old server's sessions let go.
 _RESTART = """
@@ -90,6 +94,7 @@ DELETE FROM {s}.messages m WHERE NOT persistent
     OR NOT EXISTS (SELECT 1 FROM {s}.queues q WHERE q.name = m.queue);
 DELETE FROM {s}.delayed d WHERE NOT persistent
     OR NOT EXISTS (SELECT 1 FROM {s}.queues q WHERE q.name = d.queue);
+DELETE FROM {s}.counters c WHERE NOT EXISTS (SELECT 1 FROM {s}.queues q WHERE q.name = c.queue);
 UPDATE {s}.messages SET owner = NULL, redelivered = true WHERE owner IS NOT NULL;
 UPDATE {s}.meta SET value = value + 1 WHERE key = 'topology';
 """

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar
 
@@ -24,7 +25,8 @@ from psycopg import Connection, Cursor
 from kelp._broker.core import Session
 from kelp._broker.core.store import Item, Unacked
 from kelp._broker.postgres import _delayed
-from kelp._broker.postgres._listen import READY, REAP_INTERVAL, Listening
+from kelp._broker.postgres._counters import ACKED, DELIVERED, PUBLISHED, Counting
+from kelp._broker.postgres._listen import READY, REAP_INTERVAL
 from kelp._broker.postgres._route import (
     ROW,
     columns,
@@ -47,7 +49,7 @@ ACK_BATCH = 500
 ACK_DELAY = 0.05
 
 
-class PostgresStore(Listening):
+class PostgresStore(Counting):
     def __init__(self, conninfo: str, schema: str, flush_publishes: bool = False) -> None:
         super().__init__(conninfo, schema, flush_publishes)
         self._owners: dict[int, tuple[Connection[Any], threading.Lock]] = {}
@@ -98,6 +100,7 @@ class PostgresStore(Listening):
     def disconnect(self, owner: int, unacked: Sequence[Unacked]) -> None:
         try:
             self.flush_acks()
+            self.flush_counts()
             self.drop_owners([owner])
         except OperationalError:
             pass  # the server is gone: its session with it; other processes (or its restart) let go
@@ -161,12 +164,14 @@ class PostgresStore(Listening):
             if held:
                 self.due(max(0.0, min(due for due, _, _ in held) - time.time()))
             if any(c.queue.args.bounded for c in copies) or (held and copies):
+                stored: Counter[str] = Counter()
                 with self.locked() as (cur, current):
                     if current is not topo:
                         continue
-                    refused = store_copies(cur, self.schema, self.channel, topo, copies)
+                    refused = store_copies(cur, self.schema, self.channel, topo, copies, stored)
                     if held:
                         cur.execute(self.hold, _delayed.held_columns(held))
+                self.count_all(PUBLISHED, stored)
             elif held:
                 params = [*_delayed.held_columns(held), topo.version]
                 if not self._checked(self.hold_checked, params, any(c.persistent for _, c, _ in held)):
@@ -180,6 +185,7 @@ class PostgresStore(Listening):
                 if not self._checked(statement, params, any(c.persistent for c in copies)):
                     self.forget_topology()
                     continue
+                self.count_all(PUBLISHED, [c.queue.name for c in copies])
             break
         if refused:
             queues = sorted(set(refused))
@@ -227,6 +233,8 @@ class PostgresStore(Listening):
                         left -= len(items)
 
         self._owner(owner, work)
+        for _, consumer, items in out:
+            self.count(DELIVERED, consumer.queue, len(items))
         return out
 
     def _claim_rows(
@@ -263,9 +271,13 @@ class PostgresStore(Listening):
                 self.one(cur, f"SELECT count(*) FROM {{s}}.messages WHERE queue = %s AND {READY}", queue)
             )
 
-        return self._owner(owner, work)
+        found = self._owner(owner, work)
+        if found is not None:
+            self.count(DELIVERED, queue)
+        return found
 
     def ack(self, owner: int, unacked: Sequence[Unacked]) -> None:
+        self.count_all(ACKED, [u.queue for u in unacked])
         with self._ack_lock:
             self._acks.extend(u.ref for u in unacked)
             if len(self._acks) < ACK_BATCH:
@@ -302,6 +314,7 @@ class PostgresStore(Listening):
             with self.cursor() as cur, cur.connection.transaction():
                 self.release(cur, unacked)
             return
+        stored: Counter[str] = Counter()
         with self.locked() as (cur, topo):
             found = self.rows(
                 cur,
@@ -310,15 +323,17 @@ class PostgresStore(Listening):
             )
             order = {u.ref: i for i, u in enumerate(unacked)}
             found.sort(key=lambda r: order.get(r[0], 0))
-            dead_letter_rows(cur, self.schema, self.channel, topo, found, "rejected")
+            dead_letter_rows(cur, self.schema, self.channel, topo, found, "rejected", stored)
+        self.count_all(PUBLISHED, stored)
 
     # --- time and waiting ---------------------------------------------------------------------------
 
     def expire(self) -> None:
         """Move the delayed copies that are due into their queues; dead-letter the ready copies past their
         TTL; delete the queues unused past x-expires."""
+        stored: Counter[str] = Counter()
         with self.locked() as (cur, topo):
-            if _delayed.promote(cur, self.schema, self.channel, topo) == _delayed.PROMOTE_MAX:
+            if _delayed.promote(cur, self.schema, self.channel, topo, stored) == _delayed.PROMOTE_MAX:
                 self.next_due = 0.0  # more are due: the next tick moves them
             found = self.rows(
                 cur,
@@ -326,7 +341,8 @@ class PostgresStore(Listening):
                 f"AND owner IS NULL FOR UPDATE SKIP LOCKED) RETURNING {ROW}",
             )
             found.sort(key=lambda r: (r[1], -r[2], r[0]))
-            dead_letter_rows(cur, self.schema, self.channel, topo, found, "expired")
+            dead_letter_rows(cur, self.schema, self.channel, topo, found, "expired", stored)
+        self.count_all(PUBLISHED, stored)
         with self.cursor() as cur:
             unused = self.rows(
                 cur,
