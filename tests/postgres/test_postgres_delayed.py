@@ -4,6 +4,7 @@ version 1 schema is upgraded in place (the delayed and counters tables)."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import subprocess
 import sys
@@ -115,3 +116,39 @@ def test_a_version_1_schema_is_upgraded(pg_url: str) -> None:
     with psycopg.connect(pg_url.split("?")[0], autocommit=True) as db:
         row = db.execute(f"SELECT value FROM {schema}.meta WHERE key = 'version'").fetchone()
     assert row == (2,)
+
+
+def test_processes_moving_due_messages_at_once_keep_due_order(pg_url: str) -> None:
+    """3,000 messages come due together; three processes move them at once (1,000 per transaction): the
+    queue holds them in due order still."""
+    promote = (
+        "import sys, time, kelp\n"
+        "with kelp.Connection(sys.argv[1]) as conn:\n"
+        "    store = conn.transport.session.store\n"
+        "    time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
+        "    for _ in range(5):\n"
+        "        store.expire()\n"
+    )
+    with kelp.Connection(pg_url) as conn:
+        _queue(conn)
+        producer = conn.Producer()
+        due = time.time() + 1.5
+        envelopes = [
+            producer.prepare(n, exchange="work", routing_key="work", eta=_aware(due + n * 0.0001))
+            for n in range(3000)
+        ]
+        envelopes.reverse()  # publish order opposite to due order: due order must win
+        producer.publish_many(envelopes)
+        start = due + 0.5
+        workers = [subprocess.Popen([sys.executable, "-c", promote, pg_url, str(start)]) for _ in range(3)]
+        for worker in workers:
+            assert worker.wait(60) == 0
+        bound = kelp.Queue("work")(conn.channel())
+        got = []
+        while (message := bound.get(no_ack=True)) is not None:
+            got.append(message.payload)
+    assert got == list(range(3000))
+
+
+def _aware(timestamp: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC)

@@ -10,6 +10,7 @@ waiting consumers of every process shorten their wait; later ones need no announ
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -73,6 +74,9 @@ def promote(
     """Move the held copies that are due into their queues (inside the caller's transaction, which has
     ``topo`` current; ``stored`` counts them, see ``store_copies``); return how many were taken
     (PROMOTE_MAX: more may be due)."""
+    # One process at a time: two moving different due rows at once could commit the later-due ones
+    # first (lower ids: delivered first). The second waits, then finds what the first left.
+    cur.execute("SELECT pg_advisory_xact_lock(%s)", (_promote_key(schema),))
     cur.execute(sql.SQL(_PROMOTE.replace("{now}", NOW)).format(s=schema), (PROMOTE_MAX,), prepare=False)
     rows = cur.fetchall()
     rows.sort(key=lambda r: (r[1], r[0]))
@@ -88,6 +92,11 @@ def promote(
     if copies:
         store_copies(cur, schema, channel, topo, copies, stored)
     return len(rows)
+
+
+def _promote_key(schema: sql.Identifier) -> int:
+    digest = hashlib.blake2b(f"kelp delayed {schema.as_string(None)}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 def cancel_delayed(cur: Cursor[Any], schema: sql.Identifier, message_id: str) -> int:
