@@ -1,7 +1,8 @@
 """Delayed delivery: how late due messages arrive, and what a large backlog of them costs.
 
-    python bench/delayed.py                                  # lateness on memory, sqlite (+ redis, amqp
-                                                             #   when KELP_TEST_REDIS_URL / _AMQP_URL are set)
+    python bench/delayed.py                                  # lateness on memory, sqlite (+ redis, amqp,
+                                                             #   postgres when KELP_TEST_REDIS_URL /
+                                                             #   _AMQP_URL / _POSTGRES_URL are set)
     python bench/delayed.py --transports sqlite --messages 2000 --spread 3   # a quick run
     python bench/delayed.py --pending 1000000 --transports sqlite,redis      # the backlog measure
     python bench/delayed.py --json
@@ -61,6 +62,11 @@ def url_for(transport: str, workdir: str) -> str | None:
         return f"{base}{'&' if '?' in base else '?'}prefix=bench{uuid.uuid4().hex[:8]}"
     if transport == "amqp":
         return os.environ.get("KELP_TEST_AMQP_URL")
+    if transport == "postgres":
+        base = os.environ.get("KELP_TEST_POSTGRES_URL")
+        if not base:
+            return None
+        return f"{base}{'&' if '?' in base else '?'}schema=bench{uuid.uuid4().hex[:8]}"
     raise SystemExit(f"unknown transport {transport!r}")
 
 
@@ -194,7 +200,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--transports", default="memory,sqlite,redis,amqp")
+    parser.add_argument("--transports", default="memory,sqlite,redis,amqp,postgres")
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--spread", type=float, default=10.0)
     parser.add_argument("--lead", type=float, default=3.0)

@@ -41,8 +41,6 @@ NOT_CLAIMED: dict[str, tuple[str, ...]] = {
     # RabbitMQ refuses or rewrites a malformed x-death itself; it keeps no index of the delayed messages
     # it holds (no cancel, no count), and a message's own TTL would cut short its wait in a TTL tier.
     "amqp": ("x_death_kept_aside", "cancel_delayed", "count_delayed", "delayed_expiration"),
-    # postgresql:// does not hold delayed messages yet (it refuses them with UsageError).
-    "postgres": ("delayed", "cancel_delayed", "count_delayed", "delayed_expiration"),
 }
 
 

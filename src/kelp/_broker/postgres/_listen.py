@@ -2,7 +2,9 @@
 into wake-ups, lets go of dead owners, and keeps the claim floors.
 
 Announcements on the store's channel: ``r:<id>:<queue>`` (copies became ready in the queue, the lowest
-id ``<id>``), ``d:<queue>`` (the queue was deleted), ``s`` (stop listening: this process is done).
+id ``<id>``), ``w:<due>`` (a delayed message was held due earlier than every other: waiting
+consumers compute their wait again), ``d:<queue>`` (the queue was deleted), ``s`` (stop listening:
+this process is done).
 
 Floors. Per queue without priorities the process keeps an id below which it knows no ready copy; a claim
 starts there rather than at the queue's head. At the head, the index holds the entries of copies already
@@ -41,6 +43,10 @@ class Listening(TopologyOps):
         self._listening = threading.Event()
         self._floors: dict[str, list[int]] = {}  # queue -> [floor, times lowered]
         self._heard = False
+        # When this process next looks for expired messages and queues and due delayed ones (time.time()):
+        # lowered by its own TTL and delayed publishes, queue declarations and announced due times,
+        # re-read from the database at most a second later.
+        self.next_due = 0.0
 
     def start_listening(self) -> None:
         with self._guard:
@@ -103,6 +109,10 @@ class Listening(TopologyOps):
             self.lower_floor(queue, int(row_id))
             if self.listener is not None:
                 self.listener.wake((queue,))
+        elif kind == "w":
+            self.next_due = min(self.next_due, float(rest))
+            if self.listener is not None:
+                self.listener.wake_all()
         elif kind == "d":
             with self._guard:
                 self._floors.pop(rest, None)

@@ -12,6 +12,7 @@ added, before the publish.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -220,25 +221,32 @@ def columns(copies: Sequence[Copy]) -> list[list[Any]]:
 
 
 def store_copies(
-    cur: Cursor[Any], schema: sql.Identifier, channel: str, topo: Topology, copies: Iterable[Copy]
+    cur: Cursor[Any],
+    schema: sql.Identifier,
+    channel: str,
+    topo: Topology,
+    copies: Iterable[Copy],
+    stored: Counter[str],
 ) -> list[str]:
     """Store the copies inside the caller's transaction (which holds the topology lock, shared, and has
-    ``topo`` current), applying each queue's length limit; return the queues that refused one."""
+    ``topo`` current), applying each queue's length limit; return the queues that refused one. ``stored``
+    counts the copies stored per queue (dead-lettered ones too), for the caller to count once committed."""
     refused: list[str] = []
     plain: list[Copy] = []
     for copy in copies:
         if copy.queue.args.bounded:
-            if not _store_bounded(cur, schema, channel, topo, copy):
+            if not _store_bounded(cur, schema, channel, topo, copy, stored):
                 refused.append(copy.queue.name)
         else:
             plain.append(copy)
     if plain:
         cur.execute(insert_statement(schema, channel, False), columns(plain))
+        stored.update(c.queue.name for c in plain)
     return refused
 
 
 def _store_bounded(
-    cur: Cursor[Any], schema: sql.Identifier, channel: str, topo: Topology, copy: Copy
+    cur: Cursor[Any], schema: sql.Identifier, channel: str, topo: Topology, copy: Copy, stored: Counter[str]
 ) -> bool:
     """A copy into a queue with x-max-length(-bytes): refused, or stored dropping from the head."""
     queue = copy.queue
@@ -268,9 +276,10 @@ def _store_bounded(
                 copy.exchange,
                 copy.routing_key,
             )
-            dead_letter_rows(cur, schema, channel, topo, [row], "maxlen")
+            dead_letter_rows(cur, schema, channel, topo, [row], "maxlen", stored)
         return False
     cur.execute(insert_statement(schema, channel, False), columns([copy]))
+    stored[queue.name] += 1
     count, size = count + 1, size + size_of
     if not full:
         return True
@@ -294,7 +303,7 @@ def _store_bounded(
             sql.SQL(f"DELETE FROM {{}}.messages WHERE id = ANY(%s) RETURNING {ROW}").format(schema), (drop,)
         )
         rows = sorted(cur.fetchall(), key=lambda r: (-r[2], r[0]))
-        dead_letter_rows(cur, schema, channel, topo, rows, "maxlen")
+        dead_letter_rows(cur, schema, channel, topo, rows, "maxlen", stored)
     return True
 
 
@@ -305,6 +314,7 @@ def dead_letter_rows(
     topo: Topology,
     rows: Iterable[Sequence[Any]],
     reason: str,
+    stored: Counter[str],
 ) -> None:
     """Dead-letter removed rows ``(id, queue, priority, body, properties, headers, exchange, routing_key,
     ...)`` through their queue's dead-letter exchange, if it has one (inside the caller's transaction)."""
@@ -327,4 +337,4 @@ def dead_letter_rows(
         for target in topo.route(dlx, key, new_headers):
             copies.append(Copy(target, bytes(body), new_properties, new_headers, dlx, key, None))
     if copies:
-        store_copies(cur, schema, channel, topo, copies)
+        store_copies(cur, schema, channel, topo, copies, stored)

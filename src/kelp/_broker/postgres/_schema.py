@@ -2,10 +2,10 @@
 
 Every broker lives in one schema (``kelp`` unless the URL says ``?schema=``). Its ``meta`` table records
 the schema version; a schema written by a newer kelp, or a schema of that name that kelp did not write,
-fails with a clear error before anything is touched. ``meta`` also records the server's start time: the
-first connection after a restart of PostgreSQL restarts the broker as RabbitMQ would (non-durable queues
-and exchanges and transient messages are dropped; persistent messages on durable queues stay, and the
-ones that were unacked come back flagged ``redelivered``).
+fails with a clear error before anything is touched; an older kelp's schema is upgraded in place. ``meta``
+also records the server's start time: the first connection after a restart of PostgreSQL restarts the
+broker as RabbitMQ would (non-durable queues and exchanges and transient messages are dropped; persistent
+messages on durable queues stay, and the ones that were unacked come back flagged ``redelivered``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from kelp.exceptions import VersionMismatch
 
 __all__ = ["SCHEMA_VERSION", "ensure_schema", "lock_key"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Messages: one row per routed copy. A claim sets owner (the claiming connection's id); an ack deletes
 # the row. The ready index holds ready rows only, in delivery order (priority, then publish order).
@@ -46,6 +46,7 @@ CREATE TABLE {s}.messages (
 CREATE INDEX messages_ready ON {s}.messages (queue, priority DESC, id) WHERE owner IS NULL;
 CREATE INDEX messages_owner ON {s}.messages (owner) WHERE owner IS NOT NULL;
 CREATE INDEX messages_expiry ON {s}.messages (expires_at) WHERE expires_at IS NOT NULL;
+{delayed}
 CREATE TABLE {s}.connections (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, pid int NOT NULL, started timestamptz NOT NULL
 );
@@ -60,6 +61,26 @@ INSERT INTO {s}.exchanges VALUES ('amq.direct', 'direct', true, false, false, '{
     ('amq.match', 'headers', true, false, false, '{{}}');
 """
 
+# Version 2. Delayed messages: one row per routed copy, held until its due time (the publisher's wall
+# clock, seconds since the epoch), then moved into messages (see _delayed). Traffic counters: one row per
+# queue that has had traffic, added to by each process in batches (see _counters).
+_VERSION_2 = """
+CREATE TABLE {s}.delayed (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, due float8 NOT NULL, queue text NOT NULL,
+    message_id text NOT NULL, body bytea NOT NULL, properties text NOT NULL, headers text NOT NULL,
+    exchange text NOT NULL, routing_key text NOT NULL, ttl_ms bigint, persistent bool NOT NULL
+);
+CREATE INDEX delayed_due ON {s}.delayed (due, id);
+CREATE INDEX delayed_queue ON {s}.delayed (queue);
+CREATE INDEX delayed_message ON {s}.delayed (message_id);
+CREATE TABLE {s}.counters (
+    queue text PRIMARY KEY, published bigint NOT NULL, delivered bigint NOT NULL, acked bigint NOT NULL
+);
+"""
+_DDL = _DDL.replace("{delayed}", _VERSION_2)
+#: What upgrades a schema of each older version to the next one.
+_MIGRATIONS = {1: _VERSION_2}
+
 # A server restart: what RabbitMQ's restart keeps, kept; everything of the old server's sessions let go.
 _RESTART = """
 DELETE FROM {s}.connections;
@@ -71,6 +92,9 @@ DELETE FROM {s}.bindings b WHERE NOT EXISTS (SELECT 1 FROM {s}.exchanges e WHERE
     OR (b.kind = 'exchange' AND NOT EXISTS (SELECT 1 FROM {s}.exchanges e WHERE e.name = b.destination));
 DELETE FROM {s}.messages m WHERE NOT persistent
     OR NOT EXISTS (SELECT 1 FROM {s}.queues q WHERE q.name = m.queue);
+DELETE FROM {s}.delayed d WHERE NOT persistent
+    OR NOT EXISTS (SELECT 1 FROM {s}.queues q WHERE q.name = d.queue);
+DELETE FROM {s}.counters c WHERE NOT EXISTS (SELECT 1 FROM {s}.queues q WHERE q.name = c.queue);
 UPDATE {s}.messages SET owner = NULL, redelivered = true WHERE owner IS NOT NULL;
 UPDATE {s}.meta SET value = value + 1 WHERE key = 'topology';
 """
@@ -108,10 +132,15 @@ def ensure_schema(conn: Connection[Any], schema: str) -> None:
                 (SCHEMA_VERSION,),
             )
         version = _one(conn, sql.SQL("SELECT value FROM {}.meta WHERE key = 'version'").format(s))
+        while version in _MIGRATIONS:  # an older kelp's schema: upgraded in place, one version at a time
+            conn.execute(sql.SQL(_MIGRATIONS[version]).format(s=s))
+            version += 1
+            conn.execute(sql.SQL("UPDATE {}.meta SET value = %s WHERE key = 'version'").format(s), (version,))
         if version != SCHEMA_VERSION:
             raise VersionMismatch(
                 f"the kelp schema {schema!r} has version {version}; this kelp reads version "
-                f"{SCHEMA_VERSION} only (a newer kelp wrote it: upgrade kelp, or use another ?schema=)"
+                f"{SCHEMA_VERSION} (and upgrades versions {sorted(_MIGRATIONS)}): a newer kelp wrote it, or "
+                "something else did; upgrade kelp, or use another ?schema="
             )
         started = "(extract(epoch FROM pg_postmaster_start_time()) * 1000)::bigint"
         restarted = _one(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar
 
@@ -23,10 +24,11 @@ from psycopg import Connection, Cursor
 
 from kelp._broker.core import Session
 from kelp._broker.core.store import Item, Unacked
-from kelp._broker.postgres._listen import READY, REAP_INTERVAL, Listening
+from kelp._broker.postgres import _delayed
+from kelp._broker.postgres._counters import ACKED, DELIVERED, PUBLISHED, Counting
+from kelp._broker.postgres._listen import READY, REAP_INTERVAL
 from kelp._broker.postgres._route import (
     ROW,
-    Topology,
     columns,
     copies_of,
     dead_letter_rows,
@@ -47,16 +49,15 @@ ACK_BATCH = 500
 ACK_DELAY = 0.05
 
 
-class PostgresStore(Listening):
+class PostgresStore(Counting):
     def __init__(self, conninfo: str, schema: str, flush_publishes: bool = False) -> None:
         super().__init__(conninfo, schema, flush_publishes)
         self._owners: dict[int, tuple[Connection[Any], threading.Lock]] = {}
         self.session: Session[PostgresStore] = Session(self)
         self.insert_one = insert_statement(self.schema, self.channel, True, one=True)
         self.insert_many = insert_statement(self.schema, self.channel, True)
-        # When this process next looks for expired messages and queues (time.time()): lowered by its
-        # own TTL publishes and queue declarations, re-read from the database at most a second later.
-        self.next_due = 0.0
+        self.hold_checked = _delayed.hold_statement(self.schema, self.channel, True)
+        self.hold = _delayed.hold_statement(self.schema, self.channel, False)
         self._acks: list[Any] = []
         self._ack_lock = threading.Lock()
         self._ack_timer: threading.Timer | None = None
@@ -99,6 +100,7 @@ class PostgresStore(Listening):
     def disconnect(self, owner: int, unacked: Sequence[Unacked]) -> None:
         try:
             self.flush_acks()
+            self.flush_counts()
             self.drop_owners([owner])
         except OperationalError:
             pass  # the server is gone: its session with it; other processes (or its restart) let go
@@ -153,17 +155,37 @@ class PostgresStore(Listening):
                 if self.topology().version != topo.version:
                     continue  # routed on an old snapshot: route again on the current one
                 raise
-            copies = [c for _, cs in routed for c in cs]
+            copies = [c for e, cs in routed if e.due is None for c in cs]
+            held = [
+                (e.due, c, e.properties["message_id"]) for e, cs in routed if e.due is not None for c in cs
+            ]
             for copy in copies:
                 self.due(None if copy.ttl is None else copy.ttl / 1000)
-            if any(c.queue.args.bounded for c in copies):
+            if held:
+                self.due(max(0.0, min(due for due, _, _ in held) - time.time()))
+            if any(c.queue.args.bounded for c in copies) or (held and copies):
+                stored: Counter[str] = Counter()
                 with self.locked() as (cur, current):
                     if current is not topo:
                         continue
-                    refused = store_copies(cur, self.schema, self.channel, topo, copies)
-            elif (copies or any(e.mandatory for e in envelopes)) and not self._insert_checked(topo, copies):
-                self.forget_topology()
-                continue
+                    refused = store_copies(cur, self.schema, self.channel, topo, copies, stored)
+                    if held:
+                        cur.execute(self.hold, _delayed.held_columns(held))
+                self.count_all(PUBLISHED, stored)
+            elif held:
+                params = [*_delayed.held_columns(held), topo.version]
+                if not self._checked(self.hold_checked, params, any(c.persistent for _, c, _ in held)):
+                    self.forget_topology()
+                    continue
+            elif copies or any(e.mandatory for e in envelopes):
+                if len(copies) == 1:
+                    statement, params = self.insert_one, [*values(copies[0]), topo.version]
+                else:
+                    statement, params = self.insert_many, [*columns(copies), topo.version]
+                if not self._checked(statement, params, any(c.persistent for c in copies)):
+                    self.forget_topology()
+                    continue
+                self.count_all(PUBLISHED, [c.queue.name for c in copies])
             break
         if refused:
             queues = sorted(set(refused))
@@ -172,21 +194,23 @@ class PostgresStore(Listening):
             )
         return [e for e, cs in routed if not cs and e.mandatory]
 
-    def _insert_checked(self, topo: Topology, copies: list[Any]) -> bool:
-        """Store unbounded copies in one statement, if ``topo`` is still current (else store nothing)."""
-        if len(copies) == 1:
-            statement, params = self.insert_one, [*values(copies[0]), topo.version]
-        else:
-            statement, params = self.insert_many, [*columns(copies), topo.version]
+    def _checked(self, statement: str, params: list[Any], persistent: bool) -> bool:
+        """Run a statement stored only if the topology counter is still its last parameter; whether it
+        was (see ``insert_statement``)."""
         with self.cursor() as cur:
-            if self.flush_publishes and any(c.persistent for c in copies):
+            if self.flush_publishes and persistent:
                 with cur.connection.transaction():
                     cur.execute("SET LOCAL synchronous_commit = on")
                     cur.execute(statement, params)
             else:
                 cur.execute(statement, params)
             row = cur.fetchone()
-        return row is not None and row[0] == topo.version
+        return row is not None and row[0] == params[-1]
+
+    def cancel_delayed(self, message_id: str) -> int:
+        """Drop the held copies of the delayed message ``message_id`` (committed); return how many."""
+        with self.cursor() as cur:
+            return _delayed.cancel_delayed(cur, self.schema, message_id)
 
     def claim(
         self, owner: int, plan: Sequence[tuple[Any, Sequence[tuple[Any, int]], int]], limit: int
@@ -209,6 +233,8 @@ class PostgresStore(Listening):
                         left -= len(items)
 
         self._owner(owner, work)
+        for _, consumer, items in out:
+            self.count(DELIVERED, consumer.queue, len(items))
         return out
 
     def _claim_rows(
@@ -245,9 +271,13 @@ class PostgresStore(Listening):
                 self.one(cur, f"SELECT count(*) FROM {{s}}.messages WHERE queue = %s AND {READY}", queue)
             )
 
-        return self._owner(owner, work)
+        found = self._owner(owner, work)
+        if found is not None:
+            self.count(DELIVERED, queue)
+        return found
 
     def ack(self, owner: int, unacked: Sequence[Unacked]) -> None:
+        self.count_all(ACKED, [u.queue for u in unacked])
         with self._ack_lock:
             self._acks.extend(u.ref for u in unacked)
             if len(self._acks) < ACK_BATCH:
@@ -284,6 +314,7 @@ class PostgresStore(Listening):
             with self.cursor() as cur, cur.connection.transaction():
                 self.release(cur, unacked)
             return
+        stored: Counter[str] = Counter()
         with self.locked() as (cur, topo):
             found = self.rows(
                 cur,
@@ -292,20 +323,26 @@ class PostgresStore(Listening):
             )
             order = {u.ref: i for i, u in enumerate(unacked)}
             found.sort(key=lambda r: order.get(r[0], 0))
-            dead_letter_rows(cur, self.schema, self.channel, topo, found, "rejected")
+            dead_letter_rows(cur, self.schema, self.channel, topo, found, "rejected", stored)
+        self.count_all(PUBLISHED, stored)
 
     # --- time and waiting ---------------------------------------------------------------------------
 
     def expire(self) -> None:
-        """Dead-letter the ready copies past their TTL; delete the queues unused past x-expires."""
+        """Move the delayed copies that are due into their queues; dead-letter the ready copies past their
+        TTL; delete the queues unused past x-expires."""
+        stored: Counter[str] = Counter()
         with self.locked() as (cur, topo):
+            if _delayed.promote(cur, self.schema, self.channel, topo, stored) == _delayed.PROMOTE_MAX:
+                self.next_due = 0.0  # more are due: the next tick moves them
             found = self.rows(
                 cur,
                 "DELETE FROM {s}.messages WHERE id IN (SELECT id FROM {s}.messages WHERE expires_at <= {now} "
                 f"AND owner IS NULL FOR UPDATE SKIP LOCKED) RETURNING {ROW}",
             )
             found.sort(key=lambda r: (r[1], -r[2], r[0]))
-            dead_letter_rows(cur, self.schema, self.channel, topo, found, "expired")
+            dead_letter_rows(cur, self.schema, self.channel, topo, found, "expired", stored)
+        self.count_all(PUBLISHED, stored)
         with self.cursor() as cur:
             unused = self.rows(
                 cur,
@@ -346,7 +383,8 @@ class PostgresStore(Listening):
                 "SELECT {now}, (SELECT min(expires_at) FROM {s}.messages "
                 "WHERE expires_at IS NOT NULL AND owner IS NULL), "
                 "(SELECT min(last_used + expires_ms / 1000.0) FROM {s}.queues q "
-                "WHERE NOT EXISTS (SELECT 1 FROM {s}.consumers c WHERE c.queue = q.name))",
+                "WHERE NOT EXISTS (SELECT 1 FROM {s}.consumers c WHERE c.queue = q.name)), "
+                "(SELECT min(due) FROM {s}.delayed)",
             )[0]
             ready = any(self._has_ready(cur, queue) for queue in queues)
         due = min((d for d in deadlines if d is not None), default=None)

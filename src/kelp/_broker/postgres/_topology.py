@@ -211,8 +211,9 @@ class TopologyOps(Database, abc.ABC):
         consumers are cancelled in every process."""
         if not names:
             return
-        for table in ("queues WHERE name", "messages WHERE queue", "consumers WHERE queue"):
-            self.rows(cur, f"DELETE FROM {{s}}.{table} = ANY(%s)", names)
+        for table in ("queues", "messages", "delayed", "consumers", "counters"):
+            column = "name" if table == "queues" else "queue"
+            self.rows(cur, f"DELETE FROM {{s}}.{table} WHERE {column} = ANY(%s)", names)
         sources = self.rows(
             cur,
             "DELETE FROM {s}.bindings WHERE kind = 'queue' AND destination = ANY(%s) RETURNING source",
@@ -334,16 +335,3 @@ class TopologyOps(Database, abc.ABC):
             list(queues),
         )
         return [name for name, unused in found if unused]
-
-    def queue_stats(self, unacked: Mapping[str, int]) -> list[tuple[str, int, int, int]]:
-        """Every queue's ready and unacked copies (of every process) and consumers."""
-        self.flush_acks()
-        with self.cursor() as cur:
-            found = self.rows(
-                cur,
-                "SELECT q.name, count(m.id) FILTER (WHERE m.owner IS NULL), count(m.id) FILTER "
-                "(WHERE m.owner IS NOT NULL), (SELECT count(*) FROM {s}.consumers c WHERE c.queue = q.name) "
-                "FROM {s}.queues q LEFT JOIN {s}.messages m ON m.queue = q.name "
-                "GROUP BY q.name ORDER BY q.name",
-            )
-        return [(name, int(r), int(u), int(c)) for name, r, u, c in found]

@@ -17,6 +17,11 @@ and power-loss safe, at the cost of one disk flush per publish, shared by concur
 Acks are committed in batches, with the next claim or within 50 ms: an ack lost to a crash means a
 redelivery (flagged), never a loss.
 
+Delayed messages (``countdown`` / ``eta``) are routed at publish and held in a table of their own, with
+their due time, until a process finds them due and moves them into their queues; a waiting consumer's
+wait ends at the earliest due time (announced by NOTIFY when a publish brings it forward). They persist
+as ready messages do; ``cancel_delayed`` removes them by message id.
+
 Consumers claim rows with ``FOR UPDATE SKIP LOCKED`` and are woken by LISTEN/NOTIFY. Unacked messages
 return to their queue, flagged ``redelivered``, when their channel or connection closes, or when the
 connection's database session ends (process killed, network cut): another process connected to the
@@ -36,7 +41,14 @@ from kelp._broker.postgres import PostgresStore, store_for
 from kelp._envelope import Delivery, Envelope, QueueInfo
 from kelp._options import seconds_option
 from kelp.aio._backend import Signal, monotonic, run_blocking
-from kelp.aio.transport.base import Transport, TransportChannel, package_version, queue_deleted
+from kelp.aio.transport.base import (
+    DEFAULT_IMPLEMENTS,
+    Implements,
+    Transport,
+    TransportChannel,
+    package_version,
+    queue_deleted,
+)
 from kelp.exceptions import InvalidURL, OperationalError
 from kelp.url import URL
 
@@ -142,6 +154,9 @@ class PostgresChannel(TransportChannel):
     async def close(self) -> None:
         await run_blocking(self._session.close_channel, self._connection_id, self.channel_id)
 
+    async def cancel_delayed(self, message_id: str) -> int:
+        return await run_blocking(self._session.store.cancel_delayed, message_id)
+
 
 def conninfo(url: URL) -> tuple[str, str]:
     """The libpq connection string and the broker's schema a ``postgresql://`` URL names."""
@@ -175,6 +190,7 @@ def conninfo(url: URL) -> tuple[str, str]:
 
 class PostgresTransport(Transport):
     schemes: ClassVar[tuple[str, ...]] = ("postgresql", "postgres")
+    implements: ClassVar[Implements] = DEFAULT_IMPLEMENTS.extend(delayed_delivery=True)
     query_options: ClassVar[frozenset[str] | None] = frozenset(
         {"schema", "synchronous_commit", "connect_timeout", "sslmode", "confirm_publish"}
     )
