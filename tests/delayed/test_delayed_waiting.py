@@ -14,7 +14,7 @@ import kelp
 from transport_urls import selected, url_for
 
 
-@pytest.fixture(params=selected(("memory", "sqlite", "redis")))
+@pytest.fixture(params=selected(("memory", "sqlite", "redis", "postgres")))
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url_for(request.param, tmp_path)
 

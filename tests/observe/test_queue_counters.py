@@ -14,7 +14,7 @@ from kelp.transport.base import QueueStats
 from transport_urls import selected, url_for
 
 #: The transports whose broker keeps these counters.
-COUNTING = ("memory", "sqlite", "redis")
+COUNTING = ("memory", "sqlite", "redis", "postgres")
 
 
 @pytest.fixture(params=selected(COUNTING))
