@@ -26,5 +26,7 @@ from kelp._producer import Producer
 from kelp._producer import ReturnCallback as ReturnCallback
 from kelp._producer import delayed_message_id as delayed_message_id
 from kelp._producer import due_time as due_time
+from kelp.entity import Exchange as Exchange
+from kelp.entity import Queue as Queue
 
 __all__ = ["Consumer", "Producer", "maybe_declare"]

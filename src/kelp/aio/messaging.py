@@ -25,5 +25,7 @@ from kelp.aio._producer import Producer
 from kelp.aio._producer import ReturnCallback as ReturnCallback
 from kelp.aio._producer import delayed_message_id as delayed_message_id
 from kelp.aio._producer import due_time as due_time
+from kelp.entity import Exchange as Exchange
+from kelp.entity import Queue as Queue
 
 __all__ = ["Consumer", "Producer", "maybe_declare"]
