@@ -12,24 +12,14 @@ The core never reads a clock: heartbeat deadlines are computed from timestamps t
 from __future__ import annotations
 
 import struct
-import sys
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
-from ._channel import AWAIT_HEADER, DELIVER, GET_OK, RETURN, Channel
+from ._channel import Channel
 from ._commands import Commands
 from ._errors import LocalProtocolError, RemoteProtocolError, ReplyCode
 from ._events import (
-    REPLY_EVENTS,
-    ChannelClosed,
-    ChannelFlow,
-    ChannelOpened,
-    ConnectionBlocked,
-    ConnectionClosed,
-    ConnectionOpened,
-    ConnectionUnblocked,
-    ConsumerCancelled,
     Event,
     Heartbeat,
 )
@@ -45,49 +35,32 @@ from ._frames import (
     encode_frame,
     encode_publish,
 )
+from ._handshake import Handshake, _merge_client_properties
+from ._incoming import ChannelIncoming
 from ._properties import BasicProperties
 from ._spec import (
     METHODS_BY_NAME,
-    decode_basic_ack,
-    decode_basic_deliver,
-    decode_method,
     encode_basic_ack,
     encode_method,
 )
 from ._state import (
     CHANNEL_COMMANDS,
-    CHANNEL_DISCARDING,
-    CHANNEL_INCOMING,
     CONNECTION_COMMANDS,
     CONNECTION_DISCARDING,
-    CONNECTION_INCOMING,
-    TRACKED_REPLIES,
     ChannelState,
     ConnectionState,
 )
 
 __all__ = ["Connection"]
 
-_DELIVER_ID = b"\x00\x3c\x00\x3c"  # class 60 (basic), method 60 (deliver)
-_ACK_ID = b"\x00\x3c\x00\x50"  # class 60, method 80 (ack)
 _OPEN = ChannelState.OPEN
 _CLOSING = ChannelState.CLOSING
 
 #: Largest message body accepted by default (RabbitMQ's own hard ceiling is 512 MiB).
 DEFAULT_MAX_BODY_SIZE = 512 * 1024 * 1024
 
-_DEFAULT_CAPABILITIES: dict[str, FieldValue] = {
-    "publisher_confirms": True,
-    "exchange_exchange_bindings": True,
-    "basic.nack": True,
-    "consumer_cancel_notify": True,
-    "connection.blocked": True,
-    "authentication_failure_close": True,
-    "per_consumer_qos": True,
-}
 
-
-class Connection(Commands):
+class Connection(Handshake, ChannelIncoming, Commands):
     """Client side of one AMQP 0-9-1 connection, with no I/O.
 
     Typical driver loop::
@@ -464,258 +437,3 @@ class Connection(Commands):
                 return candidate
             candidate += 1
         raise LocalProtocolError(f"all {limit} channels are in use")
-
-    # -- incoming: connection level -------------------------------------------------------------------------
-
-    def _fail(self, exc: RemoteProtocolError) -> None:
-        self._state = ConnectionState.FAILED
-        self._error = exc
-        self._channels.clear()
-
-    def _eof(self) -> None:
-        state = self._state
-        if state is ConnectionState.CLOSED:
-            return
-        if state is ConnectionState.CLOSING:  # the broker dropped the link instead of sending close-ok
-            self._state = ConnectionState.CLOSED
-            self._events.append(ConnectionClosed(*self._close_reason, by_peer=False))
-            return
-        if state is ConnectionState.AWAIT_TUNE:
-            self._fail(
-                RemoteProtocolError(
-                    "the server closed the connection during authentication (bad credentials?)",
-                    ReplyCode.ACCESS_REFUSED,
-                )
-            )
-            return
-        self._fail(
-            RemoteProtocolError(
-                f"the server closed the connection (state {state})", ReplyCode.CONNECTION_FORCED
-            )
-        )
-
-    def _connection_method(self, payload: bytes) -> None:
-        method, args = decode_method(payload)
-        name = method.name
-        next_state = CONNECTION_INCOMING.get((self._state, name))
-        if next_state is None:
-            if self._state in CONNECTION_DISCARDING:
-                return
-            raise RemoteProtocolError(
-                f"unexpected {name} on channel 0 while the connection is {self._state}",
-                ReplyCode.UNEXPECTED_FRAME,
-            )
-        self._state = next_state
-        _CONNECTION_HANDLERS[name](self, args)
-
-    def _on_start(self, args: tuple[Any, ...]) -> None:
-        major, minor, server_properties, mechanisms, _locales = args
-        if (major, minor) != (0, 9):
-            raise RemoteProtocolError(
-                f"server speaks AMQP {major}-{minor}, not 0-9-1", ReplyCode.NOT_IMPLEMENTED
-            )
-        offered = mechanisms.decode("utf-8", "replace").split()
-        if self._mechanism not in offered:
-            raise RemoteProtocolError(
-                f"server offers auth mechanisms {offered}, not {self._mechanism}", ReplyCode.ACCESS_REFUSED
-            )
-        self.server_properties = server_properties
-        if self._mechanism == "PLAIN":
-            response = b"\x00" + self._username.encode() + b"\x00" + self._password.encode()
-        else:
-            response = b""
-        self._reply(
-            0, "connection.start-ok", (self._client_properties, self._mechanism, response, self._locale)
-        )
-
-    def _on_tune(self, args: tuple[Any, ...]) -> None:
-        server_channel_max, server_frame_max, server_heartbeat = args
-        channel_max = _lower_nonzero(self._want_channel_max, server_channel_max)
-        frame_max = _lower_nonzero(self._want_frame_max, server_frame_max)
-        if frame_max < FRAME_MIN_SIZE:
-            raise RemoteProtocolError(
-                f"server proposed frame_max {frame_max} < {FRAME_MIN_SIZE}", ReplyCode.SYNTAX_ERROR
-            )
-        want = self._want_heartbeat
-        if want is None:
-            heartbeat = server_heartbeat
-        elif want == 0:
-            heartbeat = 0
-        else:
-            heartbeat = _lower_nonzero(want, server_heartbeat)
-        self.channel_max = channel_max
-        self.frame_max = frame_max
-        self.heartbeat_interval = heartbeat
-        self._reader.max_frame = frame_max
-        self._reply(0, "connection.tune-ok", (channel_max, frame_max, heartbeat))
-        self._reply(0, "connection.open", (self._vhost, "", False))
-
-    def _on_open_ok(self, args: tuple[Any, ...]) -> None:
-        opened = ConnectionOpened(
-            self.frame_max, self.channel_max, self.heartbeat_interval, self.server_properties
-        )
-        self._events.append(opened)
-
-    def _on_close(self, args: tuple[Any, ...]) -> None:
-        self._reply(0, "connection.close-ok", ())
-        self._channels.clear()
-        code, text, class_id, method_id = args
-        self._events.append(ConnectionClosed(code, text, class_id, method_id, by_peer=True))
-
-    def _on_close_ok(self, args: tuple[Any, ...]) -> None:
-        self._channels.clear()
-        self._events.append(ConnectionClosed(*self._close_reason, by_peer=False))
-
-    def _on_blocked(self, args: tuple[Any, ...]) -> None:
-        self._events.append(ConnectionBlocked(args[0]))
-
-    def _on_unblocked(self, args: tuple[Any, ...]) -> None:
-        self._events.append(ConnectionUnblocked())
-
-    # -- incoming: channel level ----------------------------------------------------------------------------
-
-    def _channel_method(self, channel: int, payload: bytes) -> None:
-        ch = self._channels.get(channel)
-        if ch is None:
-            if self._state in CONNECTION_DISCARDING:
-                return
-            raise RemoteProtocolError(
-                f"method frame on channel {channel}, which is not open", ReplyCode.CHANNEL_ERROR
-            )
-        if ch.awaiting:
-            raise RemoteProtocolError(
-                f"method frame on channel {channel} in the middle of a message's content",
-                ReplyCode.UNEXPECTED_FRAME,
-            )
-        if ch.state is _OPEN:
-            # hot paths, equivalent to the table entries (OPEN, basic.deliver/basic.ack) -> OPEN
-            key = payload[:4]
-            if key == _DELIVER_ID:
-                ch.content_args = decode_basic_deliver(payload)
-                ch.content_kind = DELIVER
-                ch.awaiting = AWAIT_HEADER
-                return
-            if key == _ACK_ID:
-                tag, multiple = decode_basic_ack(payload)
-                confirmed = ch.settle(tag, multiple, True)
-                if confirmed is not None:
-                    self._events.append(confirmed)
-                return
-        method, args = decode_method(payload)
-        name = method.name
-        next_state = CHANNEL_INCOMING.get((ch.state, name))
-        if next_state is None:
-            if ch.state in CHANNEL_DISCARDING:
-                return
-            raise RemoteProtocolError(
-                f"unexpected {name} on channel {channel}, which is {ch.state}", ReplyCode.UNEXPECTED_FRAME
-            )
-        if name in TRACKED_REPLIES:
-            if not ch.expected or name not in ch.expected[0]:
-                owed = ch.expected[0] if ch.expected else "nothing"
-                raise RemoteProtocolError(
-                    f"unsolicited {name} on channel {channel} (awaiting {owed})", ReplyCode.UNEXPECTED_FRAME
-                )
-            ch.expected.popleft()
-        previous = ch.state
-        ch.state = next_state
-        if next_state is ChannelState.CLOSED:
-            del self._channels[channel]
-        handler = _CHANNEL_HANDLERS.get(name)
-        if handler is not None:
-            handler(self, ch, previous, args)
-        else:
-            event_type, with_args = REPLY_EVENTS[name]
-            self._events.append(event_type(channel, *args) if with_args else event_type(channel))
-
-    def _on_channel_open_ok(self, ch: Channel, previous: ChannelState, args: tuple[Any, ...]) -> None:
-        self._events.append(ChannelOpened(ch.id))
-
-    def _on_channel_close(self, ch: Channel, previous: ChannelState, args: tuple[Any, ...]) -> None:
-        self._reply(ch.id, "channel.close-ok", ())
-        if previous is _CLOSING:
-            ch.close_reason = args  # report the server's reason once our close is acknowledged
-            return
-        code, text, class_id, method_id = args
-        self._events.append(ChannelClosed(ch.id, code, text, class_id, method_id, by_peer=True))
-
-    def _on_channel_close_ok(self, ch: Channel, previous: ChannelState, args: tuple[Any, ...]) -> None:
-        if ch.close_reason is not None:
-            self._events.append(ChannelClosed(ch.id, *ch.close_reason, by_peer=True))
-        else:
-            self._events.append(ChannelClosed(ch.id, 200, "", 0, 0, by_peer=False))
-
-    def _on_channel_flow(self, ch: Channel, previous: ChannelState, args: tuple[Any, ...]) -> None:
-        self._reply(ch.id, "channel.flow-ok", args)
-        self._events.append(ChannelFlow(ch.id, args[0]))
-
-    def _on_basic_cancel(self, ch: Channel, previous: ChannelState, args: tuple[Any, ...]) -> None:
-        consumer_tag, nowait = args
-        if not nowait:
-            self._reply(ch.id, "basic.cancel-ok", (consumer_tag,))
-        self._events.append(ConsumerCancelled(ch.id, consumer_tag))
-
-    def _on_get_ok(self, ch: Channel, previous: ChannelState, args: tuple[Any, ...]) -> None:
-        ch.begin_content(GET_OK, args)
-
-    def _on_return(self, ch: Channel, previous: ChannelState, args: tuple[Any, ...]) -> None:
-        ch.begin_content(RETURN, args)
-
-    def _on_deliver(self, ch: Channel, previous: ChannelState, args: tuple[Any, ...]) -> None:
-        ch.begin_content(DELIVER, args)  # normally taken by the hot path in _channel_method
-
-    def _on_confirm(self, ch: Channel, previous: ChannelState, args: tuple[Any, ...]) -> None:
-        confirmed = ch.settle(args[0], args[1], len(args) == 2)  # basic.ack has 2 fields, basic.nack 3
-        if confirmed is not None:
-            self._events.append(confirmed)
-
-
-_ConnectionHandler = Callable[[Connection, tuple[Any, ...]], None]
-_ChannelHandler = Callable[[Connection, Channel, ChannelState, tuple[Any, ...]], None]
-
-_CONNECTION_HANDLERS: dict[str, _ConnectionHandler] = {
-    "connection.start": Connection._on_start,
-    "connection.tune": Connection._on_tune,
-    "connection.open-ok": Connection._on_open_ok,
-    "connection.close": Connection._on_close,
-    "connection.close-ok": Connection._on_close_ok,
-    "connection.blocked": Connection._on_blocked,
-    "connection.unblocked": Connection._on_unblocked,
-}
-
-_CHANNEL_HANDLERS: dict[str, _ChannelHandler] = {
-    "channel.open-ok": Connection._on_channel_open_ok,
-    "channel.close": Connection._on_channel_close,
-    "channel.close-ok": Connection._on_channel_close_ok,
-    "channel.flow": Connection._on_channel_flow,
-    "basic.cancel": Connection._on_basic_cancel,
-    "basic.deliver": Connection._on_deliver,
-    "basic.get-ok": Connection._on_get_ok,
-    "basic.return": Connection._on_return,
-    "basic.ack": Connection._on_confirm,
-    "basic.nack": Connection._on_confirm,
-}
-
-
-def _lower_nonzero(ours: int, theirs: int) -> int:
-    """Negotiate a limit where 0 means "no limit": the lower of the non-zero values."""
-    if not theirs:
-        return ours
-    if not ours:
-        return theirs
-    return min(ours, theirs)
-
-
-def _merge_client_properties(extra: Mapping[str, FieldValue] | None) -> dict[str, FieldValue]:
-    props: dict[str, FieldValue] = {
-        "product": "kelp",
-        "platform": f"Python {sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}",
-        "capabilities": dict(_DEFAULT_CAPABILITIES),
-    }
-    if extra:
-        for key, value in extra.items():
-            if key == "capabilities" and isinstance(value, Mapping):
-                props["capabilities"] = {**_DEFAULT_CAPABILITIES, **value}
-            else:
-                props[key] = value
-    return props
