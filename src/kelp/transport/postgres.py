@@ -34,20 +34,20 @@ queues stay.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from kelp._backend import Signal, monotonic, run_blocking
 from kelp._broker.core import Session
 from kelp._broker.postgres import PostgresStore, store_for
-from kelp._envelope import Delivery, Envelope, QueueInfo
+from kelp._envelope import Delivery
 from kelp._options import seconds_option
 from kelp.exceptions import InvalidURL, OperationalError
+from kelp.transport._session_channel import SessionChannel
 from kelp.transport.base import (
     DEFAULT_IMPLEMENTS,
     Implements,
     Transport,
-    TransportChannel,
     package_version,
     queue_deleted,
 )
@@ -59,104 +59,8 @@ _SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _SSLMODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
 
 
-class PostgresChannel(TransportChannel):
-    def __init__(self, session: Session[PostgresStore], connection_id: int) -> None:
-        self._session = session
-        self._connection_id = connection_id
-        self.channel_id = session.open_channel(connection_id)
-
-    def declare_exchange(
-        self,
-        name: str,
-        type: str,
-        durable: bool,
-        auto_delete: bool,
-        internal: bool,
-        arguments: Mapping[str, Any] | None,
-        passive: bool,
-    ) -> None:
-        run_blocking(
-            self._session.declare_exchange, name, type, durable, auto_delete, internal, arguments, passive
-        )
-
-    def delete_exchange(self, name: str, if_unused: bool) -> None:
-        run_blocking(self._session.delete_exchange, name, if_unused)
-
-    def declare_queue(
-        self,
-        name: str,
-        durable: bool,
-        exclusive: bool,
-        auto_delete: bool,
-        arguments: Mapping[str, Any] | None,
-        passive: bool,
-    ) -> QueueInfo:
-        return run_blocking(
-            self._session.declare_queue,
-            self._connection_id,
-            name,
-            durable,
-            exclusive,
-            auto_delete,
-            arguments,
-            passive,
-        )
-
-    def delete_queue(self, name: str, if_unused: bool, if_empty: bool) -> int:
-        return run_blocking(self._session.delete_queue, self._connection_id, name, if_unused, if_empty)
-
-    def purge_queue(self, name: str) -> int:
-        return run_blocking(self._session.purge_queue, self._connection_id, name)
-
-    def bind(
-        self, kind: str, destination: str, source: str, routing_key: str, arguments: Mapping[str, Any] | None
-    ) -> None:
-        run_blocking(
-            self._session.bind, self._connection_id, kind, destination, source, routing_key, arguments
-        )
-
-    def unbind(
-        self, kind: str, destination: str, source: str, routing_key: str, arguments: Mapping[str, Any] | None
-    ) -> None:
-        run_blocking(
-            self._session.unbind, self._connection_id, kind, destination, source, routing_key, arguments
-        )
-
-    def publish(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
-        return run_blocking(self._session.publish, envelopes)
-
-    def qos(self, prefetch_count: int, global_: bool) -> None:
-        self._session.qos(self._connection_id, self.channel_id, prefetch_count, global_)
-
-    def consume(
-        self, queue: str, consumer_tag: str, no_ack: bool, arguments: Mapping[str, Any] | None
-    ) -> str:
-        return run_blocking(
-            self._session.consume, self._connection_id, self.channel_id, queue, consumer_tag, no_ack
-        )
-
-    def cancel(self, consumer_tag: str) -> None:
-        run_blocking(self._session.cancel, self._connection_id, self.channel_id, consumer_tag)
-
-    def get(self, queue: str, no_ack: bool) -> Delivery | None:
-        return run_blocking(self._session.get, self._connection_id, self.channel_id, queue, no_ack)
-
-    def ack(self, delivery_tag: int, multiple: bool) -> None:
-        run_blocking(self._session.ack, self._connection_id, self.channel_id, delivery_tag, multiple)
-
-    def reject(self, delivery_tag: int, requeue: bool, multiple: bool = False) -> None:
-        run_blocking(
-            self._session.reject, self._connection_id, self.channel_id, delivery_tag, requeue, multiple
-        )
-
-    def recover(self, requeue: bool) -> None:
-        run_blocking(self._session.recover, self._connection_id, self.channel_id, requeue)
-
-    def close(self) -> None:
-        run_blocking(self._session.close_channel, self._connection_id, self.channel_id)
-
-    def cancel_delayed(self, message_id: str) -> int:
-        return run_blocking(self._session.store.cancel_delayed, message_id)
+class PostgresChannel(SessionChannel):
+    """A channel of a PostgreSQL broker: every call that reaches the database runs in a worker thread."""
 
 
 def conninfo(url: URL) -> tuple[str, str]:

@@ -50,13 +50,13 @@ from typing import Any, ClassVar
 from kelp._backend import Lock, Signal, monotonic, run_blocking, sleep
 from kelp._broker.sqlite import SqliteStore, StoreOptions, store_for
 from kelp._broker.sqlite._schema import make_private
-from kelp._envelope import Delivery, Envelope, QueueInfo
+from kelp._envelope import Delivery, Envelope
 from kelp.exceptions import OperationalError, UsageError
+from kelp.transport._session_channel import SessionChannel
 from kelp.transport.base import (
     DEFAULT_IMPLEMENTS,
     Implements,
     Transport,
-    TransportChannel,
     queue_deleted,
 )
 from kelp.url import URL
@@ -66,70 +66,14 @@ __all__ = ["SqliteChannel", "SqliteTransport"]
 _TRUE = frozenset({"1", "true", "yes", "on"})
 
 
-class SqliteChannel(TransportChannel):
+class SqliteChannel(SessionChannel):
+    """A channel of the embedded broker: calls that may wait for the file's write lock run in a worker
+    thread; a publish goes through the store's group commit (see the module docstring)."""
+
     def __init__(self, transport: SqliteTransport, store: SqliteStore, connection_id: int) -> None:
+        super().__init__(store.session, connection_id)
         self._transport = transport
         self._store = store
-        self._connection_id = connection_id
-        self._broker = store.session
-        self.channel_id = self._broker.open_channel(connection_id)
-
-    def declare_exchange(
-        self,
-        name: str,
-        type: str,
-        durable: bool,
-        auto_delete: bool,
-        internal: bool,
-        arguments: Mapping[str, Any] | None,
-        passive: bool,
-    ) -> None:
-        run_blocking(
-            self._broker.declare_exchange, name, type, durable, auto_delete, internal, arguments, passive
-        )
-
-    def delete_exchange(self, name: str, if_unused: bool) -> None:
-        run_blocking(self._broker.delete_exchange, name, if_unused)
-
-    def declare_queue(
-        self,
-        name: str,
-        durable: bool,
-        exclusive: bool,
-        auto_delete: bool,
-        arguments: Mapping[str, Any] | None,
-        passive: bool,
-    ) -> QueueInfo:
-        return run_blocking(
-            self._broker.declare_queue,
-            self._connection_id,
-            name,
-            durable,
-            exclusive,
-            auto_delete,
-            arguments,
-            passive,
-        )
-
-    def delete_queue(self, name: str, if_unused: bool, if_empty: bool) -> int:
-        return run_blocking(self._broker.delete_queue, self._connection_id, name, if_unused, if_empty)
-
-    def purge_queue(self, name: str) -> int:
-        return run_blocking(self._broker.purge_queue, self._connection_id, name)
-
-    def bind(
-        self, kind: str, destination: str, source: str, routing_key: str, arguments: Mapping[str, Any] | None
-    ) -> None:
-        run_blocking(
-            self._broker.bind, self._connection_id, kind, destination, source, routing_key, arguments
-        )
-
-    def unbind(
-        self, kind: str, destination: str, source: str, routing_key: str, arguments: Mapping[str, Any] | None
-    ) -> None:
-        run_blocking(
-            self._broker.unbind, self._connection_id, kind, destination, source, routing_key, arguments
-        )
 
     def publish(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
         store = self._store
@@ -144,36 +88,9 @@ class SqliteChannel(TransportChannel):
         store.raise_refused()  # transient publishes refused at their (later) commit
         return []
 
-    def qos(self, prefetch_count: int, global_: bool) -> None:
-        self._broker.qos(self._connection_id, self.channel_id, prefetch_count, global_)
-
-    def consume(
-        self, queue: str, consumer_tag: str, no_ack: bool, arguments: Mapping[str, Any] | None
-    ) -> str:
-        return run_blocking(
-            self._broker.consume, self._connection_id, self.channel_id, queue, consumer_tag, no_ack
-        )
-
-    def cancel(self, consumer_tag: str) -> None:
-        run_blocking(self._broker.cancel, self._connection_id, self.channel_id, consumer_tag)
-
-    def get(self, queue: str, no_ack: bool) -> Delivery | None:
-        return run_blocking(self._broker.get, self._connection_id, self.channel_id, queue, no_ack)
-
     def ack(self, delivery_tag: int, multiple: bool) -> None:
         # In memory only: the DELETE is group-committed with this process's next transaction.
-        self._broker.ack(self._connection_id, self.channel_id, delivery_tag, multiple)
-
-    def reject(self, delivery_tag: int, requeue: bool, multiple: bool = False) -> None:
-        run_blocking(
-            self._broker.reject, self._connection_id, self.channel_id, delivery_tag, requeue, multiple
-        )
-
-    def recover(self, requeue: bool) -> None:
-        run_blocking(self._broker.recover, self._connection_id, self.channel_id, requeue)
-
-    def close(self) -> None:
-        run_blocking(self._broker.close_channel, self._connection_id, self.channel_id)
+        self._session.ack(self._connection_id, self.channel_id, delivery_tag, multiple)
 
     def cancel_delayed(self, message_id: str) -> int:
         # The store commits this process's buffered publishes first, so it finds them.

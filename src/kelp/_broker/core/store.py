@@ -213,6 +213,10 @@ class Store(Protocol):
         """``requeue``: the copies become ready again at their original places, flagged redelivered.
         Otherwise they are removed and dead-lettered when their queue has a dead-letter exchange."""
 
+    def cancel_delayed(self, message_id: str) -> int:
+        """Drop every copy still held of the delayed message ``message_id`` (the id publish returned);
+        return how many were dropped (0: none held - already due, cancelled, or never delayed)."""
+
     def prepare_wait(self, queues: Collection[str], consuming: bool) -> float | None:
         """A connection is about to wait for messages on ``queues`` (those of its consumers with room in
         their prefetch windows; ``consuming``: it has consumers, with room or not). Returns 0 when one of

@@ -8,17 +8,17 @@ to their queue, flagged ``redelivered``, when their channel or connection closes
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from kelp._broker.memory import MemoryBroker, broker_for
-from kelp._envelope import Delivery, Envelope, QueueInfo
+from kelp._envelope import Delivery
 from kelp.aio._backend import Signal, monotonic
+from kelp.aio.transport._session_channel import SessionChannel
 from kelp.aio.transport.base import (
     DEFAULT_IMPLEMENTS,
     Implements,
     Transport,
-    TransportChannel,
     kelp_version,
     queue_deleted,
 )
@@ -27,88 +27,10 @@ from kelp.exceptions import OperationalError
 __all__ = ["MemoryChannel", "MemoryTransport"]
 
 
-class MemoryChannel(TransportChannel):
-    def __init__(self, transport: MemoryTransport, broker: MemoryBroker, connection_id: int) -> None:
-        self._transport = transport
-        self._broker = broker
-        self._connection_id = connection_id
-        self.channel_id = broker.open_channel(connection_id)
+class MemoryChannel(SessionChannel):
+    """A channel of an in-process broker: the session's calls never block."""
 
-    async def declare_exchange(
-        self,
-        name: str,
-        type: str,
-        durable: bool,
-        auto_delete: bool,
-        internal: bool,
-        arguments: Mapping[str, Any] | None,
-        passive: bool,
-    ) -> None:
-        self._broker.declare_exchange(name, type, durable, auto_delete, internal, arguments, passive)
-
-    async def delete_exchange(self, name: str, if_unused: bool) -> None:
-        self._broker.delete_exchange(name, if_unused)
-
-    async def declare_queue(
-        self,
-        name: str,
-        durable: bool,
-        exclusive: bool,
-        auto_delete: bool,
-        arguments: Mapping[str, Any] | None,
-        passive: bool,
-    ) -> QueueInfo:
-        return self._broker.declare_queue(
-            self._connection_id, name, durable, exclusive, auto_delete, arguments, passive
-        )
-
-    async def delete_queue(self, name: str, if_unused: bool, if_empty: bool) -> int:
-        return self._broker.delete_queue(self._connection_id, name, if_unused, if_empty)
-
-    async def purge_queue(self, name: str) -> int:
-        return self._broker.purge_queue(self._connection_id, name)
-
-    async def bind(
-        self, kind: str, destination: str, source: str, routing_key: str, arguments: Mapping[str, Any] | None
-    ) -> None:
-        self._broker.bind(self._connection_id, kind, destination, source, routing_key, arguments)
-
-    async def unbind(
-        self, kind: str, destination: str, source: str, routing_key: str, arguments: Mapping[str, Any] | None
-    ) -> None:
-        self._broker.unbind(self._connection_id, kind, destination, source, routing_key, arguments)
-
-    async def publish(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
-        return self._broker.publish(envelopes)
-
-    async def qos(self, prefetch_count: int, global_: bool) -> None:
-        self._broker.qos(self._connection_id, self.channel_id, prefetch_count, global_)
-
-    async def consume(
-        self, queue: str, consumer_tag: str, no_ack: bool, arguments: Mapping[str, Any] | None
-    ) -> str:
-        return self._broker.consume(self._connection_id, self.channel_id, queue, consumer_tag, no_ack)
-
-    async def cancel(self, consumer_tag: str) -> None:
-        self._broker.cancel(self._connection_id, self.channel_id, consumer_tag)
-
-    async def get(self, queue: str, no_ack: bool) -> Delivery | None:
-        return self._broker.get(self._connection_id, self.channel_id, queue, no_ack)
-
-    async def ack(self, delivery_tag: int, multiple: bool) -> None:
-        self._broker.ack(self._connection_id, self.channel_id, delivery_tag, multiple)
-
-    async def reject(self, delivery_tag: int, requeue: bool, multiple: bool = False) -> None:
-        self._broker.reject(self._connection_id, self.channel_id, delivery_tag, requeue, multiple)
-
-    async def recover(self, requeue: bool) -> None:
-        self._broker.recover(self._connection_id, self.channel_id, requeue)
-
-    async def close(self) -> None:
-        self._broker.close_channel(self._connection_id, self.channel_id)
-
-    async def cancel_delayed(self, message_id: str) -> int:
-        return self._broker.store.cancel_delayed(message_id)
+    blocking: ClassVar[bool] = False
 
 
 class MemoryTransport(Transport):
@@ -150,7 +72,7 @@ class MemoryTransport(Transport):
             broker.disconnect(self._connection_id)
 
     async def open_channel(self) -> MemoryChannel:
-        return MemoryChannel(self, self.broker, self._connection_id)
+        return MemoryChannel(self.broker, self._connection_id)
 
     async def drain(self, timeout: float | None) -> list[Delivery]:
         broker = self.broker

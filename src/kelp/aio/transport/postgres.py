@@ -33,19 +33,19 @@ queues stay.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from kelp._broker.core import Session
 from kelp._broker.postgres import PostgresStore, store_for
-from kelp._envelope import Delivery, Envelope, QueueInfo
+from kelp._envelope import Delivery
 from kelp._options import seconds_option
 from kelp.aio._backend import Signal, monotonic, run_blocking
+from kelp.aio.transport._session_channel import SessionChannel
 from kelp.aio.transport.base import (
     DEFAULT_IMPLEMENTS,
     Implements,
     Transport,
-    TransportChannel,
     package_version,
     queue_deleted,
 )
@@ -58,104 +58,8 @@ _SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _SSLMODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
 
 
-class PostgresChannel(TransportChannel):
-    def __init__(self, session: Session[PostgresStore], connection_id: int) -> None:
-        self._session = session
-        self._connection_id = connection_id
-        self.channel_id = session.open_channel(connection_id)
-
-    async def declare_exchange(
-        self,
-        name: str,
-        type: str,
-        durable: bool,
-        auto_delete: bool,
-        internal: bool,
-        arguments: Mapping[str, Any] | None,
-        passive: bool,
-    ) -> None:
-        await run_blocking(
-            self._session.declare_exchange, name, type, durable, auto_delete, internal, arguments, passive
-        )
-
-    async def delete_exchange(self, name: str, if_unused: bool) -> None:
-        await run_blocking(self._session.delete_exchange, name, if_unused)
-
-    async def declare_queue(
-        self,
-        name: str,
-        durable: bool,
-        exclusive: bool,
-        auto_delete: bool,
-        arguments: Mapping[str, Any] | None,
-        passive: bool,
-    ) -> QueueInfo:
-        return await run_blocking(
-            self._session.declare_queue,
-            self._connection_id,
-            name,
-            durable,
-            exclusive,
-            auto_delete,
-            arguments,
-            passive,
-        )
-
-    async def delete_queue(self, name: str, if_unused: bool, if_empty: bool) -> int:
-        return await run_blocking(self._session.delete_queue, self._connection_id, name, if_unused, if_empty)
-
-    async def purge_queue(self, name: str) -> int:
-        return await run_blocking(self._session.purge_queue, self._connection_id, name)
-
-    async def bind(
-        self, kind: str, destination: str, source: str, routing_key: str, arguments: Mapping[str, Any] | None
-    ) -> None:
-        await run_blocking(
-            self._session.bind, self._connection_id, kind, destination, source, routing_key, arguments
-        )
-
-    async def unbind(
-        self, kind: str, destination: str, source: str, routing_key: str, arguments: Mapping[str, Any] | None
-    ) -> None:
-        await run_blocking(
-            self._session.unbind, self._connection_id, kind, destination, source, routing_key, arguments
-        )
-
-    async def publish(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
-        return await run_blocking(self._session.publish, envelopes)
-
-    async def qos(self, prefetch_count: int, global_: bool) -> None:
-        self._session.qos(self._connection_id, self.channel_id, prefetch_count, global_)
-
-    async def consume(
-        self, queue: str, consumer_tag: str, no_ack: bool, arguments: Mapping[str, Any] | None
-    ) -> str:
-        return await run_blocking(
-            self._session.consume, self._connection_id, self.channel_id, queue, consumer_tag, no_ack
-        )
-
-    async def cancel(self, consumer_tag: str) -> None:
-        await run_blocking(self._session.cancel, self._connection_id, self.channel_id, consumer_tag)
-
-    async def get(self, queue: str, no_ack: bool) -> Delivery | None:
-        return await run_blocking(self._session.get, self._connection_id, self.channel_id, queue, no_ack)
-
-    async def ack(self, delivery_tag: int, multiple: bool) -> None:
-        await run_blocking(self._session.ack, self._connection_id, self.channel_id, delivery_tag, multiple)
-
-    async def reject(self, delivery_tag: int, requeue: bool, multiple: bool = False) -> None:
-        await run_blocking(
-            self._session.reject, self._connection_id, self.channel_id, delivery_tag, requeue, multiple
-        )
-
-    async def recover(self, requeue: bool) -> None:
-        await run_blocking(self._session.recover, self._connection_id, self.channel_id, requeue)
-
-    async def close(self) -> None:
-        await run_blocking(self._session.close_channel, self._connection_id, self.channel_id)
-
-    async def cancel_delayed(self, message_id: str) -> int:
-        return await run_blocking(self._session.store.cancel_delayed, message_id)
+class PostgresChannel(SessionChannel):
+    """A channel of a PostgreSQL broker: every call that reaches the database runs in a worker thread."""
 
 
 def conninfo(url: URL) -> tuple[str, str]:
