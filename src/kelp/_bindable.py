@@ -22,14 +22,18 @@ DELIVERY_MODES = {"transient": TRANSIENT_DELIVERY_MODE, "persistent": PERSISTENT
 
 
 def maybe_delivery_mode(
-    value: int | str | None, default: int | None = PERSISTENT_DELIVERY_MODE
+    v: int | str | None,
+    modes: Mapping[str, int] | None = None,
+    default: int | None = PERSISTENT_DELIVERY_MODE,
 ) -> int | None:
-    """Map ``'persistent'``/``'transient'``/1/2/None to the AMQP delivery-mode number."""
+    """Map ``'persistent'``/``'transient'``/1/2/None to the AMQP delivery-mode number (``None`` gives
+    ``default``); ``modes`` replaces the table of names."""
+    value = v
     if value is None:
         return default
     if isinstance(value, str):
         try:
-            return DELIVERY_MODES[value]
+            return (DELIVERY_MODES if modes is None else modes)[value]
         except KeyError:
             raise UsageError(
                 f"delivery_mode must be 'persistent', 'transient', 1 or 2, not {value!r}"

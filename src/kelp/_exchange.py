@@ -67,7 +67,7 @@ class Exchange(_Bindable):
         self.durable = durable
         self.auto_delete = auto_delete
         self.passive = passive
-        self.delivery_mode = maybe_delivery_mode(delivery_mode, None)
+        self.delivery_mode = maybe_delivery_mode(delivery_mode, default=None)
         self.arguments = dict(arguments or {})
         self.no_declare = no_declare
         self.internal = internal
@@ -160,7 +160,7 @@ class Exchange(_Bindable):
         **kwargs: Any,
     ) -> Any:
         # Persistent unless the call or the exchange says otherwise, as in Kombu.
-        mode = maybe_delivery_mode(delivery_mode, maybe_delivery_mode(self.delivery_mode))
+        mode = maybe_delivery_mode(delivery_mode, default=maybe_delivery_mode(self.delivery_mode))
         props = dict(properties or {})
         props["delivery_mode"] = mode
         return self.channel.prepare_message(body, properties=props, **kwargs)

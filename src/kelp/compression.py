@@ -80,17 +80,17 @@ def _install(codec: _Codec, aliases: Iterable[str]) -> None:
 
 def register(
     name: str,
-    compressor: Compressor,
-    decompressor: Decompressor,
+    encoder: Compressor,
+    decoder: Decompressor,
     content_type: str,
     aliases: Iterable[str] = (),
 ) -> None:
     """Register (or replace) a compression method, reachable by ``name``, ``content_type`` and ``aliases``.
 
-    ``decompressor`` runs to completion before its output is measured against :data:`max_size`; it should
-    refuse absurd inputs itself if it can.
+    ``encoder`` compresses a body and ``decoder`` decompresses one; ``decoder`` runs to completion before its
+    output is measured against :data:`max_size`, so it should refuse absurd inputs itself if it can.
     """
-    _install(_Codec(name, content_type, compressor, _checked(decompressor), None), aliases)
+    _install(_Codec(name, content_type, encoder, _checked(decoder), None), aliases)
 
 
 def encoders() -> list[str]:
@@ -114,32 +114,33 @@ def _find(method: str, error: type[KelpError]) -> _Codec:
     return codec
 
 
-def get_encoder(name: str) -> tuple[Compressor, str]:
-    """``(compressor, content_type)`` for a method name, alias or content type.
+def get_encoder(t: str) -> tuple[Compressor, str]:
+    """``(compressor, content_type)`` for a method name, alias or content type ``t``.
 
     Raises :class:`EncodeError` for an unknown method, :class:`SerializerNotInstalled` if its library is
     missing.
     """
-    codec = _find(name, EncodeError)
+    codec = _find(t, EncodeError)
     return codec.compress, codec.content_type
 
 
-def get_decoder(content_type: str) -> Decompressor:
-    """The bounded decompressor for a content type (or method name or alias); honours :data:`max_size`.
+def get_decoder(t: str) -> Decompressor:
+    """The bounded decompressor for a content type (or method name or alias) ``t``; honours :data:`max_size`.
 
     Raises :class:`DecodeError` for an unknown type, :class:`SerializerNotInstalled` if its library is
     missing.
     """
-    codec = _find(content_type, DecodeError)
+    codec = _find(t, DecodeError)
     return lambda body: _run(codec, body, max_size)
 
 
-def compress(body: bytes, method: str) -> tuple[bytes, str]:
-    """Compress ``body``; return the compressed bytes and the content type for the ``compression`` header.
+def compress(body: bytes, content_type: str) -> tuple[bytes, str]:
+    """Compress ``body`` by the method ``content_type`` names (a content type, method name or alias); return
+    the compressed bytes and the content type for the ``compression`` header.
 
     Raises :class:`EncodeError` for an unknown method or a compressor failure.
     """
-    codec = _find(method, EncodeError)
+    codec = _find(content_type, EncodeError)
     try:
         return codec.compress(body), codec.content_type
     except KelpError:

@@ -406,12 +406,12 @@ class ProducerPool(Resource[PooledProducer]):
         """A new producer holding a connection from ``connections`` (Kombu's name for :meth:`new`)."""
         return self.new()
 
-    def prepare(self, resource: PooledProducer) -> PooledProducer:
-        if resource._pooled_connection is None:
+    def prepare(self, p: PooledProducer) -> PooledProducer:
+        if p._pooled_connection is None:
             connection = self._connection()
-            resource.revive(connection)
-            resource._pooled_connection = connection
-        return resource
+            p.revive(connection)
+            p._pooled_connection = connection
+        return p
 
     def recycle(self, resource: PooledProducer) -> bool:
         connection, resource._pooled_connection = resource._pooled_connection, None
@@ -446,7 +446,7 @@ class PoolGroup(Generic[P]):
         self._pools: dict[Hashable, P] = {}
         self._lock = threading.Lock()  # never held across I/O: the same lock serves both faces
 
-    def create(self, connection: Connection, limit: int) -> P:
+    def create(self, resource: Connection, limit: int) -> P:
         raise NotImplementedError("PoolGroups must define create()")
 
     def __getitem__(self, connection: Connection) -> P:
@@ -485,15 +485,15 @@ def register_group(group: G) -> G:
 class Connections(PoolGroup[ConnectionPool]):
     """``connections[conn]``: the connection pool for ``conn``'s broker."""
 
-    def create(self, connection: Connection, limit: int) -> ConnectionPool:
-        return ConnectionPool(connection, limit=limit)
+    def create(self, resource: Connection, limit: int) -> ConnectionPool:
+        return ConnectionPool(resource, limit=limit)
 
 
 class Producers(PoolGroup[ProducerPool]):
     """``producers[conn]``: a producer pool drawing on ``connections[conn]``."""
 
-    def create(self, connection: Connection, limit: int) -> ProducerPool:
-        return ProducerPool(connections[connection], limit=limit)
+    def create(self, resource: Connection, limit: int) -> ProducerPool:
+        return ProducerPool(connections[resource], limit=limit)
 
 
 connections = register_group(Connections())

@@ -32,7 +32,7 @@ Empty = queue.Empty
 class SimpleQueue:
     """A named queue used like ``queue.Queue``: :meth:`put`, :meth:`get`, :meth:`qsize`, :meth:`clear`.
 
-    ``channel_or_connection`` is a channel, or a connection whose default channel is used. ``name`` is the
+    ``channel`` is a channel, or a connection whose default channel is used. ``name`` is the
     queue name (or a :class:`Queue`, used as given; a queue on the default exchange is published to by its
     name). ``queue_opts``/``exchange_opts`` are extra keyword arguments for :class:`Queue`/:class:`Exchange`,
     ``queue_args`` the queue's ``x-*`` arguments. ``no_ack`` (default False) makes the broker forget each
@@ -52,7 +52,7 @@ class SimpleQueue:
 
     def __init__(
         self,
-        channel_or_connection: Channel | Connection,
+        channel: Channel | Connection,
         name: str | Queue,
         no_ack: bool | None = None,
         queue_opts: Mapping[str, Any] | None = None,
@@ -81,11 +81,9 @@ class SimpleQueue:
         self.no_ack = no_ack
         self.queue = queue
         self.buffer: deque[Message] = deque()
-        self.consumer = Consumer(
-            channel_or_connection, [queue], no_ack=no_ack, accept=accept, on_message=self._receive
-        )
+        self.consumer = Consumer(channel, [queue], no_ack=no_ack, accept=accept, on_message=self._receive)
         self.producer = Producer(
-            channel_or_connection,
+            channel,
             exchange,
             routing_key=routing_key,
             serializer=serializer,
