@@ -84,12 +84,15 @@ class Flusher(GroupCommit):
         )
         self._flusher.start()
 
-    def _close(self) -> None:
+    def _stop_flusher(self) -> None:
         flusher = self._flusher
         self._stopping = True
         self._wakeup.set()
         if flusher is not None and flusher is not threading.current_thread():
             flusher.join(timeout=5)
+
+    def _close(self) -> None:
+        self._stop_flusher()
         with self._lock:
             if self._refs > 0 or self._writer is None:
                 return
@@ -115,6 +118,9 @@ class Flusher(GroupCommit):
 
     def shutdown(self) -> None:
         """At interpreter exit: commit what is buffered and unregister this process."""
+        # The flusher stops first: a heartbeat after the registration is deleted below would read as this
+        # process having been declared dead by another.
+        self._stop_flusher()
         with self._lock:
             if self._writer is None:
                 return
