@@ -37,7 +37,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
 
 import kelp
 from kelp.connection import resolve_transport
-from kelp.exceptions import ChannelError, OperationalError, UsageError
+from kelp.exceptions import ChannelError, ConsumerCancelled, OperationalError, UsageError
 from kelp.transport.base import Delivery, Envelope, QueueInfo, TransportChannel
 from kelp.transport.base import Transport as KelpTransport
 from kelp.url import URL, parse_url
@@ -152,7 +152,19 @@ class Channel(_kombu_base.StdChannel):
         nowait: bool = False,
         arguments: Mapping[str, Any] | None = None,
     ) -> QueueInfo:
-        return self.kelp_channel.declare_queue(queue, durable, exclusive, auto_delete, arguments, passive)
+        """Create the queue or check it. Declaring again, with the same options, a queue this connection
+        consumes from is answered here, without a broker round trip (Kombu declares Celery's reply queue
+        before every task): the queue exists, since its deletion would have cancelled that consumer. That
+        answer carries the counts of the last declaration that reached the broker."""
+        shape = (durable, exclusive, auto_delete, dict(arguments or {}))
+        if queue and not passive:
+            known = self.connection.known_queue(queue, shape)
+            if known is not None:
+                return known
+        info = self.kelp_channel.declare_queue(queue, durable, exclusive, auto_delete, arguments, passive)
+        if not passive:
+            self.connection.declared_queues[info.queue] = (shape, info)
+        return info
 
     def queue_bind(
         self,
@@ -181,6 +193,7 @@ class Channel(_kombu_base.StdChannel):
     def queue_delete(
         self, queue: str = "", if_unused: bool = False, if_empty: bool = False, nowait: bool = False
     ) -> int:
+        self.connection.declared_queues.pop(queue, None)
         return self.kelp_channel.delete_queue(queue, if_unused, if_empty)
 
     # --- publishing --------------------------------------------------------------------------------
@@ -244,12 +257,14 @@ class Channel(_kombu_base.StdChannel):
             self._callbacks[tag] = callback
         if no_ack:
             self.no_ack_consumers.add(tag)
+        self.connection.consumed_queues[(self.channel_id, tag)] = queue
         return tag
 
     def basic_cancel(self, consumer_tag: str, nowait: bool = False) -> None:
         """Stop the consumer; its unacked deliveries stay unacked until settled or the channel closes."""
         self._callbacks.pop(consumer_tag, None)
         self.no_ack_consumers.discard(consumer_tag)
+        self.connection.consumed_queues.pop((self.channel_id, consumer_tag), None)
         if self.is_open:
             self.kelp_channel.cancel(consumer_tag)
 
@@ -291,6 +306,8 @@ class Channel(_kombu_base.StdChannel):
         if not self.is_open:
             return
         self.is_open = False
+        for tag in self._callbacks:
+            self.connection.consumed_queues.pop((self.channel_id, tag), None)
         self._callbacks.clear()
         self.connection.forget_channel(self)
         try:
@@ -340,6 +357,10 @@ class Transport(_kombu_base.Transport):
         self._channels: dict[int, _Channel] = {}
         self._pending: deque[Delivery] = deque()
         self._pid = os.getpid()
+        #: What this connection knows of its queues: the shape and answer of each queue's last
+        #: declaration, and the queue of each live consumer ((channel id, tag) -> queue).
+        self.declared_queues: dict[str, tuple[tuple[Any, ...], QueueInfo]] = {}
+        self.consumed_queues: dict[tuple[int, str], str] = {}
 
     def driver_version(self) -> str:
         return kelp.__version__
@@ -360,8 +381,7 @@ class Transport(_kombu_base.Transport):
         connection = self.kelp_transport_cls(self.url, options)
         connection.connect(client.connect_timeout)
         self._pid = os.getpid()
-        self._channels.clear()
-        self._pending.clear()
+        self._forget_all()
         outbox = _OUTBOXES.pop(client, None)
         if outbox:
             channel = connection.open_channel()
@@ -375,8 +395,7 @@ class Transport(_kombu_base.Transport):
         """Close the kelp connection: it first waits for the broker to confirm what it published (a lost
         one keeps its unconfirmed messages for the next connection); unacked deliveries return to their
         queues."""
-        self._channels.clear()
-        self._pending.clear()
+        self._forget_all()
         if connection.is_connected:
             timeout = float(self.client.transport_options.get("close_timeout", 30.0)) if self.client else 30.0
             try:
@@ -391,8 +410,7 @@ class Transport(_kombu_base.Transport):
 
     def _collect(self, connection: KelpTransport | None) -> None:
         """Kombu's clean-up of a connection it gave up on (after a connection error, or in a forked child)."""
-        self._channels.clear()
-        self._pending.clear()
+        self._forget_all()
         if connection is None or os.getpid() != self._pid:
             # A forked child must not close the parent's connection: that would hand the parent's
             # unacked deliveries back to their queues. Drop the references only.
@@ -402,6 +420,20 @@ class Transport(_kombu_base.Transport):
             connection.close()  # its unacked deliveries return to their queues now
         except Exception:
             logger.debug("error while discarding a lost kelp connection", exc_info=True)
+
+    def _forget_all(self) -> None:
+        self._channels.clear()
+        self._pending.clear()
+        self.declared_queues.clear()
+        self.consumed_queues.clear()
+
+    def known_queue(self, queue: str, shape: tuple[Any, ...]) -> QueueInfo | None:
+        """The last answer for ``queue`` when it was declared with ``shape`` and a consumer of this
+        connection still reads it; None when the broker must be asked."""
+        known = self.declared_queues.get(queue)
+        if known is None or known[0] != shape or queue not in self.consumed_queues.values():
+            return None
+        return known[1]
 
     def _keep_outbox(self, connection: KelpTransport) -> None:
         unconfirmed = connection.unconfirmed()
@@ -430,7 +462,14 @@ class Transport(_kombu_base.Transport):
         pending = self._pending
         while True:
             if not pending:
-                pending.extend(connection.drain(timeout))
+                try:
+                    pending.extend(connection.drain(timeout))
+                except ConsumerCancelled as exc:
+                    # Its queue is gone: the next declaration must reach the broker.
+                    queue = self.consumed_queues.pop((exc.channel_id, exc.consumer_tag), None)
+                    if queue is not None:
+                        self.declared_queues.pop(queue, None)
+                    raise
             delivery = pending.popleft()
             channel = self._channels.get(delivery.channel_id)
             if channel is not None:

@@ -13,7 +13,7 @@ import kombu
 import pytest
 
 import kelp.kombu
-from kelp.exceptions import UnsupportedTransport, UsageError
+from kelp.exceptions import ConsumerCancelled, PreconditionFailed, UnsupportedTransport, UsageError
 
 
 def _memory_url() -> str:
@@ -248,3 +248,58 @@ def test_drain_events_hands_over_one_delivery_per_call(url: str) -> None:
             with pytest.raises(TimeoutError):
                 connection.drain_events(timeout=0.1)
         queue.close()
+
+
+def _count_declarations(channel: kelp.kombu.Channel) -> list[str]:
+    reached: list[str] = []
+    declare = channel.kelp_channel.declare_queue
+
+    def counting(name: str, *args: object) -> object:
+        reached.append(name)
+        return declare(name, *args)  # type: ignore[arg-type]
+
+    channel.kelp_channel.declare_queue = counting  # type: ignore[method-assign]
+    return reached
+
+
+def test_declaring_a_queue_this_connection_consumes_again_skips_the_broker(url: str) -> None:
+    # Celery's client declares its reply queue before every task: one broker round trip each.
+    queue = kombu.Queue("replies", auto_delete=True)
+    with kombu.Connection(url) as connection:
+        channel = connection.default_channel
+        reached = _count_declarations(channel)
+        queue(channel).declare()
+        queue(channel).declare()  # nobody consumes it yet: asked again
+        assert reached == ["replies", "replies"]
+        consumer = connection.Consumer(queue, callbacks=[lambda body, m: None], no_ack=True)
+        consumer.consume()
+        reached.clear()
+        for _ in range(3):
+            assert queue(channel).declare() == "replies"
+        assert reached == []
+        consumer.cancel()
+        queue(channel).declare()  # no consumer left: asked again
+        assert reached == ["replies"]
+        consumer.consume()
+        reached.clear()
+        # Other options are the broker's to judge.
+        with pytest.raises(PreconditionFailed):
+            kombu.Queue("replies", auto_delete=False, durable=True)(channel).declare()
+        assert reached == ["replies"]
+
+
+def test_a_consumed_queue_deleted_elsewhere_is_declared_again_at_the_broker(url: str) -> None:
+    queue = kombu.Queue("doomed", auto_delete=False)
+    with kombu.Connection(url) as connection, kombu.Connection(url) as other:
+        channel = connection.default_channel
+        queue(channel).declare()
+        consumer = connection.Consumer(queue, callbacks=[lambda body, m: None], no_ack=True)
+        consumer.consume()
+        queue(other.default_channel).delete()
+        with pytest.raises(ConsumerCancelled):
+            connection.drain_events(timeout=2)
+        reached = _count_declarations(channel)
+        queue(channel).declare()
+        assert reached == ["doomed"]
+        with other.Producer() as producer:
+            producer.publish("again", routing_key="doomed", mandatory=True)
