@@ -58,6 +58,49 @@ _OUTBOXES: weakref.WeakKeyDictionary[Any, list[Envelope]] = weakref.WeakKeyDicti
 _KOMBU_ONLY_OPTIONS = frozenset({"max_retries", "interval_start", "interval_step", "interval_max", "errback"})
 
 
+class _KnownQueues:
+    """The queues that kelp.kombu connections of this process to one broker consume from, and the last
+    answer to a declaration of each, so that declaring one again needs no broker round trip."""
+
+    def __init__(self) -> None:
+        self._answers: dict[str, tuple[tuple[Any, ...], QueueInfo]] = {}
+        self._consumers: dict[tuple[int, int, str], str] = {}  # (connection, channel, tag) -> queue
+        self._readers: dict[str, int] = {}  # queue -> how many consumers
+
+    def lookup(self, queue: str, shape: tuple[Any, ...]) -> QueueInfo | None:
+        known = self._answers.get(queue)
+        return known[1] if known is not None and known[0] == shape and queue in self._readers else None
+
+    def declared(self, queue: str, shape: tuple[Any, ...], info: QueueInfo) -> None:
+        if queue in self._readers:  # kept only while consumed, so the table stays small
+            self._answers[queue] = (shape, info)
+
+    def deleted(self, queue: str) -> None:
+        self._answers.pop(queue, None)
+
+    def consuming(self, connection: object, channel_id: int, tag: str, queue: str) -> None:
+        self._consumers[(id(connection), channel_id, tag)] = queue
+        self._readers[queue] = self._readers.get(queue, 0) + 1
+
+    def cancelled(self, connection: object, channel_id: int, tag: str) -> None:
+        queue = self._consumers.pop((id(connection), channel_id, tag), None)
+        if queue is None:
+            return
+        self._readers[queue] -= 1
+        if not self._readers[queue]:
+            del self._readers[queue]
+            self._answers.pop(queue, None)
+
+    def forget(self, connection: object) -> None:
+        """The connection is gone or new: its consumers no longer vouch for their queues."""
+        for channel_key in [key for key in self._consumers if key[0] == id(connection)]:
+            self.cancelled(connection, channel_key[1], channel_key[2])
+
+
+# Per (process, broker URL): what its kelp.kombu connections know of the broker's queues.
+_KNOWN_QUEUES: dict[tuple[int, str], _KnownQueues] = {}
+
+
 class Message(_KombuMessage):
     """A kelp delivery as a Kombu message: ``ack``/``reject``/``requeue`` settle it on its kelp channel."""
 
@@ -152,18 +195,21 @@ class Channel(_kombu_base.StdChannel):
         nowait: bool = False,
         arguments: Mapping[str, Any] | None = None,
     ) -> QueueInfo:
-        """Create the queue or check it. Declaring again, with the same options, a queue this connection
-        consumes from is answered here, without a broker round trip (Kombu declares Celery's reply queue
-        before every task): the queue exists, since its deletion would have cancelled that consumer. That
-        answer carries the counts of the last declaration that reached the broker."""
+        """Create the queue or check it. Declaring again, with the same options, a (not exclusive) queue
+        that a connection of this process to the same broker consumes from is answered here, without a
+        broker round trip (Celery's client declares its reply queue before every task, on the connection
+        next to the one consuming it): the queue exists, since its deletion would have cancelled that
+        consumer. That answer carries the counts of the last declaration that reached the broker."""
         shape = (durable, exclusive, auto_delete, dict(arguments or {}))
-        if queue and not passive:
-            known = self.connection.known_queue(queue, shape)
-            if known is not None:
-                return known
+        cacheable = bool(queue) and not passive and not exclusive
+        known = self.connection.known_queues
+        if cacheable:
+            info = known.lookup(queue, shape)
+            if info is not None:
+                return info
         info = self.kelp_channel.declare_queue(queue, durable, exclusive, auto_delete, arguments, passive)
-        if not passive:
-            self.connection.declared_queues[info.queue] = (shape, info)
+        if cacheable:
+            known.declared(info.queue, shape, info)
         return info
 
     def queue_bind(
@@ -193,7 +239,7 @@ class Channel(_kombu_base.StdChannel):
     def queue_delete(
         self, queue: str = "", if_unused: bool = False, if_empty: bool = False, nowait: bool = False
     ) -> int:
-        self.connection.declared_queues.pop(queue, None)
+        self.connection.known_queues.deleted(queue)
         return self.kelp_channel.delete_queue(queue, if_unused, if_empty)
 
     # --- publishing --------------------------------------------------------------------------------
@@ -257,14 +303,14 @@ class Channel(_kombu_base.StdChannel):
             self._callbacks[tag] = callback
         if no_ack:
             self.no_ack_consumers.add(tag)
-        self.connection.consumed_queues[(self.channel_id, tag)] = queue
+        self.connection.known_queues.consuming(self.connection, self.channel_id, tag, queue)
         return tag
 
     def basic_cancel(self, consumer_tag: str, nowait: bool = False) -> None:
         """Stop the consumer; its unacked deliveries stay unacked until settled or the channel closes."""
         self._callbacks.pop(consumer_tag, None)
         self.no_ack_consumers.discard(consumer_tag)
-        self.connection.consumed_queues.pop((self.channel_id, consumer_tag), None)
+        self.connection.known_queues.cancelled(self.connection, self.channel_id, consumer_tag)
         if self.is_open:
             self.kelp_channel.cancel(consumer_tag)
 
@@ -307,7 +353,7 @@ class Channel(_kombu_base.StdChannel):
             return
         self.is_open = False
         for tag in self._callbacks:
-            self.connection.consumed_queues.pop((self.channel_id, tag), None)
+            self.connection.known_queues.cancelled(self.connection, self.channel_id, tag)
         self._callbacks.clear()
         self.connection.forget_channel(self)
         try:
@@ -357,10 +403,7 @@ class Transport(_kombu_base.Transport):
         self._channels: dict[int, _Channel] = {}
         self._pending: deque[Delivery] = deque()
         self._pid = os.getpid()
-        #: What this connection knows of its queues: the shape and answer of each queue's last
-        #: declaration, and the queue of each live consumer ((channel id, tag) -> queue).
-        self.declared_queues: dict[str, tuple[tuple[Any, ...], QueueInfo]] = {}
-        self.consumed_queues: dict[tuple[int, str], str] = {}
+        self._known_key = (self._pid, self.url.as_uri())
 
     def driver_version(self) -> str:
         return kelp.__version__
@@ -424,16 +467,15 @@ class Transport(_kombu_base.Transport):
     def _forget_all(self) -> None:
         self._channels.clear()
         self._pending.clear()
-        self.declared_queues.clear()
-        self.consumed_queues.clear()
+        self.known_queues.forget(self)
 
-    def known_queue(self, queue: str, shape: tuple[Any, ...]) -> QueueInfo | None:
-        """The last answer for ``queue`` when it was declared with ``shape`` and a consumer of this
-        connection still reads it; None when the broker must be asked."""
-        known = self.declared_queues.get(queue)
-        if known is None or known[0] != shape or queue not in self.consumed_queues.values():
-            return None
-        return known[1]
+    @property
+    def known_queues(self) -> _KnownQueues:
+        """What this process's connections to this broker know of its queues (a forked child starts
+        with nothing: its parent's consumers are not its own)."""
+        if self._known_key[0] != os.getpid():
+            self._known_key = (os.getpid(), self._known_key[1])
+        return _KNOWN_QUEUES.setdefault(self._known_key, _KnownQueues())
 
     def _keep_outbox(self, connection: KelpTransport) -> None:
         unconfirmed = connection.unconfirmed()
@@ -466,9 +508,7 @@ class Transport(_kombu_base.Transport):
                     pending.extend(connection.drain(timeout))
                 except ConsumerCancelled as exc:
                     # Its queue is gone: the next declaration must reach the broker.
-                    queue = self.consumed_queues.pop((exc.channel_id, exc.consumer_tag), None)
-                    if queue is not None:
-                        self.declared_queues.pop(queue, None)
+                    self.known_queues.cancelled(self, exc.channel_id, exc.consumer_tag)
                     raise
             delivery = pending.popleft()
             channel = self._channels.get(delivery.channel_id)

@@ -276,11 +276,28 @@ def test_declaring_a_queue_this_connection_consumes_again_skips_the_broker(url: 
         reached.clear()
         for _ in range(3):
             assert queue(channel).declare() == "replies"
-        assert reached == []
+        assert reached == ["replies"]  # the first one since it is consumed; then known
+        reached.clear()
+        # Celery declares it on its producer's connection, next to the consuming one.
+        with kombu.Connection(url) as producer_connection:
+            other = producer_connection.default_channel
+            reached_other = _count_declarations(other)
+            queue(other).declare()
+            queue(other).declare()
+            assert reached_other == []
+            exclusive = kombu.Queue("mine", exclusive=True)
+            exclusive(channel).declare()
+            exclusive_consumer = connection.Consumer(exclusive, callbacks=[lambda body, m: None], no_ack=True)
+            exclusive_consumer.consume()
+            exclusive(channel).declare()  # exclusive queues are always the broker's to judge
+            assert reached == ["mine", "mine", "mine"]
+            exclusive_consumer.cancel()
+            reached.clear()
         consumer.cancel()
         queue(channel).declare()  # no consumer left: asked again
         assert reached == ["replies"]
         consumer.consume()
+        queue(channel).declare()
         reached.clear()
         # Other options are the broker's to judge.
         with pytest.raises(PreconditionFailed):
