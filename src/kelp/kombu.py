@@ -15,6 +15,9 @@ message Celery has not acked belongs to the connection's channel, and returns to
 ``redelivered`` when the channel closes or the worker process dies (within the engine's window; Kombu's
 own Redis transport waits ``visibility_timeout`` instead).
 
+Declaring again, with the same options, a queue that a connection of this process to the same broker
+consumes from needs no broker round trip (Celery declares its reply queue before every task).
+
 Deliveries reach consumers through Kombu's blocking loop (``Connection.drain_events``): Celery's
 ``synloop``. The event-loop (hub) path is not taken: ``implements.asynchronous`` is False.
 """

@@ -320,3 +320,23 @@ def test_a_consumed_queue_deleted_elsewhere_is_declared_again_at_the_broker(url:
         assert reached == ["doomed"]
         with other.Producer() as producer:
             producer.publish("again", routing_key="doomed", mandatory=True)
+
+
+def test_a_forked_child_does_not_trust_its_parents_consumers(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = kombu.Queue("parent-replies", auto_delete=True)
+    with kombu.Connection(url) as connection:
+        channel = connection.default_channel
+        consumer = connection.Consumer(queue, callbacks=[lambda body, m: None], no_ack=True)
+        consumer.consume()
+        queue(channel).declare()
+        reached = _count_declarations(channel)
+        queue(channel).declare()
+        assert reached == []
+        child_pid = os.getpid() + 1
+        monkeypatch.setattr(kelp.kombu.os, "getpid", lambda: child_pid)
+        queue(channel).declare()  # in a child, the parent's consumer vouches for nothing
+        assert reached == ["parent-replies"]
+        monkeypatch.undo()
+        consumer.cancel()
