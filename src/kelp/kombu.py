@@ -140,6 +140,8 @@ class Channel(_kombu_base.StdChannel):
         self.no_ack_consumers: set[str] = set()  # type: ignore[assignment]
         self.events: dict[str, set[Callable[..., Any]]] = {"basic_return": set()}
         self._callbacks: dict[str, Callable[[Any], Any]] = {}
+        # The latest cancelled no_ack consumers: deliveries still on their way to them need no settling.
+        self._cancelled_no_ack: dict[str, None] = {}
 
     def __repr__(self) -> str:
         return f"<kelp.kombu.Channel {self.channel_id}>"
@@ -312,7 +314,11 @@ class Channel(_kombu_base.StdChannel):
     def basic_cancel(self, consumer_tag: str, nowait: bool = False) -> None:
         """Stop the consumer; its unacked deliveries stay unacked until settled or the channel closes."""
         self._callbacks.pop(consumer_tag, None)
-        self.no_ack_consumers.discard(consumer_tag)
+        if consumer_tag in self.no_ack_consumers:
+            self.no_ack_consumers.discard(consumer_tag)
+            self._cancelled_no_ack[consumer_tag] = None
+            if len(self._cancelled_no_ack) > 256:  # pidbox makes a consumer per broadcast
+                del self._cancelled_no_ack[next(iter(self._cancelled_no_ack))]
         self.connection.known_queues.cancelled(self.connection, self.channel_id, consumer_tag)
         if self.is_open:
             self.kelp_channel.cancel(consumer_tag)
@@ -345,7 +351,8 @@ class Channel(_kombu_base.StdChannel):
         callback = self._callbacks.get(delivery.consumer_tag)
         if callback is None:
             # Cancelled after the engine handed this delivery over: give it back rather than hold it.
-            if delivery.consumer_tag not in self.no_ack_consumers and self.is_open:
+            tag = delivery.consumer_tag
+            if tag not in self.no_ack_consumers and tag not in self._cancelled_no_ack and self.is_open:
                 self.kelp_channel.reject(delivery.delivery_tag, True)
             return
         callback(delivery)

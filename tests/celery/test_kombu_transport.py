@@ -340,3 +340,20 @@ def test_a_forked_child_does_not_trust_its_parents_consumers(
         assert reached == ["parent-replies"]
         monkeypatch.undo()
         consumer.cancel()
+
+
+def test_a_delivery_for_a_cancelled_no_ack_consumer_is_dropped_without_settling(url: str) -> None:
+    # Celery's pidbox reply consumer (no_ack) is cancelled while replies may still be on their way.
+    with kombu.Connection(url) as connection:
+        queue = connection.SimpleQueue("late-replies", no_ack=True)
+        for i in range(3):
+            queue.put(i)
+        got: list[int] = []
+        consumer = connection.Consumer(queue.queue, callbacks=[lambda body, _: got.append(body)], no_ack=True)
+        consumer.consume()
+        connection.drain_events(timeout=1)
+        consumer.cancel()
+        _drain(connection)  # the rest of the batch reaches no callback and settles nothing
+        assert got[:1] == [0]
+        connection.default_channel.basic_qos(0, 10, False)  # the channel is still usable
+        queue.close()
