@@ -15,6 +15,9 @@ message Celery has not acked belongs to the connection's channel, and returns to
 ``redelivered`` when the channel closes or the worker process dies (within the engine's window; Kombu's
 own Redis transport waits ``visibility_timeout`` instead).
 
+Declaring again, with the same options, a queue that a connection of this process to the same broker
+consumes from needs no broker round trip (Celery declares its reply queue before every task).
+
 Deliveries reach consumers through Kombu's blocking loop (``Connection.drain_events``): Celery's
 ``synloop``. The event-loop (hub) path is not taken: ``implements.asynchronous`` is False.
 """
@@ -37,7 +40,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
 
 import kelp
 from kelp.connection import resolve_transport
-from kelp.exceptions import ChannelError, OperationalError, UsageError
+from kelp.exceptions import ChannelError, ConsumerCancelled, OperationalError, UsageError
 from kelp.transport.base import Delivery, Envelope, QueueInfo, TransportChannel
 from kelp.transport.base import Transport as KelpTransport
 from kelp.url import URL, parse_url
@@ -56,6 +59,49 @@ _OUTBOXES: weakref.WeakKeyDictionary[Any, list[Envelope]] = weakref.WeakKeyDicti
 
 # Options Kombu or Celery put in ``transport_options`` for themselves (retry policies), not for kelp.
 _KOMBU_ONLY_OPTIONS = frozenset({"max_retries", "interval_start", "interval_step", "interval_max", "errback"})
+
+
+class _KnownQueues:
+    """The queues that kelp.kombu connections of this process to one broker consume from, and the last
+    answer to a declaration of each, so that declaring one again needs no broker round trip."""
+
+    def __init__(self) -> None:
+        self._answers: dict[str, tuple[tuple[Any, ...], QueueInfo]] = {}
+        self._consumers: dict[tuple[int, int, str], str] = {}  # (connection, channel, tag) -> queue
+        self._readers: dict[str, int] = {}  # queue -> how many consumers
+
+    def lookup(self, queue: str, shape: tuple[Any, ...]) -> QueueInfo | None:
+        known = self._answers.get(queue)
+        return known[1] if known is not None and known[0] == shape and queue in self._readers else None
+
+    def declared(self, queue: str, shape: tuple[Any, ...], info: QueueInfo) -> None:
+        if queue in self._readers:  # kept only while consumed, so the table stays small
+            self._answers[queue] = (shape, info)
+
+    def deleted(self, queue: str) -> None:
+        self._answers.pop(queue, None)
+
+    def consuming(self, connection: object, channel_id: int, tag: str, queue: str) -> None:
+        self._consumers[(id(connection), channel_id, tag)] = queue
+        self._readers[queue] = self._readers.get(queue, 0) + 1
+
+    def cancelled(self, connection: object, channel_id: int, tag: str) -> None:
+        queue = self._consumers.pop((id(connection), channel_id, tag), None)
+        if queue is None:
+            return
+        self._readers[queue] -= 1
+        if not self._readers[queue]:
+            del self._readers[queue]
+            self._answers.pop(queue, None)
+
+    def forget(self, connection: object) -> None:
+        """The connection is gone or new: its consumers no longer vouch for their queues."""
+        for channel_key in [key for key in self._consumers if key[0] == id(connection)]:
+            self.cancelled(connection, channel_key[1], channel_key[2])
+
+
+# Per (process, broker URL): what its kelp.kombu connections know of the broker's queues.
+_KNOWN_QUEUES: dict[tuple[int, str], _KnownQueues] = {}
 
 
 class Message(_KombuMessage):
@@ -94,6 +140,8 @@ class Channel(_kombu_base.StdChannel):
         self.no_ack_consumers: set[str] = set()  # type: ignore[assignment]
         self.events: dict[str, set[Callable[..., Any]]] = {"basic_return": set()}
         self._callbacks: dict[str, Callable[[Any], Any]] = {}
+        # The latest cancelled no_ack consumers: deliveries still on their way to them need no settling.
+        self._cancelled_no_ack: dict[str, None] = {}
 
     def __repr__(self) -> str:
         return f"<kelp.kombu.Channel {self.channel_id}>"
@@ -152,7 +200,22 @@ class Channel(_kombu_base.StdChannel):
         nowait: bool = False,
         arguments: Mapping[str, Any] | None = None,
     ) -> QueueInfo:
-        return self.kelp_channel.declare_queue(queue, durable, exclusive, auto_delete, arguments, passive)
+        """Create the queue or check it. Declaring again, with the same options, a (not exclusive) queue
+        that a connection of this process to the same broker consumes from is answered here, without a
+        broker round trip (Celery's client declares its reply queue before every task, on the connection
+        next to the one consuming it): the queue exists, since its deletion would have cancelled that
+        consumer. That answer carries the counts of the last declaration that reached the broker."""
+        shape = (durable, exclusive, auto_delete, dict(arguments or {}))
+        cacheable = bool(queue) and not passive and not exclusive
+        known = self.connection.known_queues
+        if cacheable:
+            info = known.lookup(queue, shape)
+            if info is not None:
+                return info
+        info = self.kelp_channel.declare_queue(queue, durable, exclusive, auto_delete, arguments, passive)
+        if cacheable:
+            known.declared(info.queue, shape, info)
+        return info
 
     def queue_bind(
         self,
@@ -181,6 +244,7 @@ class Channel(_kombu_base.StdChannel):
     def queue_delete(
         self, queue: str = "", if_unused: bool = False, if_empty: bool = False, nowait: bool = False
     ) -> int:
+        self.connection.known_queues.deleted(queue)
         return self.kelp_channel.delete_queue(queue, if_unused, if_empty)
 
     # --- publishing --------------------------------------------------------------------------------
@@ -244,12 +308,18 @@ class Channel(_kombu_base.StdChannel):
             self._callbacks[tag] = callback
         if no_ack:
             self.no_ack_consumers.add(tag)
+        self.connection.known_queues.consuming(self.connection, self.channel_id, tag, queue)
         return tag
 
     def basic_cancel(self, consumer_tag: str, nowait: bool = False) -> None:
         """Stop the consumer; its unacked deliveries stay unacked until settled or the channel closes."""
         self._callbacks.pop(consumer_tag, None)
-        self.no_ack_consumers.discard(consumer_tag)
+        if consumer_tag in self.no_ack_consumers:
+            self.no_ack_consumers.discard(consumer_tag)
+            self._cancelled_no_ack[consumer_tag] = None
+            if len(self._cancelled_no_ack) > 256:  # pidbox makes a consumer per broadcast
+                del self._cancelled_no_ack[next(iter(self._cancelled_no_ack))]
+        self.connection.known_queues.cancelled(self.connection, self.channel_id, consumer_tag)
         if self.is_open:
             self.kelp_channel.cancel(consumer_tag)
 
@@ -281,7 +351,8 @@ class Channel(_kombu_base.StdChannel):
         callback = self._callbacks.get(delivery.consumer_tag)
         if callback is None:
             # Cancelled after the engine handed this delivery over: give it back rather than hold it.
-            if delivery.consumer_tag not in self.no_ack_consumers and self.is_open:
+            tag = delivery.consumer_tag
+            if tag not in self.no_ack_consumers and tag not in self._cancelled_no_ack and self.is_open:
                 self.kelp_channel.reject(delivery.delivery_tag, True)
             return
         callback(delivery)
@@ -291,6 +362,8 @@ class Channel(_kombu_base.StdChannel):
         if not self.is_open:
             return
         self.is_open = False
+        for tag in self._callbacks:
+            self.connection.known_queues.cancelled(self.connection, self.channel_id, tag)
         self._callbacks.clear()
         self.connection.forget_channel(self)
         try:
@@ -340,6 +413,7 @@ class Transport(_kombu_base.Transport):
         self._channels: dict[int, _Channel] = {}
         self._pending: deque[Delivery] = deque()
         self._pid = os.getpid()
+        self._known_key = (self._pid, self.url.as_uri())
 
     def driver_version(self) -> str:
         return kelp.__version__
@@ -360,8 +434,7 @@ class Transport(_kombu_base.Transport):
         connection = self.kelp_transport_cls(self.url, options)
         connection.connect(client.connect_timeout)
         self._pid = os.getpid()
-        self._channels.clear()
-        self._pending.clear()
+        self._forget_all()
         outbox = _OUTBOXES.pop(client, None)
         if outbox:
             channel = connection.open_channel()
@@ -375,8 +448,7 @@ class Transport(_kombu_base.Transport):
         """Close the kelp connection: it first waits for the broker to confirm what it published (a lost
         one keeps its unconfirmed messages for the next connection); unacked deliveries return to their
         queues."""
-        self._channels.clear()
-        self._pending.clear()
+        self._forget_all()
         if connection.is_connected:
             timeout = float(self.client.transport_options.get("close_timeout", 30.0)) if self.client else 30.0
             try:
@@ -391,8 +463,7 @@ class Transport(_kombu_base.Transport):
 
     def _collect(self, connection: KelpTransport | None) -> None:
         """Kombu's clean-up of a connection it gave up on (after a connection error, or in a forked child)."""
-        self._channels.clear()
-        self._pending.clear()
+        self._forget_all()
         if connection is None or os.getpid() != self._pid:
             # A forked child must not close the parent's connection: that would hand the parent's
             # unacked deliveries back to their queues. Drop the references only.
@@ -402,6 +473,19 @@ class Transport(_kombu_base.Transport):
             connection.close()  # its unacked deliveries return to their queues now
         except Exception:
             logger.debug("error while discarding a lost kelp connection", exc_info=True)
+
+    def _forget_all(self) -> None:
+        self._channels.clear()
+        self._pending.clear()
+        self.known_queues.forget(self)
+
+    @property
+    def known_queues(self) -> _KnownQueues:
+        """What this process's connections to this broker know of its queues (a forked child starts
+        with nothing: its parent's consumers are not its own)."""
+        if self._known_key[0] != os.getpid():
+            self._known_key = (os.getpid(), self._known_key[1])
+        return _KNOWN_QUEUES.setdefault(self._known_key, _KnownQueues())
 
     def _keep_outbox(self, connection: KelpTransport) -> None:
         unconfirmed = connection.unconfirmed()
@@ -430,7 +514,12 @@ class Transport(_kombu_base.Transport):
         pending = self._pending
         while True:
             if not pending:
-                pending.extend(connection.drain(timeout))
+                try:
+                    pending.extend(connection.drain(timeout))
+                except ConsumerCancelled as exc:
+                    # Its queue is gone: the next declaration must reach the broker.
+                    self.known_queues.cancelled(self, exc.channel_id, exc.consumer_tag)
+                    raise
             delivery = pending.popleft()
             channel = self._channels.get(delivery.channel_id)
             if channel is not None:

@@ -13,7 +13,7 @@ import kombu
 import pytest
 
 import kelp.kombu
-from kelp.exceptions import UnsupportedTransport, UsageError
+from kelp.exceptions import ConsumerCancelled, PreconditionFailed, UnsupportedTransport, UsageError
 
 
 def _memory_url() -> str:
@@ -247,4 +247,113 @@ def test_drain_events_hands_over_one_delivery_per_call(url: str) -> None:
                 assert got == list(range(expected))
             with pytest.raises(TimeoutError):
                 connection.drain_events(timeout=0.1)
+        queue.close()
+
+
+def _count_declarations(channel: kelp.kombu.Channel) -> list[str]:
+    reached: list[str] = []
+    declare = channel.kelp_channel.declare_queue
+
+    def counting(name: str, *args: object) -> object:
+        reached.append(name)
+        return declare(name, *args)  # type: ignore[arg-type]
+
+    channel.kelp_channel.declare_queue = counting  # type: ignore[method-assign]
+    return reached
+
+
+def test_declaring_a_queue_this_connection_consumes_again_skips_the_broker(url: str) -> None:
+    # Celery's client declares its reply queue before every task: one broker round trip each.
+    queue = kombu.Queue("replies", auto_delete=True)
+    with kombu.Connection(url) as connection:
+        channel = connection.default_channel
+        reached = _count_declarations(channel)
+        queue(channel).declare()
+        queue(channel).declare()  # nobody consumes it yet: asked again
+        assert reached == ["replies", "replies"]
+        consumer = connection.Consumer(queue, callbacks=[lambda body, m: None], no_ack=True)
+        consumer.consume()
+        reached.clear()
+        for _ in range(3):
+            assert queue(channel).declare() == "replies"
+        assert reached == ["replies"]  # the first one since it is consumed; then known
+        reached.clear()
+        # Celery declares it on its producer's connection, next to the consuming one.
+        with kombu.Connection(url) as producer_connection:
+            other = producer_connection.default_channel
+            reached_other = _count_declarations(other)
+            queue(other).declare()
+            queue(other).declare()
+            assert reached_other == []
+            exclusive = kombu.Queue("mine", exclusive=True)
+            exclusive(channel).declare()
+            exclusive_consumer = connection.Consumer(exclusive, callbacks=[lambda body, m: None], no_ack=True)
+            exclusive_consumer.consume()
+            exclusive(channel).declare()  # exclusive queues are always the broker's to judge
+            assert reached == ["mine", "mine", "mine"]
+            exclusive_consumer.cancel()
+            reached.clear()
+        consumer.cancel()
+        queue(channel).declare()  # no consumer left: asked again
+        assert reached == ["replies"]
+        consumer.consume()
+        queue(channel).declare()
+        reached.clear()
+        # Other options are the broker's to judge.
+        with pytest.raises(PreconditionFailed):
+            kombu.Queue("replies", auto_delete=False, durable=True)(channel).declare()
+        assert reached == ["replies"]
+
+
+def test_a_consumed_queue_deleted_elsewhere_is_declared_again_at_the_broker(url: str) -> None:
+    queue = kombu.Queue("doomed", auto_delete=False)
+    with kombu.Connection(url) as connection, kombu.Connection(url) as other:
+        channel = connection.default_channel
+        queue(channel).declare()
+        consumer = connection.Consumer(queue, callbacks=[lambda body, m: None], no_ack=True)
+        consumer.consume()
+        queue(other.default_channel).delete()
+        with pytest.raises(ConsumerCancelled):
+            connection.drain_events(timeout=2)
+        reached = _count_declarations(channel)
+        queue(channel).declare()
+        assert reached == ["doomed"]
+        with other.Producer() as producer:
+            producer.publish("again", routing_key="doomed", mandatory=True)
+
+
+def test_a_forked_child_does_not_trust_its_parents_consumers(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = kombu.Queue("parent-replies", auto_delete=True)
+    with kombu.Connection(url) as connection:
+        channel = connection.default_channel
+        consumer = connection.Consumer(queue, callbacks=[lambda body, m: None], no_ack=True)
+        consumer.consume()
+        queue(channel).declare()
+        reached = _count_declarations(channel)
+        queue(channel).declare()
+        assert reached == []
+        child_pid = os.getpid() + 1
+        monkeypatch.setattr(kelp.kombu.os, "getpid", lambda: child_pid)
+        queue(channel).declare()  # in a child, the parent's consumer vouches for nothing
+        assert reached == ["parent-replies"]
+        monkeypatch.undo()
+        consumer.cancel()
+
+
+def test_a_delivery_for_a_cancelled_no_ack_consumer_is_dropped_without_settling(url: str) -> None:
+    # Celery's pidbox reply consumer (no_ack) is cancelled while replies may still be on their way.
+    with kombu.Connection(url) as connection:
+        queue = connection.SimpleQueue("late-replies", no_ack=True)
+        for i in range(3):
+            queue.put(i)
+        got: list[int] = []
+        consumer = connection.Consumer(queue.queue, callbacks=[lambda body, _: got.append(body)], no_ack=True)
+        consumer.consume()
+        connection.drain_events(timeout=1)
+        consumer.cancel()
+        _drain(connection)  # the rest of the batch reaches no callback and settles nothing
+        assert got[:1] == [0]
+        connection.default_channel.basic_qos(0, 10, False)  # the channel is still usable
         queue.close()
