@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -66,37 +67,46 @@ class _KnownQueues:
     answer to a declaration of each, so that declaring one again needs no broker round trip."""
 
     def __init__(self) -> None:
+        # Connections of several threads (Celery's threads pool) share one table.
+        self._lock = threading.Lock()
         self._answers: dict[str, tuple[tuple[Any, ...], QueueInfo]] = {}
         self._consumers: dict[tuple[int, int, str], str] = {}  # (connection, channel, tag) -> queue
         self._readers: dict[str, int] = {}  # queue -> how many consumers
 
     def lookup(self, queue: str, shape: tuple[Any, ...]) -> QueueInfo | None:
-        known = self._answers.get(queue)
-        return known[1] if known is not None and known[0] == shape and queue in self._readers else None
+        with self._lock:
+            known = self._answers.get(queue)
+            return known[1] if known is not None and known[0] == shape and queue in self._readers else None
 
     def declared(self, queue: str, shape: tuple[Any, ...], info: QueueInfo) -> None:
-        if queue in self._readers:  # kept only while consumed, so the table stays small
-            self._answers[queue] = (shape, info)
+        with self._lock:
+            if queue in self._readers:  # kept only while consumed, so the table stays small
+                self._answers[queue] = (shape, info)
 
     def deleted(self, queue: str) -> None:
-        self._answers.pop(queue, None)
+        with self._lock:
+            self._answers.pop(queue, None)
 
     def consuming(self, connection: object, channel_id: int, tag: str, queue: str) -> None:
-        self._consumers[(id(connection), channel_id, tag)] = queue
-        self._readers[queue] = self._readers.get(queue, 0) + 1
+        with self._lock:
+            self._consumers[(id(connection), channel_id, tag)] = queue
+            self._readers[queue] = self._readers.get(queue, 0) + 1
 
     def cancelled(self, connection: object, channel_id: int, tag: str) -> None:
-        queue = self._consumers.pop((id(connection), channel_id, tag), None)
-        if queue is None:
-            return
-        self._readers[queue] -= 1
-        if not self._readers[queue]:
-            del self._readers[queue]
-            self._answers.pop(queue, None)
+        with self._lock:
+            queue = self._consumers.pop((id(connection), channel_id, tag), None)
+            if queue is None:
+                return
+            self._readers[queue] -= 1
+            if not self._readers[queue]:
+                del self._readers[queue]
+                self._answers.pop(queue, None)
 
     def forget(self, connection: object) -> None:
         """The connection is gone or new: its consumers no longer vouch for their queues."""
-        for channel_key in [key for key in self._consumers if key[0] == id(connection)]:
+        with self._lock:
+            keys = [key for key in self._consumers if key[0] == id(connection)]
+        for channel_key in keys:
             self.cancelled(connection, channel_key[1], channel_key[2])
 
 
