@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -40,6 +39,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
     raise ImportError("kelp.kombu is a Kombu transport and needs Kombu: pip install 'kelp[kombu]'") from exc
 
 import kelp
+from kelp._known_queues import KNOWN_QUEUES, KnownQueues
 from kelp.connection import resolve_transport
 from kelp.exceptions import ChannelError, ConsumerCancelled, OperationalError, UsageError
 from kelp.transport.base import Delivery, Envelope, QueueInfo, TransportChannel
@@ -60,58 +60,6 @@ _OUTBOXES: weakref.WeakKeyDictionary[Any, list[Envelope]] = weakref.WeakKeyDicti
 
 # Options Kombu or Celery put in ``transport_options`` for themselves (retry policies), not for kelp.
 _KOMBU_ONLY_OPTIONS = frozenset({"max_retries", "interval_start", "interval_step", "interval_max", "errback"})
-
-
-class _KnownQueues:
-    """The queues that kelp.kombu connections of this process to one broker consume from, and the last
-    answer to a declaration of each, so that declaring one again needs no broker round trip."""
-
-    def __init__(self) -> None:
-        # Connections of several threads (Celery's threads pool) share one table.
-        self._lock = threading.Lock()
-        self._answers: dict[str, tuple[tuple[Any, ...], QueueInfo]] = {}
-        self._consumers: dict[tuple[int, int, str], str] = {}  # (connection, channel, tag) -> queue
-        self._readers: dict[str, int] = {}  # queue -> how many consumers
-
-    def lookup(self, queue: str, shape: tuple[Any, ...]) -> QueueInfo | None:
-        with self._lock:
-            known = self._answers.get(queue)
-            return known[1] if known is not None and known[0] == shape and queue in self._readers else None
-
-    def declared(self, queue: str, shape: tuple[Any, ...], info: QueueInfo) -> None:
-        with self._lock:
-            if queue in self._readers:  # kept only while consumed, so the table stays small
-                self._answers[queue] = (shape, info)
-
-    def deleted(self, queue: str) -> None:
-        with self._lock:
-            self._answers.pop(queue, None)
-
-    def consuming(self, connection: object, channel_id: int, tag: str, queue: str) -> None:
-        with self._lock:
-            self._consumers[(id(connection), channel_id, tag)] = queue
-            self._readers[queue] = self._readers.get(queue, 0) + 1
-
-    def cancelled(self, connection: object, channel_id: int, tag: str) -> None:
-        with self._lock:
-            queue = self._consumers.pop((id(connection), channel_id, tag), None)
-            if queue is None:
-                return
-            self._readers[queue] -= 1
-            if not self._readers[queue]:
-                del self._readers[queue]
-                self._answers.pop(queue, None)
-
-    def forget(self, connection: object) -> None:
-        """The connection is gone or new: its consumers no longer vouch for their queues."""
-        with self._lock:
-            keys = [key for key in self._consumers if key[0] == id(connection)]
-        for channel_key in keys:
-            self.cancelled(connection, channel_key[1], channel_key[2])
-
-
-# Per (process, broker URL): what its kelp.kombu connections know of the broker's queues.
-_KNOWN_QUEUES: dict[tuple[int, str], _KnownQueues] = {}
 
 
 class Message(_KombuMessage):
@@ -490,12 +438,12 @@ class Transport(_kombu_base.Transport):
         self.known_queues.forget(self)
 
     @property
-    def known_queues(self) -> _KnownQueues:
+    def known_queues(self) -> KnownQueues:
         """What this process's connections to this broker know of its queues (a forked child starts
         with nothing: its parent's consumers are not its own)."""
         if self._known_key[0] != os.getpid():
             self._known_key = (os.getpid(), self._known_key[1])
-        return _KNOWN_QUEUES.setdefault(self._known_key, _KnownQueues())
+        return KNOWN_QUEUES.setdefault(self._known_key, KnownQueues())
 
     def _keep_outbox(self, connection: KelpTransport) -> None:
         unconfirmed = connection.unconfirmed()
