@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import datetime
 import logging
-import math
-import secrets
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Self
 
 from kelp import _observe
+from kelp._delay import delayed_message_id, due_time
 from kelp._envelope import Delivery, Envelope
 from kelp.aio._backend import maybe_await
 from kelp.aio._declare import _Source, maybe_declare
@@ -338,37 +336,6 @@ class Producer:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
-
-
-def due_time(countdown: float | None, eta: datetime.datetime | None) -> float | None:
-    """The wall-clock due time of a message published with ``countdown`` or ``eta`` (None when neither is
-    given or the time is already past: deliver now); UsageError for a bad value."""
-    if countdown is None and eta is None:
-        return None
-    if countdown is not None and eta is not None:
-        raise UsageError("give countdown or eta, not both")
-    now = time.time()
-    if countdown is None:
-        if eta is None:
-            return None
-        if not isinstance(eta, datetime.datetime):
-            raise UsageError(f"eta must be a datetime, not {eta!r}")
-        if eta.utcoffset() is None:
-            raise UsageError(f"eta must be an aware datetime (with a timezone), not the naive {eta!r}")
-        due = eta.timestamp()
-    else:
-        if not isinstance(countdown, int | float) or isinstance(countdown, bool):
-            raise UsageError(f"countdown must be a number of seconds, not {countdown!r}")
-        if not countdown >= 0 or not math.isfinite(countdown):
-            raise UsageError(f"countdown must be >= 0 seconds, not {countdown!r}")
-        due = now + countdown
-    return due if due > now else None
-
-
-def delayed_message_id(due: float) -> str:
-    """A generated id for a delayed message: ``kd-<due time in ms, hex>-<16 random hex digits>``. It
-    carries the due time so that a store can find the message by its due-time index (sqlite://)."""
-    return f"kd-{int(due * 1000):x}-{secrets.token_hex(8)}"
 
 
 _PROPERTY_ALIASES = {"type_": "type"}

@@ -8,11 +8,11 @@ store's next deadline includes the earliest due time, so waiting consumers (of e
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from kelp._broker.malformed import Malformed, report_dropped
 from kelp._broker.sqlite import _dead_letter, _ops
+from kelp._delay import generated_due
 from kelp._envelope import Envelope
 
 __all__ = ["HOLD_IF_CURRENT", "HeldRow", "cancel_delayed", "hold", "promote"]
@@ -36,7 +36,6 @@ _DUE = (
 )
 #: Delayed messages one transaction moves at most (the rest go in the next, scheduled at once).
 PROMOTE_MAX = 1000
-_GENERATED_ID = re.compile(r"kd-([0-9a-f]{1,16})-[0-9a-f]+")
 
 
 def hold(
@@ -90,10 +89,9 @@ def promote(tx: _ops.Tx) -> None:
 
 def cancel_delayed(tx: _ops.Tx, message_id: str) -> int:
     """Drop the held copies of a delayed message; return how many. An id kelp generated carries the due
-    time (messaging.delayed_message_id): found through the due-time index; a user's through its own."""
-    generated = _GENERATED_ID.fullmatch(message_id)
-    if generated:
-        due = int(generated[1], 16) / 1000
+    time (kelp._delay.delayed_message_id): found through the due-time index; a user's through its own."""
+    due = generated_due(message_id)
+    if due is not None:
         sql = "DELETE FROM delayed WHERE due >= ? AND due < ? AND message_id = ?"
         count: int = tx.db.execute(sql, (due - 0.001, due + 0.002, message_id)).rowcount
         return count
