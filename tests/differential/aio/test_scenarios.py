@@ -458,3 +458,30 @@ async def on_message_recover_cancel(lib, conn, names):
 
 async def test_consumer_on_message_recover_and_cancel(reference_url, subject_url):
     await same(reference_url, subject_url, on_message_recover_cancel)
+
+
+async def delete_queue_under_unacked(lib, conn, names):
+    """A queue deleted while a consumer holds one of its messages unacked, then declared again under the
+    same name: recover and reject must not carry the old message into the new queue (RabbitMQ drops it)."""
+    queue = await declared(lib, conn, names)
+    producer = lib.Producer(conn)
+    for n in range(2):
+        await producer.publish(n, routing_key=queue.name)
+    channel = await conn.channel()
+    await channel.basic_qos(0, 2, False)
+    received: list[Any] = []
+    consumer = lib.Consumer(channel, [queue], on_message=received.append)
+    await consumer.consume()
+    await drain_until(conn, lambda: len(received) >= 2)
+    await consumer.cancel()
+    await queue.delete()
+    await queue.declare()
+    await producer.publish("fresh", routing_key=queue.name)
+    await received[0].reject(requeue=True)
+    await channel.basic_recover(requeue=True)
+    got = [m.payload for m in await take(queue, 5)]
+    return [m.payload for m in received], got
+
+
+async def test_deleted_queue_keeps_no_unacked_message(reference_url, subject_url):
+    await same(reference_url, subject_url, delete_queue_under_unacked)

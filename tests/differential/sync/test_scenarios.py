@@ -454,3 +454,30 @@ def on_message_recover_cancel(lib, conn, names):
 
 def test_consumer_on_message_recover_and_cancel(reference_url, subject_url):
     same(reference_url, subject_url, on_message_recover_cancel)
+
+
+def delete_queue_under_unacked(lib, conn, names):
+    """A queue deleted while a consumer holds one of its messages unacked, then declared again under the
+    same name: recover and reject must not carry the old message into the new queue (RabbitMQ drops it)."""
+    queue = declared(lib, conn, names)
+    producer = lib.Producer(conn)
+    for n in range(2):
+        producer.publish(n, routing_key=queue.name)
+    channel = conn.channel()
+    channel.basic_qos(0, 2, False)
+    received: list[Any] = []
+    consumer = lib.Consumer(channel, [queue], on_message=received.append)
+    consumer.consume()
+    drain_until(conn, lambda: len(received) >= 2)
+    consumer.cancel()
+    queue.delete()
+    queue.declare()
+    producer.publish("fresh", routing_key=queue.name)
+    received[0].reject(requeue=True)
+    channel.basic_recover(requeue=True)
+    got = [m.payload for m in take(queue, 5)]
+    return [m.payload for m in received], got
+
+
+def test_deleted_queue_keeps_no_unacked_message(reference_url, subject_url):
+    same(reference_url, subject_url, delete_queue_under_unacked)

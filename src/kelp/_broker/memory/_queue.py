@@ -15,10 +15,13 @@ __all__ = ["Entry", "Held", "QueueState"]
 class Entry:
     """One stored copy of a message in one queue."""
 
-    __slots__ = ("deadline", "envelope", "priority", "redelivered", "seq", "size")
+    __slots__ = ("deadline", "envelope", "home", "priority", "redelivered", "seq", "size")
 
     def __init__(self, envelope: Envelope, deadline: float | None, priority: int, redelivered: bool) -> None:
         self.seq = 0  # its place in the queue, set when first queued
+        # The queue it was first queued in: a queue deleted and declared again under the same name is
+        # another queue, and a copy claimed from the old one never goes back into the new one.
+        self.home: QueueState | None = None
         self.envelope = envelope
         self.deadline = deadline
         self.priority = priority
@@ -120,6 +123,7 @@ class QueueState:
                 index += 1
             level.insert(index, entry)
         else:
+            entry.home = self
             entry.seq = self.next_seq
             self.next_seq += 1
             level.append(entry)

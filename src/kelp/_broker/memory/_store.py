@@ -390,7 +390,7 @@ class MemoryStore(MemoryState):
         with self._lock:
             for item in unacked:
                 queue = queues.get(item.queue)
-                if queue is not None:
+                if queue is not None and item.ref.home is queue:
                     queue.acked += 1
 
     def reject(self, owner: int, unacked: Sequence[Unacked], requeue: bool) -> None:
@@ -401,15 +401,15 @@ class MemoryStore(MemoryState):
             now = self._clock()
             for item in reversed(unacked):
                 queue = self._queues.get(item.queue)
-                if queue is not None:
+                if queue is not None and item.ref.home is queue:
                     self._dead_letter(queue, item.ref, "rejected", now)
 
     def _requeue_all(self, unacked: Sequence[Unacked]) -> None:
         # Newest first with push-front, so the requeued messages keep their original order at the head.
         for item in reversed(unacked):
             queue = self._queues.get(item.queue)
-            if queue is not None:
-                entry: Entry = item.ref
+            entry: Entry = item.ref
+            if queue is not None and entry.home is queue:
                 entry.redelivered = True
                 queue.push(entry, front=True)
                 if queue.consumers:
