@@ -34,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from kelp import _keeper
 from kelp.amqp import Connection, Event, ProtocolError
 
 __all__ = ["Driver", "limit_unsent", "readable_bytes", "unsent_bytes"]
@@ -77,6 +78,9 @@ class Driver:
         self._wake_r: socket.socket | None = None  # a socket pair to wake the reader thread from select
         self._wake_w: socket.socket | None = None
         self._caller_selector: selectors.BaseSelector | None = None
+        # the socket keeper's key for this socket (None: no keeper; then a persistent publish waits until
+        # the kernel has sent its bytes, see send)
+        self._kept: bytes | None = None
         #: The error that ended the connection (None while it lives).
         self.error: BaseException | None = None
 
@@ -102,6 +106,7 @@ class Driver:
             sock.close()
             raise
         self._sock = sock
+        self._kept = _keeper.keep(sock.fileno())
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -132,8 +137,9 @@ class Driver:
     def send(self, produce: Callable[[], bytes], drain: bool = False) -> None:
         """Write what ``produce()`` returns; ``produce`` runs under the core's lock, in wire order.
 
-        Returns once every byte was handed to the kernel (``sendall``). With ``drain``, also waits until
-        the kernel has sent them (see :func:`unsent_bytes`).
+        Returns once every byte was handed to the kernel (``sendall``). With ``drain`` (a persistent
+        publish) and no socket keeper (:mod:`kelp._keeper`), also waits until the kernel has sent them and
+        reads what arrived by then, so that a crash right after cannot reset the connection over them.
         """
         self._write_lock.acquire()
         try:
@@ -145,7 +151,7 @@ class Driver:
             self._write_lock.release()
             raise
         self._write_and_release(data)
-        if drain:
+        if drain and self._kept is None:
             self._wait_sent()
             self._read_available()
 
@@ -394,6 +400,8 @@ class Driver:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+            _keeper.release(self._kept)
+            self._kept = None
             thread = self._thread
             if thread is None or not thread.is_alive():
                 sock.close()

@@ -7,9 +7,10 @@ waiter by resolving the current "something happened" future. Writes made during 
 coalesced into one ``send`` (acks, transient publishes, commands). Heartbeats are one ``loop.call_later``
 timer that re-arms itself for the next deadline. The transport's write buffer limits are 0: asyncio pauses
 writing whenever the kernel did not take every byte, so ``send`` waits while bytes are left in the process
-(back-pressure), and ``send(..., drain=True)`` (a persistent publish) writes at once and returns only once
-the kernel has sent the bytes (they have then left the process: a kill -9 cannot lose them). Concurrent
-publishes still share the pipeline: none waits for another's confirm.
+(back-pressure), and ``send(..., drain=True)`` (a persistent publish) writes at once and returns once the
+kernel holds the bytes: the socket keeper (:mod:`kelp._keeper`) holds a duplicate of the socket, so they
+leave even if this process is killed right after (without a keeper, it waits until the kernel has sent
+them). Concurrent publishes still share the pipeline: none waits for another's confirm.
 
 Errors are not mapped here: ``on_lost`` receives the raw ``OSError`` / protocol error / ``TimeoutError``
 once, and every later call raises it again.
@@ -24,6 +25,7 @@ import ssl
 import time
 from collections.abc import Callable
 
+from kelp import _keeper
 from kelp._amqp_io import limit_unsent, readable_bytes, unsent_bytes
 from kelp.amqp import Connection, Event, ProtocolError
 
@@ -52,6 +54,7 @@ class Driver(asyncio.Protocol):
         self._drained: asyncio.Future[None] | None = None
         self._sent: asyncio.Future[None] | None = None  # resolved once nothing is left unsent
         self._probe: int | None = None  # a duplicate of the socket's descriptor, watched for writability
+        self._kept: bytes | None = None  # the socket keeper's key (kelp._keeper); None: no keeper
         self._timer: asyncio.TimerHandle | None = None
         self._out: list[bytes] = []
         self._out_size = 0
@@ -94,6 +97,7 @@ class Driver(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             limit_unsent(sock)
+            self._kept = _keeper.keep(sock.fileno())
         self._write(self._core.initiate())
 
     def data_received(self, data: bytes) -> None:
@@ -146,7 +150,8 @@ class Driver(asyncio.Protocol):
         """Write what ``produce()`` returns; wait while earlier bytes are still in the write buffer.
 
         With ``drain``, the bytes (and any queued before them) are written at once, and this waits until
-        the kernel has sent them; without, they leave with the other writes of this turn of the loop.
+        the kernel has them (with no socket keeper, until it has sent them); without, they leave with the
+        other writes of this turn of the loop.
         """
         if self.error is not None:
             raise self.error
@@ -158,11 +163,12 @@ class Driver(asyncio.Protocol):
                 if drained is None:
                     drained = self._drained = asyncio.get_running_loop().create_future()
                 await asyncio.shield(drained)
-            await self._wait_sent()
-            sock = self._socket()
-            if sock is not None and readable_bytes(sock):
-                # let the loop read what the broker sent by now (see kelp._amqp_io.Driver._read_available)
-                await self.wait_for(lambda: self.error is not None or not readable_bytes(sock), 0.05)
+            if self._kept is None:  # no keeper holds the socket: see kelp._amqp_io.Driver.send
+                await self._wait_sent()
+                sock = self._socket()
+                if sock is not None and readable_bytes(sock):
+                    # let the loop read what the broker sent by now (kelp._amqp_io.Driver._read_available)
+                    await self.wait_for(lambda: self.error is not None or not readable_bytes(sock), 0.05)
         else:
             writable = self._writable
             if writable is None:
@@ -301,6 +307,15 @@ class Driver(asyncio.Protocol):
         self._stop_probe(close=True)
         transport, self._transport = self._transport, None
         if transport is not None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None and self._kept is not None:
+                # the keeper's duplicate would keep the connection open: end it here
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
             transport.abort()
+        _keeper.release(self._kept)
+        self._kept = None
         self._on_drained()
         self._wake()
