@@ -80,7 +80,7 @@ class Driver:
         self._caller_selector: selectors.BaseSelector | None = None
         # the socket keeper's key for this socket (None: no keeper; then a persistent publish waits until
         # the kernel has sent its bytes, see send)
-        self._kept: bytes | None = None
+        self._kept: Callable[[], None] | None = None
         #: The error that ended the connection (None while it lives).
         self.error: BaseException | None = None
 
@@ -106,7 +106,7 @@ class Driver:
             sock.close()
             raise
         self._sock = sock
-        self._kept = _keeper.keep(sock.fileno())
+        self._kept = _keeper.keep_for(self, sock.fileno())
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -400,8 +400,9 @@ class Driver:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-            _keeper.release(self._kept)
-            self._kept = None
+            kept, self._kept = self._kept, None
+            if kept is not None:
+                kept()
             thread = self._thread
             if thread is None or not thread.is_alive():
                 sock.close()

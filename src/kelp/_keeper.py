@@ -32,8 +32,10 @@ import os
 import socket
 import sys
 import threading
+import weakref
+from collections.abc import Callable
 
-__all__ = ["keep", "release"]
+__all__ = ["keep", "keep_for", "release"]
 
 log = logging.getLogger(__name__)
 
@@ -142,3 +144,13 @@ def release(key: bytes | None) -> None:
     """The connection closed (call this once its socket is shut down): the keeper drops its duplicate."""
     if key is not None:
         _keeper.release(key)
+
+
+def keep_for(owner: object, fd: int) -> Callable[[], None] | None:
+    """:func:`keep` ``fd`` for as long as ``owner`` lives: return the call that releases it (at most once;
+    it also runs if ``owner`` is collected without calling it, so a connection dropped without being closed
+    is not held open), or None when no keeper runs."""
+    key = keep(fd)
+    if key is None:
+        return None
+    return weakref.finalize(owner, release, key)

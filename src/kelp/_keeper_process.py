@@ -5,8 +5,10 @@ it keeps sockets for: ``K<key>`` with one descriptor holds a socket, ``D<key>`` 
 descriptor 3 means that process is gone. Each socket still held is then left open while the broker still
 answers (it is still reading and confirming what the process wrote), and shut down for writing once the
 kernel has sent every byte and the broker has been silent for ``QUIET`` seconds: a FIN after the last
-byte, never a reset. What the broker sends is read and discarded until it closes, and then the socket is
-closed; after ``LIMIT`` seconds in all, whatever is left is closed.
+byte, never a reset. A connection that goes on receiving more than ``FEED`` bytes is a consumer being fed
+deliveries (confirms are a few bytes each): it is shut down as soon as its bytes are sent, so that the broker
+gives its unacked deliveries to another consumer at once. What the broker sends is read and discarded until
+it closes, and then the socket is closed; after ``LIMIT`` seconds in all, whatever is left is closed.
 """
 
 import os
@@ -17,6 +19,7 @@ import struct
 import time
 
 QUIET = 0.3
+FEED = 1 << 20
 LIMIT = 30.0
 SIOCOUTQ = 0x5411  # TIOCOUTQ: bytes written and not yet acknowledged by the peer
 
@@ -51,13 +54,15 @@ def hold(control: socket.socket) -> dict[bytes, socket.socket]:
 def let_go(sockets: list[socket.socket]) -> None:
     deadline = time.monotonic() + LIMIT
     heard = dict.fromkeys(sockets, time.monotonic())
+    fed = dict.fromkeys(sockets, 0)
     ending: set[socket.socket] = set()
     for sock in sockets:
         sock.setblocking(False)
     while heard and time.monotonic() < deadline:
         now = time.monotonic()
         for sock in list(heard):
-            if sock not in ending and now - heard[sock] >= QUIET and not unsent(sock):
+            quiet = now - heard[sock] >= QUIET or fed[sock] > FEED
+            if sock not in ending and quiet and not unsent(sock):
                 ending.add(sock)
                 try:
                     sock.shutdown(socket.SHUT_WR)
@@ -76,6 +81,7 @@ def let_go(sockets: list[socket.socket]) -> None:
                 data = b""
             if data:
                 heard[sock] = time.monotonic()
+                fed[sock] += len(data)
             else:
                 heard.pop(sock)
                 sock.close()

@@ -66,11 +66,11 @@ CONSUMER = """
 import sys
 import kelp
 
-url, queue, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+url, queue, n, prefetch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 with kelp.Connection(url) as conn:
     held = []
     consumer = conn.Consumer(kelp.Queue(queue, no_declare=True), callbacks=[lambda body, m: held.append(m)])
-    consumer.qos(prefetch_count=n)
+    consumer.qos(prefetch_count=prefetch)
     with consumer:
         while len(held) < n:
             conn.drain_events(timeout=10)
@@ -195,6 +195,56 @@ def test_without_a_keeper_a_killed_publisher_loses_at_most_a_tail(
     got = drain_queue(amqp_url, queue)
     assert got == list(range(len(got)))  # in order, no gap: only a tail can be missing
     assert len(got) >= 3000 - 500, len(got)
+
+
+def test_a_killed_consumer_fed_a_steady_stream_gives_its_messages_back_within_two_seconds(
+    amqp_url: str, names: Callable[[str], str]
+) -> None:
+    """No prefetch limit, and messages keep coming after the kill: RabbitMQ goes on feeding the dead
+    consumer's socket, which the socket keeper holds open while the broker still talks; the keeper lets go
+    once deliveries pour in (more than a confirm stream would carry), not when the stream stops."""
+    queue = names("q")
+    n = 100
+    with kelp.Connection(amqp_url) as conn:
+        conn.channel().queue_declare(queue, durable=True, auto_delete=False)
+        producer = conn.Producer()
+        for i in range(n):
+            producer.publish({"i": i}, routing_key=queue)
+        producer.flush()
+    with run(CONSUMER, amqp_url, queue, str(n), "0") as child:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == f"holding {n}"
+        got: list[kelp.Message] = []
+        with kelp.Connection(amqp_url) as conn:
+            consumer = conn.Consumer(
+                kelp.Queue(queue, no_declare=True), callbacks=[lambda body, m: got.append(m)]
+            )
+            with consumer:
+                producer = conn.Producer()
+                child.kill()
+                child.communicate(timeout=10)
+                killed = time.monotonic()
+                sent, back = n, None
+                while time.monotonic() - killed < 4.0:  # a steady stream for 4 s
+                    for i in range(sent, sent + 50):
+                        producer.publish({"i": i, "pad": "x" * 1024}, routing_key=queue)
+                    sent += 50
+                    try:
+                        conn.drain_events(timeout=0.01)
+                    except TimeoutError:
+                        pass
+                    if back is None and any(m.decode()["i"] < n for m in got):
+                        back = time.monotonic() - killed
+                while len(got) < sent and time.monotonic() - killed < 40:
+                    try:
+                        conn.drain_events(timeout=0.1)
+                    except TimeoutError:
+                        pass
+                for m in got:
+                    m.ack()
+    assert back is not None
+    assert back < 2.0, back
+    assert sorted(m.decode()["i"] for m in got) == list(range(sent))
 
 
 class CuttingProxy(Proxy):
@@ -411,7 +461,7 @@ def test_a_killed_consumers_messages_go_to_another_within_two_seconds(
         for i in range(n):
             producer.publish({"i": i}, routing_key=queue)
         producer.flush()
-    child = run(CONSUMER, amqp_url, queue, str(n))
+    child = run(CONSUMER, amqp_url, queue, str(n), str(n))
     try:
         assert child.stdout is not None
         line = child.stdout.readline()

@@ -54,7 +54,8 @@ class Driver(asyncio.Protocol):
         self._drained: asyncio.Future[None] | None = None
         self._sent: asyncio.Future[None] | None = None  # resolved once nothing is left unsent
         self._probe: int | None = None  # a duplicate of the socket's descriptor, watched for writability
-        self._kept: bytes | None = None  # the socket keeper's key (kelp._keeper); None: no keeper
+        # releases the socket from the keeper (kelp._keeper); None: no keeper
+        self._kept: Callable[[], None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._out: list[bytes] = []
         self._out_size = 0
@@ -97,7 +98,7 @@ class Driver(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             limit_unsent(sock)
-            self._kept = _keeper.keep(sock.fileno())
+            self._kept = _keeper.keep_for(self, sock.fileno())
         self._write(self._core.initiate())
 
     def data_received(self, data: bytes) -> None:
@@ -315,7 +316,8 @@ class Driver(asyncio.Protocol):
                 except OSError:
                     pass
             transport.abort()
-        _keeper.release(self._kept)
-        self._kept = None
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            kept()
         self._on_drained()
         self._wake()
