@@ -63,7 +63,11 @@ class _Keeper:
             try:
                 socket.send_fds(control, [b"K" + key], [fd])
             except OSError as exc:
-                log.debug("the socket keeper is gone (%s): persistent publishes wait until sent", exc)
+                log.warning(
+                    "the socket keeper is gone (%s): amqp persistent publishes now wait until sent, and a "
+                    "crash of this process may lose the last ones RabbitMQ had not read",
+                    exc,
+                )
                 self._stop()
                 return None
             return key
@@ -86,7 +90,11 @@ class _Keeper:
         try:
             self._control = _start()
         except (OSError, AttributeError, ValueError) as exc:
-            log.debug("cannot start the socket keeper (%s): persistent publishes wait until sent", exc)
+            log.warning(
+                "cannot start the socket keeper (%s): amqp persistent publishes wait until sent, and a "
+                "crash of this process may lose the last ones RabbitMQ had not read",
+                exc,
+            )
             self._failed = True
             return None
         self._pid = os.getpid()
