@@ -6,7 +6,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from kelp.exceptions import AccessRefused, PreconditionFailed, UsageError
 from kelp.routing import BindingTable, Destination
@@ -14,8 +14,10 @@ from kelp.routing import BindingTable, Destination
 __all__ = [
     "INVALID_X_DEATH",
     "OVERFLOW_MODES",
+    "DeclaredQueue",
     "ExchangeDef",
     "QueueArgs",
+    "QueueDef",
     "binding_destination",
     "check_exchange_redeclare",
     "check_name",
@@ -118,6 +120,40 @@ class ExchangeDef:
         self.table = BindingTable(type_)
 
 
+class QueueDef:
+    """A queue's declaration as a store that keeps its topology in tables reads it back."""
+
+    __slots__ = ("args", "arguments", "auto_delete", "durable", "exclusive_owner", "name")
+
+    def __init__(
+        self,
+        name: str,
+        durable: bool,
+        exclusive_owner: int | None,
+        auto_delete: bool,
+        arguments: dict[str, Any],
+    ) -> None:
+        self.name = name
+        self.durable = durable
+        self.exclusive_owner = exclusive_owner
+        self.auto_delete = auto_delete
+        self.arguments = arguments
+        self.args = QueueArgs.parse(arguments)
+
+
+class DeclaredQueue(Protocol):
+    """What a redeclaration is checked against (a :class:`QueueDef`, or the memory store's queue)."""
+
+    @property
+    def durable(self) -> bool: ...
+    @property
+    def exclusive_owner(self) -> int | None: ...
+    @property
+    def auto_delete(self) -> bool: ...
+    @property
+    def arguments(self) -> dict[str, Any]: ...
+
+
 def binding_destination(kind: str, name: str) -> Destination:
     """The destination of a binding: kind ``'queue'`` or ``'exchange'``."""
     if kind == "queue":
@@ -136,33 +172,47 @@ def check_name(kind: str, name: str, passive: bool) -> None:
 
 
 def check_exchange_redeclare(
-    name: str,
-    declared: tuple[str, bool, bool, bool, Mapping[str, Any] | None],
-    requested: tuple[str, bool, bool, bool, Mapping[str, Any] | None],
+    declared: ExchangeDef,
+    type_: str,
+    durable: bool,
+    auto_delete: bool,
+    internal: bool,
+    arguments: Mapping[str, Any] | None,
 ) -> None:
-    """Raise PreconditionFailed unless a redeclaration matches: ``(type, durable, auto_delete, internal,
-    arguments)`` each."""
-    if declared[:4] != requested[:4] or not same_arguments(declared[4], requested[4]):
+    """Raise PreconditionFailed unless a redeclaration matches the declared exchange: type, durable,
+    auto_delete, internal and arguments each."""
+    same = (declared.type, declared.durable, declared.auto_delete, declared.internal) == (
+        type_,
+        durable,
+        auto_delete,
+        internal,
+    )
+    if not same or not same_arguments(declared.arguments, arguments):
         raise PreconditionFailed(
-            f"inequivalent arg for exchange '{name}': declared as {declared[0]} durable={declared[1]} "
-            f"auto_delete={declared[2]}, redeclared as {requested[0]} durable={requested[1]} "
-            f"auto_delete={requested[2]}"
+            f"inequivalent arg for exchange '{declared.name}': declared as {declared.type} "
+            f"durable={declared.durable} auto_delete={declared.auto_delete}, redeclared as {type_} "
+            f"durable={durable} auto_delete={auto_delete}"
         )
 
 
 def check_queue_redeclare(
     name: str,
-    declared: tuple[bool, bool, bool, Mapping[str, Any] | None],
-    requested: tuple[bool, bool, bool, Mapping[str, Any] | None],
+    declared: DeclaredQueue,
+    durable: bool,
+    exclusive: bool,
+    auto_delete: bool,
+    arguments: Mapping[str, Any] | None,
 ) -> None:
-    """Raise PreconditionFailed unless a redeclaration matches: ``(durable, exclusive, auto_delete,
-    arguments)`` each."""
-    if declared[:3] != requested[:3] or not same_arguments(declared[3], requested[3]):
+    """Raise PreconditionFailed unless a redeclaration matches the declared queue: durable, exclusive,
+    auto_delete and arguments each."""
+    was_exclusive = declared.exclusive_owner is not None
+    same = (declared.durable, was_exclusive, declared.auto_delete) == (durable, exclusive, auto_delete)
+    if not same or not same_arguments(declared.arguments, arguments):
         raise PreconditionFailed(
-            f"inequivalent arg for queue '{name}': declared with durable={declared[0]} "
-            f"exclusive={declared[1]} auto_delete={declared[2]} arguments={dict(declared[3] or {})}, "
-            f"redeclared with durable={requested[0]} exclusive={requested[1]} auto_delete={requested[2]} "
-            f"arguments={dict(requested[3] or {})}"
+            f"inequivalent arg for queue '{name}': declared with durable={declared.durable} "
+            f"exclusive={was_exclusive} auto_delete={declared.auto_delete} "
+            f"arguments={dict(declared.arguments or {})}, redeclared with durable={durable} "
+            f"exclusive={exclusive} auto_delete={auto_delete} arguments={dict(arguments or {})}"
         )
 
 

@@ -83,17 +83,7 @@ class MemoryStore(MemoryState):
                 return
             check_name("exchange", name, passive)
             if existing is not None:
-                check_exchange_redeclare(
-                    name,
-                    (
-                        existing.type,
-                        existing.durable,
-                        existing.auto_delete,
-                        existing.internal,
-                        existing.arguments,
-                    ),
-                    (type_, durable, auto_delete, internal, arguments),
-                )
+                check_exchange_redeclare(existing, type_, durable, auto_delete, internal, arguments)
                 return
             self._exchanges[name] = ExchangeDef(
                 name, type_, durable, auto_delete, internal, dict(arguments or {})
@@ -135,16 +125,7 @@ class MemoryStore(MemoryState):
             existing = self._queues.get(name) if name else None
             if existing is not None:
                 self._check_exclusive(existing, owner)
-                check_queue_redeclare(
-                    name,
-                    (
-                        existing.durable,
-                        existing.exclusive_owner is not None,
-                        existing.auto_delete,
-                        existing.arguments,
-                    ),
-                    (durable, exclusive, auto_delete, arguments),
-                )
+                check_queue_redeclare(name, existing, durable, exclusive, auto_delete, arguments)
                 existing.last_used = now
                 self._due(existing, now)
                 return QueueInfo(existing.name, existing.count, len(existing.consumers))

@@ -18,31 +18,23 @@ from typing import Any
 
 from psycopg import Cursor, sql
 
-from kelp._broker.queue_args import ExchangeDef, QueueArgs, binding_destination, dead_letter, expiration_ms
+from kelp._broker.queue_args import (
+    ExchangeDef,
+    QueueDef,
+    binding_destination,
+    dead_letter,
+    expiration_ms,
+)
 from kelp._broker.sqlite._codec import decode, encode
 from kelp._envelope import Envelope
 from kelp.exceptions import NotFound
 from kelp.routing import BindingTable, route
 
-__all__ = ["Copy", "QueueDef", "Topology", "dead_letter_rows", "load_topology", "store_copies"]
+__all__ = ["Copy", "Topology", "dead_letter_rows", "load_topology", "store_copies"]
 
 NOW = "extract(epoch FROM clock_timestamp())::float8"
 #: A row's columns as read for delivery or dead-lettering.
 ROW = "id, queue, priority, body, properties, headers, exchange, routing_key, redelivered"
-
-
-class QueueDef:
-    __slots__ = ("args", "arguments", "auto_delete", "durable", "exclusive_owner", "name")
-
-    def __init__(
-        self, name: str, durable: bool, owner: int | None, auto_delete: bool, arguments: dict[str, Any]
-    ) -> None:
-        self.name = name
-        self.durable = durable
-        self.exclusive_owner = owner
-        self.auto_delete = auto_delete
-        self.arguments = arguments
-        self.args = QueueArgs.parse(arguments)
 
 
 class Topology:

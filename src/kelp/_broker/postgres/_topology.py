@@ -14,10 +14,11 @@ from typing import Any
 from psycopg import Cursor
 
 from kelp._broker.postgres._db import Database
-from kelp._broker.postgres._route import QueueDef, Topology
+from kelp._broker.postgres._route import Topology
 from kelp._broker.queue_args import (
     ExchangeDef,
     QueueArgs,
+    QueueDef,
     binding_destination,
     check_exchange_redeclare,
     check_name,
@@ -34,14 +35,6 @@ _READY = (
     "SELECT count(*) FROM {s}.messages WHERE queue = %s AND owner IS NULL "
     "AND (expires_at IS NULL OR expires_at > {now})"
 )
-
-
-def _declared(exchange: ExchangeDef) -> tuple[str, bool, bool, bool, dict[str, Any]]:
-    return exchange.type, exchange.durable, exchange.auto_delete, exchange.internal, exchange.arguments
-
-
-def _queue_declared(queue: QueueDef) -> tuple[bool, bool, bool, dict[str, Any]]:
-    return queue.durable, queue.exclusive_owner is not None, queue.auto_delete, queue.arguments
 
 
 class TopologyOps(Database, abc.ABC):
@@ -118,7 +111,7 @@ class TopologyOps(Database, abc.ABC):
                         args,
                     )
                     return
-        check_exchange_redeclare(name, _declared(existing), requested)
+        check_exchange_redeclare(existing, *requested)
 
     def delete_exchange(self, name: str, if_unused: bool) -> None:
         if not name or name.startswith("amq."):
@@ -169,7 +162,7 @@ class TopologyOps(Database, abc.ABC):
             existing = topo.queues.get(name) if name else None
             if existing is not None:
                 self._queue(topo, owner, name)
-                check_queue_redeclare(name, _queue_declared(existing), requested)
+                check_queue_redeclare(name, existing, *requested)
                 self.rows(cur, "UPDATE {s}.queues SET last_used = {now} WHERE name = %s", name)
                 return self._info(cur, name)
         args = QueueArgs.parse(arguments)
@@ -177,7 +170,7 @@ class TopologyOps(Database, abc.ABC):
         self.due(None if args.expires is None else args.expires / 1000)
         with self.changing() as (cur, topo):
             if name in topo.queues:  # declared meanwhile by another process
-                check_queue_redeclare(name, _queue_declared(self._queue(topo, owner, name)), requested)
+                check_queue_redeclare(name, self._queue(topo, owner, name), *requested)
                 return self._info(cur, name)
             self.rows(
                 cur,

@@ -8,10 +8,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from kelp._broker.malformed import Malformed, as_text, malformed_tables
-from kelp._broker.queue_args import dead_letter
+from kelp._broker.queue_args import QueueDef, dead_letter
 from kelp._broker.sqlite import _ops
 from kelp._broker.sqlite._codec import decode, encode
-from kelp._broker.sqlite._topology import QueueDef
 from kelp._envelope import Envelope
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from kelp._broker.queue_args import (
     QueueArgs,
+    QueueDef,
     binding_destination,
     check_exchange_redeclare,
     check_name,
@@ -21,7 +22,7 @@ from kelp._broker.queue_args import (
 )
 from kelp._broker.sqlite import _dead_letter, _delayed, _ops
 from kelp._broker.sqlite._schema import TOMBSTONE_OWNER
-from kelp._broker.sqlite._topology import QueueDef, binding_key
+from kelp._broker.sqlite._topology import binding_key
 from kelp._envelope import QueueInfo, QueueStats
 from kelp.exceptions import (
     AccessRefused,
@@ -145,11 +146,7 @@ def declare_exchange(
         return
     check_name("exchange", name, passive)
     if existing is not None:
-        check_exchange_redeclare(
-            name,
-            (existing.type, existing.durable, existing.auto_delete, existing.internal, existing.arguments),
-            (type_, durable, auto_delete, internal, arguments),
-        )
+        check_exchange_redeclare(existing, type_, durable, auto_delete, internal, arguments)
         return
     validate_exchange_type(type_)
     tx.db.execute(
@@ -219,16 +216,7 @@ def declare_queue(
     existing = tx.current().queues.get(name) if name else None
     if existing is not None:
         _check_exclusive(existing, connection_id)
-        check_queue_redeclare(
-            name,
-            (
-                existing.durable,
-                existing.exclusive_owner is not None,
-                existing.auto_delete,
-                existing.arguments,
-            ),
-            (durable, exclusive, auto_delete, arguments),
-        )
+        check_queue_redeclare(name, existing, durable, exclusive, auto_delete, arguments)
         _ops.touch(tx, existing)
         return QueueInfo(name, ready_count(tx, name), consumer_count(tx, name))
     args = QueueArgs.parse(arguments)

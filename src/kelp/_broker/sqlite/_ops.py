@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 from kelp._broker.queue_args import (
     QueueArgs,
+    QueueDef,
     expiration_ms,
     tag,
 )
 from kelp._broker.sqlite import _dead_letter, _declare, _delayed
 from kelp._broker.sqlite._codec import encode
 from kelp._broker.sqlite._schema import TOMBSTONE_OWNER
-from kelp._broker.sqlite._topology import LOG_KEEP, QueueDef, Topology, refresh_topology
+from kelp._broker.sqlite._topology import LOG_KEEP, Topology, refresh_topology
 from kelp._envelope import Envelope
 
 if TYPE_CHECKING:

@@ -18,14 +18,13 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from kelp._broker.queue_args import ExchangeDef, QueueArgs
+from kelp._broker.queue_args import ExchangeDef, QueueDef
 from kelp.exceptions import InconsistencyError, NotFound
 from kelp.routing import BindingTable, Destination, route
 
 __all__ = [
     "LOG_KEEP",
     "ExchangeDef",
-    "QueueDef",
     "Topology",
     "binding_key",
     "load_topology",
@@ -36,25 +35,6 @@ _MEMO_SIZE = 4096
 
 #: How many topology changes the log keeps: a process further behind rebuilds its snapshot from the tables.
 LOG_KEEP = 4096
-
-
-class QueueDef:
-    __slots__ = ("args", "arguments", "auto_delete", "durable", "exclusive_owner", "name")
-
-    def __init__(
-        self,
-        name: str,
-        durable: bool,
-        exclusive_owner: int | None,
-        auto_delete: bool,
-        arguments: dict[str, Any],
-    ) -> None:
-        self.name = name
-        self.durable = durable
-        self.exclusive_owner = exclusive_owner
-        self.auto_delete = auto_delete
-        self.arguments = arguments
-        self.args = QueueArgs.parse(arguments)
 
 
 def binding_key(arguments: Mapping[str, Any] | None) -> str:
