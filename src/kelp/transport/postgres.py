@@ -159,6 +159,12 @@ class PostgresTransport(Transport):
         deadline = None if timeout is None else monotonic() + timeout
         try:
             while True:
+                if not session.store.owner_alive(connection_id):
+                    raise OperationalError(
+                        "the postgresql:// connection's database session was lost (a network cut, a "
+                        "terminated backend, a server restart): its unacked messages went back to their "
+                        "queues"
+                    )
                 # fill (in a worker thread) then take (here): a drain cancelled during fill leaves its
                 # claims in the session's outbox for the next one.
                 cancelled = session.take_cancelled(connection_id)

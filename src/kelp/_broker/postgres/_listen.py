@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Collection
 from typing import Any
 
 import psycopg
@@ -122,15 +123,35 @@ class Listening(TopologyOps):
     # --- owners ---------------------------------------------------------------------------------------
 
     def reap(self) -> None:
-        """Let go of the owners whose database session ended (killed, crashed, cut off)."""
+        """Let go of the owners whose database session ended (killed, crashed, cut off); tell this
+        process's own such owners (another process may have let go of them first)."""
+        own = self.own_owners()
+        alive: list[Any] = []
         with self.cursor() as cur:
             dead = self.rows(
                 cur,
                 "SELECT id FROM {s}.connections c WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a "
                 "WHERE a.pid = c.pid AND a.backend_start = c.started)",
             )
+            if own:
+                alive = self.rows(
+                    cur,
+                    "SELECT c.id FROM {s}.connections c JOIN pg_stat_activity a "
+                    "ON a.pid = c.pid AND a.backend_start = c.started WHERE c.id = ANY(%s)",
+                    own,
+                )
         if dead:
             self.drop_owners([row[0] for row in dead])
+        lost = set(own) - {row[0] for row in alive}
+        if lost:
+            self.owners_lost(lost)
+
+    def own_owners(self) -> list[int]:
+        """This process's owners (see the store)."""
+        return []
+
+    def owners_lost(self, owners: Collection[int]) -> None:
+        """This process's ``owners`` lost their database sessions (see the store)."""
 
     def drop_owners(self, owners: list[int]) -> None:
         """The owners are gone: their copies go back (redelivered), their consumers and exclusive queues

@@ -58,7 +58,8 @@ class PostgresStore(Counting):
         self.insert_many = insert_statement(self.schema, self.channel, True)
         self.hold_checked = _delayed.hold_statement(self.schema, self.channel, True)
         self.hold = _delayed.hold_statement(self.schema, self.channel, False)
-        self._acks: list[Any] = []
+        self._acks: list[tuple[Any, int]] = []  # (row id, owner)
+        self._lost: set[int] = set()  # owners whose database session ended under them (see reap)
         self._ack_lock = threading.Lock()
         self._ack_timer: threading.Timer | None = None
 
@@ -76,7 +77,19 @@ class PostgresStore(Counting):
     def owner_alive(self, owner: int) -> bool:
         """False once the owner's database session is known to be lost (its claims are let go)."""
         found = self._owners.get(owner)
-        return found is not None and not (found[0].closed or found[0].broken)
+        return found is not None and owner not in self._lost and not (found[0].closed or found[0].broken)
+
+    def own_owners(self) -> list[int]:
+        with self._guard:
+            return list(self._owners)
+
+    def owners_lost(self, owners: Collection[int]) -> None:
+        """The database sessions of these owners of this process ended (a network cut, an administrator's
+        ``pg_terminate_backend``): their claims went back; their waiting drains wake and raise."""
+        with self._guard:
+            self._lost.update(owner for owner in owners if owner in self._owners)
+        if self.listener is not None:
+            self.listener.wake_all()
 
     def connect(self) -> int:
         conn = self.open()
@@ -107,6 +120,7 @@ class PostgresStore(Counting):
         finally:
             with self._guard:
                 conn, _ = self._owners.pop(owner, (None, None))
+                self._lost.discard(owner)
                 last = not self._owners
             if conn is not None:
                 conn.close()
@@ -128,17 +142,19 @@ class PostgresStore(Counting):
                 channel,
             )
             empty = self.consumers_left(cur, {row[0] for row in left})
-            self.release(cur, unacked)
+            self.release(cur, owner, unacked)
         self.delete_queues(empty)
 
-    def release(self, cur: Cursor[Any], unacked: Sequence[Unacked]) -> None:
-        """The copies are ready again, flagged redelivered, at their places (their ids)."""
+    def release(self, cur: Cursor[Any], owner: int, unacked: Sequence[Unacked]) -> None:
+        """The owner's copies are ready again, flagged redelivered, at their places (their ids). Copies
+        it no longer holds (its session ended and they went back) are left as they are."""
         if unacked:
             released = self.rows(
                 cur,
-                "UPDATE {s}.messages SET owner = NULL, redelivered = true WHERE id = ANY(%s) "
+                "UPDATE {s}.messages SET owner = NULL, redelivered = true WHERE id = ANY(%s) AND owner = %s "
                 "RETURNING queue, id",
                 [u.ref for u in unacked],
+                owner,
             )
             self.notify_ready(cur, released)
 
@@ -277,9 +293,13 @@ class PostgresStore(Counting):
         return found
 
     def ack(self, owner: int, unacked: Sequence[Unacked]) -> None:
+        """Delete the copies (in a batch, soon) if the owner still holds them. Raises OperationalError
+        if its session is known lost: the copies went back to their queues, maybe to other consumers."""
+        if owner in self._lost:
+            raise OperationalError(f"postgresql {self.where}: the connection's session was lost: not acked")
         self.count_all(ACKED, [u.queue for u in unacked])
         with self._ack_lock:
-            self._acks.extend(u.ref for u in unacked)
+            self._acks.extend((u.ref, owner) for u in unacked)
             if len(self._acks) < ACK_BATCH:
                 if self._ack_timer is None:
                     self._ack_timer = threading.Timer(ACK_DELAY, self.flush_acks)
@@ -289,20 +309,28 @@ class PostgresStore(Counting):
         self.flush_acks()
 
     def flush_acks(self, cur: Cursor[Any] | None = None) -> None:
-        """Delete the acked rows (with ``cur`` when given: the caller's session, before its own work)."""
+        """Delete the acked rows still held by the owners that acked them (one whose session ended lost
+        its claims: the copy may be another consumer's now), with ``cur`` when given: the caller's
+        session, before its own work."""
         with self._ack_lock:
-            ids, self._acks = self._acks, []
+            acks, self._acks = self._acks, []
             timer, self._ack_timer = self._ack_timer, None
         if timer is not None:
             timer.cancel()
-        if not ids:
+        if not acks:
             return
+        by_owner: dict[int, list[Any]] = {}
+        for ref, owner in acks:
+            by_owner.setdefault(owner, []).append(ref)
+        text = "DELETE FROM {s}.messages WHERE id = ANY(%s) AND owner = %s"
         try:
             if cur is not None:
-                self.rows(cur, "DELETE FROM {s}.messages WHERE id = ANY(%s)", ids)
+                for owner, ids in by_owner.items():
+                    self.rows(cur, text, ids, owner)
                 return
             with self.cursor() as own:
-                self.rows(own, "DELETE FROM {s}.messages WHERE id = ANY(%s)", ids)
+                for owner, ids in by_owner.items():
+                    self.rows(own, text, ids, owner)
         except KelpError:
             pass  # the session or the schema is gone: those copies come back redelivered, never lost
 
@@ -312,14 +340,15 @@ class PostgresStore(Counting):
             return
         if requeue:
             with self.cursor() as cur, cur.connection.transaction():
-                self.release(cur, unacked)
+                self.release(cur, owner, unacked)
             return
         stored: Counter[str] = Counter()
         with self.locked() as (cur, topo):
             found = self.rows(
                 cur,
-                f"DELETE FROM {{s}}.messages WHERE id = ANY(%s) RETURNING {ROW}",
+                f"DELETE FROM {{s}}.messages WHERE id = ANY(%s) AND owner = %s RETURNING {ROW}",
                 [u.ref for u in unacked],
+                owner,
             )
             order = {u.ref: i for i, u in enumerate(unacked)}
             found.sort(key=lambda r: order.get(r[0], 0))
