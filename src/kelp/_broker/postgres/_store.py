@@ -29,9 +29,11 @@ from kelp._broker.postgres._counters import ACKED, DELIVERED, PUBLISHED, Countin
 from kelp._broker.postgres._listen import READY, REAP_INTERVAL
 from kelp._broker.postgres._route import (
     ROW,
+    STATEMENT_BYTES,
     columns,
     copies_of,
     dead_letter_rows,
+    in_statements,
     insert_statement,
     store_copies,
     values,
@@ -179,14 +181,16 @@ class PostgresStore(Counting):
                 self.due(None if copy.ttl is None else copy.ttl / 1000)
             if held:
                 self.due(max(0.0, min(due for due, _, _ in held) - time.time()))
-            if any(c.queue.args.bounded for c in copies) or (held and copies):
+            # A large fanout or batch is stored in several statements (in_statements), in one transaction.
+            large = sum(len(e.body) * len(cs) for e, cs in routed) > STATEMENT_BYTES
+            if any(c.queue.args.bounded for c in copies) or (held and copies) or large:
                 stored: Counter[str] = Counter()
                 with self.locked() as (cur, current):
                     if current is not topo:
                         continue
                     refused = store_copies(cur, self.schema, self.channel, topo, copies, stored)
-                    if held:
-                        cur.execute(self.hold, _delayed.held_columns(held))
+                    for run in in_statements(held, lambda h: h[1].body) if held else ():
+                        cur.execute(self.hold, _delayed.held_columns(run))
                 self.count_all(PUBLISHED, stored)
             elif held:
                 params = [*_delayed.held_columns(held), topo.version]
