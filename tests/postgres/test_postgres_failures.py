@@ -270,6 +270,19 @@ def test_text_postgresql_cannot_store_is_refused_with_a_kelp_error(pg_url: str, 
         assert message.decode() == "after"  # nothing half-stored before it
 
 
+def test_a_binding_key_too_long_to_index_is_refused(pg_url: str) -> None:
+    key = "".join(f"{i:x}" for i in range(5000))  # incompressible: beyond an index entry's 8 kB
+    with kelp.Connection(pg_url) as conn:
+        channel = conn.channel()
+        channel.queue_declare("work")
+        channel.exchange_declare("ex", "direct")
+        with pytest.raises(PreconditionFailed, match="cannot store"):  # not OperationalError: no retry helps
+            channel.queue_bind("work", "ex", key)
+        channel.queue_bind("work", "ex", "short")
+        conn.Producer().publish("x", exchange="ex", routing_key="short")
+        assert conn.channel().basic_get("work", no_ack=True) is not None
+
+
 def test_nul_in_header_keys_and_values_round_trips(pg_url: str) -> None:
     headers = {"a\x00b": "c\x00d", "nested": {"\x00": ["\x00"]}}
     with kelp.Connection(pg_url) as conn:

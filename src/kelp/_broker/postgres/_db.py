@@ -21,9 +21,15 @@ __all__ = ["ERRORS", "Database"]
 
 #: psycopg's failures as kelp's, in one table (see kelp._broker.core.errors): a lost or refused connection
 #: is an OperationalError (reconnecting may help); a value PostgreSQL cannot store (a NUL character in a
-#: name, text with a lone surrogate, which has no UTF-8) is refused with PreconditionFailed; a schema
-#: dropped under a running broker is an InconsistencyError. Anything else is a bug and propagates as it is.
+#: name, text with a lone surrogate, which has no UTF-8, a binding key too long to index) is refused with
+#: PreconditionFailed; a schema dropped under a running broker is an InconsistencyError. Anything else is
+#: a bug and propagates as it is.
 ERRORS = ErrorMap(
+    (  # an OperationalError to psycopg, but nothing a reconnect helps: a binding key too long to index
+        psycopg.errors.ProgramLimitExceeded,
+        None,
+        lambda exc, where: PreconditionFailed(f"postgresql {where} cannot store this value: {exc}"),
+    ),
     (psycopg.OperationalError, None, lambda exc, where: OperationalError(f"postgresql {where}: {exc}")),
     (psycopg.InterfaceError, None, lambda exc, where: OperationalError(f"postgresql {where}: {exc}")),
     (
