@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,7 @@ import kelp
 import kelp.aio
 from kelp._broker.postgres._route import MAX_MESSAGE_BYTES
 from kelp.exceptions import OperationalError, PreconditionFailed
+from kelp.mixins import ConsumerMixin
 from proxy_kit import Proxy
 
 PUBLISHER = textwrap.dedent(
@@ -244,6 +246,63 @@ def test_a_late_ack_before_the_loss_is_noticed_removes_nothing(pg_url: str, monk
         for message in held:
             message.ack()
     assert _count(pg_url, "work") == 10  # other's ten, released as it closed
+
+
+class HoldingWorker(ConsumerMixin):
+    """Holds (never acks) the first five messages it gets, acks every other one."""
+
+    restart_interval_start = 0.05
+
+    def __init__(self, connection: kelp.Connection) -> None:
+        self.connection = connection
+        self.held: list[kelp.Message] = []
+        self.acked: list[int] = []
+        self.consuming: list[kelp.Connection] = []
+
+    def get_consumers(self, Consumer: Any, channel: Any) -> list[Any]:
+        return [
+            Consumer(queues=[kelp.Queue("work", no_declare=True)], callbacks=[self.on_task], prefetch_count=5)
+        ]
+
+    def on_consume_ready(
+        self, connection: kelp.Connection, channel: Any, consumers: Any, **kwargs: Any
+    ) -> None:
+        self.consuming.append(connection)
+
+    def on_task(self, body: dict[str, int], message: kelp.Message) -> None:
+        if len(self.held) < 5 and not message.redelivered:
+            self.held.append(message)
+        else:
+            message.ack()
+            self.acked.append(body["i"])
+
+
+def test_a_consumer_mixin_whose_session_ends_with_a_full_window_reconnects_and_gets_them_back(
+    pg_url: str,
+) -> None:
+    _declare(pg_url, "work")
+    with kelp.Connection(pg_url) as conn:
+        producer = conn.Producer()
+        for i in range(10):
+            producer.publish({"i": i}, routing_key="work")
+        worker = HoldingWorker(conn)
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 10
+            while len(worker.held) < 5 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert len(worker.held) == 5  # its window is full: it claims nothing more
+            _cutters(pg_url)["terminate"](worker.consuming[0], None)
+            deadline = time.monotonic() + 5
+            while len(worker.acked) < 10 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert sorted(worker.acked) == list(range(10))
+            assert len(worker.consuming) == 2  # it reconnected once
+        finally:
+            worker.should_stop = True
+            thread.join(5)
+    assert not thread.is_alive()
 
 
 @pytest.mark.parametrize(
