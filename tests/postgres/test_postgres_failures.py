@@ -232,6 +232,49 @@ def test_a_cut_consumers_messages_go_to_another_within_2s_and_it_gets_an_error(p
         proxy.close()
 
 
+async def _drain_until_aio(conn: kelp.aio.Connection, done: Callable[[], bool], bound: float) -> None:
+    deadline = time.monotonic() + bound
+    while not done() and time.monotonic() < deadline:
+        try:
+            await conn.drain_events(timeout=0.05)
+        except TimeoutError:
+            pass
+
+
+async def test_a_cut_consumer_gets_an_error_and_its_messages_go_to_another_aio(pg_url: str) -> None:
+    proxy, proxied = _proxy(pg_url)
+    _declare(pg_url, "work")
+    queue = kelp.Queue("work", no_declare=True)
+    held: list[kelp.aio.Message] = []
+    got: list[kelp.aio.Message] = []
+    try:
+        async with kelp.aio.Connection(pg_url) as other, kelp.aio.Connection(proxied) as cut:
+            producer = other.Producer()
+            for i in range(5):
+                await producer.publish({"i": i}, routing_key="work")
+            await cut.Consumer(queue, callbacks=[lambda body, m: held.append(m)], prefetch_count=5).consume()
+            await _drain_until_aio(cut, lambda: len(held) == 5, 10)
+            await other.Consumer(queue, callbacks=[lambda body, m: got.append(m)]).consume()
+            proxy.cut()
+            started = time.monotonic()
+            await _drain_until_aio(other, lambda: len(got) == 5, 10)
+            assert time.monotonic() - started < 2.0
+            assert sorted(m.decode()["i"] for m in got) == list(range(5))
+            assert all(m.redelivered for m in got)
+            with pytest.raises(OperationalError):
+                await cut.drain_events(timeout=3)
+            assert not cut.connected
+            with pytest.raises(OperationalError):
+                await held[0].ack()
+            await cut.ensure_connection(**POLICY)
+            assert cut.connected
+            for message in got:
+                await message.ack()
+        assert _count(pg_url, "work") == 0
+    finally:
+        proxy.close()
+
+
 def test_a_late_ack_before_the_loss_is_noticed_removes_nothing(pg_url: str, monkeypatch: Any) -> None:
     """The window between a session's end and its process noticing (up to a second): an ack then is
     accepted, but must not delete a copy that went back and is now another consumer's."""
