@@ -25,9 +25,11 @@ as ready messages do; ``cancel_delayed`` removes them by message id.
 Consumers claim rows with ``FOR UPDATE SKIP LOCKED`` and are woken by LISTEN/NOTIFY. Unacked messages
 return to their queue, flagged ``redelivered``, when their channel or connection closes, or when the
 connection's database session ends (process killed, network cut): another process connected to the
-broker notices within about a second. After a restart of PostgreSQL the first connection restarts the
-broker: non-durable queues and exchanges and transient messages are gone; persistent messages on durable
-queues stay.
+broker notices within about a second. The connection itself learns it within about a second too: its
+``drain`` raises OperationalError and it reports itself disconnected (acks then raise; an ack sent before
+the loss was noticed deletes only copies the connection still holds). After a restart of PostgreSQL
+the first connection restarts the broker: non-durable queues and exchanges and transient messages are
+gone; persistent messages on durable queues stay. A message over 256 MiB is refused (PreconditionFailed).
 """
 
 from __future__ import annotations
