@@ -33,6 +33,8 @@ __all__ = ["READY", "REAP_INTERVAL", "Listening"]
 #: How often (seconds) a process looks for owners whose database session ended.
 REAP_INTERVAL = 1.0
 READY = "owner IS NULL AND (expires_at IS NULL OR expires_at > {now})"
+#: An owner session's application_name, from its id (``c.id`` or ``id``) and the schema (a parameter).
+SESSION_NAME = "left('kelp ' || id || ' ' || %s, 63)"
 
 
 class Listening(TopologyOps):
@@ -128,10 +130,14 @@ class Listening(TopologyOps):
         own = self.own_owners()
         alive: list[Any] = []
         with self.cursor() as cur:
+            # PostgreSQL shows another role's sessions without their start time (NULL): those are
+            # matched by pid and name instead (a reused pid has another name).
             dead = self.rows(
                 cur,
                 "SELECT id FROM {s}.connections c WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a "
-                "WHERE a.pid = c.pid AND a.backend_start = c.started)",
+                "WHERE a.pid = c.pid AND (a.backend_start = c.started OR (a.backend_start IS NULL "
+                f"AND a.application_name = {SESSION_NAME.replace('id', 'c.id')})))",
+                self.name,
             )
             if own:
                 alive = self.rows(

@@ -4,7 +4,9 @@ One store per (server, database, schema) per process, shared by its connections.
 is an *owner* with a database session of its own, registered in ``connections`` with its backend pid and
 start time; its claims carry its id. When that session ends - the process closed it, was killed, or lost
 the server - the owner is gone: every process with a kelp connection checks ``pg_stat_activity`` once a
-second (``_listen``) and puts the dead owners' claimed copies back, flagged redelivered.
+second (``_listen``) and puts the dead owners' claimed copies back, flagged redelivered. Each owner
+session is named (``application_name``) ``kelp <id> <schema>``, which a process connected as another
+role can see where PostgreSQL hides the start time.
 
 Messages: one row per routed copy (``_route``); a claim is one ``UPDATE ... FOR UPDATE SKIP LOCKED``
 ordered by priority then id, so consumers in many processes never take the same row; an ack deletes the
@@ -26,7 +28,7 @@ from kelp._broker.core import Session
 from kelp._broker.core.store import Item, Unacked
 from kelp._broker.postgres import _delayed
 from kelp._broker.postgres._counters import ACKED, DELIVERED, PUBLISHED, Counting
-from kelp._broker.postgres._listen import READY, REAP_INTERVAL
+from kelp._broker.postgres._listen import READY, REAP_INTERVAL, SESSION_NAME
 from kelp._broker.postgres._route import (
     ROW,
     STATEMENT_BYTES,
@@ -99,10 +101,13 @@ class PostgresStore(Counting):
             with self.mapped():
                 ensure_schema(conn, self.name)
                 with conn.cursor() as cur:
+                    # Named after its owner (see Listening.reap), in the statement that makes it visible.
                     owner = self.one(
                         cur,
                         "INSERT INTO {s}.connections (pid, started) SELECT pid, backend_start "
-                        "FROM pg_stat_activity WHERE pid = pg_backend_pid() RETURNING id",
+                        "FROM pg_stat_activity WHERE pid = pg_backend_pid() "
+                        f"RETURNING id, set_config('application_name', {SESSION_NAME}, false)",
+                        self.name,
                     )
         except BaseException:
             conn.close()
