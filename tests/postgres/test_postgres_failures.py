@@ -102,14 +102,14 @@ def _publish_through_cuts(proxied: str, n: int) -> None:
     with kelp.Connection(proxied) as conn:
         producer = conn.Producer()
         for i in range(n):
-            producer.publish({"i": i, "pad": "x" * 300}, routing_key="cut", retry=True, retry_policy=POLICY)
+            producer.publish({"i": i, "pad": "x" * 300}, routing_key="cut", retry=True)  # the default policy
 
 
 async def _publish_through_cuts_aio(proxied: str, n: int) -> None:
     async with kelp.aio.Connection(proxied) as conn:
         producer = conn.Producer()
         for i in range(n):
-            await producer.publish(
+            await producer.publish(  # a short policy (the default's 1 s a retry is tested on sync)
                 {"i": i, "pad": "x" * 300}, routing_key="cut", retry=True, retry_policy=POLICY
             )
 
