@@ -17,6 +17,7 @@ second.
 
 from __future__ import annotations
 
+import abc
 import threading
 import time
 from collections.abc import Collection
@@ -28,13 +29,16 @@ from psycopg import Connection, sql
 from kelp._broker.postgres._topology import TopologyOps
 from kelp.exceptions import KelpError, OperationalError
 
-__all__ = ["READY", "REAP_INTERVAL", "Listening"]
+__all__ = ["READY", "REAP_INTERVAL", "Listening", "session_name"]
 
 #: How often (seconds) a process looks for owners whose database session ended.
 REAP_INTERVAL = 1.0
 READY = "owner IS NULL AND (expires_at IS NULL OR expires_at > {now})"
-#: An owner session's application_name, from its id (``c.id`` or ``id``) and the schema (a parameter).
-SESSION_NAME = "left('kelp ' || id || ' ' || %s, 63)"
+
+
+def session_name(id_column: str) -> str:
+    """SQL for an owner session's application_name, from its id column and the schema (a parameter)."""
+    return f"left('kelp ' || {id_column} || ' ' || %s, 63)"
 
 
 class Listening(TopologyOps):
@@ -136,7 +140,7 @@ class Listening(TopologyOps):
                 cur,
                 "SELECT id FROM {s}.connections c WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a "
                 "WHERE a.pid = c.pid AND (a.backend_start = c.started OR (a.backend_start IS NULL "
-                f"AND a.application_name = {SESSION_NAME.replace('id', 'c.id')})))",
+                f"AND a.application_name = {session_name('c.id')})))",
                 self.name,
             )
             if own:
@@ -152,10 +156,11 @@ class Listening(TopologyOps):
         if lost:
             self.owners_lost(lost)
 
+    @abc.abstractmethod
     def own_owners(self) -> list[int]:
         """This process's owners (see the store)."""
-        return []
 
+    @abc.abstractmethod
     def owners_lost(self, owners: Collection[int]) -> None:
         """This process's ``owners`` lost their database sessions (see the store)."""
 

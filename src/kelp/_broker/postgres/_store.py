@@ -28,7 +28,7 @@ from kelp._broker.core import Session
 from kelp._broker.core.store import Item, Unacked
 from kelp._broker.postgres import _delayed
 from kelp._broker.postgres._counters import ACKED, DELIVERED, PUBLISHED, Counting
-from kelp._broker.postgres._listen import READY, REAP_INTERVAL, SESSION_NAME
+from kelp._broker.postgres._listen import READY, REAP_INTERVAL, session_name
 from kelp._broker.postgres._route import (
     ROW,
     STATEMENT_BYTES,
@@ -106,7 +106,7 @@ class PostgresStore(Counting):
                         cur,
                         "INSERT INTO {s}.connections (pid, started) SELECT pid, backend_start "
                         "FROM pg_stat_activity WHERE pid = pg_backend_pid() "
-                        f"RETURNING id, set_config('application_name', {SESSION_NAME}, false)",
+                        f"RETURNING id, set_config('application_name', {session_name('id')}, false)",
                         self.name,
                     )
         except BaseException:
