@@ -35,6 +35,8 @@ def _queue(conn: kelp.Connection, name: str = "work", durable: bool = True) -> k
         ("connect_timeout=abc", "connect_timeout"),
         ("sslmode=sometimes", "sslmode"),
         ("prefetch=3", "no URL option prefetch"),
+        ("liveness=1", "liveness"),
+        ("liveness=abc", "liveness"),
     ],
 )
 def test_bad_url_options_raise_invalid_url(pg_base: str, option: str, message: str) -> None:

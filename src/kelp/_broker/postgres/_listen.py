@@ -96,6 +96,7 @@ class Listening(TopologyOps):
                         break
                 if time.monotonic() >= next_tick and not self._stop.is_set():
                     next_tick = time.monotonic() + REAP_INTERVAL
+                    self.keep_owners_alive()
                     self.reap()
                     self._check_floors()
             except (psycopg.Error, KelpError):  # the server went away, or the schema: try again
@@ -163,6 +164,10 @@ class Listening(TopologyOps):
     @abc.abstractmethod
     def owners_lost(self, owners: Collection[int]) -> None:
         """This process's ``owners`` lost their database sessions (see the store)."""
+
+    @abc.abstractmethod
+    def keep_owners_alive(self) -> None:
+        """Keep this process's owner sessions from looking idle to the server (see the store)."""
 
     def drop_owners(self, owners: list[int]) -> None:
         """The owners are gone: their copies go back (redelivered), their consumers and exclusive queues

@@ -19,16 +19,17 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, TypeVar
 
-from psycopg import Connection, Cursor
+from psycopg import Cursor
 
 from kelp._broker.core import Session
 from kelp._broker.core.store import Item, Unacked
 from kelp._broker.postgres import _delayed
-from kelp._broker.postgres._counters import ACKED, DELIVERED, PUBLISHED, Counting
+from kelp._broker.postgres._counters import ACKED, DELIVERED, PUBLISHED
 from kelp._broker.postgres._listen import READY, REAP_INTERVAL, session_name
+from kelp._broker.postgres._owners import Owners
 from kelp._broker.postgres._route import (
     ROW,
     STATEMENT_BYTES,
@@ -53,47 +54,19 @@ ACK_BATCH = 500
 ACK_DELAY = 0.05
 
 
-class PostgresStore(Counting):
+class PostgresStore(Owners):
     def __init__(self, conninfo: str, schema: str, flush_publishes: bool = False) -> None:
         super().__init__(conninfo, schema, flush_publishes)
-        self._owners: dict[int, tuple[Connection[Any], threading.Lock]] = {}
         self.session: Session[PostgresStore] = Session(self)
         self.insert_one = insert_statement(self.schema, self.channel, True, one=True)
         self.insert_many = insert_statement(self.schema, self.channel, True)
         self.hold_checked = _delayed.hold_statement(self.schema, self.channel, True)
         self.hold = _delayed.hold_statement(self.schema, self.channel, False)
         self._acks: list[tuple[Any, int]] = []  # (row id, owner)
-        self._lost: set[int] = set()  # owners whose database session ended under them (see reap)
         self._ack_lock = threading.Lock()
         self._ack_timer: threading.Timer | None = None
 
-    def _owner(self, owner: int, work: Callable[[Cursor[Any]], T]) -> T:
-        """Run ``work`` on the owner's own session (its claims are tied to it)."""
-        try:
-            conn, lock = self._owners[owner]
-        except KeyError:
-            raise OperationalError("the postgresql:// connection is closed") from None
-        with lock, self.mapped(), conn.cursor() as cur:
-            return work(cur)
-
     # --- owners -------------------------------------------------------------------------------------
-
-    def owner_alive(self, owner: int) -> bool:
-        """False once the owner's database session is known to be lost (its claims are let go)."""
-        found = self._owners.get(owner)
-        return found is not None and owner not in self._lost and not (found[0].closed or found[0].broken)
-
-    def own_owners(self) -> list[int]:
-        with self._guard:
-            return list(self._owners)
-
-    def owners_lost(self, owners: Collection[int]) -> None:
-        """The database sessions of these owners of this process ended (a network cut, an administrator's
-        ``pg_terminate_backend``): their claims went back; their waiting drains wake and raise."""
-        with self._guard:
-            self._lost.update(owner for owner in owners if owner in self._owners)
-        if self.listener is not None:
-            self.listener.wake_all()
 
     def connect(self) -> int:
         conn = self.open()
@@ -125,9 +98,8 @@ class PostgresStore(Counting):
         except OperationalError:
             pass  # the server is gone: its session with it; other processes (or its restart) let go
         finally:
+            conn = self.forget_owner(owner)
             with self._guard:
-                conn, _ = self._owners.pop(owner, (None, None))
-                self._lost.discard(owner)
                 last = not self._owners
             if conn is not None:
                 conn.close()
