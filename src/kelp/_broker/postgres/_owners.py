@@ -34,6 +34,7 @@ class Owners(Counting):
         self._owners: dict[int, tuple[Connection[Any], threading.Lock]] = {}
         self._lost: set[int] = set()  # owners whose database session ended under them (see reap)
         self._idle: dict[int, list[float]] = {}  # owner -> [liveness seconds, last used (monotonic)]
+        self._told_no_liveness = False
 
     def _owner(self, owner: int, work: Callable[[Cursor[Any]], T]) -> T:
         """Run ``work`` on the owner's own session (its claims are tied to it)."""
@@ -91,7 +92,8 @@ class Owners(Counting):
         if self._owner(owner, work):
             with self._guard:
                 self._idle[owner] = [seconds, time.monotonic()]
-        else:
+        elif not self._told_no_liveness:
+            self._told_no_liveness = True
             logger.warning("postgresql %s has no idle_session_timeout (before 14): no liveness", self.where)
 
     def keep_owners_alive(self) -> None:
