@@ -1,5 +1,6 @@
 """The listening half of a ``postgresql://`` store: one thread per store per process that turns NOTIFYs
-into wake-ups, lets go of dead owners, and keeps the claim floors.
+into wake-ups, lets go of dead owners (and tells its own lost ones), keeps its owners' sessions from
+idling past their liveness (see ``_owners``), and keeps the claim floors.
 
 Announcements on the store's channel: ``r:<id>:<queue>`` (copies became ready in the queue, the lowest
 id ``<id>``), ``w:<due>`` (a delayed message was held due earlier than every other: waiting
