@@ -3,11 +3,15 @@ and a server restart."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -31,6 +35,8 @@ def _queue(conn: kelp.Connection, name: str = "work", durable: bool = True) -> k
         ("connect_timeout=abc", "connect_timeout"),
         ("sslmode=sometimes", "sslmode"),
         ("prefetch=3", "no URL option prefetch"),
+        ("liveness=1", "liveness"),
+        ("liveness=abc", "liveness"),
     ],
 )
 def test_bad_url_options_raise_invalid_url(pg_base: str, option: str, message: str) -> None:
@@ -186,3 +192,87 @@ def test_server_restart_keeps_persistent_messages_on_durable_queues_only(pg_url:
         assert bound.get() is None
         with pytest.raises(kelp.exceptions.NotFound):
             transient_queue(conn.channel()).queue_declare(passive=True)
+
+
+@pytest.fixture
+def roles(pg_url: str) -> Iterator[tuple[psycopg.Connection[Any], list[str]]]:
+    """An administrator's session and two new login roles (``<schema>_a``, ``_b``), dropped after."""
+    schema = pg_url.rsplit("schema=", 1)[1]
+    names = [f"{schema}_a", f"{schema}_b"]
+    admin = psycopg.connect(pg_url.split("?")[0], autocommit=True)
+    try:
+        for role in names:
+            admin.execute(f"CREATE ROLE {role} LOGIN NOSUPERUSER")
+    except psycopg.errors.InsufficientPrivilege:
+        admin.close()
+        pytest.skip("the test cluster's user cannot create roles")
+    try:
+        yield admin, names
+    finally:
+        admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        for role in names:
+            admin.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+        admin.close()
+
+
+def _as(pg_url: str, role: str) -> kelp.Connection:
+    parts = urlsplit(pg_url)
+    return kelp.Connection(parts._replace(netloc=f"{role}@{parts.netloc.split('@')[-1]}").geturl())
+
+
+def _grant(admin: psycopg.Connection[Any], schema: str, roles: list[str]) -> None:
+    grantees = ", ".join(roles)
+    admin.execute(
+        f"GRANT ALL ON SCHEMA {schema} TO {grantees}; GRANT ALL ON ALL TABLES IN SCHEMA {schema} TO "
+        f"{grantees}; GRANT ALL ON ALL SEQUENCES IN SCHEMA {schema} TO {grantees}"
+    )
+
+
+def test_consumers_connected_as_other_roles_keep_their_messages_while_alive(
+    pg_url: str, roles: tuple[psycopg.Connection[Any], list[str]]
+) -> None:
+    """PostgreSQL shows another role's sessions without their start time: they must not look dead."""
+    admin, names = roles
+    schema = pg_url.rsplit("schema=", 1)[1]
+    with kelp.Connection(pg_url) as conn:
+        queue = _queue(conn)
+        producer = conn.Producer()
+        for i in range(5):
+            producer.publish(i, exchange=queue.exchange, routing_key="work")
+    _grant(admin, schema, names)
+    with _as(pg_url, names[0]) as a, _as(pg_url, names[1]) as b:
+        held: list[kelp.Message] = []
+        got: list[kelp.Message] = []
+        a.Consumer(queue, callbacks=[lambda body, m: held.append(m)], prefetch_count=5).consume()
+        while len(held) < 5:
+            a.drain_events(timeout=5)
+        b.Consumer(queue, callbacks=[lambda body, m: got.append(m)]).consume()
+        deadline = time.monotonic() + 2.5  # past two checks for dead sessions
+        while time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                b.drain_events(timeout=0.1)
+        assert got == []  # a is alive: it keeps them, and its consumer and queue stay
+        with pytest.raises(TimeoutError):
+            a.drain_events(timeout=0.2)
+        owner = a.transport._connection_id  # type: ignore[union-attr]
+        admin.execute(f"SELECT pg_terminate_backend(pid) FROM {schema}.connections WHERE id = %s", (owner,))
+        deadline = time.monotonic() + 2.0  # a dead session of another role is noticed as fast
+        while len(got) < 5 and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                b.drain_events(timeout=0.1)
+        assert sorted(m.payload for m in got) == list(range(5))
+        assert all(m.redelivered for m in got)
+
+
+def test_a_role_without_rights_or_a_read_only_server_is_a_kelp_error(
+    pg_url: str, roles: tuple[psycopg.Connection[Any], list[str]]
+) -> None:
+    admin, (stranger, reader) = roles
+    with kelp.Connection(pg_url) as conn:
+        _queue(conn)
+    with pytest.raises(kelp.exceptions.AccessRefused, match="permission denied"), _as(pg_url, stranger) as c:
+        c.connect()
+    _grant(admin, pg_url.rsplit("schema=", 1)[1], [reader])
+    admin.execute(f"ALTER ROLE {reader} SET default_transaction_read_only = on")  # as on a standby
+    with pytest.raises(kelp.exceptions.OperationalError, match="read-only"), _as(pg_url, reader) as c:
+        c.connect()

@@ -164,8 +164,13 @@ def binding_destination(kind: str, name: str) -> Destination:
 
 
 def check_name(kind: str, name: str, passive: bool) -> None:
-    """Refuse names RabbitMQ reserves (``amq.*``) unless the declaration is passive."""
-    if len(name.encode()) > 255:
+    """Refuse names RabbitMQ reserves (``amq.*``) unless the declaration is passive, names longer than
+    255 bytes, and names that are not text (a lone surrogate has no UTF-8)."""
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:
+        raise PreconditionFailed(f"{kind} name {name!r} is not UTF-8 text: no broker can store it") from None
+    if size > 255:
         raise PreconditionFailed(f"{kind} name is longer than 255 bytes: {name[:40]!r}...")
     if name.startswith("amq.") and not passive:
         raise AccessRefused(f"{kind} name '{name}' contains reserved prefix 'amq.*'")

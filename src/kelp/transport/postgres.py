@@ -5,7 +5,8 @@ Every process connected to the same database and schema shares its exchanges, qu
 routes at publish time (RabbitMQ's semantics, as on ``memory://`` and ``sqlite://``) and stores one row
 per routed copy. Query options: ``schema`` (the broker's schema, default ``kelp``: one database can hold
 several brokers), ``synchronous_commit=off|on`` (see below), ``connect_timeout`` (seconds), ``sslmode``
-(libpq's) and ``confirm_publish`` (accepted; every publish is committed before it returns anyway).
+(libpq's), ``liveness`` (seconds, default 10, 0 off: see below) and ``confirm_publish`` (accepted; every
+publish is committed before it returns anyway).
 
 What ``publish`` guarantees on return: the message is committed - other processes see it, and it
 survives ``kill -9`` of every kelp process and a clean restart of the server (if persistent:
@@ -26,9 +27,15 @@ as ready messages do; ``cancel_delayed`` removes them by message id.
 Consumers claim rows with ``FOR UPDATE SKIP LOCKED`` and are woken by LISTEN/NOTIFY. Unacked messages
 return to their queue, flagged ``redelivered``, when their channel or connection closes, or when the
 connection's database session ends (process killed, network cut): another process connected to the
-broker notices within about a second. After a restart of PostgreSQL the first connection restarts the
-broker: non-durable queues and exchanges and transient messages are gone; persistent messages on durable
-queues stay.
+broker notices within about a second. The connection itself learns it within about a second too: its
+``drain`` raises OperationalError and it reports itself disconnected (acks then raise; an ack sent before
+the loss was noticed deletes only copies the connection still holds). A process that hangs (stopped,
+deadlocked) keeps its session open: with ``liveness`` (PostgreSQL 14+) the server ends a connection's
+session once it has been idle that long, and a thread of each running process keeps its sessions from
+idling, so a hung process's unacked messages come back within about ``liveness`` + 1 seconds while a
+busy one keeps them. After a restart of PostgreSQL the first connection restarts the broker: non-durable
+queues and exchanges and transient messages are gone; persistent messages on durable queues stay. A
+message over 256 MiB is refused (PreconditionFailed).
 """
 
 from __future__ import annotations
@@ -97,7 +104,7 @@ class PostgresTransport(Transport):
     schemes: ClassVar[tuple[str, ...]] = ("postgresql", "postgres")
     implements: ClassVar[Implements] = DEFAULT_IMPLEMENTS.extend(delayed_delivery=True)
     query_options: ClassVar[frozenset[str] | None] = frozenset(
-        {"schema", "synchronous_commit", "connect_timeout", "sslmode", "confirm_publish"}
+        {"schema", "synchronous_commit", "connect_timeout", "sslmode", "confirm_publish", "liveness"}
     )
 
     driver_type: ClassVar[str] = "postgresql"
@@ -119,6 +126,9 @@ class PostgresTransport(Transport):
         if flush not in ("on", "off"):
             raise InvalidURL(f"postgresql:// option synchronous_commit={flush!r} must be on or off")
         self.flush_publishes = flush == "on"
+        self.liveness = seconds_option("postgresql", "liveness", url.query.get("liveness", 10), zero=True)
+        if 0 < self.liveness < 3:
+            raise InvalidURL(f"postgresql:// option liveness={self.liveness:g}: 0 (off) or at least 3 s")
         self._session: Session[PostgresStore] | None = None
         self._connection_id = 0
         self._signal = Signal()
@@ -136,13 +146,24 @@ class PostgresTransport(Transport):
         return self._session
 
     def info(self) -> dict[str, Any]:
-        return {**super().info(), "schema": self.schema, "synchronous_commit": self.flush_publishes}
+        return {
+            **super().info(),
+            "schema": self.schema,
+            "synchronous_commit": self.flush_publishes,
+            "liveness": self.liveness,
+        }
 
     def connect(self, timeout: float | None) -> None:
         if self._session is not None:
             return
         session = store_for(self.conninfo, self.schema, self.flush_publishes).session
         self._connection_id = run_blocking(session.connect, self._signal)
+        if self.liveness:
+            try:
+                run_blocking(session.store.keep_alive, self._connection_id, self.liveness)
+            except BaseException:
+                run_blocking(session.disconnect, self._connection_id)
+                raise
         self._session = session
 
     def close(self) -> None:
@@ -159,6 +180,12 @@ class PostgresTransport(Transport):
         deadline = None if timeout is None else monotonic() + timeout
         try:
             while True:
+                if not session.store.owner_alive(connection_id):
+                    raise OperationalError(
+                        "the postgresql:// connection's database session was lost (a network cut, a "
+                        "terminated backend, a server restart): its unacked messages went back to their "
+                        "queues"
+                    )
                 # fill (in a worker thread) then take (here): a drain cancelled during fill leaves its
                 # claims in the session's outbox for the next one.
                 cancelled = session.take_cancelled(connection_id)

@@ -14,22 +14,44 @@ from psycopg.conninfo import conninfo_to_dict
 
 from kelp._broker.core.errors import ErrorMap
 from kelp._broker.postgres._route import NOW, Topology, load_topology
-from kelp.exceptions import InconsistencyError, OperationalError, PreconditionFailed
+from kelp.exceptions import AccessRefused, InconsistencyError, OperationalError, PreconditionFailed
 
 __all__ = ["ERRORS", "Database"]
 
 
 #: psycopg's failures as kelp's, in one table (see kelp._broker.core.errors): a lost or refused connection
-#: is an OperationalError (reconnecting may help); a value PostgreSQL cannot store (a NUL character in a
-#: name) is refused with PreconditionFailed; a schema dropped under a running broker is an
-#: InconsistencyError. Anything else is a bug and propagates as it is.
+#: or a read-only server (a standby) is an OperationalError (reconnecting may help); a role without the
+#: rights it needs, AccessRefused; a value PostgreSQL cannot store (a NUL character in a name, text with a
+#: lone surrogate, which has no UTF-8, a binding key too long to index) is refused with PreconditionFailed;
+#: a schema dropped under a running broker is an InconsistencyError. Anything else is a bug and
+#: propagates as it is.
 ERRORS = ErrorMap(
+    (  # an OperationalError to psycopg, but nothing a reconnect helps: a binding key too long to index
+        psycopg.errors.ProgramLimitExceeded,
+        None,
+        lambda exc, where: PreconditionFailed(f"postgresql {where} cannot store this value: {exc}"),
+    ),
     (psycopg.OperationalError, None, lambda exc, where: OperationalError(f"postgresql {where}: {exc}")),
+    (  # a standby (after a failover, a reconnect may reach the new primary)
+        psycopg.errors.ReadOnlySqlTransaction,
+        None,
+        lambda exc, where: OperationalError(f"postgresql {where} is read-only (a standby?): {exc}"),
+    ),
+    (
+        psycopg.errors.InsufficientPrivilege,
+        None,
+        lambda exc, where: AccessRefused(f"postgresql {where}: the database role may not: {exc}"),
+    ),
     (psycopg.InterfaceError, None, lambda exc, where: OperationalError(f"postgresql {where}: {exc}")),
     (
         psycopg.DataError,
         None,
         lambda exc, where: PreconditionFailed(f"postgresql {where} cannot store this value: {exc}"),
+    ),
+    (
+        UnicodeEncodeError,
+        None,
+        lambda exc, where: PreconditionFailed(f"postgresql {where} cannot store this text: {exc}"),
     ),
     (
         psycopg.errors.UndefinedTable,

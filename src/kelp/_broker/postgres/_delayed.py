@@ -17,7 +17,7 @@ from typing import Any
 
 from psycopg import Cursor, sql
 
-from kelp._broker.postgres._route import NOW, Copy, Topology, store_copies
+from kelp._broker.postgres._route import NOW, Copy, Topology, checked_size, store_copies
 from kelp._broker.sqlite._codec import decode, encode
 
 __all__ = ["PROMOTE_MAX", "cancel_delayed", "held_columns", "hold_statement", "promote"]
@@ -54,13 +54,17 @@ def hold_statement(schema: sql.Identifier, channel: str, checked: bool) -> str:
 
 
 def held_columns(held: Sequence[HeldCopy]) -> list[list[Any]]:
+    properties = [encode(c.properties) for _, c, _ in held]
+    headers = [encode(c.headers) if c.headers else "" for _, c, _ in held]
+    for (_, copy, _), props, heads in zip(held, properties, headers, strict=True):
+        checked_size(copy, props, heads)
     return [
         [due for due, _, _ in held],
         [c.queue.name for _, c, _ in held],
         [message_id for _, _, message_id in held],
         [c.body for _, c, _ in held],
-        [encode(c.properties) for _, c, _ in held],
-        [encode(c.headers) if c.headers else "" for _, c, _ in held],
+        properties,
+        headers,
         [c.exchange for _, c, _ in held],
         [c.routing_key for _, c, _ in held],
         [c.ttl for _, c, _ in held],

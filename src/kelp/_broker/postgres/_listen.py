@@ -1,5 +1,6 @@
 """The listening half of a ``postgresql://`` store: one thread per store per process that turns NOTIFYs
-into wake-ups, lets go of dead owners, and keeps the claim floors.
+into wake-ups, lets go of dead owners (and tells its own lost ones), keeps its owners' sessions from
+idling past their liveness (see ``_owners``), and keeps the claim floors.
 
 Announcements on the store's channel: ``r:<id>:<queue>`` (copies became ready in the queue, the lowest
 id ``<id>``), ``w:<due>`` (a delayed message was held due earlier than every other: waiting
@@ -17,8 +18,10 @@ second.
 
 from __future__ import annotations
 
+import abc
 import threading
 import time
+from collections.abc import Collection
 from typing import Any
 
 import psycopg
@@ -27,11 +30,16 @@ from psycopg import Connection, sql
 from kelp._broker.postgres._topology import TopologyOps
 from kelp.exceptions import KelpError, OperationalError
 
-__all__ = ["READY", "REAP_INTERVAL", "Listening"]
+__all__ = ["READY", "REAP_INTERVAL", "Listening", "session_name"]
 
 #: How often (seconds) a process looks for owners whose database session ended.
 REAP_INTERVAL = 1.0
 READY = "owner IS NULL AND (expires_at IS NULL OR expires_at > {now})"
+
+
+def session_name(id_column: str) -> str:
+    """SQL for an owner session's application_name, from its id column and the schema (a parameter)."""
+    return f"left('kelp ' || {id_column} || ' ' || %s, 63)"
 
 
 class Listening(TopologyOps):
@@ -89,6 +97,7 @@ class Listening(TopologyOps):
                         break
                 if time.monotonic() >= next_tick and not self._stop.is_set():
                     next_tick = time.monotonic() + REAP_INTERVAL
+                    self.keep_owners_alive()
                     self.reap()
                     self._check_floors()
             except (psycopg.Error, KelpError):  # the server went away, or the schema: try again
@@ -122,15 +131,44 @@ class Listening(TopologyOps):
     # --- owners ---------------------------------------------------------------------------------------
 
     def reap(self) -> None:
-        """Let go of the owners whose database session ended (killed, crashed, cut off)."""
+        """Let go of the owners whose database session ended (killed, crashed, cut off); tell this
+        process's own such owners (another process may have let go of them first)."""
+        own = self.own_owners()
+        alive: list[Any] = []
         with self.cursor() as cur:
+            # PostgreSQL shows another role's sessions without their start time (NULL): those are
+            # matched by pid and name instead (a reused pid has another name).
             dead = self.rows(
                 cur,
                 "SELECT id FROM {s}.connections c WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a "
-                "WHERE a.pid = c.pid AND a.backend_start = c.started)",
+                "WHERE a.pid = c.pid AND (a.backend_start = c.started OR (a.backend_start IS NULL "
+                f"AND a.application_name = {session_name('c.id')})))",
+                self.name,
             )
+            if own:
+                alive = self.rows(
+                    cur,
+                    "SELECT c.id FROM {s}.connections c JOIN pg_stat_activity a "
+                    "ON a.pid = c.pid AND a.backend_start = c.started WHERE c.id = ANY(%s)",
+                    own,
+                )
         if dead:
             self.drop_owners([row[0] for row in dead])
+        lost = set(own) - {row[0] for row in alive}
+        if lost:
+            self.owners_lost(lost)
+
+    @abc.abstractmethod
+    def own_owners(self) -> list[int]:
+        """This process's owners (see the store)."""
+
+    @abc.abstractmethod
+    def owners_lost(self, owners: Collection[int]) -> None:
+        """This process's ``owners`` lost their database sessions (see the store)."""
+
+    @abc.abstractmethod
+    def keep_owners_alive(self) -> None:
+        """Keep this process's owner sessions from looking idle to the server (see the store)."""
 
     def drop_owners(self, owners: list[int]) -> None:
         """The owners are gone: their copies go back (redelivered), their consumers and exclusive queues

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 from psycopg import Cursor, sql
 
@@ -27,14 +27,32 @@ from kelp._broker.queue_args import (
 )
 from kelp._broker.sqlite._codec import decode, encode
 from kelp._envelope import Envelope
-from kelp.exceptions import NotFound
+from kelp.exceptions import NotFound, PreconditionFailed
 from kelp.routing import BindingTable, route
 
-__all__ = ["Copy", "Topology", "dead_letter_rows", "load_topology", "store_copies"]
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "STATEMENT_BYTES",
+    "Copy",
+    "Topology",
+    "checked_size",
+    "dead_letter_rows",
+    "in_statements",
+    "load_topology",
+    "store_copies",
+]
 
+T = TypeVar("T")
 NOW = "extract(epoch FROM clock_timestamp())::float8"
 #: A row's columns as read for delivery or dead-lettering.
 ROW = "id, queue, priority, body, properties, headers, exchange, routing_key, redelivered"
+#: The largest message stored (body, properties, headers and routing key, in bytes). PostgreSQL neither
+#: takes nor sends a protocol message over 1 GiB, and a row is read back as text, where each byte of the
+#: body takes two characters; RabbitMQ's own ceiling is 512 MiB.
+MAX_MESSAGE_BYTES = 256 * 2**20
+#: Copies are stored in statements of at most about this many bytes of bodies each (a fanout of a large
+#: message, a large batch), in one transaction.
+STATEMENT_BYTES = 64 * 2**20
 
 
 class Topology:
@@ -183,13 +201,47 @@ def insert_statement(schema: sql.Identifier, channel: str, checked: bool, one: b
     return composed.as_string(None)
 
 
+def _text_size(text: str) -> int:
+    return len(text) if len(text) < 2**20 else len(text.encode("utf-8", "surrogatepass"))
+
+
+def checked_size(copy: Copy, properties: str, headers: str) -> None:
+    """Raise PreconditionFailed (before anything is stored) for a message over MAX_MESSAGE_BYTES."""
+    rough = len(copy.body) + len(properties) + len(headers) + len(copy.routing_key)
+    if rough * 4 <= MAX_MESSAGE_BYTES:  # at most 4 bytes a character: surely small enough
+        return
+    size = len(copy.body) + _text_size(properties) + _text_size(headers) + _text_size(copy.routing_key)
+    if size > MAX_MESSAGE_BYTES:
+        raise PreconditionFailed(
+            f"message of {size} bytes (body, properties, headers, routing key) is larger than "
+            f"postgresql:// stores ({MAX_MESSAGE_BYTES} bytes): not published"
+        )
+
+
+def in_statements(items: Sequence[T], body: Callable[[T], bytes]) -> list[Sequence[T]]:
+    """``items`` cut in runs of at most STATEMENT_BYTES of bodies (at least one item each)."""
+    runs: list[Sequence[T]] = []
+    start, total = 0, 0
+    for i, item in enumerate(items):
+        size = len(body(item))
+        if i > start and total + size > STATEMENT_BYTES:
+            runs.append(items[start:i])
+            start, total = i, 0
+        total += size
+    runs.append(items[start:])
+    return runs
+
+
 def values(copy: Copy) -> list[Any]:
+    properties = encode(copy.properties)
+    headers = encode(copy.headers) if copy.headers else ""
+    checked_size(copy, properties, headers)
     return [
         copy.queue.name,
         copy.priority,
         copy.body,
-        encode(copy.properties),
-        encode(copy.headers) if copy.headers else "",
+        properties,
+        headers,
         copy.exchange,
         copy.routing_key,
         copy.ttl,
@@ -199,12 +251,16 @@ def values(copy: Copy) -> list[Any]:
 
 
 def columns(copies: Sequence[Copy]) -> list[list[Any]]:
+    properties = [encode(c.properties) for c in copies]
+    headers = [encode(c.headers) if c.headers else "" for c in copies]
+    for copy, props, heads in zip(copies, properties, headers, strict=True):
+        checked_size(copy, props, heads)
     return [
         [c.queue.name for c in copies],
         [c.priority for c in copies],
         [c.body for c in copies],
-        [encode(c.properties) for c in copies],
-        [encode(c.headers) if c.headers else "" for c in copies],
+        properties,
+        headers,
         [c.exchange for c in copies],
         [c.routing_key for c in copies],
         [c.ttl for c in copies],
@@ -231,9 +287,9 @@ def store_copies(
                 refused.append(copy.queue.name)
         else:
             plain.append(copy)
-    if plain:
-        cur.execute(insert_statement(schema, channel, False), columns(plain))
-        stored.update(c.queue.name for c in plain)
+    for run in in_statements(plain, lambda c: c.body) if plain else ():
+        cur.execute(insert_statement(schema, channel, False), columns(run))
+        stored.update(c.queue.name for c in run)
     return refused
 
 

@@ -4,7 +4,9 @@ One store per (server, database, schema) per process, shared by its connections.
 is an *owner* with a database session of its own, registered in ``connections`` with its backend pid and
 start time; its claims carry its id. When that session ends - the process closed it, was killed, or lost
 the server - the owner is gone: every process with a kelp connection checks ``pg_stat_activity`` once a
-second (``_listen``) and puts the dead owners' claimed copies back, flagged redelivered.
+second (``_listen``) and puts the dead owners' claimed copies back, flagged redelivered. Each owner
+session is named (``application_name``) ``kelp <id> <schema>``, which a process connected as another
+role can see where PostgreSQL hides the start time.
 
 Messages: one row per routed copy (``_route``); a claim is one ``UPDATE ... FOR UPDATE SKIP LOCKED``
 ordered by priority then id, so consumers in many processes never take the same row; an ack deletes the
@@ -17,21 +19,24 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, TypeVar
 
-from psycopg import Connection, Cursor
+from psycopg import Cursor
 
 from kelp._broker.core import Session
 from kelp._broker.core.store import Item, Unacked
 from kelp._broker.postgres import _delayed
-from kelp._broker.postgres._counters import ACKED, DELIVERED, PUBLISHED, Counting
-from kelp._broker.postgres._listen import READY, REAP_INTERVAL
+from kelp._broker.postgres._counters import ACKED, DELIVERED, PUBLISHED
+from kelp._broker.postgres._listen import READY, REAP_INTERVAL, session_name
+from kelp._broker.postgres._owners import Owners
 from kelp._broker.postgres._route import (
     ROW,
+    STATEMENT_BYTES,
     columns,
     copies_of,
     dead_letter_rows,
+    in_statements,
     insert_statement,
     store_copies,
     values,
@@ -49,34 +54,19 @@ ACK_BATCH = 500
 ACK_DELAY = 0.05
 
 
-class PostgresStore(Counting):
+class PostgresStore(Owners):
     def __init__(self, conninfo: str, schema: str, flush_publishes: bool = False) -> None:
         super().__init__(conninfo, schema, flush_publishes)
-        self._owners: dict[int, tuple[Connection[Any], threading.Lock]] = {}
         self.session: Session[PostgresStore] = Session(self)
         self.insert_one = insert_statement(self.schema, self.channel, True, one=True)
         self.insert_many = insert_statement(self.schema, self.channel, True)
         self.hold_checked = _delayed.hold_statement(self.schema, self.channel, True)
         self.hold = _delayed.hold_statement(self.schema, self.channel, False)
-        self._acks: list[Any] = []
+        self._acks: list[tuple[Any, int]] = []  # (row id, owner)
         self._ack_lock = threading.Lock()
         self._ack_timer: threading.Timer | None = None
 
-    def _owner(self, owner: int, work: Callable[[Cursor[Any]], T]) -> T:
-        """Run ``work`` on the owner's own session (its claims are tied to it)."""
-        try:
-            conn, lock = self._owners[owner]
-        except KeyError:
-            raise OperationalError("the postgresql:// connection is closed") from None
-        with lock, self.mapped(), conn.cursor() as cur:
-            return work(cur)
-
     # --- owners -------------------------------------------------------------------------------------
-
-    def owner_alive(self, owner: int) -> bool:
-        """False once the owner's database session is known to be lost (its claims are let go)."""
-        found = self._owners.get(owner)
-        return found is not None and not (found[0].closed or found[0].broken)
 
     def connect(self) -> int:
         conn = self.open()
@@ -84,10 +74,13 @@ class PostgresStore(Counting):
             with self.mapped():
                 ensure_schema(conn, self.name)
                 with conn.cursor() as cur:
+                    # Named after its owner (see Listening.reap), in the statement that makes it visible.
                     owner = self.one(
                         cur,
                         "INSERT INTO {s}.connections (pid, started) SELECT pid, backend_start "
-                        "FROM pg_stat_activity WHERE pid = pg_backend_pid() RETURNING id",
+                        "FROM pg_stat_activity WHERE pid = pg_backend_pid() "
+                        f"RETURNING id, set_config('application_name', {session_name('id')}, false)",
+                        self.name,
                     )
         except BaseException:
             conn.close()
@@ -105,8 +98,8 @@ class PostgresStore(Counting):
         except OperationalError:
             pass  # the server is gone: its session with it; other processes (or its restart) let go
         finally:
+            conn = self.forget_owner(owner)
             with self._guard:
-                conn, _ = self._owners.pop(owner, (None, None))
                 last = not self._owners
             if conn is not None:
                 conn.close()
@@ -128,17 +121,19 @@ class PostgresStore(Counting):
                 channel,
             )
             empty = self.consumers_left(cur, {row[0] for row in left})
-            self.release(cur, unacked)
+            self.release(cur, owner, unacked)
         self.delete_queues(empty)
 
-    def release(self, cur: Cursor[Any], unacked: Sequence[Unacked]) -> None:
-        """The copies are ready again, flagged redelivered, at their places (their ids)."""
+    def release(self, cur: Cursor[Any], owner: int, unacked: Sequence[Unacked]) -> None:
+        """The owner's copies are ready again, flagged redelivered, at their places (their ids). Copies
+        it no longer holds (its session ended and they went back) are left as they are."""
         if unacked:
             released = self.rows(
                 cur,
-                "UPDATE {s}.messages SET owner = NULL, redelivered = true WHERE id = ANY(%s) "
+                "UPDATE {s}.messages SET owner = NULL, redelivered = true WHERE id = ANY(%s) AND owner = %s "
                 "RETURNING queue, id",
                 [u.ref for u in unacked],
+                owner,
             )
             self.notify_ready(cur, released)
 
@@ -163,14 +158,16 @@ class PostgresStore(Counting):
                 self.due(None if copy.ttl is None else copy.ttl / 1000)
             if held:
                 self.due(max(0.0, min(due for due, _, _ in held) - time.time()))
-            if any(c.queue.args.bounded for c in copies) or (held and copies):
+            # A large fanout or batch is stored in several statements (in_statements), in one transaction.
+            large = sum(len(e.body) * len(cs) for e, cs in routed) > STATEMENT_BYTES
+            if any(c.queue.args.bounded for c in copies) or (held and copies) or large:
                 stored: Counter[str] = Counter()
                 with self.locked() as (cur, current):
                     if current is not topo:
                         continue
                     refused = store_copies(cur, self.schema, self.channel, topo, copies, stored)
-                    if held:
-                        cur.execute(self.hold, _delayed.held_columns(held))
+                    for run in in_statements(held, lambda h: h[1].body) if held else ():
+                        cur.execute(self.hold, _delayed.held_columns(run))
                 self.count_all(PUBLISHED, stored)
             elif held:
                 params = [*_delayed.held_columns(held), topo.version]
@@ -277,9 +274,13 @@ class PostgresStore(Counting):
         return found
 
     def ack(self, owner: int, unacked: Sequence[Unacked]) -> None:
+        """Delete the copies (in a batch, soon) if the owner still holds them. Raises OperationalError
+        if its session is known lost: the copies went back to their queues, maybe to other consumers."""
+        if owner in self._lost:
+            raise OperationalError(f"postgresql {self.where}: the connection's session was lost: not acked")
         self.count_all(ACKED, [u.queue for u in unacked])
         with self._ack_lock:
-            self._acks.extend(u.ref for u in unacked)
+            self._acks.extend((u.ref, owner) for u in unacked)
             if len(self._acks) < ACK_BATCH:
                 if self._ack_timer is None:
                     self._ack_timer = threading.Timer(ACK_DELAY, self.flush_acks)
@@ -289,20 +290,28 @@ class PostgresStore(Counting):
         self.flush_acks()
 
     def flush_acks(self, cur: Cursor[Any] | None = None) -> None:
-        """Delete the acked rows (with ``cur`` when given: the caller's session, before its own work)."""
+        """Delete the acked rows still held by the owners that acked them (one whose session ended lost
+        its claims: the copy may be another consumer's now), with ``cur`` when given: the caller's
+        session, before its own work."""
         with self._ack_lock:
-            ids, self._acks = self._acks, []
+            acks, self._acks = self._acks, []
             timer, self._ack_timer = self._ack_timer, None
         if timer is not None:
             timer.cancel()
-        if not ids:
+        if not acks:
             return
+        by_owner: dict[int, list[Any]] = {}
+        for ref, owner in acks:
+            by_owner.setdefault(owner, []).append(ref)
+        text = "DELETE FROM {s}.messages WHERE id = ANY(%s) AND owner = %s"
         try:
             if cur is not None:
-                self.rows(cur, "DELETE FROM {s}.messages WHERE id = ANY(%s)", ids)
+                for owner, ids in by_owner.items():
+                    self.rows(cur, text, ids, owner)
                 return
             with self.cursor() as own:
-                self.rows(own, "DELETE FROM {s}.messages WHERE id = ANY(%s)", ids)
+                for owner, ids in by_owner.items():
+                    self.rows(own, text, ids, owner)
         except KelpError:
             pass  # the session or the schema is gone: those copies come back redelivered, never lost
 
@@ -312,14 +321,15 @@ class PostgresStore(Counting):
             return
         if requeue:
             with self.cursor() as cur, cur.connection.transaction():
-                self.release(cur, unacked)
+                self.release(cur, owner, unacked)
             return
         stored: Counter[str] = Counter()
         with self.locked() as (cur, topo):
             found = self.rows(
                 cur,
-                f"DELETE FROM {{s}}.messages WHERE id = ANY(%s) RETURNING {ROW}",
+                f"DELETE FROM {{s}}.messages WHERE id = ANY(%s) AND owner = %s RETURNING {ROW}",
                 [u.ref for u in unacked],
+                owner,
             )
             order = {u.ref: i for i, u in enumerate(unacked)}
             found.sort(key=lambda r: order.get(r[0], 0))
