@@ -8,10 +8,13 @@ guards the sans-IO core (it is not thread-safe):
   lock held, then wakes every waiter (``notify_all``): no caller ever sleep-polls. A thread blocked in
   ``wait_for`` (a publish awaiting its confirm, ``drain_events``) reads the socket itself when nobody else
   does, so its answer reaches it without a hand-off between threads (one wake-up per round trip, as a
-  single-threaded client). Otherwise the **reader thread** reads (a selector bounded by the next heartbeat
-  deadline); it steps aside, woken through a socket pair, when a caller starts waiting, and for
-  ``_LINGER`` seconds after the last one only watches the socket, reading it only if no caller came back.
-  It always sends heartbeats and declares the peer dead after two silent intervals, reading or not.
+  single-threaded client). Otherwise the **reader thread** reads, at most once per ``_LINGER`` seconds
+  (what arrives meanwhile is read in one go): while callers waited or wrote within the last ``_LINGER``
+  seconds it reads only what has arrived, without waiting, and leaves the socket to them; once they are
+  gone it waits on a selector bounded by the next heartbeat deadline, and steps aside, woken through a
+  socket pair, when a caller starts waiting. Callers never wake it otherwise (a wake-up per call costs
+  both threads the GIL). It always sends heartbeats and declares the peer dead after two silent
+  intervals, reading or not.
 * **writers** (any thread) take the write lock, produce their bytes from the core under the condition's lock
   (so wire order is command order) and ``sendall`` them without holding it, so the reader keeps reading
   while a big batch goes out. Bytes the core produced on its own (``close-ok``, ``flow-ok``) are flushed by
@@ -47,9 +50,12 @@ if sys.platform == "linux":
 _SIOCOUTQNSD = 0x894B
 
 _READ_SIZE = 256 * 1024
-#: Seconds the reader thread leaves the socket to callers after the last ``wait_for`` returned, so that a
-#: loop of waiting calls (per-publish confirms) reads without a hand-off each time.
+#: The reader thread reads at most once per this many seconds, and only without waiting while callers
+#: waited or wrote within as long: a loop of waiting calls (per-publish confirms, a consumer's drains) reads
+#: without a hand-off between threads, and a publisher's pipelined confirms are read in batches.
 _LINGER = 0.02
+#: How often the reader thread looks whether the callers that were reading have gone.
+_CHECK = 0.25
 
 
 class Driver:
@@ -64,7 +70,10 @@ class Driver:
         self._core = core
         self._on_event = on_event
         self._on_lost = on_lost
-        self._cond = threading.Condition(threading.RLock())
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)
+        # the reader thread sleeps on its own condition (same lock): callers' notify_all does not wake it
+        self._idle = threading.Condition(lock)
         self._write_lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -73,6 +82,7 @@ class Driver:
         self._reading = False
         self._callers = 0
         self._callers_left = 0.0
+        self._read_at = 0.0  # when the reader thread last read
         self._wrote_at = 0.0  # when a persistent publish last read what had come (_read_available)
         self._thread_selecting = False
         self._wake_r: socket.socket | None = None  # a socket pair to wake the reader thread from select
@@ -287,11 +297,15 @@ class Driver:
                 # TLS may hold decrypted bytes that select() cannot see
                 ready = isinstance(sock, ssl.SSLSocket) and sock.pending()
                 if not ready:
+                    poked = False
                     for key, _ in selector.select(wait):
                         if key.fileobj is not sock:
                             _drain(key.fileobj)  # type: ignore[arg-type]
+                            poked = True
                         else:
                             ready = True
+                    if poked and self._callers:
+                        ready = False  # the reader thread steps aside: the caller that poked it reads
                 data = sock.recv(_READ_SIZE) if ready else None
             finally:
                 cond.acquire()
@@ -336,26 +350,27 @@ class Driver:
                     wait = _next_deadline(core)
                     if wait is not None:
                         wait = max(0.0, wait - now)
+                    # Callers wake this thread neither when they come nor when they go (a wake-up per call
+                    # would cost both threads the GIL): it looks at the clock instead.
                     if self._reading or self._callers:
-                        cond.wait(wait)  # callers read: keep the heartbeats, leave the socket to them
+                        self._idle.wait(_sooner(wait, _CHECK))  # callers read: keep the heartbeats
                         continue
-                    quiet = self._wrote_at + _LINGER - now
-                    if quiet > 0:  # a publisher reads as it publishes: leave the socket to it for now
-                        cond.wait(quiet if wait is None else min(wait, quiet))
+                    pause = self._read_at + _LINGER - now
+                    if pause > 0:  # what arrives meanwhile waits in the kernel, to be read in one go
+                        self._idle.wait(_sooner(wait, pause))
                         continue
-                    linger = self._callers_left + _LINGER - now
-                    if linger > 0:
-                        # callers may come back at once: watch the socket without taking it from them
-                        if not self._watch(selector, linger if wait is None else min(wait, linger)):
-                            continue
-                        if self._callers_read():  # a caller came back meanwhile
-                            continue
-                        wait = 0.0  # readable, and still nobody reads it
-                    self._thread_selecting = True
-                    try:
-                        self._read_once(selector, wait)
-                    finally:
-                        self._thread_selecting = False
+                    if now < self._active_at() + _LINGER:
+                        # callers waited or wrote a moment ago and may come back at once (a consumer
+                        # between deliveries, a publisher between messages): read what came, without
+                        # waiting, and leave the socket to them
+                        self._read_once(selector, 0.0)
+                    else:
+                        self._thread_selecting = True
+                        try:
+                            self._read_once(selector, wait)
+                        finally:
+                            self._thread_selecting = False
+                    self._read_at = time.monotonic()
         except (OSError, ProtocolError, ValueError, KeyError) as exc:
             self._fail(exc)
         finally:
@@ -365,24 +380,9 @@ class Driver:
             self._close_wake()
             sock.close()
 
-    def _callers_read(self) -> bool:
-        return self._reading or self._callers > 0
-
-    def _watch(self, selector: selectors.BaseSelector, wait: float) -> bool:
-        """With the condition's lock held: wait up to ``wait`` s (lock released) for the socket to be
-        readable, without reading it; return whether it is."""
-        sock = self._sock
-        self._cond.release()
-        try:
-            readable = False
-            for key, _ in selector.select(wait):
-                if key.fileobj is sock:
-                    readable = True
-                else:
-                    _drain(key.fileobj)  # type: ignore[arg-type]
-            return readable
-        finally:
-            self._cond.acquire()
+    def _active_at(self) -> float:
+        """When a caller last waited, wrote, or read after a persistent publish."""
+        return max(self._callers_left, self._wrote_at, self._core.last_sent or 0.0)
 
     def _fail(self, exc: BaseException, report: bool = True) -> None:
         with self._cond:
@@ -392,6 +392,7 @@ class Driver:
             if report:
                 self._on_lost(exc)
             self._cond.notify_all()
+            self._idle.notify_all()
         # Shut the socket down but leave closing it to the reader thread: a closed descriptor would
         # silently leave its selector, while a shut-down one wakes it with end-of-file.
         sock = self._sock
@@ -417,6 +418,10 @@ def _drain(sock: socket.socket) -> None:
             pass
     except OSError:
         pass  # nothing left (EAGAIN)
+
+
+def _sooner(a: float | None, b: float) -> float:
+    return b if a is None else min(a, b)
 
 
 def _next_deadline(core: Connection) -> float | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from amqp_kit import content, method
@@ -255,3 +256,34 @@ def test_a_socket_cut_in_the_middle_of_a_frame_is_a_lost_connection(broker: Fake
         assert isinstance(error, ConnectionError)
         assert "closed the connection" in str(error)
         assert got == []
+
+
+def test_the_reader_thread_reads_a_publishers_pipelined_confirms_in_batches(broker: FakeBroker) -> None:
+    """While a thread publishes (transient, confirms pipelined), the reader thread picks the confirms up
+    every few milliseconds in one read, not one wake-up per confirm (which costs both threads the GIL)."""
+    with kelp.Connection(broker.url()) as conn:
+        producer = conn.Producer()
+        producer.publish("first", routing_key="q", delivery_mode=1)
+        conn.flush(timeout=5)
+        driver = conn.connection._driver
+        reader = driver._thread
+        read_once = driver._read_once
+        reads: list[float] = []
+
+        def counted(selector: Any, wait: float | None) -> None:
+            if threading.current_thread() is reader:
+                reads.append(time.monotonic())
+            read_once(selector, wait)
+
+        driver._read_once = counted
+        started = time.monotonic()
+        for n in range(100):
+            producer.publish(n, routing_key="q", delivery_mode=1)
+            time.sleep(0.002)
+        broker.wait_published(101)
+        time.sleep(0.1)  # the last confirms are read by the reader thread, not by flush
+        elapsed = time.monotonic() - started
+        assert not conn.connection.unconfirmed()
+        conn.flush(timeout=5)
+    # at most one read per 20 ms (about 20 in 0.4 s); one per confirm is about 100
+    assert 1 <= len(reads) <= elapsed / 0.02 + 5, (len(reads), elapsed)

@@ -254,6 +254,11 @@ class Connection(Handshake, ChannelIncoming, Commands):
         """Record that bytes were written to the transport at ``now``."""
         self._last_sent = now
 
+    @property
+    def last_sent(self) -> float | None:
+        """When bytes were last written (as given to :meth:`note_sent`); None before the first write."""
+        return self._last_sent
+
     def note_received(self, now: float) -> None:
         """Record that bytes arrived at ``now`` (same as passing ``now`` to :meth:`receive_data`)."""
         self._last_received = now
