@@ -107,6 +107,16 @@ def count_settles(amqp_url: str, queue: str, n: int, timeout: float = 30) -> int
             time.sleep(0.05)
 
 
+def fill_durable_queue(amqp_url: str, queue: str, n: int) -> None:
+    """Declare ``queue`` durable and put ``{"i": 0}`` ... ``{"i": n - 1}`` in it, confirmed."""
+    with kelp.Connection(amqp_url) as conn:
+        conn.channel().queue_declare(queue, durable=True, auto_delete=False)
+        producer = conn.Producer()
+        for i in range(n):
+            producer.publish({"i": i}, routing_key=queue)
+        producer.flush()
+
+
 def drain_queue_settled(amqp_url: str, queue: str, at_least: int) -> list[int]:
     count_settles(amqp_url, queue, at_least)
     return drain_queue(amqp_url, queue)
@@ -205,12 +215,7 @@ def test_a_killed_consumer_fed_a_steady_stream_gives_its_messages_back_within_tw
     once deliveries pour in (more than a confirm stream would carry), not when the stream stops."""
     queue = names("q")
     n = 100
-    with kelp.Connection(amqp_url) as conn:
-        conn.channel().queue_declare(queue, durable=True, auto_delete=False)
-        producer = conn.Producer()
-        for i in range(n):
-            producer.publish({"i": i}, routing_key=queue)
-        producer.flush()
+    fill_durable_queue(amqp_url, queue, n)
     with run(CONSUMER, amqp_url, queue, str(n), "0") as child:
         assert child.stdout is not None
         assert child.stdout.readline().strip() == f"holding {n}"
@@ -455,12 +460,7 @@ def test_a_killed_consumers_messages_go_to_another_within_two_seconds(
 ) -> None:
     queue = names("q")
     n = 20
-    with kelp.Connection(amqp_url) as conn:
-        conn.channel().queue_declare(queue, durable=True, auto_delete=False)
-        producer = conn.Producer()
-        for i in range(n):
-            producer.publish({"i": i}, routing_key=queue)
-        producer.flush()
+    fill_durable_queue(amqp_url, queue, n)
     child = run(CONSUMER, amqp_url, queue, str(n), str(n))
     try:
         assert child.stdout is not None
