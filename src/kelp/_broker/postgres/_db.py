@@ -4,7 +4,9 @@ and psycopg's failures mapped to kelp's."""
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -16,7 +18,39 @@ from kelp._broker.core.errors import ErrorMap
 from kelp._broker.postgres._route import NOW, Topology, load_topology
 from kelp.exceptions import AccessRefused, InconsistencyError, OperationalError, PreconditionFailed
 
-__all__ = ["ERRORS", "Database"]
+__all__ = ["ERRORS", "Database", "connect"]
+
+#: Every session this process opened (see _forget_inherited).
+_opened: weakref.WeakSet[Connection[Any]] = weakref.WeakSet()
+
+
+def connect(conninfo: str) -> Connection[Any]:
+    """A new autocommit session, remembered so that a forked child never ends it (see below)."""
+    conn = psycopg.connect(conninfo, autocommit=True)
+    _opened.add(conn)
+    return conn
+
+
+def _forget_inherited() -> None:
+    """In a forked child: the parent's sessions are not this process's. Their descriptors are pointed
+    at /dev/null, so that closing or collecting them here never ends the parent's sessions on the
+    server (libpq would send Terminate on the shared socket), and using them fails instead of mixing
+    this process's statements into the parent's stream. The child opens sessions of its own."""
+    inherited, null = list(_opened), os.open(os.devnull, os.O_RDWR)
+    _opened.clear()
+    try:
+        for conn in inherited:
+            try:
+                if not conn.closed:
+                    os.dup2(null, conn.pgconn.socket)
+            except (OSError, psycopg.Error):
+                pass
+    finally:
+        os.close(null)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_inherited)
 
 
 #: psycopg's failures as kelp's, in one table (see kelp._broker.core.errors): a lost or refused connection
@@ -66,6 +100,7 @@ class Database:
 
     def __init__(self, conninfo: str, schema: str, flush_publishes: bool) -> None:
         self.conninfo = conninfo
+        self.pid = os.getpid()  # a forked child makes a store of its own (store_for)
         self.flush_publishes = flush_publishes
         self.name = schema
         self.schema = sql.Identifier(schema)
@@ -103,7 +138,7 @@ class Database:
 
     def open(self) -> Connection[Any]:
         with self.mapped():
-            conn = psycopg.connect(self.conninfo, autocommit=True)
+            conn = connect(self.conninfo)
             # Committed, not waited for: a server crash may lose an ack (a redelivery) or a claim (the
             # copy stays ready); publishes and topology changes wait when they must (see _store).
             conn.execute("SET synchronous_commit = off")

@@ -27,6 +27,7 @@ from typing import Any
 import psycopg
 from psycopg import Connection, sql
 
+from kelp._broker.postgres._db import connect
 from kelp._broker.postgres._topology import TopologyOps
 from kelp.exceptions import KelpError, OperationalError
 
@@ -85,7 +86,7 @@ class Listening(TopologyOps):
         while not self._stop.is_set():
             try:
                 if conn is None:
-                    conn = psycopg.connect(self.conninfo, autocommit=True)
+                    conn = connect(self.conninfo)
                     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
                     self._heard = True
                     self._listening.set()

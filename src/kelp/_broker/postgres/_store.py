@@ -16,6 +16,7 @@ crash means a redelivery, never a loss); nor do publishes unless ``flush_publish
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
@@ -413,6 +414,6 @@ def store_for(conninfo: str, schema: str, flush_publishes: bool = False) -> Post
     key = (conninfo, schema, flush_publishes)
     with _stores_lock:
         store = _stores.get(key)
-        if store is None:
+        if store is None or store.pid != os.getpid():  # a forked child: the parent's is not its own
             store = _stores[key] = PostgresStore(conninfo, schema, flush_publishes)
         return store
