@@ -6,17 +6,18 @@ dropped, and the broker, seeing the reset, may drop what it had received but not
 confirms on, RabbitMQ's confirms are almost always in flight, so a publisher killed in a fast loop would lose
 the tail of what its ``publish()`` calls had returned for.
 
-How. The first connection of a process starts the keeper: ``python -I -S -c ...`` with one end of a
-``SOCK_SEQPACKET`` socket pair as its descriptor 3, stdin/stdout/stderr on ``/dev/null``, in a session of its
-own (a Ctrl-C or a signal to the process group does not reach it). Each connection hands it a duplicate of
-its socket (``SCM_RIGHTS``) and takes it back when the connection closes. While the process lives the keeper
-only waits. When the process is gone (its end of the pair reads end-of-file, however it died), the sockets
-the keeper still holds stay open, so the kernel sends everything that was queued, and RabbitMQ goes on
-reading and confirming it. Once the kernel has sent every byte and the broker has been silent for a moment
-(0.3 s: no confirm, no delivery), the keeper shuts each socket down for writing (FIN after the last byte),
-reads and discards what the broker still sends until the broker closes, and closes it: a clean close after
-the broker read everything, never a reset (RabbitMQ drops the frames it had not read yet when a connection
-is reset, or closed while it was throttling the reader). A consumer's unacked deliveries come back once the
+How. The first connection of a process starts the keeper: ``python -I -S .../kelp/_keeper_process.py`` (the
+standard library only) with one end of a ``SOCK_SEQPACKET`` socket pair as its descriptor 3,
+stdin/stdout/stderr on ``/dev/null``, in a session of its own (a Ctrl-C or a signal to the process group does
+not reach it). Each connection hands it a duplicate of its socket (``SCM_RIGHTS``) and takes it back when the
+connection closes. While the process lives the keeper only waits. When the process is gone (its end of the
+pair reads end-of-file, however it died), the sockets the keeper still holds stay open, so the kernel sends
+everything that was queued, and RabbitMQ goes on reading and confirming it. Once the kernel has sent every
+byte and the broker has been silent for a moment (0.3 s: no confirm, no delivery; or more than 1 MiB came in,
+deliveries to a dead consumer), the keeper shuts each socket down for writing (FIN after the last byte), reads
+and discards what the broker still sends until the broker closes, and closes it: a clean close after the
+broker read everything, never a reset (RabbitMQ drops the frames it had not read yet when a connection is
+reset, or closed while it was throttling the reader). A consumer's unacked deliveries come back once the
 broker sees the FIN, about 0.3 s after the process died (see :mod:`kelp._keeper_process`).
 
 A process that cannot start it (no ``sys.executable``, no ``posix_spawn``, not Linux/macOS) gets None from
