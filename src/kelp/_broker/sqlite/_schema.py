@@ -355,10 +355,21 @@ def ensure_schema(db: sqlite3.Connection, path: str, now: float) -> None:
 
 def _check_marks(db: sqlite3.Connection, path: str) -> bool:
     """Raise unless the file is kelp's (of a version this kelp reads) or empty; True if empty."""
-    app_id = db.execute("PRAGMA application_id").fetchone()[0]
-    version = db.execute("PRAGMA user_version").fetchone()[0]
+    # The marks and the table count are read in one read transaction: another process may be creating
+    # the schema right now, and reads in separate transactions could see its application_id still 0 and
+    # its user_version already set (a kelp file taken for a foreign one).
+    own = not db.in_transaction
+    if own:
+        db.execute("BEGIN")
+    try:
+        app_id = db.execute("PRAGMA application_id").fetchone()[0]
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    finally:
+        if own:
+            db.execute("COMMIT")
     if app_id == 0 and version == 0:
-        if db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+        if tables:
             raise UsageError(f"{path} is an SQLite database of another application, not kelp's")
         return True
     if app_id != APPLICATION_ID:
