@@ -14,6 +14,8 @@ import time
 from kelp import Connection, Queue
 from kelp._broker.sqlite._schema import SCHEMA_VERSION
 
+from .old_schema import as_schema_6
+
 
 def _run(code: str) -> None:
     subprocess.run([sys.executable, "-c", textwrap.dedent(code)], check=False, timeout=60)
@@ -101,6 +103,7 @@ def test_a_schema_4_file_is_upgraded_with_the_delayed_table(db_url: str, tmp_pat
         Queue("q", durable=True)(conn.default_channel).declare()
         conn.Producer().publish("ready", routing_key="q")
     db = sqlite3.connect(path, isolation_level=None)
+    as_schema_6(db)  # and older still:
     db.execute("DROP TABLE delayed")
     for column in ("published", "delivered", "acked"):  # schema 6 added them
         db.execute(f"ALTER TABLE queue_ready DROP COLUMN {column}")
@@ -116,7 +119,7 @@ def test_a_schema_4_file_is_upgraded_with_the_delayed_table(db_url: str, tmp_pat
         got = _take(conn, "q", 2, timeout=5)
     assert [body for body, _ in got] == ["ready", "later"]
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
     indexes = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     assert {"delayed_due", "delayed_message"} <= indexes
     db.close()

@@ -16,6 +16,7 @@ from kelp._broker.sqlite import _tuning
 from kelp._broker.sqlite._schema import SCHEMA_VERSION
 
 from .conftest import Worker
+from .old_schema import as_schema_6
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -218,6 +219,7 @@ def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
         for n in range(3):
             producer.publish(n, routing_key="kept", declare=[queue])
     db = sqlite3.connect(path, isolation_level=None)  # make it the file schema 1 wrote
+    as_schema_6(db)  # and older still:
     db.execute("DROP INDEX messages_ready")
     db.execute("CREATE INDEX messages_claim ON messages (queue, owner, priority DESC, id)")
     for trigger in ("ready_queue_added", "ready_queue_deleted", "ready_delete", "ready_release", "mark_kept"):

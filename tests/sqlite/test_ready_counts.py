@@ -13,6 +13,8 @@ from kelp import Connection, Queue
 from kelp._broker.sqlite import _schema
 from kelp._broker.sqlite._tuning import FOLD_EVERY
 
+from .old_schema import as_schema_6
+
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -118,6 +120,7 @@ def test_a_version_2_file_gets_its_counts(tmp_path: Path) -> None:
         for n in range(5):
             conn.Producer().publish(n, routing_key="q")
     db = sqlite3.connect(path, isolation_level=None)  # make it the file schema 2 wrote
+    as_schema_6(db)  # and older still:
     for trigger in ("ready_queue_added", "ready_queue_deleted", "ready_delete", "ready_release", "mark_kept"):
         db.execute(f"DROP TRIGGER {trigger}")
     db.execute("DROP TABLE queue_ready")
@@ -181,6 +184,7 @@ def test_a_version_3_file_is_upgraded(tmp_path: Path) -> None:
         assert message is not None
         message.ack()
     db = sqlite3.connect(path, isolation_level=None)  # make it the file schema 3 wrote:
+    as_schema_6(db)  # and older still:
     for trigger in ("ready_queue_added", "ready_queue_deleted", "ready_delete", "ready_release"):
         db.execute(f"DROP TRIGGER {trigger}")
     db.execute("DROP TABLE queue_ready")
@@ -213,7 +217,7 @@ def test_a_version_3_file_is_upgraded(tmp_path: Path) -> None:
     with Connection(url) as conn:
         assert _ready(conn) == 5
         db = sqlite3.connect(path)
-        assert db.execute("PRAGMA user_version").fetchone()[0] == _schema.SCHEMA_VERSION == 6
+        assert db.execute("PRAGMA user_version").fetchone()[0] == _schema.SCHEMA_VERSION == 7
         triggers = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='trigger'")}
         assert "ready_insert" not in triggers
         table = db.execute("SELECT sql FROM sqlite_master WHERE name='messages'").fetchone()[0]
@@ -270,6 +274,7 @@ def test_a_version_5_file_gets_traffic_counters(tmp_path: Path) -> None:
         for n in range(3):
             conn.Producer().publish(n, routing_key="q")
     db = sqlite3.connect(path, isolation_level=None)  # make it the file schema 5 wrote
+    as_schema_6(db)  # and older still:
     for column in ("published", "delivered", "acked"):
         db.execute(f"ALTER TABLE queue_ready DROP COLUMN {column}")
     db.execute("DROP TRIGGER ready_queue_added")
@@ -293,5 +298,5 @@ def test_a_version_5_file_gets_traffic_counters(tmp_path: Path) -> None:
         assert (q.ready, q.published, q.delivered, q.acked) == (3, 1, 1, 1)
         assert (stats["new"].published, stats["new"].delivered, stats["new"].acked) == (0, 0, 0)
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == _schema.SCHEMA_VERSION == 6
+    assert db.execute("PRAGMA user_version").fetchone()[0] == _schema.SCHEMA_VERSION == 7
     db.close()

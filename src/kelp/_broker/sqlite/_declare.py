@@ -257,7 +257,7 @@ def delete_queue(tx: _ops.Tx, name: str) -> int:
     db = tx.db
     count = ready_count(tx, name)
     # Ready messages through the claim index, claimed ones through the owner index.
-    db.execute("DELETE FROM messages WHERE queue=? AND owner IS NULL", (name,))
+    db.execute("DELETE FROM messages WHERE queue=? AND owner IS NULL AND fresh IS NULL", (name,))
     db.execute("DELETE FROM messages WHERE owner IS NOT NULL AND queue=?", (name,))
     db.execute(_DELETE_HELD, (name,))
     db.execute("DELETE FROM queues WHERE name=?", (name,))
@@ -279,7 +279,9 @@ def delete_queue(tx: _ops.Tx, name: str) -> int:
 def purge_queue(tx: _ops.Tx, connection_id: int, name: str) -> int:
     queue_for(tx, name, connection_id)
     tx.count_ready()  # what this transaction stored entered the queue (published) before it goes
-    count: int = tx.db.execute("DELETE FROM messages WHERE queue=? AND owner IS NULL", (name,)).rowcount
+    count: int = tx.db.execute(
+        "DELETE FROM messages WHERE queue=? AND owner IS NULL AND fresh IS NULL", (name,)
+    ).rowcount
     return count
 
 

@@ -53,9 +53,9 @@ _INSERT_RUN = {
 # One row, stored only if the topology is still at the version it was routed against (the last
 # parameter): a single statement, so SQLite commits it on its own (autocommit, no BEGIN) - the lean path
 # of a persistent publish. The statement holds the write lock from its start, so the check and the insert
-# are one atomic step.
+# are one atomic step. The row is fresh: the next fold puts it in the ready index (_schema.READY_INDEX).
 INSERT_IF_CURRENT = (
-    f"INSERT INTO messages ({_SHAPE}, body) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 "
+    f"INSERT INTO messages ({_SHAPE}, body, fresh) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1 "
     "WHERE (SELECT value FROM meta WHERE key='topology') = ?9"
 )
 # One row and its expiry time, for messages with a TTL (stored one statement each).
@@ -63,7 +63,12 @@ _INSERT_TIMED = f"INSERT INTO messages ({_SHAPE}, body, expires_at) VALUES (?, ?
 #: Bodies up to this size are copied into a bytearray for binding (see blob()).
 _BLOB_COPY_MAX = 4096
 _RETURNING = "RETURNING id, priority, body, properties, headers, exchange, routing_key, redelivered"
-_HEAD = "SELECT id FROM messages WHERE queue=? AND owner IS NULL ORDER BY priority DESC, id LIMIT ?"
+# Ready rows through the ready index (whose condition the WHERE clause repeats so SQLite uses it): after
+# the fold, so fresh rows are in it too.
+_HEAD = (
+    "SELECT id FROM messages WHERE queue=? AND owner IS NULL AND fresh IS NULL ORDER BY priority DESC, id "
+    "LIMIT ?"
+)
 # Constant statements, built once: the sqlite3 statement cache is keyed by the SQL text.
 _CLAIM_NO_ACK = f"DELETE FROM messages WHERE id IN ({_HEAD}) {_RETURNING}"
 _UNCOUNT = (
@@ -90,6 +95,7 @@ _ABOVE_MARK = (
     "SELECT queue, count(*), total(length(body)) FROM messages "
     "WHERE id > ? AND id <= ? AND owner IS NULL GROUP BY queue"
 )
+_UNFRESH = "UPDATE messages SET fresh = NULL WHERE id > ? AND id <= ? AND fresh IS NOT NULL"
 _COUNT = (
     "UPDATE queue_ready SET count = count + ?1, bytes = bytes + ?2, published = published + ?1 "
     "WHERE queue = ?3"
@@ -275,13 +281,15 @@ def nothing(tx: Tx) -> None:
 
 
 def fold_ready(db: sqlite3.Connection) -> None:
-    """Count the ready rows above the ready mark into their queues' counts and move the mark to the last
-    id (see _schema._READY_COUNTS): a range of ids, so O(rows inserted since), not O(queue depth)."""
+    """Count the ready rows above the ready mark into their queues' counts, put the fresh ones among them
+    into the ready index, and move the mark to the last id (see _schema._READY_COUNTS and _FRESH): a
+    range of ids, so O(rows inserted since), not O(queue depth)."""
     mark, top = db.execute(_MARK_TOP).fetchone()
     if top is None or top <= mark:
         return
     counts = db.execute(_ABOVE_MARK, (mark, top)).fetchall()
     db.executemany(_COUNT, [(count, int(size), name) for name, count, size in counts])
+    db.execute(_UNFRESH, (mark, top))
     db.execute("UPDATE meta SET value=? WHERE key='ready_mark'", (top,))
     db.execute(_DROP_TOMBSTONES, (top,))  # the row at the mark keeps the ids now
 
@@ -409,7 +417,7 @@ def _drop_head(tx: Tx, queue: QueueDef) -> None:
             return
         row = db.execute(
             "SELECT id, body, properties, headers, exchange, routing_key FROM messages "
-            "WHERE queue=? AND owner IS NULL ORDER BY priority DESC, id LIMIT 1",
+            "WHERE queue=? AND owner IS NULL AND fresh IS NULL ORDER BY priority DESC, id LIMIT 1",
             (queue.name,),
         ).fetchone()
         db.execute("DELETE FROM messages WHERE id=?", (row[0],))

@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 APPLICATION_ID = 0x6B656C70  # "kelp"
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 #: The page size of a database file kelp creates (see connect()).
 PAGE_SIZE = 2048
 
@@ -166,6 +166,21 @@ _RATES = (
     "CREATE TRIGGER ready_queue_added AFTER INSERT ON queues BEGIN "
     "INSERT OR REPLACE INTO queue_ready (queue, count, bytes) VALUES (NEW.name, 0, 0); END",
 )
+# Fresh rows (schema 7). A persistent publish's one-row INSERT (_ops.INSERT_IF_CURRENT) marks its row
+# ``fresh``: it is ready (owner NULL, counted like any row above the ready mark) but not yet in the index of
+# ready messages, so its commit writes one B-tree page (the table's last leaf), not two. Fresh rows are
+# always above the ready mark, and the fold that every write transaction runs first (_ops.fold_ready)
+# clears the mark of the rows it counts: a transaction that claims, gets, purges or inserts through the
+# index finds every ready row in it, in order. A reader outside a write transaction that asks whether a
+# queue has a ready message looks above the mark too (_state).
+READY_INDEX = (
+    "CREATE INDEX messages_ready ON messages (queue, priority DESC, id) WHERE owner IS NULL AND fresh IS NULL"
+)
+_FRESH = (
+    "ALTER TABLE messages ADD COLUMN fresh INTEGER",
+    "DROP INDEX messages_ready",
+    READY_INDEX,
+)
 # Every row there is is counted (new file: none; upgrade: by schema 3's counts), and no id used before is
 # given again (the last one AUTOINCREMENT gave, kept as a tombstone if its message is gone).
 _MARK_START = (
@@ -245,6 +260,8 @@ _MIGRATIONS = {
     5: _DELAYED,
     # Traffic counters, starting at 0 for the queues there are.
     6: _RATES,
+    # Fresh rows: a persistent publish writes one page, not two.
+    7: _FRESH,
 }
 
 _BUILTIN_EXCHANGES = (
@@ -273,9 +290,9 @@ def connect(path: str, synchronous: str, busy_timeout: float) -> sqlite3.Connect
     try:
         _check_marks(db, path)  # before switching to WAL: a foreign file must be left as it was
         # A new file only (an existing one keeps its page size): each commit writes every page it touched
-        # into the WAL, and a persistent publish touches two (the table's last leaf, the ready index's).
-        # Half-size pages make that commit about a sixth cheaper; messages of a few hundred bytes still
-        # fit several to a page.
+        # into the WAL, and a persistent publish touches the table's last leaf (its row is fresh, out of
+        # the ready index: see _FRESH), more when the leaf splits. Half-size pages make that commit
+        # cheaper; messages of a few hundred bytes still fit several to a page.
         db.execute(f"PRAGMA page_size={PAGE_SIZE}")
         mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if mode != "wal":
@@ -334,7 +351,7 @@ def ensure_schema(db: sqlite3.Connection, path: str, now: float) -> None:
             for statement in _DDL.split(";"):
                 if statement.strip():
                     db.execute(statement)
-            for statement in (*_READY_COUNTS, _MARK_START, *_DELAYED, *_RATES):
+            for statement in (*_READY_COUNTS, _MARK_START, *_DELAYED, *_RATES, *_FRESH):
                 db.execute(statement)
             db.executemany("INSERT INTO exchanges VALUES (?, ?, 1, 0, 0, '{}')", _BUILTIN_EXCHANGES)
             for statement in _ON_OPEN:

@@ -30,6 +30,14 @@ from kelp.exceptions import (
 
 logger = logging.getLogger("kelp.transport.sqlite")
 
+# Whether a queue has a ready message: in the ready index, or fresh above the ready mark (not folded into
+# the index yet, see _schema._FRESH; found by id range).
+_READY = (
+    "SELECT EXISTS (SELECT 1 FROM messages WHERE queue=?1 AND owner IS NULL AND fresh IS NULL) OR EXISTS "
+    "(SELECT 1 FROM messages WHERE id > (SELECT value FROM meta WHERE key='ready_mark') "
+    "AND fresh IS NOT NULL AND queue=?1)"
+)
+
 T = TypeVar("T")
 C = TypeVar("C", bound=Claimer)
 K = TypeVar("K")
@@ -146,10 +154,7 @@ class StoreState:
         with self._reader_lock:
             try:
                 for name in names:
-                    row = reader.execute(
-                        "SELECT 1 FROM messages WHERE queue=? AND owner IS NULL LIMIT 1", (name,)
-                    ).fetchone()
-                    if row is not None:
+                    if reader.execute(_READY, (name,)).fetchone()[0]:
                         return True
             except sqlite3.Error:
                 return True  # let the write transaction report it
