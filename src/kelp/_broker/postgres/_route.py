@@ -183,7 +183,8 @@ _VERSION = "(SELECT value FROM {s}.meta WHERE key = 'topology')"
 
 _ONE = """INSERT INTO {s}.messages
     (queue, priority, body, properties, headers, exchange, routing_key, expires_at, persistent, size)
-SELECT %s, %s, %s, %s, %s, %s, %s, {now} + %s::int8 / 1000.0, %s, %s"""
+SELECT %s::text, %s::int, %s::bytea, %s::text, %s::text, %s::text, %s::text, {now} + %s::int8 / 1000.0,
+    %s::bool, %s::int"""
 
 
 def insert_statement(schema: sql.Identifier, channel: str, checked: bool, one: bool = False) -> str:
@@ -194,7 +195,8 @@ def insert_statement(schema: sql.Identifier, channel: str, checked: bool, one: b
     Checked, it is safe without a transaction of its own: the INSERT takes its lock on ``messages``
     before it takes its snapshot, and a topology change holds a lock on ``messages`` that excludes it
     until the change commits; so the counter it reads is the one of the topology it stores under."""
-    insert = (_ONE if one else _INSERT) + (f" WHERE {_VERSION} = %s" if checked else "")
+    # Every parameter has its type in the text: the pipeline prepares it without parameter types.
+    insert = (_ONE if one else _INSERT) + (f" WHERE {_VERSION} = %s::int8" if checked else "")
     text = f"WITH ins AS ({insert} RETURNING queue, id){_NOTIFY}"
     text += f" SELECT {_VERSION}, (SELECT count(*) FROM notified)"
     composed = sql.SQL(text.replace("{now}", NOW)).format(s=schema, channel=sql.Literal(channel))
