@@ -49,6 +49,9 @@ __all__ = ["MAX_BYTES", "MAX_COUNT", "Publisher"]
 MAX_COUNT = 10_000
 MAX_BYTES = 32 * 2**20
 
+#: Results already arrived are read at every READ_EVERY-th publish in flight (each read is a system call).
+READ_EVERY = 16
+
 _SYNC = pq.ExecStatus.PIPELINE_SYNC
 _ROWS = pq.ExecStatus.TUPLES_OK
 _FAILED = (pq.ExecStatus.FATAL_ERROR, pq.ExecStatus.PIPELINE_ABORTED)
@@ -89,6 +92,7 @@ class Publisher:
         self._conn: psycopg.Connection[Any] | None = None
         self._poll: select.poll | None = None
         self._transformer: Any = None  # psycopg.adapt.Transformer
+        self._utf8 = False
         self._prepared: dict[str, bytes] = {}
         self._release: Callable[[], None] | None = None
         self._outbox: deque[_Sent] = deque()
@@ -169,7 +173,8 @@ class Publisher:
             # stored.
             self.store.count_all(PUBLISHED, queues)
             try:
-                self._read(False, 0, 0, None)
+                if len(self._outbox) % READ_EVERY == 0:
+                    self._read(False, 0, 0, None)
             except (OperationalError, psycopg.Error):
                 pass  # this one was sent: the loss is raised by the next call (the outbox is unconfirmed)
 
@@ -232,6 +237,7 @@ class Publisher:
                 raise
             self._conn = conn
             self._transformer = Transformer.from_context(conn)
+            self._utf8 = conn.info.encoding == "utf-8"
             self._poll = select.poll()
             self._poll.register(conn.pgconn.socket, select.POLLIN)
             self._release = _keeper.keep_for(self, conn.pgconn.socket)
@@ -250,6 +256,8 @@ class Publisher:
     def _dump(self, conn: psycopg.Connection[Any], params: list[Any]) -> tuple[list[Any], list[int]]:
         """The parameters as the server reads them: bytes (and lists of them) binary, the rest text (the
         prepared statement's casts give their types)."""
+        if self._utf8 and all(type(p) in _SCALARS for p in params):
+            return [_scalar(p) for p in params], [1 if type(p) is bytes else 0 for p in params]
         assert self._transformer is not None
         binary = [
             isinstance(p, bytes) or (isinstance(p, list) and bool(p) and isinstance(p[0], bytes))
@@ -351,6 +359,22 @@ class Publisher:
             reason = exc.args[0] if exc.args else type(exc).__name__
             envelopes = exc.envelopes if isinstance(exc, MessageNacked) and exc.envelopes else stale
             self._refused.append((str(reason), envelopes))
+
+
+_SCALARS = frozenset({type(None), bool, int, str, bytes})
+
+
+def _scalar(value: Any) -> bytes | None:
+    """A scalar parameter as psycopg dumps it (text format; bytes binary), for a UTF-8 session."""
+    if value is None or type(value) is bytes:
+        return value
+    if type(value) is bool:
+        return b"t" if value else b"f"
+    if type(value) is int:
+        return str(value).encode()
+    if "\x00" in value:
+        raise psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
+    return value.encode()  # type: ignore[no-any-return]
 
 
 def _message(result: Any) -> str:
