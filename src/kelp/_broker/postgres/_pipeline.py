@@ -10,8 +10,8 @@ to the next Sync, and each publish has its own). The socket is handed to the soc
 (:mod:`kelp._keeper`): a process killed right after a publish returned does not reset the connection with
 answers unread, so the server reads and commits everything it was sent.
 
-Results are read back in order: those already arrived at each publish; enough of them to get under
-``max_count`` envelopes and ``max_bytes`` of bodies when the outbox is full (back-pressure); all of them at
+Results are read back in order: those already arrived, every READ_EVERY publishes; enough of them to get
+under ``max_count`` envelopes and ``max_bytes`` of bodies when the outbox is full (back-pressure); all at
 ``settle`` (before any other operation of the connection that reads or changes the broker, so that it sees
 the connection's earlier publishes) and at ``flush``. A result with the counter confirms its envelopes. A
 result without it (the topology changed after they were routed) makes every later one be read too (they
