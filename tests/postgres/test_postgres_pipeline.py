@@ -180,3 +180,32 @@ def test_a_full_outbox_makes_publish_wait_for_results(pg_url: str, option: str, 
         conn.flush()
         assert published == 50
     assert len(_bodies(pg_url, "work")) == 51
+
+
+def test_flush_with_a_timeout_leaves_the_outbox_and_a_later_flush_confirms_it(pg_url: str) -> None:
+    with kelp.Connection(pg_url) as conn:
+        kelp.Queue("work")(conn.channel()).declare()
+        producer = conn.Producer()
+        with _held(pg_url) as release:
+            for i in range(20):
+                producer.publish(i, routing_key="work")
+            with pytest.raises(TimeoutError):
+                conn.flush(timeout=0.3)
+            assert len(conn.transport.unconfirmed()) == 20
+            release.set()
+        conn.flush()
+        assert conn.transport.unconfirmed() == []
+    assert _bodies(pg_url, "work") == list(range(20))
+
+
+def test_with_confirm_publish_each_publish_waits_for_its_commit(pg_url: str) -> None:
+    with kelp.Connection(f"{pg_url}&confirm_publish=true") as conn:
+        kelp.Queue("work")(conn.channel()).declare()
+        producer = conn.Producer()
+        producer.publish(0, routing_key="work")
+        with _held(pg_url, seconds=0.5):
+            started = time.monotonic()
+            producer.publish(1, routing_key="work")
+            assert time.monotonic() - started >= 0.3  # waited for the held table
+        assert conn.transport.unconfirmed() == []
+    assert _bodies(pg_url, "work") == [0, 1]
