@@ -190,7 +190,11 @@ class Publisher:
         """The barrier: :meth:`settle`, then raise MessageNacked for the refusals not reported yet."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            self.settle(deadline)
+            try:
+                self.settle(deadline)
+            except OperationalError:
+                self._check()  # refusals read before the loss still reach the user
+                raise
             self._check()
 
     def close(self) -> None:
@@ -213,7 +217,7 @@ class Publisher:
             )
 
     def _check(self) -> None:
-        self._check_lost()
+        """Raise MessageNacked for the refusals not reported yet, then OperationalError if lost."""
         if self._refused:
             refused, self._refused = self._refused, []
             reasons = sorted({reason for reason, _ in refused})
@@ -222,6 +226,7 @@ class Publisher:
                 f"{len(envelopes)} published message(s) not enqueued: {'; '.join(reasons)}",
                 envelopes=envelopes,
             )
+        self._check_lost()
 
     def _session(self) -> psycopg.Connection[Any]:
         conn = self._conn
