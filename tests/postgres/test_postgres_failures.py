@@ -108,6 +108,12 @@ def _publish_through_cuts(proxied: str, n: int) -> None:
         producer = conn.Producer()
         for i in range(n):
             producer.publish({"i": i, "pad": "x" * 300}, routing_key="cut", retry=True)  # the default policy
+        for _ in range(20):  # the barrier may be cut too: reconnecting publishes the outbox again
+            try:
+                conn.flush()
+                break
+            except OperationalError:
+                conn.ensure_connection(**POLICY)
 
 
 async def _publish_through_cuts_aio(proxied: str, n: int) -> None:
@@ -117,6 +123,12 @@ async def _publish_through_cuts_aio(proxied: str, n: int) -> None:
             await producer.publish(  # a short policy (the default's 1 s a retry is tested on sync)
                 {"i": i, "pad": "x" * 300}, routing_key="cut", retry=True, retry_policy=POLICY
             )
+        for _ in range(20):  # the barrier may be cut too: reconnecting publishes the outbox again
+            try:
+                await conn.flush()
+                break
+            except OperationalError:
+                await conn.ensure_connection(**POLICY)
 
 
 @pytest.mark.parametrize("face", ["sync", "aio"])
