@@ -1,10 +1,11 @@
 """PostgreSQL benchmark: kelp ``postgresql://`` vs Kombu ``sqla+postgresql+psycopg://`` vs a plain psycopg
 loop (the floor), in one run against one server (``KELP_TEST_POSTGRES_URL``, scripts/postgres.sh start).
 
-1. **publish** - one process, a plain ``Producer.publish`` loop of persistent ~256-byte JSON messages
-   (kelp: each committed before its publish returns; by default without waiting for the WAL flush, see
-   ``synchronous_commit`` in docs/transports.md; Kombu commits with the server's default, a flush each).
-   Floor: one INSERT committed each, ``synchronous_commit`` off as kelp's default.
+1. **publish** - one process, a plain ``Producer.publish`` loop of persistent ~256-byte JSON messages,
+   timed until the last is committed (kelp: pipelined, one commit per publish, then ``flush()``; by
+   default without waiting for the WAL flush, see ``synchronous_commit`` in docs/transports.md, and again
+   with ``?synchronous_commit=on``; Kombu commits with the server's default, a flush each).
+   Floor: one INSERT committed each, waited for, ``synchronous_commit`` off as kelp's default.
 2. **consume+ack** - one process, a Consumer (prefetch 100) acking every message. Floor: claim 100 rows
    with ``FOR UPDATE SKIP LOCKED`` and delete them, per transaction.
 3. **2x2** (kelp) - 2 producer and 2 consumer processes, N messages in all, start to last ack.
@@ -14,7 +15,7 @@ loop (the floor), in one run against one server (``KELP_TEST_POSTGRES_URL``, scr
    transaction open (``--long-tx`` seconds, default 60): the ack rate in the first and the last tenth
    shows whether the dead rows VACUUM may not remove meanwhile slow it down.
 
-    python bench/postgres.py [--messages N] [--kombu-messages N] [--long-tx SECONDS] [--json]
+    python bench/postgres.py [--messages N] [--kombu-messages N] [--long-tx SECONDS] [--rates-only] [--json]
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ def child_publish(library: str, url: str, name: str, n: int) -> float:
         start = time.perf_counter()
         for _ in range(n - 1):
             producer.publish(BODY, exchange=exchange, routing_key=name)
+        if library == "kelp":
+            conn.flush()  # every publish confirmed (committed) before the clock stops
         return time.perf_counter() - start
 
 
@@ -276,6 +279,7 @@ def main() -> None:
     parser.add_argument("--kombu-messages", type=int, default=1_000)
     parser.add_argument("--latency-messages", type=int, default=400)
     parser.add_argument("--long-tx", type=float, default=60.0)
+    parser.add_argument("--rates-only", action="store_true", help="publish and consume+ack only")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not args.url:
@@ -285,20 +289,25 @@ def main() -> None:
     results: dict[str, Any] = {}
     results["floor_publish"], results["floor_consume"] = _floor(base, args.messages)
     results["kelp_publish"], results["kelp_consume"] = _rates("kelp", kelp_url, args.messages)
+    results["kelp_sync_publish"], results["kelp_sync_consume"] = _rates(
+        "kelp", f"{kelp_url}&synchronous_commit=on", args.messages
+    )
     results["kombu_publish"], results["kombu_consume"] = _rates(
         "kombu", _kombu_url(base), args.kombu_messages
     )
-    results["kelp_2x2"] = _two_by_two(kelp_url, args.messages)
-    results["kelp_p50_ms"], results["kelp_p99_ms"] = _latency("kelp", kelp_url, args.latency_messages)
-    results["kombu_p50_ms"], results["kombu_p99_ms"] = _latency(
-        "kombu", _kombu_url(base), args.latency_messages // 4
-    )
-    if args.long_tx > 0:
+    if not args.rates_only:
+        results["kelp_2x2"] = _two_by_two(kelp_url, args.messages)
+        results["kelp_p50_ms"], results["kelp_p99_ms"] = _latency("kelp", kelp_url, args.latency_messages)
+        results["kombu_p50_ms"], results["kombu_p99_ms"] = _latency(
+            "kombu", _kombu_url(base), args.latency_messages // 4
+        )
+    if args.long_tx > 0 and not args.rates_only:
         first, last, rounds = _long_transaction(base, kelp_url, args.long_tx)
         results.update(long_tx_first=first, long_tx_last=last, long_tx_total=rounds)
     for kind in ("publish", "consume"):
         results[f"ratio_kombu_{kind}"] = results[f"kelp_{kind}"] / results[f"kombu_{kind}"]
         results[f"ratio_floor_{kind}"] = results[f"kelp_{kind}"] / results[f"floor_{kind}"]
+        results[f"ratio_kombu_sync_{kind}"] = results[f"kelp_sync_{kind}"] / results[f"kombu_{kind}"]
     if args.json:
         print(json.dumps(results, indent=2))
         return
@@ -309,11 +318,17 @@ def main() -> None:
             f"{results[f'floor_{kind}']:>10.0f}{results[f'ratio_kombu_{kind}']:>10.1f}"
             f"{results[f'ratio_floor_{kind}']:>10.2f}"
         )
-    print(f"2x2 end-to-end /s (kelp): {results['kelp_2x2']:.0f}")
-    print(
-        f"latency ms p50/p99: kelp {results['kelp_p50_ms']:.2f}/{results['kelp_p99_ms']:.2f}, "
-        f"kombu {results['kombu_p50_ms']:.2f}/{results['kombu_p99_ms']:.2f}"
-    )
+    for kind in ("publish", "consume"):
+        print(
+            f"{kind + ' /s':14}{results[f'kelp_sync_{kind}']:>10.0f}{'':>20}"
+            f"{results[f'ratio_kombu_sync_{kind}']:>10.1f}   (kelp ?synchronous_commit=on)"
+        )
+    if not args.rates_only:
+        print(f"2x2 end-to-end /s (kelp): {results['kelp_2x2']:.0f}")
+        print(
+            f"latency ms p50/p99: kelp {results['kelp_p50_ms']:.2f}/{results['kelp_p99_ms']:.2f}, "
+            f"kombu {results['kombu_p50_ms']:.2f}/{results['kombu_p99_ms']:.2f}"
+        )
     if "long_tx_total" in results:
         print(
             f"1 producer + 1 consumer beside a transaction open {args.long_tx:g} s: "

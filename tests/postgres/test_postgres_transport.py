@@ -37,6 +37,8 @@ def _queue(conn: kelp.Connection, name: str = "work", durable: bool = True) -> k
         ("prefetch=3", "no URL option prefetch"),
         ("liveness=1", "liveness"),
         ("liveness=abc", "liveness"),
+        ("max_unconfirmed=0", "max_unconfirmed"),
+        ("max_unconfirmed_bytes=lots", "max_unconfirmed_bytes"),
     ],
 )
 def test_bad_url_options_raise_invalid_url(pg_base: str, option: str, message: str) -> None:

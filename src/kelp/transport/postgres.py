@@ -5,17 +5,29 @@ Every process connected to the same database and schema shares its exchanges, qu
 routes at publish time (RabbitMQ's semantics, as on ``memory://`` and ``sqlite://``) and stores one row
 per routed copy. Query options: ``schema`` (the broker's schema, default ``kelp``: one database can hold
 several brokers), ``synchronous_commit=off|on`` (see below), ``connect_timeout`` (seconds), ``sslmode``
-(libpq's), ``liveness`` (seconds, default 10, 0 off: see below) and ``confirm_publish`` (accepted; every
-publish is committed before it returns anyway).
+(libpq's), ``liveness`` (seconds, default 10, 0 off: see below), ``confirm_publish`` (each publish waits
+for its result) and ``max_unconfirmed`` / ``max_unconfirmed_bytes`` (the outbox's bounds, 10,000
+messages and 32 MiB of bodies by default).
 
-What ``publish`` guarantees on return: the message is committed - other processes see it, and it
-survives ``kill -9`` of every kelp process and a clean restart of the server (if persistent:
-``delivery_mode`` 2, the default; a restart drops transient ones, as RabbitMQ's does). By default the
-commit does not wait for the WAL flush (PostgreSQL's ``synchronous_commit = off``, as ``sqlite://``'s
-``synchronous=normal``): a crash of the server or of the machine may lose the publishes of its last
-fraction of a second. With ``synchronous_commit=on`` a persistent publish returns after the flush (crash
-and power-loss safe, at the cost of one disk flush per publish, shared by concurrent ones). Unroutable
-``mandatory`` messages are returned and ``reject-publish`` refusals raise MessageNacked from ``publish``.
+Publishes are pipelined (kelp._broker.postgres._pipeline): each connection publishes on a database
+session of its own in libpq's pipeline mode, one statement and its own commit (a Sync) per publish,
+written to the socket before ``publish`` returns, the result read later. So on return the message has
+left the process: the server commits it even if the process is killed right then (the socket keeper
+holds the socket until the server has read everything), and it survives ``kill -9`` of every kelp process
+and a clean restart of the server (if persistent: ``delivery_mode`` 2, the default; a restart drops
+transient ones, as RabbitMQ's does). ``flush`` (and ``close``) waits for every result; ``confirm_publish``
+waits per publish. A statement the server refused is raised as MessageNacked naming its messages by the
+next publish, flush or close; a publish that found the topology changed since it was routed is routed
+again and sent again, in order; after a lost session the unconfirmed ones are published again (at least
+once). Any other operation of the connection (declare, bind, purge, get, consume...) first waits for its
+publishes, so it sees them. By default commits do not wait for the WAL flush (PostgreSQL's
+``synchronous_commit = off``, as ``sqlite://``'s ``synchronous=normal``): a crash of the server or of the
+machine may lose the publishes of its last fraction of a second. With ``synchronous_commit=on`` the
+server flushes each publish before it answers: every confirmed publish (``flush`` returned, or
+``confirm_publish``) is crash- and power-loss safe. Publishes that wait for their result at once: a batch
+with a ``mandatory`` message (unroutable ones are returned), one reaching a queue with a length limit
+(``reject-publish`` refusals raise MessageNacked from that publish), a batch of both delayed and ready
+messages, and one over 64 MiB.
 Acks are committed in batches, with the next claim or within 50 ms: an ack lost to a crash means a
 redelivery (flagged), never a loss.
 
@@ -41,14 +53,15 @@ message over 256 MiB is refused (PreconditionFailed).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
 
 from kelp._backend import Signal, monotonic, run_blocking
 from kelp._broker.core import Session
 from kelp._broker.postgres import PostgresStore, store_for
-from kelp._envelope import Delivery
-from kelp._options import seconds_option
+from kelp._broker.postgres._pipeline import MAX_BYTES, MAX_COUNT, Publisher
+from kelp._envelope import Delivery, Envelope
+from kelp._options import integer_option, seconds_option
 from kelp.exceptions import InvalidURL, OperationalError
 from kelp.transport._session_channel import SessionChannel
 from kelp.transport.base import (
@@ -62,12 +75,40 @@ from kelp.url import URL
 
 __all__ = ["PostgresChannel", "PostgresTransport", "conninfo"]
 
+T = TypeVar("T")
 _SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _SSLMODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
 
 
+#: Session calls that neither read nor change what earlier publishes stored: they do not wait for them.
+_UNORDERED = frozenset({Session.ack, Session.reject, Session.recover, Session.close_channel})
+_TRUE = frozenset({"1", "true", "yes", "on"})
+
+
 class PostgresChannel(SessionChannel):
-    """A channel of a PostgreSQL broker: every call that reaches the database runs in a worker thread."""
+    """A channel of a PostgreSQL broker: every call that reaches the database runs in a worker thread.
+    Publishes go to the connection's pipelined publisher; the calls that read or change the broker wait
+    for its earlier publishes first."""
+
+    def __init__(
+        self, session: Session[Any], connection_id: int, publisher: Publisher, confirm: bool
+    ) -> None:
+        super().__init__(session, connection_id)
+        self._publisher = publisher
+        self._confirm = confirm
+
+    def _call(self, function: Callable[..., T], *args: Any) -> T:
+        if self._publisher.unsettled and getattr(function, "__func__", None) not in _UNORDERED:
+            run_blocking(self._publisher.settle)
+        return super()._call(function, *args)
+
+    def publish(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
+        return run_blocking(self._publisher.publish, envelopes, self._confirm)
+
+    def cancel_delayed(self, message_id: str) -> int:
+        if self._publisher.unsettled:
+            run_blocking(self._publisher.settle)
+        return super().cancel_delayed(message_id)
 
 
 def conninfo(url: URL) -> tuple[str, str]:
@@ -104,7 +145,16 @@ class PostgresTransport(Transport):
     schemes: ClassVar[tuple[str, ...]] = ("postgresql", "postgres")
     implements: ClassVar[Implements] = DEFAULT_IMPLEMENTS.extend(delayed_delivery=True)
     query_options: ClassVar[frozenset[str] | None] = frozenset(
-        {"schema", "synchronous_commit", "connect_timeout", "sslmode", "confirm_publish", "liveness"}
+        {
+            "schema",
+            "synchronous_commit",
+            "connect_timeout",
+            "sslmode",
+            "confirm_publish",
+            "max_unconfirmed",
+            "max_unconfirmed_bytes",
+            "liveness",
+        }
     )
 
     driver_type: ClassVar[str] = "postgresql"
@@ -129,15 +179,37 @@ class PostgresTransport(Transport):
         self.liveness = seconds_option("postgresql", "liveness", url.query.get("liveness", 10), zero=True)
         if 0 < self.liveness < 3:
             raise InvalidURL(f"postgresql:// option liveness={self.liveness:g}: 0 (off) or at least 3 s")
+        query = url.query
+        confirm = str(query.get("confirm_publish", "")).lower() in _TRUE
+        self.confirm_publish = confirm or bool(options.get("confirm_publish"))
+        self.max_unconfirmed = integer_option(
+            "postgresql",
+            "max_unconfirmed",
+            query.get("max_unconfirmed", options.get("max_unconfirmed", MAX_COUNT)),
+            1,
+            2**31,
+        )
+        self.max_unconfirmed_bytes = integer_option(
+            "postgresql",
+            "max_unconfirmed_bytes",
+            query.get("max_unconfirmed_bytes", options.get("max_unconfirmed_bytes", MAX_BYTES)),
+            1,
+            2**62,
+        )
         self._session: Session[PostgresStore] | None = None
+        self._publisher: Publisher | None = None
         self._connection_id = 0
         self._signal = Signal()
 
     @property
     def is_connected(self) -> bool:
         # False once its database session is lost (a server restart): the library then reconnects.
-        session = self._session
-        return session is not None and session.store.owner_alive(self._connection_id)
+        session, publisher = self._session, self._publisher
+        return (
+            session is not None
+            and session.store.owner_alive(self._connection_id)
+            and not (publisher is not None and publisher.lost)
+        )
 
     @property
     def session(self) -> Session[PostgresStore]:
@@ -151,6 +223,9 @@ class PostgresTransport(Transport):
             "schema": self.schema,
             "synchronous_commit": self.flush_publishes,
             "liveness": self.liveness,
+            "confirm_publish": self.confirm_publish,
+            "max_unconfirmed": self.max_unconfirmed,
+            "max_unconfirmed_bytes": self.max_unconfirmed_bytes,
         }
 
     def connect(self, timeout: float | None) -> None:
@@ -164,20 +239,38 @@ class PostgresTransport(Transport):
             except BaseException:
                 run_blocking(session.disconnect, self._connection_id)
                 raise
+        self._publisher = Publisher(session.store, self.max_unconfirmed, self.max_unconfirmed_bytes)
         self._session = session
 
     def close(self) -> None:
+        """Close without waiting for publishes (``Connection.close`` flushes first): what was not
+        confirmed stays :meth:`unconfirmed`."""
         session, self._session = self._session, None
+        publisher = self._publisher
+        if publisher is not None:
+            run_blocking(publisher.close)
         if session is not None:
             run_blocking(session.disconnect, self._connection_id)
 
+    def flush(self, timeout: float | None) -> None:
+        if self._publisher is not None:
+            run_blocking(self._publisher.flush, timeout)
+
+    def unconfirmed(self) -> list[Envelope]:
+        return self._publisher.unconfirmed() if self._publisher is not None else []
+
     def open_channel(self) -> PostgresChannel:
-        return PostgresChannel(self.session, self._connection_id)
+        if self._publisher is None:
+            raise OperationalError("the postgresql:// connection is closed")
+        return PostgresChannel(self.session, self._connection_id, self._publisher, self.confirm_publish)
 
     def drain(self, timeout: float | None) -> list[Delivery]:
         session = self.session
         connection_id = self._connection_id
         deadline = None if timeout is None else monotonic() + timeout
+        publisher = self._publisher
+        if publisher is not None and publisher.unsettled:  # claims see this connection's publishes
+            run_blocking(publisher.settle)
         try:
             while True:
                 if not session.store.owner_alive(connection_id):
@@ -212,6 +305,8 @@ class PostgresTransport(Transport):
             session.end_wait(connection_id)
 
     def queue_stats(self) -> list[tuple[str, int, int, int]]:
+        if self._publisher is not None and self._publisher.unsettled:
+            run_blocking(self._publisher.settle)
         return run_blocking(self.session.queue_stats)
 
     def list_bindings(self) -> list[tuple[str, str, str, str, dict[str, Any]]]:

@@ -46,7 +46,7 @@ def hold_statement(schema: sql.Identifier, channel: str, checked: bool) -> str:
     """Hold a batch of copies (arrays, see ``held_columns``) and announce an earlier due time, in one
     statement; with ``checked``, only if the topology counter equals the last parameter (safe without a
     transaction, as ``_route.insert_statement``). Returns one row: (the counter, announcements)."""
-    insert = _HOLD + (f" WHERE {_VERSION} = %s" if checked else "")
+    insert = _HOLD + (f" WHERE {_VERSION} = %s::int8" if checked else "")
     text = f"WITH ins AS ({insert} RETURNING due){_EARLIER}"
     text += f" SELECT {_VERSION}, (SELECT count(*) FROM notified)"
     composed = sql.SQL(text.replace("{now}", NOW)).format(s=schema, channel=sql.Literal(channel))

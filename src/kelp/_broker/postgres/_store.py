@@ -31,6 +31,7 @@ from kelp._broker.postgres import _delayed
 from kelp._broker.postgres._counters import ACKED, DELIVERED, PUBLISHED
 from kelp._broker.postgres._listen import READY, REAP_INTERVAL, session_name
 from kelp._broker.postgres._owners import Owners
+from kelp._broker.postgres._pipeline import Publisher
 from kelp._broker.postgres._route import (
     ROW,
     STATEMENT_BYTES,
@@ -140,7 +141,11 @@ class PostgresStore(Owners):
 
     # --- messages -----------------------------------------------------------------------------------
 
-    def publish(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
+    def publish(self, envelopes: Sequence[Envelope], pipe: Publisher | None = None) -> list[Envelope]:
+        """Route and store ``envelopes``. With ``pipe`` (the connection's pipelined publisher), a batch
+        that one checked statement stores - no bounded queue, no mandatory message, not both delayed and
+        ready copies, under STATEMENT_BYTES - is sent there without waiting (see ``_pipeline``); anything
+        else waits for ``pipe``'s earlier publishes, then is stored here before this returns."""
         refused: list[str] = []
         while True:
             topo = self.topology()
@@ -161,7 +166,10 @@ class PostgresStore(Owners):
                 self.due(max(0.0, min(due for due, _, _ in held) - time.time()))
             # A large fanout or batch is stored in several statements (in_statements), in one transaction.
             large = sum(len(e.body) * len(cs) for e, cs in routed) > STATEMENT_BYTES
+            mandatory = any(e.mandatory for e in envelopes)
             if any(c.queue.args.bounded for c in copies) or (held and copies) or large:
+                if pipe is not None:
+                    pipe.settle()  # after the connection's earlier publishes
                 stored: Counter[str] = Counter()
                 with self.locked() as (cur, current):
                     if current is not topo:
@@ -170,20 +178,29 @@ class PostgresStore(Owners):
                     for run in in_statements(held, lambda h: h[1].body) if held else ():
                         cur.execute(self.hold, _delayed.held_columns(run))
                 self.count_all(PUBLISHED, stored)
-            elif held:
-                params = [*_delayed.held_columns(held), topo.version]
-                if not self._checked(self.hold_checked, params, any(c.persistent for _, c, _ in held)):
-                    self.forget_topology()
-                    continue
-            elif copies or any(e.mandatory for e in envelopes):
-                if len(copies) == 1:
+            elif held or copies or mandatory:
+                if held:
+                    statement = self.hold_checked
+                    params = [*_delayed.held_columns(held), topo.version]
+                    persistent = any(c.persistent for _, c, _ in held)
+                    queues = [c.queue.name for _, c, _ in held]
+                elif len(copies) == 1:
                     statement, params = self.insert_one, [*values(copies[0]), topo.version]
+                    persistent, queues = copies[0].persistent, [copies[0].queue.name]
                 else:
                     statement, params = self.insert_many, [*columns(copies), topo.version]
-                if not self._checked(statement, params, any(c.persistent for c in copies)):
+                    persistent = any(c.persistent for c in copies)
+                    queues = [c.queue.name for c in copies]
+                if pipe is not None and not mandatory:
+                    pipe.send(statement, params, topo.version, envelopes, [] if held else queues)
+                    break
+                if pipe is not None:
+                    pipe.settle()  # a mandatory message's return must reach its publish: it waits
+                if not self._checked(statement, params, persistent):
                     self.forget_topology()
                     continue
-                self.count_all(PUBLISHED, [c.queue.name for c in copies])
+                if not held:
+                    self.count_all(PUBLISHED, queues)
             break
         if refused:
             queues = sorted(set(refused))

@@ -100,9 +100,9 @@ class TransportChannel(abc.ABC):
         """Route and store a batch, under the delivery model (docs/transports.md):
 
         - A *persistent* message (``delivery_mode`` 2, the default) has left the process when this
-          returns: written to the socket (amqp, redis) or committed to the file (sqlite), so a publisher
-          killed right after loses nothing. A *transient* one may be buffered in the process, to be sent
-          within milliseconds, before any other operation of the connection, and at close.
+          returns: written to the socket (amqp, redis, postgresql) or committed to the file (sqlite), so
+          a publisher killed right after loses nothing. A *transient* one may be buffered in the process,
+          to be sent within milliseconds, before any other operation of the connection, and at close.
         - Confirms are pipelined: without ``confirm_publish`` this does not wait for the broker's answer;
           the envelope joins the connection's outbox (see :meth:`Transport.unconfirmed`) until the broker
           confirms it. The outbox is bounded by count and bytes: a publish that would overflow it waits
