@@ -221,6 +221,11 @@ def _value(v: FieldValue, depth: int) -> bytes:
         return b"V"
     if t is float:
         return _PACK_DOUBLE(b"d", v)
+    if t is dict:
+        body = _table_body(v, depth + 1) if v else b""  # type: ignore[arg-type]
+        return _PACK_LEN(b"F", len(body)) + body
+    if t is list or t is tuple:
+        return _array_value(v, depth)  # type: ignore[arg-type]
     if isinstance(v, bool):
         return b"t\x01" if v else b"t\x00"
     if isinstance(v, int):
@@ -237,17 +242,19 @@ def _value(v: FieldValue, depth: int) -> bytes:
         body = _table_body(v, depth + 1)
         return _PACK_LEN(b"F", len(body)) + body
     if isinstance(v, list | tuple):
-        if depth + 1 > MAX_DEPTH:
-            raise LocalProtocolError(
-                f"field array nested deeper than {MAX_DEPTH} levels (or self-referential)"
-            )
-        body = b"".join([_value(item, depth + 1) for item in v])
-        return _PACK_LEN(b"A", len(body)) + body
+        return _array_value(v, depth)
     if isinstance(v, datetime):
         return _PACK_TS(b"T", _timestamp_seconds(v))
     if isinstance(v, Decimal):
         return _decimal_value(v)
     raise LocalProtocolError(f"cannot encode {type(v).__name__} in an AMQP field table")
+
+
+def _array_value(v: list[FieldValue] | tuple[FieldValue, ...], depth: int) -> bytes:
+    if depth + 1 > MAX_DEPTH:
+        raise LocalProtocolError(f"field array nested deeper than {MAX_DEPTH} levels (or self-referential)")
+    body = b"".join([_value(item, depth + 1) for item in v])
+    return _PACK_LEN(b"A", len(body)) + body
 
 
 def _int_value(v: int) -> bytes:
