@@ -2,7 +2,7 @@
 
     eval "$(scripts/redis.sh start)"; eval "$(scripts/rabbitmq.sh start)"
     python bench/celery.py [--tasks N] [--pools solo,prefork] [--brokers kombu-redis,kelp-redis,...]
-                           [--amqp-url URL] [--redis-url URL] [--json]
+                           [--repeat N] [--amqp-url URL] [--redis-url URL] [--json]
 
 Every row starts one ``celery worker`` process (``-P solo``, or ``-P prefork -c 2``) on a fresh queue,
 then a client sends N no-op tasks (default 10,000) with ``send_task`` and waits for every result through
@@ -16,6 +16,7 @@ runs from the first send to the last result, after a warm-up of 200 tasks. Rows:
 - ``kelp-sqlite`` — ``kelp+sqlite:///`` on a file of its own (no server)
 
 Ratios: kelp-redis / kombu-redis, kelp-amqp (and -noconfirm) / kombu-amqp, kelp-sqlite / kombu-redis.
+``--repeat N`` runs the rows N times over, alternating, and reports medians and each round's ratios.
 A row whose results do not all arrive fails instead of reporting a rate. Worker, client and brokers share the
 machine's cores: read the ratios, not the absolute numbers.
 
@@ -254,30 +255,75 @@ def main() -> None:
     parser.add_argument(
         "--redis-url", default=os.environ.get("KELP_TEST_REDIS_URL", "redis://localhost:6379/0")
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run the rows this many times over, alternating, and report the medians (a shared machine's "
+        "load changes from minute to minute: the pairs of each round ran under about the same load)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    rows: dict[str, dict[str, float]] = {}
-    cpu: dict[str, dict[str, dict[str, float]]] = {}
+    rounds: list[dict[str, dict[str, float]]] = []  # per round: pool -> broker -> tasks/s
+    usages: dict[str, dict[str, list[dict[str, float]]]] = {}
     with tempfile.TemporaryDirectory(prefix="kelp-bench-celery-") as tmp:
         with open(os.path.join(tmp, "bench_celery_app.py"), "w") as f:
             f.write(APP_SOURCE)
         urls = broker_urls(args, tmp)
-        for pool in args.pools.split(","):
-            for broker in args.brokers.split(","):
-                rate, usage = run_row(urls[broker], pool, args.tasks, tmp)
-                rows.setdefault(pool, {})[broker] = rate
-                cpu.setdefault(pool, {})[broker] = usage
-                if not args.json:
-                    groups = "  ".join(f"{g} {usage[g]:4.0f}" for g in CPU_GROUPS if g in usage)
-                    print(f"{pool:8} {broker:20} {rate:9.0f} tasks/s   CPU µs/task: {groups}", flush=True)
-    ratios = _ratios(rows)
+        for number in range(1, args.repeat + 1):
+            rows: dict[str, dict[str, float]] = {}
+            for pool in args.pools.split(","):
+                for broker in args.brokers.split(","):
+                    rate, usage = run_row(urls[broker], pool, args.tasks, tmp)
+                    rows.setdefault(pool, {})[broker] = rate
+                    usages.setdefault(pool, {}).setdefault(broker, []).append(usage)
+                    if not args.json:
+                        label = f"{pool} #{number}" if args.repeat > 1 else pool
+                        groups = "  ".join(f"{g} {usage[g]:4.0f}" for g in CPU_GROUPS if g in usage)
+                        print(
+                            f"{label:10} {broker:20} {rate:9.0f} tasks/s   CPU µs/task: {groups}", flush=True
+                        )
+            rounds.append(rows)
+    rates = {
+        pool: {broker: _median([r[pool][broker] for r in rounds]) for broker in rounds[0][pool]}
+        for pool in rounds[0]
+    }
+    cpu = {
+        pool: {
+            broker: {g: _median([u[g] for u in samples if g in u]) for g in CPU_GROUPS if g in samples[0]}
+            for broker, samples in by_broker.items()
+        }
+        for pool, by_broker in usages.items()
+    }
+    ratios = _ratios(rates)
+    per_round = [_ratios(r) for r in rounds]
     if args.json:
-        report = {"tasks": args.tasks, "rates": rows, "ratios": ratios, "cpu_us_per_task": cpu}
+        report = {
+            "tasks": args.tasks,
+            "repeat": args.repeat,
+            "rates": rates,
+            "ratios": ratios,
+            "cpu_us_per_task": cpu,
+            "rounds": rounds,
+        }
         print(json.dumps(report, indent=2))
         return
+    if args.repeat > 1:
+        print(f"medians of {args.repeat} rounds:")
+        for pool, by_broker in rates.items():
+            for broker, rate in by_broker.items():
+                groups = "  ".join(f"{g} {v:4.0f}" for g, v in cpu[pool][broker].items())
+                print(f"{pool:10} {broker:20} {rate:9.0f} tasks/s   CPU µs/task: {groups}")
     for pool, pairs in ratios.items():
         for label, ratio in pairs.items():
-            print(f"{pool:8} {label:36} {ratio:5.2f}x")
+            each = ", ".join(f"{r[pool][label]:.2f}" for r in per_round) if args.repeat > 1 else ""
+            print(f"{pool:10} {label:36} {ratio:5.2f}x" + (f"   (each round: {each})" if each else ""))
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def _ratios(rows: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
