@@ -88,6 +88,10 @@ class Driver:
         self._wake_r: socket.socket | None = None  # a socket pair to wake the reader thread from select
         self._wake_w: socket.socket | None = None
         self._caller_selector: selectors.BaseSelector | None = None
+        # what each read lands in (one reader at a time): recv(_READ_SIZE) would allocate the whole size
+        # for every read (past malloc's mmap threshold: a fresh mapping each time), which costs several times
+        # the system call when a few hundred bytes came
+        self._buffer = memoryview(bytearray(_READ_SIZE))
         # the socket keeper's key for this socket (None: no keeper; then a persistent publish waits until
         # the kernel has sent its bytes, see send)
         self._kept: Callable[[], None] | None = None
@@ -306,7 +310,9 @@ class Driver:
                             ready = True
                     if poked and self._callers:
                         ready = False  # the reader thread steps aside: the caller that poked it reads
-                data = sock.recv(_READ_SIZE) if ready else None
+                if ready:
+                    buffer = self._buffer
+                    data = bytes(buffer[: sock.recv_into(buffer)])
             finally:
                 cond.acquire()
                 self._reading = False

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import tracemalloc
 
 import pytest
 from amqp_kit import method
@@ -156,3 +157,30 @@ def _open(core: Connection, opened: list[int]) -> bytes:
     channel, data = core.open_channel()
     opened.append(channel)
     return data
+
+
+def test_sync_driver_reads_into_one_buffer() -> None:
+    # recv(_READ_SIZE) allocated the whole read size for every read, several times the cost of the system
+    # call when a small frame came; a read now allocates about what arrived
+    core = Connection()
+    seen = Recorder()
+    driver = _amqp_io.Driver(core, seen.on_event, seen.on_lost)
+    with FakeBroker() as broker:
+        driver.connect("127.0.0.1", broker.port, None, None, 5)
+        try:
+            assert driver.wait_for(lambda: core.is_open, 5)
+            opened: list[int] = []
+            driver.send(lambda: _open(core, opened))
+            assert driver.wait_for(lambda: any(isinstance(e, ChannelOpened) for e in seen.events), 5)
+            [channel] = opened
+            tracemalloc.start()
+            try:
+                for tag in range(1, 21):
+                    broker.send(broker.deliver(channel, "ctag", tag, b"small"))
+                    assert driver.wait_for(lambda tag=tag: len(seen.deliveries()) == tag, 5)
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            assert peak < _amqp_io._READ_SIZE // 2
+        finally:
+            driver.close()

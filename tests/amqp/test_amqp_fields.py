@@ -199,6 +199,22 @@ def test_self_referential_table_is_refused() -> None:
         encode_table(table)
 
 
+def test_self_referential_array_is_refused() -> None:
+    array: list[Any] = []
+    array.append(array)
+    with pytest.raises(LocalProtocolError, match="nested deeper"):
+        encode_table({"a": array})
+
+
+def test_text_values_keep_escaped_bytes_and_refuse_bare_surrogates() -> None:
+    # a str value with a byte kept as a lone surrogate (see lenient_text) is sent as that byte
+    assert encode_table({"k": "a\udcffb"}) == entry("k", b"S", b"\x00\x00\x00\x03a\xffb")
+    with pytest.raises(LocalProtocolError, match="UTF-8"):
+        encode_table({"k": "\ud800"})
+    with pytest.raises(LocalProtocolError, match="UTF-8"):
+        encode_table({"\ud800": 1})
+
+
 def test_long_key_and_bad_key_type() -> None:
     with pytest.raises(LocalProtocolError, match="too long"):
         encode_table({"k" * 256: 1})

@@ -72,6 +72,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _EMPTY_TABLE = b"\x00\x00\x00\x00"
+_LENGTH_OCTET = [bytes((n,)) for n in range(256)]
 
 # Fixed-width numeric tags: tag -> struct.
 _FIXED: dict[int, struct.Struct] = {
@@ -182,10 +183,28 @@ def _table_body(table: FieldTable, depth: int) -> bytes:
     parts: list[bytes] = []
     append = parts.append
     for key, value in table.items():
+        # the common cases (str and None values) written out: this runs for every header of every message
         if not isinstance(key, str):
             raise LocalProtocolError(f"field table keys must be str, got {type(key).__name__}")
-        append(encode_shortstr(key))
-        append(_value(value, depth))
+        try:
+            raw = key.encode()
+        except UnicodeEncodeError:
+            raw = encode_text(key)
+        if len(raw) > 255:
+            encode_shortstr(key)  # raises, naming the key
+        append(_LENGTH_OCTET[len(raw)])
+        append(raw)
+        if type(value) is str:
+            try:
+                raw = value.encode()
+            except UnicodeEncodeError:
+                raw = encode_text(value)
+            append(_PACK_LEN(b"S", len(raw)))
+            append(raw)
+        elif value is None:
+            append(b"V")
+        else:
+            append(_value(value, depth))
     return b"".join(parts)
 
 
@@ -202,6 +221,11 @@ def _value(v: FieldValue, depth: int) -> bytes:
         return b"V"
     if t is float:
         return _PACK_DOUBLE(b"d", v)
+    if t is dict:
+        body = _table_body(v, depth + 1) if v else b""  # type: ignore[arg-type]
+        return _PACK_LEN(b"F", len(body)) + body
+    if t is list or t is tuple:
+        return _array_value(v, depth)  # type: ignore[arg-type]
     if isinstance(v, bool):
         return b"t\x01" if v else b"t\x00"
     if isinstance(v, int):
@@ -218,17 +242,19 @@ def _value(v: FieldValue, depth: int) -> bytes:
         body = _table_body(v, depth + 1)
         return _PACK_LEN(b"F", len(body)) + body
     if isinstance(v, list | tuple):
-        if depth + 1 > MAX_DEPTH:
-            raise LocalProtocolError(
-                f"field array nested deeper than {MAX_DEPTH} levels (or self-referential)"
-            )
-        body = b"".join([_value(item, depth + 1) for item in v])
-        return _PACK_LEN(b"A", len(body)) + body
+        return _array_value(v, depth)
     if isinstance(v, datetime):
         return _PACK_TS(b"T", _timestamp_seconds(v))
     if isinstance(v, Decimal):
         return _decimal_value(v)
     raise LocalProtocolError(f"cannot encode {type(v).__name__} in an AMQP field table")
+
+
+def _array_value(v: list[FieldValue] | tuple[FieldValue, ...], depth: int) -> bytes:
+    if depth + 1 > MAX_DEPTH:
+        raise LocalProtocolError(f"field array nested deeper than {MAX_DEPTH} levels (or self-referential)")
+    body = b"".join([_value(item, depth + 1) for item in v])
+    return _PACK_LEN(b"A", len(body)) + body
 
 
 def _int_value(v: int) -> bytes:
@@ -298,7 +324,22 @@ def _table(buf: bytes, pos: int, stop: int, depth: int) -> dict[str, FieldValue]
             key = raw.decode()
         except UnicodeDecodeError:
             key = lenient_text(raw)
-        result[key], pos = _decode_value(buf, end, stop, depth)
+        # the commonest values ('S' strings, 'V' voids) written out; _decode_value does the rest
+        tag = buf[end] if end < stop else None
+        if tag == 0x53 and end + 5 <= stop:
+            pos = end + 5 + _U32.unpack_from(buf, end + 1)[0]
+            if pos > stop:
+                raise _truncated("long string")
+            raw = buf[end + 5 : pos]
+            try:
+                result[key] = raw.decode()
+            except UnicodeDecodeError:
+                result[key] = bytes(raw)  # as _decode_value: binary in 'S' stays bytes
+        elif tag == 0x56:
+            result[key] = None
+            pos = end + 1
+        else:
+            result[key], pos = _decode_value(buf, end, stop, depth)
     return result
 
 
