@@ -184,3 +184,30 @@ def test_sync_driver_reads_into_one_buffer() -> None:
             assert peak < _amqp_io._READ_SIZE // 2
         finally:
             driver.close()
+
+
+async def test_aio_driver_reads_into_one_buffer() -> None:
+    # a plain asyncio.Protocol's transport allocated 256 KiB for every read; the driver's reads land in one
+    # buffer of its own, so a small frame allocates about what arrived
+    core = Connection()
+    seen = Recorder()
+    driver = _aio_amqp_io.Driver(core, seen.on_event, seen.on_lost)
+    with FakeBroker() as broker:
+        await driver.connect("127.0.0.1", broker.port, None, None, 5)
+        try:
+            assert await driver.wait_for(lambda: core.is_open, 5)
+            opened: list[int] = []
+            await driver.send(lambda: _open(core, opened))
+            assert await driver.wait_for(lambda: any(isinstance(e, ChannelOpened) for e in seen.events), 5)
+            [channel] = opened
+            tracemalloc.start()
+            try:
+                for tag in range(1, 21):
+                    await asyncio.to_thread(broker.send, broker.deliver(channel, "ctag", tag, b"small"))
+                    assert await driver.wait_for(lambda tag=tag: len(seen.deliveries()) == tag, 5)
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            assert peak < _amqp_io._READ_SIZE // 2
+        finally:
+            await driver.close()
