@@ -43,10 +43,7 @@ def test_sync_driver_events_split_frames_and_loss() -> None:
         try:
             assert driver.wait_for(lambda: core.is_open, 5)
             assert any(isinstance(event, ConnectionOpened) for event in seen.events)
-            opened: list[int] = []
-            driver.send(lambda: _open(core, opened))
-            assert driver.wait_for(lambda: any(isinstance(e, ChannelOpened) for e in seen.events), 5)
-            [channel] = opened
+            channel = _open_channel(driver, core, seen)
 
             # A delivery written one byte at a time, from another thread, while a caller waits for it.
             frames = broker.deliver(channel, "ctag", 7, b"hello driver")
@@ -96,10 +93,7 @@ async def test_aio_driver_events_split_frames_and_loss() -> None:
         await driver.connect("127.0.0.1", broker.port, None, None, 5)
         try:
             assert await driver.wait_for(lambda: core.is_open, 5)
-            opened: list[int] = []
-            await driver.send(lambda: _open(core, opened))
-            assert await driver.wait_for(lambda: any(isinstance(e, ChannelOpened) for e in seen.events), 5)
-            [channel] = opened
+            channel = await _aio_open_channel(driver, core, seen)
 
             frames = broker.deliver(channel, "ctag", 7, b"hello driver")
             sending = asyncio.ensure_future(asyncio.to_thread(broker.send_in_pieces, frames))
@@ -159,6 +153,24 @@ def _open(core: Connection, opened: list[int]) -> bytes:
     return data
 
 
+def _open_channel(driver: _amqp_io.Driver, core: Connection, seen: Recorder) -> int:
+    """Open a channel through the sync driver; its number once the broker confirmed it."""
+    opened: list[int] = []
+    driver.send(lambda: _open(core, opened))
+    assert driver.wait_for(lambda: any(isinstance(e, ChannelOpened) for e in seen.events), 5)
+    [channel] = opened
+    return channel
+
+
+async def _aio_open_channel(driver: _aio_amqp_io.Driver, core: Connection, seen: Recorder) -> int:
+    """Open a channel through the asyncio driver; its number once the broker confirmed it."""
+    opened: list[int] = []
+    await driver.send(lambda: _open(core, opened))
+    assert await driver.wait_for(lambda: any(isinstance(e, ChannelOpened) for e in seen.events), 5)
+    [channel] = opened
+    return channel
+
+
 def test_sync_driver_reads_into_one_buffer() -> None:
     # recv(_READ_SIZE) allocated the whole read size for every read, several times the cost of the system
     # call when a small frame came; a read now allocates about what arrived
@@ -169,10 +181,7 @@ def test_sync_driver_reads_into_one_buffer() -> None:
         driver.connect("127.0.0.1", broker.port, None, None, 5)
         try:
             assert driver.wait_for(lambda: core.is_open, 5)
-            opened: list[int] = []
-            driver.send(lambda: _open(core, opened))
-            assert driver.wait_for(lambda: any(isinstance(e, ChannelOpened) for e in seen.events), 5)
-            [channel] = opened
+            channel = _open_channel(driver, core, seen)
             tracemalloc.start()
             try:
                 for tag in range(1, 21):
@@ -196,10 +205,7 @@ async def test_aio_driver_reads_into_one_buffer() -> None:
         await driver.connect("127.0.0.1", broker.port, None, None, 5)
         try:
             assert await driver.wait_for(lambda: core.is_open, 5)
-            opened: list[int] = []
-            await driver.send(lambda: _open(core, opened))
-            assert await driver.wait_for(lambda: any(isinstance(e, ChannelOpened) for e in seen.events), 5)
-            [channel] = opened
+            channel = await _aio_open_channel(driver, core, seen)
             tracemalloc.start()
             try:
                 for tag in range(1, 21):

@@ -123,7 +123,7 @@ _DDL = _DDL_TEMPLATE.format(
 # persistent publish writes no counter, and rows written from outside kelp are counted by the next
 # transaction all the same. The triggers count deletes and releases of rows at or below the mark (a row
 # above it is not counted yet); a claim, which kelp alone makes, folds first and subtracts its whole batch
-# in one statement (_ops.claim_rows).
+# in one statement (_deliveries.claim_rows).
 #
 # A row with the mark's id always exists: when that message is deleted, a *tombstone* takes its id (queue
 # '', owner 0: never ready, in no queue) until the mark moves past it. So the last id never drops below

@@ -43,7 +43,7 @@ from typing import Any, TypeVar
 from kelp._broker.core.session import Session
 from kelp._broker.core.store import Claimer, Item, Unacked
 from kelp._broker.malformed import Malformed
-from kelp._broker.sqlite import _dead_letter, _declare, _delayed, _ops, _repair
+from kelp._broker.sqlite import _dead_letter, _declare, _delayed, _deliveries, _ops, _repair
 from kelp._broker.sqlite._codec import decode
 from kelp._broker.sqlite._flusher import Flusher
 from kelp._broker.sqlite._state import StoreOptions
@@ -195,7 +195,7 @@ class SqliteStore(Flusher):
         idle = not (self._pending.count or self._acks or self._releases) and time.time() < self._next_due
         if idle and not self._ready({consumer.queue for _, rooms, _ in plan for consumer, _ in rooms}):
             return []  # nothing to claim: no write transaction
-        claimed = self._run(lambda tx: _ops.claim(tx, owner, plan, limit))
+        claimed = self._run(lambda tx: _deliveries.claim(tx, owner, plan, limit))
         out: list[tuple[K, C, list[Item]]] = []
         malformed: list[tuple[bool, str, Any, str]] = []
         for channel, consumer, rows in claimed:
@@ -233,7 +233,7 @@ class SqliteStore(Flusher):
 
     def get(self, owner: int, queue: str, no_ack: bool) -> tuple[Item, int] | None:
         while True:
-            found = self._run(lambda tx: _ops.get(tx, owner, queue, no_ack))
+            found = self._run(lambda tx: _deliveries.get(tx, owner, queue, no_ack))
             if found is None:
                 return None
             row, count = found
@@ -257,7 +257,7 @@ class SqliteStore(Flusher):
 
     def reject(self, owner: int, unacked: Sequence[Unacked], requeue: bool) -> None:
         pairs = [(item.ref, item.queue) for item in unacked]
-        self._run(lambda tx: _ops.reject(tx, owner, pairs, requeue))
+        self._run(lambda tx: _deliveries.reject(tx, owner, pairs, requeue))
 
     # --- waiting ------------------------------------------------------------------------------------------
 
