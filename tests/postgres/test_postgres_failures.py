@@ -363,3 +363,31 @@ def test_a_consumer_mixin_whose_session_ends_with_a_full_window_reconnects_and_g
             worker.should_stop = True
             thread.join(5)
     assert not thread.is_alive()
+
+
+def test_the_listener_thread_survives_a_defect_and_goes_on_reaping(
+    pg_url: str, monkeypatch: Any, caplog: Any
+) -> None:
+    """An unexpected error in the listening thread (a defect, not the server going away) is logged and the
+    thread listens again: wake-ups, reaping and keep-alives must not end for the rest of the process."""
+    with kelp.Connection(pg_url) as conn:
+        conn.connect()
+        store = conn.transport.session.store
+        real_reap = store.reap
+        calls: list[str] = []
+
+        def reap() -> None:
+            if not calls:
+                calls.append("failed")
+                raise RuntimeError("a defect")
+            calls.append("reaped")
+            real_reap()
+
+        monkeypatch.setattr(store, "reap", reap)
+        deadline = time.monotonic() + 10
+        while calls.count("reaped") < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert calls[:3] == ["failed", "reaped", "reaped"]
+        assert store._thread is not None
+        assert store._thread.is_alive()
+        assert "the listener failed" in caplog.text

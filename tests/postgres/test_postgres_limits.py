@@ -4,8 +4,13 @@ characters and large messages round-trip intact."""
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
+import time
 from typing import Any
 
+import psycopg
 import pytest
 
 import kelp
@@ -106,3 +111,40 @@ def test_a_fanout_of_a_large_message_past_1_gib_reaches_every_queue(pg_url: str)
             message = conn.channel().basic_get(name, no_ack=True)
             assert message is not None, name
             assert message.body == body
+
+
+@pytest.mark.parametrize("payload", ["r:x:work", "r:", "w:soon", "zzz", "r:1:" + "q" * 200])
+def test_a_malformed_announcement_on_the_channel_keeps_the_listener_waking_consumers(
+    pg_url: str, pg_base: str, payload: str
+) -> None:
+    """Any role that may connect to the database may NOTIFY on the broker's channel: an announcement
+    kelp did not write is ignored (logged), and the listener goes on waking consumers for the rest."""
+    with kelp.Connection(pg_url) as consumer_conn:
+        got: list[Any] = []
+        with consumer_conn.Consumer(
+            kelp.Queue("work"), callbacks=[lambda body, message: got.append(body) or message.ack()]
+        ):
+            store = consumer_conn.transport.session.store
+            with psycopg.connect(pg_base.split("?")[0], autocommit=True) as raw:
+                raw.execute("SELECT pg_notify(%s, %s)", (store.channel, payload))
+            time.sleep(0.3)  # the listener has read the bad announcement
+            # Another process's publish reaches this one only through the listener's wake-up.
+            subprocess.run(
+                [sys.executable, "-c", _PUBLISH_ONE, pg_url],
+                check=True,
+                timeout=60,
+            )
+            deadline = time.monotonic() + 10
+            while not got and time.monotonic() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    consumer_conn.drain_events(timeout=deadline - time.monotonic())
+            assert got == ["after"]
+            assert store._thread is not None
+            assert store._thread.is_alive()
+
+
+_PUBLISH_ONE = """
+import sys, kelp
+with kelp.Connection(sys.argv[1]) as conn:
+    conn.Producer().publish("after", routing_key="work")
+"""

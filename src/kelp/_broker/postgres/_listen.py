@@ -19,6 +19,7 @@ second.
 from __future__ import annotations
 
 import abc
+import logging
 import threading
 import time
 from collections.abc import Collection
@@ -32,6 +33,8 @@ from kelp._broker.postgres._topology import TopologyOps
 from kelp.exceptions import KelpError, OperationalError
 
 __all__ = ["READY", "REAP_INTERVAL", "Listening", "session_name"]
+
+logger = logging.getLogger(__name__)
 
 #: How often (seconds) a process looks for owners whose database session ended.
 REAP_INTERVAL = 1.0
@@ -101,7 +104,9 @@ class Listening(TopologyOps):
                     self.keep_owners_alive()
                     self.reap()
                     self._check_floors()
-            except (psycopg.Error, KelpError):  # the server went away, or the schema: try again
+            except Exception as exc:  # wake-ups, reaping and keep-alives must go on, whatever failed
+                if not isinstance(exc, (psycopg.Error, KelpError)):  # not the server going away: a defect
+                    logger.exception("postgresql %s: the listener failed; it listens again", self.where)
                 self._forget_floors()
                 if conn is not None:
                     conn.close()
@@ -114,20 +119,28 @@ class Listening(TopologyOps):
 
     def _notified(self, payload: str) -> None:
         kind, _, rest = payload.partition(":")
-        if kind == "r":
-            row_id, _, queue = rest.partition(":")
-            self.lower_floor(queue, int(row_id))
-            if self.listener is not None:
-                self.listener.wake((queue,))
-        elif kind == "w":
-            self.next_due = min(self.next_due, float(rest))
-            if self.listener is not None:
-                self.listener.wake_all()
-        elif kind == "d":
-            with self._guard:
-                self._floors.pop(rest, None)
-            if self.listener is not None:
-                self.listener.queues_deleted({rest})
+        try:
+            if kind == "r":
+                row_id, _, queue = rest.partition(":")
+                self.lower_floor(queue, int(row_id))
+                if self.listener is not None:
+                    self.listener.wake((queue,))
+            elif kind == "w":
+                self.next_due = min(self.next_due, float(rest))
+                if self.listener is not None:
+                    self.listener.wake_all()
+            elif kind == "d":
+                with self._guard:
+                    self._floors.pop(rest, None)
+                if self.listener is not None:
+                    self.listener.queues_deleted({rest})
+            elif kind != "s":
+                raise ValueError(kind)
+        except ValueError:
+            # Any role that may connect to the database may NOTIFY on the channel: ignored, not fatal.
+            logger.warning(
+                "postgresql %s: ignored an announcement kelp did not write: %.80r", self.where, payload
+            )
 
     # --- owners ---------------------------------------------------------------------------------------
 
