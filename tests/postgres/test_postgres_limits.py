@@ -113,7 +113,7 @@ def test_a_fanout_of_a_large_message_past_1_gib_reaches_every_queue(pg_url: str)
             assert message.body == body
 
 
-@pytest.mark.parametrize("payload", ["r:x:work", "r:", "w:soon", "zzz", "r:1:" + "q" * 200])
+@pytest.mark.parametrize("payload", ["r:x:work", "r:", "w:soon", "zzz", "d:work", "r:1:" + "q" * 200])
 def test_a_malformed_announcement_on_the_channel_keeps_the_listener_waking_consumers(
     pg_url: str, pg_base: str, payload: str
 ) -> None:

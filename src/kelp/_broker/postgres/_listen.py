@@ -130,6 +130,8 @@ class Listening(TopologyOps):
                 if self.listener is not None:
                     self.listener.wake_all()
             elif kind == "d":
+                if not self._deleted(rest):
+                    raise ValueError(kind)
                 with self._guard:
                     self._floors.pop(rest, None)
                 if self.listener is not None:
@@ -140,6 +142,21 @@ class Listening(TopologyOps):
             # Any role that may connect to the database may NOTIFY on the channel: ignored, not fatal.
             logger.warning(
                 "postgresql %s: ignored an announcement kelp did not write: %.80r", self.where, payload
+            )
+
+    def _deleted(self, queue: str) -> bool:
+        """Whether the consumers this process registered on ``queue`` are gone, as a queue's deletion
+        leaves them (in the transaction that announced it). An announcement written by anyone else
+        must not cancel the consumers of a queue that still exists."""
+        own = self.own_owners()
+        if not own:
+            return True
+        with self.cursor() as cur:
+            return not self.one(
+                cur,
+                "SELECT EXISTS (SELECT 1 FROM {s}.consumers WHERE queue = %s AND connection = ANY(%s))",
+                queue,
+                own,
             )
 
     # --- owners ---------------------------------------------------------------------------------------
