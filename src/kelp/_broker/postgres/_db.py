@@ -16,6 +16,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from kelp._broker.core.errors import ErrorMap
 from kelp._broker.postgres._route import NOW, Topology, load_topology
+from kelp._broker.postgres._watchdog import Watchdog
 from kelp.exceptions import AccessRefused, InconsistencyError, OperationalError, PreconditionFailed
 
 __all__ = ["ERRORS", "Database", "connect"]
@@ -112,6 +113,7 @@ class Database:
         parts = conninfo_to_dict(conninfo)
         server = f"{parts.get('host', 'localhost')}:{parts.get('port', 5432)}/{parts.get('dbname', '')}"
         self.where = f"{server} (schema {schema})"  # for messages: no password
+        self.watchdog = Watchdog(conninfo, self.where)
 
     def mapped(self) -> contextlib.AbstractContextManager[None]:
         """The boundary: psycopg's failures inside become kelp's (ERRORS)."""
@@ -152,7 +154,7 @@ class Database:
         if conn is None:
             conn = self.open()
         try:
-            with self.mapped(), conn.cursor() as cur:
+            with self.mapped(), self.watchdog.watch(conn), conn.cursor() as cur:
                 yield cur
         finally:
             if not (conn.closed or conn.broken):

@@ -68,6 +68,7 @@ class Listening(TopologyOps):
             self._listening.clear()
             self._thread = threading.Thread(target=self._listen, name=f"kelp-pg-{self.name}", daemon=True)
             self._thread.start()
+        self.watchdog.start()
         self._listening.wait(10)
 
     def stop_listening(self) -> None:
@@ -75,6 +76,7 @@ class Listening(TopologyOps):
             thread, self._thread = self._thread, None
         if thread is None:
             return
+        self.watchdog.stop()
         self._stop.set()
         try:
             with self.cursor() as cur:

@@ -42,7 +42,7 @@ class Owners(Counting):
             conn, lock = self._owners[owner]
         except KeyError:
             raise OperationalError("the postgresql:// connection is closed") from None
-        with lock, self.mapped(), conn.cursor() as cur:
+        with lock, self.mapped(), self.watchdog.watch(conn), conn.cursor() as cur:
             found = work(cur)
         idle = self._idle.get(owner)
         if idle is not None:
@@ -107,7 +107,8 @@ class Owners(Counting):
                 continue  # in use: not idle
             try:
                 if not (conn.closed or conn.broken):
-                    conn.execute("SELECT 1")
+                    with self.watchdog.watch(conn):
+                        conn.execute("SELECT 1")
                 idle = self._idle.get(owner)
                 if idle is not None:
                     idle[1] = time.monotonic()

@@ -279,9 +279,11 @@ class Publisher:
             return
         poll = select.poll()
         poll.register(pgconn.socket, select.POLLIN | select.POLLOUT)
-        while pgconn.flush():
-            if any(events & select.POLLIN for _, events in poll.poll()):
-                pgconn.consume_input()
+        assert self._conn is not None
+        with self.store.watchdog.watch(self._conn):
+            while pgconn.flush():
+                if any(events & select.POLLIN for _, events in poll.poll()):
+                    pgconn.consume_input()
 
     # --- results ------------------------------------------------------------------------------------
 
@@ -329,12 +331,14 @@ class Publisher:
 
     def _wait(self, deadline: float | None) -> None:
         assert self._poll is not None
-        if deadline is None:
-            self._poll.poll()
-            return
-        left = deadline - time.monotonic()
-        if left <= 0 or not self._poll.poll(left * 1000):
-            raise TimeoutError(f"{self._count} published messages still wait for the server's answer")
+        assert self._conn is not None
+        with self.store.watchdog.watch(self._conn):
+            if deadline is None:
+                self._poll.poll()
+                return
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._poll.poll(left * 1000):
+                raise TimeoutError(f"{self._count} published messages still wait for the server's answer")
 
     def _done(self, sent: _Sent) -> None:
         self._count -= len(sent.envelopes)

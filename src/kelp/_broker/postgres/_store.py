@@ -94,9 +94,10 @@ class PostgresStore(Owners):
 
     def disconnect(self, owner: int, unacked: Sequence[Unacked]) -> None:
         try:
-            self.flush_acks()
-            self.flush_counts()
-            self.drop_owners([owner])
+            if self.owner_alive(owner):  # else its session is gone: whoever reaps it lets go of its copies
+                self.flush_acks()
+                self.flush_counts()
+                self.drop_owners([owner])
         except OperationalError:
             pass  # the server is gone: its session with it; other processes (or its restart) let go
         finally:
@@ -114,6 +115,8 @@ class PostgresStore(Owners):
                     self.start_listening()
 
     def close_channel(self, owner: int, channel: int, unacked: Sequence[Unacked]) -> None:
+        if not self.owner_alive(owner):
+            return  # its session is gone: whoever reaps it drops its consumers and lets go of its copies
         self.flush_acks()
         with self.cursor() as cur, cur.connection.transaction():
             left = self.rows(

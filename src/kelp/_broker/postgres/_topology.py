@@ -51,6 +51,9 @@ class TopologyOps(Database, abc.ABC):
     @abc.abstractmethod
     def flush_acks(self, cur: Cursor[Any] | None = None) -> None: ...
 
+    @abc.abstractmethod
+    def owner_alive(self, owner: int) -> bool: ...
+
     @contextlib.contextmanager
     def changing(self) -> Iterator[tuple[Cursor[Any], Topology]]:
         """A topology change: exclusive, on the current snapshot; bumps the counter when it succeeds."""
@@ -303,6 +306,8 @@ class TopologyOps(Database, abc.ABC):
             )
 
     def cancel(self, owner: int, channel: int, tag: str) -> None:
+        if not self.owner_alive(owner):
+            return  # its session is gone: whoever reaps it drops its consumers
         with self.cursor() as cur, cur.connection.transaction():
             left = self.rows(
                 cur,

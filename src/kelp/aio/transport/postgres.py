@@ -44,9 +44,11 @@ the loss was noticed deletes only copies the connection still holds). A process 
 deadlocked) keeps its session open: with ``liveness`` (PostgreSQL 14+) the server ends a connection's
 session once it has been idle that long, and a thread of each running process keeps its sessions from
 idling, so a hung process's unacked messages come back within about ``liveness`` + 1 seconds while a
-busy one keeps them. After a restart of PostgreSQL the first connection restarts the broker: non-durable
-queues and exchanges and transient messages are gone; persistent messages on durable queues stay. A
-message over 256 MiB is refused (PreconditionFailed).
+busy one keeps them. A server that stops answering (frozen, cut off by a black-holed network) is found
+out by kelp._broker.postgres._watchdog: a call waiting on it raises OperationalError within about 10 s
+instead of waiting for ever. After a restart of PostgreSQL the first connection restarts the broker:
+non-durable queues and exchanges and transient messages are gone; persistent messages on durable queues
+stay. A message over 256 MiB is refused (PreconditionFailed).
 """
 
 from __future__ import annotations
