@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import kelp.testing
+
 KIT_ARGS = ["--pyargs", "kelp.testing.sync", "-k", "routing_fanout", "--kelp-url", "memory://{unique}"]
 
 UNRELATED_TESTS = """
@@ -81,3 +83,11 @@ def test_a_kelp_url_in_the_environment_brings_the_kit(tmp_path: Path) -> None:
     done = run_pytest(tmp_path, KELP_TESTING_URL="memory://{unique}")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 passed" in done.stdout
+
+
+def test_the_kit_named_without_a_url_asks_for_one(tmp_path: Path) -> None:
+    kit = Path(kelp.testing.__file__).parent
+    for named in (["--pyargs", "kelp.testing.sync"], [str(kit / "sync")]):
+        done = run_pytest(tmp_path, *named, "-k", "routing_fanout")
+        assert done.returncode != 0
+        assert "kelp.testing has no transport to test: give --kelp-url" in done.stdout, done.stdout
