@@ -1,11 +1,16 @@
 """The pytest plugin of the conformance kit: which transports to test, and the fixtures the tests use.
 
-Loaded by ``pytest --pyargs kelp.testing`` (through the kit's ``conftest.py``), by ``-p kelp.testing.plugin``,
-and by :func:`kelp.testing.check_transport`. The transports under test are *targets*: a name, a URL factory
-(called with a fresh temporary directory for every test, returning the URL of a broker no other test
-sees) and the :class:`~kelp.testing.Capabilities` the transport claims. They come from
-:func:`use_targets` (in a ``conftest.py``'s ``pytest_configure``, or through ``check_transport``) or from the
-command line::
+Loaded by kelp's pytest entry point (``_kelp_pytest``, which pytest loads wherever kelp is installed) when
+the run is about the kit: ``--kelp-url`` (or ``KELP_TESTING_URL``) given, or the kit's tests named, as in
+``pytest --pyargs kelp.testing``; in any other test suite its fixtures do not exist. Also loaded by
+``pytest_plugins = ["kelp.testing.plugin"]`` in a conftest (to run the kit among other tests), by
+:func:`kelp.testing.check_transport`, and by ``-p kelp.testing.plugin`` (needed only when plugin autoloading
+is off: ``PYTEST_DISABLE_PLUGIN_AUTOLOAD``).
+
+The transports under test are *targets*: a name, a URL factory (called with a fresh temporary directory
+for every test, returning the URL of a broker no other test sees) and the
+:class:`~kelp.testing.Capabilities` the transport claims. They come from :func:`use_targets` (in a
+``conftest.py``'s ``pytest_configure``, or through ``check_transport``) or from the command line::
 
     pytest --pyargs kelp.testing --kelp-url 'memory://{unique}'
     pytest --pyargs kelp.testing --kelp-url 'sqlite:///{tmp}/broker.db' --kelp-without dead_consumer
@@ -24,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import os
 import shlex
 import subprocess
 import uuid
@@ -35,8 +39,9 @@ from typing import Any
 
 import pytest
 
+from _kelp_pytest import add_options
 from kelp.exceptions import KelpError
-from kelp.testing._capabilities import ALL_FEATURES, EXCHANGE_TYPES, Capabilities
+from kelp.testing._capabilities import EXCHANGE_TYPES, Capabilities
 
 __all__ = ["Target", "url_factory", "use_targets"]
 
@@ -71,37 +76,8 @@ def url_factory(template: str) -> UrlFactory:
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("kelp", "kelp conformance kit (kelp.testing)")
-    group.addoption(
-        "--kelp-url",
-        default=os.environ.get("KELP_TESTING_URL"),
-        help="URL (template) of the transport under test; {unique} and {tmp} make one broker per test "
-        "[env KELP_TESTING_URL]",
-    )
-    group.addoption(
-        "--kelp-exchange-types",
-        default=os.environ.get("KELP_TESTING_EXCHANGE_TYPES", ",".join(sorted(EXCHANGE_TYPES))),
-        help="comma-separated exchange types the transport routes through [env KELP_TESTING_EXCHANGE_TYPES]",
-    )
-    group.addoption(
-        "--kelp-without",
-        default=os.environ.get("KELP_TESTING_WITHOUT", ""),
-        help="comma-separated features the transport does not claim, from: "
-        f"{', '.join(sorted(ALL_FEATURES))} [env KELP_TESTING_WITHOUT]",
-    )
-    group.addoption(
-        "--kelp-pipelined-refusals",
-        action="store_true",
-        default=os.environ.get("KELP_TESTING_PIPELINED_REFUSALS", "") not in ("", "0"),
-        help="a publish refused by a full queue raises from a later publish or flush, not from itself "
-        "[env KELP_TESTING_PIPELINED_REFUSALS=1]",
-    )
-    group.addoption(
-        "--kelp-restart-command",
-        default=os.environ.get("KELP_TESTING_RESTART_COMMAND"),
-        help="shell command that restarts the broker; enables the survival tests "
-        "[env KELP_TESTING_RESTART_COMMAND]",
-    )
+    # Also added by kelp's pytest entry point (_kelp_pytest); whichever loads first adds them.
+    add_options(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -121,11 +97,12 @@ def _target_from_options(config: pytest.Config, template: str) -> Target:
     restart = None
     if restart_command:
         restart = functools.partial(subprocess.run, shlex.split(restart_command), check=True)
+    exchange_types = config.getoption("kelp_exchange_types")  # None: all
     capabilities = Capabilities(
         name=template.split(":", 1)[0],
         refusal_raises=not config.getoption("kelp_pipelined_refusals"),
         shared_server="{unique}" not in template and "{tmp}" not in template,
-        exchange_types=frozenset(_split(config.getoption("kelp_exchange_types"))),
+        exchange_types=EXCHANGE_TYPES if exchange_types is None else frozenset(_split(exchange_types)),
         restart=restart,
     )
     return Target(

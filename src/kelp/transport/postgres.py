@@ -58,21 +58,15 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
-from kelp._backend import Signal, monotonic, run_blocking
+from kelp._backend import run_blocking
 from kelp._broker.core import Session
 from kelp._broker.postgres import PostgresStore, store_for
 from kelp._broker.postgres._pipeline import MAX_BYTES, MAX_COUNT, Publisher
 from kelp._envelope import Delivery, Envelope
 from kelp._options import integer_option, seconds_option
 from kelp.exceptions import InvalidURL, OperationalError
-from kelp.transport._session_channel import SessionChannel
-from kelp.transport.base import (
-    DEFAULT_IMPLEMENTS,
-    Implements,
-    Transport,
-    package_version,
-    queue_deleted,
-)
+from kelp.transport._session_channel import SessionChannel, SessionTransport
+from kelp.transport.base import DEFAULT_IMPLEMENTS, Implements, package_version
 from kelp.url import URL
 
 __all__ = ["PostgresChannel", "PostgresTransport", "conninfo"]
@@ -143,7 +137,7 @@ def conninfo(url: URL) -> tuple[str, str]:
     return make_conninfo("", **options), schema
 
 
-class PostgresTransport(Transport):
+class PostgresTransport(SessionTransport[Session[PostgresStore]]):
     schemes: ClassVar[tuple[str, ...]] = ("postgresql", "postgres")
     implements: ClassVar[Implements] = DEFAULT_IMPLEMENTS.extend(delayed_delivery=True)
     query_options: ClassVar[frozenset[str] | None] = frozenset(
@@ -200,8 +194,6 @@ class PostgresTransport(Transport):
         )
         self._session: Session[PostgresStore] | None = None
         self._publisher: Publisher | None = None
-        self._connection_id = 0
-        self._signal = Signal()
 
     @property
     def is_connected(self) -> bool:
@@ -217,6 +209,9 @@ class PostgresTransport(Transport):
     def session(self) -> Session[PostgresStore]:
         if self._session is None:
             raise OperationalError("the postgresql:// connection is closed")
+        return self._session
+
+    def _current_session(self) -> Session[PostgresStore] | None:
         return self._session
 
     def info(self) -> dict[str, Any]:
@@ -266,50 +261,24 @@ class PostgresTransport(Transport):
             raise OperationalError("the postgresql:// connection is closed")
         return PostgresChannel(self.session, self._connection_id, self._publisher, self.confirm_publish)
 
-    def drain(self, timeout: float | None) -> list[Delivery]:
-        session = self.session
-        connection_id = self._connection_id
-        deadline = None if timeout is None else monotonic() + timeout
+    def _settle(self) -> None:
+        """Wait for this connection's publishes: what it reads next (claims, stats) sees them."""
         publisher = self._publisher
-        if publisher is not None and publisher.unsettled:  # claims see this connection's publishes
+        if publisher is not None and publisher.unsettled:
             run_blocking(publisher.settle)
-        try:
-            while True:
-                if not session.store.owner_alive(connection_id):
-                    raise OperationalError(
-                        "the postgresql:// connection's database session was lost (a network cut, a "
-                        "terminated backend, a server restart): its unacked messages went back to their "
-                        "queues"
-                    )
-                # fill (in a worker thread) then take (here): a drain cancelled during fill leaves its
-                # claims in the session's outbox for the next one.
-                cancelled = session.take_cancelled(connection_id)
-                if cancelled is not None:
-                    raise queue_deleted(*cancelled)
-                deliveries = session.take(connection_id)
-                if not deliveries:
-                    run_blocking(session.fill, connection_id)
-                    deliveries = session.take(connection_id)
-                if deliveries:
-                    return deliveries
-                self._signal.clear()
-                wait = run_blocking(session.prepare_wait, connection_id)
-                remaining = None if deadline is None else deadline - monotonic()
-                if remaining is not None and remaining <= 0 and wait != 0.0:
-                    raise TimeoutError("no message arrived within the timeout")
-                if wait is None or (remaining is not None and remaining < wait):
-                    wait = remaining
-                if wait is None or wait > 0:
-                    self._signal.wait(wait)
-                if self._session is None:
-                    raise OperationalError("the postgresql:// connection was closed while draining")
-        finally:
-            session.end_wait(connection_id)
+
+    def drain(self, timeout: float | None) -> list[Delivery]:
+        if self._session is not None:  # claims see this connection's publishes (closed: drain raises)
+            self._settle()
+        return super().drain(timeout)
+
+    def _check_alive(self, session: Session[PostgresStore]) -> None:
+        if not session.store.owner_alive(self._connection_id):
+            raise OperationalError(
+                "the postgresql:// connection's database session was lost (a network cut, a terminated "
+                "backend, a server restart): its unacked messages went back to their queues"
+            )
 
     def queue_stats(self) -> list[tuple[str, int, int, int]]:
-        if self._publisher is not None and self._publisher.unsettled:
-            run_blocking(self._publisher.settle)
-        return run_blocking(self.session.queue_stats)
-
-    def list_bindings(self) -> list[tuple[str, str, str, str, dict[str, Any]]]:
-        return run_blocking(self.session.bindings)
+        self._settle()
+        return super().queue_stats()

@@ -1,5 +1,6 @@
-"""The channel of every broker kelp runs itself (memory, sqlite, postgres): each AMQP method is the broker
-core's session method of the same name (``kelp._broker.core.session``), for this connection and channel.
+"""The channel and the drain loop of every broker kelp runs itself (memory, sqlite, postgres): each AMQP
+method is the broker core's session method of the same name (``kelp._broker.core.session``), for this
+connection and channel, and :class:`SessionTransport` waits for the session's deliveries.
 
 Nothing happens to messages here that the session does not do: declarations, routing and storage go to the
 store, deliveries and acks to the session's unacked bookkeeping. A transport whose store may block (disk,
@@ -9,18 +10,22 @@ worker thread; the sync face calls it directly.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from kelp._broker.core.session import Session
 from kelp._broker.core.store import Store
 from kelp._envelope import Delivery, Envelope, QueueInfo
-from kelp.aio._backend import run_blocking
-from kelp.aio.transport.base import TransportChannel
+from kelp.aio._backend import Signal, monotonic, run_blocking
+from kelp.aio.transport.base import Transport, TransportChannel, queue_deleted
+from kelp.exceptions import OperationalError
+from kelp.url import URL
 
-__all__ = ["SessionChannel"]
+__all__ = ["SessionChannel", "SessionTransport"]
 
 T = TypeVar("T")
+S = TypeVar("S", bound=Session[Any])
 
 
 class SessionChannel(TransportChannel):
@@ -35,8 +40,9 @@ class SessionChannel(TransportChannel):
         self.channel_id = session.open_channel(connection_id)
 
     async def _call(self, function: Callable[..., T], *args: Any) -> T:
-        if self.blocking:
-            return await run_blocking(function, *args)
+        # The sync face calls the session directly, blocking or not.
+        if self.blocking:  # async-only
+            return await run_blocking(function, *args)  # async-only
         return function(*args)
 
     async def declare_exchange(
@@ -135,3 +141,88 @@ class SessionChannel(TransportChannel):
     async def cancel_delayed(self, message_id: str) -> int:
         store: Store = self._session.store
         return await self._call(store.cancel_delayed, message_id)
+
+
+class SessionTransport(Transport, Generic[S]):
+    """A connection to a broker-core session: the drain loop, queue stats and bindings, written once.
+
+    A subclass connects and closes (``_connection_id`` from ``Session.connect(self._signal)``) and says
+    which session it is connected to (:meth:`_current_session`), whether its calls may block
+    (``blocking``) and, if its connection can be lost under it, how to notice (:meth:`_check_alive`).
+    """
+
+    #: Whether the session's calls may block (then the asyncio face runs them in a worker thread).
+    blocking: ClassVar[bool] = True
+
+    def __init__(self, url: URL, options: Mapping[str, Any]) -> None:
+        super().__init__(url, options)
+        self._connection_id = 0
+        #: Set by the session when this connection may have work: a message, a cancelled consumer.
+        self._signal = Signal()
+
+    @abc.abstractmethod
+    def _current_session(self) -> S | None:
+        """The session this transport is connected to; None when closed."""
+
+    def _live_session(self) -> S:
+        session = self._current_session()
+        if session is None:
+            raise OperationalError(f"the {self.schemes[0]}:// connection is closed")
+        return session
+
+    def _check_alive(self, session: S) -> None:
+        """Raise OperationalError when the connection was lost under the session (each turn of drain)."""
+
+    async def _call(self, function: Callable[..., T], *args: Any) -> T:
+        # The sync face calls the session directly, blocking or not.
+        if self.blocking:  # async-only
+            return await run_blocking(function, *args)  # async-only
+        return function(*args)
+
+    async def drain(self, timeout: float | None) -> list[Delivery]:
+        """Wait up to ``timeout`` seconds (None: forever) for deliveries to this connection's consumers,
+        up to each prefetch window; raise TimeoutError if none came.
+
+        A consumer cancelled because its queue was deleted is raised as ConsumerCancelled, once. When the
+        session's calls block, they claim into the session's outbox in a worker thread and the
+        deliveries are taken here, with no suspension point between taking and returning: an asyncio
+        drain cancelled while it claims leaves its claims to the next drain, nothing is lost."""
+        session = self._live_session()
+        connection_id = self._connection_id
+        blocking = self.blocking
+        deadline = None if timeout is None else monotonic() + timeout
+        try:
+            while True:
+                self._check_alive(session)
+                cancelled = session.take_cancelled(connection_id)
+                if cancelled is not None:
+                    raise queue_deleted(*cancelled)
+                if blocking:
+                    deliveries = session.take(connection_id)
+                    if not deliveries:
+                        await run_blocking(session.fill, connection_id)
+                        deliveries = session.take(connection_id)
+                else:
+                    deliveries = session.claim(connection_id)
+                if deliveries:
+                    return deliveries
+                # Cleared before prepare_wait: a message arriving in between sets it, and is not missed.
+                self._signal.clear()
+                wait = await self._call(session.prepare_wait, connection_id)
+                remaining = None if deadline is None else deadline - monotonic()
+                if remaining is not None and remaining <= 0 and wait != 0.0:
+                    raise TimeoutError("no message arrived within the timeout")
+                if wait is None or (remaining is not None and remaining < wait):
+                    wait = remaining
+                if wait is None or wait > 0:
+                    await self._signal.wait(wait)
+                if self._current_session() is None:
+                    raise OperationalError(f"the {self.schemes[0]}:// connection was closed while draining")
+        finally:
+            session.end_wait(connection_id)
+
+    async def queue_stats(self) -> list[tuple[str, int, int, int]]:
+        return await self._call(self._live_session().queue_stats)
+
+    async def list_bindings(self) -> list[tuple[str, str, str, str, dict[str, Any]]]:
+        return await self._call(self._live_session().bindings)

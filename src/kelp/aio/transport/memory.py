@@ -12,17 +12,8 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from kelp._broker.memory import MemoryBroker, broker_for
-from kelp._envelope import Delivery
-from kelp.aio._backend import Signal, monotonic
-from kelp.aio.transport._session_channel import SessionChannel
-from kelp.aio.transport.base import (
-    DEFAULT_IMPLEMENTS,
-    Implements,
-    Transport,
-    kelp_version,
-    queue_deleted,
-)
-from kelp.exceptions import OperationalError
+from kelp.aio.transport._session_channel import SessionChannel, SessionTransport
+from kelp.aio.transport.base import DEFAULT_IMPLEMENTS, Implements, kelp_version
 
 __all__ = ["MemoryChannel", "MemoryTransport"]
 
@@ -33,7 +24,11 @@ class MemoryChannel(SessionChannel):
     blocking: ClassVar[bool] = False
 
 
-class MemoryTransport(Transport):
+class MemoryTransport(SessionTransport[MemoryBroker]):
+    """A connection to a process-wide broker: the session's calls never block, so they run on the
+    calling thread (the event loop's, in ``kelp.aio``)."""
+
+    blocking: ClassVar[bool] = False
     schemes: ClassVar[tuple[str, ...]] = ("memory",)
     implements: ClassVar[Implements] = DEFAULT_IMPLEMENTS.extend(delayed_delivery=True)
     query_options: ClassVar[frozenset[str] | None] = frozenset()
@@ -47,8 +42,6 @@ class MemoryTransport(Transport):
     def __init__(self, url: Any, options: Mapping[str, Any]) -> None:
         super().__init__(url, options)
         self._broker: MemoryBroker | None = None
-        self._connection_id = 0
-        self._signal = Signal()
 
     @property
     def is_connected(self) -> bool:
@@ -56,8 +49,9 @@ class MemoryTransport(Transport):
 
     @property
     def broker(self) -> MemoryBroker:
-        if self._broker is None:
-            raise OperationalError("the memory:// connection is closed")
+        return self._live_session()
+
+    def _current_session(self) -> MemoryBroker | None:
         return self._broker
 
     async def connect(self, timeout: float | None) -> None:
@@ -73,31 +67,3 @@ class MemoryTransport(Transport):
 
     async def open_channel(self) -> MemoryChannel:
         return MemoryChannel(self.broker, self._connection_id)
-
-    async def drain(self, timeout: float | None) -> list[Delivery]:
-        broker = self.broker
-        deadline = None if timeout is None else monotonic() + timeout
-        while True:
-            cancelled = broker.take_cancelled(self._connection_id)
-            if cancelled is not None:
-                raise queue_deleted(*cancelled)
-            deliveries = broker.claim(self._connection_id)
-            if deliveries:
-                return deliveries
-            self._signal.clear()
-            wait = broker.prepare_wait(self._connection_id)
-            remaining = None if deadline is None else deadline - monotonic()
-            if remaining is not None and remaining <= 0 and wait != 0.0:
-                raise TimeoutError("no message arrived within the timeout")
-            if wait is None or (remaining is not None and remaining < wait):
-                wait = remaining
-            if wait is None or wait > 0:
-                await self._signal.wait(wait)
-            if self._broker is None:
-                raise OperationalError("the memory:// connection was closed while draining")
-
-    async def queue_stats(self) -> list[tuple[str, int, int, int]]:
-        return self.broker.queue_stats()
-
-    async def list_bindings(self) -> list[tuple[str, str, str, str, dict[str, Any]]]:
-        return self.broker.bindings()

@@ -62,15 +62,9 @@ from kelp._broker.postgres import PostgresStore, store_for
 from kelp._broker.postgres._pipeline import MAX_BYTES, MAX_COUNT, Publisher
 from kelp._envelope import Delivery, Envelope
 from kelp._options import integer_option, seconds_option
-from kelp.aio._backend import Signal, monotonic, run_blocking
-from kelp.aio.transport._session_channel import SessionChannel
-from kelp.aio.transport.base import (
-    DEFAULT_IMPLEMENTS,
-    Implements,
-    Transport,
-    package_version,
-    queue_deleted,
-)
+from kelp.aio._backend import run_blocking
+from kelp.aio.transport._session_channel import SessionChannel, SessionTransport
+from kelp.aio.transport.base import DEFAULT_IMPLEMENTS, Implements, package_version
 from kelp.exceptions import InvalidURL, OperationalError
 from kelp.url import URL
 
@@ -142,7 +136,7 @@ def conninfo(url: URL) -> tuple[str, str]:
     return make_conninfo("", **options), schema
 
 
-class PostgresTransport(Transport):
+class PostgresTransport(SessionTransport[Session[PostgresStore]]):
     schemes: ClassVar[tuple[str, ...]] = ("postgresql", "postgres")
     implements: ClassVar[Implements] = DEFAULT_IMPLEMENTS.extend(delayed_delivery=True)
     query_options: ClassVar[frozenset[str] | None] = frozenset(
@@ -199,8 +193,6 @@ class PostgresTransport(Transport):
         )
         self._session: Session[PostgresStore] | None = None
         self._publisher: Publisher | None = None
-        self._connection_id = 0
-        self._signal = Signal()
 
     @property
     def is_connected(self) -> bool:
@@ -216,6 +208,9 @@ class PostgresTransport(Transport):
     def session(self) -> Session[PostgresStore]:
         if self._session is None:
             raise OperationalError("the postgresql:// connection is closed")
+        return self._session
+
+    def _current_session(self) -> Session[PostgresStore] | None:
         return self._session
 
     def info(self) -> dict[str, Any]:
@@ -265,50 +260,24 @@ class PostgresTransport(Transport):
             raise OperationalError("the postgresql:// connection is closed")
         return PostgresChannel(self.session, self._connection_id, self._publisher, self.confirm_publish)
 
-    async def drain(self, timeout: float | None) -> list[Delivery]:
-        session = self.session
-        connection_id = self._connection_id
-        deadline = None if timeout is None else monotonic() + timeout
+    async def _settle(self) -> None:
+        """Wait for this connection's publishes: what it reads next (claims, stats) sees them."""
         publisher = self._publisher
-        if publisher is not None and publisher.unsettled:  # claims see this connection's publishes
+        if publisher is not None and publisher.unsettled:
             await run_blocking(publisher.settle)
-        try:
-            while True:
-                if not session.store.owner_alive(connection_id):
-                    raise OperationalError(
-                        "the postgresql:// connection's database session was lost (a network cut, a "
-                        "terminated backend, a server restart): its unacked messages went back to their "
-                        "queues"
-                    )
-                # fill (in a worker thread) then take (here): a drain cancelled during fill leaves its
-                # claims in the session's outbox for the next one.
-                cancelled = session.take_cancelled(connection_id)
-                if cancelled is not None:
-                    raise queue_deleted(*cancelled)
-                deliveries = session.take(connection_id)
-                if not deliveries:
-                    await run_blocking(session.fill, connection_id)
-                    deliveries = session.take(connection_id)
-                if deliveries:
-                    return deliveries
-                self._signal.clear()
-                wait = await run_blocking(session.prepare_wait, connection_id)
-                remaining = None if deadline is None else deadline - monotonic()
-                if remaining is not None and remaining <= 0 and wait != 0.0:
-                    raise TimeoutError("no message arrived within the timeout")
-                if wait is None or (remaining is not None and remaining < wait):
-                    wait = remaining
-                if wait is None or wait > 0:
-                    await self._signal.wait(wait)
-                if self._session is None:
-                    raise OperationalError("the postgresql:// connection was closed while draining")
-        finally:
-            session.end_wait(connection_id)
+
+    async def drain(self, timeout: float | None) -> list[Delivery]:
+        if self._session is not None:  # claims see this connection's publishes (closed: drain raises)
+            await self._settle()
+        return await super().drain(timeout)
+
+    def _check_alive(self, session: Session[PostgresStore]) -> None:
+        if not session.store.owner_alive(self._connection_id):
+            raise OperationalError(
+                "the postgresql:// connection's database session was lost (a network cut, a terminated "
+                "backend, a server restart): its unacked messages went back to their queues"
+            )
 
     async def queue_stats(self) -> list[tuple[str, int, int, int]]:
-        if self._publisher is not None and self._publisher.unsettled:
-            await run_blocking(self._publisher.settle)
-        return await run_blocking(self.session.queue_stats)
-
-    async def list_bindings(self) -> list[tuple[str, str, str, str, dict[str, Any]]]:
-        return await run_blocking(self.session.bindings)
+        await self._settle()
+        return await super().queue_stats()

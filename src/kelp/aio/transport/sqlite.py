@@ -46,17 +46,13 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+from kelp._broker.core import Session
 from kelp._broker.sqlite import SqliteStore, StoreOptions, store_for
 from kelp._broker.sqlite._schema import make_private
-from kelp._envelope import Delivery, Envelope
-from kelp.aio._backend import Lock, Signal, monotonic, run_blocking, sleep
-from kelp.aio.transport._session_channel import SessionChannel
-from kelp.aio.transport.base import (
-    DEFAULT_IMPLEMENTS,
-    Implements,
-    Transport,
-    queue_deleted,
-)
+from kelp._envelope import Envelope
+from kelp.aio._backend import Lock, run_blocking, sleep
+from kelp.aio.transport._session_channel import SessionChannel, SessionTransport
+from kelp.aio.transport.base import DEFAULT_IMPLEMENTS, Implements
 from kelp.exceptions import OperationalError, UsageError
 from kelp.url import URL
 
@@ -125,7 +121,7 @@ def prepare_default_path(path: str) -> None:
     make_private(path)
 
 
-class SqliteTransport(Transport):
+class SqliteTransport(SessionTransport[Session[SqliteStore]]):
     schemes: ClassVar[tuple[str, ...]] = ("sqlite",)
     implements: ClassVar[Implements] = DEFAULT_IMPLEMENTS.extend(delayed_delivery=True)
     query_options: ClassVar[frozenset[str] | None] = frozenset(
@@ -145,8 +141,6 @@ class SqliteTransport(Transport):
         confirm = url.query.get("confirm_publish", "").lower() in _TRUE
         self.confirm_publish = confirm or bool(options.get("confirm_publish"))
         self._store: SqliteStore | None = None
-        self._connection_id = 0
-        self._signal = Signal()
         self._committing = Lock()  # one commit in a worker thread at a time (see commit)
 
     @property
@@ -158,6 +152,9 @@ class SqliteTransport(Transport):
         if self._store is None:
             raise OperationalError("the sqlite:// connection is closed")
         return self._store
+
+    def _current_session(self) -> Session[SqliteStore] | None:
+        return None if self._store is None else self._store.session
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "path": self.path, "confirm_publish": self.confirm_publish}
@@ -190,36 +187,6 @@ class SqliteTransport(Transport):
     async def open_channel(self) -> SqliteChannel:
         return SqliteChannel(self, self.store, self._connection_id)
 
-    async def drain(self, timeout: float | None) -> list[Delivery]:
-        store = self.store
-        deadline = None if timeout is None else monotonic() + timeout
-        try:
-            while True:
-                # fill (in a worker thread) then take (here, with no suspension point between take and
-                # return): a drain cancelled during fill leaves its claims in the outbox for the next.
-                cancelled = store.session.take_cancelled(self._connection_id)
-                if cancelled is not None:
-                    raise queue_deleted(*cancelled)
-                deliveries = store.session.take(self._connection_id)
-                if not deliveries:
-                    await run_blocking(store.session.fill, self._connection_id)
-                    deliveries = store.session.take(self._connection_id)
-                if deliveries:
-                    return deliveries
-                self._signal.clear()
-                wait = await run_blocking(store.session.prepare_wait, self._connection_id)
-                remaining = None if deadline is None else deadline - monotonic()
-                if remaining is not None and remaining <= 0 and wait != 0.0:
-                    raise TimeoutError("no message arrived within the timeout")
-                if wait is None or (remaining is not None and remaining < wait):
-                    wait = remaining
-                if wait is None or wait > 0:
-                    await self._signal.wait(wait)
-                if self._store is None:
-                    raise OperationalError("the sqlite:// connection was closed while draining")
-        finally:
-            store.session.end_wait(self._connection_id)
-
     async def commit(self, ticket: int) -> None:
         """Return once the publishes up to ``ticket`` (see ``SqliteStore.send``) are committed.
 
@@ -245,9 +212,3 @@ class SqliteTransport(Transport):
         store = self.store
         await run_blocking(store.flush)
         store.raise_refused()
-
-    async def queue_stats(self) -> list[tuple[str, int, int, int]]:
-        return await run_blocking(self.store.session.queue_stats)
-
-    async def list_bindings(self) -> list[tuple[str, str, str, str, dict[str, Any]]]:
-        return await run_blocking(self.store.session.bindings)
