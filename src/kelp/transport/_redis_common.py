@@ -1,7 +1,7 @@
 # Generated from src/kelp/aio/transport/_redis_common.py by scripts/unasync.py; do not edit.
-"""What the parts of the redis:// transport share: their limits, the mapping of the broker script's
-refusals to kelp's exceptions, and the in-process records of consumers and of unacked deliveries (which
-say where each delivered message sits in Redis until it is acked or put back)."""
+"""What the parts of the redis:// transport share: their limits and the mapping of the broker script's
+refusals to kelp's exceptions. (Consumers, delivery tags and unacked deliveries are kept by the broker
+core's :class:`~kelp._broker.core.channel.ChannelState`, as for the other brokers kelp runs itself.)"""
 
 from __future__ import annotations
 
@@ -22,8 +22,6 @@ from kelp.exceptions import (
 )
 from kelp.routing import InvalidXMatch
 
-#: Deliveries one claim may take for a consumer without a prefetch limit.
-MAX_CLAIM = 1000
 #: The longest single blocking wait in drain: local events (a new consumer, a freed window) are noticed
 #: within this time even while a wait is in progress.
 WAIT_CAP = 0.5
@@ -91,25 +89,3 @@ def _flag(value: bool) -> str:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-class _Consumer:
-    __slots__ = ("key", "no_ack", "prefetch", "queue", "tag", "unacked")
-
-    def __init__(self, tag: str, queue: str, key: str, no_ack: bool, prefetch: int) -> None:
-        self.tag = tag
-        self.queue = queue
-        self.key = key  # "<channel>:<tag>", its name in the queue's consumer table
-        self.no_ack = no_ack
-        self.prefetch = prefetch
-        self.unacked = 0
-
-
-class _Unacked:
-    __slots__ = ("consumer", "entry_id", "queue", "suffix")
-
-    def __init__(self, queue: str, suffix: str, entry_id: bytes, consumer: _Consumer | None) -> None:
-        self.queue = queue
-        self.suffix = suffix
-        self.entry_id = entry_id
-        self.consumer = consumer

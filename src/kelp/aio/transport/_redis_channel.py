@@ -1,20 +1,24 @@
-"""A redis:// channel: its consumers, prefetch windows and unacked deliveries live in the process; every
-declaration, claim and settlement is one call of the broker script on the connection's pipe. Acks are
-buffered on the connection and sent in batches; rejects, requeues and a closing channel put messages back
-at the head of their queue, flagged redelivered."""
+"""A redis:// channel: its consumers, prefetch windows and unacked deliveries live in the process, in the
+broker core's :class:`~kelp._broker.core.channel.ChannelState` (each unacked delivery's ref says where its
+entry sits in Redis: ``(stream suffix, entry id)``); every declaration, claim and settlement is one call of
+the broker script on the connection's pipe. Acks are buffered on the connection and sent in batches;
+rejects, requeues and a closing channel put messages back at the head of their queue, flagged
+redelivered."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from kelp._broker.core.channel import ChannelState, Consumer
+from kelp._broker.core.store import Unacked
 from kelp._broker.malformed import Malformed
-from kelp._broker.queue_args import QueueArgs, check_name, generated_queue_name, tag
+from kelp._broker.queue_args import QueueArgs, check_name, generated_queue_name
 from kelp._broker.redis.codec import binding_member, decode_meta, encode_arguments
 from kelp._envelope import Delivery, Envelope, QueueInfo
-from kelp.aio.transport._redis_common import ACK_BATCH, _Consumer, _flag, _text, _Unacked
+from kelp.aio.transport._redis_common import ACK_BATCH, _flag, _text
 from kelp.aio.transport.base import TransportChannel
-from kelp.exceptions import AccessRefused, PreconditionFailed, UsageError
+from kelp.exceptions import AccessRefused, UsageError
 from kelp.routing import validate_exchange_type
 
 if TYPE_CHECKING:
@@ -29,11 +33,7 @@ class RedisChannel(TransportChannel):
     def __init__(self, transport: RedisTransport, channel_id: int) -> None:
         self._transport = transport
         self.channel_id = channel_id
-        self.next_tag = 1
-        self.unacked: dict[int, _Unacked] = {}
-        self.consumers: dict[str, _Consumer] = {}
-        self.prefetch = 0
-        self.prefetch_global = 0
+        self.state = ChannelState(channel_id)
 
     async def declare_exchange(
         self,
@@ -155,30 +155,26 @@ class RedisChannel(TransportChannel):
         return await self._transport.publish(envelopes)
 
     async def qos(self, prefetch_count: int, global_: bool) -> None:
-        if global_:
-            self.prefetch_global = prefetch_count
-        else:
-            self.prefetch = prefetch_count
-            for consumer in self.consumers.values():
-                consumer.prefetch = prefetch_count
+        self.state.qos(prefetch_count, global_)
         self._transport.wake()
 
     async def consume(
         self, queue: str, consumer_tag: str, no_ack: bool, arguments: Mapping[str, Any] | None
     ) -> str:
-        consumer_tag = consumer_tag or tag("amq.ctag-")
-        if consumer_tag in self.consumers:
-            raise UsageError(f"consumer tag {consumer_tag!r} is already in use on this channel")
-        key = f"{self.channel_id}:{consumer_tag}"
-        await self._transport.call("consume", self._transport.connection_id, queue, key)
-        self.consumers[consumer_tag] = _Consumer(consumer_tag, queue, key, no_ack, self.prefetch)
+        consumer_tag = self.state.free_tag(consumer_tag)
+        await self._transport.call("consume", self._transport.connection_id, queue, self._key(consumer_tag))
+        self.state.add_consumer(consumer_tag, queue, no_ack)
         self._transport.wake()
         return consumer_tag
 
     async def cancel(self, consumer_tag: str) -> None:
-        consumer = self.consumers.pop(consumer_tag, None)
+        consumer = self.state.consumers.pop(consumer_tag, None)
         if consumer is not None and self._transport.is_connected:  # a released connection has no consumers
-            await self._transport.call("cancel", self._transport.connection_id, consumer.key)
+            await self._transport.call("cancel", self._transport.connection_id, self._key(consumer_tag))
+
+    def _key(self, consumer_tag: str) -> str:
+        """The consumer's name in its queue's consumer table."""
+        return f"{self.channel_id}:{consumer_tag}"
 
     async def get(self, queue: str, no_ack: bool) -> Delivery | None:
         transport = self._transport
@@ -201,7 +197,7 @@ class RedisChannel(TransportChannel):
 
     def _deliver(
         self,
-        consumer: _Consumer | None,
+        consumer: Consumer | None,
         queue: str,
         suffix: str,
         entry_id: bytes,
@@ -217,12 +213,7 @@ class RedisChannel(TransportChannel):
         except Malformed as exc:
             self._transport.malformed.append((queue, suffix, entry_id, no_ack, str(exc)))
             return None
-        delivery_tag = self.next_tag
-        self.next_tag += 1
-        if not no_ack:
-            self.unacked[delivery_tag] = _Unacked(queue, suffix, entry_id, consumer)
-            if consumer is not None:
-                consumer.unacked += 1
+        delivery_tag = self.state.record(consumer, queue, ((suffix, entry_id),), no_ack)
         return Delivery(
             self.channel_id,
             consumer.tag if consumer is not None else "",
@@ -238,45 +229,31 @@ class RedisChannel(TransportChannel):
 
     async def ack(self, delivery_tag: int, multiple: bool) -> None:
         transport = self._transport
-        for item in self._settle(delivery_tag, multiple):
-            if item.consumer is not None:
-                item.consumer.unacked -= 1
-            transport.queue_ack(item.queue, item.suffix, item.entry_id)
+        for item in self.state.settle(delivery_tag, multiple):
+            suffix, entry_id = item.ref
+            transport.queue_ack(item.queue, suffix, entry_id)
         transport.wake()
         if transport.pending_acks >= ACK_BATCH:
             await transport.send_buffered()
 
     async def reject(self, delivery_tag: int, requeue: bool, multiple: bool = False) -> None:
-        await self._settle_remote(self._settle(delivery_tag, multiple), requeue)
+        await self._settle_remote(self.state.settle(delivery_tag, multiple), requeue)
 
     async def recover(self, requeue: bool) -> None:
         """Requeue every unacked delivery of the channel (AMQP basic.recover; kelp always requeues)."""
-        await self._settle_remote(self._settle(0, True), True)
+        await self._settle_remote(self.state.drop_all(), True)
 
-    async def _settle_remote(self, items: list[_Unacked], requeue: bool) -> None:
+    async def _settle_remote(self, items: list[Unacked], requeue: bool) -> None:
         if not items:
             return
         args: list[Any] = []
         for item in items:
-            if item.consumer is not None:
-                item.consumer.unacked -= 1
-            args += (item.queue, item.suffix, item.entry_id)
+            args += (item.queue, *item.ref)
         transport = self._transport
         outbox = await transport.call("settle", transport.connection_id, _flag(requeue), len(items), *args)
         transport.wake()
         if outbox:
             await transport.flush_outbox()
-
-    def _settle(self, delivery_tag: int, multiple: bool) -> list[_Unacked]:
-        if multiple:
-            tags = (
-                sorted(t for t in self.unacked if t <= delivery_tag) if delivery_tag else sorted(self.unacked)
-            )
-            return [self.unacked.pop(t) for t in tags]
-        item = self.unacked.pop(delivery_tag, None)
-        if item is None:
-            raise PreconditionFailed(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}")
-        return [item]
 
     async def cancel_delayed(self, message_id: str) -> int:
         # Sent after this connection's earlier publishes on the same pipe, so it finds them.
@@ -285,6 +262,6 @@ class RedisChannel(TransportChannel):
     async def close(self) -> None:
         transport = self._transport
         if transport.forget_channel(self) and transport.is_connected:
-            for consumer_tag in list(self.consumers):
+            for consumer_tag in list(self.state.consumers):
                 await self.cancel(consumer_tag)
-            await self._settle_remote(self._settle(0, True), True)
+            await self._settle_remote(self.state.drop_all(), True)

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from kelp._broker.core.channel import Consumer
 from kelp._broker.malformed import report_dropped
 from kelp._envelope import Delivery
 from kelp.aio._backend import monotonic
 from kelp.aio.transport._redis_common import (
-    MAX_CLAIM,
     SERVER_TICK,
     WAIT_CAP,
-    _Consumer,
     _flag,
     _mapped,
     _text,
@@ -74,23 +73,18 @@ class RedisConsuming(RedisSender):
             else:
                 await self._signal.wait(wait)
 
-    def _claim_specs(self) -> list[tuple[RedisChannel, _Consumer, int]]:
-        specs = []
-        for channel in self._channels.values():
-            if not channel.consumers:
-                continue
-            budget = channel.prefetch_global - len(channel.unacked) if channel.prefetch_global else None
-            for consumer in channel.consumers.values():
-                room = consumer.prefetch - consumer.unacked if consumer.prefetch else MAX_CLAIM
-                if budget is not None:
-                    room = min(room, budget)
-                    budget -= max(room, 0)
-                # A full consumer is asked about too (room 0): the answer says whether its queue still exists.
-                specs.append((channel, consumer, max(room, 0)))
-        return specs
+    def _claim_specs(self) -> list[tuple[RedisChannel, Consumer, int]]:
+        """``(channel, consumer, room)`` for every consumer. The script limits each consumer only, so a
+        channel's global window is shared out among its consumers here; and a full consumer is asked about
+        too (room 0), as the answer says whether its queue still exists."""
+        return [
+            (channel, consumer, room)
+            for channel in self._channels.values()
+            for consumer, room in channel.state.rooms(share_global=True)
+        ]
 
     async def _claim(
-        self, specs: list[tuple[RedisChannel, _Consumer, int]]
+        self, specs: list[tuple[RedisChannel, Consumer, int]]
     ) -> tuple[list[Delivery], list[Any]]:
         args: list[Any] = []
         for index, (_, consumer, room) in enumerate(specs):
@@ -109,7 +103,7 @@ class RedisConsuming(RedisSender):
                 break
             if item == b"gone":  # the queue was deleted: cancel the consumer, as RabbitMQ's basic.cancel
                 channel, consumer, _ = specs[int(result[i + 1])]
-                if channel.consumers.pop(consumer.tag, None) is not None:
+                if channel.state.consumers.pop(consumer.tag, None) is not None:
                     self._cancelled.append((channel.channel_id, consumer.tag, consumer.queue))
                 i += 2
                 continue

@@ -60,6 +60,7 @@ from redis.asyncio import Redis  # async-only
 # sync-only: from redis import Redis
 from redis.exceptions import ResponseError
 
+from kelp._broker.core.channel import MAX_CLAIM as MAX_CLAIM
 from kelp._broker.redis.codec import decode_arguments
 from kelp._broker.redis.script import FUNCTION, LIBRARY, SHA, SOURCE
 from kelp._broker.redis.ticker import AsyncLinger as Linger  # async-only
@@ -74,7 +75,6 @@ from kelp.aio.transport._redis_channel import RedisChannel
 from kelp.aio.transport._redis_common import ACK_BATCH as ACK_BATCH
 from kelp.aio.transport._redis_common import CLIENT_CHECK as CLIENT_CHECK
 from kelp.aio.transport._redis_common import LINGER, _mapped, _text
-from kelp.aio.transport._redis_common import MAX_CLAIM as MAX_CLAIM
 from kelp.aio.transport._redis_common import MAX_UNCONFIRMED as MAX_UNCONFIRMED
 from kelp.aio.transport._redis_common import MAX_UNCONFIRMED_BYTES as MAX_UNCONFIRMED_BYTES
 from kelp.aio.transport._redis_common import PUBLISH_ARGS as PUBLISH_ARGS

@@ -110,3 +110,24 @@ async def test_prefetch_is_per_consumer_across_connections(broker_url: str, name
             assert len(second) == 1
             assert sorted(first.bodies + second.bodies) == sorted(set(first.bodies + second.bodies))
             assert await count_becomes(Queue(q.name)(conn.default_channel), 3)
+
+
+async def test_a_global_window_is_shared_by_the_channel_consumers(broker_url: str, names: Names) -> None:
+    async with Connection(broker_url) as conn:
+        one, two = Queue(names("q1")), Queue(names("q2"))
+        await declared(conn, one)
+        await declared(conn, two)
+        await _publish(conn, one, 4)
+        await _publish(conn, two, 4)
+        consumer = conn.Consumer([one, two])  # two consumers on one channel
+        await consumer.qos(prefetch_count=3, apply_global=True)
+        got = []
+        consumer.register_callback(lambda body, message: got.append(message))
+        async with consumer:
+            assert await drain_until(conn, lambda: len(got) >= 3)
+            await drain_for(conn)
+            assert len(got) == 3
+            await got[0].ack()
+            assert await drain_until(conn, lambda: len(got) >= 4)
+            await drain_for(conn)
+            assert len(got) == 4

@@ -111,3 +111,24 @@ def test_prefetch_is_per_consumer_across_connections(broker_url: str, names: Nam
             assert len(second) == 1
             assert sorted(first.bodies + second.bodies) == sorted(set(first.bodies + second.bodies))
             assert count_becomes(Queue(q.name)(conn.default_channel), 3)
+
+
+def test_a_global_window_is_shared_by_the_channel_consumers(broker_url: str, names: Names) -> None:
+    with Connection(broker_url) as conn:
+        one, two = Queue(names("q1")), Queue(names("q2"))
+        declared(conn, one)
+        declared(conn, two)
+        _publish(conn, one, 4)
+        _publish(conn, two, 4)
+        consumer = conn.Consumer([one, two])  # two consumers on one channel
+        consumer.qos(prefetch_count=3, apply_global=True)
+        got = []
+        consumer.register_callback(lambda body, message: got.append(message))
+        with consumer:
+            assert drain_until(conn, lambda: len(got) >= 3)
+            drain_for(conn)
+            assert len(got) == 3
+            got[0].ack()
+            assert drain_until(conn, lambda: len(got) >= 4)
+            drain_for(conn)
+            assert len(got) == 4
