@@ -75,20 +75,28 @@ class RedisConsuming(RedisSender):
                 self._signal.wait(wait)
 
     def _claim_specs(self) -> list[tuple[RedisChannel, Consumer, int]]:
-        """``(channel, consumer, room)`` for every consumer. The script limits each consumer only, so a
-        channel's global window is shared out among its consumers here; and a full consumer is asked about
-        too (room 0), as the answer says whether its queue still exists."""
+        """``(channel, consumer, room)`` for every consumer. A full consumer is asked about too (room 0),
+        as the answer says whether its queue still exists."""
         return [
             (channel, consumer, room)
             for channel in self._channels.values()
-            for consumer, room in channel.state.rooms(share_global=True)
+            for consumer, room in channel.state.rooms()
         ]
 
     def _claim(self, specs: list[tuple[RedisChannel, Consumer, int]]) -> tuple[list[Delivery], list[Any]]:
         args: list[Any] = []
-        for index, (_, consumer, room) in enumerate(specs):
-            args += (consumer.queue, room, _flag(consumer.no_ack), index)
-        result = self.call("claim", self.connection_id, len(specs), *args)
+        # A channel's global window: one room its consumers share, which the script takes from in turn.
+        windows: dict[int, int] = {}  # channel id -> the window's number (from 1)
+        rooms: list[int] = []
+        for index, (channel, consumer, room) in enumerate(specs):
+            window = 0
+            if channel.state.prefetch_global:
+                window = windows.get(channel.channel_id, 0)
+                if not window:
+                    rooms.append(channel.state.global_room())
+                    window = windows[channel.channel_id] = len(rooms)
+            args += (consumer.queue, room, _flag(consumer.no_ack), index, window)
+        result = self.call("claim", self.connection_id, len(specs), *args, len(rooms), *rooms)
         deliveries: list[Delivery] = []
         watch: list[Any] = []
         i, end = 1, len(result)

@@ -77,12 +77,11 @@ class ChannelState:
 
     # --- claiming --------------------------------------------------------------------------------------
 
-    def rooms(self, start: int = 0, share_global: bool = False) -> list[tuple[Consumer, int]]:
+    def rooms(self, start: int = 0) -> list[tuple[Consumer, int]]:
         """Each consumer with its room: how many more deliveries its window takes (0 when full,
         :data:`MAX_CLAIM` without a window). Listed from the consumer at ``start`` (modulo their number)
-        on, so that claims can take turns. With ``share_global`` the channel's room (see
-        :meth:`global_room`) is shared out too, in that order, for a claim that cannot limit the channel
-        as a whole."""
+        on, so that claims can take turns. The channel's global window (:meth:`global_room`) limits
+        them together: the claim applies it."""
         consumers = list(self.consumers.values())
         if start and len(consumers) > 1:
             shift = start % len(consumers)
@@ -91,12 +90,6 @@ class ChannelState:
         for consumer in consumers:
             room = consumer.prefetch - consumer.unacked if consumer.prefetch else MAX_CLAIM
             rooms.append((consumer, room if room > 0 else 0))
-        if share_global and self.prefetch_global:
-            budget = self.global_room()
-            for i, (consumer, room) in enumerate(rooms):
-                room = min(room, budget)
-                rooms[i] = consumer, room
-                budget -= room
         return rooms
 
     def global_room(self) -> int:

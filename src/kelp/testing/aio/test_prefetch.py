@@ -131,3 +131,26 @@ async def test_a_global_window_is_shared_by_the_channel_consumers(broker_url: st
             assert await drain_until(conn, lambda: len(got) >= 4)
             await drain_for(conn)
             assert len(got) == 4
+
+
+async def test_a_global_window_is_not_held_by_a_consumer_whose_queue_is_empty(
+    broker_url: str, names: Names
+) -> None:
+    """Celery consumes several queues on one channel with a global window: an idle queue's consumer must
+    not keep the busy queue's consumer from filling the window."""
+    async with Connection(broker_url) as conn:
+        idle, busy = Queue(names("idle")), Queue(names("busy"))
+        await declared(conn, idle)
+        await declared(conn, busy)
+        await _publish(conn, busy, 4)
+        consumer = conn.Consumer([idle, busy])  # the idle queue's consumer comes first
+        await consumer.qos(prefetch_count=2, apply_global=True)
+        got = []
+        consumer.register_callback(lambda body, message: got.append(message))
+        async with consumer:
+            assert await drain_until(conn, lambda: len(got) >= 2)
+            await drain_for(conn)
+            assert [message.payload for message in got] == [0, 1]
+            await got[0].ack()
+            assert await drain_until(conn, lambda: len(got) >= 3)
+            assert got[2].payload == 2
