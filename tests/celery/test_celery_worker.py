@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import kelp_celery_app
+import kombu
 import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
@@ -196,3 +197,14 @@ def test_broker_transport_setting_with_a_plain_kelp_url(tmp_path: Path) -> None:
         assert mul.delay(6, 7).get(timeout=10) == 42
     assert app.connection().as_uri() == f"kelp+sqlite:///{tmp_path}/plain.db"
     app.close()
+
+
+def test_a_worker_on_several_queues_is_not_held_up_by_an_idle_one(cluster: Cluster) -> None:
+    """Celery asks kelp for one window for the channel of all its queues (global prefetch): an idle queue
+    consumed first must not keep the busy one's tasks from that window."""
+    idle = f"{cluster.queue}-idle"
+    cluster.start_worker("-P", "solo", "-Q", f"{idle},{cluster.queue}")
+    results = [cluster.send("add", i, 1) for i in range(20)]
+    assert [r.get(timeout=20) for r in results] == [i + 1 for i in range(20)]
+    with kombu.Connection(cluster.url) as connection:
+        connection.default_channel.queue_delete(idle)
