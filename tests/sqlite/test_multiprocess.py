@@ -304,3 +304,24 @@ def test_processes_opening_a_new_file_at_once_all_see_kelp_s_file(tmp_path: Path
         outputs = [opener.communicate(timeout=60)[1] for opener in openers]
         errors = [err for opener, err in zip(openers, outputs, strict=True) if opener.returncode]
         assert errors == [], errors[0][-300:]
+
+
+def test_a_message_published_without_delivery_mode_is_persistent(tmp_path: Path) -> None:
+    """A message prepared by hand (``channel.prepare_message``) carries no ``delivery_mode``: kelp's
+    default, persistent, applies, as on postgresql:// and redis:// - it survives a restart."""
+    url = f"sqlite:///{tmp_path}/broker.db"
+    script = f"""
+from kelp import Connection, Queue
+with Connection({url!r}) as conn:
+    channel = conn.channel()
+    Queue("durable", durable=True, auto_delete=False)(channel).declare()
+    message = channel.prepare_message(b"by hand")
+    assert "delivery_mode" not in message.properties
+    channel.basic_publish(message, routing_key="durable")
+"""
+    _run_script(script)
+    with Connection(url) as conn:
+        queue = Queue("durable", durable=True, auto_delete=False)(conn.default_channel)
+        message = queue.get()
+        assert message is not None
+        assert message.body == b"by hand"

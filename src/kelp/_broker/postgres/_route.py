@@ -147,7 +147,7 @@ class Copy:
         self.ttl = ttl
         priority = properties.get("priority") or 0
         self.priority = min(priority, args.max_priority or 0) if isinstance(priority, int) else 0
-        self.persistent = properties.get("delivery_mode", 2) == 2
+        self.persistent = properties.get("delivery_mode") != 1  # transient only when marked so
 
 
 def copies_of(topo: Topology, envelope: Envelope) -> list[Copy]:

@@ -90,6 +90,6 @@ def dead_letter_message(
         return
     copy = Envelope(body, new_properties, new_headers, dlx, target_key)
     props, head = encode(new_properties), encode(new_headers)
-    persistent = new_properties.get("delivery_mode") == 2
+    persistent = new_properties.get("delivery_mode") != 1
     for name in targets:
         _ops.enqueue(tx, name, copy, props, head, persistent, None, tx.now)

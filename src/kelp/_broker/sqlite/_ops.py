@@ -302,7 +302,7 @@ def publish(tx: Tx, envelopes: Sequence[Envelope]) -> tuple[list[Envelope], list
         ttl = expiration_ms(properties)
         props = encode(properties)
         headers = encode(envelope.headers) if envelope.headers else ""
-        persistent = properties.get("delivery_mode") == 2
+        persistent = properties.get("delivery_mode") != 1  # transient only when marked so
         if envelope.due is not None:
             for name in targets:
                 _delayed.hold(tx, name, envelope, props, headers, persistent, ttl)
