@@ -65,6 +65,7 @@ class Consumer:
         self.on_message = on_message
         self.accept = prepare_accept_content(accept)
         self.prefetch_count = prefetch_count
+        self._prefetch_global = False  # the window last set by qos(): the channel's (True) or each consumer's
         self.tag_prefix = tag_prefix if tag_prefix is not None else f"kelp.{uuid.uuid4().hex[:12]}."
         self._tags: dict[str, str] = {}
         self._channel_used: Channel | None = None
@@ -117,8 +118,8 @@ class Consumer:
         if self.auto_declare:
             for queue in self.queues:
                 await maybe_declare(queue, channel)
-        if self.prefetch_count is not None:
-            await channel.basic_qos(0, self.prefetch_count, False)
+        if self.prefetch_count is not None:  # again on a new channel (after a reconnect), as it was set
+            await channel.basic_qos(0, self.prefetch_count, self._prefetch_global)
         flag = self.no_ack if no_ack is None else no_ack
         for queue in self.queues:
             if queue.name in self._tags:
@@ -181,8 +182,10 @@ class Consumer:
         return sum([await channel.queue_purge(queue.name) for queue in self.queues])
 
     async def qos(self, prefetch_size: int = 0, prefetch_count: int = 0, apply_global: bool = False) -> None:
-        """Set the prefetch window for consumers started after this call (AMQP basic.qos)."""
+        """Set the prefetch window for consumers started after this call (AMQP basic.qos); with
+        ``apply_global``, one window shared by every consumer of the channel."""
         self.prefetch_count = prefetch_count
+        self._prefetch_global = apply_global
         await (await self._source.get()).basic_qos(prefetch_size, prefetch_count, apply_global)
 
     async def recover(self, requeue: bool = False) -> None:
