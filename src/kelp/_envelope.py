@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-__all__ = ["PROPERTY_NAMES", "Delivery", "Envelope", "QueueInfo", "QueueStats"]
+__all__ = ["PROPERTY_NAMES", "Delivery", "Envelope", "QueueInfo", "QueueStats", "is_persistent"]
 
 #: The AMQP 0-9-1 basic properties a message carries besides its headers, in wire order.
 PROPERTY_NAMES = (
@@ -23,6 +23,12 @@ PROPERTY_NAMES = (
     "app_id",
     "cluster_id",
 )
+
+
+def is_persistent(properties: Mapping[str, Any]) -> bool:
+    """Whether a message is persistent: unless its ``delivery_mode`` is 1 (transient), it is - also when it
+    has none (a message prepared by hand), kelp's default."""
+    return properties.get("delivery_mode") != 1
 
 
 class Envelope:

@@ -25,7 +25,7 @@ from kelp._broker.redis.codec import decode_meta, encode_meta, headers_canon
 from kelp._broker.redis.script import FUNCTION, SHA, SOURCE
 from kelp._broker.redis.ticker import ThreadLinger as Linger
 from kelp._broker.redis.ticker import ThreadTicker as Ticker
-from kelp._envelope import Envelope
+from kelp._envelope import Envelope, is_persistent
 from kelp._options import integer_option, seconds_option
 from kelp.exceptions import MessageNacked, OperationalError, UsageError
 from kelp.transport._redis_common import (
@@ -350,7 +350,7 @@ class RedisSender(Transport):
             if envelope.mandatory or envelope.exchange not in exchanges:
                 wait = True
             properties = envelope.properties
-            if properties.get("delivery_mode") != 1:
+            if is_persistent(properties):
                 transient = False
             ttl = expiration_ms(properties)
             args += (

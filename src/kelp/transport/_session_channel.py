@@ -29,6 +29,12 @@ T = TypeVar("T")
 S = TypeVar("S", bound=Session[Any])
 
 
+def call_session(blocking: bool, function: Callable[..., T], *args: Any) -> T:
+    """Call a session method: from a worker thread on the asyncio face when the store may block; directly
+    on the sync face, blocking or not."""
+    return function(*args)
+
+
 class SessionChannel(TransportChannel):
     """A channel over a broker-core session (see the module docstring)."""
 
@@ -41,8 +47,7 @@ class SessionChannel(TransportChannel):
         self.channel_id = session.open_channel(connection_id)
 
     def _call(self, function: Callable[..., T], *args: Any) -> T:
-        # The sync face calls the session directly, blocking or not.
-        return function(*args)
+        return call_session(self.blocking, function, *args)
 
     def declare_exchange(
         self,
@@ -167,8 +172,7 @@ class SessionTransport(Transport, Generic[S]):
         """Raise OperationalError when the connection was lost under the session (each turn of drain)."""
 
     def _call(self, function: Callable[..., T], *args: Any) -> T:
-        # The sync face calls the session directly, blocking or not.
-        return function(*args)
+        return call_session(self.blocking, function, *args)
 
     def drain(self, timeout: float | None) -> list[Delivery]:
         """Wait up to ``timeout`` seconds (None: forever) for deliveries to this connection's consumers,

@@ -120,31 +120,41 @@ class Listening(TopologyOps):
         self._listening.set()
 
     def _notified(self, payload: str) -> None:
+        # Any role that may connect to the database may NOTIFY on the channel: what kelp did not write is
+        # ignored (logged), never fatal to this thread.
         kind, _, rest = payload.partition(":")
-        try:
-            if kind == "r":
-                row_id, _, queue = rest.partition(":")
-                self.lower_floor(queue, int(row_id))
-                if self.listener is not None:
-                    self.listener.wake((queue,))
-            elif kind == "w":
-                self.next_due = min(self.next_due, float(rest))
-                if self.listener is not None:
-                    self.listener.wake_all()
-            elif kind == "d":
-                if not self._deleted(rest):
-                    raise ValueError(kind)
-                with self._guard:
-                    self._floors.pop(rest, None)
-                if self.listener is not None:
-                    self.listener.queues_deleted({rest})
-            elif kind != "s":
-                raise ValueError(kind)
-        except ValueError:
-            # Any role that may connect to the database may NOTIFY on the channel: ignored, not fatal.
-            logger.warning(
-                "postgresql %s: ignored an announcement kelp did not write: %.80r", self.where, payload
-            )
+        if kind == "r":
+            row_id, _, queue = rest.partition(":")
+            try:
+                low = int(row_id)
+            except ValueError:
+                return self._ignored(payload)
+            self.lower_floor(queue, low)
+            if self.listener is not None:
+                self.listener.wake((queue,))
+        elif kind == "w":
+            try:
+                due = float(rest)
+            except ValueError:
+                return self._ignored(payload)
+            self.next_due = min(self.next_due, due)
+            if self.listener is not None:
+                self.listener.wake_all()
+        elif kind == "d":
+            if not self._deleted(rest):
+                return self._ignored(payload)
+            with self._guard:
+                self._floors.pop(rest, None)
+            if self.listener is not None:
+                self.listener.queues_deleted({rest})
+        elif kind != "s":
+            self._ignored(payload)
+        return None
+
+    def _ignored(self, payload: str) -> None:
+        logger.warning(
+            "postgresql %s: ignored an announcement kelp did not write: %.80r", self.where, payload
+        )
 
     def _deleted(self, queue: str) -> bool:
         """Whether the consumers this process registered on ``queue`` are gone, as a queue's deletion

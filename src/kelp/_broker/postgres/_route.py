@@ -26,7 +26,7 @@ from kelp._broker.queue_args import (
     expiration_ms,
 )
 from kelp._broker.sqlite._codec import decode, encode
-from kelp._envelope import Envelope
+from kelp._envelope import Envelope, is_persistent
 from kelp.exceptions import NotFound, PreconditionFailed
 from kelp.routing import BindingTable, route
 
@@ -147,7 +147,7 @@ class Copy:
         self.ttl = ttl
         priority = properties.get("priority") or 0
         self.priority = min(priority, args.max_priority or 0) if isinstance(priority, int) else 0
-        self.persistent = properties.get("delivery_mode") != 1  # transient only when marked so
+        self.persistent = is_persistent(properties)
 
 
 def copies_of(topo: Topology, envelope: Envelope) -> list[Copy]:

@@ -23,7 +23,7 @@ from kelp._broker.sqlite import _delayed, _ops
 from kelp._broker.sqlite._codec import decode, encode
 from kelp._broker.sqlite._ops import Shape
 from kelp._broker.sqlite._topology import Topology
-from kelp._envelope import Envelope
+from kelp._envelope import Envelope, is_persistent
 
 __all__ = ["PublishBuffer", "Segment", "lean_row", "queues", "stage", "store"]
 
@@ -57,7 +57,7 @@ def stage(topo: Topology, envelopes: Sequence[Envelope], now: float) -> tuple[St
         properties = envelope.properties
         props = encode(properties)
         headers_text = encode(headers) if headers else ""
-        persistent = properties.get("delivery_mode") != 1  # transient only when marked so
+        persistent = is_persistent(properties)
         durable = durable or persistent
         if plain and "expiration" not in properties and envelope.due is None:
             body = _ops.blob(envelope.body)
@@ -74,7 +74,7 @@ def lean_held_row(topo: Topology, envelope: Envelope, confirm: bool) -> _delayed
     """The one ``delayed`` row of a delayed publish to a single queue, to be committed now (persistent,
     or ``confirm``), with the topology version; None for anything else (the general path takes it)."""
     properties = envelope.properties
-    persistent = properties.get("delivery_mode") != 1  # transient only when marked so
+    persistent = is_persistent(properties)
     if envelope.mandatory or envelope.due is None or not (persistent or confirm):
         return None
     exchange = envelope.exchange
@@ -106,7 +106,7 @@ def lean_row(topo: Topology, envelope: Envelope, confirm: bool) -> _ops.Row | No
     properties = envelope.properties
     if envelope.mandatory or "expiration" in properties or envelope.due is not None:
         return None
-    persistent = properties.get("delivery_mode") != 1  # transient only when marked so
+    persistent = is_persistent(properties)
     if not (persistent or confirm):
         return None
     exchange = envelope.exchange

@@ -11,7 +11,7 @@ from kelp._broker.malformed import Malformed, as_text, malformed_tables
 from kelp._broker.queue_args import QueueDef, dead_letter
 from kelp._broker.sqlite import _ops
 from kelp._broker.sqlite._codec import decode, encode
-from kelp._envelope import Envelope
+from kelp._envelope import Envelope, is_persistent
 
 
 def read_row(body: Any, props: Any, headers: Any, exchange: Any, routing_key: Any) -> tuple[Any, ...]:
@@ -90,6 +90,6 @@ def dead_letter_message(
         return
     copy = Envelope(body, new_properties, new_headers, dlx, target_key)
     props, head = encode(new_properties), encode(new_headers)
-    persistent = new_properties.get("delivery_mode") != 1
+    persistent = is_persistent(new_properties)
     for name in targets:
         _ops.enqueue(tx, name, copy, props, head, persistent, None, tx.now)

@@ -24,7 +24,7 @@ from kelp._broker.sqlite import _dead_letter, _declare, _delayed
 from kelp._broker.sqlite._codec import encode
 from kelp._broker.sqlite._schema import TOMBSTONE_OWNER
 from kelp._broker.sqlite._topology import LOG_KEEP, Topology, refresh_topology
-from kelp._envelope import Envelope
+from kelp._envelope import Envelope, is_persistent
 
 if TYPE_CHECKING:
     from kelp._broker.sqlite._state import StoreState
@@ -302,7 +302,7 @@ def publish(tx: Tx, envelopes: Sequence[Envelope]) -> tuple[list[Envelope], list
         ttl = expiration_ms(properties)
         props = encode(properties)
         headers = encode(envelope.headers) if envelope.headers else ""
-        persistent = properties.get("delivery_mode") != 1  # transient only when marked so
+        persistent = is_persistent(properties)
         if envelope.due is not None:
             for name in targets:
                 _delayed.hold(tx, name, envelope, props, headers, persistent, ttl)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from kelp import amqp
-from kelp._envelope import Delivery, Envelope, QueueInfo
+from kelp._envelope import Delivery, Envelope, QueueInfo, is_persistent
 from kelp.aio.transport._amqp_common import (
     _ACK_BATCH,
     _EPOCH_SHIFT,
@@ -206,7 +206,7 @@ class AmqpChannel(TransportChannel):
             waiter = amqp.Waiter()
         seqs: list[int] = []
         # a persistent message must have left the process when publish returns (asyncio: buffer drained)
-        drain = any(envelope.properties.get("delivery_mode") != 1 for envelope in envelopes)
+        drain = any(is_persistent(envelope.properties) for envelope in envelopes)
         try:
             await transport._send(lambda core: self._encode(core, envelopes, waiter, seqs), drain)
             returned, self._late_returns = self._late_returns, []

@@ -26,7 +26,7 @@ from kelp._broker.redis.ticker import AsyncTicker as Ticker  # async-only
 
 # sync-only: from kelp._broker.redis.ticker import ThreadLinger as Linger
 # sync-only: from kelp._broker.redis.ticker import ThreadTicker as Ticker
-from kelp._envelope import Envelope
+from kelp._envelope import Envelope, is_persistent
 from kelp._options import integer_option, seconds_option
 from kelp.aio._backend import Signal, monotonic
 from kelp.aio.transport._redis_common import (
@@ -352,7 +352,7 @@ class RedisSender(Transport):
             if envelope.mandatory or envelope.exchange not in exchanges:
                 wait = True
             properties = envelope.properties
-            if properties.get("delivery_mode") != 1:
+            if is_persistent(properties):
                 transient = False
             ttl = expiration_ms(properties)
             args += (

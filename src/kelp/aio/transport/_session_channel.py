@@ -28,6 +28,14 @@ T = TypeVar("T")
 S = TypeVar("S", bound=Session[Any])
 
 
+async def call_session(blocking: bool, function: Callable[..., T], *args: Any) -> T:
+    """Call a session method: from a worker thread on the asyncio face when the store may block; directly
+    on the sync face, blocking or not."""
+    if blocking:  # async-only
+        return await run_blocking(function, *args)  # async-only
+    return function(*args)
+
+
 class SessionChannel(TransportChannel):
     """A channel over a broker-core session (see the module docstring)."""
 
@@ -40,10 +48,7 @@ class SessionChannel(TransportChannel):
         self.channel_id = session.open_channel(connection_id)
 
     async def _call(self, function: Callable[..., T], *args: Any) -> T:
-        # The sync face calls the session directly, blocking or not.
-        if self.blocking:  # async-only
-            return await run_blocking(function, *args)  # async-only
-        return function(*args)
+        return await call_session(self.blocking, function, *args)
 
     async def declare_exchange(
         self,
@@ -174,10 +179,7 @@ class SessionTransport(Transport, Generic[S]):
         """Raise OperationalError when the connection was lost under the session (each turn of drain)."""
 
     async def _call(self, function: Callable[..., T], *args: Any) -> T:
-        # The sync face calls the session directly, blocking or not.
-        if self.blocking:  # async-only
-            return await run_blocking(function, *args)  # async-only
-        return function(*args)
+        return await call_session(self.blocking, function, *args)
 
     async def drain(self, timeout: float | None) -> list[Delivery]:
         """Wait up to ``timeout`` seconds (None: forever) for deliveries to this connection's consumers,
