@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -144,3 +146,30 @@ def test_a_flush_waiting_on_a_hung_server_gets_an_error_and_loses_nothing(
         count = queue(conn.channel()).queue_declare(passive=True).message_count
     # "second" is stored (the server read it before it stopped) or still unconfirmed, to publish again.
     assert count == 2 or (count == 1 and len(unconfirmed) == 1), (count, unconfirmed)
+
+
+def test_connecting_to_a_hung_server_gives_up_after_the_connect_timeout(pg_url: str, server: Server) -> None:
+    # A fresh process has no session open yet: its first one waits on the hung server.
+    code = (
+        "import sys, time, kelp\n"
+        "from kelp.exceptions import OperationalError\n"
+        "started = time.monotonic()\n"
+        "try:\n"
+        "    kelp.Connection(sys.argv[1], connect_timeout=2).connect()\n"
+        "except OperationalError as exc:\n"
+        "    print('refused', round(time.monotonic() - started, 1), type(exc).__name__)\n"
+        "else:\n"
+        "    print('connected')\n"
+    )
+    server.stop()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code, pg_url], capture_output=True, text=True, timeout=BOUND
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("connecting with connect_timeout=2 waited on the hung server for ever")
+    finally:
+        server.resume()
+    words = done.stdout.split()
+    assert words[:1] == ["refused"], done.stdout + done.stderr
+    assert float(words[1]) < 10, done.stdout

@@ -3,10 +3,10 @@
 Every process connected to the same database and schema shares its exchanges, queues and messages; kelp
 routes at publish time (RabbitMQ's semantics, as on ``memory://`` and ``sqlite://``) and stores one row
 per routed copy. Query options: ``schema`` (the broker's schema, default ``kelp``: one database can hold
-several brokers), ``synchronous_commit=off|on`` (see below), ``connect_timeout`` (seconds), ``sslmode``
-(libpq's), ``liveness`` (seconds, default 10, 0 off: see below), ``confirm_publish`` (each publish waits
-for its result) and ``max_unconfirmed`` / ``max_unconfirmed_bytes`` (the outbox's bounds, 10,000
-messages and 32 MiB of bodies by default).
+several brokers), ``synchronous_commit=off|on`` (see below), ``connect_timeout`` (seconds; by default the
+Connection's ``connect_timeout``, at least 2), ``sslmode`` (libpq's), ``liveness`` (seconds, default 10, 0
+off: see below), ``confirm_publish`` (each publish waits for its result) and ``max_unconfirmed`` /
+``max_unconfirmed_bytes`` (the outbox's bounds, 10,000 messages and 32 MiB of bodies by default).
 
 Publishes are pipelined (kelp._broker.postgres._pipeline): each connection publishes on a database
 session of its own in libpq's pipeline mode, one statement and its own commit (a Sync) per publish,
@@ -53,6 +53,7 @@ stay. A message over 256 MiB is refused (PreconditionFailed).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
@@ -227,7 +228,14 @@ class PostgresTransport(SessionTransport[Session[PostgresStore]]):
     async def connect(self, timeout: float | None) -> None:
         if self._session is not None:
             return
-        session = store_for(self.conninfo, self.schema, self.flush_publishes).session
+        conninfo = self.conninfo
+        if timeout is not None and "connect_timeout" not in self.url.query:
+            # the connection's own timeout bounds every session its store opens (libpq's minimum is 2 s;
+            # psycopg's default, 130 s, would hold a reconnect on a hung server for minutes)
+            from psycopg.conninfo import make_conninfo
+
+            conninfo = make_conninfo(conninfo, connect_timeout=max(2, math.ceil(timeout)))
+        session = store_for(conninfo, self.schema, self.flush_publishes).session
         self._connection_id = await run_blocking(session.connect, self._signal)
         if self.liveness:
             try:
