@@ -208,6 +208,12 @@ def insert_statement(schema: sql.Identifier, channel: str, checked: bool, one: b
     return composed.as_string(None)
 
 
+def version_statement(schema: sql.Identifier) -> str:
+    """For a publish routed to no queue: the topology counter, and the last parameter (the counter it was
+    routed with). A counter that moved means a queue or binding may have come since: routed again."""
+    return sql.SQL(f"SELECT {_VERSION}, %s::int8").format(s=schema).as_string(None)
+
+
 def _text_size(text: str) -> int:
     return len(text) if len(text) < 2**20 else len(text.encode("utf-8", "surrogatepass"))
 

@@ -42,6 +42,7 @@ from kelp._broker.postgres._route import (
     insert_statement,
     store_copies,
     values,
+    version_statement,
 )
 from kelp._broker.postgres._schema import ensure_schema
 from kelp._broker.sqlite._codec import decode
@@ -64,6 +65,7 @@ class PostgresStore(Owners):
         self.insert_many = insert_statement(self.schema, self.channel, True)
         self.hold_checked = _delayed.hold_statement(self.schema, self.channel, True)
         self.hold = _delayed.hold_statement(self.schema, self.channel, False)
+        self.unrouted = version_statement(self.schema)
         self._acks: list[tuple[Any, int]] = []  # (row id, owner)
         self._ack_lock = threading.Lock()
         self._ack_timer: threading.Timer | None = None
@@ -181,12 +183,16 @@ class PostgresStore(Owners):
                     for run in in_statements(held, lambda h: h[1].body) if held else ():
                         cur.execute(self.hold, _delayed.held_columns(run))
                 self.count_all(PUBLISHED, stored)
-            elif held or copies or mandatory:
+            else:
+                # Even a publish routed to no queue is checked against the topology counter: on an
+                # old snapshot it would be dropped, missing a queue another process declared before it.
                 if held:
                     statement = self.hold_checked
                     params = [*_delayed.held_columns(held), topo.version]
                     persistent = any(c.persistent for _, c, _ in held)
                     queues = [c.queue.name for _, c, _ in held]
+                elif not copies and not mandatory:
+                    statement, params, persistent, queues = self.unrouted, [topo.version], False, []
                 elif len(copies) == 1:
                     statement, params = self.insert_one, [*values(copies[0]), topo.version]
                     persistent, queues = copies[0].persistent, [copies[0].queue.name]

@@ -81,13 +81,21 @@ class GroupCommit(Liveness):
                     if self._uncounted >= _tuning.FOLD_EVERY:
                         self._count_ready()
                     return 0
-                if stored is None:
-                    return None  # the disk is full: publish() reports it, with nothing stored
+                # not stored: the disk is full (publish() reports it, with nothing stored), or the
+                # topology changed since this process routed (publish() routes again), or the file is busy
+                return None
         found = _buffer.stage(topo, envelopes, time.time())
         if found is None:
             return None
         staged, durable = found
         durable = durable or confirm
+        # Routed on this process's snapshot of the topology: if another process changed it since,
+        # publish() routes again on the current one, so that a message reaches every queue declared and
+        # bound before it was published. Checked at every persistent or unroutable publish; a transient
+        # one may be routed on a snapshot up to FRESH_TOPOLOGY seconds old (a check costs a quarter of
+        # its publish).
+        if self._topology_stale(0.0 if durable or not staged else _tuning.FRESH_TOPOLOGY):
+            return None
         if not staged:
             return 0  # unroutable and not mandatory: dropped, as a broker drops it
         with self._buffer_lock:

@@ -100,6 +100,7 @@ class Tx:
         "dirty",
         "held",
         "inserted",
+        "loaded",
         "next_due",
         "now",
         "reloaded",
@@ -114,6 +115,7 @@ class Tx:
         self.topo: Topology = store._topo
         self.dirty = False
         self.reloaded = False
+        self.loaded = False  # the topology version was read in this transaction: the snapshot is current
         self.inserted = False  # rows inserted since the ready counts were last brought up to date
         self.runs: list[tuple[Shape, list[bytes | bytearray]]] = []  # rows to insert, in order
         self.touched: set[str] = set()
@@ -141,6 +143,7 @@ class Tx:
             self.topo = refresh_topology(self.db, self.topo, version)
             self.reloaded = True
         self.dirty = False
+        self.loaded = True
 
     def current(self) -> Topology:
         if self.dirty:

@@ -111,6 +111,7 @@ class StoreState:
         self._file = FileIdentity(path)
         self._full = False  # the last commit failed for lack of space: publishes are not buffered
         self._topo: Topology = EMPTY
+        self._topo_seen = float("-inf")  # when the snapshot was last known to be the current topology
         self._owners: set[int] = set()  # the connections of this process (their ids)
         self.listener: Listener | None = None
         self._pending = PublishBuffer()  # publishes awaiting the group commit
@@ -145,6 +146,17 @@ class StoreState:
             except sqlite3.Error:
                 return False
         return row is not None and row[0] != self._topo.version
+
+    def _topology_stale(self, within: float) -> bool:
+        """Whether the snapshot may be older than the topology: not known current within the last
+        ``within`` seconds, and another process changed the topology since it was loaded."""
+        now = time.monotonic()
+        if now - self._topo_seen <= within:
+            return False
+        if self._topology_changed():
+            return True
+        self._topo_seen = now
+        return False
 
     def _ready(self, names: Iterable[str]) -> bool:
         """Whether one of the queues has a ready message (a read: no write lock)."""

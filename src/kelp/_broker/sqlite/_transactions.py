@@ -197,6 +197,8 @@ class Transactions(StoreState):
             self._wakeup.set()  # the flusher checkpoints the WAL
         if tx.reloaded:
             self._topo = tx.topo
+        if tx.loaded:  # read under the write lock: no other process changed it before this commit
+            self._topo_seen = now
         listener = self.listener
         if listener is not None and (tx.deleted_queues or tx.reloaded):
             # Queues deleted here or (seen in a reloaded topology) by another process.

@@ -9,6 +9,10 @@ LINGER = 0.001
 #: commits only once the publisher pauses, or the publisher at MAX_LINGER.
 BATCH = 512
 MAX_LINGER = 0.02
+#: A transient publish routes on the process's snapshot of the topology when it was known current this
+#: recently (a persistent or unroutable one always checks first): a change another process made is seen
+#: by the transient publishes that begin this long after it committed.
+FRESH_TOPOLOGY = 0.002
 #: Buffered acks (and releases) are committed by the next transaction of the process - a consumer's next
 #: claim, usually - or by the flusher this many seconds after the first: each commit of its own would take
 #: the database's write lock from the processes that publish and consume.
