@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -209,3 +211,32 @@ def test_with_confirm_publish_each_publish_waits_for_its_commit(pg_url: str) -> 
             assert time.monotonic() - started >= 0.3  # waited for the held table
         assert conn.transport.unconfirmed() == []
     assert _bodies(pg_url, "work") == [0, 1]
+
+
+@pytest.mark.parametrize("routed", [True, False], ids=["routed", "unroutable-on-the-snapshot"])
+def test_a_publish_the_topology_made_stale_reaches_its_queue_without_another_call(
+    pg_url: str, routed: bool
+) -> None:
+    # Another process changes the topology after this one routed: the publish's statement stores nothing,
+    # and the publish must be routed again and sent again even if its connection is never used again
+    # (a publishing-only connection, as Celery's result publisher is).
+    with kelp.Connection(pg_url) as consumer, kelp.Connection(pg_url) as publisher:
+        kelp.Queue("existing")(consumer.default_channel).declare()
+        producer = publisher.Producer()
+        producer.publish("snapshot loaded", routing_key="existing")
+        publisher.transport.flush(None)
+        declare = (
+            "import sys, kelp\n"
+            "with kelp.Connection(sys.argv[1]) as c: kelp.Queue(sys.argv[2])(c.channel()).declare()"
+        )
+        subprocess.run([sys.executable, "-c", declare, pg_url, "declared-elsewhere"], check=True, timeout=60)
+        producer.publish("after", routing_key="existing" if routed else "declared-elsewhere")
+        target = kelp.Queue("existing" if routed else "declared-elsewhere")(consumer.default_channel)
+        got: list[Any] = []
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not got:
+            message = target.get(no_ack=True)
+            if message is not None and message.payload == "after":
+                got.append(message.payload)
+            time.sleep(0.02)
+        assert got == ["after"], "the stale publish waited for the connection's next call"

@@ -51,6 +51,8 @@ MAX_BYTES = 32 * 2**20
 
 #: Results already arrived are read at every READ_EVERY-th publish in flight (each read is a system call).
 READ_EVERY = 16
+#: ...and READ_LATER seconds after a publish, whatever the connection does next.
+READ_LATER = 0.05
 
 _SYNC = pq.ExecStatus.PIPELINE_SYNC
 _ROWS = pq.ExecStatus.TUPLES_OK
@@ -102,6 +104,8 @@ class Publisher:
         self._stale: list[Envelope] = []
         self._refused: list[tuple[str, list[Envelope]]] = []
         self._lost: str | None = None
+        #: Reads the results of a connection that publishes and then does nothing (see _read_later).
+        self._reader: threading.Timer | None = None
 
     # --- state --------------------------------------------------------------------------------------
 
@@ -177,6 +181,28 @@ class Publisher:
                     self._read(False, 0, 0, None)
             except (OperationalError, psycopg.Error):
                 pass  # this one was sent: the loss is raised by the next call (the outbox is unconfirmed)
+            if self._reader is None:
+                self._read_later()
+
+    def _read_later(self) -> None:
+        """Read the results READ_LATER seconds from now, and again until none is owed. A statement that
+        found the topology changed stored nothing: its envelopes are routed again and sent again only
+        once the results are read, which a connection that only publishes might never do by itself."""
+        timer = self._reader = threading.Timer(READ_LATER, self._read_owed)
+        timer.daemon = True
+        timer.start()
+
+    def _read_owed(self) -> None:
+        with self._lock:
+            self._reader = None
+            if self._lost is not None or not (self._outbox or self._stale):
+                return
+            try:
+                self._read(False, 0, 0, None)
+            except (OperationalError, psycopg.Error, KelpError):
+                return  # kept for the connection's next call, which raises the loss or the refusal
+            if self._outbox or self._stale:
+                self._read_later()
 
     def settle(self, deadline: float | None = None) -> None:
         """Wait for the result of every publish sent (sending again those the topology made stale); keep
@@ -200,6 +226,9 @@ class Publisher:
     def close(self) -> None:
         """End the session without waiting (the library flushes first); the outbox stays unconfirmed."""
         with self._lock:
+            if self._reader is not None:
+                self._reader.cancel()
+                self._reader = None
             conn, self._conn = self._conn, None
             release, self._release = self._release, None
             self._lost = self._lost or "the connection was closed"
