@@ -1,8 +1,8 @@
 """Fixtures for running Celery on kelp: broker URLs per engine, a client app, real worker subprocesses.
 
-Engines: sqlite always (no server), redis and amqp when ``KELP_TEST_REDIS_URL`` / ``KELP_TEST_AMQP_URL``
-name a server (skipped, with the reason, without them). When ``KELP_TEST_TRANSPORTS`` is set, as for the
-conformance suite, an engine it does not list is skipped.
+Engines: sqlite always (no server); redis, amqp and postgres when ``KELP_TEST_REDIS_URL`` /
+``KELP_TEST_AMQP_URL`` / ``KELP_TEST_POSTGRES_URL`` name a server (skipped, with the reason, without them).
+When ``KELP_TEST_TRANSPORTS`` is set, as for the conformance suite, an engine it does not list is skipped.
 Every worker a test starts is stopped when the test ends, passed or failed.
 """
 
@@ -39,12 +39,14 @@ def engine_url(engine: str, tmp_path: Path) -> str:
         pytest.skip(f"KELP_TEST_TRANSPORTS={selected} does not select {engine}")
     if engine == "sqlite":
         return f"kelp+sqlite:///{tmp_path}/broker.db"
-    var = {"redis": "KELP_TEST_REDIS_URL", "amqp": "KELP_TEST_AMQP_URL"}[engine]
-    url = os.environ.get(var)
+    var = {"redis": "KELP_TEST_REDIS_URL", "amqp": "KELP_TEST_AMQP_URL", "postgres": "KELP_TEST_POSTGRES_URL"}
+    url = os.environ.get(var[engine])
     if not url:
-        pytest.skip(f"{var} is not set: no {engine} server for the Celery tests")
+        pytest.skip(f"{var[engine]} is not set: no {engine} server for the Celery tests")
     if engine == "redis":
         url += ("&" if "?" in url else "?") + f"prefix=celery-{uuid.uuid4().hex[:8]}"
+    if engine == "postgres":  # a broker of its own: a fresh schema
+        url += ("&" if "?" in url else "?") + f"schema=celery_{uuid.uuid4().hex[:8]}"
     return f"kelp+{url}"
 
 
@@ -175,7 +177,7 @@ class Cluster:
             channel.exchange_delete(self.queue)
 
 
-@pytest.fixture(params=["sqlite", "redis", "amqp"])
+@pytest.fixture(params=["sqlite", "redis", "amqp", "postgres"])
 def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
     """A client and (started on demand) workers on one engine."""
     cluster = Cluster(engine_url(request.param, tmp_path), tmp_path)
