@@ -14,17 +14,21 @@ runs from the first send to the last result, after a warm-up of 200 tasks. Rows:
   publishes are confirmed, pipelined (kelp's delivery model); ``kelp-amqp-noconfirm`` — ``?confirms=false``,
   Kombu's own default (no publisher confirms)
 - ``kelp-sqlite`` — ``kelp+sqlite:///`` on a file of its own (no server)
+- ``kelp-postgres`` — ``kelp+postgresql://`` in a schema of its own (``--postgres-url``, default
+  ``KELP_TEST_POSTGRES_URL``); not among the default rows: ask for it with ``--brokers``
 
-Ratios: kelp-redis / kombu-redis, kelp-amqp (and -noconfirm) / kombu-amqp, kelp-sqlite / kombu-redis.
+Ratios: kelp-redis / kombu-redis, kelp-amqp (and -noconfirm) / kombu-amqp, kelp-sqlite and kelp-postgres /
+kombu-redis (the engines without a Kombu transport of their own that Celery supports).
 ``--repeat N`` runs the rows N times over, alternating, and reports medians and each round's ratios.
 A row whose results do not all arrive fails instead of reporting a rate. Worker, client and brokers share the
 machine's cores: read the ratios, not the absolute numbers.
 
 Where the time goes (Linux): each row also reports CPU microseconds per task, over the timed window, for the
 worker's main process, its pool (every process below the worker: prefork children, the socket keeper), the
-client (this process) and the broker (the process listening on the URL's port, when it can be seen; a
-shared broker also counts what others make it do). Read from ``/proc/<pid>/stat`` (user + system time;
-children that exit count through their parent's reaped-children times).
+client (this process) and the broker (the process listening on the URL's port and the processes below it,
+such as PostgreSQL's backends, when it can be seen; a shared broker also counts what others make it do).
+Read from ``/proc/<pid>/stat`` (user + system time; children that exit count through their parent's
+reaped-children times).
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ def noop():
 def broker_urls(args: argparse.Namespace, tmp: str) -> dict[str, str]:
     sep = "&" if "?" in args.redis_url else "?"
     amqp_sep = "&" if "?" in args.amqp_url else "?"
+    pg_sep = "&" if "?" in args.postgres_url else "?"
     return {
         "kombu-redis": args.redis_url,
         "kelp-redis": f"kelp+{args.redis_url}{sep}prefix=bench-{uuid.uuid4().hex[:6]}",
@@ -83,6 +88,7 @@ def broker_urls(args: argparse.Namespace, tmp: str) -> dict[str, str]:
         "kelp-amqp": f"kelp+{args.amqp_url}",
         "kelp-amqp-noconfirm": f"kelp+{args.amqp_url}{amqp_sep}confirms=false",
         "kelp-sqlite": f"kelp+sqlite:///{tmp}/bench-{uuid.uuid4().hex[:6]}.db",
+        "kelp-postgres": f"kelp+{args.postgres_url}{pg_sep}schema=bench_{uuid.uuid4().hex[:6]}",
     }
 
 
@@ -189,7 +195,8 @@ def _cpu_groups(worker: int, broker: int | None) -> dict[str, float]:
     usage = os.times()
     out["client"] = usage.user + usage.system
     if broker is not None and broker in times:
-        out["broker"] = times[broker][0]
+        serving = [pid for pid in parents if _descends(pid, broker, parents)]  # PostgreSQL's backends
+        out["broker"] = times[broker][0] + sum(times[pid][0] for pid in serving)
     return out
 
 
@@ -262,6 +269,11 @@ def main() -> None:
         help="run the rows this many times over, alternating, and report the medians (a shared machine's "
         "load changes from minute to minute: the pairs of each round ran under about the same load)",
     )
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("KELP_TEST_POSTGRES_URL", "postgresql://localhost/kelp"),
+        help="the server of the kelp-postgres row (not in the default rows: it needs a PostgreSQL server)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     rounds: list[dict[str, dict[str, float]]] = []  # per round: pool -> broker -> tasks/s
@@ -332,6 +344,7 @@ def _ratios(rows: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
         "kelp-amqp / kombu-amqp": ("kelp-amqp", "kombu-amqp"),
         "kelp-amqp-noconfirm / kombu-amqp": ("kelp-amqp-noconfirm", "kombu-amqp"),
         "kelp-sqlite / kombu-redis": ("kelp-sqlite", "kombu-redis"),
+        "kelp-postgres / kombu-redis": ("kelp-postgres", "kombu-redis"),
     }
     out: dict[str, dict[str, Any]] = {}
     for pool, rates in rows.items():

@@ -93,7 +93,8 @@ def test_cpu_groups_count_the_worker_and_everything_below_it(bench: ModuleType) 
             time.sleep(0.05)
         assert after["pool"] - before["pool"] >= 0.25
         assert after["worker"] - before["worker"] < 0.1
-        assert after["broker"] == after["worker"]
+        # the broker group is the listening process and the processes below it (PostgreSQL's backends)
+        assert after["broker"] - after["worker"] >= 0.25
         os.kill(children[0], 9)
 
 
