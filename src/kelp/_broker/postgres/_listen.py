@@ -261,19 +261,33 @@ class Listening(TopologyOps):
 
     def _check_floors(self) -> None:
         with self._guard:
-            floors = [(queue, floor[0]) for queue, floor in self._floors.items() if floor[0]]
+            floors = [(queue, floor[0]) for queue, floor in self._floors.items()]
         for queue, low in floors:
             with self.cursor() as cur:
-                found = self.one(
+                # Claims above a floor take priority 0 only (a queue with floors has no priorities): a
+                # ready row of another priority was written from outside kelp, and would stay for ever.
+                found, foreign = self.rows(
                     cur,
-                    f"SELECT min(id) FROM {{s}}.messages WHERE queue = %s AND id < %s AND {READY}",
+                    f"SELECT (SELECT min(id) FROM {{s}}.messages WHERE queue = %s AND id < %s AND {READY}), "
+                    "EXISTS (SELECT 1 FROM {s}.messages WHERE queue = %s AND priority > 0 AND owner IS NULL) "
+                    "OR EXISTS (SELECT 1 FROM {s}.messages WHERE queue = %s AND priority < 0 "
+                    "AND owner IS NULL)",
                     queue,
                     low,
-                )
+                    queue,
+                    queue,
+                )[0]
+            if foreign:
+                self.take_foreign_priorities(queue)
             if found is not None:
                 self.lower_floor(queue, found)
                 if self.listener is not None:
                     self.listener.wake((queue,))
+
+    @abc.abstractmethod
+    def take_foreign_priorities(self, queue: str) -> None:
+        """Take the ready copies of ``queue`` whose priority is not 0 out of it, as malformed (see the
+        store)."""
 
     def _forget_floors(self) -> None:
         with self._guard:
