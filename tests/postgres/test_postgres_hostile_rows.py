@@ -30,6 +30,8 @@ MALFORMED = {
     "properties not JSON": ("not json", "", 0),
     "properties a list": ("[1, 2]", "", 0),
     "properties null": ("null", "", 0),
+    "content type not text": ('{"content_type":5}', "", 0),
+    "content encoding not text": ('{"content_type":"application/json","content_encoding":[1]}', "", 0),
     "headers not JSON": (PROPS, "{bad", 0),
     "headers a string": (PROPS, '"x"', 0),
     "bad tagged date": (PROPS, '{"h":{"\\u0000kelp":"dt","v":"not a date"}}', 0),

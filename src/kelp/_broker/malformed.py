@@ -17,7 +17,14 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["MALFORMED_HEADER", "Malformed", "as_text", "malformed_tables", "report_dropped"]
+__all__ = [
+    "MALFORMED_HEADER",
+    "Malformed",
+    "as_text",
+    "check_properties",
+    "malformed_tables",
+    "report_dropped",
+]
 
 logger = logging.getLogger("kelp.broker")
 
@@ -29,6 +36,19 @@ _KEEP = 1024
 
 class Malformed(ValueError):
     """A stored message kelp cannot read; the message says what is wrong."""
+
+
+#: The properties a consumer's message reads as text (to pick the deserializer): any other type is malformed.
+_TEXT_PROPERTIES = ("content_type", "content_encoding")
+
+
+def check_properties(properties: Mapping[str, Any]) -> None:
+    """Raise Malformed for a stored properties table a consumer cannot read (a text property that is
+    not text: AMQP carries them as short strings, and kelp's producer stores them so)."""
+    for key in _TEXT_PROPERTIES:
+        value = properties.get(key)
+        if value is not None and type(value) is not str:
+            raise Malformed(f"stored property {key} is a {type(value).__name__}, not text")
 
 
 def as_text(value: Any) -> str:

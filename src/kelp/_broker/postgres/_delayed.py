@@ -17,7 +17,7 @@ from typing import Any
 
 from psycopg import Cursor, sql
 
-from kelp._broker.malformed import Malformed, report_dropped
+from kelp._broker.malformed import Malformed, check_properties, report_dropped
 from kelp._broker.postgres._foreign import store_name
 from kelp._broker.postgres._route import NOW, Copy, Topology, checked_size, store_copies
 from kelp._broker.sqlite._codec import decode, encode
@@ -95,6 +95,7 @@ def promote(
             ttl = int(max(0.0, ttl - max(0.0, elapsed)))  # elapsed is infinite for a due of -Infinity
         try:
             props, heads = decode(properties), decode(headers)
+            check_properties(props)
         except Malformed as exc:  # written from outside kelp
             where = store_name(schema, "delayed")
             report_dropped(where, name, _id, str(exc), "it was a delayed message")

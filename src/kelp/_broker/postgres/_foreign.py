@@ -3,11 +3,12 @@ program): what kelp does with one it cannot read is :mod:`kelp._broker.malformed
 
 PostgreSQL enforces the column types and NOT NULLs, and its text is valid in the database's encoding, so a
 foreign row can be wrong in fewer ways than on sqlite: its ``properties`` or ``headers`` are not kelp's
-JSON or not a table, or its ``priority`` is outside what kelp stores for its queue (0 to the queue's
-``x-max-priority``; 0 without one). Such a row leaves its queue when a claim, a ``get``, an expiry, a
-rejection or a length limit meets it (or, for a queue without priorities, the process's check each second
-for rows of another priority, which a consumer's claims above the floor never meet); a held (delayed) one
-when it comes due. An ``expires_at`` or due time of infinity or NaN means "never".
+JSON or not a table (or a text property is not text, see ``check_properties``), or its ``priority`` is
+outside what kelp stores for its queue (0 to the queue's ``x-max-priority``; 0 without one). Such a row
+leaves its queue when a claim, a ``get``, an expiry, a rejection or a length limit meets it (or, for a
+queue without priorities, the process's check each second for rows of another priority, which a
+consumer's claims above the floor never meet); a held (delayed) one when it comes due. An
+``expires_at`` or due time of infinity or NaN means "never".
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from psycopg import sql
 
 from kelp._broker.core.store import Item
-from kelp._broker.malformed import Malformed, malformed_tables
+from kelp._broker.malformed import Malformed, check_properties, malformed_tables
 from kelp._broker.queue_args import QueueDef
 from kelp._broker.sqlite._codec import decode
 
@@ -51,7 +52,9 @@ def read(rows: Sequence[Sequence[Any]], top: int | None) -> tuple[list[Item], li
             problem = priority_problem(priority, top) if priority else None
             if problem is not None:
                 raise Malformed(problem)
-            items.append((ref, body, decode(properties), decode(headers), exchange, routing_key, redelivered))
+            props = decode(properties)
+            check_properties(props)
+            items.append((ref, body, props, decode(headers), exchange, routing_key, redelivered))
         except Malformed as exc:
             bad.append((row, str(exc)))
     return items, bad

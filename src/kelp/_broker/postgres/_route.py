@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from psycopg import Cursor, sql
 
-from kelp._broker.malformed import Malformed, report_dropped
+from kelp._broker.malformed import Malformed, check_properties, report_dropped
 from kelp._broker.postgres import _foreign
 from kelp._broker.queue_args import (
     ExchangeDef,
@@ -394,6 +394,7 @@ def dead_letter_rows(
             try:
                 props = properties if isinstance(properties, dict) else decode(properties)
                 heads = headers if isinstance(headers, dict) else decode(headers)
+                check_properties(props)
             except Malformed as exc:
                 problem = str(exc)
         if problem is not None:
