@@ -6,6 +6,7 @@ timestamps (expires_at, a delayed row's due time)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -238,6 +239,27 @@ def test_a_foreign_priority_in_a_queue_a_consumer_claims_from_leaves_it(pg_url: 
             _publish(conn, "after")
             conn.drain_events(timeout=5)
         assert got == ["first", "after"]
+        assert _count(conn, _work(True)) == 0
+
+
+def test_a_row_claimed_by_an_owner_that_never_was_is_released(pg_url: str) -> None:
+    with Connection(pg_url) as conn:
+        _setup(conn, dlx=True)
+        _insert(pg_url, b'"claimed"', PROPS, "")
+        _sql(pg_url, "UPDATE {s}.messages SET owner = 987654321")
+        _publish(conn, "first")
+        redelivered: list[bool] = []
+
+        def on_message(body: Any, message: Any) -> None:
+            redelivered.append(message.delivery_info["redelivered"])
+            message.ack()
+
+        with conn.Consumer([_work(True)], callbacks=[on_message]):
+            deadline = time.monotonic() + 5
+            while len(redelivered) < 2 and time.monotonic() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    conn.drain_events(timeout=0.2)
+        assert redelivered == [False, True]
         assert _count(conn, _work(True)) == 0
 
 

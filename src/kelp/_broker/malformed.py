@@ -1,9 +1,9 @@
 """What the brokers kelp implements do with a stored message they cannot read.
 
-kelp writes every message it stores itself, but the store is a file or a Redis prefix anyone can write to:
-a row inserted with raw SQL, an entry added with a raw XADD, text that is not UTF-8, properties that are
-not JSON. Such a message is *malformed*. It is never handed to a consumer and never stops the queue, the
-batch it was claimed with, or the broker: it leaves its queue, and
+kelp writes every message it stores itself, but the store is a file, a Redis prefix or a PostgreSQL
+schema anyone can write to: a row inserted with raw SQL, an entry added with a raw XADD, text that is not
+UTF-8, properties that are not JSON. Such a message is *malformed*. It is never handed to a consumer and
+never stops the queue, the batch it was claimed with, or the broker: it leaves its queue, and
 
 * with a dead-letter exchange on the queue, is dead-lettered (reason ``rejected``, the usual ``x-death``)
   with its body as stored, no properties, and the header :data:`MALFORMED_HEADER` (``x-kelp-malformed``):

@@ -8,7 +8,8 @@ outside what kelp stores for its queue (0 to the queue's ``x-max-priority``; 0 w
 leaves its queue when a claim, a ``get``, an expiry, a rejection or a length limit meets it (or, for a
 queue without priorities, the process's check each second for rows of another priority, which a
 consumer's claims above the floor never meet); a held (delayed) one when it comes due. An
-``expires_at`` or due time of infinity or NaN means "never".
+``expires_at`` or due time of infinity or NaN means "never"; a copy claimed by an ``owner`` that is no
+kelp connection goes back to its queue (redelivered) with the process's check each second (``_listen``).
 """
 
 from __future__ import annotations
