@@ -11,7 +11,8 @@ redis delivery tests check it there:
   do not remove the copies the other consumer now holds;
 * a ConsumerMixin whose session ends reconnects and gets its messages back.
 
-Hostile input and size limits: test_postgres_limits.py.
+Hostile input and size limits: test_postgres_limits.py; rows written from outside kelp:
+test_postgres_hostile_rows.py.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import decimal
 
+import pytest
+
+from kelp._broker.malformed import Malformed
 from kelp._broker.sqlite._codec import decode, encode
 
 
@@ -16,3 +19,10 @@ def test_unhashable_values_are_encoded() -> None:
     table = {"list": [1, 2], "table": {"a": None}}
     assert decode(encode(table)) == table
     assert decode(encode(table)) == table
+
+
+def test_a_tagged_value_kelp_did_not_write_is_malformed() -> None:
+    # Written from outside kelp: a clear Malformed, never a KeyError out of the store.
+    for text in ('{"h":{"\\u0000kelp":"b","w":"AA=="}}', '{"h":{"\\u0000kelp":"dt","v":"x"}}'):
+        with pytest.raises(Malformed):
+            decode(text)

@@ -1,9 +1,9 @@
 """What the brokers kelp implements do with a stored message they cannot read.
 
-kelp writes every message it stores itself, but the store is a file or a Redis prefix anyone can write to:
-a row inserted with raw SQL, an entry added with a raw XADD, text that is not UTF-8, properties that are
-not JSON. Such a message is *malformed*. It is never handed to a consumer and never stops the queue, the
-batch it was claimed with, or the broker: it leaves its queue, and
+kelp writes every message it stores itself, but the store is a file, a Redis prefix or a PostgreSQL
+schema anyone can write to: a row inserted with raw SQL, an entry added with a raw XADD, text that is not
+UTF-8, properties that are not JSON. Such a message is *malformed*. It is never handed to a consumer and
+never stops the queue, the batch it was claimed with, or the broker: it leaves its queue, and
 
 * with a dead-letter exchange on the queue, is dead-lettered (reason ``rejected``, the usual ``x-death``)
   with its body as stored, no properties, and the header :data:`MALFORMED_HEADER` (``x-kelp-malformed``):
@@ -17,7 +17,14 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["MALFORMED_HEADER", "Malformed", "as_text", "malformed_tables", "report_dropped"]
+__all__ = [
+    "MALFORMED_HEADER",
+    "Malformed",
+    "as_text",
+    "check_properties",
+    "malformed_tables",
+    "report_dropped",
+]
 
 logger = logging.getLogger("kelp.broker")
 
@@ -29,6 +36,19 @@ _KEEP = 1024
 
 class Malformed(ValueError):
     """A stored message kelp cannot read; the message says what is wrong."""
+
+
+#: The properties a consumer's message reads as text (to pick the deserializer): any other type is malformed.
+_TEXT_PROPERTIES = ("content_type", "content_encoding")
+
+
+def check_properties(properties: Mapping[str, Any]) -> None:
+    """Raise Malformed for a stored properties table a consumer cannot read (a text property that is
+    not text: AMQP carries them as short strings, and kelp's producer stores them so)."""
+    for key in _TEXT_PROPERTIES:
+        value = properties.get(key)
+        if value is not None and type(value) is not str:
+            raise Malformed(f"stored property {key} is a {type(value).__name__}, not text")
 
 
 def as_text(value: Any) -> str:

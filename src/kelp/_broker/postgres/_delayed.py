@@ -17,6 +17,8 @@ from typing import Any
 
 from psycopg import Cursor, sql
 
+from kelp._broker.malformed import Malformed, check_properties, report_dropped
+from kelp._broker.postgres._foreign import store_name
 from kelp._broker.postgres._route import NOW, Copy, Topology, checked_size, store_copies
 from kelp._broker.sqlite._codec import decode, encode
 
@@ -90,9 +92,15 @@ def promote(
         if queue is None:
             continue  # deleted meanwhile (its held rows go with it; this one was taken first)
         if ttl is not None:  # the TTL counts from the due time, not from now
-            ttl = max(0, int(ttl - max(0.0, elapsed)))
-        heads = decode(headers) if headers else {}
-        copies.append(Copy(queue, bytes(body), decode(properties), heads, exchange, routing_key, ttl))
+            ttl = int(max(0.0, ttl - max(0.0, elapsed)))  # elapsed is infinite for a due of -Infinity
+        try:
+            props, heads = decode(properties), decode(headers)
+            check_properties(props)
+        except Malformed as exc:  # written from outside kelp
+            where = store_name(schema, "delayed")
+            report_dropped(where, name, _id, str(exc), "it was a delayed message")
+            continue
+        copies.append(Copy(queue, bytes(body), props, heads, exchange, routing_key, ttl))
     if copies:
         store_copies(cur, schema, channel, topo, copies, stored)
     return len(rows)

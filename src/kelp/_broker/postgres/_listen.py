@@ -41,6 +41,16 @@ REAP_INTERVAL = 1.0
 READY = "owner IS NULL AND (expires_at IS NULL OR expires_at > {now})"
 
 
+# The owners of claimed copies that have no row in connections, one index probe per distinct owner.
+_ORPHANS = """WITH RECURSIVE o(owner) AS (
+    (SELECT owner FROM {s}.messages WHERE owner IS NOT NULL ORDER BY owner LIMIT 1)
+    UNION ALL
+    SELECT (SELECT m.owner FROM {s}.messages m WHERE m.owner > o.owner ORDER BY m.owner LIMIT 1)
+    FROM o WHERE o.owner IS NOT NULL)
+SELECT owner FROM o WHERE owner IS NOT NULL
+    AND NOT EXISTS (SELECT 1 FROM {s}.connections c WHERE c.id = o.owner)"""
+
+
 def session_name(id_column: str) -> str:
     """SQL for an owner session's application_name, from its id column and the schema (a parameter)."""
     return f"left('kelp ' || {id_column} || ' ' || %s, 63)"
@@ -195,6 +205,18 @@ class Listening(TopologyOps):
                     "ON a.pid = c.pid AND a.backend_start = c.started WHERE c.id = ANY(%s)",
                     own,
                 )
+            # Copies claimed by an owner that never was (a row written from outside kelp): every owner's
+            # row is committed before its first claim and deleted with its claims let go.
+            orphans = [row[0] for row in self.rows(cur, _ORPHANS)]
+        if orphans:
+            with self.cursor() as cur, cur.connection.transaction():
+                released = self.rows(
+                    cur,
+                    "UPDATE {s}.messages m SET owner = NULL, redelivered = true WHERE owner = ANY(%s) AND "
+                    "NOT EXISTS (SELECT 1 FROM {s}.connections c WHERE c.id = m.owner) RETURNING queue, id",
+                    orphans,
+                )
+                self.notify_ready(cur, released)
         if dead:
             self.drop_owners([row[0] for row in dead])
         lost = set(own) - {row[0] for row in alive}
@@ -261,19 +283,33 @@ class Listening(TopologyOps):
 
     def _check_floors(self) -> None:
         with self._guard:
-            floors = [(queue, floor[0]) for queue, floor in self._floors.items() if floor[0]]
+            floors = [(queue, floor[0]) for queue, floor in self._floors.items()]
         for queue, low in floors:
             with self.cursor() as cur:
-                found = self.one(
+                # Claims above a floor take priority 0 only (a queue with floors has no priorities): a
+                # ready row of another priority was written from outside kelp, and would stay for ever.
+                found, foreign = self.rows(
                     cur,
-                    f"SELECT min(id) FROM {{s}}.messages WHERE queue = %s AND id < %s AND {READY}",
+                    f"SELECT (SELECT min(id) FROM {{s}}.messages WHERE queue = %s AND id < %s AND {READY}), "
+                    "EXISTS (SELECT 1 FROM {s}.messages WHERE queue = %s AND priority > 0 AND owner IS NULL) "
+                    "OR EXISTS (SELECT 1 FROM {s}.messages WHERE queue = %s AND priority < 0 "
+                    "AND owner IS NULL)",
                     queue,
                     low,
-                )
+                    queue,
+                    queue,
+                )[0]
+            if foreign:
+                self.take_foreign_priorities(queue)
             if found is not None:
                 self.lower_floor(queue, found)
                 if self.listener is not None:
                     self.listener.wake((queue,))
+
+    @abc.abstractmethod
+    def take_foreign_priorities(self, queue: str) -> None:
+        """Take the ready copies of ``queue`` whose priority is not 0 out of it, as malformed (see the
+        store)."""
 
     def _forget_floors(self) -> None:
         with self._guard:

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from psycopg import Cursor, sql
 
+from kelp._broker.malformed import Malformed, check_properties, report_dropped
+from kelp._broker.postgres import _foreign
 from kelp._broker.queue_args import (
     ExchangeDef,
     QueueDef,
@@ -376,18 +378,34 @@ def dead_letter_rows(
     rows: Iterable[Sequence[Any]],
     reason: str,
     stored: Counter[str],
+    problems: Mapping[Any, str] | None = None,
 ) -> None:
     """Dead-letter removed rows ``(id, queue, priority, body, properties, headers, exchange, routing_key,
-    ...)`` through their queue's dead-letter exchange, if it has one (inside the caller's transaction)."""
+    ...)`` through their queue's dead-letter exchange, if it has one (inside the caller's transaction).
+    A malformed row (one kelp cannot read, or whose id ``problems`` names) is dead-lettered or dropped
+    as :mod:`kelp._broker.malformed` says."""
     copies: list[Copy] = []
     now = time.time()
-    for _id, queue_name, _priority, body, properties, headers, exchange, routing_key, *_ in rows:
+    for row in rows:
+        row_id, queue_name, _priority, body, properties, headers, exchange, routing_key = row[:8]
         queue = topo.queues.get(queue_name)
+        problem = problems.get(row_id) if problems else None
+        if problem is None:
+            try:
+                props = properties if isinstance(properties, dict) else decode(properties)
+                heads = headers if isinstance(headers, dict) else decode(headers)
+                check_properties(props)
+            except Malformed as exc:
+                problem = str(exc)
+        if problem is not None:
+            props, heads = _foreign.tables(row, _foreign.top_priority(queue), problem)
         dlx = queue.args.dead_letter_exchange if queue is not None else None
         if queue is None or dlx is None or (dlx and dlx not in topo.exchanges):
-            continue  # no dead-letter exchange (or a missing one): the message is dropped, as in RabbitMQ
-        props = properties if isinstance(properties, dict) else decode(properties)
-        heads = headers if isinstance(headers, dict) else decode(headers)
+            # No dead-letter exchange (or a missing one): the message is dropped, as in RabbitMQ.
+            if problem is not None:
+                why = "the queue has no dead-letter exchange" if dlx is None else f"no exchange {dlx!r}"
+                report_dropped(_foreign.store_name(schema), queue_name, row_id, problem, why)
+            continue
         result = dead_letter(
             heads, props, queue=queue_name, reason=reason, exchange=exchange, routing_key=routing_key, now=now
         )

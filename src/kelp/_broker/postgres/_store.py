@@ -16,6 +16,7 @@ crash means a redelivery, never a loss); nor do publishes unless ``flush_publish
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -27,8 +28,9 @@ from psycopg import Cursor
 
 from kelp._broker.core import Session
 from kelp._broker.core.store import Item, Unacked
-from kelp._broker.postgres import _delayed
+from kelp._broker.postgres import _delayed, _foreign, _quarantine
 from kelp._broker.postgres._counters import ACKED, DELIVERED, PUBLISHED
+from kelp._broker.postgres._foreign import Bad, top_priority
 from kelp._broker.postgres._listen import READY, REAP_INTERVAL, session_name
 from kelp._broker.postgres._owners import Owners
 from kelp._broker.postgres._pipeline import Publisher
@@ -45,13 +47,13 @@ from kelp._broker.postgres._route import (
     version_statement,
 )
 from kelp._broker.postgres._schema import ensure_schema
-from kelp._broker.sqlite._codec import decode
 from kelp._envelope import Envelope
 from kelp.exceptions import KelpError, MessageNacked, OperationalError
 
 __all__ = ["PostgresStore", "store_for"]
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 #: Acks are committed in batches: with the process's next claim, at ACK_BATCH, or ACK_DELAY seconds later.
 ACK_BATCH = 500
 ACK_DELAY = 0.05
@@ -240,6 +242,7 @@ class PostgresStore(Owners):
         self, owner: int, plan: Sequence[tuple[Any, Sequence[tuple[Any, int]], int]], limit: int
     ) -> list[Any]:
         out: list[Any] = []
+        bad: list[tuple[bool, Bad]] = []
         self.tick()
 
         def work(cur: Cursor[Any]) -> None:
@@ -250,20 +253,31 @@ class PostgresStore(Owners):
                     n = min(room, channel_room, left)
                     if n <= 0:
                         break
-                    items = self._claim_rows(cur, owner, consumer.queue, n, consumer.no_ack, True)
+                    items = self._claim_rows(cur, owner, consumer.queue, n, consumer.no_ack, bad, True)
                     if items:
                         out.append((channel, consumer, items))
                         channel_room -= len(items)
                         left -= len(items)
 
         self._owner(owner, work)
+        if bad:
+            self._quarantine(owner, bad)
         for _, consumer, items in out:
             self.count(DELIVERED, consumer.queue, len(items))
         return out
 
     def _claim_rows(
-        self, cur: Cursor[Any], owner: int, queue: str, n: int, no_ack: bool, floor: bool = False
+        self,
+        cur: Cursor[Any],
+        owner: int,
+        queue: str,
+        n: int,
+        no_ack: bool,
+        bad: list[tuple[bool, Bad]],
+        floor: bool = False,
     ) -> list[Item]:
+        """Claim up to ``n`` ready copies of ``queue`` (``no_ack``: take them); the malformed ones are
+        added to ``bad``, for the caller to quarantine once the owner's session is free."""
         known = self.floor(queue) if floor else None
         where = "queue = %s AND " if known is None else "queue = %s AND priority = 0 AND id >= %s AND "
         params = [queue] if known is None else [queue, known[0]]
@@ -281,21 +295,58 @@ class PostgresStore(Owners):
         if known is not None and rows:
             self.raise_floor(queue, known, rows[-1][0])
         # *: id, queue, priority, body, properties, headers, exchange, routing_key, redelivered, ...
-        return [(r[0], r[3], decode(r[4]), decode(r[5]), r[6], r[7], r[8]) for r in rows]
+        items, malformed = _foreign.read(rows, top_priority(self.topology().queues.get(queue)))
+        if malformed:
+            # A priority may look out of range on an old snapshot: judged again on the current one.
+            self.forget_topology()
+            again, malformed = _foreign.read(
+                [row for row, _ in malformed], top_priority(self.topology().queues.get(queue))
+            )
+            items.extend(again)
+            bad.extend((no_ack, b) for b in malformed)
+        return items
+
+    def _quarantine(self, owner: int, bad: Sequence[tuple[bool, Bad]]) -> None:
+        """Take the owner's malformed claimed copies out of their queues (see ``_quarantine``)."""
+        stored: Counter[str] = Counter()
+        try:
+            with self.locked() as (cur, topo):
+                _quarantine.take_claimed(cur, self.schema, self.channel, topo, owner, bad, stored)
+        except KelpError:
+            # They stay claimed by the owner and return to their queues when it closes.
+            logger.exception("postgresql %s: could not take malformed messages out of queues", self.where)
+            return
+        self.count_all(PUBLISHED, stored)
+
+    def take_foreign_priorities(self, queue: str) -> None:
+        stored: Counter[str] = Counter()
+        with self.locked() as (cur, topo):
+            _quarantine.take_foreign_priorities(cur, self.schema, self.channel, topo, queue, stored)
+        self.count_all(PUBLISHED, stored)
 
     def get(self, owner: int, queue: str, no_ack: bool) -> tuple[Item, int] | None:
         self.tick()
         self.check_queue(owner, queue)
 
+        bad: list[tuple[bool, Bad]] = []
+
         def work(cur: Cursor[Any]) -> tuple[Item, int] | None:
-            items = self._claim_rows(cur, owner, queue, 1, no_ack)
+            items = self._claim_rows(cur, owner, queue, 1, no_ack, bad)
             if not items:
                 return None
             return items[0], int(
                 self.one(cur, f"SELECT count(*) FROM {{s}}.messages WHERE queue = %s AND {READY}", queue)
             )
 
-        found = self._owner(owner, work)
+        while True:
+            found = self._owner(owner, work)
+            if not bad:
+                break
+            # A malformed copy: it leaves the queue, and the next one is taken.
+            self._quarantine(owner, bad)
+            bad.clear()
+            if found is not None:
+                break
         if found is not None:
             self.count(DELIVERED, queue)
         return found
@@ -417,11 +468,12 @@ class PostgresStore(Owners):
             self.flush_acks(cur)
             now, *deadlines = self.rows(
                 cur,
+                # An infinite or NaN time (a foreign row's) is no deadline: never due.
                 "SELECT {now}, (SELECT min(expires_at) FROM {s}.messages "
-                "WHERE expires_at IS NOT NULL AND owner IS NULL), "
+                "WHERE expires_at < 'Infinity' AND owner IS NULL), "
                 "(SELECT min(last_used + expires_ms / 1000.0) FROM {s}.queues q "
                 "WHERE NOT EXISTS (SELECT 1 FROM {s}.consumers c WHERE c.queue = q.name)), "
-                "(SELECT min(due) FROM {s}.delayed)",
+                "(SELECT min(due) FROM {s}.delayed WHERE due < 'Infinity')",
             )[0]
             ready = any(self._has_ready(cur, queue) for queue in queues)
         due = min((d for d in deadlines if d is not None), default=None)

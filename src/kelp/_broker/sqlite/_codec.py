@@ -93,7 +93,7 @@ def decode(text: str | None) -> dict[str, Any]:
         return dict(cached)
     try:
         value = json.loads(text, object_hook=_hook) if _TAG_IN_TEXT in text else json.loads(text)
-    except (ValueError, TypeError, ArithmeticError, RecursionError) as exc:
+    except (ValueError, TypeError, LookupError, ArithmeticError, RecursionError) as exc:
         raise Malformed(f"stored properties/headers are not kelp's JSON: {exc}") from None
     if not isinstance(value, dict):
         raise Malformed(f"stored properties/headers are not a table: {type(value).__name__}")
