@@ -29,6 +29,7 @@ MALFORMED: dict[str, dict[str, bytes]] = {
     "meta not a list": {"b": b"bad", "m": b'{"a": 1}'},
     "meta of the wrong shape": {"b": b"bad", "m": b'[[], {}, "", ""]'},
     "meta not UTF-8": {"b": b"bad", "m": b'[{}, {}, "\xff", ""]'},
+    "content_type not text": {"b": b"bad", "m": b'[{"content_type": 5}, {}, "", "work"]'},
     "no body": {"m": b'[{}, {}, "", "work"]', "x": b"not a time"},
 }
 

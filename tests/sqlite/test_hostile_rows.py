@@ -34,6 +34,8 @@ MALFORMED = {
     "properties not UTF-8": (b"\xff\xfe{}", "", None),
     "headers not UTF-8": (PROPS, b'{"h":"\xc3\x28"}', None),
     "routing key not UTF-8": (PROPS, "", b"w\xffork"),
+    "content_type not text": ('{"content_type":5,"delivery_mode":2}', "", None),
+    "content_encoding a table": ('{"content_encoding":{"a":1},"delivery_mode":2}', "", None),
 }
 
 

@@ -22,7 +22,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from kelp._broker.malformed import Malformed
+from kelp._broker.malformed import Malformed, check_properties
 from kelp.routing import X_MATCH_MODES
 
 __all__ = [
@@ -136,6 +136,7 @@ def decode_meta(raw: bytes) -> tuple[dict[str, Any], dict[str, Any], str, str]:
         or type(routing_key) is not str
     ):
         raise Malformed("stored meta is not [properties, headers, exchange, routing key]")
+    check_properties(properties)
     return properties, headers, exchange, routing_key
 
 

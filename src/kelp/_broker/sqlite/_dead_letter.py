@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kelp._broker.malformed import Malformed, as_text, malformed_tables
+from kelp._broker.malformed import Malformed, as_text, check_properties, malformed_tables
 from kelp._broker.queue_args import QueueDef, dead_letter
 from kelp._broker.sqlite import _ops
 from kelp._broker.sqlite._codec import decode, encode
@@ -23,7 +23,9 @@ def read_row(body: Any, props: Any, headers: Any, exchange: Any, routing_key: An
         body = body.encode("utf-8", "surrogatepass")
     if type(exchange) is not str or type(routing_key) is not str:
         raise Malformed("the exchange or routing key is not text")
-    return body, decode(props), decode(headers) if headers else {}
+    properties = decode(props)
+    check_properties(properties)
+    return body, properties, decode(headers) if headers else {}
 
 
 def dead_letter_row(

@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 
 from kelp._broker.core.session import Session
 from kelp._broker.core.store import Claimer, Item, Unacked
-from kelp._broker.malformed import Malformed
+from kelp._broker.malformed import Malformed, check_properties
 from kelp._broker.sqlite import _dead_letter, _declare, _delayed, _deliveries, _ops, _repair
 from kelp._broker.sqlite._codec import decode
 from kelp._broker.sqlite._flusher import Flusher
@@ -211,6 +211,7 @@ class SqliteStore(Flusher):
                     if type(body) is not bytes or type(exchange) is not str or type(routing_key) is not str:
                         body = _dead_letter.read_row(body, props, headers, exchange, routing_key)[0]
                     properties = decode(props)
+                    check_properties(properties)
                     header_table = decode(headers) if headers else {}
                 except Malformed as exc:
                     # Written from outside kelp: it leaves the queue; the rest of the batch goes on.
