@@ -610,15 +610,8 @@ def test_a_queue_deleted_by_another_process_cancels_its_consumer(url: str, names
 
 
 def test_a_queue_deleted_and_declared_again_by_another_process_cancels_its_consumer(
-    url: str, names: Any, request: pytest.FixtureRequest
+    url: str, names: Any
 ) -> None:
-    known_defect(
-        request,
-        url,
-        ("sqlite", "redis"),
-        "the consumer is not cancelled when its queue is declared again before this process looks: it "
-        "consumes from the new queue (on which it is not registered)",
-    )
     queue = names("q")
     with kelp.Connection(url) as conn:
         declare_queue(conn, queue)
