@@ -37,9 +37,12 @@ WAIT = 5.0
 #: Process B: ``python -c B_SCRIPT url ops``; ``ops`` is a JSON list of ``[channel method, kwargs]``,
 #: each called in turn on one channel. Prints one JSON line: what each call returned (counts), and for
 #: ``["hold", {}]`` prints that line at once and keeps its connection open until stdin closes.
-#: ``["get", {"queue": q}]`` takes a message without acking it (it goes back when B's connection ends).
+#: ``["get", {"queue": q}]`` takes a message without acking it (it goes back when B's connection ends);
+#: ``["consume", {"queue": q}]`` starts a consumer (cancelled when B's connection ends). A call refused
+#: returns the name of the exception raised.
 B_SCRIPT = """
 import json, sys, kelp
+from kelp.exceptions import KelpError
 url, ops = sys.argv[1], json.loads(sys.argv[2])
 out, held = [], []
 with kelp.Connection(url) as conn:
@@ -54,7 +57,17 @@ with kelp.Connection(url) as conn:
             held.append(message)
             out.append(None if message is None else message.payload)
             continue
-        result = getattr(channel, method)(**kwargs)
+        if method == "consume":
+            held.append(kelp.Consumer(channel, [kelp.Queue(kwargs["queue"])], auto_declare=False))
+            held[-1].consume()
+            out.append(None)
+            continue
+        try:
+            result = getattr(channel, method)(**kwargs)
+        except KelpError as exc:
+            out.append(type(exc).__name__)
+            channel = conn.channel()  # a refusal closes the channel on RabbitMQ
+            continue
         out.append(result if isinstance(result, int) else getattr(result, "message_count", None))
 print(json.dumps(out), flush=True)
 """
@@ -262,6 +275,17 @@ def exists(conn: kelp.Connection, name: str) -> bool:
     return True
 
 
+def consumers_become(conn: kelp.Connection, name: str, count: int) -> bool:
+    """Whether the queue reports ``count`` consumers within 2 x WAIT (a dead process's consumers go once
+    its death is noticed: redis after a missed heartbeat or client list check)."""
+    deadline = time.monotonic() + 2 * WAIT
+    while time.monotonic() < deadline:
+        if conn.channel().queue_declare(name, passive=True).consumer_count == count:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def gone_within(conn: kelp.Connection, name: str, seconds: float) -> float | None:
     """Seconds until the queue no longer exists (None: still there after ``seconds``)."""
     start = time.monotonic()
@@ -301,6 +325,58 @@ def test_a_binding_removed_by_another_process_gets_no_more_messages(url: str, na
         producer.flush()
         assert contents(conn, kept) == ["before", *MODES]
         assert contents(conn, unbound) == ["before"]
+
+
+def test_a_mandatory_publish_is_returned_or_routed_as_another_process_changed_the_bindings(
+    url: str, names: Any
+) -> None:
+    exchange, queue = names("x"), names("q")
+    returned: list[Any] = []
+    with kelp.Connection(url) as conn:
+        channel = conn.channel()
+        channel.exchange_declare(exchange, "direct", durable=True, auto_delete=False)
+        declare_queue(conn, queue)
+        channel.queue_bind(queue, exchange, "k")
+        producer = conn.Producer(
+            on_return=lambda exc, exchange, key, message: returned.append(message.payload)
+        )
+        producer.publish("bound", exchange=exchange, routing_key="k", mandatory=True)
+        producer.flush()
+        run_b(url, op("queue_unbind", queue=queue, exchange=exchange, routing_key="k"))
+        producer.publish("unbound", exchange=exchange, routing_key="k", mandatory=True)
+        producer.flush()
+        run_b(url, op("queue_bind", queue=queue, exchange=exchange, routing_key="k"))
+        producer.publish("bound again", exchange=exchange, routing_key="k", mandatory=True)
+        producer.flush()
+        assert returned == ["unbound"]
+        assert contents(conn, queue) == ["bound", "bound again"]
+
+
+def test_an_auto_delete_exchange_goes_when_another_process_removes_its_last_binding(
+    url: str, names: Any
+) -> None:
+    exchange, queue = names("x"), names("q")
+    with kelp.Connection(url) as conn:
+        channel = conn.channel()
+        channel.exchange_declare(exchange, "fanout", durable=True, auto_delete=True)
+        declare_queue(conn, queue)
+        channel.queue_bind(queue, exchange, "")
+        producer = conn.Producer()
+        producer.publish("before", exchange=exchange)
+        producer.flush()
+        run_b(url, op("queue_unbind", queue=queue, exchange=exchange, routing_key=""))
+        errors = [
+            e
+            for e in (
+                raised_by(lambda: producer.publish("after", exchange=exchange)),
+                raised_by(producer.flush),
+            )
+            if e is not None
+        ]
+        assert len(errors) == 1, errors
+        assert isinstance(errors[0], (NotFound, MessageNacked))
+        assert error_of(lambda: conn.channel().exchange_declare(exchange, "fanout", passive=True)) is NotFound
+        assert contents(conn, queue) == ["before"]
 
 
 def test_a_queue_declared_again_with_a_length_limit_keeps_the_newest(url: str, names: Any) -> None:
@@ -634,7 +710,10 @@ def test_a_queue_deleted_and_declared_again_by_another_process_cancels_its_consu
         assert contents(conn, queue) == ["new"]
 
 
-def test_a_message_another_process_gives_back_reaches_a_waiting_consumer(url: str, names: Any) -> None:
+@pytest.mark.parametrize("ending", ["exits", "killed"])
+def test_a_message_another_process_gives_back_reaches_a_waiting_consumer(
+    url: str, names: Any, ending: str
+) -> None:
     queue = names("q")
     with kelp.Connection(url) as conn:
         declare_queue(conn, queue)
@@ -653,12 +732,49 @@ def test_a_message_another_process_gives_back_reaches_a_waiting_consumer(url: st
                     inbox.wait(conn, n)
                     inbox.messages[-1].ack()
                 assert [m.payload for m in inbox.messages] == ["two", "three"]
-                other.release()  # B ends without acking: its message comes back
+                if ending == "exits":  # B ends without acking: its message comes back
+                    other.release()
+                else:
+                    other.kill()
                 assert inbox.wait(conn, 3)[2:] == ["taken"]
                 assert inbox.messages[2].delivery_info["redelivered"]
                 inbox.messages[2].ack()
         finally:
             other.close()
+
+
+@pytest.mark.parametrize("ending", ["exits", "killed"])
+def test_an_auto_delete_queue_stays_while_this_process_consumes_it(
+    url: str, names: Any, held: Callable[..., Held], ending: str
+) -> None:
+    queue = names("auto")
+    with kelp.Connection(url) as conn:
+        conn.channel().queue_declare(queue, durable=True, auto_delete=True)
+        inbox = Inbox()
+        with conn.Consumer([kelp.Queue(queue, auto_delete=True)], callbacks=[inbox]) as consumer:
+            other = held(url, op("consume", queue=queue))
+            if ending == "exits":
+                other.release()
+            else:
+                other.kill()
+            # its consumer goes (a killed one: once its death is noticed), the queue stays: this one consumes
+            assert consumers_become(conn, queue, 1)
+            conn.Producer().publish("still", routing_key=queue)
+            assert inbox.wait(conn, 1) == ["still"]
+            inbox.messages[0].ack()
+            consumer.cancel()
+            assert gone_within(conn, queue, WAIT) is not None
+
+
+def test_another_process_cannot_delete_this_process_exclusive_queue(url: str, names: Any) -> None:
+    queue = names("excl")
+    with kelp.Connection(url) as conn:
+        conn.channel().queue_declare(queue, durable=False, exclusive=True, auto_delete=False)
+        assert run_b(url, op("queue_delete", queue=queue), op("queue_purge", queue=queue)) == [
+            "ResourceLocked",
+            "ResourceLocked",
+        ]
+        assert exists(conn, queue)
 
 
 # --- exclusive queues of another process ---------------------------------------------------------------
