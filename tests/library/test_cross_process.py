@@ -815,6 +815,37 @@ def test_another_process_cannot_delete_this_process_exclusive_queue(url: str, na
         assert exists(conn, queue)
 
 
+def test_kombu_declares_again_a_consumed_queue_another_process_deleted(
+    url: str, names: Any, request: pytest.FixtureRequest
+) -> None:
+    """kelp.kombu answers the declaration of a queue that a connection of this process consumes from
+    without asking the broker (Celery declares its reply queue before every task)."""
+    kombu = pytest.importorskip("kombu")
+    import kelp.kombu  # registers kelp+ URLs
+
+    known_defect(
+        request,
+        url,
+        ("sqlite", "postgresql", "redis"),
+        "kelp.kombu's known-queue answer outlives the queue: another process deleted it and this process "
+        "has not drained the consumer's cancellation yet, so the declaration does not create it again "
+        "and what is published to it next is dropped",
+    )
+    kombu_url = "py" + url if url.startswith("amqp") else "kelp+" + url
+    name = names("reply")
+    with kombu.Connection(kombu_url) as consuming, kombu.Connection(kombu_url) as declaring:
+        queue = kombu.Queue(name, durable=True, auto_delete=False)
+        queue(declaring.default_channel).declare()
+        consumer = kombu.Consumer(consuming, [queue], callbacks=[lambda body, message: None])
+        consumer.consume()
+        assert queue(declaring.default_channel).queue_declare().consumer_count == 1
+        run_b(url, op("queue_delete", queue=name))
+        queue(declaring.default_channel).declare()  # RabbitMQ creates it again
+        kombu.Producer(declaring.default_channel).publish("reply", routing_key=name)
+    with kelp.Connection(url) as conn:
+        assert wait_for(conn, name, 1)[0].payload == "reply"
+
+
 # --- exclusive queues of another process ---------------------------------------------------------------
 
 
