@@ -36,9 +36,12 @@ WAIT = 5.0
 
 #: Process B: ``python -c B_SCRIPT url ops``; ``ops`` is a JSON list of ``[channel method, kwargs]``,
 #: each called in turn on one channel. Prints one JSON line: what each call returned (counts), and for
-#: ``["hold", {}]`` prints that line at once and keeps its connection open until stdin closes.
+#: ``["hold", {}]`` prints that line at once and keeps its connection open until stdin closes;
+#: ``["go", {}]`` prints it and waits for a line on stdin before the next op.
 #: ``["get", {"queue": q}]`` takes a message without acking it (it goes back when B's connection ends);
-#: ``["consume", {"queue": q}]`` starts a consumer (cancelled when B's connection ends). A call refused
+#: ``["consume", {"queue": q}]`` starts a consumer (cancelled when B's connection ends); ``["reject",
+#: {"requeue": r}]`` rejects the message the last get took; ``["publish", {...}]`` publishes (the
+#: arguments of ``Producer.publish``). A call refused
 #: returns the name of the exception raised.
 B_SCRIPT = """
 import json, sys, kelp
@@ -52,10 +55,22 @@ with kelp.Connection(url) as conn:
             print(json.dumps(out), flush=True)
             sys.stdin.read()
             continue
+        if method == "go":
+            print(json.dumps(out), flush=True)
+            sys.stdin.readline()
+            continue
         if method == "get":
             message = kelp.Queue(kwargs["queue"])(channel).get()
             held.append(message)
             out.append(None if message is None else message.payload)
+            continue
+        if method == "publish":
+            conn.Producer(channel).publish(**kwargs)
+            out.append(None)
+            continue
+        if method == "reject":
+            held[-1].reject(requeue=kwargs.get("requeue", False))
+            out.append(None)
             continue
         if method == "consume":
             held.append(kelp.Consumer(channel, [kelp.Queue(kwargs["queue"])], auto_declare=False))
@@ -158,6 +173,15 @@ class Held:
             assert self.process.stderr is not None
             raise AssertionError(f"process B failed: {self.process.stderr.read()}")
         self.result: list[Any] = json.loads(line)
+
+    def go(self) -> list[Any]:
+        """Let B past its ``go`` op; returns what it printed at its next ``go`` or ``hold``."""
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
+        self.process.stdin.write("\n")
+        self.process.stdin.flush()
+        result: list[Any] = json.loads(self.process.stdout.readline())
+        return result
 
     def release(self) -> None:
         """B closes its connection cleanly and exits."""
@@ -844,6 +868,75 @@ def test_kombu_declares_again_a_consumed_queue_another_process_deleted(
         kombu.Producer(declaring.default_channel).publish("reply", routing_key=name)
     with kelp.Connection(url) as conn:
         assert wait_for(conn, name, 1)[0].payload == "reply"
+
+
+def first_arrival(conn: kelp.Connection, inbox: Inbox) -> float | None:
+    """Seconds until a message reaches ``inbox``, within one wait of WAIT (no call of this process in
+    between could apply what another process left due)."""
+    start = time.monotonic()
+    try:
+        conn.drain_events(timeout=WAIT)
+    except TimeoutError:
+        return None
+    return time.monotonic() - start if inbox.messages else None
+
+
+def test_a_message_another_process_publishes_expires_to_a_waiting_consumer(url: str, names: Any) -> None:
+    queue, dlx, dead = names("q"), names("dlx"), names("dead")
+    with kelp.Connection(url) as conn:
+        channel = conn.channel()
+        channel.exchange_declare(dlx, "fanout", durable=True, auto_delete=False)
+        declare_queue(conn, dead)
+        channel.queue_bind(dead, dlx, "")
+        declare_queue(conn, queue, **{"x-message-ttl": 300, "x-dead-letter-exchange": dlx})
+        inbox = Inbox()
+        with conn.Consumer([kelp.Queue(dead)], callbacks=[inbox]):
+            try:
+                conn.drain_events(timeout=0.1)  # waiting, with no deadline in sight
+            except TimeoutError:
+                pass
+            other = Held(url, op("go"), op("publish", body="expiring", routing_key=queue))
+            try:
+                other.process.stdin.write("\n")  # B publishes while this process waits
+                other.process.stdin.flush()
+                waited = first_arrival(conn, inbox)
+            finally:
+                other.close()
+            assert waited is not None, "the expired message never reached the waiting consumer"
+            assert waited < 2.0
+            assert inbox.messages[0].headers["x-death"][0]["reason"] == "expired"
+            inbox.messages[0].ack()
+
+
+def test_a_message_another_process_rejects_dead_letters_to_a_waiting_consumer(url: str, names: Any) -> None:
+    queue, dlx, dead = names("q"), names("dlx"), names("dead")
+    with kelp.Connection(url) as conn:
+        channel = conn.channel()
+        channel.exchange_declare(dlx, "fanout", durable=True, auto_delete=False)
+        declare_queue(conn, dead)
+        channel.queue_bind(dead, dlx, "")
+        declare_queue(conn, queue, **{"x-dead-letter-exchange": dlx})
+        producer = conn.Producer()
+        producer.publish("rejected", routing_key=queue)
+        producer.flush()
+        inbox = Inbox()
+        with conn.Consumer([kelp.Queue(dead)], callbacks=[inbox]):
+            try:
+                conn.drain_events(timeout=0.1)
+            except TimeoutError:
+                pass
+            other = Held(url, op("get", queue=queue), op("go"), op("reject", requeue=False))
+            try:
+                assert other.result == ["rejected"]
+                other.process.stdin.write("\n")  # B rejects while this process waits
+                other.process.stdin.flush()
+                waited = first_arrival(conn, inbox)
+                assert waited is not None, "the dead letter never reached the waiting consumer"
+                assert waited < 2.0
+                assert inbox.messages[0].headers["x-death"][0]["reason"] == "rejected"
+                inbox.messages[0].ack()
+            finally:
+                other.close()
 
 
 # --- exclusive queues of another process ---------------------------------------------------------------
