@@ -610,6 +610,28 @@ def test_a_queue_another_process_declared_with_expires_goes_unused(url: str, nam
         assert not exists(conn, queue)
 
 
+def test_a_headers_binding_another_process_made_and_removed_routes_accordingly(url: str, names: Any) -> None:
+    exchange, queue = names("hx"), names("q")
+    rule = {"x-match": "all", "kind": "order"}
+    with kelp.Connection(url) as conn:
+        conn.channel().exchange_declare(exchange, "headers", durable=True, auto_delete=False)
+        declare_queue(conn, queue)
+        producer = conn.Producer()
+        producer.publish("unbound", exchange=exchange, headers={"kind": "order"})
+        producer.flush()
+        run_b(url, op("queue_bind", queue=queue, exchange=exchange, routing_key="", arguments=rule))
+        for mode in MODES:
+            producer.publish(mode, exchange=exchange, headers={"kind": "order"}, delivery_mode=mode)
+        producer.publish("other", exchange=exchange, headers={"kind": "refund"})
+        producer.flush()
+        run_b(url, op("queue_unbind", queue=queue, exchange=exchange, routing_key="", arguments=rule))
+        producer.publish(
+            "unbound again", exchange=exchange, headers={"kind": "order"}, delivery_mode="transient"
+        )
+        producer.flush()
+        assert contents(conn, queue) == list(MODES)
+
+
 def test_an_exchange_only_another_process_declared_routes(url: str, names: Any) -> None:
     exchange, queue = names("x"), names("q")
     with kelp.Connection(url) as conn:
@@ -905,6 +927,30 @@ def test_a_message_another_process_publishes_expires_to_a_waiting_consumer(url: 
             assert waited is not None, "the expired message never reached the waiting consumer"
             assert waited < 2.0
             assert inbox.messages[0].headers["x-death"][0]["reason"] == "expired"
+            inbox.messages[0].ack()
+
+
+def test_a_delayed_message_another_process_publishes_reaches_a_waiting_consumer_when_due(
+    url: str, names: Any
+) -> None:
+    queue = names("q")
+    with kelp.Connection(url) as conn:
+        declare_queue(conn, queue)
+        inbox = Inbox()
+        with conn.Consumer([kelp.Queue(queue)], callbacks=[inbox]):
+            try:
+                conn.drain_events(timeout=0.1)  # waiting, with no deadline in sight
+            except TimeoutError:
+                pass
+            other = Held(url, op("go"), op("publish", body="later", routing_key=queue, countdown=1.0))
+            try:
+                other.process.stdin.write("\n")  # B publishes while this process waits
+                other.process.stdin.flush()
+                waited = first_arrival(conn, inbox)
+            finally:
+                other.close()
+            assert waited is not None, "the delayed message never reached the waiting consumer"
+            assert 0.9 <= waited < 2.5
             inbox.messages[0].ack()
 
 
