@@ -117,14 +117,14 @@ def names(url: str) -> Iterator[Callable[[str], str]]:
 # --- process B ----------------------------------------------------------------------------------------
 
 
-def queue_declare(name: str, durable: bool = True, **arguments: Any) -> list[Any]:
+def queue_declare(name: str, arguments: dict[str, Any] | None = None, durable: bool = True) -> list[Any]:
     return [
         "queue_declare",
         {"queue": name, "durable": durable, "auto_delete": False, "arguments": arguments or None},
     ]
 
 
-def exchange_declare(name: str, type_: str, **arguments: Any) -> list[Any]:
+def exchange_declare(name: str, type_: str, arguments: dict[str, Any] | None = None) -> list[Any]:
     return [
         "exchange_declare",
         {
@@ -174,14 +174,11 @@ class Held:
             raise AssertionError(f"process B failed: {self.process.stderr.read()}")
         self.result: list[Any] = json.loads(line)
 
-    def go(self) -> list[Any]:
-        """Let B past its ``go`` op; returns what it printed at its next ``go`` or ``hold``."""
+    def go(self) -> None:
+        """Let B past its ``go`` op (without waiting for it: it acts while this process goes on)."""
         assert self.process.stdin is not None
-        assert self.process.stdout is not None
         self.process.stdin.write("\n")
         self.process.stdin.flush()
-        result: list[Any] = json.loads(self.process.stdout.readline())
-        return result
 
     def release(self) -> None:
         """B closes its connection cleanly and exits."""
@@ -412,7 +409,7 @@ def test_a_queue_declared_again_with_a_length_limit_keeps_the_newest(url: str, n
         producer = conn.Producer()
         producer.publish("old", routing_key=queue)
         producer.flush()
-        assert run_b(url, op("queue_delete", queue=queue), queue_declare(queue, **{"x-max-length": 1})) == [
+        assert run_b(url, op("queue_delete", queue=queue), queue_declare(queue, {"x-max-length": 1})) == [
             1,
             0,
         ]
@@ -432,7 +429,7 @@ def test_a_queue_declared_again_to_reject_publishes_refuses_the_overflow(url: st
         run_b(
             url,
             op("queue_delete", queue=queue),
-            queue_declare(queue, **{"x-max-length": 1, "x-overflow": "reject-publish"}),
+            queue_declare(queue, {"x-max-length": 1, "x-overflow": "reject-publish"}),
         )
         refused = refusals(
             ("first", lambda: producer.publish("first", routing_key=queue)),
@@ -459,7 +456,7 @@ def test_a_queue_declared_again_with_a_ttl_and_dead_letter_exchange_dead_letters
             queue_declare(dead),
             op("queue_bind", queue=dead, exchange=dlx, routing_key=""),
             op("queue_delete", queue=queue),
-            queue_declare(queue, **{"x-message-ttl": 1, "x-dead-letter-exchange": dlx}),
+            queue_declare(queue, {"x-message-ttl": 1, "x-dead-letter-exchange": dlx}),
         )
         for mode in MODES:
             producer.publish(mode, routing_key=queue, delivery_mode=mode)
@@ -478,7 +475,7 @@ def test_a_queue_declared_again_with_priorities_delivers_the_highest_first(url: 
         producer.publish("old", routing_key=queue)
         producer.flush()
         assert contents(conn, queue) == ["old"]
-        run_b(url, op("queue_delete", queue=queue), queue_declare(queue, **{"x-max-priority": 9}))
+        run_b(url, op("queue_delete", queue=queue), queue_declare(queue, {"x-max-priority": 9}))
         for priority in (1, 5, 9, 0):
             producer.publish(f"p{priority}", routing_key=queue, priority=priority)
         producer.flush()
@@ -566,7 +563,7 @@ def test_an_alternate_exchange_set_by_another_process_takes_the_unroutable(url: 
             queue_declare(queue),
             op("queue_bind", queue=queue, exchange=alternate, routing_key=""),
             op("exchange_delete", exchange=exchange),
-            exchange_declare(exchange, "direct", **{"alternate-exchange": alternate}),
+            exchange_declare(exchange, "direct", {"alternate-exchange": alternate}),
         )
         for mode in MODES:
             producer.publish(mode, exchange=exchange, routing_key="nowhere", delivery_mode=mode)
@@ -602,7 +599,7 @@ def test_a_queue_another_process_declared_with_expires_goes_unused(url: str, nam
     queue = names("expiring")
     with kelp.Connection(url) as conn:
         conn.Producer().publish("warm", routing_key=names("none"))  # this process has a snapshot
-        run_b(url, queue_declare(queue, **{"x-expires": 300}))
+        run_b(url, queue_declare(queue, {"x-expires": 300}))
         # each look renews the lease on RabbitMQ: look less often than it lasts
         deadline = time.monotonic() + WAIT
         while exists(conn, queue) and time.monotonic() < deadline:
@@ -919,8 +916,7 @@ def test_a_message_another_process_publishes_expires_to_a_waiting_consumer(url: 
                 pass
             other = Held(url, op("go"), op("publish", body="expiring", routing_key=queue))
             try:
-                other.process.stdin.write("\n")  # B publishes while this process waits
-                other.process.stdin.flush()
+                other.go()  # B publishes while this process waits
                 waited = first_arrival(conn, inbox)
             finally:
                 other.close()
@@ -944,8 +940,7 @@ def test_a_delayed_message_another_process_publishes_reaches_a_waiting_consumer_
                 pass
             other = Held(url, op("go"), op("publish", body="later", routing_key=queue, countdown=1.0))
             try:
-                other.process.stdin.write("\n")  # B publishes while this process waits
-                other.process.stdin.flush()
+                other.go()  # B publishes while this process waits
                 waited = first_arrival(conn, inbox)
             finally:
                 other.close()
@@ -974,8 +969,7 @@ def test_a_message_another_process_rejects_dead_letters_to_a_waiting_consumer(ur
             other = Held(url, op("get", queue=queue), op("go"), op("reject", requeue=False))
             try:
                 assert other.result == ["rejected"]
-                other.process.stdin.write("\n")  # B rejects while this process waits
-                other.process.stdin.flush()
+                other.go()  # B rejects while this process waits
                 waited = first_arrival(conn, inbox)
                 assert waited is not None, "the dead letter never reached the waiting consumer"
                 assert waited < 2.0
