@@ -27,7 +27,14 @@ from typing import Any
 import pytest
 
 import kelp
-from kelp.exceptions import ConsumerCancelled, KelpError, MessageNacked, NotFound, ResourceLocked
+from kelp.exceptions import (
+    ConsumerCancelled,
+    KelpError,
+    MessageNacked,
+    NotFound,
+    PreconditionFailed,
+    ResourceLocked,
+)
 from transport_urls import selected, url_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -505,6 +512,27 @@ def test_an_exchange_declared_again_with_another_type_routes_by_it(url: str, nam
         producer.flush()
         assert contents(conn, first) == ["fanned", *MODES]
         assert contents(conn, second) == ["fanned"]
+
+
+def test_declaring_what_another_process_declared_again_differently_is_refused(url: str, names: Any) -> None:
+    queue, exchange = names("q"), names("x")
+    with kelp.Connection(url) as conn:
+        declare_queue(conn, queue)
+        conn.channel().exchange_declare(exchange, "fanout", durable=True, auto_delete=False)
+        run_b(
+            url,
+            op("queue_delete", queue=queue),
+            queue_declare(queue, {"x-max-length": 5}),
+            op("exchange_delete", exchange=exchange),
+            exchange_declare(exchange, "direct"),
+        )
+        # this process's snapshot still has the old shapes: the broker's current ones decide
+        assert error_of(lambda: declare_queue(conn, queue)) is PreconditionFailed
+        assert error_of(lambda: declare_queue(conn, queue, **{"x-max-length": 5})) is None
+        old = lambda: conn.channel().exchange_declare(exchange, "fanout", durable=True, auto_delete=False)  # noqa: E731
+        assert error_of(old) is PreconditionFailed
+        new = lambda: conn.channel().exchange_declare(exchange, "direct", durable=True, auto_delete=False)  # noqa: E731
+        assert error_of(new) is None
 
 
 def test_a_publish_to_an_exchange_another_process_deleted_fails(url: str, names: Any) -> None:
