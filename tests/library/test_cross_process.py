@@ -448,6 +448,28 @@ def test_a_queue_declared_again_to_reject_publishes_refuses_the_overflow(url: st
         assert contents(conn, queue) == ["first"]
 
 
+def test_a_batch_into_a_queue_declared_again_to_reject_publishes_names_the_refused(
+    url: str, names: Any
+) -> None:
+    queue = names("q")
+    with kelp.Connection(url) as conn:
+        declare_queue(conn, queue)
+        producer = conn.Producer()
+        producer.publish("old", routing_key=queue)
+        producer.flush()
+        run_b(
+            url,
+            op("queue_delete", queue=queue),
+            queue_declare(queue, {"x-max-length": 2, "x-overflow": "reject-publish"}),
+        )
+        batch = [producer.prepare(f"m{i}", routing_key=queue) for i in range(4)]
+        assert refusals((None, lambda: producer.publish_many(batch)), (None, producer.flush)) == ["m2", "m3"]
+        # and once this process knows the new shape
+        batch = [producer.prepare(f"n{i}", routing_key=queue) for i in range(2)]
+        assert refusals((None, lambda: producer.publish_many(batch)), (None, producer.flush)) == ["n0", "n1"]
+        assert contents(conn, queue) == ["m0", "m1"]
+
+
 def test_a_queue_declared_again_with_a_ttl_and_dead_letter_exchange_dead_letters_expiries(
     url: str, names: Any
 ) -> None:
