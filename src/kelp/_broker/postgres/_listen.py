@@ -1,6 +1,7 @@
 """The listening half of a ``postgresql://`` store: one thread per store per process that turns NOTIFYs
 into wake-ups, lets go of dead owners (and tells its own lost ones), keeps its owners' sessions from
-idling past their liveness (see ``_owners``), and keeps the claim floors.
+idling past their liveness (see ``_owners``), keeps the claim floors, and while connections of the process
+wait, expires what falls due (TTLs, x-expires, delayed messages: another process's announce nothing).
 
 Announcements on the store's channel: ``r:<id>:<queue>`` (copies became ready in the queue, the lowest
 id ``<id>``), ``w:<due>`` (a delayed message was held due earlier than every other: waiting
@@ -107,10 +108,19 @@ class Listening(TopologyOps):
                     self._listening.set()
                     if self.listener is not None:
                         self.listener.wake_all()  # what was announced while not listening
-                for note in conn.notifies(timeout=REAP_INTERVAL):
+                wait = REAP_INTERVAL
+                if self._waiting():
+                    wait = min(wait, max(0.05, self.next_due - time.time()))
+                for note in conn.notifies(timeout=wait):
                     self._notified(note.payload)
                     if self._stop.is_set():
                         break
+                if self._waiting() and not self._stop.is_set():
+                    # A copy another process stored with a TTL (or a queue it declared with x-expires)
+                    # announces nothing: while connections wait, what is due is expired here, on time
+                    # (the deadlines are read again at least every second); its dead letters wake
+                    # their consumers.
+                    self.tick()
                 if time.monotonic() >= next_tick and not self._stop.is_set():
                     next_tick = time.monotonic() + REAP_INTERVAL
                     self.keep_owners_alive()
@@ -128,6 +138,10 @@ class Listening(TopologyOps):
         if conn is not None:
             conn.close()
         self._listening.set()
+
+    def _waiting(self) -> bool:
+        """Whether some connection of this process waits for messages."""
+        return self.listener is not None and bool(self.listener.waiting)
 
     def _notified(self, payload: str) -> None:
         # Any role that may connect to the database may NOTIFY on the channel: what kelp did not write is

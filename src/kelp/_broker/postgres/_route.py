@@ -290,16 +290,17 @@ def store_copies(
     topo: Topology,
     copies: Iterable[Copy],
     stored: Counter[str],
-) -> list[str]:
+) -> list[Copy]:
     """Store the copies inside the caller's transaction (which holds the topology lock, shared, and has
-    ``topo`` current), applying each queue's length limit; return the queues that refused one. ``stored``
-    counts the copies stored per queue (dead-lettered ones too), for the caller to count once committed."""
-    refused: list[str] = []
+    ``topo`` current), applying each queue's length limit; return the copies a full queue refused.
+    ``stored`` counts the copies stored per queue (dead-lettered ones too), for the caller to count once
+    committed."""
+    refused: list[Copy] = []
     plain: list[Copy] = []
     for copy in copies:
         if copy.queue.args.bounded:
             if not _store_bounded(cur, schema, channel, topo, copy, stored):
-                refused.append(copy.queue.name)
+                refused.append(copy)
         else:
             plain.append(copy)
     for run in in_statements(plain, lambda c: c.body) if plain else ():

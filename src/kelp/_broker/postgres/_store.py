@@ -37,6 +37,7 @@ from kelp._broker.postgres._pipeline import Publisher
 from kelp._broker.postgres._route import (
     ROW,
     STATEMENT_BYTES,
+    Copy,
     columns,
     copies_of,
     dead_letter_rows,
@@ -153,7 +154,7 @@ class PostgresStore(Owners):
         that one checked statement stores - no bounded queue, no mandatory message, not both delayed and
         ready copies, under STATEMENT_BYTES - is sent there without waiting (see ``_pipeline``); anything
         else waits for ``pipe``'s earlier publishes, then is stored here before this returns."""
-        refused: list[str] = []
+        refused: list[Copy] = []
         while True:
             topo = self.topology()
             try:
@@ -214,9 +215,14 @@ class PostgresStore(Owners):
                     self.count_all(PUBLISHED, queues)
             break
         if refused:
-            queues = sorted(set(refused))
+            # Named, so that a batch published again after the topology changed (see _pipeline) reports
+            # only the messages a full queue refused, not the ones it stored.
+            of = {id(c): e for e, cs in routed for c in cs}
+            envelopes = list({id(of[id(c)]): of[id(c)] for c in refused}.values())
+            queues = sorted({c.queue.name for c in refused})
             raise MessageNacked(
-                f"queue(s) {queues} full (x-overflow reject-publish): message not enqueued there"
+                f"queue(s) {queues} full (x-overflow reject-publish): message not enqueued there",
+                envelopes=envelopes,
             )
         return [e for e, cs in routed if not cs and e.mandatory]
 

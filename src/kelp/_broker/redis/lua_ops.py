@@ -302,24 +302,25 @@ function ops.confirm(a)
   return out
 end
 
--- claim conn n (queue room no_ack tag window) * n m (room) * m: deliveries for the connection's consumers.
--- A consumer's window is 0, or the number (1..m) of its channel's global window: the room after the specs,
--- which the channel's consumers take from in turn, so a consumer whose queue is empty leaves it to the
--- others. Returns {outbox length, tag, suffix, id, body, meta, deliveries, ...}; then 'gone', tag for
--- each consumer whose queue no longer exists (deleted: the client cancels it); with nothing to deliver or
--- cancel, a 'watch' marker, the ms until the next scheduled sweep (-1: none), then the streams to watch
--- for new entries as (key, last id) pairs.
+-- claim conn n (queue room no_ack tag window key) * n m (room) * m: deliveries for the connection's
+-- consumers. A consumer's window is 0, or the number (1..m) of its channel's global window: the room
+-- after the specs, which the channel's consumers take from in turn, so a consumer whose queue is empty
+-- leaves it to the others. Returns {outbox length, tag, suffix, id, body, meta, deliveries, ...}; then
+-- 'gone', tag for each consumer whose queue no longer exists, or exists without the consumer's
+-- registration (its key, as consume made it): deleted, maybe declared again since (the client cancels
+-- it); with nothing to deliver or cancel, a 'watch' marker, the ms until the next scheduled sweep (-1:
+-- none), then the streams to watch for new entries as (key, last id) pairs.
 function ops.claim(a)
   local conn, n = a[1], tonumber(a[2])
   check_alive(conn)
   sweep_due(4)
-  for i = 0, n - 1 do sweep_if_due(a[3 + i * 5]) end
+  for i = 0, n - 1 do sweep_if_due(a[3 + i * 6]) end
   local windows = {}
-  for k = 1, tonumber(a[3 + n * 5]) do windows[k] = tonumber(a[3 + n * 5 + k]) end
+  for k = 1, tonumber(a[3 + n * 6]) do windows[k] = tonumber(a[3 + n * 6 + k]) end
   local out = {0}
   local cache = {}
   for i = 0, n - 1 do
-    local base = 3 + i * 5
+    local base = 3 + i * 6
     local name, room, window = a[base], tonumber(a[base + 1]), tonumber(a[base + 4])
     if window > 0 then room = math.min(room, windows[window]) end
     local q = cache[name]
@@ -327,10 +328,11 @@ function ops.claim(a)
       q = load_queue(name) or false
       cache[name] = q
     end
-    if q and room > 0 and q.ready > 0 then
+    local registered = q and redis.call('HEXISTS', kqc(name), conn .. ':' .. a[base + 5]) == 1
+    if registered and room > 0 and q.ready > 0 then
       local taken = take(q, conn, room, a[base + 2] == '1', a[base + 3], out)
       if window > 0 then windows[window] = windows[window] - taken end
-    elseif not q then
+    elseif not registered then
       out[#out + 1] = 'gone'
       out[#out + 1] = a[base + 3]
     end
@@ -343,7 +345,7 @@ function ops.claim(a)
     local next_at = redis.call('ZRANGE', K_TIMED, 0, 0, 'WITHSCORES')[2]
     out[#out + 1] = next_at and math.max(0, tonumber(next_at) - NOW) or -1
     for i = 0, n - 1 do
-      local base = 3 + i * 5
+      local base = 3 + i * 6
       local name, window = a[base], tonumber(a[base + 4])
       local q = cache[name]
       if q and tonumber(a[base + 1]) > 0 and (window == 0 or windows[window] > 0) then

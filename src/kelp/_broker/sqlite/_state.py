@@ -11,7 +11,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from typing import TypeVar
 
 from kelp._broker.core.store import Claimer, Listener
@@ -76,16 +76,32 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 
 
 class _Gone:
-    """The queues a transaction deleted, or that are missing from the topology it reloaded."""
+    """The queues a transaction deleted, or that are missing from the topology it reloaded. With
+    ``registered`` (a topology reloaded: another process changed it), also those of this process's
+    consumers no longer registered on them: the queue was deleted and declared again meanwhile (its
+    deletion removed the registrations), so its consumers are cancelled as a deletion cancels them."""
 
-    __slots__ = ("deleted", "existing")
+    __slots__ = ("_found", "deleted", "existing", "registered")
 
-    def __init__(self, deleted: set[str], existing: Mapping[str, object]) -> None:
+    def __init__(
+        self,
+        deleted: set[str],
+        existing: Mapping[str, object],
+        registered: Callable[[], Container[str]] | None = None,
+    ) -> None:
         self.deleted = deleted
         self.existing = existing
+        self.registered = registered
+        self._found: Container[str] | None = None  # read once, when first asked
 
     def __contains__(self, name: object) -> bool:
-        return name in self.deleted or name not in self.existing
+        if name in self.deleted or name not in self.existing:
+            return True
+        if self.registered is None:
+            return False
+        if self._found is None:
+            self._found = self.registered()
+        return name not in self._found
 
 
 class StoreState:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import TypeVar
 
 from kelp._broker.core.errors import ErrorMap
@@ -52,6 +52,14 @@ def _failure(exc: sqlite3.Error, path: str) -> KelpError:
     mapped = ERRORS.translate(exc, path)
     assert mapped is not None  # the table names DatabaseError, which every error caught here is
     return mapped
+
+
+class _EveryQueue:
+    def __contains__(self, name: object) -> bool:
+        return True
+
+
+_EVERY_QUEUE = _EveryQueue()
 
 
 class Transactions(StoreState):
@@ -201,14 +209,30 @@ class Transactions(StoreState):
             self._topo_seen = now
         listener = self.listener
         if listener is not None and (tx.deleted_queues or tx.reloaded):
-            # Queues deleted here or (seen in a reloaded topology) by another process.
-            listener.queues_deleted(_Gone(tx.deleted_queues, tx.topo.queues))
+            # Queues deleted here or (seen in a reloaded topology) by another process, also when it
+            # declared them again since.
+            registered = self._registered if tx.reloaded else None
+            listener.queues_deleted(_Gone(tx.deleted_queues, tx.topo.queues, registered))
         if tx.touched:
             self._wake(tx.touched)
         if tx.next_due < self._next_due:
             self._next_due = tx.next_due
             if tx.held:  # a delayed message due before the waits in progress end: they recompute
                 self._wake_everyone()
+
+    def _registered(self) -> Container[str]:
+        """The queues on which this process's connections have consumers registered (under the lock)."""
+        owners = list(self._owners)
+        writer = self._writer
+        if not owners or writer is None:
+            return set()
+        marks = ",".join("?" * len(owners))
+        try:
+            sql = f"SELECT DISTINCT queue FROM consumers WHERE connection IN ({marks})"
+            rows = writer.execute(sql, owners)
+            return {row[0] for row in rows}
+        except sqlite3.Error:
+            return _EVERY_QUEUE  # not known now: no consumer is cancelled for it
 
     def flush(self) -> None:
         """Commit everything buffered (publishes, acks) now."""

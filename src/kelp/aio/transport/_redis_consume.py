@@ -96,7 +96,7 @@ class RedisConsuming(RedisSender):
                 if not window:
                     rooms.append(channel.state.global_room())
                     window = windows[channel.channel_id] = len(rooms)
-            args += (consumer.queue, room, _flag(consumer.no_ack), index, window)
+            args += (consumer.queue, room, _flag(consumer.no_ack), index, window, channel._key(consumer.tag))
         result = await self.call("claim", self.connection_id, len(specs), *args, len(rooms), *rooms)
         deliveries: list[Delivery] = []
         watch: list[Any] = []
