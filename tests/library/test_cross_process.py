@@ -409,6 +409,24 @@ def test_an_auto_delete_exchange_goes_when_another_process_removes_its_last_bind
         assert contents(conn, queue) == ["before"]
 
 
+def test_a_queue_another_process_deleted_is_not_declared_again_by_a_remembered_declaration(
+    url: str, names: Any
+) -> None:
+    """Producer.publish(declare=[...]) declares an entity once per connection (Kombu's maybe_declare does
+    the same on RabbitMQ): a queue another process deleted since is not declared again, and the message is
+    dropped as RabbitMQ drops an unroutable one - on every transport alike."""
+    name = names("q")
+    with kelp.Connection(url) as conn:
+        queue = kelp.Queue(name, durable=True, auto_delete=False)
+        producer = conn.Producer()
+        producer.publish("one", routing_key=name, declare=[queue])
+        producer.flush()
+        run_b(url, op("queue_delete", queue=name))
+        producer.publish("two", routing_key=name, declare=[queue])
+        producer.flush()
+        assert not exists(conn, name)
+
+
 def test_a_queue_declared_again_with_a_length_limit_keeps_the_newest(url: str, names: Any) -> None:
     queue = names("q")
     with kelp.Connection(url) as conn:
