@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from kelp import Connection, Exchange, Queue
 from kelp._broker.malformed import MALFORMED_HEADER
 from kelp._broker.postgres._store import PostgresStore
+from kelp.exceptions import InconsistencyError, MessageNacked
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -398,3 +399,40 @@ def test_any_foreign_row_never_stops_the_queue(pg_base: str, props: str, headers
         assert got[-1] == "after"
         assert len(got) + len(_dead(conn, 2 - len(got))) == 2
         assert _count(conn, _work(True)) == 0
+
+
+@pytest.mark.parametrize(
+    ("table", "change"),
+    [
+        ("exchanges", "UPDATE {s}.exchanges SET arguments = 'not json' WHERE name = 'ex'"),
+        ("queues", "UPDATE {s}.queues SET arguments = '[1, 2]' WHERE name = 'work'"),
+        ("bindings", "UPDATE {s}.bindings SET arguments = '{{bad' WHERE source = 'ex'"),
+        ("bindings", "UPDATE {s}.bindings SET kind = 'neither' WHERE source = 'ex'"),
+    ],
+)
+def test_a_declaration_row_kelp_did_not_write_is_one_clear_error_and_loses_nothing(
+    pg_url: str, table: str, change: str
+) -> None:
+    with Connection(pg_url) as conn:
+        Queue("work", Exchange("ex", "direct"), routing_key="k")(conn.default_channel).declare()
+        conn.Producer().publish("kept", exchange="ex", routing_key="k")
+    schema = _split(pg_url)[1]
+    _sql(pg_url, change.format(s=schema))
+    _sql(pg_url, f"UPDATE {schema}.meta SET value = value + 1 WHERE key = 'topology'")
+    with Connection(pg_url) as conn:
+        with pytest.raises(InconsistencyError, match=table):
+            Queue("other")(conn.default_channel).declare()
+        # a publish routed on the snapshot of before is refused, never dropped: the caller has it back
+        conn.Producer().publish("refused", exchange="ex", routing_key="k")
+        with pytest.raises(MessageNacked, match=table) as refused:
+            conn.transport.flush(None)
+        assert [e.body for e in refused.value.envelopes] == [b"refused"]
+    # Repaired by hand, the broker works again and the message stored before is there.
+    _sql(pg_url, f"UPDATE {schema}.exchanges SET arguments = '{{}}' WHERE name = 'ex'")
+    _sql(pg_url, f"UPDATE {schema}.queues SET arguments = '{{}}' WHERE name = 'work'")
+    _sql(pg_url, f"UPDATE {schema}.bindings SET arguments = '{{}}', kind = 'queue' WHERE source = 'ex'")
+    _sql(pg_url, f"UPDATE {schema}.meta SET value = value + 1 WHERE key = 'topology'")
+    with Connection(pg_url) as conn:
+        message = Queue("work")(conn.default_channel).get(no_ack=True)
+        assert message is not None
+        assert message.payload == "kept"

@@ -29,7 +29,7 @@ from kelp._broker.queue_args import (
 )
 from kelp._broker.sqlite._codec import decode, encode
 from kelp._envelope import Envelope, is_persistent
-from kelp.exceptions import NotFound, PreconditionFailed
+from kelp.exceptions import InconsistencyError, NotFound, PreconditionFailed, UsageError
 from kelp.routing import BindingTable, route
 
 __all__ = [
@@ -90,25 +90,38 @@ def load_topology(cur: Cursor[Any], schema: sql.Identifier) -> Topology:
     cur.execute(sql.SQL("SELECT value FROM {}.meta WHERE key = 'topology'").format(schema))
     row = cur.fetchone()
     topo = Topology(row[0] if row else 0)
-    cur.execute(
-        sql.SQL("SELECT name, type, durable, auto_delete, internal, arguments FROM {}.exchanges").format(
-            schema
+    # A row kelp did not write (arguments that are not kelp's JSON, an unknown binding kind...) stops every
+    # operation with one clear error: routing around it could send messages where they do not belong.
+    where = "exchanges"
+    try:
+        cur.execute(
+            sql.SQL("SELECT name, type, durable, auto_delete, internal, arguments FROM {}.exchanges").format(
+                schema
+            )
         )
-    )
-    for name, type_, durable, auto_delete, internal, arguments in cur.fetchall():
-        topo.exchanges[name] = ExchangeDef(name, type_, durable, auto_delete, internal, decode(arguments))
-    cur.execute(
-        sql.SQL("SELECT name, durable, exclusive_owner, auto_delete, arguments FROM {}.queues").format(schema)
-    )
-    for name, durable, owner, auto_delete, arguments in cur.fetchall():
-        topo.queues[name] = QueueDef(name, durable, owner, auto_delete, decode(arguments))
-    cur.execute(
-        sql.SQL("SELECT source, kind, destination, routing_key, arguments FROM {}.bindings").format(schema)
-    )
-    for source, kind, destination, routing_key, arguments in cur.fetchall():
-        exchange = topo.exchanges.get(source)
-        if exchange is not None:
-            exchange.table.add(binding_destination(kind, destination), routing_key, decode(arguments))
+        for name, type_, durable, auto_delete, internal, arguments in cur.fetchall():
+            where = f"exchanges row {name!r}"
+            topo.exchanges[name] = ExchangeDef(name, type_, durable, auto_delete, internal, decode(arguments))
+        cur.execute(
+            sql.SQL("SELECT name, durable, exclusive_owner, auto_delete, arguments FROM {}.queues").format(
+                schema
+            )
+        )
+        for name, durable, owner, auto_delete, arguments in cur.fetchall():
+            where = f"queues row {name!r}"
+            topo.queues[name] = QueueDef(name, durable, owner, auto_delete, decode(arguments))
+        wanted = "source, kind, destination, routing_key, arguments"
+        cur.execute(sql.SQL(f"SELECT {wanted} FROM {{}}.bindings").format(schema))
+        for source, kind, destination, routing_key, arguments in cur.fetchall():
+            where = f"bindings row {source!r} -> {destination!r}"
+            exchange = topo.exchanges.get(source)
+            if exchange is not None:
+                exchange.table.add(binding_destination(kind, destination), routing_key, decode(arguments))
+    except (ValueError, TypeError, UsageError) as exc:  # Malformed is a ValueError
+        raise InconsistencyError(
+            f"the kelp schema {schema.as_string(None)} holds a declaration kelp did not write "
+            f"({where}): {exc}"
+        ) from None
     return topo
 
 
