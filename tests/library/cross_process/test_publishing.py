@@ -39,6 +39,31 @@ pytestmark = pytest.mark.timeout(120)
 # --- routing: B changes the topology A publishes into --------------------------------------------------
 
 
+def test_a_queue_and_a_binding_declared_by_another_process_get_the_next_publish(url: str, names: Any) -> None:
+    # The publisher routed to no queue on its snapshot of the topology: that snapshot must not be trusted
+    # for the next publish (sqlite and postgres dropped it as unroutable, for ever on a publish-only process).
+    fan, bound, late = names("fan"), names("bound"), names("late")
+    with kelp.Connection(url) as conn:
+        conn.channel().exchange_declare(fan, "fanout", durable=True, auto_delete=False)
+        producer = conn.Producer()
+        producer.publish("before", exchange=fan)
+        producer.publish("before", routing_key=late)
+        producer.flush()
+        run_b(
+            url,
+            queue_declare(bound),
+            op("queue_bind", queue=bound, exchange=fan, routing_key=""),
+            queue_declare(late),
+        )
+        for mode in ("persistent", "transient"):  # sqlite: a transient publish routes on its own path
+            producer.publish(mode, exchange=fan, delivery_mode=mode)
+            producer.publish(mode, routing_key=late, delivery_mode=mode)
+        producer.flush()
+        for queue in (bound, late):
+            got = contents(conn, queue)
+            assert got == ["persistent", "transient"], f"{queue} got {got} of what was published after it"
+
+
 def test_a_binding_removed_by_another_process_gets_no_more_messages(url: str, names: Any) -> None:
     fan, kept, unbound = names("fan"), names("kept"), names("unbound")
     with kelp.Connection(url) as conn:
